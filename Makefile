@@ -1,0 +1,64 @@
+# Two commands for a newcomer: `make run` and `make test`. Both install what is missing.
+SHELL := /bin/bash
+.ONESHELL:
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+# A development secret so that `make run` works out of the box; never use it in production.
+JWT_SECRET ?= dev-only-secret-change-me-0123456789abcdef
+export JWT_SECRET
+
+APT_UPDATED := /tmp/.gateway-apt-updated
+
+.PHONY: help deps test-deps build run test lint fmt clean
+
+help:
+	@echo "make run    build (release), start the mocks and the gateway on the embedded store"
+	@echo "make test   run every test (unit + integration with real redis-server and mocks)"
+	@echo "make lint   cargo fmt --check and clippy -D warnings"
+
+# apt-get update runs once, and only when something is missing.
+define apt_install
+	if ! command -v $(1) >/dev/null 2>&1; then
+		echo "installing $(2) ..."
+		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && touch $(APT_UPDATED); }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(2) >/dev/null
+	fi
+endef
+
+deps:
+	@$(call apt_install,cmake,cmake)
+	@$(call apt_install,cc,build-essential)
+	@command -v $(CARGO) >/dev/null || { echo "cargo is required: install Rust from rustup.rs"; exit 1; }
+
+test-deps: deps
+	@$(call apt_install,redis-server,redis-server)
+
+build: deps
+	$(CARGO) build --release --workspace
+
+run: build
+	@set -euo pipefail
+	./target/release/mocks & MOCKS_PID=$$!
+	trap 'kill $$MOCKS_PID 2>/dev/null || true' EXIT
+	for i in $$(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/8084) 2>/dev/null && break; sleep 0.1; done
+	echo
+	echo "Gateway on http://127.0.0.1:8080 (metrics on :9091), mocks on 8081-8084. Try:"
+	echo "  curl -s http://127.0.0.1:8080/api/products"
+	echo
+	./target/release/gateway -c conf/gateway.yaml
+
+test: test-deps
+	$(CARGO) build --workspace
+	$(CARGO) test --workspace
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,143 @@
+//! Every error the gateway answers by itself, mapped to a status code and a JSON body in one place.
+
+use std::borrow::Cow;
+
+/// An answer the gateway gives on its own instead of (or after failing) proxying.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed (bad id, bad header, bad framing).
+    #[error("{0}")]
+    BadRequest(Cow<'static, str>),
+    /// No or invalid credentials; the text says what was wrong, never the token.
+    #[error("{message}")]
+    Unauthorized {
+        /// Human-readable reason.
+        message: Cow<'static, str>,
+        /// Whether a token was presented (adds `error="invalid_token"`, RFC 6750).
+        token_given: bool,
+    },
+    /// Authenticated, but not allowed to see this resource.
+    #[error("{0}")]
+    Forbidden(Cow<'static, str>),
+    /// No route, or the resource does not exist.
+    #[error("{0}")]
+    NotFound(Cow<'static, str>),
+    /// Over the per-IP limit.
+    #[error("rate limit exceeded, retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the window ends (the `Retry-After` value).
+        retry_after_secs: u64,
+    },
+    /// Request headers over the configured caps.
+    #[error("{0}")]
+    HeadersTooLarge(Cow<'static, str>),
+    /// Route exists but is not served by this build.
+    #[error("{0}")]
+    NotImplemented(Cow<'static, str>),
+    /// The upstream failed or answered something unusable.
+    #[error("{0}")]
+    BadGateway(Cow<'static, str>),
+    /// No healthy backend, or a dependency's breaker is open.
+    #[error("{0}")]
+    Unavailable(Cow<'static, str>),
+    /// The upstream did not answer in time.
+    #[error("{0}")]
+    Timeout(Cow<'static, str>),
+    /// A bug or an impossible state; details go to the log, not to the client.
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// HTTP status of the answer.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::Unauthorized { .. } => 401,
+            GatewayError::Forbidden(_) => 403,
+            GatewayError::NotFound(_) => 404,
+            GatewayError::RateLimited { .. } => 429,
+            GatewayError::HeadersTooLarge(_) => 431,
+            GatewayError::Internal => 500,
+            GatewayError::NotImplemented(_) => 501,
+            GatewayError::BadGateway(_) => 502,
+            GatewayError::Unavailable(_) => 503,
+            GatewayError::Timeout(_) => 504,
+        }
+    }
+
+    /// Stable machine-readable code for the `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::Unauthorized { .. } => "unauthorized",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::NotFound(_) => "not_found",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::HeadersTooLarge(_) => "headers_too_large",
+            GatewayError::Internal => "internal",
+            GatewayError::NotImplemented(_) => "not_implemented",
+            GatewayError::BadGateway(_) => "bad_gateway",
+            GatewayError::Unavailable(_) => "service_unavailable",
+            GatewayError::Timeout(_) => "upstream_timeout",
+        }
+    }
+
+    /// Headers that belong to this kind of answer.
+    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            GatewayError::Unauthorized { token_given, .. } => {
+                let v = if *token_given {
+                    r#"Bearer error="invalid_token""#
+                } else {
+                    "Bearer"
+                };
+                vec![("WWW-Authenticate", v.to_string())]
+            }
+            GatewayError::RateLimited { retry_after_secs } => {
+                vec![("Retry-After", retry_after_secs.to_string())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The JSON body: `{"error":"<code>","message":"<text>"}`.
+    pub fn body(&self) -> Vec<u8> {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        body.to_string().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_json_with_code_and_message() {
+        let e = GatewayError::NotFound("no route for this path".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"], "not_found");
+        assert_eq!(v["message"], "no route for this path");
+        assert_eq!(e.status(), 404);
+    }
+
+    #[test]
+    fn auth_and_limit_errors_carry_their_headers() {
+        let e = GatewayError::Unauthorized {
+            message: "expired".into(),
+            token_given: true,
+        };
+        assert_eq!(
+            e.extra_headers(),
+            vec![(
+                "WWW-Authenticate",
+                r#"Bearer error="invalid_token""#.to_string()
+            )]
+        );
+        let e = GatewayError::RateLimited {
+            retry_after_secs: 7,
+        };
+        assert_eq!(e.extra_headers(), vec![("Retry-After", "7".to_string())]);
+        assert_eq!(e.status(), 429);
+    }
+}

@@ -1,0 +1,56 @@
+//! An edge gateway / BFF on Cloudflare Pingora.
+//!
+//! # Layout
+//! - [`config`]: the `gateway:` section of the conf file, env overrides, validation.
+//! - [`error`]: every locally produced error → status + JSON body.
+//! - [`respond`]: writes the gateway's own answers onto the session.
+//! - [`proxy`]: the `ProxyHttp` implementation and the per-request `Ctx`.
+//! - [`routes`]: route table, upstream groups, load balancing, active and passive health.
+//! - [`resilience`]: circuit breaker and retry policy over an injected clock.
+//! - [`net`]: client address normalisation and trusted-proxy `X-Forwarded-For`.
+//! - [`metrics`]: Prometheus instruments.
+//!
+//! `main.rs` only parses the command line and calls [`build_server`].
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod net;
+pub mod proxy;
+pub mod resilience;
+pub mod respond;
+pub mod routes;
+
+use std::sync::Arc;
+
+use pingora::prelude::Opt;
+use pingora::server::Server;
+
+use crate::config::Config;
+use crate::proxy::Gateway;
+
+/// Builds a ready-to-run Pingora server: the proxy service, the metrics service and one
+/// health-check service per upstream group. Call `bootstrap` and `run_forever` on it.
+pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
+    metrics::init();
+    let config = Arc::new(config);
+    let mut server = Server::new(Some(opt))?;
+
+    let (gateway, health_services) = Gateway::new(config.clone());
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    proxy.add_tcp(&config.listen.to_string());
+
+    let mut prometheus = pingora_prometheus::prometheus_http_service();
+    prometheus.add_tcp(&config.metrics_listen.to_string());
+
+    let health_handles: Vec<_> = health_services
+        .into_iter()
+        .map(|svc| server.add_service(svc))
+        .collect();
+    let proxy_handle = server.add_service(proxy);
+    // The client listener opens only after every group has its backends discovered.
+    proxy_handle.add_dependencies(health_handles.iter());
+    server.add_service(prometheus);
+    Ok(server)
+}

@@ -1,0 +1,133 @@
+//! Prometheus instruments, registered in the default registry that pingora-prometheus serves.
+//!
+//! Labels are route names, services, groups and status codes: never raw paths, ids, IPs or tokens.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    // Registration only fails on a duplicate name, a programming error caught by every test run.
+    register_int_counter_vec!(name, help, labels)
+        .unwrap_or_else(|e| panic!("metric {name} cannot be registered: {e}"))
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    register_histogram_vec!(name, help, labels, LATENCY_BUCKETS.to_vec())
+        .unwrap_or_else(|e| panic!("metric {name} cannot be registered: {e}"))
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register_int_gauge_vec!(name, help, labels)
+        .unwrap_or_else(|e| panic!("metric {name} cannot be registered: {e}"))
+}
+
+/// Requests by method, route name and status, including ones answered locally.
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "http_requests_total",
+        "Requests handled, by method, route and status",
+        &["method", "route", "status"],
+    )
+});
+
+/// Request duration from the first byte read to the last byte written.
+pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "http_request_duration_seconds",
+        "Request duration in seconds, by method and route",
+        &["method", "route"],
+    )
+});
+
+/// Active health of each backend (1 healthy, 0 not).
+pub static BACKEND_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "upstream_backend_healthy",
+        "Whether the active health check sees the backend as healthy",
+        &["group", "backend"],
+    )
+});
+
+/// Rate-limit decisions by result and backend.
+pub static RATE_LIMIT_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "rate_limit_decisions_total",
+        "Rate limit decisions, by result (allowed|limited) and backend (redis|memory|fallback)",
+        &["result", "backend"],
+    )
+});
+
+/// Authentication failures by reason.
+pub static AUTH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "auth_failures_total",
+        "Rejected authentications, by reason",
+        &["reason"],
+    )
+});
+
+/// Store operations that failed or timed out, by backend and operation.
+pub static STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "store_errors_total",
+        "Shared-store errors and timeouts, by backend and operation",
+        &["backend", "op"],
+    )
+});
+
+/// Forces registration so every family shows on `/metrics` from the first scrape.
+pub fn init() {
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_DURATION);
+    LazyLock::force(&BACKEND_HEALTHY);
+    LazyLock::force(&RATE_LIMIT_DECISIONS);
+    LazyLock::force(&AUTH_FAILURES);
+    LazyLock::force(&STORE_ERRORS);
+}
+
+/// Bounded method label: the standard methods by name, anything else as `OTHER`.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// Status as a label without allocating for the common codes.
+pub fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
+    match status {
+        0 => "0".into(),
+        200 => "200".into(),
+        201 => "201".into(),
+        204 => "204".into(),
+        301 => "301".into(),
+        302 => "302".into(),
+        304 => "304".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        403 => "403".into(),
+        404 => "404".into(),
+        429 => "429".into(),
+        500 => "500".into(),
+        502 => "502".into(),
+        503 => "503".into(),
+        504 => "504".into(),
+        s => s.to_string().into(),
+    }
+}

@@ -1,0 +1,473 @@
+//! The `ProxyHttp` implementation and the per-request `Ctx`: the only place that knows the phases.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::Backend;
+use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::respond;
+use crate::routes::{PassiveHealth, Route, RouteTable};
+use crate::{metrics, net};
+
+/// Request id header, kept from the client when well-formed, else generated.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The gateway: shared state every request reads.
+pub struct Gateway {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Route table and upstream groups.
+    pub routes: RouteTable,
+}
+
+/// Per-request state, filled as the phases run.
+pub struct Ctx {
+    /// When the request started (new_ctx); for the duration metric.
+    started: Instant,
+    /// Decided in request_filter.
+    route: Route,
+    /// Set in request_filter: the client's id or a fresh one.
+    request_id: String,
+    /// TCP peer (request_filter), normalised (IPv4-mapped IPv6 → IPv4).
+    peer_ip: Option<IpAddr>,
+    /// Backends already tried for this request (upstream_peer), so a retry goes elsewhere.
+    tried: Vec<SocketAddr>,
+    /// The backend of the current try (upstream_peer), for passive health and the log.
+    backend: Option<Backend>,
+    /// Whether the current try's outcome was reported to passive health.
+    outcome_reported: bool,
+    /// An error decided before proxying (e.g. no healthy backend), answered by fail_to_proxy.
+    local_error: Option<GatewayError>,
+}
+
+impl Ctx {
+    fn report(&mut self, ok: bool) {
+        if self.outcome_reported {
+            return;
+        }
+        self.outcome_reported = true;
+        if let Some(p) = self
+            .backend
+            .as_ref()
+            .and_then(|b| b.ext.get::<PassiveHealth>())
+        {
+            let now = Instant::now();
+            let transition = if ok {
+                p.0.on_success(now)
+            } else {
+                p.0.on_failure(now)
+            };
+            if let Some(t) = transition {
+                let backend = self
+                    .backend
+                    .as_ref()
+                    .map(|b| b.addr.to_string())
+                    .unwrap_or_default();
+                tracing::warn!(backend = %backend, from = ?t.from, to = ?t.to, "passive health state changed");
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway and the health-check services its groups need.
+    pub fn new(config: Arc<Config>) -> (Gateway, Vec<crate::routes::HealthService>) {
+        let (routes, health) = crate::routes::build(&config);
+        (Gateway { config, routes }, health)
+    }
+
+    async fn answer_local(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let headers = [("X-Request-Id", ctx.request_id.clone())];
+        match &ctx.route {
+            Route::Healthz => {
+                respond::json(
+                    session,
+                    200,
+                    Bytes::from_static(br#"{"status":"ok"}"#),
+                    &headers,
+                )
+                .await?;
+            }
+            Route::Readyz => {
+                respond::json(
+                    session,
+                    200,
+                    Bytes::from_static(br#"{"status":"ready"}"#),
+                    &headers,
+                )
+                .await?;
+            }
+            Route::Profile => {
+                let e = GatewayError::NotImplemented(
+                    "the profile endpoint is not enabled in this build".into(),
+                );
+                respond::error(session, &e, &headers).await?;
+            }
+            Route::NotFound => {
+                let e = GatewayError::NotFound("no route matches this path".into());
+                respond::error(session, &e, &headers).await?;
+            }
+            Route::Proxy(_) => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
+    let named: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in named {
+        // An upgrade must keep `Connection: upgrade` + `Upgrade` for the upstream to switch.
+        if is_upgrade && name == "upgrade" {
+            continue;
+        }
+        // Framing is Pingora's business: it re-frames the body for the upstream itself.
+        if name == "transfer-encoding" || name == "content-length" {
+            continue;
+        }
+        req.remove_header(name.as_str());
+    }
+    for h in HOP_BY_HOP {
+        req.remove_header(*h);
+    }
+    if !is_upgrade {
+        req.remove_header("upgrade");
+        req.remove_header("connection");
+    }
+}
+
+fn timeout_error(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            route: Route::NotFound,
+            request_id: String::new(),
+            peer_ip: None,
+            tried: Vec::new(),
+            backend: None,
+            outcome_reported: false,
+            local_error: None,
+        }
+    }
+
+    /// Routes, then answers locally or lets the request through to `upstream_peer`.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = match session.req_header().headers.get(REQUEST_ID) {
+            Some(v) if valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => new_request_id(),
+        };
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| net::normalise_ip(a.ip()));
+        ctx.route = self.routes.route(session.req_header().uri.path());
+        self.answer_local(session, ctx).await
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Route::Proxy(route) = &ctx.route else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer on a local route",
+            ));
+        };
+        let group = &route.group;
+        let Some(backend) = group.select(&ctx.tried, Instant::now()) else {
+            ctx.local_error = Some(GatewayError::Unavailable(
+                format!("no healthy backend in upstream group `{}`", group.name).into(),
+            ));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy backend",
+            ));
+        };
+        let PingoraAddr::Inet(addr) = backend.addr else {
+            return Err(Error::explain(ErrorType::InternalError, "non-inet backend"));
+        };
+        ctx.tried.push(addr);
+        ctx.backend = Some(backend);
+        ctx.outcome_reported = false;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(group.config.connect_timeout);
+        peer.options.read_timeout = Some(group.config.read_timeout);
+        peer.options.write_timeout = Some(group.config.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.report(false);
+        let Route::Proxy(route) = &ctx.route else {
+            return e;
+        };
+        // Nothing was sent yet, so any method may go to another backend; bounded per group.
+        let retries_used = ctx.tried.len().saturating_sub(1);
+        if retries_used < route.group.config.connect_retries
+            && ctx.tried.len() < route.group.config.backends.len()
+        {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let is_upgrade = session.is_upgrade_req();
+        strip_hop_by_hop(req, is_upgrade);
+        if let Route::Proxy(route) = &ctx.route {
+            if let Some(strip) = &route.strip_prefix {
+                let path = req.uri.path();
+                let rest = path.strip_prefix(strip.as_str()).unwrap_or(path);
+                let mut new = String::with_capacity(rest.len() + 1);
+                if !rest.starts_with('/') {
+                    new.push('/');
+                }
+                new.push_str(rest);
+                if let Some(q) = req.uri.query() {
+                    new.push('?');
+                    new.push_str(q);
+                }
+                let uri = new.parse::<http::Uri>().map_err(|_| {
+                    Error::explain(ErrorType::InvalidHTTPHeader, "bad rewritten path")
+                })?;
+                req.set_uri(uri);
+            }
+        }
+        if let Some(ip) = ctx.peer_ip {
+            let peer = ip.to_string();
+            let trusted = self
+                .config
+                .rate_limit
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&ip));
+            // Only a trusted proxy's chain is kept; anyone else could have forged it.
+            let value = match req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if trusted && !prev.trim().is_empty() => format!("{prev}, {peer}"),
+                _ => peer,
+            };
+            req.insert_header("X-Forwarded-For", value)?;
+        }
+        req.insert_header("X-Forwarded-Proto", "http")?;
+        req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.report(resp.status.as_u16() < 500);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if e.esource() == &ErrorSource::Upstream {
+            ctx.report(false);
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // A body already (partly) sent may only be replayed for idempotent methods.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let err = match ctx.local_error.take() {
+            Some(err) => Some(err),
+            None => match (e.esource(), e.etype()) {
+                (_, ErrorType::HTTPStatus(code)) if *code >= 500 => {
+                    Some(GatewayError::BadGateway("upstream failed".into()))
+                }
+                (ErrorSource::Upstream, _) if timeout_error(e) => Some(GatewayError::Timeout(
+                    "the upstream did not answer in time".into(),
+                )),
+                (ErrorSource::Upstream, _) => Some(GatewayError::BadGateway(
+                    "the upstream could not be reached or failed".into(),
+                )),
+                (
+                    ErrorSource::Downstream,
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ) => None,
+                (ErrorSource::Downstream, _) => {
+                    Some(GatewayError::BadRequest("malformed request".into()))
+                }
+                _ if timeout_error(e) => Some(GatewayError::Timeout(
+                    "the upstream did not answer in time".into(),
+                )),
+                _ => Some(GatewayError::Internal),
+            },
+        };
+        let Some(err) = err else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if matches!(err, GatewayError::Internal) {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "internal error while proxying");
+        }
+        let code = err.status();
+        // Once the upstream's header went out, the client must see a broken stream, not a
+        // second response glued to the first.
+        if session.response_written().is_none() {
+            let headers = [("X-Request-Id", ctx.request_id.clone())];
+            if let Err(write_err) = respond::error(session, &err, &headers).await {
+                tracing::debug!(error = %write_err, "could not write the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if e.is_none() && ctx.backend.is_some() {
+            ctx.report(true);
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let method = metrics::method_label(&session.req_header().method);
+        let route = ctx.route.label();
+        let elapsed = ctx.started.elapsed();
+        metrics::HTTP_REQUESTS
+            .with_label_values(&[method, route, &metrics::status_label(status)])
+            .inc();
+        metrics::HTTP_DURATION
+            .with_label_values(&[method, route])
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            client_ip = ?ctx.peer_ip,
+            method = %session.req_header().method,
+            path = %session.req_header().uri.path(),
+            route,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            backend = ?ctx.backend.as_ref().map(|b| b.addr.to_string()),
+            bytes_sent = session.body_bytes_sent(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_validated() {
+        assert!(valid_request_id(b"abc-123_x.y:z"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        assert_eq!(new_request_id().len(), 32);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Connection", "keep-alive, X-Secret")
+            .unwrap();
+        req.insert_header("X-Secret", "1").unwrap();
+        req.insert_header("Keep-Alive", "timeout=5").unwrap();
+        req.insert_header("TE", "trailers").unwrap();
+        req.insert_header("Upgrade", "h2c").unwrap();
+        req.insert_header("X-Kept", "1").unwrap();
+        strip_hop_by_hop(&mut req, false);
+        for h in ["connection", "x-secret", "keep-alive", "te", "upgrade"] {
+            assert!(req.headers.get(h).is_none(), "{h} should be gone");
+        }
+        assert!(req.headers.get("x-kept").is_some());
+    }
+}

@@ -1,0 +1,391 @@
+//! Test harness: real processes (gateway, mocks, redis-server) and small real HTTP upstreams on
+//! free 127.0.0.1 ports, readiness by polling, and guards that kill every process on drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use axum::Router;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Polls until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listened on port {port} within {timeout:?}");
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    /// Sends SIGTERM (graceful shutdown) without waiting.
+    pub fn terminate(&self) {
+        signal(self.child.id(), "TERM");
+    }
+
+    /// Sends `sig` (e.g. "QUIT").
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+
+    /// Kills the process now and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status();
+}
+
+/// Directory of the binaries cargo built for this test run.
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gateway"))
+        .parent()
+        .expect("binary has a directory")
+        .to_path_buf()
+}
+
+/// The gateway binary under test.
+pub fn gateway_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gateway"))
+}
+
+/// The mocks binary (workspace member), built on demand when a bare `cargo test` skipped it.
+pub fn mocks_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let path = bin_dir().join("mocks");
+    BUILD.call_once(|| {
+        if !path.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "mocks"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the mocks failed");
+        }
+    });
+    path
+}
+
+/// A running mocks process and its ports.
+pub struct Mocks {
+    pub proc: Proc,
+    pub ports: HashMap<&'static str, u16>,
+}
+
+impl Mocks {
+    /// Starts the named services (user, order, product, recommendation) on free ports.
+    pub fn start(services: &[&'static str]) -> Mocks {
+        let ports: HashMap<&'static str, u16> =
+            services.iter().map(|s| (*s, free_port())).collect();
+        Mocks::start_on(ports)
+    }
+
+    /// Starts services on the given ports (used to bring a killed backend back).
+    pub fn start_on(ports: HashMap<&'static str, u16>) -> Mocks {
+        let mut cmd = Command::new(mocks_bin());
+        let names: Vec<&str> = ports.keys().copied().collect();
+        cmd.arg("--services").arg(names.join(","));
+        for (name, port) in &ports {
+            cmd.arg(format!("--{name}-port")).arg(port.to_string());
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("mocks start");
+        let proc = Proc {
+            name: "mocks".into(),
+            child,
+        };
+        for port in ports.values() {
+            wait_for_port(*port, Duration::from_secs(10));
+        }
+        Mocks { proc, ports }
+    }
+
+    /// Base URL of one service.
+    pub fn url(&self, service: &str) -> String {
+        format!("http://127.0.0.1:{}", self.ports[service])
+    }
+
+    /// `host:port` of one service.
+    pub fn addr(&self, service: &str) -> String {
+        format!("127.0.0.1:{}", self.ports[service])
+    }
+
+    /// Sets a service's faults (`PUT /__faults`).
+    pub async fn faults(&self, service: &str, faults: serde_json::Value) {
+        let r = client()
+            .put(format!("{}/__faults", self.url(service)))
+            .json(&faults)
+            .send()
+            .await
+            .expect("faults accepted");
+        assert!(r.status().is_success());
+    }
+
+    /// Number of requests a service saw on `route` (e.g. `/users/{id}`).
+    pub async fn count(&self, service: &str, route: &str) -> u64 {
+        let v: serde_json::Value = client()
+            .get(format!("{}/__stats", self.url(service)))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json");
+        v["requests"][route].as_u64().unwrap_or(0)
+    }
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    pub proc: Proc,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+/// Secret used by every test gateway.
+pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+
+impl Gateway {
+    /// Writes `gateway_section` (YAML under `gateway:`, without listen keys) to a conf file and
+    /// starts the gateway with `env`, waiting for `/readyz`.
+    pub async fn start(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let metrics_port = free_port();
+        let conf = format!(
+            "version: 1\nthreads: 2\npid_file: {dir}/gw.pid\nupgrade_sock: {dir}/upgrade.sock\n\
+             grace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 10\n\
+             gateway:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n{section}",
+            dir = dir.path().display(),
+            section = indent(gateway_section),
+        );
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, conf).expect("write conf");
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("-c").arg(&path);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("JWT_SECRET", SECRET)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("gateway starts");
+        let gw = Gateway {
+            proc: Proc {
+                name: "gateway".into(),
+                child,
+            },
+            port,
+            metrics_port,
+            dir,
+        };
+        let url = gw.url("/readyz");
+        eventually(
+            "gateway /readyz",
+            Duration::from_secs(20),
+            async || matches!(client().get(&url).send().await, Ok(r) if r.status() == 200),
+        )
+        .await;
+        gw
+    }
+
+    /// URL of `path` on the client listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The current `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+fn indent(section: &str) -> String {
+    section
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect::<String>()
+}
+
+/// A shared HTTP client with no proxy from the environment and a generous timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// What the echo upstream saw, per request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// All values of header `name`.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// An in-process HTTP upstream that records requests and echoes bodies back (streaming).
+pub struct EchoServer {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Starts on a free port. `/healthz` → 200; `/slow?ms=N` waits N ms; anything else echoes.
+    pub async fn start() -> EchoServer {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let rec = seen.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let rec = rec.clone();
+            async move { echo(req, rec).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind echo");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        EchoServer { port, seen, task }
+    }
+
+    /// Requests recorded so far, excluding health checks.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|s| !s.uri.starts_with("/healthz"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(req: Request, rec: Arc<Mutex<Vec<Seen>>>) -> Response {
+    let seen = Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+    };
+    if let Ok(mut v) = rec.lock() {
+        v.push(seen);
+    }
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return Response::new(Body::from("ok"));
+    }
+    if path.ends_with("/slow") {
+        let ms: u64 = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return Response::new(Body::from("slow done"));
+    }
+    let mut resp = Response::new(Body::from_stream(req.into_body().into_data_stream()));
+    resp.headers_mut()
+        .insert("x-upstream", axum::http::HeaderValue::from_static("echo"));
+    resp
+}

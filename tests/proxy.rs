@@ -1,0 +1,377 @@
+//! Transparent proxying, load balancing, health, config checking, metrics and graceful shutdown,
+//! against the real gateway binary and real upstreams.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{client, eventually, EchoServer, Gateway, Mocks};
+
+/// A group `echo` on the given backends, public (auth is tested elsewhere), with fast checks.
+fn echo_section(backends: &[String], extra: &str) -> String {
+    let list = backends
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/echo/", "/api/echo/"] }}
+rate_limit: {{ per_minute: 100000 }}
+upstreams:
+  echo:
+    backends: [{list}]
+    health_check: {{ kind: http, path: "/healthz", interval_ms: 200, consecutive_failure: 2, consecutive_success: 2 }}
+{extra}
+routes:
+  - {{ prefix: "/echo/", upstream: echo }}
+  - {{ prefix: "/api/echo/", upstream: echo, strip_prefix: "/api" }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn get_arrives_intact_and_headers_pass_back() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(
+        &echo_section(&[format!("127.0.0.1:{}", echo.port)], ""),
+        &[],
+    )
+    .await;
+
+    let r = client()
+        .get(gw.url("/api/echo/items?a=1&b=two%20words"))
+        .header("X-Custom", "hello")
+        .header("X-Forwarded-For", "6.6.6.6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-upstream"],
+        "echo",
+        "upstream response header passes back"
+    );
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(rid.len(), 32, "a request id is generated");
+
+    let seen = echo.requests();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, "GET");
+    assert_eq!(
+        s.uri, "/echo/items?a=1&b=two%20words",
+        "prefix stripped, query intact"
+    );
+    assert_eq!(s.header("x-custom"), vec!["hello"]);
+    assert_eq!(
+        s.header("x-forwarded-for"),
+        vec!["127.0.0.1"],
+        "untrusted XFF replaced"
+    );
+    assert_eq!(s.header("x-forwarded-proto"), vec!["http"]);
+    assert_eq!(s.header("x-request-id"), vec![rid]);
+
+    // A well-formed client request id is kept and echoed.
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .header("X-Request-Id", "client-chosen-id-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "client-chosen-id-1");
+    assert_eq!(
+        echo.requests()[1].header("x-request-id"),
+        vec!["client-chosen-id-1"]
+    );
+}
+
+#[tokio::test]
+async fn five_mib_post_streams_through_byte_for_byte() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(
+        &echo_section(&[format!("127.0.0.1:{}", echo.port)], ""),
+        &[],
+    )
+    .await;
+    let body: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let r = client()
+        .post(gw.url("/echo/upload"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let back = r.bytes().await.unwrap();
+    assert_eq!(back.len(), body.len());
+    assert!(
+        back.as_ref() == body.as_slice(),
+        "echo differs from what was sent"
+    );
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_json_and_health_endpoints_answer() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(
+        &echo_section(&[format!("127.0.0.1:{}", echo.port)], ""),
+        &[],
+    )
+    .await;
+    let r = client().get(gw.url("/no/such/route")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "not_found");
+    assert!(v["message"].is_string());
+    for path in ["/healthz", "/readyz"] {
+        let r = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn balances_fails_over_and_recovers() {
+    let a = Mocks::start(&["user"]);
+    let mut b = Mocks::start(&["user"]);
+    let backends = vec![a.addr("user"), b.addr("user")];
+    let section = echo_section(&backends, "")
+        .replace("/echo/\", upstream: echo }", "/users/\", upstream: echo }");
+    let section = section.replace("\"/echo/\", \"/api/echo/\"", "\"/users/\"");
+    let gw = Gateway::start(&section, &[]).await;
+
+    for _ in 0..20 {
+        let r = client().get(gw.url("/users/1")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (ca, cb) = (
+        a.count("user", "/users/{id}").await,
+        b.count("user", "/users/{id}").await,
+    );
+    assert!(
+        ca > 0 && cb > 0,
+        "both backends receive traffic: {ca} / {cb}"
+    );
+
+    // Kill one backend; wait until the active check has marked it down.
+    let b_port = b.ports["user"];
+    b.proc.kill();
+    let gauge =
+        format!("upstream_backend_healthy{{backend=\"127.0.0.1:{b_port}\",group=\"echo\"}} 0");
+    eventually(
+        "backend marked unhealthy",
+        Duration::from_secs(10),
+        async || gw.metrics().await.contains(&gauge),
+    )
+    .await;
+    for i in 0..100 {
+        let r = client().get(gw.url("/users/1")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i} after failover");
+    }
+
+    // Bring it back on the same port: it gets traffic again once healthy.
+    let b = Mocks::start_on(HashMap::from([("user", b_port)]));
+    let gauge =
+        format!("upstream_backend_healthy{{backend=\"127.0.0.1:{b_port}\",group=\"echo\"}} 1");
+    eventually(
+        "backend healthy again",
+        Duration::from_secs(10),
+        async || gw.metrics().await.contains(&gauge),
+    )
+    .await;
+    for _ in 0..10 {
+        let r = client().get(gw.url("/users/1")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        b.count("user", "/users/{id}").await > 0,
+        "revived backend receives traffic"
+    );
+
+    // Every backend down → 503 JSON.
+    drop(a);
+    drop(b);
+    eventually("all backends down → 503", Duration::from_secs(10), async || {
+        matches!(client().get(gw.url("/users/1")).send().await, Ok(r) if r.status() == 503)
+    })
+    .await;
+    let r = client().get(gw.url("/users/1")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "service_unavailable");
+}
+
+#[tokio::test]
+async fn passive_health_skips_a_backend_answering_5xx() {
+    let good = Mocks::start(&["user"]);
+    let bad = Mocks::start(&["user"]);
+    bad.faults("user", serde_json::json!({"status": 500})).await;
+    let section = echo_section(&[good.addr("user"), bad.addr("user")], "")
+        .replace("\"/echo/\", \"/api/echo/\"", "\"/users/\"")
+        .replace("/echo/\", upstream: echo }", "/users/\", upstream: echo }");
+    let gw = Gateway::start(&section, &[]).await;
+    let mut errors = 0;
+    for _ in 0..40 {
+        let r = client().get(gw.url("/users/2")).send().await.unwrap();
+        if r.status() == 500 {
+            errors += 1;
+        }
+    }
+    assert_eq!(
+        errors, 3,
+        "the bad backend is skipped after 3 consecutive 5xx"
+    );
+    assert_eq!(bad.count("user", "/users/{id}").await, 3);
+}
+
+#[tokio::test]
+async fn slow_upstream_gives_504_json() {
+    let echo = EchoServer::start().await;
+    let extra = "    read_timeout_ms: 300\n";
+    let gw = Gateway::start(
+        &echo_section(&[format!("127.0.0.1:{}", echo.port)], extra),
+        &[],
+    )
+    .await;
+    let r = client()
+        .get(gw.url("/echo/slow?ms=2000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn metrics_have_both_families_with_route_labels() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(
+        &echo_section(&[format!("127.0.0.1:{}", echo.port)], ""),
+        &[],
+    )
+    .await;
+    client().get(gw.url("/echo/a")).send().await.unwrap();
+    client().get(gw.url("/nothing")).send().await.unwrap();
+    // The logging phase runs just after the answer is sent: poll rather than race it.
+    eventually(
+        "both requests counted",
+        Duration::from_secs(5),
+        async || {
+            gw.metrics()
+                .await
+                .contains(r#"route="not_found",status="404"} 1"#)
+        },
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"http_requests_total{method="GET",route="echo",status="200"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"http_requests_total{method="GET",route="not_found",status="404"} 1"#));
+    assert!(
+        m.contains(r#"http_request_duration_seconds_bucket{method="GET",route="echo",le="0.001"}"#)
+    );
+    assert!(
+        m.contains(r#"http_request_duration_seconds_bucket{method="GET",route="echo",le="10"}"#)
+    );
+    assert!(!m.contains("/echo/a"), "raw paths never become labels");
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let echo = EchoServer::start().await;
+    let mut gw = Gateway::start(
+        &echo_section(&[format!("127.0.0.1:{}", echo.port)], ""),
+        &[],
+    )
+    .await;
+    let url = gw.url("/echo/slow?ms=500");
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    // Send the signal only once all 20 are inside the upstream.
+    eventually(
+        "20 requests in flight",
+        Duration::from_secs(10),
+        async || echo.requests().len() >= 20,
+    )
+    .await;
+    gw.proc.terminate();
+    for t in tasks {
+        let status = t.await.unwrap().expect("request completed");
+        assert_eq!(status, 200);
+    }
+    assert!(
+        gw.proc.wait_exit(Duration::from_secs(20)).is_some(),
+        "gateway exits after draining"
+    );
+}
+
+fn check_config(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(common::gateway_bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+#[test]
+fn config_check_accepts_default_and_rejects_broken_files() {
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gateway.yaml");
+    let (ok, out) = check_config(&std::fs::read_to_string(default).unwrap());
+    assert!(ok, "conf/gateway.yaml must validate: {out}");
+
+    let cases = [
+        ("gateway:\n  rate_limit: { per_minut: 5 }\n", "per_minut"),
+        ("gateway:\n  services: { user: { url: \"not a url\" } }\n", "gateway.services.user.url"),
+        (
+            "gateway:\n  upstreams: { a: { backends: [\"127.0.0.1:1\"] } }\n  routes: [ { prefix: /x, upstream: nope } ]\n",
+            "gateway.routes[0].upstream",
+        ),
+        ("gateway:\n  upstreams: { a: { backends: [] } }\n", "gateway.upstreams.a.backends"),
+        ("gateway:\n  listen: \"0.0.0.0:99999\"\n", "gateway.listen"),
+    ];
+    for (yaml, key) in cases {
+        let (ok, out) = check_config(yaml);
+        assert!(!ok, "should reject: {yaml}");
+        assert!(
+            out.contains(key),
+            "message for {yaml:?} should name {key}: {out}"
+        );
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}
+
+#[test]
+fn refuses_to_start_without_jwt_secret() {
+    for secret in [None, Some("")] {
+        let mut cmd = Command::new(common::gateway_bin());
+        cmd.arg("-c")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gateway.yaml"));
+        cmd.env_remove("JWT_SECRET");
+        if let Some(s) = secret {
+            cmd.env("JWT_SECRET", s);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("JWT_SECRET"), "{err}");
+    }
+}
