@@ -5,6 +5,9 @@
 //! - [`error`]: every locally produced error → status + JSON body.
 //! - [`respond`]: writes the gateway's own answers onto the session.
 //! - [`proxy`]: the `ProxyHttp` implementation and the per-request `Ctx`.
+//! - [`auth`]: JWT verification → `Identity`; token issuing for the CLI.
+//! - [`ratelimit`]: per-IP fixed windows on Redis or in memory, with fallback.
+//! - [`store`]: the Redis connection with timeouts, breaker and rate-limited warnings.
 //! - [`routes`]: route table, upstream groups, load balancing, active and passive health.
 //! - [`resilience`]: circuit breaker and retry policy over an injected clock.
 //! - [`net`]: client address normalisation and trusted-proxy `X-Forwarded-For`.
@@ -12,14 +15,17 @@
 //!
 //! `main.rs` only parses the command line and calls [`build_server`].
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod ratelimit;
 pub mod resilience;
 pub mod respond;
 pub mod routes;
+pub mod store;
 
 use std::sync::Arc;
 
@@ -36,7 +42,19 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     let config = Arc::new(config);
     let mut server = Server::new(Some(opt))?;
 
-    let (gateway, health_services) = Gateway::new(config.clone());
+    let redis = match &config.redis.url {
+        Some(url) => {
+            let store = store::RedisStore::new(url, config.redis.clone()).map_err(|e| {
+                pingora::Error::explain(
+                    pingora::ErrorType::InternalError,
+                    format!("REDIS_ADDR / gateway.redis.addr is not usable: {e}"),
+                )
+            })?;
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
+    let (gateway, health_services) = Gateway::new(config.clone(), redis);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     proxy.add_tcp(&config.listen.to_string());

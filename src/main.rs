@@ -1,6 +1,8 @@
 //! The `gateway` command line: run the server (Pingora's own flags) or issue a token.
 
-use clap::Parser;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
 use gateway::config::{Config, ProcessEnv, SecretPolicy};
 use pingora::prelude::Opt;
 
@@ -8,8 +10,26 @@ use pingora::prelude::Opt;
 #[derive(Parser)]
 #[command(name = "gateway", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     opt: Opt,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print an HS256 token signed with JWT_SECRET (for demos, curl and tests).
+    Token {
+        /// The `sub` claim (user id).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime, e.g. `15m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// A role for the `roles` claim; repeat for more.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
 }
 
 fn init_tracing() {
@@ -22,9 +42,27 @@ fn init_tracing() {
         .try_init();
 }
 
+fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!("gateway: {message}");
+    std::process::exit(2);
+}
+
 fn main() {
     let cli = Cli::parse();
+    if let Some(Command::Token { sub, ttl, roles }) = cli.command {
+        let secret = std::env::var("JWT_SECRET").unwrap_or_default();
+        if secret.is_empty() {
+            fail("JWT_SECRET is required to sign a token");
+        }
+        match gateway::auth::issue_token(secret.as_bytes(), &sub, ttl, &roles) {
+            Ok(t) => println!("{t}"),
+            Err(e) => fail(format!("cannot sign the token: {e}")),
+        }
+        return;
+    }
     init_tracing();
+    // rediss:// connections need a TLS crypto provider; ring is the one compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let opt = cli.opt;
     let path = opt.conf.clone();
     let policy = if opt.test {
@@ -36,26 +74,21 @@ fn main() {
         Some(p) => Config::load(p, &ProcessEnv, policy),
         None => Config::from_yaml("", &ProcessEnv, policy),
     };
-    let config = match loaded {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("gateway: {e}");
-            std::process::exit(2);
-        }
-    };
+    let config = loaded.unwrap_or_else(|e| fail(e));
+    if config.auth.secret.len() < 32 && !opt.test {
+        tracing::warn!(
+            "JWT_SECRET is shorter than 32 bytes: HS256 secrets that short can be brute-forced"
+        );
+        eprintln!("gateway: WARNING: JWT_SECRET is shorter than 32 bytes");
+    }
     if opt.test {
         println!(
             "gateway: configuration {} is valid",
             path.as_deref().unwrap_or("(defaults)")
         );
     }
-    let mut server = match gateway::build_server(opt, config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("gateway: cannot start: {e}");
-            std::process::exit(2);
-        }
-    };
+    let mut server =
+        gateway::build_server(opt, config).unwrap_or_else(|e| fail(format!("cannot start: {e}")));
     // With -t this validates Pingora's own keys and exits.
     server.bootstrap();
     server.run_forever();

@@ -13,10 +13,13 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::ratelimit::{Decision, RateLimiter};
 use crate::respond;
 use crate::routes::{PassiveHealth, Route, RouteTable};
+use crate::store::{unix_now, RedisStore};
 use crate::{metrics, net};
 
 /// Request id header, kept from the client when well-formed, else generated.
@@ -28,6 +31,10 @@ pub struct Gateway {
     pub config: Arc<Config>,
     /// Route table and upstream groups.
     pub routes: RouteTable,
+    /// JWT verifier.
+    pub auth: Authenticator,
+    /// Per-IP limiter (Redis or memory).
+    pub limiter: RateLimiter,
 }
 
 /// Per-request state, filled as the phases run.
@@ -40,6 +47,13 @@ pub struct Ctx {
     request_id: String,
     /// TCP peer (request_filter), normalised (IPv4-mapped IPv6 → IPv4).
     peer_ip: Option<IpAddr>,
+    /// The client the limiter counted (request_filter): the peer or, behind a trusted proxy,
+    /// the address it reports.
+    client_ip: Option<IpAddr>,
+    /// The limiter's decision (request_filter), reported in `RateLimit-*` headers.
+    rate: Option<Decision>,
+    /// The verified caller (request_filter), forwarded as `X-User-Id`.
+    identity: Option<Identity>,
     /// Backends already tried for this request (upstream_peer), so a retry goes elsewhere.
     tried: Vec<SocketAddr>,
     /// The backend of the current try (upstream_peer), for passive health and the log.
@@ -81,13 +95,84 @@ impl Ctx {
 
 impl Gateway {
     /// Builds the gateway and the health-check services its groups need.
-    pub fn new(config: Arc<Config>) -> (Gateway, Vec<crate::routes::HealthService>) {
+    pub fn new(
+        config: Arc<Config>,
+        redis: Option<Arc<RedisStore>>,
+    ) -> (Gateway, Vec<crate::routes::HealthService>) {
         let (routes, health) = crate::routes::build(&config);
-        (Gateway { config, routes }, health)
+        let auth = Authenticator::new(&config.auth, config.limits.max_authorization_bytes);
+        let limiter = RateLimiter::new(&config.rate_limit, redis);
+        (
+            Gateway {
+                config,
+                routes,
+                auth,
+                limiter,
+            },
+            health,
+        )
+    }
+
+    /// Request id and rate-limit headers that every local answer carries.
+    fn local_headers(ctx: &Ctx) -> Vec<(&'static str, String)> {
+        let mut h = vec![("X-Request-Id", ctx.request_id.clone())];
+        if let Some(d) = &ctx.rate {
+            h.extend(d.headers());
+        }
+        h
+    }
+
+    /// Rate limit, then authenticate: floods of bad tokens are limited too.
+    async fn edge_checks(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<(), GatewayError> {
+        let req = session.req_header();
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > self.config.limits.max_request_header_bytes {
+            return Err(GatewayError::HeadersTooLarge(
+                "request headers too large".into(),
+            ));
+        }
+        if let Some(peer) = ctx.peer_ip {
+            let xff = req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            let ip = net::client_ip(peer, xff, &self.config.rate_limit.trusted_proxies);
+            ctx.client_ip = Some(ip);
+            let decision = self.limiter.check(ip, unix_now()).await;
+            ctx.rate = Some(decision);
+            if !decision.allowed {
+                return Err(GatewayError::RateLimited {
+                    retry_after_secs: decision.reset_secs,
+                });
+            }
+        }
+        match self.auth.authenticate(&req.headers) {
+            Ok(identity) => {
+                ctx.identity = Some(identity);
+                Ok(())
+            }
+            Err(e) => {
+                metrics::AUTH_FAILURES
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                Err(GatewayError::Unauthorized {
+                    message: e.to_string().into(),
+                    token_given: e.token_given(),
+                })
+            }
+        }
     }
 
     async fn answer_local(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let headers = [("X-Request-Id", ctx.request_id.clone())];
+        let headers = Self::local_headers(ctx);
         match &ctx.route {
             Route::Healthz => {
                 respond::json(
@@ -191,6 +276,9 @@ impl ProxyHttp for Gateway {
             route: Route::NotFound,
             request_id: String::new(),
             peer_ip: None,
+            client_ip: None,
+            rate: None,
+            identity: None,
             tried: Vec::new(),
             backend: None,
             outcome_reported: false,
@@ -211,6 +299,14 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| net::normalise_ip(a.ip()));
         ctx.route = self.routes.route(session.req_header().uri.path());
+        let exempt = matches!(ctx.route, Route::Healthz | Route::Readyz)
+            || self.config.auth.is_public(session.req_header().uri.path());
+        if !exempt {
+            if let Err(e) = self.edge_checks(session, ctx).await {
+                respond::error(session, &e, &Self::local_headers(ctx)).await?;
+                return Ok(true);
+            }
+        }
         self.answer_local(session, ctx).await
     }
 
@@ -314,6 +410,14 @@ impl ProxyHttp for Gateway {
         }
         req.insert_header("X-Forwarded-Proto", "http")?;
         req.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        // The identity header is ours alone: a client-sent one is dropped before ours is set.
+        req.remove_header("x-user-id");
+        if let Some(id) = &ctx.identity {
+            req.insert_header("X-User-Id", id.sub.as_str())?;
+        }
+        if !self.config.auth.forward_authorization {
+            req.remove_header("authorization");
+        }
         Ok(())
     }
 
@@ -334,6 +438,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        if let Some(d) = &ctx.rate {
+            for (name, value) in d.headers() {
+                resp.insert_header(name, value)?;
+            }
+        }
         Ok(())
     }
 
@@ -398,7 +507,7 @@ impl ProxyHttp for Gateway {
         // Once the upstream's header went out, the client must see a broken stream, not a
         // second response glued to the first.
         if session.response_written().is_none() {
-            let headers = [("X-Request-Id", ctx.request_id.clone())];
+            let headers = Self::local_headers(ctx);
             if let Err(write_err) = respond::error(session, &err, &headers).await {
                 tracing::debug!(error = %write_err, "could not write the error response");
             }
@@ -429,7 +538,8 @@ impl ProxyHttp for Gateway {
         tracing::info!(
             target: "access",
             request_id = %ctx.request_id,
-            client_ip = ?ctx.peer_ip,
+            client_ip = ?ctx.client_ip.or(ctx.peer_ip),
+            user = ?ctx.identity.as_ref().map(|i| i.sub.as_str()),
             method = %session.req_header().method,
             path = %session.req_header().uri.path(),
             route,

@@ -122,6 +122,17 @@ async fn unknown_route_is_404_json_and_health_endpoints_answer() {
     )
     .await;
     let r = client().get(gw.url("/no/such/route")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "unknown paths are not revealed to anonymous clients"
+    );
+    let r = client()
+        .get(gw.url("/no/such/route"))
+        .bearer_auth(common::token("1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/json");
     let v: serde_json::Value = r.json().await.unwrap();
@@ -255,7 +266,12 @@ async fn metrics_have_both_families_with_route_labels() {
     )
     .await;
     client().get(gw.url("/echo/a")).send().await.unwrap();
-    client().get(gw.url("/nothing")).send().await.unwrap();
+    client()
+        .get(gw.url("/nothing"))
+        .bearer_auth(common::token("1"))
+        .send()
+        .await
+        .unwrap();
     // The logging phase runs just after the answer is sent: poll rather than race it.
     eventually(
         "both requests counted",

@@ -204,6 +204,19 @@ pub struct Gateway {
 /// Secret used by every test gateway.
 pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 
+/// A valid token for `sub`, one hour.
+pub fn token(sub: &str) -> String {
+    gateway::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &[])
+        .expect("sign")
+}
+
+/// A valid token for `sub` with roles.
+pub fn token_with_roles(sub: &str, roles: &[&str]) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+    gateway::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &roles)
+        .expect("sign")
+}
+
 impl Gateway {
     /// Writes `gateway_section` (YAML under `gateway:`, without listen keys) to a conf file and
     /// starts the gateway with `env`, waiting for `/readyz`.

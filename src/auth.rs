@@ -1,0 +1,416 @@
+//! JWT verification (HS256 only, `exp` and `sub` required) → the caller's [`Identity`].
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthConfig;
+
+/// Who the caller is, as proven by a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The `sub` claim.
+    pub sub: String,
+    /// The `roles` claim (empty when absent).
+    pub roles: Vec<String>,
+}
+
+impl Identity {
+    /// Whether the caller has role `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Why a request was not authenticated; the text never contains the token or the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No Authorization header.
+    #[error("missing bearer token")]
+    Missing,
+    /// More than one Authorization header: ambiguous, so refused.
+    #[error("more than one Authorization header")]
+    Duplicate,
+    /// A scheme other than Bearer.
+    #[error("the Authorization scheme must be Bearer")]
+    Scheme,
+    /// Over the size cap; not decoded at all.
+    #[error("token too large")]
+    TooLarge,
+    /// Not three base64url segments of JSON.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The header names an algorithm other than HS256.
+    #[error("unsupported token algorithm: only HS256 is accepted")]
+    Algorithm,
+    /// The signature does not match the secret.
+    #[error("invalid token signature")]
+    Signature,
+    /// `exp` is in the past.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` (or `iat`) is in the future.
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// A required claim is absent.
+    #[error("token lacks the required `{0}` claim")]
+    MissingClaim(String),
+    /// A claim has the wrong type.
+    #[error("token claim `{0}` has an invalid format")]
+    ClaimFormat(String),
+    /// `iss` or `aud` do not match the configuration.
+    #[error("token issuer or audience not accepted")]
+    WrongParty,
+}
+
+impl AuthError {
+    /// Bounded label for `auth_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Duplicate => "duplicate_header",
+            AuthError::Scheme => "scheme",
+            AuthError::TooLarge => "too_large",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::Algorithm => "algorithm",
+            AuthError::Signature => "signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::ClaimFormat(_) => "claim_format",
+            AuthError::WrongParty => "issuer_audience",
+        }
+    }
+
+    /// Whether a token was presented (RFC 6750 then asks for `error="invalid_token"`).
+    pub fn token_given(&self) -> bool {
+        !matches!(self, AuthError::Missing | AuthError::Scheme)
+    }
+}
+
+/// Claims the gateway reads; `exp`/`nbf`/`iss`/`aud` are checked by `jsonwebtoken` itself.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    iat: Option<serde_json::Value>,
+}
+
+/// Verifies bearer tokens with the configured secret and rules.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+    leeway: u64,
+    max_token_bytes: usize,
+}
+
+impl Authenticator {
+    /// Builds the verifier; `max_token_bytes` caps the Authorization header value.
+    pub fn new(cfg: &AuthConfig, max_token_bytes: usize) -> Authenticator {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = cfg.leeway_seconds;
+        validation.required_spec_claims = HashSet::from(["exp".to_string(), "sub".to_string()]);
+        validation.validate_aud = cfg.audience.is_some();
+        if let Some(aud) = &cfg.audience {
+            validation.set_audience(&[aud]);
+        }
+        if let Some(iss) = &cfg.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Authenticator {
+            key: DecodingKey::from_secret(&cfg.secret),
+            validation,
+            leeway: cfg.leeway_seconds,
+            max_token_bytes,
+        }
+    }
+
+    /// Authenticates a request from its headers.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+        let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+        let value = values.next().ok_or(AuthError::Missing)?;
+        if values.next().is_some() {
+            return Err(AuthError::Duplicate);
+        }
+        if value.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge);
+        }
+        let value = value
+            .to_str()
+            .map_err(|_| AuthError::Malformed("not ASCII"))?;
+        let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Scheme)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Scheme);
+        }
+        self.verify(token.trim())
+    }
+
+    /// Verifies one compact JWS token.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge);
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed(
+                "a token has three dot-separated parts",
+            ));
+        };
+        // Read `alg` ourselves first: `none`, HS512 or RS256 must say "wrong algorithm", and
+        // must never reach a verifier that might accept them.
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header.trim_end_matches('='))
+            .map_err(|_| AuthError::Malformed("header is not base64url"))?;
+        #[derive(Deserialize)]
+        struct AlgOnly {
+            alg: Option<serde_json::Value>,
+        }
+        let alg: AlgOnly = serde_json::from_slice(&header)
+            .map_err(|_| AuthError::Malformed("header is not JSON"))?;
+        if alg.alg.as_ref().and_then(|a| a.as_str()) != Some("HS256") {
+            return Err(AuthError::Algorithm);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| refine(map_jwt_error(e), token))?;
+        let claims = data.claims;
+        if let Some(iat) = claims.iat {
+            let iat = iat
+                .as_f64()
+                .ok_or_else(|| AuthError::ClaimFormat("iat".into()))?;
+            if iat > (unix_now() + self.leeway) as f64 {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        if claims.sub.is_empty() {
+            return Err(AuthError::MissingClaim("sub".into()));
+        }
+        Ok(Identity {
+            sub: claims.sub,
+            roles: claims.roles,
+        })
+    }
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => AuthError::Signature,
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
+            AuthError::Algorithm
+        }
+        K::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+        K::InvalidClaimFormat(c) => AuthError::ClaimFormat(c.clone()),
+        K::InvalidIssuer | K::InvalidAudience | K::InvalidSubject => AuthError::WrongParty,
+        K::Base64(_) => AuthError::Malformed("segment is not base64url"),
+        K::Json(_) => AuthError::Malformed("claims are not a JSON object of the expected types"),
+        K::Utf8(_) => AuthError::Malformed("segment is not UTF-8"),
+        _ => AuthError::Malformed("invalid token"),
+    }
+}
+
+/// `jsonwebtoken` reports a claim of the wrong type (`"exp":"123"`) as missing; say what it is.
+fn refine(err: AuthError, token: &str) -> AuthError {
+    let AuthError::MissingClaim(name) = &err else {
+        return err;
+    };
+    let present = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+        .is_some_and(|v| v.get(name.as_str()).is_some());
+    if present {
+        AuthError::ClaimFormat(name.clone())
+    } else {
+        err
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Serialize)]
+struct IssueClaims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    roles: &'a [String],
+}
+
+/// Signs an HS256 token for `sub` valid for `ttl` (the `gateway token` command).
+pub fn issue_token(
+    secret: &[u8],
+    sub: &str,
+    ttl: Duration,
+    roles: &[String],
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = unix_now();
+    let claims = IssueClaims {
+        sub,
+        iat: now,
+        exp: now + ttl.as_secs(),
+        roles,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"unit-test-secret-unit-test-secret";
+
+    fn auth() -> Authenticator {
+        let cfg = AuthConfig {
+            secret: SECRET.to_vec(),
+            leeway_seconds: 0,
+            public_paths: vec![],
+            issuer: None,
+            audience: None,
+            forward_authorization: true,
+        };
+        Authenticator::new(&cfg, 8192)
+    }
+
+    fn b64(v: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+    }
+
+    fn sign(alg: Algorithm, claims: serde_json::Value, secret: &[u8]) -> String {
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap_or_default()
+    }
+
+    fn now() -> i64 {
+        unix_now() as i64
+    }
+
+    #[test]
+    fn valid_token_gives_identity_with_roles() {
+        let roles = vec!["admin".to_string()];
+        let t = issue_token(SECRET, "42", Duration::from_secs(60), &roles).unwrap_or_default();
+        let id = auth().verify(&t);
+        assert_eq!(
+            id,
+            Ok(Identity {
+                sub: "42".into(),
+                roles
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_token() {
+        let a = auth();
+        let hs = |c: serde_json::Value| sign(Algorithm::HS256, c, SECRET);
+        let cases: Vec<(String, AuthError)> = vec![
+            (
+                hs(serde_json::json!({"sub":"1","exp": now() - 10})),
+                AuthError::Expired,
+            ),
+            (
+                hs(serde_json::json!({"sub":"1","exp": now() + 60, "nbf": now() + 600})),
+                AuthError::NotYetValid,
+            ),
+            (
+                hs(serde_json::json!({"sub":"1"})),
+                AuthError::MissingClaim("exp".into()),
+            ),
+            (
+                hs(serde_json::json!({"sub":"1","exp": "9999999999"})),
+                AuthError::ClaimFormat("exp".into()),
+            ),
+            (
+                sign(
+                    Algorithm::HS256,
+                    serde_json::json!({"sub":"1","exp": now() + 60}),
+                    b"wrong-secret",
+                ),
+                AuthError::Signature,
+            ),
+            (
+                sign(
+                    Algorithm::HS512,
+                    serde_json::json!({"sub":"1","exp": now() + 60}),
+                    SECRET,
+                ),
+                AuthError::Algorithm,
+            ),
+            (
+                format!(
+                    "{}.{}.",
+                    b64(br#"{"alg":"none","typ":"JWT"}"#),
+                    b64(format!(r#"{{"sub":"1","exp":{}}}"#, now() + 60).as_bytes())
+                ),
+                AuthError::Algorithm,
+            ),
+            (
+                "a.b".into(),
+                AuthError::Malformed("a token has three dot-separated parts"),
+            ),
+            (
+                "%%%.b.c".into(),
+                AuthError::Malformed("header is not base64url"),
+            ),
+        ];
+        for (token, expected) in cases {
+            assert_eq!(a.verify(&token), Err(expected), "token {token}");
+        }
+        let float_exp = hs(serde_json::json!({"sub":"1","exp": (now() + 60) as f64 + 0.5}));
+        assert!(
+            a.verify(&float_exp).is_ok(),
+            "a float exp in the future is accepted"
+        );
+    }
+
+    #[test]
+    fn header_rules() {
+        let a = auth();
+        let t = issue_token(SECRET, "7", Duration::from_secs(60), &[]).unwrap_or_default();
+        let mut h = HeaderMap::new();
+        assert_eq!(a.authenticate(&h), Err(AuthError::Missing));
+        h.insert("authorization", format!("bearer {t}").parse().unwrap());
+        assert!(a.authenticate(&h).is_ok(), "scheme is case-insensitive");
+        h.append("authorization", format!("Bearer {t}").parse().unwrap());
+        assert_eq!(a.authenticate(&h), Err(AuthError::Duplicate));
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(a.authenticate(&h), Err(AuthError::Scheme));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Bearer {}", "a".repeat(9000)).parse().unwrap(),
+        );
+        assert_eq!(a.authenticate(&h), Err(AuthError::TooLarge));
+    }
+}
