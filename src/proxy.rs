@@ -163,6 +163,11 @@ impl Gateway {
                 metrics::AUTH_FAILURES
                     .with_label_values(&[e.reason()])
                     .inc();
+                if e == crate::auth::AuthError::TooLarge {
+                    return Err(GatewayError::HeadersTooLarge(
+                        "Authorization header too large".into(),
+                    ));
+                }
                 Err(GatewayError::Unauthorized {
                     message: e.to_string().into(),
                     token_given: e.token_given(),

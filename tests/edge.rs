@@ -1,0 +1,459 @@
+//! Edge security against the real gateway: fixed-window rate limiting (embedded store and a real
+//! redis-server, with fallback when Redis dies) and JWT authentication.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use common::{client, eventually, token, EchoServer, Gateway, Redis, SECRET};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+fn section(echo_port: u16, per_minute: u64, window_seconds: u64, extra_rate: &str) -> String {
+    format!(
+        r#"rate_limit: {{ per_minute: {per_minute}, window_seconds: {window_seconds}{extra_rate} }}
+upstreams:
+  echo:
+    backends: ["127.0.0.1:{echo_port}"]
+    health_check: {{ kind: tcp, interval_ms: 500 }}
+routes:
+  - {{ prefix: "/echo/", upstream: echo }}
+"#
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Windows are aligned to the clock; a burst must not straddle a boundary, so when the current
+/// window of `window` seconds ends within `margin`, start in the next one.
+async fn align_to_window(window: u64, margin: u64) {
+    let into = unix_now() % window;
+    if window - into <= margin {
+        tokio::time::sleep(Duration::from_secs(window - into)).await;
+    }
+}
+
+async fn get(gw: &Gateway, bearer: &str, xff: Option<&str>) -> reqwest::Response {
+    let mut r = client().get(gw.url("/echo/x")).bearer_auth(bearer);
+    if let Some(x) = xff {
+        r = r.header("X-Forwarded-For", x);
+    }
+    r.send().await.expect("answered")
+}
+
+#[tokio::test]
+async fn eleventh_request_is_limited_with_headers_on_the_embedded_store() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(&section(echo.port, 10, 3600, ""), &[]).await;
+    let t = token("1");
+    align_to_window(3600, 15).await;
+    for i in 0..10u64 {
+        let r = get(&gw, &t, None).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["ratelimit-limit"], "10");
+        assert_eq!(
+            r.headers()["ratelimit-remaining"],
+            (9 - i).to_string().as_str()
+        );
+        assert!(r.headers().contains_key("ratelimit-reset"));
+    }
+    let r = get(&gw, &t, None).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry));
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "rate_limited");
+    // Public paths are never limited.
+    assert_eq!(
+        client()
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"rate_limit_decisions_total{backend="memory",result="limited"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn next_window_admits_again() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(&section(echo.port, 2, 2, ""), &[]).await;
+    let t = token("1");
+    // Exhaust the budget (a window boundary may pass meanwhile: then simply keep going).
+    let mut limited = false;
+    for _ in 0..10 {
+        if get(&gw, &t, None).await.status() == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the limit of 2 was reached");
+    eventually("a new window admits", Duration::from_secs(5), async || {
+        get(&gw, &t, None).await.status() == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_redis_enforce_one_limit_and_keys_expire() {
+    let redis = Redis::start();
+    let echo = EchoServer::start().await;
+    let env = [("REDIS_ADDR", redis.addr())];
+    let a = Gateway::start(&section(echo.port, 10, 3600, ""), &env).await;
+    let b = Gateway::start(&section(echo.port, 10, 3600, ""), &env).await;
+    let t = token("1");
+    align_to_window(3600, 15).await;
+    let mut allowed = 0;
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let s = get(gw, &t, None).await.status();
+        assert!(s == 200 || s == 429, "{s}");
+        if s == 200 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 10, "one shared limit across both replicas");
+    let keys = redis.keys("ratelimit:*");
+    assert!(!keys.is_empty());
+    for k in keys {
+        let ttl = redis.ttl(&k);
+        assert!(ttl > 0, "{k} has TTL {ttl}");
+    }
+    assert!(a
+        .metrics()
+        .await
+        .contains(r#"rate_limit_decisions_total{backend="redis",result="allowed"}"#));
+}
+
+async fn burst(gw: &Gateway, n: usize) -> usize {
+    let t = token("1");
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let url = gw.url("/echo/x");
+            let t = t.clone();
+            tokio::spawn(async move {
+                client()
+                    .get(url)
+                    .bearer_auth(t)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        let s = task.await.unwrap().expect("answered");
+        assert!(s == 200 || s == 429, "{s}");
+        if s == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[tokio::test]
+async fn concurrent_burst_admits_exactly_the_limit() {
+    let redis = Redis::start();
+    let echo = EchoServer::start().await;
+    let on_redis = Gateway::start(
+        &section(echo.port, 50, 3600, ""),
+        &[("REDIS_ADDR", redis.addr())],
+    )
+    .await;
+    let in_memory = Gateway::start(&section(echo.port, 50, 3600, ""), &[]).await;
+    align_to_window(3600, 30).await;
+    assert_eq!(burst(&on_redis, 200).await, 50, "redis backend");
+    assert_eq!(burst(&in_memory, 200).await, 50, "embedded backend");
+}
+
+#[tokio::test]
+async fn redis_outage_falls_back_to_memory_and_recovers() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(
+        &section(echo.port, 1000, 3600, ""),
+        &[("REDIS_ADDR", redis.addr())],
+    )
+    .await;
+    let t = token("1");
+    for _ in 0..5 {
+        assert_eq!(get(&gw, &t, None).await.status(), 200);
+    }
+    redis.proc.kill();
+    for i in 0..30 {
+        let s = get(&gw, &t, None).await.status();
+        assert_eq!(
+            s, 200,
+            "request {i} during the outage is still answered by the local limiter"
+        );
+    }
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"rate_limit_decisions_total{backend="fallback",result="allowed"}"#),
+        "{m}"
+    );
+    assert!(m.contains("store_errors_total{backend=\"redis\""));
+
+    let redis = Redis::start_on(port);
+    eventually(
+        "decisions go back to redis",
+        Duration::from_secs(10),
+        async || {
+            get(&gw, &t, None).await;
+            !redis.keys("ratelimit:*").is_empty()
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let echo = EchoServer::start().await;
+    let t = token("1");
+
+    let untrusted = Gateway::start(&section(echo.port, 2, 3600, ""), &[]).await;
+    align_to_window(3600, 15).await;
+    assert_eq!(get(&untrusted, &t, Some("1.1.1.1")).await.status(), 200);
+    assert_eq!(get(&untrusted, &t, Some("2.2.2.2")).await.status(), 200);
+    assert_eq!(
+        get(&untrusted, &t, Some("3.3.3.3")).await.status(),
+        429,
+        "a spoofed header from an untrusted peer changes nothing"
+    );
+
+    let trusted = Gateway::start(
+        &section(echo.port, 2, 3600, ", trusted_proxies: [\"127.0.0.1/32\"]"),
+        &[],
+    )
+    .await;
+    for ip in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
+        assert_eq!(
+            get(&trusted, &t, Some(ip)).await.status(),
+            200,
+            "{ip} has its own budget"
+        );
+    }
+    assert_eq!(get(&trusted, &t, Some("1.1.1.1")).await.status(), 200);
+    assert_eq!(get(&trusted, &t, Some("1.1.1.1")).await.status(), 429);
+    let last = echo
+        .requests()
+        .last()
+        .cloned()
+        .expect("requests reached the echo");
+    assert_eq!(last.header("x-forwarded-for"), vec!["1.1.1.1, 127.0.0.1"]);
+}
+
+fn now() -> i64 {
+    unix_now() as i64
+}
+
+fn b64(v: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+}
+
+fn sign(alg: Algorithm, claims: serde_json::Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn jwt_cases_get_the_right_status_and_never_a_panic() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(&section(echo.port, 100_000, 60, ""), &[]).await;
+    let key = SECRET.as_bytes();
+    let hs = |c: serde_json::Value| sign(Algorithm::HS256, c, key);
+    let future = now() + 600;
+    let payload = b64(json!({"sub":"1","exp": future}).to_string().as_bytes());
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("valid", hs(json!({"sub":"1","exp": future})), 200),
+        ("expired", hs(json!({"sub":"1","exp": now() - 60})), 401),
+        (
+            "nbf in the future",
+            hs(json!({"sub":"1","exp": future, "nbf": future - 60})),
+            401,
+        ),
+        ("missing exp", hs(json!({"sub":"1"})), 401),
+        (
+            "exp as a string",
+            hs(json!({"sub":"1","exp": future.to_string()})),
+            401,
+        ),
+        (
+            "exp as a float in the future",
+            hs(json!({"sub":"1","exp": future as f64 + 0.25})),
+            200,
+        ),
+        (
+            "wrong secret",
+            sign(
+                Algorithm::HS256,
+                json!({"sub":"1","exp": future}),
+                b"another-secret",
+            ),
+            401,
+        ),
+        (
+            "alg none",
+            format!("{}.{payload}.", b64(br#"{"alg":"none","typ":"JWT"}"#)),
+            401,
+        ),
+        (
+            "HS512",
+            sign(Algorithm::HS512, json!({"sub":"1","exp": future}), key),
+            401,
+        ),
+        (
+            "RS256 header",
+            format!(
+                "{}.{payload}.{}",
+                b64(br#"{"alg":"RS256","typ":"JWT"}"#),
+                b64(b"sig")
+            ),
+            401,
+        ),
+        ("two segments", "abc.def".to_string(), 401),
+        (
+            "bad base64",
+            format!("{}.!!!.abc", b64(br#"{"alg":"HS256"}"#)),
+            401,
+        ),
+        (
+            "non-JSON payload",
+            format!("{}.{}.abc", b64(br#"{"alg":"HS256"}"#), b64(b"not json")),
+            401,
+        ),
+        ("9 KiB token", "a".repeat(9 * 1024), 431),
+    ];
+    for (name, tok, want) in cases {
+        let r = client()
+            .get(gw.url("/echo/x"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        assert_eq!(status, want, "{name}");
+        if status == 401 {
+            let www = r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(www, r#"Bearer error="invalid_token""#, "{name}");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"], "unauthorized");
+            let msg = v["message"].as_str().unwrap();
+            assert!(
+                !msg.contains(&tok) && !msg.contains(SECRET),
+                "{name}: message leaks: {msg}"
+            );
+        }
+    }
+    let valid = token("1");
+    let r = client().get(gw.url("/echo/x")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no token");
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .header("Authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "Basic scheme");
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .header("Authorization", format!("Bearer {valid}"))
+        .header("Authorization", format!("Bearer {valid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "two Authorization headers");
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .header("Authorization", format!("bearer {valid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "lower-case scheme");
+    // The gateway is still serving after all of that.
+    assert_eq!(
+        client()
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"auth_failures_total{reason="expired"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn client_x_user_id_never_reaches_the_upstream() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(&section(echo.port, 100_000, 60, ""), &[]).await;
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .bearer_auth(token("alice"))
+        .header("X-User-Id", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = echo.requests();
+    assert_eq!(seen[0].header("x-user-id"), vec!["alice"]);
+    assert_eq!(
+        seen[0].header("authorization").len(),
+        1,
+        "forwarded unchanged by default"
+    );
+}
+
+#[test]
+fn token_command_prints_a_verifiable_token() {
+    let out = std::process::Command::new(common::gateway_bin())
+        .args(["token", "--sub", "42", "--ttl", "10m", "--role", "admin"])
+        .env("JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let tok = String::from_utf8(out.stdout).unwrap();
+    let mut v = jsonwebtoken::Validation::new(Algorithm::HS256);
+    v.set_required_spec_claims(&["exp", "sub"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(
+        tok.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &v,
+    )
+    .unwrap();
+    assert_eq!(data.claims["sub"], "42");
+    assert_eq!(data.claims["roles"], json!(["admin"]));
+    let exp = data.claims["exp"].as_i64().unwrap();
+    assert!((now() + 590..=now() + 610).contains(&exp));
+}
