@@ -43,9 +43,14 @@ run: build
 	./target/release/mocks & MOCKS_PID=$$!
 	trap 'kill $$MOCKS_PID 2>/dev/null || true' EXIT
 	for i in $$(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/8084) 2>/dev/null && break; sleep 0.1; done
+	TOKEN=$$(./target/release/gateway token --sub 1 --ttl 24h)
 	echo
-	echo "Gateway on http://127.0.0.1:8080 (metrics on :9091), mocks on 8081-8084. Try:"
-	echo "  curl -s http://127.0.0.1:8080/api/products"
+	echo "Gateway on http://127.0.0.1:8080 (metrics on :9091), mocks on 8081-8084."
+	echo "A token for user 1 (24 h):"
+	echo "  TOKEN=$$TOKEN"
+	echo "Try:"
+	echo "  curl -s -H \"Authorization: Bearer $$TOKEN\" http://127.0.0.1:8080/api/profile/1"
+	echo "  curl -s -H \"Authorization: Bearer $$TOKEN\" http://127.0.0.1:8080/api/products"
 	echo
 	./target/release/gateway -c conf/gateway.yaml
 

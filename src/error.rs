@@ -22,6 +22,9 @@ pub enum GatewayError {
     /// No route, or the resource does not exist.
     #[error("{0}")]
     NotFound(Cow<'static, str>),
+    /// The route exists but not for this method.
+    #[error("{0}")]
+    MethodNotAllowed(Cow<'static, str>),
     /// Over the per-IP limit.
     #[error("rate limit exceeded, retry in {retry_after_secs} s")]
     RateLimited {
@@ -31,9 +34,6 @@ pub enum GatewayError {
     /// Request headers over the configured caps.
     #[error("{0}")]
     HeadersTooLarge(Cow<'static, str>),
-    /// Route exists but is not served by this build.
-    #[error("{0}")]
-    NotImplemented(Cow<'static, str>),
     /// The upstream failed or answered something unusable.
     #[error("{0}")]
     BadGateway(Cow<'static, str>),
@@ -56,10 +56,10 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => 401,
             GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound(_) => 404,
+            GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::RateLimited { .. } => 429,
             GatewayError::HeadersTooLarge(_) => 431,
             GatewayError::Internal => 500,
-            GatewayError::NotImplemented(_) => 501,
             GatewayError::BadGateway(_) => 502,
             GatewayError::Unavailable(_) => 503,
             GatewayError::Timeout(_) => 504,
@@ -73,10 +73,10 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => "unauthorized",
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::NotFound(_) => "not_found",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::HeadersTooLarge(_) => "headers_too_large",
             GatewayError::Internal => "internal",
-            GatewayError::NotImplemented(_) => "not_implemented",
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::Unavailable(_) => "service_unavailable",
             GatewayError::Timeout(_) => "upstream_timeout",
@@ -97,6 +97,7 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after_secs } => {
                 vec![("Retry-After", retry_after_secs.to_string())]
             }
+            GatewayError::MethodNotAllowed(_) => vec![("Allow", "GET, HEAD".to_string())],
             _ => Vec::new(),
         }
     }

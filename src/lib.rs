@@ -8,6 +8,8 @@
 //! - [`auth`]: JWT verification → `Identity`; token issuing for the CLI.
 //! - [`ratelimit`]: per-IP fixed windows on Redis or in memory, with fallback.
 //! - [`store`]: the Redis connection with timeouts, breaker and rate-limited warnings.
+//! - [`profile`]: `/api/profile/{id}`: authorization, cache-aside, single flight, fan-out.
+//! - [`upstream`]: dependency-service clients with timeout, retry and breaker.
 //! - [`routes`]: route table, upstream groups, load balancing, active and passive health.
 //! - [`resilience`]: circuit breaker and retry policy over an injected clock.
 //! - [`net`]: client address normalisation and trusted-proxy `X-Forwarded-For`.
@@ -20,12 +22,14 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod net;
+pub mod profile;
 pub mod proxy;
 pub mod ratelimit;
 pub mod resilience;
 pub mod respond;
 pub mod routes;
 pub mod store;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -54,7 +58,8 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
         }
         None => None,
     };
-    let (gateway, health_services) = Gateway::new(config.clone(), redis);
+    let (gateway, health_services) = Gateway::new(config.clone(), redis)
+        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     proxy.add_tcp(&config.listen.to_string());

@@ -83,6 +83,60 @@ pub static STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Calls to the profile's dependency services, by service and outcome.
+pub static UPSTREAM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "upstream_requests_total",
+        "Attempts against dependency services, by service and outcome",
+        &["service", "outcome"],
+    )
+});
+
+/// Duration of each attempt against a dependency service.
+pub static UPSTREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "upstream_request_duration_seconds",
+        "Duration of attempts against dependency services, in seconds",
+        &["service"],
+    )
+});
+
+/// Retries made against a dependency service.
+pub static UPSTREAM_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "upstream_retries_total",
+        "Retries against dependency services",
+        &["service"],
+    )
+});
+
+/// Circuit breaker state per service: 0 closed, 1 open, 2 half-open.
+pub static BREAKER_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "circuit_breaker_state",
+        "Circuit breaker state per service (0 closed, 1 open, 2 half-open)",
+        &["service"],
+    )
+});
+
+/// Profile cache lookups by result.
+pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cache_requests_total",
+        "Profile cache lookups, by result (hit|miss|bypass)",
+        &["result"],
+    )
+});
+
+/// Profile answers missing a dependency, by service.
+pub static PROFILE_DEGRADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "profile_degraded_total",
+        "Profile documents served without one dependency, by service",
+        &["service"],
+    )
+});
+
 /// Forces registration so every family shows on `/metrics` from the first scrape.
 pub fn init() {
     LazyLock::force(&HTTP_REQUESTS);
@@ -91,6 +145,12 @@ pub fn init() {
     LazyLock::force(&RATE_LIMIT_DECISIONS);
     LazyLock::force(&AUTH_FAILURES);
     LazyLock::force(&STORE_ERRORS);
+    LazyLock::force(&UPSTREAM_REQUESTS);
+    LazyLock::force(&UPSTREAM_DURATION);
+    LazyLock::force(&UPSTREAM_RETRIES);
+    LazyLock::force(&BREAKER_STATE);
+    LazyLock::force(&CACHE_REQUESTS);
+    LazyLock::force(&PROFILE_DEGRADED);
 }
 
 /// Bounded method label: the standard methods by name, anything else as `OTHER`.

@@ -16,10 +16,11 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::profile::{self, CacheStatus, ProfileService};
 use crate::ratelimit::{Decision, RateLimiter};
 use crate::respond;
 use crate::routes::{PassiveHealth, Route, RouteTable};
-use crate::store::{unix_now, RedisStore};
+use crate::store::{unix_now, MemoryKv, RedisStore, Store};
 use crate::{metrics, net};
 
 /// Request id header, kept from the client when well-formed, else generated.
@@ -35,6 +36,8 @@ pub struct Gateway {
     pub auth: Authenticator,
     /// Per-IP limiter (Redis or memory).
     pub limiter: RateLimiter,
+    /// The `/api/profile/{id}` aggregation.
+    pub profile: ProfileService,
 }
 
 /// Per-request state, filled as the phases run.
@@ -54,6 +57,8 @@ pub struct Ctx {
     rate: Option<Decision>,
     /// The verified caller (request_filter), forwarded as `X-User-Id`.
     identity: Option<Identity>,
+    /// Cache outcome of a profile answer (request_filter), for the access log.
+    cache: Option<CacheStatus>,
     /// Backends already tried for this request (upstream_peer), so a retry goes elsewhere.
     tried: Vec<SocketAddr>,
     /// The backend of the current try (upstream_peer), for passive health and the log.
@@ -98,19 +103,58 @@ impl Gateway {
     pub fn new(
         config: Arc<Config>,
         redis: Option<Arc<RedisStore>>,
-    ) -> (Gateway, Vec<crate::routes::HealthService>) {
+    ) -> std::result::Result<(Gateway, Vec<crate::routes::HealthService>), String> {
         let (routes, health) = crate::routes::build(&config);
         let auth = Authenticator::new(&config.auth, config.limits.max_authorization_bytes);
-        let limiter = RateLimiter::new(&config.rate_limit, redis);
-        (
+        let limiter = RateLimiter::new(&config.rate_limit, redis.clone());
+        let store = Arc::new(match redis {
+            Some(r) => Store::Redis(r),
+            None => Store::Memory(MemoryKv::default()),
+        });
+        let profile = ProfileService::new(&config, store)
+            .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
+        Ok((
             Gateway {
                 config,
                 routes,
                 auth,
                 limiter,
+                profile,
             },
             health,
-        )
+        ))
+    }
+
+    async fn answer_profile(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let method = &session.req_header().method;
+        let result = if method != http::Method::GET && method != http::Method::HEAD {
+            Err(GatewayError::MethodNotAllowed(
+                "only GET is allowed here".into(),
+            ))
+        } else {
+            match profile::parse_id(session.req_header().uri.path()).and_then(|id| {
+                profile::authorize(id, ctx.identity.as_ref(), self.config.profile.owner_only)
+            }) {
+                Ok(id) => {
+                    let work = self.profile.get(&id, &ctx.request_id);
+                    match until_client_gone(session, work).await {
+                        Some(r) => r,
+                        // Dropping `work` cancelled its upstream calls; there is nobody to answer.
+                        None => return Ok(()),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let mut headers = Self::local_headers(ctx);
+        match result {
+            Ok(answer) => {
+                ctx.cache = Some(answer.cache);
+                headers.push(("X-Cache", answer.cache.as_str().to_string()));
+                respond::json(session, 200, answer.body, &headers).await
+            }
+            Err(e) => respond::error(session, &e, &headers).await,
+        }
     }
 
     /// Request id and rate-limit headers that every local answer carries.
@@ -197,12 +241,7 @@ impl Gateway {
                 )
                 .await?;
             }
-            Route::Profile => {
-                let e = GatewayError::NotImplemented(
-                    "the profile endpoint is not enabled in this build".into(),
-                );
-                respond::error(session, &e, &headers).await?;
-            }
+            Route::Profile => self.answer_profile(session, ctx).await?,
             Route::NotFound => {
                 let e = GatewayError::NotFound("no route matches this path".into());
                 respond::error(session, &e, &headers).await?;
@@ -211,6 +250,30 @@ impl Gateway {
         }
         Ok(true)
     }
+}
+
+/// Runs `work` unless the client closes its connection first (then `None`, and `work` is
+/// dropped). A GET has no body, so anything the client does meanwhile is a close or a pipelined
+/// request; only a close cancels.
+async fn until_client_gone<T>(
+    session: &mut Session,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let downstream = session.as_downstream_mut();
+    downstream.set_abort_on_close(true);
+    let gone = async {
+        match downstream.read_body_or_idle(true).await {
+            Err(e) if e.etype() == &ErrorType::ConnectionClosed => {}
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        r = work => Some(r),
+        () = gone => None,
+    };
+    session.as_downstream_mut().set_abort_on_close(false);
+    result
 }
 
 fn valid_request_id(v: &[u8]) -> bool {
@@ -284,6 +347,7 @@ impl ProxyHttp for Gateway {
             client_ip: None,
             rate: None,
             identity: None,
+            cache: None,
             tried: Vec::new(),
             backend: None,
             outcome_reported: false,
@@ -550,6 +614,7 @@ impl ProxyHttp for Gateway {
             route,
             status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            cache = ctx.cache.map(CacheStatus::as_str),
             backend = ?ctx.backend.as_ref().map(|b| b.addr.to_string()),
             bytes_sent = session.body_bytes_sent(),
         );

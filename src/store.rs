@@ -185,9 +185,128 @@ impl RedisStore {
     }
 }
 
+/// Entries the embedded key-value store holds at most; past that, expired entries are dropped
+/// first, then the entry closest to expiry.
+const MEMORY_KV_CAPACITY: usize = 10_000;
+
+/// The embedded key-value store: a bounded map with per-entry expiry.
+#[derive(Default)]
+pub struct MemoryKv {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Instant, bytes::Bytes)>>,
+}
+
+impl MemoryKv {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Instant, bytes::Bytes)>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live value of `key` at `now`.
+    pub fn get(&self, key: &str, now: Instant) -> Option<bytes::Bytes> {
+        let mut map = self.lock();
+        match map.get(key) {
+            Some((exp, v)) if *exp > now => Some(v.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stores `value` until `now + ttl`.
+    pub fn set(&self, key: &str, value: bytes::Bytes, ttl: Duration, now: Instant) {
+        let mut map = self.lock();
+        if map.len() >= MEMORY_KV_CAPACITY && !map.contains_key(key) {
+            map.retain(|_, (exp, _)| *exp > now);
+            if map.len() >= MEMORY_KV_CAPACITY {
+                if let Some(k) = map
+                    .iter()
+                    .min_by_key(|(_, (exp, _))| *exp)
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(key.to_string(), (now + ttl, value));
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where cached values live: Redis when configured, else the embedded map.
+pub enum Store {
+    /// Shared by every replica.
+    Redis(std::sync::Arc<RedisStore>),
+    /// This process only.
+    Memory(MemoryKv),
+}
+
+impl Store {
+    /// Reads `key`; an error means "could not tell" (the caller bypasses the cache).
+    pub async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, StoreError> {
+        match self {
+            Store::Redis(r) => Ok(r.get(key).await?.map(bytes::Bytes::from)),
+            Store::Memory(m) => Ok(m.get(key, Instant::now())),
+        }
+    }
+
+    /// Writes `key` with a TTL.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(r) => r.set_ex(key, &value, ttl).await,
+            Store::Memory(m) => {
+                m.set(key, value, ttl, Instant::now());
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_kv_expires_and_stays_bounded() {
+        let kv = MemoryKv::default();
+        let t0 = Instant::now();
+        kv.set(
+            "a",
+            bytes::Bytes::from_static(b"1"),
+            Duration::from_secs(30),
+            t0,
+        );
+        assert_eq!(
+            kv.get("a", t0 + Duration::from_secs(29)).as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(kv.get("a", t0 + Duration::from_secs(30)), None);
+        for i in 0..(MEMORY_KV_CAPACITY + 100) {
+            kv.set(
+                &i.to_string(),
+                bytes::Bytes::new(),
+                Duration::from_secs(30),
+                t0,
+            );
+        }
+        assert!(kv.len() <= MEMORY_KV_CAPACITY);
+    }
 
     #[test]
     fn warnings_are_rate_limited() {

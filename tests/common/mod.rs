@@ -483,3 +483,32 @@ impl Redis {
         redis::cmd("TTL").arg(key).query(&mut c).expect("TTL")
     }
 }
+
+/// Sends raw bytes (a client library would normalise them) and returns what came back until the
+/// server closed or went quiet for `quiet`.
+pub async fn raw_request(port: u16, request: &[u8], quiet: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(quiet, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Env vars pointing the gateway's four services at `mocks`.
+pub fn service_env(mocks: &Mocks) -> Vec<(&'static str, String)> {
+    vec![
+        ("USER_SERVICE_URL", mocks.url("user")),
+        ("ORDER_SERVICE_URL", mocks.url("order")),
+        ("PRODUCT_SERVICE_URL", mocks.url("product")),
+        ("RECOMMENDATION_SERVICE_URL", mocks.url("recommendation")),
+    ]
+}

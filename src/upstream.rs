@@ -1,0 +1,275 @@
+//! Clients of the profile's dependency services: one pooled HTTP client, per-attempt timeouts,
+//! retries read from the failure's cause, and a circuit breaker per service.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::{ServiceConfig, ServiceName};
+use crate::metrics;
+use crate::resilience::{
+    Admission, BreakerState, CircuitBreaker, FailureKind, RetryPolicy, Transition,
+};
+
+/// The JSON shape a service must answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A JSON object (the user).
+    Object,
+    /// A JSON array (orders, products, recommendations).
+    Array,
+}
+
+/// Why a service call produced no document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// The service answered 404: the resource does not exist.
+    NotFound,
+    /// The breaker was open: not tried at all.
+    BreakerOpen,
+    /// The last attempt failed this way (after any retries).
+    Failed(FailureKind),
+}
+
+/// One dependency service.
+pub struct ServiceClient {
+    config: ServiceConfig,
+    http: reqwest::Client,
+    breaker: CircuitBreaker,
+    retry: RetryPolicy,
+    shape: Shape,
+}
+
+/// Builds the pooled HTTP client shared by every service.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+fn outcome_label(r: &Result<(), FailureKind>) -> &'static str {
+    match r {
+        Ok(()) => "success",
+        Err(FailureKind::Connect) => "connect_error",
+        Err(FailureKind::Timeout) => "timeout",
+        Err(FailureKind::ServerError) => "server_error",
+        Err(FailureKind::ClientError) => "client_error",
+        Err(FailureKind::BadBody) => "bad_body",
+    }
+}
+
+/// One attempt's failure, before retry policy: `NotFound` is an answer, not a failure.
+enum AttemptError {
+    NotFound,
+    Failed(FailureKind),
+}
+
+impl ServiceClient {
+    /// A client for one configured service.
+    pub fn new(config: ServiceConfig, http: reqwest::Client, now: Instant) -> ServiceClient {
+        let shape = match config.name {
+            ServiceName::User => Shape::Object,
+            _ => Shape::Array,
+        };
+        metrics::BREAKER_STATE
+            .with_label_values(&[config.name.as_str()])
+            .set(0);
+        ServiceClient {
+            breaker: CircuitBreaker::new(config.breaker_failures, config.breaker_open, now),
+            retry: RetryPolicy {
+                attempts: config.retry_attempts,
+                backoff: config.retry_backoff,
+            },
+            config,
+            http,
+            shape,
+        }
+    }
+
+    /// Which service this is.
+    pub fn name(&self) -> ServiceName {
+        self.config.name
+    }
+
+    fn note(&self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        let service = self.config.name.as_str();
+        metrics::BREAKER_STATE
+            .with_label_values(&[service])
+            .set(t.to as i64);
+        match t.to {
+            BreakerState::Open => {
+                tracing::warn!(service, "circuit breaker opened: failing fast")
+            }
+            BreakerState::HalfOpen => tracing::info!(service, "circuit breaker half-open: probing"),
+            BreakerState::Closed => tracing::info!(service, "circuit breaker closed"),
+        }
+    }
+
+    fn url(&self, id: &str) -> String {
+        let base = self.config.url.as_str().trim_end_matches('/');
+        format!("{base}{}", self.config.path.replace("{id}", id))
+    }
+
+    /// Fetches the service's document for `id`, retrying within `deadline`.
+    pub async fn fetch(
+        &self,
+        id: &str,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<Bytes, CallError> {
+        let url = self.url(id);
+        let service = self.config.name.as_str();
+        let mut last: Option<FailureKind> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let now = Instant::now();
+            let (admission, t) = self.breaker.admit(now);
+            self.note(t);
+            if admission == Admission::Rejected {
+                metrics::UPSTREAM_REQUESTS
+                    .with_label_values(&[service, "breaker_open"])
+                    .inc();
+                return Err(last
+                    .map(CallError::Failed)
+                    .unwrap_or(CallError::BreakerOpen));
+            }
+            let budget = self
+                .config
+                .timeout
+                .min(deadline.saturating_duration_since(now));
+            let result = if budget.is_zero() {
+                Err(AttemptError::Failed(FailureKind::Timeout))
+            } else {
+                tokio::time::timeout(budget, self.attempt(&url, request_id))
+                    .await
+                    .unwrap_or(Err(AttemptError::Failed(FailureKind::Timeout)))
+            };
+            let done = Instant::now();
+            metrics::UPSTREAM_DURATION
+                .with_label_values(&[service])
+                .observe((done - now).as_secs_f64());
+            let kind = match result {
+                Ok(body) => {
+                    self.note(self.breaker.on_success(done));
+                    metrics::UPSTREAM_REQUESTS
+                        .with_label_values(&[service, "success"])
+                        .inc();
+                    return Ok(body);
+                }
+                Err(AttemptError::NotFound) => {
+                    // A 404 is the service working correctly.
+                    self.note(self.breaker.on_success(done));
+                    metrics::UPSTREAM_REQUESTS
+                        .with_label_values(&[service, "not_found"])
+                        .inc();
+                    return Err(CallError::NotFound);
+                }
+                Err(AttemptError::Failed(kind)) => kind,
+            };
+            metrics::UPSTREAM_REQUESTS
+                .with_label_values(&[service, outcome_label(&Err(kind))])
+                .inc();
+            if kind.counts_for_breaker() {
+                self.note(self.breaker.on_failure(done));
+            } else {
+                self.note(self.breaker.on_success(done));
+            }
+            last = Some(kind);
+            match self.retry.next_attempt_at(attempt, kind, done, deadline) {
+                Some(at) => {
+                    metrics::UPSTREAM_RETRIES
+                        .with_label_values(&[service])
+                        .inc();
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                None => return Err(CallError::Failed(kind)),
+            }
+        }
+    }
+
+    async fn attempt(&self, url: &str, request_id: &str) -> Result<Bytes, AttemptError> {
+        let mut resp = self
+            .http
+            .get(url)
+            .header("X-Request-Id", request_id)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                AttemptError::Failed(if e.is_timeout() {
+                    FailureKind::Timeout
+                } else {
+                    FailureKind::Connect
+                })
+            })?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(AttemptError::NotFound);
+        }
+        if status.is_server_error() {
+            return Err(AttemptError::Failed(FailureKind::ServerError));
+        }
+        if !status.is_success() {
+            return Err(AttemptError::Failed(FailureKind::ClientError));
+        }
+        let max = self.config.max_body_bytes;
+        if resp.content_length().is_some_and(|n| n as usize > max) {
+            return Err(AttemptError::Failed(FailureKind::BadBody));
+        }
+        let mut body = BytesMut::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > max {
+                        return Err(AttemptError::Failed(FailureKind::BadBody));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return Err(AttemptError::Failed(FailureKind::Timeout)),
+                // The connection broke mid-body: transient, like a 5xx.
+                Err(_) => return Err(AttemptError::Failed(FailureKind::ServerError)),
+            }
+        }
+        let body = body.freeze();
+        if has_shape(&body, self.shape) {
+            Ok(body)
+        } else {
+            Err(AttemptError::Failed(FailureKind::BadBody))
+        }
+    }
+}
+
+/// Whether `body` is valid JSON of the expected top-level shape.
+pub fn has_shape(body: &[u8], shape: Shape) -> bool {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        return false;
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    matches!(
+        (first, shape),
+        (Some(b'{'), Shape::Object) | (Some(b'['), Shape::Array)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_are_checked() {
+        assert!(has_shape(br#" {"id":"1"}"#, Shape::Object));
+        assert!(!has_shape(br#"[1]"#, Shape::Object));
+        assert!(has_shape(br#"[]"#, Shape::Array));
+        assert!(!has_shape(br#"{"id": 1, oops"#, Shape::Object));
+        assert!(!has_shape(b"<html></html>", Shape::Array));
+        assert!(!has_shape(b"", Shape::Array));
+    }
+}
