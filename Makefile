@@ -55,8 +55,11 @@ run: build
 	./target/release/gateway -c conf/gateway.yaml
 
 test: test-deps
+	@set -euo pipefail
 	$(CARGO) build --workspace
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --all-targets 2>&1 | tee target/test-output.log
+	# One closing line over every test binary, for humans and CI alike.
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.log
 
 lint: deps
 	$(CARGO) fmt --all -- --check

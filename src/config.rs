@@ -605,37 +605,34 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
     }
 }
 
-/// Whether the JWT secret must be present (start) or may be absent (`-t` checks the file only).
+/// What loading is for: starting the gateway, or `-t` checking a file on another machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretPolicy {
-    /// Refuse to load without `JWT_SECRET`.
-    Required,
-    /// Accept a missing secret (config test mode).
-    Optional,
+pub enum LoadMode {
+    /// Start-up: `JWT_SECRET` is required and backend host names are resolved.
+    Run,
+    /// `-t`: the file alone is checked; no secret needed, host names only checked for form
+    /// (a compose or Kubernetes service name does not resolve on the build machine).
+    Check,
 }
 
 impl Config {
     /// Reads `path`, parses the `gateway:` section, applies env overrides and validates.
-    pub fn load(path: &str, env: &dyn Env, secret: SecretPolicy) -> Result<Config, ConfigError> {
+    pub fn load(path: &str, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_string(),
             source,
         })?;
-        Config::from_yaml(&text, env, secret)
+        Config::from_yaml(&text, env, mode)
     }
 
     /// Parses a whole conf file's text (Pingora keys are ignored).
-    pub fn from_yaml(
-        text: &str,
-        env: &dyn Env,
-        secret: SecretPolicy,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_yaml(text: &str, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
         let root: FileRoot = if text.trim().is_empty() {
             FileRoot { gateway: None }
         } else {
             serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
         };
-        root.gateway.unwrap_or_default().resolve(env, secret)
+        root.gateway.unwrap_or_default().resolve(env, mode)
     }
 }
 
@@ -695,7 +692,7 @@ pub fn normalise_redis_addr(addr: &str) -> Result<String, String> {
 }
 
 impl GatewayFile {
-    fn resolve(self, env: &dyn Env, secret_policy: SecretPolicy) -> Result<Config, ConfigError> {
+    fn resolve(self, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
         let nonempty = |k: &str| env.var(k).filter(|v| !v.trim().is_empty());
 
         let listen = parse_listen(
@@ -738,7 +735,7 @@ impl GatewayFile {
         };
 
         let secret = env.var("JWT_SECRET").unwrap_or_default();
-        if secret.is_empty() && secret_policy == SecretPolicy::Required {
+        if secret.is_empty() && mode == LoadMode::Run {
             return Err(invalid(
                 "JWT_SECRET",
                 "is required: set JWT_SECRET to the HS256 secret shared with the token issuer",
@@ -834,7 +831,7 @@ impl GatewayFile {
 
         let mut upstreams = BTreeMap::new();
         for (name, up) in self.upstreams {
-            let resolved = up.resolve(&name)?;
+            let resolved = up.resolve(&name, mode)?;
             upstreams.insert(name, resolved);
         }
 
@@ -949,13 +946,25 @@ impl ServiceFile {
 }
 
 impl UpstreamFile {
-    fn resolve(self, name: &str) -> Result<UpstreamConfig, ConfigError> {
+    fn resolve(self, name: &str, mode: LoadMode) -> Result<UpstreamConfig, ConfigError> {
         let key = |k: &str| format!("gateway.upstreams.{name}.{k}");
         if self.backends.is_empty() {
             return Err(invalid(key("backends"), "must list at least one host:port"));
         }
         let mut backends = Vec::new();
         for (i, b) in self.backends.iter().enumerate() {
+            if mode == LoadMode::Check {
+                let ok = b
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && parse_port(port).is_some());
+                if !ok {
+                    return Err(invalid(
+                        format!("{}[{i}]", key("backends")),
+                        format!("`{b}` must be host:port with a port in 1-65535"),
+                    ));
+                }
+                continue;
+            }
             // Host names (docker-compose, Kubernetes services) are resolved once at start-up.
             let addrs: Vec<SocketAddr> = b
                 .to_socket_addrs()
@@ -1027,11 +1036,7 @@ mod tests {
     }
 
     fn load(yaml: &str) -> Result<Config, ConfigError> {
-        Config::from_yaml(
-            yaml,
-            &env_with(&[("JWT_SECRET", "s")]),
-            SecretPolicy::Required,
-        )
+        Config::from_yaml(yaml, &env_with(&[("JWT_SECRET", "s")]), LoadMode::Run)
     }
 
     fn err_text(yaml: &str) -> String {
@@ -1060,12 +1065,7 @@ mod tests {
             ("RATE_LIMIT_PER_MINUTE", "42"),
             ("USER_SERVICE_URL", "http://users.internal:80"),
         ]);
-        let c = Config::from_yaml(
-            "gateway: {listen: '127.0.0.1:1'}",
-            &env,
-            SecretPolicy::Required,
-        )
-        .unwrap();
+        let c = Config::from_yaml("gateway: {listen: '127.0.0.1:1'}", &env, LoadMode::Run).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:6390"));
         assert_eq!(c.rate_limit.limit, 42);
@@ -1089,11 +1089,11 @@ mod tests {
     #[test]
     fn secret_is_required_unless_testing_the_file() {
         let none = env_with(&[]);
-        let e = Config::from_yaml("", &none, SecretPolicy::Required).unwrap_err();
+        let e = Config::from_yaml("", &none, LoadMode::Run).unwrap_err();
         assert!(e.to_string().contains("JWT_SECRET"));
         let empty = env_with(&[("JWT_SECRET", "")]);
-        assert!(Config::from_yaml("", &empty, SecretPolicy::Required).is_err());
-        assert!(Config::from_yaml("", &none, SecretPolicy::Optional).is_ok());
+        assert!(Config::from_yaml("", &empty, LoadMode::Run).is_err());
+        assert!(Config::from_yaml("", &none, LoadMode::Check).is_ok());
     }
 
     #[test]

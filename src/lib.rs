@@ -5,6 +5,7 @@
 //! - [`error`]: every locally produced error → status + JSON body.
 //! - [`respond`]: writes the gateway's own answers onto the session.
 //! - [`proxy`]: the `ProxyHttp` implementation and the per-request `Ctx`.
+//! - [`access`]: the one-line-per-request JSON access log.
 //! - [`auth`]: JWT verification → `Identity`; token issuing for the CLI.
 //! - [`ratelimit`]: per-IP fixed windows on Redis or in memory, with fallback.
 //! - [`store`]: the Redis connection with timeouts, breaker and rate-limited warnings.
@@ -17,6 +18,7 @@
 //!
 //! `main.rs` only parses the command line and calls [`build_server`].
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod error;

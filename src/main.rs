@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use gateway::config::{Config, ProcessEnv, SecretPolicy};
+use gateway::config::{Config, LoadMode, ProcessEnv};
 use pingora::prelude::Opt;
 
 /// Edge gateway on Pingora.
@@ -38,6 +38,8 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_current_span(false)
+        // stdout carries the access log alone; everything else goes to stderr.
+        .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .try_init();
 }
@@ -65,14 +67,14 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let opt = cli.opt;
     let path = opt.conf.clone();
-    let policy = if opt.test {
-        SecretPolicy::Optional
+    let mode = if opt.test {
+        LoadMode::Check
     } else {
-        SecretPolicy::Required
+        LoadMode::Run
     };
     let loaded = match &path {
-        Some(p) => Config::load(p, &ProcessEnv, policy),
-        None => Config::from_yaml("", &ProcessEnv, policy),
+        Some(p) => Config::load(p, &ProcessEnv, mode),
+        None => Config::from_yaml("", &ProcessEnv, mode),
     };
     let config = loaded.unwrap_or_else(|e| fail(e));
     if config.auth.secret.len() < 32 && !opt.test {

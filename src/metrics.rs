@@ -137,8 +137,16 @@ pub static PROFILE_DEGRADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Forces registration so every family shows on `/metrics` from the first scrape.
+/// Forces registration so every family shows on `/metrics` from the first scrape, and adds the
+/// process collector (CPU seconds, resident memory, open file descriptors).
 pub fn init() {
+    static PROCESS: std::sync::Once = std::sync::Once::new();
+    PROCESS.call_once(|| {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = prometheus::register(Box::new(collector)) {
+            tracing::warn!(error = %e, "process metrics are unavailable");
+        }
+    });
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);
     LazyLock::force(&BACKEND_HEALTHY);

@@ -604,20 +604,23 @@ impl ProxyHttp for Gateway {
         metrics::HTTP_DURATION
             .with_label_values(&[method, route])
             .observe(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "access",
-            request_id = %ctx.request_id,
-            client_ip = ?ctx.client_ip.or(ctx.peer_ip),
-            user = ?ctx.identity.as_ref().map(|i| i.sub.as_str()),
-            method = %session.req_header().method,
-            path = %session.req_header().uri.path(),
-            route,
-            status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            cache = ctx.cache.map(CacheStatus::as_str),
-            backend = ?ctx.backend.as_ref().map(|b| b.addr.to_string()),
-            bytes_sent = session.body_bytes_sent(),
-        );
+        if crate::access::enabled() {
+            let req = session.req_header();
+            crate::access::write(&crate::access::AccessRecord {
+                time: crate::access::now_rfc3339(),
+                request_id: &ctx.request_id,
+                client_ip: ctx.client_ip.or(ctx.peer_ip),
+                method: req.method.as_str(),
+                path: crate::access::redact_query(req.uri.path(), req.uri.query()),
+                route,
+                status,
+                duration_ms: crate::access::millis(elapsed),
+                upstream: ctx.backend.as_ref().map(|b| b.addr.to_string()),
+                cache: ctx.cache.map(CacheStatus::as_str),
+                user: ctx.identity.as_ref().map(|i| i.sub.as_str()),
+                bytes_sent: session.body_bytes_sent(),
+            });
+        }
     }
 }
 

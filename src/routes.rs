@@ -254,7 +254,7 @@ fn health_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretPolicy;
+    use crate::config::LoadMode;
 
     fn table() -> RouteTable {
         let yaml = r#"
@@ -266,8 +266,8 @@ gateway:
     - { prefix: "/api/users/", upstream: users }
     - { prefix: "/api/", upstream: orders }
 "#;
-        let env = |_: &str| None;
-        let cfg = Config::from_yaml(yaml, &env, SecretPolicy::Optional).unwrap();
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+        let cfg = Config::from_yaml(yaml, &env, LoadMode::Run).unwrap();
         build(&cfg).0
     }
 
