@@ -32,8 +32,21 @@ deps:
 	@$(call apt_install,cc,build-essential)
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required: install Rust from rustup.rs"; exit 1; }
 
+PYENV := target/pyenv
+
 test-deps: deps
 	@$(call apt_install,redis-server,redis-server)
+	@$(call apt_install,promtool,prometheus)
+	@if [ ! -x $(PYENV)/bin/kubernetes-validate ]; then
+		echo "installing kubernetes-validate (PyPI) into $(PYENV) ..."
+		if ! python3 -m venv $(PYENV) >/dev/null 2>&1; then
+			rm -rf $(PYENV)
+			$(SUDO) apt-get update -qq
+			DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-pip >/dev/null
+			python3 -m venv $(PYENV)
+		fi
+		$(PYENV)/bin/pip install -q kubernetes-validate
+	fi
 
 build: deps
 	$(CARGO) build --release --workspace

@@ -68,6 +68,22 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every value [`AuthError::reason`] can return.
+    pub const REASONS: [&'static str; 12] = [
+        "missing",
+        "duplicate_header",
+        "scheme",
+        "too_large",
+        "malformed",
+        "algorithm",
+        "signature",
+        "expired",
+        "not_yet_valid",
+        "missing_claim",
+        "claim_format",
+        "issuer_audience",
+    ];
+
     /// Bounded label for `auth_failures_total{reason}`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -391,6 +407,27 @@ mod tests {
             a.verify(&float_exp).is_ok(),
             "a float exp in the future is accepted"
         );
+    }
+
+    #[test]
+    fn every_reason_is_primed() {
+        let all = [
+            AuthError::Missing,
+            AuthError::Duplicate,
+            AuthError::Scheme,
+            AuthError::TooLarge,
+            AuthError::Malformed("x"),
+            AuthError::Algorithm,
+            AuthError::Signature,
+            AuthError::Expired,
+            AuthError::NotYetValid,
+            AuthError::MissingClaim("exp".into()),
+            AuthError::ClaimFormat("exp".into()),
+            AuthError::WrongParty,
+        ];
+        for e in all {
+            assert!(AuthError::REASONS.contains(&e.reason()), "{}", e.reason());
+        }
     }
 
     #[test]

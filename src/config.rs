@@ -584,6 +584,20 @@ pub struct RouteConfig {
     pub strip_prefix: Option<String>,
 }
 
+/// Every environment variable the gateway reads (deployment files are checked against this).
+pub const ENV_VARS: [&str; 10] = [
+    "HTTP_PORT",
+    "METRICS_PORT",
+    "REDIS_ADDR",
+    "JWT_SECRET",
+    "USER_SERVICE_URL",
+    "ORDER_SERVICE_URL",
+    "PRODUCT_SERVICE_URL",
+    "RECOMMENDATION_SERVICE_URL",
+    "RATE_LIMIT_PER_MINUTE",
+    "RUST_LOG",
+];
+
 /// Source of environment variables, injectable for tests.
 pub trait Env {
     /// The variable's value, if set.

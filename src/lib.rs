@@ -45,6 +45,7 @@ use crate::proxy::Gateway;
 /// health-check service per upstream group. Call `bootstrap` and `run_forever` on it.
 pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     metrics::init();
+    metrics::prime(config.redis.url.is_some());
     let config = Arc::new(config);
     let mut server = Server::new(Some(opt))?;
 

@@ -137,16 +137,10 @@ pub static PROFILE_DEGRADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Forces registration so every family shows on `/metrics` from the first scrape, and adds the
-/// process collector (CPU seconds, resident memory, open file descriptors).
+/// Forces registration so every family shows on `/metrics` from the first scrape. Process
+/// metrics (CPU seconds, resident memory, open fds) come with the default registry itself,
+/// through the `prometheus` crate's `process` feature.
 pub fn init() {
-    static PROCESS: std::sync::Once = std::sync::Once::new();
-    PROCESS.call_once(|| {
-        let collector = prometheus::process_collector::ProcessCollector::for_self();
-        if let Err(e) = prometheus::register(Box::new(collector)) {
-            tracing::warn!(error = %e, "process metrics are unavailable");
-        }
-    });
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);
     LazyLock::force(&BACKEND_HEALTHY);
@@ -159,6 +153,40 @@ pub fn init() {
     LazyLock::force(&BREAKER_STATE);
     LazyLock::force(&CACHE_REQUESTS);
     LazyLock::force(&PROFILE_DEGRADED);
+}
+
+/// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
+/// "no data" until the first event (a counter vector otherwise appears only once incremented).
+pub fn prime(redis_configured: bool) {
+    let backends: &[&str] = if redis_configured {
+        &["redis", "fallback"]
+    } else {
+        &["memory"]
+    };
+    for result in ["allowed", "limited"] {
+        for backend in backends {
+            RATE_LIMIT_DECISIONS.with_label_values(&[result, backend]);
+        }
+    }
+    for reason in crate::auth::AuthError::REASONS {
+        AUTH_FAILURES.with_label_values(&[reason]);
+    }
+    for result in ["hit", "miss", "bypass"] {
+        CACHE_REQUESTS.with_label_values(&[result]);
+    }
+    if redis_configured {
+        for op in ["incr", "get", "set"] {
+            STORE_ERRORS.with_label_values(&["redis", op]);
+        }
+    }
+    for service in crate::config::ServiceName::ALL {
+        let s = service.as_str();
+        UPSTREAM_RETRIES.with_label_values(&[s]);
+        UPSTREAM_REQUESTS.with_label_values(&[s, "success"]);
+        if service != crate::config::ServiceName::User {
+            PROFILE_DEGRADED.with_label_values(&[s]);
+        }
+    }
 }
 
 /// Bounded method label: the standard methods by name, anything else as `OTHER`.

@@ -1,0 +1,588 @@
+//! Deployment files checked against the code: docker-compose.yml and the Dockerfile (no Docker
+//! engine here, so statically), the Kubernetes manifests (kubernetes-validate + consistency), the
+//! Prometheus config (promtool) and the Grafana dashboard (every query evaluated by a real
+//! Prometheus scraping a live gateway).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{client, eventually, free_port, service_env, token, Gateway, Mocks, Proc, Redis};
+use gateway::config::ENV_VARS;
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml(path: &str) -> Value {
+    let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut v: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // docker compose honours YAML merge keys (`<<: *image`); so must this reader.
+    v.apply_merge().unwrap_or_else(|e| panic!("{path}: {e}"));
+    v
+}
+
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => serde_yaml::to_string(other).unwrap().trim().to_string(),
+    }
+}
+
+/// Runs `gateway -t` on a conf text; returns the conf's gateway listen ports on success.
+fn check_conf(text: &str) -> (u16, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(common::gateway_bin())
+        .args(["-t", "-c"])
+        .arg(&path)
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gateway -t rejects it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_yaml::from_str(text).unwrap();
+    let port = |k: &str| -> u16 {
+        s(&v["gateway"][k])
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (port("listen"), port("metrics_listen"))
+}
+
+#[test]
+fn compose_and_dockerfile_agree_with_the_code() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("services");
+    let names: BTreeSet<String> = services.keys().map(s).collect();
+    for want in ["gateway", "mocks", "redis", "prometheus", "grafana"] {
+        assert!(names.contains(want), "compose lacks {want}");
+    }
+    let svc = |n: &str| &compose["services"][n];
+    let ports = |n: &str| -> Vec<String> {
+        svc(n)["ports"]
+            .as_sequence()
+            .map(|p| p.iter().map(s).collect())
+            .unwrap_or_default()
+    };
+
+    // The gateway's environment: only variables the gateway reads.
+    let env = svc("gateway")["environment"]
+        .as_mapping()
+        .expect("gateway env");
+    for (k, _) in env {
+        assert!(
+            ENV_VARS.contains(&s(k).as_str()),
+            "compose sets {} which the gateway does not read",
+            s(k)
+        );
+    }
+    assert_eq!(
+        s(&svc("gateway")["environment"]["JWT_SECRET"]),
+        "super-secret-key"
+    );
+    assert_eq!(
+        s(&svc("gateway")["environment"]["REDIS_ADDR"]),
+        "redis:6379"
+    );
+    for (var, port) in [
+        ("USER_SERVICE_URL", 8081),
+        ("ORDER_SERVICE_URL", 8082),
+        ("PRODUCT_SERVICE_URL", 8083),
+        ("RECOMMENDATION_SERVICE_URL", 8084),
+    ] {
+        let url = s(&svc("gateway")["environment"][var]);
+        assert_eq!(url, format!("http://mocks:{port}"), "{var}");
+        assert!(
+            ports("mocks").contains(&format!("{port}:{port}")),
+            "mocks must publish {port}"
+        );
+    }
+
+    // Every mounted host path exists; the gateway's conf validates and matches its ports.
+    for (name, _) in services {
+        if let Some(vols) = svc(&s(name))["volumes"].as_sequence() {
+            for v in vols {
+                let host = s(v).split(':').next().unwrap().to_string();
+                assert!(
+                    root().join(&host).exists(),
+                    "{} mounts missing {host}",
+                    s(name)
+                );
+            }
+        }
+    }
+    let conf_mount = svc("gateway")["volumes"][0].as_str().unwrap().to_string();
+    let (host, target) = conf_mount.split_once(':').unwrap();
+    let target = target.trim_end_matches(":ro");
+    assert_eq!(
+        s(&svc("gateway")["command"][1]),
+        target,
+        "the gateway reads the mounted conf"
+    );
+    let (http, metrics) = check_conf(&std::fs::read_to_string(root().join(host)).unwrap());
+    assert_eq!(
+        s(&svc("gateway")["environment"]["HTTP_PORT"]),
+        http.to_string()
+    );
+    assert_eq!(
+        s(&svc("gateway")["environment"]["METRICS_PORT"]),
+        metrics.to_string()
+    );
+    assert!(ports("gateway").contains(&format!("{http}:{http}")));
+    assert!(ports("gateway").contains(&format!("{metrics}:{metrics}")));
+    assert_eq!(ports("prometheus"), vec!["9090:9090"]);
+    assert_eq!(ports("grafana"), vec!["3000:3000"]);
+    assert_eq!(
+        s(&svc("grafana")["environment"]["GF_SECURITY_ADMIN_PASSWORD"]),
+        "admin"
+    );
+
+    // depends_on waits for healthchecks that exist.
+    for (dep, cond) in svc("gateway")["depends_on"].as_mapping().unwrap() {
+        assert_eq!(s(&cond["condition"]), "service_healthy");
+        assert!(
+            svc(&s(dep))["healthcheck"]["test"].is_sequence(),
+            "{} has no healthcheck",
+            s(dep)
+        );
+    }
+
+    // The Dockerfile: stages referenced exist, copied sources exist, the binaries compose runs
+    // are built, and the runtime is non-root with the right signal, ports and health check.
+    let build = &svc("gateway")["build"];
+    let context = root().join(s(&build["context"]));
+    let dockerfile_path = context.join(s(&build["dockerfile"]));
+    let dockerfile = std::fs::read_to_string(&dockerfile_path).expect("Dockerfile");
+    let mut stages = BTreeSet::new();
+    let mut last_user = String::new();
+    for line in dockerfile.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            Some("FROM") => {
+                if let Some(i) = words.iter().position(|w| w.eq_ignore_ascii_case("AS")) {
+                    stages.insert(words[i + 1].to_string());
+                }
+            }
+            Some("COPY") => {
+                if let Some(from) = words.iter().find_map(|w| w.strip_prefix("--from=")) {
+                    assert!(stages.contains(from), "COPY --from={from}: no such stage");
+                } else {
+                    for src in &words[1..words.len() - 1] {
+                        assert!(context.join(src).exists(), "COPY source {src} is missing");
+                    }
+                }
+            }
+            Some("USER") => last_user = words[1].to_string(),
+            _ => {}
+        }
+    }
+    assert!(stages.contains("builder") && stages.contains("runtime"));
+    assert!(
+        !last_user.is_empty() && last_user != "root" && last_user != "0",
+        "runs as root"
+    );
+    assert!(dockerfile.contains("STOPSIGNAL SIGTERM"));
+    assert!(dockerfile.contains("EXPOSE 8080 9091"));
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/healthz"));
+    assert!(dockerfile.contains("apt-get install -y --no-install-recommends cmake"));
+    assert!(dockerfile.contains("-p gateway -p mocks"));
+    assert_eq!(s(&svc("mocks")["entrypoint"][0]), "mocks");
+    assert!(dockerfile.contains("/usr/local/bin/mocks"));
+    assert!(dockerfile.contains("COPY conf/gateway.yaml /etc/gateway/gateway.yaml"));
+    assert_eq!(s(&svc("mocks")["environment"]["MOCKS_HOST"]), "0.0.0.0");
+
+    // Prometheus scrapes the compose gateway's metrics port; Grafana finds Prometheus and the
+    // dashboards where compose mounts them.
+    let prom = yaml("deploy/prometheus/prometheus.yml");
+    assert_eq!(
+        s(&prom["scrape_configs"][0]["static_configs"][0]["targets"][0]),
+        format!("gateway:{metrics}")
+    );
+    assert_eq!(s(&prom["global"]["scrape_interval"]), "5s");
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(root().join("deploy/prometheus/prometheus.yml"))
+        .output()
+        .expect("promtool is installed (make test installs the prometheus package)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ds = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+    assert_eq!(s(&ds["datasources"][0]["url"]), "http://prometheus:9090");
+    let dashboards = yaml("deploy/grafana/provisioning/dashboards/dashboards.yml");
+    let dash_path = s(&dashboards["providers"][0]["options"]["path"]);
+    let grafana_vols: Vec<String> = svc("grafana")["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    assert!(
+        grafana_vols
+            .iter()
+            .any(|v| v.contains(&format!(":{dash_path}"))),
+        "{grafana_vols:?}"
+    );
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let local = root().join("target/pyenv/bin/kubernetes-validate");
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from("kubernetes-validate")
+    }
+}
+
+#[test]
+fn kubernetes_manifests_validate_and_agree_with_the_code() {
+    let dir = root().join("deploy/k8s");
+    let kustomization = yaml("deploy/k8s/kustomization.yaml");
+    let files: Vec<PathBuf> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| dir.join(s(r)))
+        .collect();
+    for f in &files {
+        assert!(f.exists(), "kustomization lists missing {}", f.display());
+    }
+    let out = Command::new(kubernetes_validate())
+        .args(["--strict"])
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate is installed (make test installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let docs: Vec<Value> = files.iter().flat_map(|f| yaml_docs(f)).collect();
+    let find = |kind: &str, name: &str| -> &Value {
+        docs.iter()
+            .find(|d| s(&d["kind"]) == kind && s(&d["metadata"]["name"]) == name)
+            .unwrap_or_else(|| panic!("no {kind}/{name}"))
+    };
+    let cm = find("ConfigMap", "gateway-config");
+    let conf_text = s(&cm["data"]["gateway.yaml"]);
+    let (http, metrics) = check_conf(&conf_text);
+    let conf: Value = serde_yaml::from_str(&conf_text).unwrap();
+    let grace: u64 = s(&conf["grace_period_seconds"]).parse().unwrap();
+
+    let deploy = find("Deployment", "gateway");
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert_eq!(s(&deploy["spec"]["replicas"]), "3");
+    let c = &spec["containers"][0];
+    let ports: HashMap<String, u16> = c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| (s(&p["name"]), s(&p["containerPort"]).parse().unwrap()))
+        .collect();
+    assert_eq!(ports["http"], http);
+    assert_eq!(ports["metrics"], metrics);
+    assert_eq!(s(&c["readinessProbe"]["httpGet"]["path"]), "/readyz");
+    assert_eq!(s(&c["livenessProbe"]["httpGet"]["path"]), "/healthz");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(
+            ports.contains_key(&s(&c[probe]["httpGet"]["port"])),
+            "{probe} port"
+        );
+    }
+    assert!(
+        c["resources"]["requests"]["cpu"].is_string()
+            && c["resources"]["limits"]["memory"].is_string()
+    );
+    for e in c["env"].as_sequence().unwrap() {
+        assert!(
+            ENV_VARS.contains(&s(&e["name"]).as_str()),
+            "env {} is not read by the gateway",
+            s(&e["name"])
+        );
+    }
+    let secret_ref = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| s(&e["name"]) == "JWT_SECRET")
+        .expect("JWT_SECRET env");
+    let secret = find(
+        "Secret",
+        &s(&secret_ref["valueFrom"]["secretKeyRef"]["name"]),
+    );
+    assert!(
+        secret["stringData"][s(&secret_ref["valueFrom"]["secretKeyRef"]["key"]).as_str()]
+            .is_string()
+    );
+    let pre_stop: u64 = s(&c["lifecycle"]["preStop"]["exec"]["command"][1])
+        .parse()
+        .unwrap();
+    let termination: u64 = s(&spec["terminationGracePeriodSeconds"]).parse().unwrap();
+    assert!(
+        termination > pre_stop + grace,
+        "drain time must exceed preStop + grace period"
+    );
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| s(&m["name"]) == "config")
+        .unwrap();
+    assert_eq!(
+        format!("{}/gateway.yaml", s(&mount["mountPath"])),
+        s(&c["args"][1])
+    );
+
+    let svc = find("Service", "gateway");
+    for p in svc["spec"]["ports"].as_sequence().unwrap() {
+        assert!(
+            ports.contains_key(&s(&p["targetPort"])),
+            "service targets unknown port"
+        );
+    }
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    for sel in [
+        &svc["spec"]["selector"],
+        &find("PodDisruptionBudget", "gateway")["spec"]["selector"]["matchLabels"],
+    ] {
+        for (k, v) in sel.as_mapping().unwrap() {
+            assert_eq!(
+                &labels[s(k).as_str()],
+                v,
+                "selector does not match the pods"
+            );
+        }
+    }
+    let hpa = find("HorizontalPodAutoscaler", "gateway");
+    assert_eq!(s(&hpa["spec"]["scaleTargetRef"]["name"]), "gateway");
+    assert_eq!(s(&hpa["spec"]["metrics"][0]["resource"]["name"]), "cpu");
+    assert_eq!(s(&find("StatefulSet", "redis")["kind"]), "StatefulSet");
+    let redis_env = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| s(&e["name"]) == "REDIS_ADDR")
+        .unwrap();
+    assert_eq!(s(&redis_env["value"]), "redis:6379");
+    let mock_svc = find("Service", "mocks");
+    let mock_ports: Vec<String> = mock_svc["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| s(&p["port"]))
+        .collect();
+    assert_eq!(mock_ports, vec!["8081", "8082", "8083", "8084"]);
+}
+
+/// Metric names a PromQL expression selects (`name{…}` or `name[…]`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let bytes = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':')
+            {
+                i += 1;
+            }
+            let name = &expr[start..i];
+            let prev = if start > 0 { bytes[start - 1] } else { b' ' };
+            let in_string = expr[..start].matches('"').count() % 2 == 1;
+            if !in_string
+                && prev != b'{'
+                && prev != b','
+                && matches!(bytes.get(i), Some(b'{') | Some(b'['))
+            {
+                out.push(name.to_string());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn dashboard_queries() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(root().join("deploy/grafana/dashboards/gateway.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dash["panels"][0]["datasource"]["uid"], "prometheus");
+    dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn dashboard_queries_work_against_a_live_gateway() {
+    let redis = Redis::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let mut env = service_env(&mocks);
+    env.push(("REDIS_ADDR", redis.addr()));
+    let section = format!(
+        "rate_limit: {{ per_minute: 1000 }}\nupstreams:\n  users:\n    backends: [\"{}\"]\nroutes:\n  - {{ prefix: \"/users/\", upstream: users }}\n",
+        mocks.addr("user")
+    );
+    let gw = Gateway::start(&section, &env).await;
+    let t = token("1");
+    for path in ["/api/profile/1", "/api/profile/1", "/users/1"] {
+        let r = client()
+            .get(gw.url(path))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = client()
+        .get(gw.url("/users/1"))
+        .bearer_auth("bad")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let scrape = gw.metrics().await;
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(scrape.as_bytes())
+            .unwrap();
+    }
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 10);
+    for q in &queries {
+        let names = metric_names(q);
+        assert!(!names.is_empty(), "no metric found in {q}");
+        for n in names {
+            assert!(
+                scrape
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{n}{{")) || l.starts_with(&format!("{n} "))),
+                "dashboard uses {n}, which /metrics does not export"
+            );
+        }
+    }
+
+    // A real Prometheus scrapes the gateway and evaluates every dashboard query.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+            gw.metrics_port
+        ),
+    )
+    .unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", conf.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is installed (make test installs it)");
+    let _prom = Proc {
+        name: "prometheus".into(),
+        child,
+    };
+    let query = async |q: &str| -> serde_json::Value {
+        match client()
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query(&[("query", q)])
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+            Err(_) => serde_json::Value::Null,
+        }
+    };
+    eventually(
+        "prometheus scraped the gateway twice",
+        Duration::from_secs(30),
+        async || {
+            let v = query("count_over_time(up{job=\"gateway\"}[1m])").await;
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .is_some_and(|n| n.parse::<f64>().unwrap_or(0.0) >= 2.0)
+        },
+    )
+    .await;
+    for q in &queries {
+        let v = query(q).await;
+        assert_eq!(v["status"], "success", "{q}: {v}");
+    }
+    let v = query("sum(http_requests_total{job=\"gateway\"})").await;
+    let total: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total >= 4.0, "prometheus sees the traffic: {v}");
+}
+
+#[test]
+fn metric_names_are_extracted_from_promql() {
+    assert_eq!(
+        metric_names(r#"sum(rate(a_total{status=~"5.."}[5m])) / sum(rate(b_total[5m]))"#),
+        vec!["a_total", "b_total"]
+    );
+    assert_eq!(
+        metric_names("histogram_quantile(0.9, sum by (le) (rate(h_bucket[5m])))"),
+        vec!["h_bucket"]
+    );
+}
