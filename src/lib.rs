@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the `gateway:` section of the conf file, env overrides, validation.
 //! - [`error`]: every locally produced error → status + JSON body.
+//! - [`hygiene`]: framing/target rules, header caps, hop-by-hop removal, request ids.
 //! - [`respond`]: writes the gateway's own answers onto the session.
 //! - [`proxy`]: the `ProxyHttp` implementation and the per-request `Ctx`.
 //! - [`access`]: the one-line-per-request JSON access log.
@@ -22,6 +23,7 @@ pub mod access;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod hygiene;
 pub mod metrics;
 pub mod net;
 pub mod profile;

@@ -21,7 +21,7 @@ use crate::ratelimit::{Decision, RateLimiter};
 use crate::respond;
 use crate::routes::{PassiveHealth, Route, RouteTable};
 use crate::store::{unix_now, MemoryKv, RedisStore, Store};
-use crate::{metrics, net};
+use crate::{hygiene, metrics, net};
 
 /// Request id header, kept from the client when well-formed, else generated.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -173,16 +173,6 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> std::result::Result<(), GatewayError> {
         let req = session.req_header();
-        let header_bytes: usize = req
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum();
-        if header_bytes > self.config.limits.max_request_header_bytes {
-            return Err(GatewayError::HeadersTooLarge(
-                "request headers too large".into(),
-            ));
-        }
         if let Some(peer) = ctx.peer_ip {
             let xff = req
                 .headers
@@ -207,11 +197,6 @@ impl Gateway {
                 metrics::AUTH_FAILURES
                     .with_label_values(&[e.reason()])
                     .inc();
-                if e == crate::auth::AuthError::TooLarge {
-                    return Err(GatewayError::HeadersTooLarge(
-                        "Authorization header too large".into(),
-                    ));
-                }
                 Err(GatewayError::Unauthorized {
                     message: e.to_string().into(),
                     token_given: e.token_given(),
@@ -276,57 +261,6 @@ async fn until_client_gone<T>(
     result
 }
 
-fn valid_request_id(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
-}
-
-fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-fn strip_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
-    let named: Vec<String> = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for name in named {
-        // An upgrade must keep `Connection: upgrade` + `Upgrade` for the upstream to switch.
-        if is_upgrade && name == "upgrade" {
-            continue;
-        }
-        // Framing is Pingora's business: it re-frames the body for the upstream itself.
-        if name == "transfer-encoding" || name == "content-length" {
-            continue;
-        }
-        req.remove_header(name.as_str());
-    }
-    for h in HOP_BY_HOP {
-        req.remove_header(*h);
-    }
-    if !is_upgrade {
-        req.remove_header("upgrade");
-        req.remove_header("connection");
-    }
-}
-
 fn timeout_error(e: &Error) -> bool {
     matches!(
         e.etype(),
@@ -358,16 +292,20 @@ impl ProxyHttp for Gateway {
     /// Routes, then answers locally or lets the request through to `upstream_peer`.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = match session.req_header().headers.get(REQUEST_ID) {
-            Some(v) if valid_request_id(v.as_bytes()) => {
+            Some(v) if hygiene::valid_request_id(v.as_bytes()) => {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
             }
-            _ => new_request_id(),
+            _ => hygiene::new_request_id(),
         };
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| net::normalise_ip(a.ip()));
         ctx.route = self.routes.route(session.req_header().uri.path());
+        if let Err(e) = hygiene::check_request(session.req_header(), &self.config.limits) {
+            respond::error(session, &e, &Self::local_headers(ctx)).await?;
+            return Ok(true);
+        }
         let exempt = matches!(ctx.route, Route::Healthz | Route::Readyz)
             || self.config.auth.is_public(session.req_header().uri.path());
         if !exempt {
@@ -438,7 +376,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let is_upgrade = session.is_upgrade_req();
-        strip_hop_by_hop(req, is_upgrade);
+        hygiene::strip_hop_by_hop(req, is_upgrade);
         if let Route::Proxy(route) = &ctx.route {
             if let Some(strip) = &route.strip_prefix {
                 let path = req.uri.path();
@@ -621,36 +559,5 @@ impl ProxyHttp for Gateway {
                 bytes_sent: session.body_bytes_sent(),
             });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_validated() {
-        assert!(valid_request_id(b"abc-123_x.y:z"));
-        assert!(!valid_request_id(b""));
-        assert!(!valid_request_id(b"has space"));
-        assert!(!valid_request_id(&[b'a'; 129]));
-        assert_eq!(new_request_id().len(), 32);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("Connection", "keep-alive, X-Secret")
-            .unwrap();
-        req.insert_header("X-Secret", "1").unwrap();
-        req.insert_header("Keep-Alive", "timeout=5").unwrap();
-        req.insert_header("TE", "trailers").unwrap();
-        req.insert_header("Upgrade", "h2c").unwrap();
-        req.insert_header("X-Kept", "1").unwrap();
-        strip_hop_by_hop(&mut req, false);
-        for h in ["connection", "x-secret", "keep-alive", "te", "upgrade"] {
-            assert!(req.headers.get(h).is_none(), "{h} should be gone");
-        }
-        assert!(req.headers.get("x-kept").is_some());
     }
 }

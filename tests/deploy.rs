@@ -586,3 +586,57 @@ fn metric_names_are_extracted_from_promql() {
         vec!["h_bucket"]
     );
 }
+
+/// Versions below these carry request-smuggling (pingora-core) and claim-type (jsonwebtoken)
+/// advisories.
+#[test]
+fn lockfile_has_no_known_vulnerable_versions() {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).expect("Cargo.lock is committed");
+    let lock: toml_like::Lock = toml_like::parse(&lock);
+    for (name, min) in [("pingora-core", (0, 8, 0)), ("jsonwebtoken", (10, 3, 0))] {
+        let versions = lock.versions(name);
+        assert!(!versions.is_empty(), "{name} is not in Cargo.lock");
+        for v in versions {
+            assert!(v >= min, "{name} {v:?} is below {min:?}");
+        }
+    }
+}
+
+/// Just enough of Cargo.lock's format: `[[package]]` blocks with `name` and `version`.
+mod toml_like {
+    pub struct Lock(Vec<(String, (u64, u64, u64))>);
+
+    pub fn parse(text: &str) -> Lock {
+        let mut out = Vec::new();
+        let mut name = None;
+        for line in text.lines() {
+            if line == "[[package]]" {
+                name = None;
+            } else if let Some(n) = line.strip_prefix("name = ") {
+                name = Some(n.trim_matches('"').to_string());
+            } else if let (Some(v), Some(n)) = (line.strip_prefix("version = "), name.take()) {
+                let mut parts = v
+                    .trim_matches('"')
+                    .split(['.', '-', '+'])
+                    .map(|p| p.parse().unwrap_or(0));
+                let v = (
+                    parts.next().unwrap_or(0),
+                    parts.next().unwrap_or(0),
+                    parts.next().unwrap_or(0),
+                );
+                out.push((n, v));
+            }
+        }
+        Lock(out)
+    }
+
+    impl Lock {
+        pub fn versions(&self, name: &str) -> Vec<(u64, u64, u64)> {
+            self.0
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .collect()
+        }
+    }
+}

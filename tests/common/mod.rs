@@ -512,3 +512,124 @@ pub fn service_env(mocks: &Mocks) -> Vec<(&'static str, String)> {
         ("RECOMMENDATION_SERVICE_URL", mocks.url("recommendation")),
     ]
 }
+
+/// How the raw recording upstream answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum RecorderMode {
+    /// `200 ok` to every request (keep-alive).
+    Ok,
+    /// `101 Switching Protocols`, then echo every byte back.
+    Upgrade,
+}
+
+/// A raw TCP upstream that records exactly the bytes it received on each connection.
+pub struct Recorder {
+    pub port: u16,
+    pub conns: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Recorder {
+    /// Starts on a free port.
+    pub async fn start(mode: RecorderMode) -> Recorder {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let conns: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let all = conns.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let all = all.clone();
+                let idx = {
+                    let mut v = all.lock().unwrap();
+                    v.push(Vec::new());
+                    v.len() - 1
+                };
+                tokio::spawn(async move {
+                    let mut pending: Vec<u8> = Vec::new();
+                    let mut buf = vec![0u8; 65536];
+                    let mut upgraded = false;
+                    loop {
+                        let n = match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        all.lock().unwrap()[idx].extend_from_slice(&buf[..n]);
+                        if upgraded {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        // Answer every complete request head (+ chunked or sized body) we hold.
+                        while let Some(end) = find(&pending, b"\r\n\r\n") {
+                            let head =
+                                String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                            let mut total = end + 4;
+                            if head.contains("transfer-encoding: chunked") {
+                                match find(&pending[total..], b"0\r\n\r\n") {
+                                    Some(i) => total += i + 5,
+                                    None => break,
+                                }
+                            } else if let Some(cl) = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                            {
+                                if pending.len() < total + cl {
+                                    break;
+                                }
+                                total += cl;
+                            }
+                            pending.drain(..total);
+                            let reply: &[u8] = if mode == RecorderMode::Upgrade {
+                                upgraded = true;
+                                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                            } else {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                            };
+                            if s.write_all(reply).await.is_err() {
+                                return;
+                            }
+                            if upgraded {
+                                if !pending.is_empty() {
+                                    let rest = std::mem::take(&mut pending);
+                                    let _ = s.write_all(&rest).await;
+                                }
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Recorder { port, conns, task }
+    }
+
+    /// Everything received, all connections concatenated.
+    pub fn received(&self) -> String {
+        let v = self.conns.lock().unwrap();
+        v.iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n=====\n")
+    }
+
+    /// Number of request lines received (counts `HTTP/1.1\r\n` request lines).
+    pub fn request_count(&self) -> usize {
+        self.received().matches(" HTTP/1.1\r\n").count()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
