@@ -166,6 +166,8 @@ struct ServiceFile {
 struct RetryFile {
     attempts: u32,
     backoff_ms: u64,
+    budget_ratio: f64,
+    budget_min_per_second: f64,
 }
 
 impl Default for RetryFile {
@@ -173,6 +175,8 @@ impl Default for RetryFile {
         RetryFile {
             attempts: 3,
             backoff_ms: 500,
+            budget_ratio: 0.2,
+            budget_min_per_second: 10.0,
         }
     }
 }
@@ -503,12 +507,16 @@ pub struct ServiceConfig {
     pub url: Url,
     /// Path template; `{id}` is replaced by the profile id.
     pub path: String,
-    /// Per-attempt timeout covering the whole request.
+    /// Budget of one call to the service, every attempt and pause included.
     pub timeout: Duration,
     /// Largest body accepted from the service.
     pub max_body_bytes: usize,
     /// Total tries including the first.
     pub retry_attempts: u32,
+    /// Retries allowed per request made, over time (0.2 = at most ~20% extra load).
+    pub retry_budget_ratio: f64,
+    /// Retries always allowed per second, so low traffic can still retry.
+    pub retry_budget_min_per_second: f64,
     /// Pause between tries.
     pub retry_backoff: Duration,
     /// Consecutive failures that open the breaker.
@@ -901,6 +909,22 @@ impl GatewayFile {
     }
 }
 
+fn fraction(key: &str, v: f64) -> Result<f64, ConfigError> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(key, "must be between 0 and 1"))
+    }
+}
+
+fn non_negative(key: &str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(invalid(key, "must be a number >= 0"))
+    }
+}
+
 fn parse_cidr(s: &str) -> Option<IpNet> {
     let s = s.trim();
     s.parse::<IpNet>()
@@ -950,6 +974,11 @@ impl ServiceFile {
             )? as usize,
             retry_attempts: positive(&key("retry.attempts"), retry.attempts as u64)? as u32,
             retry_backoff: Duration::from_millis(retry.backoff_ms),
+            retry_budget_ratio: fraction(&key("retry.budget_ratio"), retry.budget_ratio)?,
+            retry_budget_min_per_second: non_negative(
+                &key("retry.budget_min_per_second"),
+                retry.budget_min_per_second,
+            )?,
             breaker_failures: positive(&key("breaker.failures"), breaker.failures as u64)? as u32,
             breaker_open: Duration::from_millis(positive(
                 &key("breaker.open_ms"),

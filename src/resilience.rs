@@ -194,32 +194,100 @@ impl FailureKind {
     }
 }
 
-/// Bounded retries with a fixed pause, cut short by a deadline.
+/// Bounded retries with a jittered pause, cut short by a deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Total tries including the first.
     pub attempts: u32,
-    /// Pause between tries.
+    /// Mean pause between tries.
     pub backoff: Duration,
 }
 
 impl RetryPolicy {
     /// After try number `attempt` (1-based) failed with `kind`, when (if ever) to try again.
     ///
-    /// Returns `None` when the failure is not retryable, the tries are used up, or the next try
-    /// could not start before `deadline`.
+    /// `jitter` in `[0, 1)` (the caller's random draw) spreads the pause over
+    /// `[backoff / 2, backoff * 3 / 2)`, so that callers failing together do not retry in
+    /// lock-step. Returns `None` when the failure is not retryable, the tries are used up, or
+    /// the next try could not start before `deadline`.
     pub fn next_attempt_at(
         &self,
         attempt: u32,
         kind: FailureKind,
         now: Instant,
         deadline: Instant,
+        jitter: f64,
     ) -> Option<Instant> {
         if !kind.is_retryable() || attempt >= self.attempts {
             return None;
         }
-        let at = now + self.backoff;
+        let at = now + self.backoff.mul_f64(0.5 + jitter.clamp(0.0, 1.0));
         (at < deadline).then_some(at)
+    }
+}
+
+/// A retry budget (as in Finagle): every request deposits `ratio` tokens, every retry withdraws
+/// one, and `min_per_second` tokens accrue with time; so when a service fails everything,
+/// retries add at most about `ratio` extra load instead of multiplying it.
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// Deposit per request, in thousandths of a token (integers keep the accounting exact).
+    deposit_milli: i64,
+    /// Floor refill per second, in thousandths of a token.
+    floor_milli_per_sec: i64,
+    cap_milli: i64,
+    /// Balance in thousandths of a token, and the time of the last refill.
+    state: Mutex<(i64, Instant)>,
+}
+
+const TOKEN: i64 = 1000;
+
+impl RetryBudget {
+    /// A budget holding ten seconds' worth of the floor as of `now`.
+    pub fn new(ratio: f64, min_per_second: f64, now: Instant) -> Self {
+        let floor = (min_per_second * TOKEN as f64).round() as i64;
+        // The balance may bank ten seconds' worth of the floor, and never less than ten retries.
+        let cap = (floor * 10).max(10 * TOKEN);
+        RetryBudget {
+            deposit_milli: (ratio * TOKEN as f64).round() as i64,
+            floor_milli_per_sec: floor,
+            cap_milli: cap,
+            state: Mutex::new((floor * 10, now)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (i64, Instant)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refill(&self, state: &mut (i64, Instant), now: Instant) {
+        let elapsed_ms = now.saturating_duration_since(state.1).as_millis() as i64;
+        let earned = elapsed_ms * self.floor_milli_per_sec / 1000;
+        if earned > 0 {
+            state.0 = (state.0 + earned).min(self.cap_milli);
+            state.1 = now;
+        } else if state.1 > now {
+            state.1 = now;
+        }
+    }
+
+    /// Records a first attempt.
+    pub fn deposit(&self, now: Instant) {
+        let mut st = self.lock();
+        self.refill(&mut st, now);
+        st.0 = (st.0 + self.deposit_milli).min(self.cap_milli);
+    }
+
+    /// Takes one retry token if there is one.
+    pub fn try_withdraw(&self, now: Instant) -> bool {
+        let mut st = self.lock();
+        self.refill(&mut st, now);
+        if st.0 >= TOKEN {
+            st.0 -= TOKEN;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -343,29 +411,70 @@ mod tests {
         };
         let t0 = Instant::now();
         let far = t0 + Duration::from_secs(60);
-        let half = Duration::from_millis(500);
+        let ms = Duration::from_millis;
+        let next = |attempt, kind, deadline, jitter| {
+            p.next_attempt_at(attempt, kind, t0, deadline, jitter)
+        };
         assert_eq!(
-            p.next_attempt_at(1, FailureKind::ServerError, t0, far),
-            Some(t0 + half)
+            next(1, FailureKind::ServerError, far, 0.5),
+            Some(t0 + ms(500))
         );
         assert_eq!(
-            p.next_attempt_at(2, FailureKind::Timeout, t0, far),
-            Some(t0 + half)
+            next(2, FailureKind::Timeout, far, 0.0),
+            Some(t0 + ms(250)),
+            "jitter low end"
         );
         assert_eq!(
-            p.next_attempt_at(3, FailureKind::Connect, t0, far),
+            next(2, FailureKind::Timeout, far, 1.0),
+            Some(t0 + ms(750)),
+            "jitter high end"
+        );
+        assert_eq!(
+            next(3, FailureKind::Connect, far, 0.5),
             None,
             "tries used up"
         );
+        assert_eq!(next(1, FailureKind::ClientError, far, 0.5), None);
+        assert_eq!(next(1, FailureKind::BadBody, far, 0.5), None);
         assert_eq!(
-            p.next_attempt_at(1, FailureKind::ClientError, t0, far),
-            None
-        );
-        assert_eq!(p.next_attempt_at(1, FailureKind::BadBody, t0, far), None);
-        assert_eq!(
-            p.next_attempt_at(1, FailureKind::ServerError, t0, t0 + half),
+            next(1, FailureKind::ServerError, t0 + ms(500), 0.5),
             None,
             "would start at the deadline"
         );
+    }
+
+    #[test]
+    fn retry_budget_caps_retries_at_the_ratio() {
+        let t0 = Instant::now();
+        // No floor: only deposits pay for retries.
+        let b = RetryBudget::new(0.2, 0.0, t0);
+        let mut retries = 0;
+        for _ in 0..1000 {
+            b.deposit(t0);
+            // Every request fails and wants two retries.
+            for _ in 0..2 {
+                if b.try_withdraw(t0) {
+                    retries += 1;
+                }
+            }
+        }
+        assert_eq!(retries, 200, "20% of 1000 requests");
+    }
+
+    #[test]
+    fn retry_budget_floor_refills_with_time() {
+        let t0 = Instant::now();
+        let b = RetryBudget::new(0.0, 10.0, t0);
+        let mut n = 0;
+        while b.try_withdraw(t0) {
+            n += 1;
+        }
+        assert_eq!(n, 100, "ten seconds' worth banked");
+        assert!(!b.try_withdraw(t0));
+        assert!(
+            b.try_withdraw(t0 + Duration::from_millis(100)),
+            "one token after 100 ms"
+        );
+        assert!(!b.try_withdraw(t0 + Duration::from_millis(100)));
     }
 }

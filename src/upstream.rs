@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use crate::config::{ServiceConfig, ServiceName};
 use crate::metrics;
 use crate::resilience::{
-    Admission, BreakerState, CircuitBreaker, FailureKind, RetryPolicy, Transition,
+    Admission, BreakerState, CircuitBreaker, FailureKind, RetryBudget, RetryPolicy, Transition,
 };
 
 /// The JSON shape a service must answer with.
@@ -37,6 +37,7 @@ pub struct ServiceClient {
     http: reqwest::Client,
     breaker: CircuitBreaker,
     retry: RetryPolicy,
+    budget: RetryBudget,
     shape: Shape,
 }
 
@@ -85,6 +86,11 @@ impl ServiceClient {
                 attempts: config.retry_attempts,
                 backoff: config.retry_backoff,
             },
+            budget: RetryBudget::new(
+                config.retry_budget_ratio,
+                config.retry_budget_min_per_second,
+                now,
+            ),
             config,
             http,
             shape,
@@ -116,7 +122,9 @@ impl ServiceClient {
         format!("{base}{}", self.config.path.replace("{id}", id))
     }
 
-    /// Fetches the service's document for `id`, retrying within `deadline`.
+    /// Fetches the service's document for `id`, retrying within the service's call budget
+    /// (`timeout_ms`, every try and pause included) and the request's `deadline`, whichever
+    /// ends first.
     pub async fn fetch(
         &self,
         id: &str,
@@ -124,6 +132,9 @@ impl ServiceClient {
         deadline: Instant,
     ) -> Result<Bytes, CallError> {
         let url = self.url(id);
+        let started = Instant::now();
+        let deadline = deadline.min(started + self.config.timeout);
+        self.budget.deposit(started);
         let service = self.config.name.as_str();
         let mut last: Option<FailureKind> = None;
         let mut attempt = 0u32;
@@ -140,10 +151,7 @@ impl ServiceClient {
                     .map(CallError::Failed)
                     .unwrap_or(CallError::BreakerOpen));
             }
-            let budget = self
-                .config
-                .timeout
-                .min(deadline.saturating_duration_since(now));
+            let budget = deadline.saturating_duration_since(now);
             let result = if budget.is_zero() {
                 Err(AttemptError::Failed(FailureKind::Timeout))
             } else {
@@ -182,7 +190,11 @@ impl ServiceClient {
                 self.note(self.breaker.on_success(done));
             }
             last = Some(kind);
-            match self.retry.next_attempt_at(attempt, kind, done, deadline) {
+            match self
+                .retry
+                .next_attempt_at(attempt, kind, done, deadline, rand::random::<f64>())
+                .filter(|_| self.budget.try_withdraw(done))
+            {
                 Some(at) => {
                     metrics::UPSTREAM_RETRIES
                         .with_label_values(&[service])

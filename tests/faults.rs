@@ -1,0 +1,285 @@
+//! Dependency faults: a fault proxy between the gateway and Redis or a service adds latency,
+//! stalls, cuts or refuses; the gateway keeps answering within its budgets and recovers alone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    client, eventually, quantile, service_env, token, Fault, FaultProxy, Gateway, Mocks, Redis,
+};
+use serde_json::{json, Value};
+
+const ALL: [&str; 4] = ["user", "order", "product", "recommendation"];
+
+async fn timed_get(url: &str, bearer: &str) -> (u16, Duration, String) {
+    let started = Instant::now();
+    let r = client()
+        .get(url)
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("answered");
+    let status = r.status().as_u16();
+    let cache = r
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let _ = r.bytes().await;
+    (status, started.elapsed(), cache)
+}
+
+#[tokio::test]
+async fn redis_faults_cost_at_most_the_command_timeout_and_never_a_5xx() {
+    let mut redis = Redis::start();
+    let proxy = FaultProxy::start(redis.port).await;
+    let mocks = Mocks::start(&ALL);
+    let mut env = service_env(&mocks);
+    env.push(("REDIS_ADDR", proxy.addr()));
+    let section = "redis: { command_timeout_ms: 100 }\nrate_limit: { per_minute: 100000 }\nprofile: { cache_ttl_seconds: 30 }\n";
+    let gw = Gateway::start(section, &env).await;
+    let t = token("1");
+    let profile = gw.url("/api/profile/1");
+    eventually(
+        "cached through the proxy",
+        Duration::from_secs(5),
+        async || timed_get(&profile, &t).await.2 == "HIT",
+    )
+    .await;
+
+    let budget = Duration::from_millis(100 + 150);
+    for fault in [
+        Fault::Refuse,
+        Fault::Stall,
+        Fault::Delay(2000),
+        Fault::Reset,
+    ] {
+        proxy.set(fault);
+        let mut latencies = Vec::new();
+        for _ in 0..60 {
+            let (status, took, _) = timed_get(&profile, &t).await;
+            assert_eq!(status, 200, "{fault:?}");
+            latencies.push(took);
+        }
+        let p99 = quantile(&mut latencies, 0.99);
+        assert!(p99 <= budget, "{fault:?}: p99 {p99:?} over {budget:?}");
+        proxy.set(Fault::Pass);
+        eventually("back on redis", Duration::from_secs(10), async || {
+            timed_get(&profile, &t).await.2 == "HIT"
+        })
+        .await;
+    }
+
+    // Restarted empty: the cache refills and the limiter counts again, with no gateway restart.
+    let port = redis.port;
+    redis.proc.kill();
+    let redis = Redis::start_on(port);
+    eventually(
+        "cache refilled in the new redis",
+        Duration::from_secs(10),
+        async || {
+            let _ = timed_get(&profile, &t).await;
+            redis.keys("profile:*") == vec!["profile:1".to_string()]
+                && !redis.keys("ratelimit:*").is_empty()
+        },
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert!(!m.contains(r#"status="5"#), "no 5xx at all: {m}");
+}
+
+fn svc_section(timeout_ms: u64, extra_retry: &str) -> String {
+    let svc = format!(
+        "{{ timeout_ms: {timeout_ms}, retry: {{ attempts: 3, backoff_ms: 100{extra_retry} }}, breaker: {{ failures: 1000, open_ms: 1000 }} }}"
+    );
+    format!(
+        "rate_limit: {{ per_minute: 100000 }}\nprofile: {{ cache_ttl_seconds: 0 }}\nservices:\n  user: {svc}\n  order: {svc}\n  product: {svc}\n  recommendation: {svc}\n"
+    )
+}
+
+#[tokio::test]
+async fn service_faults_give_the_documented_answers_within_budget() {
+    let mocks = Mocks::start(&ALL);
+    let user_proxy = FaultProxy::start(mocks.ports["user"]).await;
+    let order_proxy = FaultProxy::start(mocks.ports["order"]).await;
+    let mut env = service_env(&mocks);
+    env.retain(|(k, _)| *k != "USER_SERVICE_URL" && *k != "ORDER_SERVICE_URL");
+    env.push(("USER_SERVICE_URL", format!("http://{}", user_proxy.addr())));
+    env.push((
+        "ORDER_SERVICE_URL",
+        format!("http://{}", order_proxy.addr()),
+    ));
+    let gw = Gateway::start(&svc_section(1000, ""), &env).await;
+    let t = token("2");
+    let url = gw.url("/api/profile/2");
+    let get = async || {
+        let started = Instant::now();
+        let r = client().get(&url).bearer_auth(&t).send().await.unwrap();
+        let s = r.status().as_u16();
+        (
+            s,
+            r.json::<Value>().await.unwrap_or(Value::Null),
+            started.elapsed(),
+        )
+    };
+
+    for (fault, name) in [
+        (Fault::Stall, "stalled"),
+        (Fault::Delay(3000), "slow"),
+        (Fault::Reset, "resetting"),
+        (Fault::Refuse, "refusing"),
+    ] {
+        order_proxy.set(fault);
+        let (s, body, took) = get().await;
+        assert_eq!(s, 200, "orders {name}");
+        assert_eq!(body["degraded"], json!(["orders"]), "orders {name}");
+        assert!(
+            took < Duration::from_millis(1000 + 500),
+            "orders {name}: {took:?}"
+        );
+    }
+    order_proxy.set(Fault::Pass);
+
+    for (fault, want) in [
+        (Fault::Stall, 504),
+        (Fault::Reset, 502),
+        (Fault::Refuse, 502),
+    ] {
+        user_proxy.set(fault);
+        let (s, body, took) = get().await;
+        assert_eq!(s, want, "user {fault:?}: {body}");
+        assert!(
+            took < Duration::from_millis(1000 + 500),
+            "user {fault:?}: {took:?}"
+        );
+    }
+    user_proxy.set(Fault::Pass);
+    assert_eq!(get().await.0, 200, "recovered");
+}
+
+#[tokio::test]
+async fn retries_never_outlast_the_call_budget() {
+    let mocks = Mocks::start(&ALL);
+    let user_proxy = FaultProxy::start(mocks.ports["user"]).await;
+    let mut env = service_env(&mocks);
+    env.retain(|(k, _)| *k != "USER_SERVICE_URL");
+    env.push(("USER_SERVICE_URL", format!("http://{}", user_proxy.addr())));
+    let gw = Gateway::start(&svc_section(5000, ""), &env).await;
+    // Every try hangs 4 s and then breaks: three tries would take 12 s and more.
+    user_proxy.set(Fault::StallThenCut(4000));
+    let started = Instant::now();
+    let r = client()
+        .get(gw.url("/api/profile/3"))
+        .bearer_auth(token("3"))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(r.status() == 504 || r.status() == 502, "{}", r.status());
+    assert!(
+        took < Duration::from_millis(5000 + 700),
+        "took {took:?}, past the 5 s budget"
+    );
+    assert!(
+        took >= Duration::from_millis(4000),
+        "the first try ran its course: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_service_gets_at_most_twenty_percent_extra_load_from_retries() {
+    let mocks = Mocks::start(&ALL);
+    mocks.faults("order", json!({"status": 500})).await;
+    let env = service_env(&mocks);
+    let gw = Gateway::start(
+        &svc_section(2000, ", budget_ratio: 0.2, budget_min_per_second: 1"),
+        &env,
+    )
+    .await;
+    // Distinct ids, so that coalescing does not hide the calls.
+    let t = common::token_with_roles("ops", &["admin"]);
+    let requests = 200u64;
+    let mut tasks = Vec::new();
+    for chunk in 0..(requests / 20) {
+        let batch: Vec<_> = (0..20)
+            .map(|i| {
+                let url = gw.url(&format!("/api/profile/{}", chunk * 20 + i + 1));
+                let t = t.clone();
+                tokio::spawn(async move {
+                    client()
+                        .get(url)
+                        .bearer_auth(t)
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                })
+            })
+            .collect();
+        for b in batch {
+            tasks.push(b.await.unwrap().unwrap());
+        }
+    }
+    assert!(tasks.iter().all(|s| *s == 200), "degraded, never failed");
+    let calls = mocks.count("order", "/orders/user/{id}").await;
+    // 200 first tries + 20% + the floor's bank (10 tokens).
+    let ceiling = requests + requests / 5 + 10;
+    assert!(calls >= requests, "{calls}");
+    assert!(
+        calls <= ceiling,
+        "{calls} order calls for {requests} requests (ceiling {ceiling})"
+    );
+}
+
+#[tokio::test]
+async fn a_flapping_backend_is_not_bounced() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    // /healthz alternates 200 and 500: never two failures in a row.
+    let checks = Arc::new(AtomicU64::new(0));
+    let c = checks.clone();
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(move || {
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n % 2 == 0 {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                }
+            }),
+        )
+        .fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let section = format!(
+        "auth: {{ public_paths: [\"/healthz\", \"/readyz\", \"/flap/\"] }}\nupstreams:\n  flap:\n    backends: [\"127.0.0.1:{port}\"]\n    health_check: {{ kind: http, path: /healthz, interval_ms: 100, consecutive_failure: 2, consecutive_success: 2 }}\nroutes:\n  - {{ prefix: \"/flap/\", upstream: flap }}\n"
+    );
+    let gw = Gateway::start(&section, &[]).await;
+    eventually(
+        "a dozen health checks ran",
+        Duration::from_secs(10),
+        async || checks.load(Ordering::SeqCst) >= 12,
+    )
+    .await;
+    let gauge =
+        format!("upstream_backend_healthy{{backend=\"127.0.0.1:{port}\",group=\"flap\"}} 1");
+    assert!(gw.metrics().await.contains(&gauge));
+    assert_eq!(
+        client()
+            .get(gw.url("/flap/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.abort();
+}
