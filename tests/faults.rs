@@ -245,7 +245,7 @@ async fn a_flapping_backend_is_not_bounced() {
             axum::routing::get(move || {
                 let n = c.fetch_add(1, Ordering::SeqCst);
                 async move {
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         axum::http::StatusCode::OK
                     } else {
                         axum::http::StatusCode::INTERNAL_SERVER_ERROR
