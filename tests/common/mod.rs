@@ -199,6 +199,8 @@ pub struct Gateway {
     pub port: u16,
     pub metrics_port: u16,
     pub dir: tempfile::TempDir,
+    /// The environment it was started with (for a second process on the same conf).
+    pub env: Vec<(String, String)>,
 }
 
 /// Secret used by every test gateway.
@@ -233,20 +235,11 @@ impl Gateway {
         );
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, conf).expect("write conf");
-        let mut cmd = Command::new(gateway_bin());
-        cmd.arg("-c").arg(&path);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("JWT_SECRET", SECRET)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
-        let child = cmd.spawn().expect("gateway starts");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let child = spawn_gateway(&path, &env, &[]);
         let gw = Gateway {
             proc: Proc {
                 name: "gateway".into(),
@@ -255,6 +248,7 @@ impl Gateway {
             port,
             metrics_port,
             dir,
+            env,
         };
         let url = gw.url("/readyz");
         eventually(
@@ -264,6 +258,16 @@ impl Gateway {
         )
         .await;
         gw
+    }
+
+    /// Starts a second gateway on the same conf with Pingora's `-u`: it takes the listening
+    /// sockets over once this one gets SIGQUIT.
+    pub fn spawn_upgrade(&self) -> Proc {
+        let child = spawn_gateway(&self.dir.path().join("gateway.yaml"), &self.env, &["-u"]);
+        Proc {
+            name: "gateway (upgrade)".into(),
+            child,
+        }
     }
 
     /// URL of `path` on the client listener.
@@ -282,6 +286,23 @@ impl Gateway {
             .await
             .expect("metrics text")
     }
+}
+
+fn spawn_gateway(conf: &std::path::Path, env: &[(String, String)], extra: &[&str]) -> Child {
+    let mut cmd = Command::new(gateway_bin());
+    cmd.args(extra).arg("-c").arg(conf);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JWT_SECRET", SECRET)
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+    cmd.spawn().expect("gateway starts")
 }
 
 fn indent(section: &str) -> String {

@@ -1,0 +1,427 @@
+//! Lifecycle and streaming: SIGTERM and zero-downtime upgrade under load, 1 GiB bodies in both
+//! directions with bounded memory, upstreams dying mid-body and clients walking away.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use bytes::Bytes;
+use common::{eventually, raw_request, EchoServer, Gateway};
+use futures::StreamExt;
+
+fn section(port: u16) -> String {
+    format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/s/"] }}
+rate_limit: {{ per_minute: 1000000 }}
+upstreams:
+  s:
+    backends: ["127.0.0.1:{port}"]
+    health_check: {{ kind: tcp, interval_ms: 1000 }}
+    read_timeout_ms: 5000
+routes:
+  - {{ prefix: "/s/", upstream: s }}
+"#
+    )
+}
+
+/// A client that opens a new connection for every request, so no request can be lost to an
+/// idle keep-alive connection closing under it: what is measured is the gateway.
+fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Fires GETs at `rate` per second for `for_how_long`, each with its own request id; returns
+/// id → status (0 when the request failed).
+async fn load(url: String, rate: u64, for_how_long: Duration) -> HashMap<String, u16> {
+    let results: Arc<Mutex<HashMap<String, u16>>> = Arc::default();
+    let client = fresh_client();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut n = 0u64;
+    while started.elapsed() < for_how_long {
+        tick.tick().await;
+        n += 1;
+        let id = format!("load-{n}");
+        let (client, url, results) = (client.clone(), url.clone(), results.clone());
+        tasks.push(tokio::spawn(async move {
+            let status = match client.get(&url).header("X-Request-Id", &id).send().await {
+                Ok(r) => {
+                    let s = r.status().as_u16();
+                    match r.bytes().await {
+                        Ok(_) => s,
+                        Err(_) => 0,
+                    }
+                }
+                Err(_) => 0,
+            };
+            results.lock().unwrap().insert(id, status);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let out = results.lock().unwrap().clone();
+    out
+}
+
+#[tokio::test]
+async fn sigterm_under_load_finishes_every_accepted_request() {
+    let echo = EchoServer::start().await;
+    let mut gw = Gateway::start(&section(echo.port), &[]).await;
+    let url = gw.url("/s/slow?ms=200");
+    let load = tokio::spawn(load(url, 100, Duration::from_millis(2500)));
+    eventually("load is flowing", Duration::from_secs(10), async || {
+        echo.requests().len() >= 20
+    })
+    .await;
+    let signalled = Instant::now();
+    gw.proc.terminate();
+    let results = load.await.unwrap();
+    let exited = gw.proc.wait_exit(Duration::from_secs(15));
+    assert!(
+        exited.is_some(),
+        "the gateway exits within the grace period"
+    );
+    let took = signalled.elapsed();
+    // Every request the upstream saw was answered to its client, completely and with 200.
+    let seen: Vec<String> = echo
+        .requests()
+        .iter()
+        .flat_map(|r| r.header("x-request-id"))
+        .collect();
+    assert!(seen.len() >= 20);
+    for id in &seen {
+        assert_eq!(
+            results.get(id),
+            Some(&200),
+            "{id} reached the upstream but its client got {:?}",
+            results.get(id)
+        );
+    }
+    assert!(
+        results.values().all(|s| *s == 200 || *s == 0),
+        "no error status: {results:?}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[tokio::test]
+async fn zero_downtime_upgrade_under_load_loses_nothing() {
+    let echo = EchoServer::start().await;
+    let mut old = Gateway::start(&section(echo.port), &[]).await;
+    let url = old.url("/s/x");
+    let load = tokio::spawn(load(url, 200, Duration::from_millis(3000)));
+    eventually("load is flowing", Duration::from_secs(10), async || {
+        echo.requests().len() >= 50
+    })
+    .await;
+    // The documented procedure: start the new binary with -u, then SIGQUIT the old one.
+    let mut new = old.spawn_upgrade();
+    let sock = old.dir.path().join("upgrade.sock");
+    eventually(
+        "the new process waits on the upgrade socket",
+        Duration::from_secs(10),
+        async || sock.exists(),
+    )
+    .await;
+    old.proc.signal("QUIT");
+    let results = load.await.unwrap();
+    let failed: Vec<_> = results.iter().filter(|(_, s)| **s != 200).collect();
+    assert!(results.len() >= 400, "{} requests", results.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    assert!(
+        old.proc.wait_exit(Duration::from_secs(15)).is_some(),
+        "the old process exits"
+    );
+    assert!(
+        new.wait_exit(Duration::from_millis(100)).is_none(),
+        "the new process serves on"
+    );
+    assert_eq!(
+        fresh_client()
+            .get(old.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+const GIB: u64 = 1024 * 1024 * 1024;
+const CHUNK: usize = 1024 * 1024;
+
+/// Streaming upstream: `/s/download` sends 1 GiB but holds after the first MiB until the client
+/// says it has it; `/s/upload` counts a body and tells when its first bytes arrived.
+struct Streamer {
+    port: u16,
+    client_has_first: Arc<tokio::sync::Notify>,
+    upstream_has_first: Arc<tokio::sync::Notify>,
+    cancelled: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct CancelGuard(Arc<AtomicU64>, bool);
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Streamer {
+    async fn start() -> Streamer {
+        let client_has_first = Arc::new(tokio::sync::Notify::new());
+        let upstream_has_first = Arc::new(tokio::sync::Notify::new());
+        let cancelled = Arc::new(AtomicU64::new(0));
+        let (c1, u1, k1) = (
+            client_has_first.clone(),
+            upstream_has_first.clone(),
+            cancelled.clone(),
+        );
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let (c1, u1, k1) = (c1.clone(), u1.clone(), k1.clone());
+            async move { stream_route(req, c1, u1, k1).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Streamer {
+            port,
+            client_has_first,
+            upstream_has_first,
+            cancelled,
+            task,
+        }
+    }
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn stream_route(
+    req: Request,
+    client_has_first: Arc<tokio::sync::Notify>,
+    upstream_has_first: Arc<tokio::sync::Notify>,
+    cancelled: Arc<AtomicU64>,
+) -> Response {
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    match req.uri().path() {
+        "/s/download" => {
+            let total = GIB / CHUNK as u64;
+            let s = futures::stream::unfold(0u64, move |i| {
+                let (chunk, gate) = (chunk.clone(), client_has_first.clone());
+                async move {
+                    if i == total {
+                        return None;
+                    }
+                    if i == 1 {
+                        gate.notified().await;
+                    }
+                    Some((Ok::<_, std::io::Error>(chunk), i + 1))
+                }
+            });
+            Response::new(Body::from_stream(s))
+        }
+        "/s/upload" => {
+            let mut body = req.into_body().into_data_stream();
+            let mut n = 0u64;
+            while let Some(Ok(b)) = body.next().await {
+                if n == 0 {
+                    upstream_has_first.notify_one();
+                }
+                n += b.len() as u64;
+            }
+            Response::new(Body::from(n.to_string()))
+        }
+        "/s/die-chunked" => {
+            // Some body, a pause (so the head and those bytes are surely forwarded), then death.
+            let s = futures::stream::iter(0..3).then(move |i| async move {
+                if i < 2 {
+                    Ok(Bytes::from_static(b"partial"))
+                } else {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Err(std::io::Error::other("upstream died"))
+                }
+            });
+            Response::new(Body::from_stream(s))
+        }
+        "/s/die-sized" => {
+            let s = futures::stream::iter(0..2).then(move |i| async move {
+                if i < 1 {
+                    Ok(Bytes::from(vec![b'y'; 1000]))
+                } else {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Err(std::io::Error::other("upstream died"))
+                }
+            });
+            let mut r = Response::new(Body::from_stream(s));
+            r.headers_mut()
+                .insert("content-length", "1000000".parse().unwrap());
+            r
+        }
+        "/s/forever" => {
+            let guard = CancelGuard(cancelled, false);
+            let s = futures::stream::unfold(guard, |g| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some((Ok::<_, std::io::Error>(Bytes::from_static(b"tick\n")), g))
+            });
+            Response::new(Body::from_stream(s))
+        }
+        _ => Response::new(Body::from("ok")),
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn gigabyte_bodies_stream_both_ways_in_bounded_memory() {
+    let up = Streamer::start().await;
+    let gw = Gateway::start(&section(up.port), &[]).await;
+    let pid = gw.proc.child.id();
+    let base = rss_kib(pid);
+    let peak = Arc::new(AtomicU64::new(base));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    // Download: the upstream holds after 1 MiB until the client has bytes, so a buffering
+    // gateway would deadlock here instead of passing.
+    let r = fresh_client()
+        .get(gw.url("/s/download"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut got = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("download chunk");
+        if got == 0 {
+            up.client_has_first.notify_one();
+        }
+        got += chunk.len() as u64;
+    }
+    assert_eq!(got, GIB);
+
+    // Upload: the client holds after 1 MiB until the upstream has bytes.
+    let gate = up.upstream_has_first.clone();
+    let chunk = Bytes::from(vec![b'z'; CHUNK]);
+    let s = futures::stream::unfold(0u64, move |i| {
+        let (chunk, gate) = (chunk.clone(), gate.clone());
+        async move {
+            if i == GIB / CHUNK as u64 {
+                return None;
+            }
+            if i == 1 {
+                gate.notified().await;
+            }
+            Some((Ok::<_, std::io::Error>(chunk), i + 1))
+        }
+    });
+    let r = fresh_client()
+        .post(gw.url("/s/upload"))
+        .body(reqwest::Body::wrap_stream(s))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), GIB.to_string());
+    sampler.abort();
+    let growth = peak.load(Ordering::SeqCst).saturating_sub(base);
+    assert!(
+        growth < 64 * 1024,
+        "RSS grew {growth} KiB while streaming 2 GiB"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_dying_mid_body_never_looks_complete() {
+    let up = Streamer::start().await;
+    let gw = Gateway::start(&section(up.port), &[]).await;
+    let resp = raw_request(
+        gw.port,
+        b"GET /s/die-chunked HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("partial"));
+    assert!(
+        !resp.ends_with("0\r\n\r\n"),
+        "a truncated chunked stream must not be terminated: {resp:?}"
+    );
+
+    let r = fresh_client()
+        .get(gw.url("/s/die-sized"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.is_err(),
+        "1000 of 1000000 bytes must be an error, not a body"
+    );
+}
+
+#[tokio::test]
+async fn a_client_walking_away_cancels_the_upstream_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Streamer::start().await;
+    let gw = Gateway::start(&section(up.port), &[]).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /s/forever HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(n > 0 && buf.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    eventually(
+        "the upstream response was dropped",
+        Duration::from_secs(10),
+        async || up.cancelled.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+}
