@@ -220,6 +220,7 @@ impl Default for ProfileFile {
 struct LimitsFile {
     max_request_header_bytes: usize,
     max_authorization_bytes: usize,
+    header_read_timeout_ms: u64,
 }
 
 impl Default for LimitsFile {
@@ -227,6 +228,7 @@ impl Default for LimitsFile {
         LimitsFile {
             max_request_header_bytes: 32 * 1024,
             max_authorization_bytes: 8 * 1024,
+            header_read_timeout_ms: 10_000,
         }
     }
 }
@@ -543,6 +545,8 @@ pub struct LimitsConfig {
     pub max_request_header_bytes: usize,
     /// Length of the Authorization header value.
     pub max_authorization_bytes: usize,
+    /// Time from a request's first byte to the end of its header.
+    pub header_read_timeout: Duration,
 }
 
 /// One upstream group.
@@ -849,6 +853,10 @@ impl GatewayFile {
                 "gateway.limits.max_authorization_bytes",
                 self.limits.max_authorization_bytes as u64,
             )? as usize,
+            header_read_timeout: Duration::from_millis(positive(
+                "gateway.limits.header_read_timeout_ms",
+                self.limits.header_read_timeout_ms,
+            )?),
         };
 
         let mut upstreams = BTreeMap::new();

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the `gateway:` section of the conf file, env overrides, validation.
+//! - [`deadline`]: the whole-header read deadline wrapped around client connections.
 //! - [`error`]: every locally produced error → status + JSON body.
 //! - [`hygiene`]: framing/target rules, header caps, hop-by-hop removal, request ids.
 //! - [`respond`]: writes the gateway's own answers onto the session.
@@ -22,6 +23,7 @@
 pub mod access;
 pub mod auth;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod hygiene;
 pub mod metrics;
@@ -65,8 +67,11 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     };
     let (gateway, health_services) = Gateway::new(config.clone(), redis)
         .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
+    http.handle_init_modules();
+    // Every client connection gets a whole-header read deadline (slowloris defence).
+    let app = deadline::WithHeaderDeadline::new(http, config.limits.header_read_timeout);
+    let mut proxy = pingora::services::listening::Service::new("gateway".to_string(), app);
     proxy.add_tcp(&config.listen.to_string());
 
     let mut prometheus = pingora_prometheus::prometheus_http_service();

@@ -273,3 +273,99 @@ async fn websocket_upgrade_is_authenticated_and_tunnels_both_ways() {
 fn common_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+#[tokio::test]
+async fn a_trickling_header_is_cut_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rec = Recorder::start(RecorderMode::Ok).await;
+    let gw = Gateway::start(
+        &format!(
+            "limits: {{ header_read_timeout_ms: 1000 }}\n{}",
+            section(rec.port)
+        ),
+        &[],
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /pub/a HTTP/1.1\r\n").await.unwrap();
+    // One byte every 200 ms: each read is quick, the header never ends.
+    let mut closed_after = None;
+    for _ in 0..50 {
+        if s.write_all(b"X").await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            _ => {}
+        }
+    }
+    let closed_after = closed_after.expect("the gateway closed the connection");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "{closed_after:?}"
+    );
+    assert!(
+        closed_after < Duration::from_millis(3000),
+        "{closed_after:?}"
+    );
+    assert_eq!(rec.request_count(), 0);
+    // A normal request on a new connection is unaffected.
+    assert_eq!(
+        client()
+            .get(gw.url("/pub/ok"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_slow_clients_do_not_stop_normal_traffic() {
+    use tokio::io::AsyncWriteExt;
+    let rec = Recorder::start(RecorderMode::Ok).await;
+    let gw = Gateway::start(&section(rec.port), &[]).await;
+    let port = gw.port;
+    // 200 connections, each trickling a header one byte every 500 ms for about 5 s.
+    let attackers: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(async move {
+                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    return;
+                };
+                let _ = s.write_all(b"GET /pub/slow HTTP/1.1\r\nX-Slow: ").await;
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if s.write_all(b"a").await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let c = client();
+    let mut latencies = Vec::new();
+    for _ in 0..100 {
+        let started = std::time::Instant::now();
+        let r = c.get(gw.url("/pub/normal")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+        latencies.push(started.elapsed());
+    }
+    let p99 = common::quantile(&mut latencies, 0.99);
+    let p50 = common::quantile(&mut latencies, 0.50);
+    println!("normal traffic during the slow-client attack: p50 {p50:?}, p99 {p99:?}");
+    assert!(p99 < Duration::from_millis(250), "p99 {p99:?} under attack");
+    for a in attackers {
+        a.abort();
+    }
+}

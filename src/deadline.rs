@@ -1,0 +1,282 @@
+//! A whole-header read deadline for client connections (slowloris defence).
+//!
+//! Pingora bounds each read of a request header (60 s) but not the header as a whole, so a
+//! client trickling one byte every few seconds could hold a connection for ever. This wraps each
+//! accepted stream: the clock starts at the first byte of a request and stops at the blank line
+//! that ends its header; past the deadline the read fails and Pingora drops the connection.
+//! Request boundaries are seen from the bytes themselves: a request starts with the first byte
+//! read after a response was written. Upgraded connections (101) are left alone.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Where the connection is in its request/response cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first byte of a request header (idle keep-alive time is not counted).
+    Idle,
+    /// Inside a request header: the clock runs.
+    Header,
+    /// Header complete; body and response follow. A write moves back to `Idle`-after-write.
+    Body,
+    /// A response was written: the next byte read starts a new request.
+    Answered,
+    /// Upgraded (101) or otherwise exempt: never timed again.
+    Off,
+}
+
+/// A client stream with a header deadline.
+pub struct DeadlineStream {
+    inner: Stream,
+    limit: Duration,
+    phase: Phase,
+    /// Last three bytes seen, to find `\r\n\r\n` across reads.
+    tail: [u8; 3],
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl std::fmt::Debug for DeadlineStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadlineStream")
+            .field("phase", &self.phase)
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl DeadlineStream {
+    /// Wraps `inner`, allowing each request header `limit` from its first byte to its end.
+    pub fn new(inner: Stream, limit: Duration) -> Self {
+        DeadlineStream {
+            inner,
+            limit,
+            phase: Phase::Idle,
+            tail: [0; 3],
+            timer: None,
+        }
+    }
+
+    /// Feeds bytes just read through the phase machine.
+    fn saw(&mut self, data: &[u8]) {
+        if data.is_empty() || self.phase == Phase::Off {
+            return;
+        }
+        if matches!(self.phase, Phase::Idle | Phase::Answered) {
+            self.phase = Phase::Header;
+            self.tail = [0; 3];
+            self.timer = Some(Box::pin(tokio::time::sleep(self.limit)));
+        }
+        if self.phase != Phase::Header {
+            return;
+        }
+        let mut window = Vec::with_capacity(3 + data.len().min(4096));
+        window.extend_from_slice(&self.tail);
+        window.extend_from_slice(data);
+        if window.windows(4).any(|w| w == b"\r\n\r\n") {
+            self.phase = Phase::Body;
+            self.timer = None;
+        }
+        let n = window.len();
+        self.tail.copy_from_slice(&window[n - 3..]);
+    }
+
+    fn wrote(&mut self, data: &[u8]) {
+        if data.is_empty() || self.phase == Phase::Off {
+            return;
+        }
+        if data.starts_with(b"HTTP/1.1 101") || data.starts_with(b"HTTP/1.0 101") {
+            self.phase = Phase::Off;
+            self.timer = None;
+        } else if self.phase == Phase::Body {
+            self.phase = Phase::Answered;
+        }
+    }
+}
+
+impl AsyncRead for DeadlineStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(timer) = self.timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                self.timer = None;
+                self.phase = Phase::Off;
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request header not received within the deadline",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            let new = buf.filled()[before..].to_vec();
+            self.saw(&new);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for DeadlineStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = res {
+            self.wrote(&data[..n]);
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for DeadlineStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for DeadlineStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for DeadlineStream {
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for DeadlineStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+}
+
+impl GetProxyDigest for DeadlineStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for DeadlineStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for DeadlineStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// A server app that gives every accepted connection a header deadline, then hands it on.
+pub struct WithHeaderDeadline<A> {
+    inner: Arc<A>,
+    limit: Duration,
+}
+
+impl<A> WithHeaderDeadline<A> {
+    /// Wraps `inner` with a `limit` per request header.
+    pub fn new(inner: A, limit: Duration) -> Self {
+        WithHeaderDeadline {
+            inner: Arc::new(inner),
+            limit,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for WithHeaderDeadline<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let wrapped: Stream = Box::new(DeadlineStream::new(session, self.limit));
+        self.inner.process_new(wrapped, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wrapper around a real (idle) socket: the phase machine never touches it.
+    async fn stream() -> DeadlineStream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let inner: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
+        DeadlineStream::new(inner, Duration::from_secs(10))
+    }
+
+    #[tokio::test]
+    async fn phases_follow_requests_and_responses() {
+        let mut s = stream().await;
+        s.saw(b"GET / HTTP/1.1\r\nHo");
+        assert_eq!(s.phase, Phase::Header);
+        assert!(s.timer.is_some());
+        s.saw(b"st: x\r\n\r");
+        assert_eq!(s.phase, Phase::Header);
+        s.saw(b"\n");
+        assert_eq!(s.phase, Phase::Body, "the blank line may straddle reads");
+        assert!(s.timer.is_none());
+        s.saw(b"body bytes \r\n\r\n are not timed");
+        assert_eq!(s.phase, Phase::Body);
+        s.wrote(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(s.phase, Phase::Answered);
+        s.saw(b"G");
+        assert_eq!(
+            s.phase,
+            Phase::Header,
+            "the next request starts the clock again"
+        );
+        s.saw(b"ET / HTTP/1.1\r\n\r\n");
+        s.wrote(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert_eq!(s.phase, Phase::Off);
+        s.saw(b"websocket frames");
+        assert!(s.timer.is_none());
+    }
+}
