@@ -11,12 +11,13 @@ export JWT_SECRET
 
 APT_UPDATED := /tmp/.gateway-apt-updated
 
-.PHONY: help deps test-deps build run test lint fmt clean
+.PHONY: help deps test-deps build run test lint fmt clean soak
 
 help:
 	@echo "make run    build (release), start the mocks and the gateway on the embedded store"
 	@echo "make test   run every test (unit + integration with real redis-server and mocks)"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
+	@echo "make soak   mixed traffic with Redis/backend chaos for SOAK_SECONDS (default 300)"
 
 # apt-get update runs once, and only when something is missing.
 define apt_install
@@ -73,6 +74,13 @@ test: test-deps
 	$(CARGO) test --workspace --all-targets 2>&1 | tee target/test-output.log
 	# One closing line over every test binary, for humans and CI alike.
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.log
+
+SOAK_SECONDS ?= 300
+export SOAK_SECONDS
+
+soak: test-deps
+	$(CARGO) build --release --workspace
+	$(CARGO) test --release --test soak -- --ignored --nocapture
 
 lint: deps
 	$(CARGO) fmt --all -- --check
