@@ -11,13 +11,14 @@ export JWT_SECRET
 
 APT_UPDATED := /tmp/.gateway-apt-updated
 
-.PHONY: help deps test-deps build run test lint fmt clean soak
+.PHONY: help deps test-deps build run test lint fmt clean soak bench
 
 help:
 	@echo "make run    build (release), start the mocks and the gateway on the embedded store"
 	@echo "make test   run every test (unit + integration with real redis-server and mocks)"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 	@echo "make soak   mixed traffic with Redis/backend chaos for SOAK_SECONDS (default 300)"
+	@echo "make bench  the gateway side by side with nginx and HAProxy (BENCH_SECONDS per run, default 5)"
 
 # apt-get update runs once, and only when something is missing.
 define apt_install
@@ -81,6 +82,23 @@ export SOAK_SECONDS
 soak: test-deps
 	$(CARGO) build --release --workspace
 	$(CARGO) test --release --test soak -- --ignored --nocapture
+
+BENCH_SECONDS ?= 5
+export BENCH_SECONDS
+
+bench: deps
+	@$(call apt_install,wrk,wrk)
+	@$(call apt_install,nginx,nginx-light)
+	@$(call apt_install,haproxy,haproxy)
+	@$(call apt_install,redis-server,redis-server)
+	@$(call apt_install,taskset,util-linux)
+	@$(call apt_install,python3,python3)
+	@if [ -z "$${OHA:-}" ] && ! command -v oha >/dev/null 2>&1 && [ ! -x "$$HOME/.cargo/bin/oha" ]; then
+		echo "installing oha (crates.io) for fixed-rate latency ..."
+		$(CARGO) install oha --locked
+	fi
+	$(CARGO) build --release --workspace
+	python3 bench/run.py
 
 lint: deps
 	$(CARGO) fmt --all -- --check
