@@ -65,7 +65,13 @@ for sig in (signal.SIGINT, signal.SIGTERM):
 
 
 def raise_nofile():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    """10,000 held connections need more descriptors than the usual 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
 
 
 def start(name, argv, cpu, env=None):
@@ -102,7 +108,14 @@ def wait_http(url, timeout=30, token=None):
                     return r.read()
         except Exception:
             time.sleep(0.05)
-    raise SystemExit(f"bench: {url} did not answer 200 within {timeout}s (see {WORK})")
+    errs = ""
+    for name in sorted(os.listdir(WORK)):
+        if name.endswith(".err") or name.endswith(".log"):
+            with open(os.path.join(WORK, name)) as f:
+                tail = f.read()[-400:].strip()
+            if tail:
+                errs += f"\n--- {name}:\n{tail}"
+    raise SystemExit(f"bench: {url} did not answer 200 within {timeout}s{errs}")
 
 
 def proc_cpu(pid):
@@ -182,7 +195,7 @@ def wrk(url, conns, seconds, headers=(), pids=()):
 def oha(url, rate, conns, seconds, headers=(), rand_url=False):
     if not OHA or not os.path.exists(OHA):
         return None
-    argv = ["taskset", "-c", LOAD_CPU, OHA, "--no-tui", "--json", "-z", f"{seconds}s",
+    argv = ["taskset", "-c", LOAD_CPU, OHA, "--no-tui", "--output-format", "json", "-z", f"{seconds}s",
             "-c", str(conns), "-q", str(rate), "--latency-correction"]
     for h in headers:
         argv += ["-H", h]
@@ -247,6 +260,7 @@ def write(path, text):
 
 
 def main():
+    raise_nofile()
     for tool in ("wrk", "nginx", "haproxy", "redis-server", "taskset"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise SystemExit(f"bench: {tool} is missing (make bench installs it)")
@@ -260,7 +274,7 @@ def main():
     small = '{"id":"1","name":"User 1","email":"user1@example.com","ok":true}'
     write(os.path.join(WORK, "origin.conf"), f"""
 worker_processes 1; daemon off; pid {WORK}/origin.pid; error_log {WORK}/origin.log error;
-events {{ worker_connections 20000; }}
+events {{ worker_connections 8000; }}
 http {{
   access_log off; keepalive_requests 100000000; keepalive_timeout 120s;
   server {{
@@ -273,7 +287,7 @@ http {{
 """)
     write(os.path.join(WORK, "nginx.conf"), f"""
 worker_processes 1; daemon off; pid {WORK}/nginx.pid; error_log {WORK}/nginx.log error;
-events {{ worker_connections 20000; }}
+events {{ worker_connections 8000; }}
 http {{
   access_log off; keepalive_requests 100000000;
   upstream origin {{ server 127.0.0.1:{ports['origin']}; keepalive 128; keepalive_requests 100000000; }}
@@ -286,7 +300,7 @@ http {{
     write(os.path.join(WORK, "haproxy.cfg"), f"""
 global
   nbthread 1
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 2s

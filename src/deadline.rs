@@ -68,9 +68,9 @@ impl DeadlineStream {
         }
     }
 
-    /// Feeds bytes just read through the phase machine.
+    /// Feeds bytes just read through the phase machine (no allocation: this runs per read).
     fn saw(&mut self, data: &[u8]) {
-        if data.is_empty() || self.phase == Phase::Off {
+        if data.is_empty() || matches!(self.phase, Phase::Off | Phase::Body) {
             return;
         }
         if matches!(self.phase, Phase::Idle | Phase::Answered) {
@@ -78,18 +78,27 @@ impl DeadlineStream {
             self.tail = [0; 3];
             self.timer = Some(Box::pin(tokio::time::sleep(self.limit)));
         }
-        if self.phase != Phase::Header {
-            return;
-        }
-        let mut window = Vec::with_capacity(3 + data.len().min(4096));
-        window.extend_from_slice(&self.tail);
-        window.extend_from_slice(data);
-        if window.windows(4).any(|w| w == b"\r\n\r\n") {
+        // The blank line may straddle two reads: check the seam, then the new bytes.
+        let mut seam = [0u8; 6];
+        let k = data.len().min(3);
+        seam[..3].copy_from_slice(&self.tail);
+        seam[3..3 + k].copy_from_slice(&data[..k]);
+        let found = seam[..3 + k].windows(4).any(|w| w == b"\r\n\r\n")
+            || data.windows(4).any(|w| w == b"\r\n\r\n");
+        if found {
             self.phase = Phase::Body;
             self.timer = None;
+            return;
         }
-        let n = window.len();
-        self.tail.copy_from_slice(&window[n - 3..]);
+        if data.len() >= 3 {
+            self.tail.copy_from_slice(&data[data.len() - 3..]);
+        } else {
+            let keep = 3 - data.len();
+            let mut t = [0u8; 3];
+            t[..keep].copy_from_slice(&self.tail[3 - keep..]);
+            t[keep..].copy_from_slice(data);
+            self.tail = t;
+        }
     }
 
     fn wrote(&mut self, data: &[u8]) {
@@ -122,10 +131,10 @@ impl AsyncRead for DeadlineStream {
             }
         }
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
-            let new = buf.filled()[before..].to_vec();
-            self.saw(&new);
+            this.saw(&buf.filled()[before..]);
         }
         res
     }
@@ -262,6 +271,12 @@ mod tests {
         assert_eq!(s.phase, Phase::Header);
         s.saw(b"\n");
         assert_eq!(s.phase, Phase::Body, "the blank line may straddle reads");
+        let mut t = stream().await;
+        for b in b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" {
+            assert_ne!(t.phase, Phase::Body);
+            t.saw(&[*b]);
+        }
+        assert_eq!(t.phase, Phase::Body, "one byte at a time");
         assert!(s.timer.is_none());
         s.saw(b"body bytes \r\n\r\n are not timed");
         assert_eq!(s.phase, Phase::Body);

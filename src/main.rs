@@ -6,6 +6,11 @@ use clap::{Parser, Subcommand};
 use gateway::config::{Config, LoadMode, ProcessEnv};
 use pingora::prelude::Opt;
 
+// glibc malloc was ~15% of the proxy's CPU under load (perf, see docs/BENCHMARKS.md); jemalloc,
+// which Pingora itself runs on, costs less per request without mimalloc's larger footprint.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Edge gateway on Pingora.
 #[derive(Parser)]
 #[command(name = "gateway", version, about)]
