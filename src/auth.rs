@@ -1,6 +1,8 @@
 //! JWT verification (HS256 only, `exp` and `sub` required) → the caller's [`Identity`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -116,6 +118,59 @@ struct Claims {
     roles: Vec<String>,
     #[serde(default)]
     iat: Option<serde_json::Value>,
+    // Values, not numbers: a wrongly typed claim must reach jsonwebtoken's own check (which
+    // names the claim) instead of failing deserialisation as "malformed".
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
+    #[serde(default)]
+    nbf: Option<serde_json::Value>,
+}
+
+/// A verified token's identity and validity window, kept so that a client presenting the same
+/// token again skips the HMAC and the JSON (the edge-check cost on every request otherwise).
+#[derive(Debug, Clone)]
+struct Verified {
+    identity: Arc<Identity>,
+    exp: f64,
+    nbf: Option<f64>,
+}
+
+const CACHE_SHARDS: usize = 16;
+/// Tokens remembered per shard; a full shard is emptied (bounded memory, no LRU bookkeeping).
+const CACHE_PER_SHARD: usize = 1024;
+
+/// Verified tokens by their exact text.
+struct TokenCache {
+    shards: Vec<Mutex<HashMap<Box<str>, Verified>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl TokenCache {
+    fn new() -> Self {
+        TokenCache {
+            shards: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, token: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Verified>> {
+        let i = (self.hasher.hash_one(token) as usize) % CACHE_SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, token: &str) -> Option<Verified> {
+        self.shard(token).get(token).cloned()
+    }
+
+    fn put(&self, token: &str, v: Verified) {
+        let mut shard = self.shard(token);
+        if shard.len() >= CACHE_PER_SHARD {
+            shard.clear();
+        }
+        shard.insert(token.into(), v);
+    }
 }
 
 /// Verifies bearer tokens with the configured secret and rules.
@@ -124,6 +179,7 @@ pub struct Authenticator {
     validation: Validation,
     leeway: u64,
     max_token_bytes: usize,
+    cache: TokenCache,
 }
 
 impl Authenticator {
@@ -147,11 +203,12 @@ impl Authenticator {
             validation,
             leeway: cfg.leeway_seconds,
             max_token_bytes,
+            cache: TokenCache::new(),
         }
     }
 
     /// Authenticates a request from its headers.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthError> {
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let value = values.next().ok_or(AuthError::Missing)?;
         if values.next().is_some() {
@@ -170,11 +227,30 @@ impl Authenticator {
         self.verify(token.trim())
     }
 
-    /// Verifies one compact JWS token.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    /// Verifies one compact JWS token (from the cache when it was verified before).
+    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge);
         }
+        if let Some(v) = self.cache.get(token) {
+            // Only the time-dependent checks can change their verdict since the first time.
+            let now = unix_now() as f64;
+            let leeway = self.leeway as f64;
+            if v.exp < now - leeway {
+                return Err(AuthError::Expired);
+            }
+            if v.nbf.is_some_and(|nbf| nbf > now + leeway) {
+                return Err(AuthError::NotYetValid);
+            }
+            return Ok(v.identity);
+        }
+        let verified = self.verify_uncached(token)?;
+        let identity = verified.identity.clone();
+        self.cache.put(token, verified);
+        Ok(identity)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Verified, AuthError> {
         let mut parts = token.split('.');
         let (Some(header), Some(_), Some(_), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -211,9 +287,18 @@ impl Authenticator {
         if claims.sub.is_empty() {
             return Err(AuthError::MissingClaim("sub".into()));
         }
-        Ok(Identity {
-            sub: claims.sub,
-            roles: claims.roles,
+        let exp = claims
+            .exp
+            .as_ref()
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| AuthError::ClaimFormat("exp".into()))?;
+        Ok(Verified {
+            identity: Arc::new(Identity {
+                sub: claims.sub,
+                roles: claims.roles,
+            }),
+            exp,
+            nbf: claims.nbf.as_ref().and_then(|v| v.as_f64()),
         })
     }
 }
@@ -335,14 +420,13 @@ mod tests {
     fn valid_token_gives_identity_with_roles() {
         let roles = vec!["admin".to_string()];
         let t = issue_token(SECRET, "42", Duration::from_secs(60), &roles).unwrap_or_default();
-        let id = auth().verify(&t);
-        assert_eq!(
-            id,
-            Ok(Identity {
-                sub: "42".into(),
-                roles
-            })
-        );
+        let a = auth();
+        let want = Identity {
+            sub: "42".into(),
+            roles,
+        };
+        assert_eq!(a.verify(&t).as_deref(), Ok(&want));
+        assert_eq!(a.verify(&t).as_deref(), Ok(&want), "again, from the cache");
     }
 
     #[test]
@@ -400,7 +484,12 @@ mod tests {
             ),
         ];
         for (token, expected) in cases {
-            assert_eq!(a.verify(&token), Err(expected), "token {token}");
+            assert_eq!(
+                a.verify(&token).err(),
+                Some(expected.clone()),
+                "token {token}"
+            );
+            assert_eq!(a.verify(&token).err(), Some(expected), "twice: {token}");
         }
         let float_exp = hs(serde_json::json!({"sub":"1","exp": (now() + 60) as f64 + 0.5}));
         assert!(
@@ -435,19 +524,19 @@ mod tests {
         let a = auth();
         let t = issue_token(SECRET, "7", Duration::from_secs(60), &[]).unwrap_or_default();
         let mut h = HeaderMap::new();
-        assert_eq!(a.authenticate(&h), Err(AuthError::Missing));
+        assert_eq!(a.authenticate(&h).err(), Some(AuthError::Missing));
         h.insert("authorization", format!("bearer {t}").parse().unwrap());
         assert!(a.authenticate(&h).is_ok(), "scheme is case-insensitive");
         h.append("authorization", format!("Bearer {t}").parse().unwrap());
-        assert_eq!(a.authenticate(&h), Err(AuthError::Duplicate));
+        assert_eq!(a.authenticate(&h).err(), Some(AuthError::Duplicate));
         let mut h = HeaderMap::new();
         h.insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
-        assert_eq!(a.authenticate(&h), Err(AuthError::Scheme));
+        assert_eq!(a.authenticate(&h).err(), Some(AuthError::Scheme));
         let mut h = HeaderMap::new();
         h.insert(
             "authorization",
             format!("Bearer {}", "a".repeat(9000)).parse().unwrap(),
         );
-        assert_eq!(a.authenticate(&h), Err(AuthError::TooLarge));
+        assert_eq!(a.authenticate(&h).err(), Some(AuthError::TooLarge));
     }
 }

@@ -56,7 +56,7 @@ pub struct Ctx {
     /// The limiter's decision (request_filter), reported in `RateLimit-*` headers.
     rate: Option<Decision>,
     /// The verified caller (request_filter), forwarded as `X-User-Id`.
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
     /// Cache outcome of a profile answer (request_filter), for the access log.
     cache: Option<CacheStatus>,
     /// Backends already tried for this request (upstream_peer), so a retry goes elsewhere.
@@ -133,7 +133,7 @@ impl Gateway {
             ))
         } else {
             match profile::parse_id(session.req_header().uri.path()).and_then(|id| {
-                profile::authorize(id, ctx.identity.as_ref(), self.config.profile.owner_only)
+                profile::authorize(id, ctx.identity.as_deref(), self.config.profile.owner_only)
             }) {
                 Ok(id) => {
                     let work = self.profile.get(&id, &ctx.request_id);

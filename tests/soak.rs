@@ -66,7 +66,10 @@ fn malformed(kind: &str, status: u16, content_type: &str, body: &[u8]) -> Option
 #[tokio::test]
 #[ignore = "long-running: make soak"]
 async fn soak() {
-    let seconds: u64 = std::env::var("SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let redis = Arc::new(Mutex::new(Some(Redis::start())));
     let redis_port = redis.lock().unwrap().as_ref().unwrap().port;
     let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
@@ -116,8 +119,9 @@ routes:
                 match tick % 30 {
                     5 => drop(spare.lock().unwrap().take()),
                     10 => {
-                        *spare.lock().unwrap() =
-                            Some(Mocks::start_on(std::collections::HashMap::from([("user", spare_port)])))
+                        *spare.lock().unwrap() = Some(Mocks::start_on(
+                            std::collections::HashMap::from([("user", spare_port)]),
+                        ))
                     }
                     _ => {}
                 }
@@ -138,14 +142,40 @@ routes:
                 let pace = tokio::time::sleep(Duration::from_millis(40));
                 let ip = format!("10.0.{}.{}", w, n % 50);
                 let (kind, req) = match n % 10 {
-                    0..=2 => ("profile", c.get(gw.url(&format!("/api/profile/{}", 1 + n % 40))).bearer_auth(&admin)),
-                    3..=4 => ("proxy", c.get(gw.url(&format!("/users/{}", 1 + n % 1000))).bearer_auth(&admin)),
-                    5 => ("proxy", c.post(gw.url("/echo/post")).bearer_auth(&admin).body(format!("body-{n}"))),
-                    6 => ("auth", c.get(gw.url("/users/1")).bearer_auth(format!("garbage.{n}.token"))),
+                    0..=2 => (
+                        "profile",
+                        c.get(gw.url(&format!("/api/profile/{}", 1 + n % 40)))
+                            .bearer_auth(&admin),
+                    ),
+                    3..=4 => (
+                        "proxy",
+                        c.get(gw.url(&format!("/users/{}", 1 + n % 1000)))
+                            .bearer_auth(&admin),
+                    ),
+                    5 => (
+                        "proxy",
+                        c.post(gw.url("/echo/post"))
+                            .bearer_auth(&admin)
+                            .body(format!("body-{n}")),
+                    ),
+                    6 => (
+                        "auth",
+                        c.get(gw.url("/users/1"))
+                            .bearer_auth(format!("garbage.{n}.token")),
+                    ),
                     // One address hammers to be limited.
-                    _ => ("limited", c.get(gw.url("/users/2")).bearer_auth(&admin).header("X-Forwarded-For", "203.0.113.66")),
+                    _ => (
+                        "limited",
+                        c.get(gw.url("/users/2"))
+                            .bearer_auth(&admin)
+                            .header("X-Forwarded-For", "203.0.113.66"),
+                    ),
                 };
-                let req = if kind == "limited" { req } else { req.header("X-Forwarded-For", ip) };
+                let req = if kind == "limited" {
+                    req
+                } else {
+                    req.header("X-Forwarded-For", ip)
+                };
                 let outcome = req.send().await;
                 let mut t = Vec::new();
                 match outcome {
@@ -162,7 +192,11 @@ routes:
                                 if let Some(m) = malformed(kind, status, &ct, &body) {
                                     t.push(m);
                                 }
-                                if kind == "proxy" && n % 10 == 5 && status == 200 && body != format!("body-{n}") {
+                                if kind == "proxy"
+                                    && n % 10 == 5
+                                    && status == 200
+                                    && body != format!("body-{n}")
+                                {
                                     t.push("echo body differs".into());
                                 }
                                 let mut g = tally.lock().unwrap();
@@ -210,13 +244,23 @@ routes:
     let t = tally.lock().unwrap();
     let answered: u64 = t.by_status.values().sum();
     println!("soak: {seconds} s, mixed traffic, Redis down 5 s of every 20, one backend down 5 s of every 30");
-    println!("soak: requests sent {}, answered {answered}, unanswered {}", t.sent, t.unanswered);
+    println!(
+        "soak: requests sent {}, answered {answered}, unanswered {}",
+        t.sent, t.unanswered
+    );
     println!("soak: by status {:?}", t.by_status);
-    println!("soak: malformed {} {:?}", t.malformed.len(), t.malformed.iter().take(5).collect::<Vec<_>>());
+    println!(
+        "soak: malformed {} {:?}",
+        t.malformed.len(),
+        t.malformed.iter().take(5).collect::<Vec<_>>()
+    );
     println!("soak: gateway RSS {rss_start} KiB after warm-up, {rss_end} KiB at the end");
     println!("soak: Redis keys without TTL: {}", no_ttl.len());
     assert_eq!(t.unanswered, 0, "requests without an answer");
     assert!(t.malformed.is_empty(), "malformed answers");
     assert!(no_ttl.is_empty(), "keys without TTL: {no_ttl:?}");
-    assert!(rss_end < rss_start + 32 * 1024, "RSS kept growing: {rss_start} → {rss_end} KiB");
+    assert!(
+        rss_end < rss_start + 32 * 1024,
+        "RSS kept growing: {rss_start} → {rss_end} KiB"
+    );
 }
