@@ -214,7 +214,8 @@ def wrk(url, conns, seconds, headers=(), pids=()):
 def oha(url, rate, conns, seconds, headers=(), rand_url=False):
     if not OHA or not os.path.exists(OHA):
         return None
-    argv = ["taskset", "-c", LOAD_CPU, OHA, "--no-tui", "--output-format", "json", "-z", f"{seconds}s",
+    # A request count, not a duration: oha counts requests still in flight at a deadline as errors.
+    argv = ["taskset", "-c", LOAD_CPU, OHA, "--no-tui", "--output-format", "json", "-n", str(int(rate * seconds)),
             "-c", str(conns), "-q", str(rate), "--latency-correction"]
     for h in headers:
         argv += ["-H", h]

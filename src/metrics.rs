@@ -158,16 +158,7 @@ pub fn init() {
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
 /// "no data" until the first event (a counter vector otherwise appears only once incremented).
 pub fn prime(redis_configured: bool) {
-    let backends: &[&str] = if redis_configured {
-        &["redis", "fallback"]
-    } else {
-        &["memory"]
-    };
-    for result in ["allowed", "limited"] {
-        for backend in backends {
-            RATE_LIMIT_DECISIONS.with_label_values(&[result, backend]);
-        }
-    }
+    // rate_limit_decisions_total is primed by the limiter, which resolves its children once.
     for reason in crate::auth::AuthError::REASONS {
         AUTH_FAILURES.with_label_values(&[reason]);
     }

@@ -20,11 +20,11 @@ use crate::store::RedisStore;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitBackend {
     /// The shared Redis counter.
-    Redis,
+    Redis = 0,
     /// The embedded counter (no Redis configured).
-    Memory,
+    Memory = 1,
     /// The embedded counter because Redis failed or timed out.
-    Fallback,
+    Fallback = 2,
 }
 
 impl LimitBackend {
@@ -149,16 +149,31 @@ pub struct RateLimiter {
     window_secs: u64,
     memory: MemoryWindows,
     redis: Option<Arc<RedisStore>>,
+    /// `rate_limit_decisions_total` children resolved once: [allowed, limited] × backend, so
+    /// the per-request cost is an atomic add rather than a labelled lookup.
+    decisions: [[prometheus::IntCounter; 3]; 2],
 }
 
 impl RateLimiter {
     /// Builds the limiter; `redis: None` selects the embedded backend.
     pub fn new(cfg: &RateLimitConfig, redis: Option<Arc<RedisStore>>) -> RateLimiter {
+        let child = |result: &str, backend: LimitBackend| {
+            metrics::RATE_LIMIT_DECISIONS.with_label_values(&[result, backend.as_str()])
+        };
+        let backends = [
+            LimitBackend::Redis,
+            LimitBackend::Memory,
+            LimitBackend::Fallback,
+        ];
         RateLimiter {
             limit: cfg.limit,
             window_secs: cfg.window.as_secs().max(1),
             memory: MemoryWindows::default(),
             redis,
+            decisions: [
+                backends.map(|b| child("allowed", b)),
+                backends.map(|b| child("limited", b)),
+            ],
         }
     }
 
@@ -180,12 +195,7 @@ impl RateLimiter {
             }
         };
         let allowed = count <= self.limit;
-        metrics::RATE_LIMIT_DECISIONS
-            .with_label_values(&[
-                if allowed { "allowed" } else { "limited" },
-                backend.as_str(),
-            ])
-            .inc();
+        self.decisions[usize::from(!allowed)][backend as usize].inc();
         Decision {
             allowed,
             limit: self.limit,
