@@ -624,6 +624,10 @@ proxy core was not is counted as invalid. Absolute figures move +-25% between ru
 
 {table}
 """
+    analysis = os.path.join(ROOT, "bench", "ANALYSIS.md")
+    if os.path.exists(analysis):
+        with open(analysis) as f:
+            doc += "\n" + f.read()
     with open(os.path.join(ROOT, "docs", "BENCHMARKS.md"), "w") as f:
         f.write(doc)
 

@@ -47,18 +47,21 @@ mod tests {
     use super::*;
 
     fn nets(v: &[&str]) -> Vec<IpNet> {
-        v.iter().map(|s| s.parse().unwrap()).collect()
+        v.iter().map(|s| s.parse().expect("test CIDR")).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
     }
 
     #[test]
     fn mapped_ipv6_is_ipv4() {
-        let ip: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
-        assert_eq!(normalise_ip(ip), "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(normalise_ip(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
     }
 
     #[test]
     fn untrusted_peer_header_is_ignored() {
-        let peer = "203.0.113.9".parse().unwrap();
+        let peer = ip("203.0.113.9");
         assert_eq!(
             client_ip(peer, Some("1.2.3.4"), &nets(&["10.0.0.0/8"])),
             peer
@@ -68,16 +71,13 @@ mod tests {
 
     #[test]
     fn trusted_peer_gives_rightmost_untrusted_entry() {
-        let peer = "10.0.0.5".parse().unwrap();
+        let peer = ip("10.0.0.5");
         let t = nets(&["10.0.0.0/8"]);
         assert_eq!(
             client_ip(peer, Some("6.6.6.6, 1.2.3.4, 10.0.0.7"), &t),
-            "1.2.3.4".parse::<IpAddr>().unwrap()
+            ip("1.2.3.4")
         );
         assert_eq!(client_ip(peer, None, &t), peer);
-        assert_eq!(
-            client_ip(peer, Some("junk, 10.0.0.7"), &t),
-            "10.0.0.7".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(peer, Some("junk, 10.0.0.7"), &t), ip("10.0.0.7"));
     }
 }

@@ -225,7 +225,7 @@ mod tests {
     #[tokio::test]
     async fn eleventh_request_is_limited_and_next_window_admits() {
         let l = limiter(10, 60);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let ip = IpAddr::from([192, 0, 2, 1]);
         let t = 1_700_000_040; // 0 s into a 60 s window
         for i in 0..10 {
             let d = l.check(ip, t + 1).await;
@@ -241,7 +241,7 @@ mod tests {
             "fresh budget at the window start"
         );
         assert!(
-            l.check("192.0.2.2".parse().unwrap(), t + 30).await.allowed,
+            l.check(IpAddr::from([192, 0, 2, 2]), t + 30).await.allowed,
             "per IP"
         );
     }
