@@ -208,23 +208,13 @@ impl Gateway {
     async fn answer_local(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let headers = Self::local_headers(ctx);
         match &ctx.route {
-            Route::Healthz => {
-                respond::json(
-                    session,
-                    200,
-                    Bytes::from_static(br#"{"status":"ok"}"#),
-                    &headers,
-                )
-                .await?;
-            }
-            Route::Readyz => {
-                respond::json(
-                    session,
-                    200,
-                    Bytes::from_static(br#"{"status":"ready"}"#),
-                    &headers,
-                )
-                .await?;
+            Route::Healthz | Route::Readyz => {
+                let body: &'static [u8] = if matches!(ctx.route, Route::Healthz) {
+                    br#"{"status":"ok"}"#
+                } else {
+                    br#"{"status":"ready"}"#
+                };
+                respond::json(session, 200, Bytes::from_static(body), &headers).await?;
             }
             Route::Profile => self.answer_profile(session, ctx).await?,
             Route::NotFound => {

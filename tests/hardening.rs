@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, raw_request, token, Gateway, Recorder, RecorderMode};
+use common::{client, raw_request, rss_kib, token, Gateway, Recorder, RecorderMode};
 
 /// `/pub/` is public (no token), `/priv/` needs one; both go to the recorder.
 fn section(port: u16) -> String {
@@ -181,19 +181,6 @@ async fn header_caps_answer_431_and_huge_headers_cost_bounded_memory() {
         200
     );
     assert_eq!(rec.request_count(), 0);
-}
-
-/// Resident set size of a process, from /proc.
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]

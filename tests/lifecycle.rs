@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
-use common::{eventually, raw_request, EchoServer, Gateway};
+use common::{eventually, raw_request, rss_kib, EchoServer, Gateway};
 use futures::StreamExt;
 
 fn section(port: u16) -> String {
@@ -294,17 +294,6 @@ async fn stream_route(
         }
         _ => Response::new(Body::from("ok")),
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client, service_env, token_with_roles, EchoServer, Gateway, Mocks, Redis};
+use common::{client, rss_kib, service_env, token_with_roles, EchoServer, Gateway, Mocks, Redis};
 
 #[derive(Default)]
 struct Tally {
@@ -17,17 +17,6 @@ struct Tally {
     by_status: BTreeMap<u16, u64>,
     unanswered: u64,
     malformed: Vec<String>,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 /// Checks one answer's shape; `None` when it is well-formed.
