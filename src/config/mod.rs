@@ -1,0 +1,466 @@
+//! The `gateway:` section of the conf file: its schema, env overrides and start-up validation.
+//!
+//! The file format (`*File` structs, serde, `deny_unknown_fields`) is converted once into the
+//! typed [`Config`] that the rest of the gateway uses; every check names the key it rejects.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use url::Url;
+
+mod file;
+
+use file::FileRoot;
+pub use file::HealthCheckKind;
+mod resolve;
+pub use resolve::normalise_redis_addr;
+
+/// A start-up configuration problem, naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path as given on the command line.
+        path: String,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML did not match the schema (serde names the key and line).
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value was well-formed YAML but not acceptable.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `gateway.routes[0].upstream`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The typed configuration used by the rest of the gateway.
+
+/// The validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client listener.
+    pub listen: SocketAddr,
+    /// Prometheus listener.
+    pub metrics_listen: SocketAddr,
+    /// Redis connection settings; `addr: None` means the embedded store.
+    pub redis: RedisConfig,
+    /// JWT verification settings.
+    pub auth: AuthConfig,
+    /// Per-IP fixed-window limiter settings.
+    pub rate_limit: RateLimitConfig,
+    /// The profile endpoint's four dependencies, in fixed order.
+    pub services: Services,
+    /// Profile endpoint behaviour.
+    pub profile: ProfileConfig,
+    /// Request size caps enforced at the edge.
+    pub limits: LimitsConfig,
+    /// Upstream groups for transparent proxying, by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Route table, first matching prefix wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Redis settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://` / `rediss://` URL, normalised from a bare `host:port`; `None` = embedded store.
+    pub url: Option<String>,
+    /// Bound on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Bound on each command; past it the caller falls back.
+    pub command_timeout: Duration,
+}
+
+/// JWT verification settings.
+#[derive(Clone)]
+pub struct AuthConfig {
+    /// HS256 secret from `JWT_SECRET`; empty only in `-t` mode.
+    pub secret: Vec<u8>,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    pub leeway_seconds: u64,
+    /// Paths that skip auth and rate limiting: exact, or prefix when ending in `/`.
+    pub public_paths: Vec<String>,
+    /// Required `iss` when set.
+    pub issuer: Option<String>,
+    /// Required `aud` when set.
+    pub audience: Option<String>,
+    /// Whether the client's `Authorization` header is passed to upstreams.
+    pub forward_authorization: bool,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret must never reach a log line.
+        f.debug_struct("AuthConfig")
+            .field("secret", &"<redacted>")
+            .field("leeway_seconds", &self.leeway_seconds)
+            .field("public_paths", &self.public_paths)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// Whether `path` is exempt from auth and rate limiting.
+    pub fn is_public(&self, path: &str) -> bool {
+        self.public_paths.iter().any(|p| {
+            if p.ends_with('/') {
+                path.starts_with(p.as_str())
+            } else {
+                path == p
+            }
+        })
+    }
+}
+
+/// Rate limiter settings.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// Requests admitted per window and client IP.
+    pub limit: u64,
+    /// Window length; windows are aligned to the Unix clock.
+    pub window: Duration,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Names of the profile's dependencies, also their metric label and document key source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceName {
+    /// The user service (asked first).
+    User,
+    /// The order service.
+    Order,
+    /// The product service.
+    Product,
+    /// The recommendation service.
+    Recommendation,
+}
+
+impl ServiceName {
+    /// All four, in config order.
+    pub const ALL: [ServiceName; 4] = [
+        ServiceName::User,
+        ServiceName::Order,
+        ServiceName::Product,
+        ServiceName::Recommendation,
+    ];
+
+    /// The config key and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::User => "user",
+            ServiceName::Order => "order",
+            ServiceName::Product => "product",
+            ServiceName::Recommendation => "recommendation",
+        }
+    }
+
+    fn defaults(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            ServiceName::User => ("USER_SERVICE_URL", "http://127.0.0.1:8081", "/users/{id}"),
+            ServiceName::Order => (
+                "ORDER_SERVICE_URL",
+                "http://127.0.0.1:8082",
+                "/orders/user/{id}",
+            ),
+            ServiceName::Product => ("PRODUCT_SERVICE_URL", "http://127.0.0.1:8083", "/products"),
+            ServiceName::Recommendation => (
+                "RECOMMENDATION_SERVICE_URL",
+                "http://127.0.0.1:8084",
+                "/recommendations/{id}",
+            ),
+        }
+    }
+}
+
+/// The four dependency services.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// user service
+    pub user: ServiceConfig,
+    /// order service
+    pub order: ServiceConfig,
+    /// product service
+    pub product: ServiceConfig,
+    /// recommendation service
+    pub recommendation: ServiceConfig,
+}
+
+impl Services {
+    /// The config of one service.
+    pub fn get(&self, name: ServiceName) -> &ServiceConfig {
+        match name {
+            ServiceName::User => &self.user,
+            ServiceName::Order => &self.order,
+            ServiceName::Product => &self.product,
+            ServiceName::Recommendation => &self.recommendation,
+        }
+    }
+}
+
+/// One dependency service of the profile endpoint.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Which service this is.
+    pub name: ServiceName,
+    /// Base URL (scheme, host, port).
+    pub url: Url,
+    /// Path template; `{id}` is replaced by the profile id.
+    pub path: String,
+    /// Budget of one call to the service, every attempt and pause included.
+    pub timeout: Duration,
+    /// Largest body accepted from the service.
+    pub max_body_bytes: usize,
+    /// Total tries including the first.
+    pub retry_attempts: u32,
+    /// Retries allowed per request made, over time (0.2 = at most ~20% extra load).
+    pub retry_budget_ratio: f64,
+    /// Retries always allowed per second, so low traffic can still retry.
+    pub retry_budget_min_per_second: f64,
+    /// Pause between tries.
+    pub retry_backoff: Duration,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker fails fast.
+    pub breaker_open: Duration,
+}
+
+/// Profile endpoint behaviour.
+#[derive(Debug, Clone)]
+pub struct ProfileConfig {
+    /// TTL of `profile:{id}`; 0 disables the cache.
+    pub cache_ttl: Duration,
+    /// Only the owner (or an admin) may read a profile.
+    pub owner_only: bool,
+    /// Budget of the whole aggregation, shared by all calls and retries.
+    pub deadline: Duration,
+}
+
+/// Request size caps.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Sum of request header names and values.
+    pub max_request_header_bytes: usize,
+    /// Length of the Authorization header value.
+    pub max_authorization_bytes: usize,
+    /// Time from a request's first byte to the end of its header.
+    pub header_read_timeout: Duration,
+}
+
+/// One upstream group.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Resolved backend addresses.
+    pub backends: Vec<SocketAddr>,
+    /// Active health check.
+    pub health_check: HealthCheckConfig,
+    /// TCP connect timeout per try.
+    pub connect_timeout: Duration,
+    /// Timeout on each read from the backend.
+    pub read_timeout: Duration,
+    /// Consecutive failures that take a backend out (passive health).
+    pub passive_failures: u32,
+    /// How long a passively failed backend is skipped.
+    pub passive_open: Duration,
+    /// Extra tries on another backend after a connect failure.
+    pub connect_retries: usize,
+}
+
+/// Active health check of a group.
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    /// HTTP or TCP.
+    pub kind: HealthCheckKind,
+    /// Path for HTTP checks.
+    pub path: String,
+    /// Pause between rounds.
+    pub interval: Duration,
+    /// Connect/read timeout of one check.
+    pub timeout: Duration,
+    /// Successes in a row to mark a backend up.
+    pub consecutive_success: usize,
+    /// Failures in a row to mark a backend down.
+    pub consecutive_failure: usize,
+}
+
+/// One route table entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Path prefix matched against the request path.
+    pub prefix: String,
+    /// Name of the upstream group.
+    pub upstream: String,
+    /// Leading part of the path removed before forwarding (a leading `/` is kept).
+    pub strip_prefix: Option<String>,
+}
+
+/// Every environment variable the gateway reads (deployment files are checked against this).
+pub const ENV_VARS: [&str; 10] = [
+    "HTTP_PORT",
+    "METRICS_PORT",
+    "REDIS_ADDR",
+    "JWT_SECRET",
+    "USER_SERVICE_URL",
+    "ORDER_SERVICE_URL",
+    "PRODUCT_SERVICE_URL",
+    "RECOMMENDATION_SERVICE_URL",
+    "RATE_LIMIT_PER_MINUTE",
+    "RUST_LOG",
+];
+
+/// Source of environment variables, injectable for tests.
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn var(&self, key: &str) -> Option<String> {
+        self(key)
+    }
+}
+
+/// What loading is for: starting the gateway, or `-t` checking a file on another machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Start-up: `JWT_SECRET` is required and backend host names are resolved.
+    Run,
+    /// `-t`: the file alone is checked; no secret needed, host names only checked for form
+    /// (a compose or Kubernetes service name does not resolve on the build machine).
+    Check,
+}
+
+impl Config {
+    /// Reads `path`, parses the `gateway:` section, applies env overrides and validates.
+    pub fn load(path: &str, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Config::from_yaml(&text, env, mode)
+    }
+
+    /// Parses a whole conf file's text (Pingora keys are ignored).
+    pub fn from_yaml(text: &str, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
+        let root: FileRoot = if text.trim().is_empty() {
+            FileRoot { gateway: None }
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
+        };
+        root.gateway.unwrap_or_default().resolve(env, mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_with(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(yaml, &env_with(&[("JWT_SECRET", "s")]), LoadMode::Run)
+    }
+
+    fn err_text(yaml: &str) -> String {
+        load(yaml)
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_apply_to_empty_file() -> Result<(), Box<dyn std::error::Error>> {
+        let c = load("")?;
+        assert_eq!(c.listen, "0.0.0.0:8080".parse()?);
+        assert_eq!(c.rate_limit.limit, 10);
+        assert_eq!(c.services.order.path, "/orders/user/{id}");
+        assert_eq!(c.services.product.retry_attempts, 3);
+        assert!(c.auth.is_public("/healthz"));
+        assert!(!c.auth.is_public("/healthz/x"));
+        Ok(())
+    }
+
+    #[test]
+    fn env_overrides_file() -> Result<(), Box<dyn std::error::Error>> {
+        let env = env_with(&[
+            ("JWT_SECRET", "s"),
+            ("HTTP_PORT", "9000"),
+            ("REDIS_ADDR", "127.0.0.1:6390"),
+            ("RATE_LIMIT_PER_MINUTE", "42"),
+            ("USER_SERVICE_URL", "http://users.internal:80"),
+        ]);
+        let c = Config::from_yaml("gateway: {listen: '127.0.0.1:1'}", &env, LoadMode::Run)?;
+        assert_eq!(c.listen, "127.0.0.1:9000".parse()?);
+        assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:6390"));
+        assert_eq!(c.rate_limit.limit, 42);
+        assert_eq!(c.services.user.url.host_str(), Some("users.internal"));
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err_text("gateway: {rate_limit: {per_minut: 3}}").contains("per_minut"));
+        assert!(err_text("gateway: {listen: '0.0.0.0:70000'}").contains("gateway.listen"));
+        assert!(err_text("gateway: {services: {user: {url: 'not a url'}}}")
+            .contains("gateway.services.user.url"));
+        assert!(err_text(
+            "gateway: {upstreams: {a: {backends: ['127.0.0.1:1']}}, routes: [{prefix: /x, upstream: b}]}"
+        )
+        .contains("gateway.routes[0].upstream"));
+        assert!(err_text("gateway: {upstreams: {a: {backends: []}}}")
+            .contains("gateway.upstreams.a.backends"));
+    }
+
+    #[test]
+    fn secret_is_required_unless_testing_the_file() {
+        let none = env_with(&[]);
+        let e = Config::from_yaml("", &none, LoadMode::Run).unwrap_err();
+        assert!(e.to_string().contains("JWT_SECRET"));
+        let empty = env_with(&[("JWT_SECRET", "")]);
+        assert!(Config::from_yaml("", &empty, LoadMode::Run).is_err());
+        assert!(Config::from_yaml("", &none, LoadMode::Check).is_ok());
+    }
+
+    #[test]
+    fn redis_addresses_are_normalised() {
+        assert_eq!(normalise_redis_addr("h:1").as_deref(), Ok("redis://h:1"));
+        assert_eq!(
+            normalise_redis_addr("rediss://h:1/0").as_deref(),
+            Ok("rediss://h:1/0")
+        );
+        assert!(normalise_redis_addr("http://h:1").is_err());
+        assert!(normalise_redis_addr("h").is_err());
+    }
+}
