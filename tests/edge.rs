@@ -143,30 +143,12 @@ async fn two_gateways_on_one_redis_enforce_one_limit_and_keys_expire() {
 }
 
 async fn burst(gw: &Gateway, n: usize) -> usize {
-    let t = token("1");
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let url = gw.url("/echo/x");
-            let t = t.clone();
-            tokio::spawn(async move {
-                client()
-                    .get(url)
-                    .bearer_auth(t)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    for task in tasks {
-        let s = task.await.unwrap().expect("answered");
-        assert!(s == 200 || s == 429, "{s}");
-        if s == 200 {
-            ok += 1;
-        }
-    }
-    ok
+    let statuses = common::concurrent_gets(vec![gw.url("/echo/x"); n], &token("1")).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    statuses.iter().filter(|s| **s == 200).count()
 }
 
 #[tokio::test]

@@ -203,23 +203,10 @@ async fn a_failing_service_gets_at_most_twenty_percent_extra_load_from_retries()
     let requests = 200u64;
     let mut tasks = Vec::new();
     for chunk in 0..(requests / 20) {
-        let batch: Vec<_> = (0..20)
-            .map(|i| {
-                let url = gw.url(&format!("/api/profile/{}", chunk * 20 + i + 1));
-                let t = t.clone();
-                tokio::spawn(async move {
-                    client()
-                        .get(url)
-                        .bearer_auth(t)
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                })
-            })
+        let urls = (0..20)
+            .map(|i| gw.url(&format!("/api/profile/{}", chunk * 20 + i + 1)))
             .collect();
-        for b in batch {
-            tasks.push(b.await.unwrap().unwrap());
-        }
+        tasks.extend(common::concurrent_gets(urls, &t).await);
     }
     assert!(tasks.iter().all(|s| *s == 200), "degraded, never failed");
     let calls = mocks.count("order", "/orders/user/{id}").await;

@@ -232,24 +232,8 @@ async fn concurrent_misses_make_one_upstream_round() {
     let mocks = Mocks::start(&ALL);
     let gw = start(&mocks, &section(30, 100), None).await;
     mocks.faults("user", json!({"delay_ms": 300})).await;
-    let t = token("7");
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let url = gw.url("/api/profile/7");
-            let t = t.clone();
-            tokio::spawn(async move {
-                client()
-                    .get(url)
-                    .bearer_auth(t)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-            })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap(), 200);
-    }
+    let statuses = common::concurrent_gets(vec![gw.url("/api/profile/7"); 50], &token("7")).await;
+    assert_eq!(statuses, vec![200; 50]);
     assert_eq!(mocks.count("user", "/users/{id}").await, 1);
     assert_eq!(mocks.count("order", "/orders/user/{id}").await, 1);
 }

@@ -818,3 +818,27 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Sends one GET per URL, all at once, each with `bearer`; returns the statuses in URL order
+/// (the test fails if any request gets no answer at all).
+pub async fn concurrent_gets(urls: Vec<String>, bearer: &str) -> Vec<u16> {
+    let tasks: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            let bearer = bearer.to_string();
+            tokio::spawn(async move {
+                client()
+                    .get(url)
+                    .bearer_auth(bearer)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("task").expect("answered"));
+    }
+    out
+}
