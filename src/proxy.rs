@@ -388,12 +388,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(ip) = ctx.peer_ip {
             let peer = ip.to_string();
-            let trusted = self
-                .config
-                .rate_limit
-                .trusted_proxies
-                .iter()
-                .any(|n| n.contains(&ip));
+            let trusted = net::is_trusted(ip, &self.config.rate_limit.trusted_proxies);
             // Only a trusted proxy's chain is kept; anyone else could have forged it.
             let value = match req
                 .headers

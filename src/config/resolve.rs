@@ -380,8 +380,13 @@ impl UpstreamFile {
             backends.extend(addrs);
         }
         let hc = self.health_check;
-        if hc.kind == HealthCheckKind::Http && !hc.path.starts_with('/') {
-            return Err(invalid(key("health_check.path"), "must start with `/`"));
+        if hc.kind == HealthCheckKind::Http
+            && (!hc.path.starts_with('/') || hc.path.parse::<http::Uri>().is_err())
+        {
+            return Err(invalid(
+                key("health_check.path"),
+                "must be a path starting with `/`",
+            ));
         }
         Ok(UpstreamConfig {
             backends,
