@@ -126,25 +126,25 @@ impl Gateway {
     }
 
     async fn answer_profile(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let method = &session.req_header().method;
-        let result = if method != http::Method::GET && method != http::Method::HEAD {
+        let req = session.req_header();
+        let target = if req.method == http::Method::GET || req.method == http::Method::HEAD {
+            profile::parse_id(req.uri.path()).and_then(|id| {
+                profile::authorize(id, ctx.identity.as_deref(), self.config.profile.owner_only)
+            })
+        } else {
             Err(GatewayError::MethodNotAllowed(
                 "only GET is allowed here".into(),
             ))
-        } else {
-            match profile::parse_id(session.req_header().uri.path()).and_then(|id| {
-                profile::authorize(id, ctx.identity.as_deref(), self.config.profile.owner_only)
-            }) {
-                Ok(id) => {
-                    let work = self.profile.get(&id, &ctx.request_id);
-                    match until_client_gone(session, work).await {
-                        Some(r) => r,
-                        // Dropping `work` cancelled its upstream calls; there is nobody to answer.
-                        None => return Ok(()),
-                    }
+        };
+        let result = match target {
+            Ok(id) => {
+                match until_client_gone(session, self.profile.get(&id, &ctx.request_id)).await {
+                    Some(r) => r,
+                    // The dropped future cancelled its upstream calls; there is nobody to answer.
+                    None => return Ok(()),
                 }
-                Err(e) => Err(e),
             }
+            Err(e) => Err(e),
         };
         let mut headers = Self::local_headers(ctx);
         match result {
@@ -206,23 +206,28 @@ impl Gateway {
     }
 
     async fn answer_local(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let headers = Self::local_headers(ctx);
-        match &ctx.route {
-            Route::Healthz | Route::Readyz => {
-                let body: &'static [u8] = if matches!(ctx.route, Route::Healthz) {
-                    br#"{"status":"ok"}"#
-                } else {
-                    br#"{"status":"ready"}"#
-                };
-                respond::json(session, 200, Bytes::from_static(body), &headers).await?;
+        let body: &'static [u8] = match &ctx.route {
+            // The common case: nothing to answer here, nothing to allocate.
+            Route::Proxy(_) => return Ok(false),
+            Route::Profile => {
+                self.answer_profile(session, ctx).await?;
+                return Ok(true);
             }
-            Route::Profile => self.answer_profile(session, ctx).await?,
+            Route::Healthz => br#"{"status":"ok"}"#,
+            Route::Readyz => br#"{"status":"ready"}"#,
             Route::NotFound => {
                 let e = GatewayError::NotFound("no route matches this path".into());
-                respond::error(session, &e, &headers).await?;
+                respond::error(session, &e, &Self::local_headers(ctx)).await?;
+                return Ok(true);
             }
-            Route::Proxy(_) => return Ok(false),
-        }
+        };
+        respond::json(
+            session,
+            200,
+            Bytes::from_static(body),
+            &Self::local_headers(ctx),
+        )
+        .await?;
         Ok(true)
     }
 }
