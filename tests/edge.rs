@@ -75,15 +75,7 @@ async fn eleventh_request_is_limited_with_headers_on_the_embedded_store() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "rate_limited");
     // Public paths are never limited.
-    assert_eq!(
-        client()
-            .get(gw.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.health_status().await, 200);
     let m = gw.metrics().await;
     assert!(
         m.contains(r#"rate_limit_decisions_total{backend="memory",result="limited"} 1"#),
@@ -380,15 +372,7 @@ async fn jwt_cases_get_the_right_status_and_never_a_panic() {
         .unwrap();
     assert_eq!(r.status(), 200, "lower-case scheme");
     // The gateway is still serving after all of that.
-    assert_eq!(
-        client()
-            .get(gw.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.health_status().await, 200);
     let m = gw.metrics().await;
     assert!(
         m.contains(r#"auth_failures_total{reason="expired"} 1"#),

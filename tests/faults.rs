@@ -21,12 +21,7 @@ async fn timed_get(url: &str, bearer: &str) -> (u16, Duration, String) {
         .await
         .expect("answered");
     let status = r.status().as_u16();
-    let cache = r
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let cache = common::x_cache(&r);
     let _ = r.bytes().await;
     (status, started.elapsed(), cache)
 }

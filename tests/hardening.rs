@@ -171,15 +171,7 @@ async fn header_caps_answer_431_and_huge_headers_cost_bounded_memory() {
         "RSS grew {} KiB for 20 × 1 MiB headers",
         rss_after.saturating_sub(rss_before)
     );
-    assert_eq!(
-        client()
-            .get(gw.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.health_status().await, 200);
     assert_eq!(rec.request_count(), 0);
 }
 

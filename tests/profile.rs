@@ -38,11 +38,7 @@ async fn profile(gw: &Gateway, id: &str, sub: &str) -> (u16, String, Value) {
         .await
         .expect("answered");
     let status = r.status().as_u16();
-    let cache = r
-        .headers()
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap_or("").to_string())
-        .unwrap_or_default();
+    let cache = common::x_cache(&r);
     let body = r.json().await.unwrap_or(Value::Null);
     (status, cache, body)
 }

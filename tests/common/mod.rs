@@ -275,6 +275,16 @@ impl Gateway {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Status of `GET /healthz` (the gateway is still serving).
+    pub async fn health_status(&self) -> u16 {
+        client()
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
     /// The current `/metrics` text.
     pub async fn metrics(&self) -> String {
         client()
@@ -841,4 +851,13 @@ pub async fn concurrent_gets(urls: Vec<String>, bearer: &str) -> Vec<u16> {
         out.push(t.await.expect("task").expect("answered"));
     }
     out
+}
+
+/// The `X-Cache` header of a response ("" when absent).
+pub fn x_cache(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
