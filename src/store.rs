@@ -73,10 +73,10 @@ pub struct RedisStore {
     incr_script: Script,
 }
 
-// INCR and EXPIRE … NX in one script: atomic, one round trip, and the key can never be left
+// INCRBY and EXPIRE … NX in one script: atomic, one round trip, and the key can never be left
 // without a TTL (NX keeps the first TTL so the window's expiry does not slide).
 const INCR_WINDOW: &str = r"
-local n = redis.call('INCR', KEYS[1])
+local n = redis.call('INCRBY', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
 return n
 ";
@@ -148,13 +148,14 @@ impl RedisStore {
         result
     }
 
-    /// Increments a fixed-window counter and returns the new count.
-    pub async fn incr_window(&self, key: &str, ttl_secs: u64) -> Result<u64, StoreError> {
+    /// Adds `by` to a fixed-window counter and returns the new count.
+    pub async fn incr_window(&self, key: &str, by: u64, ttl_secs: u64) -> Result<u64, StoreError> {
         let script = &self.incr_script;
         self.run("incr", |mut c| async move {
             script
                 .key(key)
                 .arg(ttl_secs.max(1))
+                .arg(by)
                 .invoke_async(&mut c)
                 .await
         })
