@@ -161,7 +161,11 @@ impl Gateway {
     fn local_headers(ctx: &Ctx) -> Vec<(&'static str, String)> {
         let mut h = vec![("X-Request-Id", ctx.request_id.clone())];
         if let Some(d) = &ctx.rate {
-            h.extend(d.headers());
+            // Digits only, so always text.
+            h.extend(
+                d.headers()
+                    .map(|(n, v)| (n, v.to_str().unwrap_or_default().to_owned())),
+            );
         }
         h
     }

@@ -56,11 +56,12 @@ pub struct Decision {
 
 impl Decision {
     /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` header pairs.
-    pub fn headers(&self) -> [(&'static str, String); 3] {
+    pub fn headers(&self) -> [(&'static str, http::HeaderValue); 3] {
+        // Straight from integers: no intermediate String on every limited request.
         [
-            ("RateLimit-Limit", self.limit.to_string()),
-            ("RateLimit-Remaining", self.remaining.to_string()),
-            ("RateLimit-Reset", self.reset_secs.to_string()),
+            ("RateLimit-Limit", self.limit.into()),
+            ("RateLimit-Remaining", self.remaining.into()),
+            ("RateLimit-Reset", self.reset_secs.into()),
         ]
     }
 }
@@ -251,11 +252,6 @@ impl RedisCounters {
                 .collect(),
             hasher: Default::default(),
         })
-    }
-
-    /// Counts taken from Redis per round trip when a client is busy.
-    pub fn block(&self) -> u64 {
-        self.block
     }
 
     fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, LeaseShard> {
