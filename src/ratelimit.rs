@@ -299,7 +299,12 @@ impl RedisCounters {
         };
         match step {
             Step::Counted(n) => Some(n),
-            Step::Wait(rx) => rx.await.ok().flatten(),
+            // Bounded even if a refill were lost: the one in flight plus one of its own, each
+            // within the command timeout; past that the caller falls back like on any failure.
+            Step::Wait(rx) => tokio::time::timeout(self.redis.command_timeout() * 2, rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok().flatten()),
             Step::Alone => self
                 .redis
                 .incr_window(&redis_key(ip, window), 1, ttl_secs)

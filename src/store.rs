@@ -148,6 +148,11 @@ impl RedisStore {
         result
     }
 
+    /// How long one command may take before the caller falls back.
+    pub fn command_timeout(&self) -> Duration {
+        self.config.command_timeout
+    }
+
     /// Adds `by` to a fixed-window counter and returns the new count.
     pub async fn incr_window(&self, key: &str, by: u64, ttl_secs: u64) -> Result<u64, StoreError> {
         let script = &self.incr_script;
