@@ -6,6 +6,11 @@
 //! that ends its header; past the deadline the read fails and Pingora drops the connection.
 //! Request boundaries are seen from the bytes themselves: a request starts with the first byte
 //! read after a response was written. Upgraded connections (101) are left alone.
+//!
+//! The wrapper also runs the HTTP/1 keep-alive loop itself and waits for each request's first
+//! bytes before handing the connection to Pingora. Pingora's per-request state (its request
+//! future, header buffer and parse scratch space) is about 25 KiB and would otherwise stay
+//! allocated for the whole idle time of every keep-alive connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +19,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use bytes::{Buf, BytesMut};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
@@ -45,6 +52,8 @@ pub struct DeadlineStream {
     /// Last three bytes seen, to find `\r\n\r\n` across reads.
     tail: [u8; 3],
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes read while waiting for a request, not yet handed to Pingora.
+    stash: BytesMut,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -65,7 +74,32 @@ impl DeadlineStream {
             phase: Phase::Idle,
             tail: [0; 3],
             timer: None,
+            stash: BytesMut::new(),
         }
+    }
+
+    /// Waits until the client sends something (`Ok(0)`: it closed) and keeps what arrived for
+    /// the next read. The buffer exists only while a read is attempted, so a connection idling
+    /// here costs no buffer memory.
+    fn poll_request_bytes(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if !self.stash.is_empty() {
+            return Poll::Ready(Ok(self.stash.len()));
+        }
+        let mut buf = BytesMut::with_capacity(FIRST_READ);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut buf) {
+            Poll::Ready(Ok(n)) => {
+                self.stash = buf;
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    /// Waits for the first bytes of the next request; `false` when the client closed first.
+    async fn request_arrived(&mut self) -> std::io::Result<bool> {
+        std::future::poll_fn(|cx| self.poll_request_bytes(cx))
+            .await
+            .map(|n| n > 0)
     }
 
     /// Feeds bytes just read through the phase machine (no allocation: this runs per read).
@@ -132,6 +166,17 @@ impl AsyncRead for DeadlineStream {
         }
         let before = buf.filled().len();
         let this = &mut *self;
+        if !this.stash.is_empty() {
+            let n = this.stash.len().min(buf.remaining());
+            buf.put_slice(&this.stash[..n]);
+            this.stash.advance(n);
+            if this.stash.is_empty() {
+                // Free the buffer now rather than hold it through the next idle wait.
+                this.stash = BytesMut::new();
+            }
+            this.saw(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
+        }
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             this.saw(&buf.filled()[before..]);
@@ -210,7 +255,15 @@ impl GetSocketDigest for DeadlineStream {
 #[async_trait]
 impl Peek for DeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if self.stash.is_empty() {
+            return self.inner.try_peek(buf).await;
+        }
+        // Bytes already taken off the socket come first; a longer peek is not offered.
+        if self.stash.len() < buf.len() {
+            return Ok(false);
+        }
+        buf.copy_from_slice(&self.stash[..buf.len()]);
+        Ok(true)
     }
 }
 
@@ -230,15 +283,76 @@ impl<A> WithHeaderDeadline<A> {
     }
 }
 
+/// The first read of a request: one read usually takes the whole header.
+const FIRST_READ: usize = 4096;
+/// How long a connection may sit without a request: Pingora's own keep-alive default.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Waits for the next request on `stream`; `None` when the client closed or stayed silent
+/// past the keep-alive time, or the server began shutting down (idle connections close then,
+/// as Pingora's own loop does).
+async fn next_request(
+    mut stream: Box<DeadlineStream>,
+    shutdown: &ShutdownWatch,
+) -> Option<Box<DeadlineStream>> {
+    if *shutdown.borrow() {
+        return None;
+    }
+    let mut shutdown = shutdown.clone();
+    let stopping = async {
+        while shutdown.changed().await.is_ok() {
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        biased;
+        // Pingora's coarse timer wheel: cheaper to arm and disarm than tokio's, and this one
+        // is armed for every request on a keep-alive connection.
+        arrived = pingora_timeout::fast_timeout::fast_timeout(KEEPALIVE, stream.request_arrived()) => match arrived {
+            Ok(Ok(true)) => Some(stream),
+            _ => None,
+        },
+        () = stopping => None,
+    }
+}
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for WithHeaderDeadline<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for WithHeaderDeadline<A> {
     async fn process_new(
         self: &Arc<Self>,
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let wrapped: Stream = Box::new(DeadlineStream::new(session, self.limit));
-        self.inner.process_new(wrapped, shutdown).await
+        let mut stream = Box::new(DeadlineStream::new(session, self.limit));
+        let options = self.inner.server_options();
+        if options.is_some_and(|o| o.h2c || o.force_custom) || stream.get_ssl_digest().is_some() {
+            // Not the plain HTTP/1 this gateway serves: Pingora's own loop.
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        // Pingora's HTTP/1 loop (pingora-core `apps`), with the wait for each request moved
+        // out here, in front of the per-request state.
+        let mut settings = None;
+        let mut first = true;
+        loop {
+            stream = next_request(stream, shutdown).await?;
+            let mut session = ServerSession::new_http1(stream);
+            if first {
+                first = false;
+                session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                session.set_keepalive_reuses_remaining(
+                    options.and_then(|o| o.keepalive_request_limit),
+                );
+            } else if let Some(s) = settings.take() {
+                pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session);
+            }
+            let reused = self.inner.process_new_http(session, shutdown).await?;
+            let (next, next_settings) = reused.consume();
+            settings = next_settings;
+            stream = next.into_any().downcast::<DeadlineStream>().ok()?;
+        }
     }
 
     async fn cleanup(&self) {

@@ -348,3 +348,76 @@ async fn two_hundred_slow_clients_do_not_stop_normal_traffic() {
         a.abort();
     }
 }
+
+/// Reads one response with a `Content-Length` body off a keep-alive connection.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = common_find(&out, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a content-length");
+            if out.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed early after {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn one_keep_alive_connection_serves_request_after_request() {
+    use tokio::io::AsyncWriteExt;
+    let rec = Recorder::start(RecorderMode::Ok).await;
+    let gw = Gateway::start(&section(rec.port), &[]).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /pub/one HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status(&read_response(&mut s).await), "200");
+    // The gateway waits for a request's first bytes itself and hands over what it read: a
+    // header split right after those bytes must still arrive whole.
+    s.write_all(b"G").await.unwrap();
+    s.flush().await.unwrap();
+    tokio::task::yield_now().await;
+    s.write_all(b"ET /pub/two HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status(&read_response(&mut s).await), "200");
+    // A request with a body, then one more, on the same connection.
+    s.write_all(b"POST /pub/three HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    assert_eq!(status(&read_response(&mut s).await), "200");
+    s.write_all(b"GET /pub/four HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status(&read_response(&mut s).await), "200");
+    let seen = rec.received();
+    assert_eq!(rec.request_count(), 4, "{seen}");
+    let at: Vec<usize> = ["/pub/one ", "/pub/two ", "/pub/three ", "/pub/four "]
+        .iter()
+        .map(|p| {
+            seen.find(p)
+                .unwrap_or_else(|| panic!("{p} missing from {seen}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{seen}");
+    assert!(seen.contains("\r\n\r\nhello"), "{seen}");
+}
