@@ -72,11 +72,15 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     // Every client connection gets a whole-header read deadline (slowloris defence).
     let app = deadline::WithHeaderDeadline::new(http, config.limits.header_read_timeout);
     let mut proxy = pingora::services::listening::Service::new("gateway".to_string(), app);
-    // No L4 read buffer: Pingora reads headers and bodies into buffers of its own, so the
-    // default 64 KiB one per connection (meant for TLS records) only adds a copy and memory.
+    // No L4 buffers: Pingora reads headers and bodies into buffers of its own, so the default
+    // 64 KiB read buffer (meant for TLS records) only adds a copy and memory, and the header
+    // deadline wrapper buffers writes only while a response is being written.
     proxy.add_listener(
-        pingora::listeners::ListenerConfig::tcp(config.listen.to_string())
-            .l4_buffer(pingora::protocols::l4::stream::L4BufferSettings::default().read(0)),
+        pingora::listeners::ListenerConfig::tcp(config.listen.to_string()).l4_buffer(
+            pingora::protocols::l4::stream::L4BufferSettings::default()
+                .read(0)
+                .write(0),
+        ),
     );
 
     let mut prometheus = pingora_prometheus::prometheus_http_service();
