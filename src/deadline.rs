@@ -462,13 +462,7 @@ mod tests {
 
     /// A wrapper around a real (idle) socket: the phase machine never touches it.
     async fn stream() -> DeadlineStream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let inner: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
-        DeadlineStream::new(inner, Duration::from_secs(10))
+        pair().await.0
     }
 
     #[tokio::test]
