@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use crate::headers;
+
 /// An answer the gateway gives on its own instead of (or after failing) proxying.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
@@ -92,12 +94,12 @@ impl GatewayError {
                 } else {
                     "Bearer"
                 };
-                vec![("WWW-Authenticate", v.to_string())]
+                vec![(headers::WWW_AUTHENTICATE, v.to_string())]
             }
             GatewayError::RateLimited { retry_after_secs } => {
-                vec![("Retry-After", retry_after_secs.to_string())]
+                vec![(headers::RETRY_AFTER, retry_after_secs.to_string())]
             }
-            GatewayError::MethodNotAllowed(_) => vec![("Allow", "GET, HEAD".to_string())],
+            GatewayError::MethodNotAllowed(_) => vec![(headers::ALLOW, "GET, HEAD".to_string())],
             _ => Vec::new(),
         }
     }

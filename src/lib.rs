@@ -1,41 +1,39 @@
 //! An edge gateway / BFF on Cloudflare Pingora.
 //!
 //! # Layout
+//! A folder per capability; each `mod.rs` says what lives there and what it may use.
+//! - [`proxy`]: the `ProxyHttp` phases and the per-request `Ctx`; routes, upstream groups,
+//!   health, local answers, the access log.
+//! - [`edge`]: what every request passes first: hygiene, the client address, rate limiting,
+//!   authentication (limit, then authenticate).
+//! - [`aggregate`]: documents built from several services (`/api/profile/{id}`) and the
+//!   service clients behind them.
+//! - [`store`]: shared state on Redis, or the embedded map.
+//! - [`conn`]: client connections: the whole-header deadline and the keep-alive loop.
 //! - [`config`]: the `gateway:` section of the conf file, env overrides, validation.
-//! - [`deadline`]: the whole-header read deadline wrapped around client connections.
+//! - [`logging`]: non-blocking log writers, JSON or text.
 //! - [`error`]: every locally produced error → status + JSON body.
-//! - [`hygiene`]: framing/target rules, header caps, hop-by-hop removal, request ids.
-//! - [`respond`]: writes the gateway's own answers onto the session.
-//! - [`proxy`]: the `ProxyHttp` implementation and the per-request `Ctx`.
-//! - [`access`]: the one-line-per-request JSON access log.
-//! - [`auth`]: JWT verification → `Identity`; token issuing for the CLI.
-//! - [`ratelimit`]: per-IP fixed windows on Redis or in memory, with fallback.
-//! - [`store`]: the Redis connection with timeouts, breaker and rate-limited warnings.
-//! - [`profile`]: `/api/profile/{id}`: authorization, cache-aside, single flight, fan-out.
-//! - [`upstream`]: dependency-service clients with timeout, retry and breaker.
-//! - [`routes`]: route table, upstream groups, load balancing, active and passive health.
-//! - [`resilience`]: circuit breaker and retry policy over an injected clock.
-//! - [`net`]: client address normalisation and trusted-proxy `X-Forwarded-For`.
+//! - [`resilience`]: circuit breaker, retry policy and retry budget over an injected clock.
 //! - [`metrics`]: Prometheus instruments.
+//! - [`headers`], [`clock`], `sharded`: header names, wall-clock seconds, sharded locks.
 //!
 //! `main.rs` only parses the command line and calls [`build_server`].
 
-pub mod access;
-pub mod auth;
+pub mod aggregate;
+pub mod clock;
 pub mod config;
-pub mod deadline;
+pub(crate) mod conn;
+pub mod edge;
 pub mod error;
-pub mod hygiene;
+pub mod headers;
+pub mod logging;
 pub mod metrics;
-pub mod net;
-pub mod profile;
-pub mod proxy;
-pub mod ratelimit;
+pub(crate) mod proxy;
 pub mod resilience;
-pub mod respond;
-pub mod routes;
+pub(crate) mod sharded;
 pub mod store;
-pub mod upstream;
+#[doc(hidden)]
+pub mod testing;
 
 use std::sync::Arc;
 
@@ -46,7 +44,7 @@ use crate::config::Config;
 use crate::proxy::Gateway;
 
 /// Builds a ready-to-run Pingora server: the proxy service, the metrics service and one
-/// health-check service per upstream group. Call `bootstrap` and `run_forever` on it.
+/// health-check service per upstream group. Call `bootstrap` and `run` on it.
 pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     metrics::init();
     metrics::prime(config.redis.url.is_some());
@@ -70,7 +68,7 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
     // Every client connection gets a whole-header read deadline (slowloris defence).
-    let app = deadline::WithHeaderDeadline::new(http, config.limits.header_read_timeout);
+    let app = conn::WithHeaderDeadline::new(http, config.limits.header_read_timeout);
     let mut proxy = pingora::services::listening::Service::new("gateway".to_string(), app);
     // No L4 buffers: Pingora reads headers and bodies into buffers of its own, so the default
     // 64 KiB read buffer (meant for TLS records) only adds a copy and memory, and the header

@@ -5,9 +5,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use gateway::config::{Config, LoadMode, ProcessEnv};
 use pingora::prelude::Opt;
+use pingora::server::RunArgs;
 
-// glibc malloc was ~15% of the proxy's CPU under load (perf, see docs/BENCHMARKS.md); jemalloc,
-// which Pingora itself runs on, costs less per request without mimalloc's larger footprint.
+// glibc malloc was a large share of the proxy's CPU under load, and mimalloc doubled the memory
+// per connection (docs/BENCHMARKS.md); jemalloc, which Pingora itself runs on, costs least.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -37,19 +38,8 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        // stdout carries the access log alone; everything else goes to stderr.
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .try_init();
-}
-
 fn fail(message: impl std::fmt::Display) -> ! {
+    gateway::logging::flush(Duration::from_millis(500));
     eprintln!("gateway: {message}");
     std::process::exit(2);
 }
@@ -61,13 +51,13 @@ fn main() {
         if secret.is_empty() {
             fail("JWT_SECRET is required to sign a token");
         }
-        match gateway::auth::issue_token(secret.as_bytes(), &sub, ttl, &roles) {
+        match gateway::edge::auth::issue_token(secret.as_bytes(), &sub, ttl, &roles) {
             Ok(t) => println!("{t}"),
             Err(e) => fail(format!("cannot sign the token: {e}")),
         }
         return;
     }
-    init_tracing();
+    gateway::logging::init();
     // rediss:// connections need a TLS crypto provider; ring is the one compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let opt = cli.opt;
@@ -98,5 +88,8 @@ fn main() {
         gateway::build_server(opt, config).unwrap_or_else(|e| fail(format!("cannot start: {e}")));
     // With -t this validates Pingora's own keys and exits.
     server.bootstrap();
-    server.run_forever();
+    server.run(RunArgs::default());
+    // Pingora's `run_forever` exits here without a word; the log queues are written out first.
+    gateway::logging::flush(Duration::from_secs(2));
+    std::process::exit(0);
 }

@@ -137,6 +137,15 @@ pub static PROFILE_DEGRADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Log lines dropped because their stream could not keep up, by stream.
+pub static LOG_LINES_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "log_lines_dropped_total",
+        "Log lines dropped because the stream's reader could not keep up, by stream (stdout|stderr)",
+        &["stream"],
+    )
+});
+
 /// Forces registration so every family shows on `/metrics` from the first scrape. Process
 /// metrics (CPU seconds, resident memory, open fds) come with the default registry itself,
 /// through the `prometheus` crate's `process` feature.
@@ -153,17 +162,24 @@ pub fn init() {
     LazyLock::force(&BREAKER_STATE);
     LazyLock::force(&CACHE_REQUESTS);
     LazyLock::force(&PROFILE_DEGRADED);
+    LazyLock::force(&LOG_LINES_DROPPED);
 }
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
 /// "no data" until the first event (a counter vector otherwise appears only once incremented).
 pub fn prime(redis_configured: bool) {
     // rate_limit_decisions_total is primed by the limiter, which resolves its children once.
-    for reason in crate::auth::AuthError::REASONS {
+    for stream in [
+        crate::logging::Stream::Stdout,
+        crate::logging::Stream::Stderr,
+    ] {
+        LOG_LINES_DROPPED.with_label_values(&[stream.label()]);
+    }
+    for reason in crate::edge::auth::AuthError::REASONS {
         AUTH_FAILURES.with_label_values(&[reason]);
     }
-    for result in ["hit", "miss", "bypass"] {
-        CACHE_REQUESTS.with_label_values(&[result]);
+    for status in crate::aggregate::CacheStatus::ALL {
+        CACHE_REQUESTS.with_label_values(&[status.label()]);
     }
     if redis_configured {
         for op in ["incr", "get", "set"] {

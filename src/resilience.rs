@@ -4,8 +4,9 @@
 //! and on hand-made instants in the tests, which are exact and take no wall time.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// The breaker's externally visible state (also the `circuit_breaker_state` gauge value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,10 +82,8 @@ impl CircuitBreaker {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave the counters inconsistent in a way that
-        // matters more than losing the breaker, so recover the guard instead of propagating.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     fn set(&self, inner: &mut Inner, to: BreakerState) -> Option<Transition> {
@@ -192,6 +191,17 @@ impl FailureKind {
     pub fn counts_for_breaker(self) -> bool {
         !matches!(self, FailureKind::ClientError)
     }
+
+    /// The `upstream_requests_total{outcome}` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect_error",
+            FailureKind::Timeout => "timeout",
+            FailureKind::ServerError => "server_error",
+            FailureKind::ClientError => "client_error",
+            FailureKind::BadBody => "bad_body",
+        }
+    }
 }
 
 /// Bounded retries with a jittered pause, cut short by a deadline.
@@ -256,8 +266,8 @@ impl RetryBudget {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (i64, Instant)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, (i64, Instant)> {
+        self.state.lock()
     }
 
     fn refill(&self, state: &mut (i64, Instant), now: Instant) {

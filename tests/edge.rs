@@ -3,11 +3,12 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine;
 use common::{client, eventually, token, EchoServer, Gateway, Redis, SECRET};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use gateway::clock::unix_now;
+use gateway::testing::{b64, sign};
+use jsonwebtoken::Algorithm;
 use serde_json::json;
 
 fn section(echo_port: u16, per_minute: u64, window_seconds: u64, extra_rate: &str) -> String {
@@ -21,13 +22,6 @@ routes:
   - {{ prefix: "/echo/", upstream: echo }}
 "#
     )
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Windows are aligned to the clock; a burst must not straddle a boundary, so when the current
@@ -240,19 +234,6 @@ fn now() -> i64 {
     unix_now() as i64
 }
 
-fn b64(v: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
-}
-
-fn sign(alg: Algorithm, claims: serde_json::Value, secret: &[u8]) -> String {
-    jsonwebtoken::encode(
-        &Header::new(alg),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn jwt_cases_get_the_right_status_and_never_a_panic() {
     let echo = EchoServer::start().await;
@@ -425,7 +406,7 @@ fn token_command_prints_a_verifiable_token() {
 }
 
 /// A limiter on `redis` as one replica builds it.
-fn redis_limiter(redis: &Redis, limit: u64) -> gateway::ratelimit::RateLimiter {
+fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLimiter {
     let url = format!("redis://{}", redis.addr());
     let cfg = gateway::config::RedisConfig {
         url: Some(url.clone()),
@@ -433,7 +414,7 @@ fn redis_limiter(redis: &Redis, limit: u64) -> gateway::ratelimit::RateLimiter {
         command_timeout: Duration::from_secs(2),
     };
     let store = gateway::store::RedisStore::new(&url, cfg).expect("redis client");
-    gateway::ratelimit::RateLimiter::new(
+    gateway::edge::ratelimit::RateLimiter::new(
         &gateway::config::RateLimitConfig {
             limit,
             window: Duration::from_secs(60),
@@ -478,7 +459,7 @@ async fn concurrent_hits_share_a_round_trip_and_keep_exact_places() {
     assert_eq!(remaining, (900..1000).collect::<Vec<u64>>());
     assert!(decisions
         .iter()
-        .all(|d| d.allowed && d.backend == gateway::ratelimit::LimitBackend::Redis));
+        .all(|d| d.allowed && d.backend == gateway::edge::ratelimit::LimitBackend::Redis));
     // The first hit's own command, then the 99 that queued behind it as one.
     assert_eq!(incrby_calls(&redis), 2);
     assert_eq!(redis_count(&redis, "192.0.2.7", now), 100);
@@ -495,7 +476,7 @@ async fn large_limits_take_counts_in_blocks() {
     let now = 1_700_000_010;
     for i in 1..=100 {
         let d = limiter.check(ip, now).await;
-        assert_eq!(d.backend, gateway::ratelimit::LimitBackend::Redis);
+        assert_eq!(d.backend, gateway::edge::ratelimit::LimitBackend::Redis);
         assert_eq!(d.remaining, limit - i);
     }
     assert_eq!(incrby_calls(&redis), 2);
@@ -516,7 +497,7 @@ async fn replicas_taking_blocks_never_admit_past_the_shared_limit() {
         let decisions = futures::future::join_all(hits).await;
         assert!(decisions
             .iter()
-            .all(|d| d.backend == gateway::ratelimit::LimitBackend::Redis));
+            .all(|d| d.backend == gateway::edge::ratelimit::LimitBackend::Redis));
         admitted += decisions.iter().filter(|d| d.allowed).count();
     }
     assert_eq!(admitted, 4096);
@@ -547,5 +528,5 @@ async fn hits_queued_behind_a_dropped_refill_are_still_answered() {
     assert_eq!(remaining.len(), 10, "distinct places: {remaining:?}");
     assert!(decisions
         .iter()
-        .all(|d| d.allowed && d.backend == gateway::ratelimit::LimitBackend::Redis));
+        .all(|d| d.allowed && d.backend == gateway::edge::ratelimit::LimitBackend::Redis));
 }

@@ -163,6 +163,16 @@ impl ServiceName {
         ServiceName::Recommendation,
     ];
 
+    /// The key of the service's part in the profile document (and in `degraded`).
+    pub fn document_key(self) -> &'static str {
+        match self {
+            ServiceName::User => "user",
+            ServiceName::Order => "orders",
+            ServiceName::Product => "products",
+            ServiceName::Recommendation => "recommendations",
+        }
+    }
+
     /// The config key and metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -208,14 +208,14 @@ pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 
 /// A valid token for `sub`, one hour.
 pub fn token(sub: &str) -> String {
-    gateway::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &[])
+    gateway::edge::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &[])
         .expect("sign")
 }
 
 /// A valid token for `sub` with roles.
 pub fn token_with_roles(sub: &str, roles: &[&str]) -> String {
     let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-    gateway::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &roles)
+    gateway::edge::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &roles)
         .expect("sign")
 }
 

@@ -1,9 +1,9 @@
 //! The access log: exactly one JSON line per request on stdout, written in the logging phase.
 //!
 //! Written directly rather than through `tracing` so that the line's shape is fixed and cheap;
-//! `RUST_LOG` still switches it (target `access`, level info).
+//! `RUST_LOG` still switches it (target `access`, level info). Lines go through the
+//! non-blocking stdout queue of [`crate::logging`], so a stuck reader never holds a request.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -11,43 +11,43 @@ use serde::Serialize;
 
 /// One request's record.
 #[derive(Serialize)]
-pub struct AccessRecord<'a> {
+pub(crate) struct AccessRecord<'a> {
     /// RFC 3339 time the request ended.
-    pub time: String,
+    pub(crate) time: String,
     /// The request id (client's or generated).
-    pub request_id: &'a str,
+    pub(crate) request_id: &'a str,
     /// The client address the limiter used.
-    pub client_ip: Option<IpAddr>,
+    pub(crate) client_ip: Option<IpAddr>,
     /// Request method.
-    pub method: &'a str,
+    pub(crate) method: &'a str,
     /// Path with query parameter names but not their values (values may carry secrets).
-    pub path: String,
+    pub(crate) path: String,
     /// Route name.
-    pub route: &'a str,
+    pub(crate) route: &'a str,
     /// Status sent (0 when nothing was sent).
-    pub status: u16,
+    pub(crate) status: u16,
     /// Time from the first byte read to the end, in milliseconds.
-    pub duration_ms: f64,
+    pub(crate) duration_ms: f64,
     /// Backend that served a proxied request.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
+    pub(crate) upstream: Option<String>,
     /// Profile cache result.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache: Option<&'a str>,
+    pub(crate) cache: Option<&'a str>,
     /// Authenticated `sub`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<&'a str>,
+    pub(crate) user: Option<&'a str>,
     /// Response body bytes sent.
-    pub bytes_sent: usize,
+    pub(crate) bytes_sent: usize,
 }
 
 /// Whether the access log is switched on (`RUST_LOG` allows target `access` at info).
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     tracing::enabled!(target: "access", tracing::Level::INFO)
 }
 
 /// `path?a=&b=`: keeps which parameters were sent, drops their values.
-pub fn redact_query(path: &str, query: Option<&str>) -> String {
+pub(crate) fn redact_query(path: &str, query: Option<&str>) -> String {
     let Some(q) = query.filter(|q| !q.is_empty()) else {
         return path.to_string();
     };
@@ -65,22 +65,22 @@ pub fn redact_query(path: &str, query: Option<&str>) -> String {
 }
 
 /// Milliseconds with microsecond precision.
-pub fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
-/// Writes the record as one line; a failed write (closed stdout) is ignored, never fatal.
-pub fn write(record: &AccessRecord<'_>) {
-    let mut line = match serde_json::to_vec(record) {
-        Ok(l) => l,
-        Err(_) => return,
-    };
+/// Queues the record as one line (dropped and counted if stdout cannot keep up).
+pub(crate) fn write(record: &AccessRecord<'_>) {
+    let mut line = Vec::with_capacity(320);
+    if serde_json::to_writer(&mut line, record).is_err() {
+        return;
+    }
     line.push(b'\n');
-    let _ = std::io::stdout().lock().write_all(&line);
+    crate::logging::stdout().write_line(line);
 }
 
 /// RFC 3339 timestamp of now, millisecond precision.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 

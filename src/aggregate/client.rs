@@ -1,4 +1,4 @@
-//! Clients of the profile's dependency services: one pooled HTTP client, per-attempt timeouts,
+//! Clients of the aggregates' services: one pooled HTTP client, per-attempt timeouts,
 //! retries read from the failure's cause, and a circuit breaker per service.
 
 use std::time::{Duration, Instant};
@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::config::{ServiceConfig, ServiceName};
+use crate::headers;
 use crate::metrics;
 use crate::resilience::{
     Admission, BreakerState, CircuitBreaker, FailureKind, RetryBudget, RetryPolicy, Transition,
@@ -51,17 +52,6 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .connect_timeout(Duration::from_secs(2))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-}
-
-fn outcome_label(r: &Result<(), FailureKind>) -> &'static str {
-    match r {
-        Ok(()) => "success",
-        Err(FailureKind::Connect) => "connect_error",
-        Err(FailureKind::Timeout) => "timeout",
-        Err(FailureKind::ServerError) => "server_error",
-        Err(FailureKind::ClientError) => "client_error",
-        Err(FailureKind::BadBody) => "bad_body",
-    }
 }
 
 /// One attempt's failure, before retry policy: `NotFound` is an answer, not a failure.
@@ -182,7 +172,7 @@ impl ServiceClient {
                 Err(AttemptError::Failed(kind)) => kind,
             };
             metrics::UPSTREAM_REQUESTS
-                .with_label_values(&[service, outcome_label(&Err(kind))])
+                .with_label_values(&[service, kind.label()])
                 .inc();
             if kind.counts_for_breaker() {
                 self.note(self.breaker.on_failure(done));
@@ -210,7 +200,7 @@ impl ServiceClient {
         let mut resp = self
             .http
             .get(url)
-            .header("X-Request-Id", request_id)
+            .header(headers::X_REQUEST_ID, request_id)
             .header("Accept", "application/json")
             .send()
             .await

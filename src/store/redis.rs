@@ -1,30 +1,19 @@
-//! The shared store: Redis when configured (limiter counters, cached profiles), with a command
-//! timeout, a breaker that stops waiting on a dead server, and rate-limited warnings.
+//! The Redis connection shared by every request of this process: created lazily (the gateway
+//! starts with Redis down), every command bounded by the command timeout, and a breaker that
+//! skips Redis for a second after three failures so an outage costs requests no waiting.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::{Client, Script};
 
+use super::StoreError;
+use crate::clock::unix_now;
 use crate::config::RedisConfig;
 use crate::metrics;
 use crate::resilience::CircuitBreaker;
-
-/// Why a store operation did not produce a value.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No answer within the command timeout.
-    #[error("redis command timed out")]
-    Timeout,
-    /// Recent failures opened the breaker: not even tried.
-    #[error("redis is unavailable (breaker open)")]
-    Unavailable,
-    /// Redis answered with an error or the connection failed.
-    #[error("redis error: {0}")]
-    Redis(#[from] redis::RedisError),
-}
 
 /// Consecutive failures after which Redis is skipped for [`REDIS_PAUSE`].
 const REDIS_FAILURES: u32 = 3;
@@ -51,14 +40,6 @@ impl WarnLimiter {
                 .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A Redis connection shared by every request of this process.
@@ -191,128 +172,9 @@ impl RedisStore {
     }
 }
 
-/// Entries the embedded key-value store holds at most; past that, expired entries are dropped
-/// first, then the entry closest to expiry.
-const MEMORY_KV_CAPACITY: usize = 10_000;
-
-/// The embedded key-value store: a bounded map with per-entry expiry.
-#[derive(Default)]
-pub struct MemoryKv {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Instant, bytes::Bytes)>>,
-}
-
-impl MemoryKv {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Instant, bytes::Bytes)>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The live value of `key` at `now`.
-    pub fn get(&self, key: &str, now: Instant) -> Option<bytes::Bytes> {
-        let mut map = self.lock();
-        match map.get(key) {
-            Some((exp, v)) if *exp > now => Some(v.clone()),
-            Some(_) => {
-                map.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Stores `value` until `now + ttl`.
-    pub fn set(&self, key: &str, value: bytes::Bytes, ttl: Duration, now: Instant) {
-        let mut map = self.lock();
-        if map.len() >= MEMORY_KV_CAPACITY && !map.contains_key(key) {
-            map.retain(|_, (exp, _)| *exp > now);
-            if map.len() >= MEMORY_KV_CAPACITY {
-                if let Some(k) = map
-                    .iter()
-                    .min_by_key(|(_, (exp, _))| *exp)
-                    .map(|(k, _)| k.clone())
-                {
-                    map.remove(&k);
-                }
-            }
-        }
-        map.insert(key.to_string(), (now + ttl, value));
-    }
-
-    /// Number of entries held.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether the store is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Where cached values live: Redis when configured, else the embedded map.
-pub enum Store {
-    /// Shared by every replica.
-    Redis(std::sync::Arc<RedisStore>),
-    /// This process only.
-    Memory(MemoryKv),
-}
-
-impl Store {
-    /// Reads `key`; an error means "could not tell" (the caller bypasses the cache).
-    pub async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, StoreError> {
-        match self {
-            Store::Redis(r) => Ok(r.get(key).await?.map(bytes::Bytes::from)),
-            Store::Memory(m) => Ok(m.get(key, Instant::now())),
-        }
-    }
-
-    /// Writes `key` with a TTL.
-    pub async fn set(
-        &self,
-        key: &str,
-        value: bytes::Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Redis(r) => r.set_ex(key, &value, ttl).await,
-            Store::Memory(m) => {
-                m.set(key, value, ttl, Instant::now());
-                Ok(())
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_kv_expires_and_stays_bounded() {
-        let kv = MemoryKv::default();
-        let t0 = Instant::now();
-        kv.set(
-            "a",
-            bytes::Bytes::from_static(b"1"),
-            Duration::from_secs(30),
-            t0,
-        );
-        assert_eq!(
-            kv.get("a", t0 + Duration::from_secs(29)).as_deref(),
-            Some(&b"1"[..])
-        );
-        assert_eq!(kv.get("a", t0 + Duration::from_secs(30)), None);
-        for i in 0..(MEMORY_KV_CAPACITY + 100) {
-            kv.set(
-                &i.to_string(),
-                bytes::Bytes::new(),
-                Duration::from_secs(30),
-                t0,
-            );
-        }
-        assert!(kv.len() <= MEMORY_KV_CAPACITY);
-    }
 
     #[test]
     fn warnings_are_rate_limited() {

@@ -1,20 +1,30 @@
-//! `GET /api/profile/{id}`: object-level authorization, cache-aside, single flight, the user
-//! service first and then orders, products and recommendations concurrently.
+//! Aggregates: documents the gateway builds from several services. Today one, `GET
+//! /api/profile/{id}`: object-level authorization, cache-aside, single flight, the user service
+//! first and then orders, products and recommendations concurrently.
+//!
+//! - [`client`]: the service clients (timeouts, retries, breakers, body checks).
+//!
+//! This module returns documents and [`GatewayError`]s; `proxy` writes them. It may use
+//! `config`, `store`, `resilience`, `metrics`, `error` and the caller's `Identity`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
+use parking_lot::Mutex;
 
-use crate::auth::Identity;
 use crate::config::{Config, ProfileConfig, ServiceName};
+use crate::edge::auth::Identity;
 use crate::error::GatewayError;
 use crate::metrics;
 use crate::resilience::FailureKind;
 use crate::store::Store;
-use crate::upstream::{has_shape, CallError, ServiceClient, Shape};
+
+pub(crate) mod client;
+
+use self::client::{has_shape, CallError, ServiceClient, Shape};
 
 /// How the answer relates to the cache (the `X-Cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +38,26 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    /// Header value and metric label.
-    pub fn as_str(self) -> &'static str {
+    /// The `X-Cache` value, also shown in the access log.
+    pub fn header_value(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
             CacheStatus::Bypass => "BYPASS",
         }
     }
+
+    /// The `cache_requests_total{result}` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+
+    /// Every status, for priming the metric.
+    pub const ALL: [CacheStatus; 3] = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Bypass];
 }
 
 /// A finished profile answer.
@@ -79,7 +101,7 @@ struct Inner {
 /// Parses the `{id}` of `/api/profile/{id}`: 1–64 chars of `[A-Za-z0-9_-]`.
 pub fn parse_id(path: &str) -> Result<&str, GatewayError> {
     let id = path
-        .strip_prefix(crate::routes::PROFILE_PREFIX)
+        .strip_prefix(crate::proxy::routes::PROFILE_PREFIX)
         .ok_or_else(|| GatewayError::BadRequest("expected /api/profile/{id}".into()))?;
     if valid_id(id) {
         Ok(id)
@@ -136,11 +158,7 @@ struct FlightGuard {
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        let mut map = self
-            .inner
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.inflight.lock();
         if map.get(&self.id).is_some_and(|(f, _)| *f == self.flight) {
             map.remove(&self.id);
         }
@@ -150,7 +168,7 @@ impl Drop for FlightGuard {
 impl ProfileService {
     /// Builds the service clients (one shared HTTP pool) and the cache.
     pub fn new(config: &Config, store: Arc<Store>) -> Result<ProfileService, reqwest::Error> {
-        let http = crate::upstream::http_client()?;
+        let http = client::http_client()?;
         let now = Instant::now();
         let client =
             |name| ServiceClient::new(config.services.get(name).clone(), http.clone(), now);
@@ -176,7 +194,9 @@ impl ProfileService {
             match inner.store.get(&cache_key(id)).await {
                 // A value that is not a JSON object is corrupt: a miss, overwritten below.
                 Ok(Some(v)) if has_shape(&v, Shape::Object) => {
-                    metrics::CACHE_REQUESTS.with_label_values(&["hit"]).inc();
+                    metrics::CACHE_REQUESTS
+                        .with_label_values(&[CacheStatus::Hit.label()])
+                        .inc();
                     return Ok(ProfileAnswer {
                         body: v,
                         cache: CacheStatus::Hit,
@@ -187,11 +207,7 @@ impl ProfileService {
             }
         }
         metrics::CACHE_REQUESTS
-            .with_label_values(&[if cache == CacheStatus::Bypass {
-                "bypass"
-            } else {
-                "miss"
-            }])
+            .with_label_values(&[cache.label()])
             .inc();
         let built = self.flight(id, request_id).await?;
         Ok(ProfileAnswer {
@@ -202,11 +218,7 @@ impl ProfileService {
 
     /// Joins the in-flight build for `id`, or starts one.
     fn flight(&self, id: &str, request_id: &str) -> Flight {
-        let mut map = self
-            .inner
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.inflight.lock();
         if let Some(f) = map.get(id).and_then(|(_, w)| w.upgrade()) {
             return f;
         }
@@ -237,15 +249,6 @@ impl ProfileService {
 
 fn cache_key(id: &str) -> String {
     format!("profile:{id}")
-}
-
-fn dependency_key(name: ServiceName) -> &'static str {
-    match name {
-        ServiceName::User => "user",
-        ServiceName::Order => "orders",
-        ServiceName::Product => "products",
-        ServiceName::Recommendation => "recommendations",
-    }
 }
 
 impl Inner {
@@ -286,7 +289,7 @@ impl Inner {
         body.put_slice(&user);
         let mut degraded: Vec<&'static str> = Vec::new();
         for (client, result) in &parts {
-            let key = dependency_key(client.name());
+            let key = client.name().document_key();
             body.put_slice(b",\"");
             body.put_slice(key.as_bytes());
             body.put_slice(b"\":");

@@ -1,15 +1,17 @@
 //! JWT verification (HS256 only, `exp` and `sub` required) → the caller's [`Identity`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::unix_now;
 use crate::config::AuthConfig;
+use crate::sharded::Sharded;
 
 /// Who the caller is, as proven by a verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,28 +142,25 @@ const CACHE_PER_SHARD: usize = 1024;
 
 /// Verified tokens by their exact text.
 struct TokenCache {
-    shards: Vec<Mutex<HashMap<Box<str>, Verified>>>,
+    shards: Sharded<HashMap<Box<str>, Verified>>,
 }
 
 impl TokenCache {
     fn new() -> Self {
         TokenCache {
-            shards: (0..CACHE_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
+            shards: Sharded::new(CACHE_SHARDS, HashMap::new),
         }
     }
 
-    fn shard(&self, token: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Verified>> {
+    fn shard(&self, token: &str) -> parking_lot::MutexGuard<'_, HashMap<Box<str>, Verified>> {
         // Only verified tokens are stored, and their last characters are HMAC output: already
         // uniform, so they pick the shard without hashing the whole token a second time.
-        let i = token
+        let hash = token
             .bytes()
             .rev()
             .take(4)
-            .fold(0usize, |acc, b| acc * 31 + usize::from(b))
-            % CACHE_SHARDS;
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+            .fold(0u64, |acc, b| acc * 31 + u64::from(b));
+        self.shards.lock_at(hash)
     }
 
     fn get(&self, token: &str) -> Option<Verified> {
@@ -348,13 +347,6 @@ fn refine(err: AuthError, token: &str) -> AuthError {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[derive(Serialize)]
 struct IssueClaims<'a> {
     sub: &'a str,
@@ -403,18 +395,7 @@ mod tests {
         Authenticator::new(&cfg, 8192)
     }
 
-    fn b64(v: &[u8]) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
-    }
-
-    fn sign(alg: Algorithm, claims: serde_json::Value, secret: &[u8]) -> String {
-        jsonwebtoken::encode(
-            &Header::new(alg),
-            &claims,
-            &EncodingKey::from_secret(secret),
-        )
-        .unwrap_or_default()
-    }
+    use crate::testing::{b64, sign};
 
     fn now() -> i64 {
         unix_now() as i64

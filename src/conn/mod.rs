@@ -1,0 +1,160 @@
+//! Client connections: the whole-header deadline wrapped around every accepted stream, and the
+//! HTTP/1 keep-alive loop that runs in front of Pingora's per-request state.
+//!
+//! Why this exists: Pingora 0.9 bounds each read of a request header (60 s) but not the header
+//! as a whole, so a client trickling a byte every few seconds could hold a connection for ever
+//! ([`stream`] adds the deadline). And Pingora's own keep-alive loop keeps its per-request state
+//! (its request future, header buffer and parse scratch space) allocated for the whole idle time
+//! of every keep-alive connection; this loop waits for each request's first bytes before
+//! handing the connection to Pingora (docs/BENCHMARKS.md has the measured sizes).
+//!
+//! The loop mirrors `HttpServerApp::process_new` of pingora-core 0.9.1 (`apps/mod.rs`): the
+//! first session's keep-alive and reuse limit, then `HttpPersistentSettings` carried from one
+//! request to the next. On a Pingora upgrade, re-check that function (new per-connection
+//! settings, pipelining) against [`WithHeaderDeadline::serve_http1`]. h2c, TLS and custom
+//! protocols still go through Pingora's own loop.
+//!
+//! This module uses only Pingora; nothing else in the gateway depends on it but `lib.rs`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Ssl, Stream};
+use pingora::server::ShutdownWatch;
+
+mod stream;
+
+use self::stream::DeadlineStream;
+
+/// A server app that gives every accepted connection a header deadline, then hands it on.
+pub(crate) struct WithHeaderDeadline<A> {
+    inner: Arc<A>,
+    limit: Duration,
+}
+
+impl<A> WithHeaderDeadline<A> {
+    /// Wraps `inner` with a `limit` per request header.
+    pub(crate) fn new(inner: A, limit: Duration) -> Self {
+        WithHeaderDeadline {
+            inner: Arc::new(inner),
+            limit,
+        }
+    }
+}
+
+/// How long a connection may sit without a request: Pingora's own keep-alive default.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Waits for the next request on `stream`; `None` when the client closed or stayed silent
+/// past the keep-alive time, or the server began shutting down (idle connections close then,
+/// as Pingora's own loop does).
+async fn next_request(
+    mut stream: Box<DeadlineStream>,
+    shutdown: &ShutdownWatch,
+) -> Option<Box<DeadlineStream>> {
+    if *shutdown.borrow() {
+        return None;
+    }
+    let mut shutdown = shutdown.clone();
+    let stopping = async {
+        while shutdown.changed().await.is_ok() {
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        biased;
+        // Pingora's coarse timer wheel: cheaper to arm and disarm than tokio's, and this one
+        // is armed for every request on a keep-alive connection.
+        arrived = pingora_timeout::fast_timeout::fast_timeout(KEEPALIVE, stream.request_arrived()) => match arrived {
+            Ok(Ok(true)) => Some(stream),
+            _ => None,
+        },
+        () = stopping => None,
+    }
+}
+
+/// Pingora's boxed per-request future, as `process_new_http` returns it.
+type RequestFuture<'a> = Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>;
+
+impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
+    /// Pingora's HTTP/1 keep-alive loop (pingora-core `apps`), with the wait for each request
+    /// moved out here, in front of the per-request state. Waiting for new bytes assumes no
+    /// request was read ahead: true while the gateway leaves Pingora's HTTP/1 pipelining off.
+    async fn serve_http1(
+        self: &Arc<Self>,
+        mut stream: Box<DeadlineStream>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut settings = None;
+        let mut first = true;
+        loop {
+            stream = next_request(stream, shutdown).await?;
+            let request = self.request(stream, first, settings.take(), shutdown);
+            first = false;
+            let (next, next_settings) = request.await?.consume();
+            settings = next_settings;
+            stream = next.into_any().downcast::<DeadlineStream>().ok()?;
+        }
+    }
+
+    /// Starts Pingora on one request. Not async on purpose: the session built here is moved
+    /// into Pingora's own boxed future, and an `async` caller would keep room for it in every
+    /// idle connection's state.
+    fn request<'a>(
+        self: &'a Arc<Self>,
+        stream: Box<DeadlineStream>,
+        first: bool,
+        settings: Option<HttpPersistentSettings>,
+        shutdown: &'a ShutdownWatch,
+    ) -> RequestFuture<'a> {
+        let mut session = ServerSession::new_http1(stream);
+        if first {
+            let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE.as_secs());
+            session.set_keepalive(keepalive);
+            session.set_keepalive_reuses_remaining(
+                self.inner
+                    .server_options()
+                    .and_then(|o| o.keepalive_request_limit),
+            );
+        } else if let Some(s) = settings {
+            s.apply_to_session(&mut session);
+        }
+        self.inner.process_new_http(session, shutdown)
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for WithHeaderDeadline<A> {
+    // Written out rather than `async fn`: the macro's extra async layer around the loop made
+    // every idle connection's state larger (docs/BENCHMARKS.md).
+    fn process_new<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        session: Stream,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<Stream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let stream = Box::new(DeadlineStream::new(session, self.limit));
+        let options = self.inner.server_options();
+        if options.is_some_and(|o| o.h2c || o.force_custom) || stream.get_ssl_digest().is_some() {
+            // Not the plain HTTP/1 this gateway serves: Pingora's own loop.
+            return self.inner.process_new(stream, shutdown);
+        }
+        Box::pin(self.serve_http1(stream, shutdown))
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}

@@ -1,0 +1,80 @@
+//! The edge: what every request passes before it is routed anywhere.
+//!
+//! - [`hygiene`]: framing and target-form rules, header caps, hop-by-hop removal, request ids.
+//! - [`client`]: the client address, trusting `X-Forwarded-For` only from our own proxies.
+//! - [`ratelimit`]: per-client fixed windows on Redis or in memory.
+//! - [`auth`]: JWT verification into an [`auth::Identity`].
+//!
+//! [`Edge::check`] fixes the order: limit, then authenticate, so that floods of bad tokens are
+//! limited too. Everything here decides and returns values; `proxy` writes the answers. This
+//! module may use `config`, `store`, `metrics`, `error`, `clock` and `sharded`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::clock::unix_now;
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::metrics;
+use crate::store::RedisStore;
+
+pub mod auth;
+pub(crate) mod client;
+pub(crate) mod hygiene;
+pub mod ratelimit;
+
+use self::auth::{Authenticator, Identity};
+use self::ratelimit::{Decision, RateLimiter};
+
+/// The limiter and the verifier, shared by every request.
+pub(crate) struct Edge {
+    limiter: RateLimiter,
+    auth: Authenticator,
+}
+
+/// What the edge decided for one request.
+pub(crate) struct EdgeVerdict {
+    /// The limiter's decision, reported in `RateLimit-*` headers on every answer, a 401
+    /// included (`None` when there was no client address to count).
+    pub(crate) rate: Option<Decision>,
+    /// The verified caller, or the answer that refuses the request.
+    pub(crate) identity: Result<Arc<Identity>, GatewayError>,
+}
+
+impl Edge {
+    /// Builds the limiter (on `redis` when given) and the verifier.
+    pub(crate) fn new(config: &Config, redis: Option<Arc<RedisStore>>) -> Edge {
+        Edge {
+            limiter: RateLimiter::new(&config.rate_limit, redis),
+            auth: Authenticator::new(&config.auth, config.limits.max_authorization_bytes),
+        }
+    }
+
+    /// Rate limit, then authenticate.
+    pub(crate) async fn check(&self, client: Option<IpAddr>, headers: &HeaderMap) -> EdgeVerdict {
+        let rate = match client {
+            Some(ip) => Some(self.limiter.check(ip, unix_now()).await),
+            None => None,
+        };
+        if let Some(d) = rate.filter(|d| !d.allowed) {
+            return EdgeVerdict {
+                rate,
+                identity: Err(GatewayError::RateLimited {
+                    retry_after_secs: d.reset_secs,
+                }),
+            };
+        }
+        let identity = self.auth.authenticate(headers).map_err(|e| {
+            metrics::AUTH_FAILURES
+                .with_label_values(&[e.reason()])
+                .inc();
+            GatewayError::Unauthorized {
+                message: e.to_string().into(),
+                token_given: e.token_given(),
+            }
+        });
+        EdgeVerdict { rate, identity }
+    }
+}

@@ -1,0 +1,26 @@
+//! Header names the gateway sets or reads beyond the standard ones in [`http::header`], each
+//! spelled once. Written as they go on the wire; lookups are case-insensitive.
+
+/// Request id: kept from the client when well-formed, else generated; echoed on every answer
+/// and sent to every upstream.
+pub const X_REQUEST_ID: &str = "X-Request-Id";
+/// The client chain for upstreams.
+pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+/// The scheme the client used.
+pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+/// The verified caller's `sub`, for upstreams; a client-sent one is always removed.
+pub const X_USER_ID: &str = "X-User-Id";
+/// How an aggregate answer relates to the cache (`HIT`, `MISS`, `BYPASS`).
+pub const X_CACHE: &str = "X-Cache";
+/// Requests per window (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT_LIMIT: &str = "RateLimit-Limit";
+/// Requests left in the window.
+pub const RATELIMIT_REMAINING: &str = "RateLimit-Remaining";
+/// Seconds until the window ends.
+pub const RATELIMIT_RESET: &str = "RateLimit-Reset";
+/// Seconds to wait before retrying (on 429).
+pub const RETRY_AFTER: &str = "Retry-After";
+/// The challenge on 401 (RFC 6750).
+pub const WWW_AUTHENTICATE: &str = "WWW-Authenticate";
+/// The methods a route accepts (on 405).
+pub const ALLOW: &str = "Allow";

@@ -1,0 +1,220 @@
+//! Backend health, both kinds in one place:
+//! - active: Pingora's HTTP/TCP checks run as a background service per group; flips are
+//!   logged and exported as `upstream_backend_healthy`;
+//! - passive: every proxied try reports its outcome to a breaker carried on the backend
+//!   (`Backend.ext`), so a backend failing real traffic is skipped before the next check.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::Backend;
+
+use crate::config::{HealthCheckKind, UpstreamConfig};
+use crate::metrics;
+use crate::resilience::{Admission, CircuitBreaker};
+
+/// The passive-health breaker of one backend, carried in `Backend.ext`.
+#[derive(Debug, Clone)]
+pub(crate) struct PassiveHealth(Arc<CircuitBreaker>);
+
+impl PassiveHealth {
+    /// A closed breaker that opens after `up.passive_failures` failed tries in a row.
+    pub(crate) fn new(up: &UpstreamConfig, now: Instant) -> Self {
+        PassiveHealth(Arc::new(CircuitBreaker::new(
+            up.passive_failures,
+            up.passive_open,
+            now,
+        )))
+    }
+
+    /// Whether `backend` may take a request now (always, without passive state).
+    pub(crate) fn admits(backend: &Backend, group: &str, now: Instant) -> bool {
+        let Some(p) = backend.ext.get::<PassiveHealth>() else {
+            return true;
+        };
+        let (admission, transition) = p.0.admit(now);
+        if transition.is_some() {
+            tracing::info!(group, backend = %backend.addr, "passive health: probing backend again");
+        }
+        admission != Admission::Rejected
+    }
+}
+
+/// The outcome of one proxied try, reported to its backend's passive health exactly once.
+///
+/// Pingora may learn a try's fate in several phases (connect failure, upstream response,
+/// proxy error, the end of the request); each calls [`succeeded`](Self::succeeded) or
+/// [`failed`](Self::failed), and only the first call of a try counts.
+#[derive(Debug, Default)]
+pub(crate) enum BackendTry {
+    /// No backend picked yet (or a local answer).
+    #[default]
+    None,
+    /// A backend was picked; its outcome is not known yet.
+    Pending(Backend),
+    /// The outcome was reported; the backend is kept for the access log.
+    Reported(Backend),
+}
+
+impl BackendTry {
+    /// A new try on `backend` (a retry replaces the previous one, which was reported).
+    pub(crate) fn start(&mut self, backend: Backend) {
+        *self = BackendTry::Pending(backend);
+    }
+
+    /// The backend of the current (or last) try.
+    pub(crate) fn backend(&self) -> Option<&Backend> {
+        match self {
+            BackendTry::None => None,
+            BackendTry::Pending(b) | BackendTry::Reported(b) => Some(b),
+        }
+    }
+
+    /// The try worked (a response below 500, or a request that ended without error).
+    pub(crate) fn succeeded(&mut self, now: Instant) {
+        self.report(true, now);
+    }
+
+    /// The try failed (connect error, a 5xx, an upstream error mid-request).
+    pub(crate) fn failed(&mut self, now: Instant) {
+        self.report(false, now);
+    }
+
+    fn report(&mut self, ok: bool, now: Instant) {
+        let backend = match std::mem::take(self) {
+            BackendTry::Pending(backend) => backend,
+            done => {
+                *self = done;
+                return;
+            }
+        };
+        if let Some(p) = backend.ext.get::<PassiveHealth>() {
+            let transition = if ok {
+                p.0.on_success(now)
+            } else {
+                p.0.on_failure(now)
+            };
+            if let Some(t) = transition {
+                tracing::warn!(backend = %backend.addr, from = ?t.from, to = ?t.to, "passive health state changed");
+            }
+        }
+        *self = BackendTry::Reported(backend);
+    }
+}
+
+/// Reports health flips to the log and the `upstream_backend_healthy` gauge.
+struct HealthReporter {
+    group: Arc<str>,
+}
+
+#[async_trait]
+impl HealthObserve for HealthReporter {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        let backend = target.addr.to_string();
+        metrics::BACKEND_HEALTHY
+            .with_label_values(&[&*self.group, &backend])
+            .set(i64::from(healthy));
+        if healthy {
+            tracing::info!(group = %self.group, backend = %backend, "backend is healthy again");
+        } else {
+            tracing::warn!(group = %self.group, backend = %backend, "backend failed its health check");
+        }
+    }
+}
+
+/// The active check of one group, as configured.
+pub(crate) fn active_check(
+    group: &Arc<str>,
+    up: &UpstreamConfig,
+) -> Box<dyn HealthCheck + Send + Sync> {
+    let hc = &up.health_check;
+    let reporter = Box::new(HealthReporter {
+        group: group.clone(),
+    });
+    match hc.kind {
+        HealthCheckKind::Http => {
+            let mut check = HttpHealthCheck::new("localhost", false);
+            // The path was validated as a URI at start-up.
+            check.req.set_uri(
+                hc.path
+                    .parse()
+                    .unwrap_or_else(|_| http::Uri::from_static("/healthz")),
+            );
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check.peer_template.options.read_timeout = Some(hc.timeout);
+            check.consecutive_success = hc.consecutive_success;
+            check.consecutive_failure = hc.consecutive_failure;
+            check.health_changed_callback = Some(reporter);
+            Box::new(check)
+        }
+        HealthCheckKind::Tcp => {
+            let mut check = TcpHealthCheck::new();
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check.consecutive_success = hc.consecutive_success;
+            check.consecutive_failure = hc.consecutive_failure;
+            check.health_changed_callback = Some(reporter);
+            check
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+
+    fn backend(failures: u32) -> (Backend, UpstreamConfig) {
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+        let yaml = format!(
+            "gateway: {{upstreams: {{g: {{backends: ['127.0.0.1:1'], passive: {{failures: {failures}, open_ms: 10000}}}}}}}}"
+        );
+        let cfg = crate::config::Config::from_yaml(&yaml, &env, crate::config::LoadMode::Run)
+            .expect("test config");
+        let up = cfg.upstreams["g"].clone();
+        let mut b = Backend {
+            addr: PingoraAddr::Inet(up.backends[0]),
+            weight: 1,
+            ext: Default::default(),
+        };
+        b.ext.insert(PassiveHealth::new(&up, Instant::now()));
+        (b, up)
+    }
+
+    #[test]
+    fn a_try_is_reported_once_whatever_the_phases_say() {
+        let (b, _) = backend(2);
+        let now = Instant::now();
+        for _ in 0..5 {
+            let mut t = BackendTry::default();
+            t.start(b.clone());
+            t.succeeded(now);
+            // Later phases that still see the try as failed change nothing.
+            t.failed(now);
+            t.failed(now);
+            assert!(matches!(t, BackendTry::Reported(_)));
+        }
+        assert!(
+            PassiveHealth::admits(&b, "g", now),
+            "only successes counted"
+        );
+        let mut t = BackendTry::default();
+        t.start(b.clone());
+        t.failed(now);
+        t.start(b.clone());
+        t.failed(now);
+        assert!(
+            !PassiveHealth::admits(&b, "g", now),
+            "two tries, two failures: out"
+        );
+        assert!(PassiveHealth::admits(
+            &b,
+            "g",
+            now + std::time::Duration::from_secs(10)
+        ));
+        let mut idle = BackendTry::default();
+        idle.failed(now);
+        assert!(idle.backend().is_none(), "no backend, nothing reported");
+    }
+}

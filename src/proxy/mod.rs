@@ -1,0 +1,485 @@
+//! The proxy: the `ProxyHttp` implementation, the per-request [`Ctx`], and everything that
+//! decides where a request goes once it is past the edge.
+//!
+//! - [`routes`]: the route table and path rewrites.
+//! - [`upstreams`]: load-balanced upstream groups.
+//! - [`health`]: active checks and passive outcome reporting.
+//! - [`respond`]: the gateway's own answers on the session, and proxy-error mapping.
+//! - [`access`]: the one-line-per-request access log.
+//!
+//! This is the only module that knows Pingora's phases. It may use every other module; none
+//! uses it except `lib.rs`, which builds the server around [`Gateway`].
+//!
+//! # Phases, in the order Pingora runs them
+//! 1. [`new_ctx`](ProxyHttp::new_ctx): a fresh [`Ctx`].
+//! 2. [`request_filter`](ProxyHttp::request_filter): request id, client address, route,
+//!    hygiene, then (unless the route is public) the edge: limit, then authenticate. Local
+//!    routes are answered here (`Ok(true)`); proxied ones continue (`Ok(false)`).
+//! 3. [`upstream_peer`](ProxyHttp::upstream_peer): picks a healthy backend not tried yet.
+//! 4. [`fail_to_connect`](ProxyHttp::fail_to_connect): a connect failure; may ask Pingora to
+//!    go back to 3 with another backend.
+//! 5. [`upstream_request_filter`](ProxyHttp::upstream_request_filter): the request headers the
+//!    backend sees.
+//! 6. [`upstream_response_filter`](ProxyHttp::upstream_response_filter) and
+//!    [`response_filter`](ProxyHttp::response_filter): the backend's answer, then ours.
+//! 7. [`error_while_proxy`](ProxyHttp::error_while_proxy) /
+//!    [`fail_to_proxy`](ProxyHttp::fail_to_proxy): an error after connecting, then the
+//!    answer for any error that ends the request.
+//! 8. [`logging`](ProxyHttp::logging): always, once per request: metrics and the access log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::aggregate::{self, CacheStatus, ProfileService};
+use crate::config::Config;
+use crate::edge::auth::Identity;
+use crate::edge::client::ClientAddr;
+use crate::edge::ratelimit::Decision;
+use crate::edge::{hygiene, Edge};
+use crate::error::GatewayError;
+use crate::headers;
+use crate::metrics;
+use crate::store::{MemoryKv, RedisStore, Store};
+
+pub(crate) mod access;
+pub(crate) mod health;
+pub(crate) mod respond;
+pub(crate) mod routes;
+pub(crate) mod upstreams;
+
+use self::health::BackendTry;
+use self::routes::{Route, RouteTable};
+use self::upstreams::HealthService;
+
+/// How long an unused upstream connection stays in Pingora's pool.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// The gateway: shared state every request reads.
+pub struct Gateway {
+    config: Arc<Config>,
+    routes: RouteTable,
+    edge: Edge,
+    profile: ProfileService,
+}
+
+/// Per-request state, filled as the phases run; each field names the phase that writes it.
+pub struct Ctx {
+    /// new_ctx: when the request started, for the duration metric.
+    started: Instant,
+    /// request_filter: where the request goes.
+    route: Route,
+    /// request_filter: the client's id, or a fresh one.
+    request_id: String,
+    /// request_filter: the client, on every route (public ones included).
+    client: Option<ClientAddr>,
+    /// request_filter: the limiter's decision, reported in `RateLimit-*` headers.
+    rate: Option<Decision>,
+    /// request_filter: the verified caller, forwarded as `X-User-Id`.
+    identity: Option<Arc<Identity>>,
+    /// request_filter: how a profile answer relates to the cache, for the access log.
+    cache: Option<CacheStatus>,
+    /// upstream_peer: backends already tried, so a retry goes elsewhere.
+    tried: Vec<SocketAddr>,
+    /// upstream_peer starts a try; the phases that learn its outcome report it.
+    backend: BackendTry,
+    /// upstream_peer: an error decided before proxying (no healthy backend), answered by
+    /// fail_to_proxy.
+    local_error: Option<GatewayError>,
+}
+
+impl Ctx {
+    /// Request id and rate-limit headers that every local answer carries.
+    fn local_headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![(headers::X_REQUEST_ID, self.request_id.clone())];
+        if let Some(d) = &self.rate {
+            // Digits only, so always text.
+            h.extend(
+                d.headers()
+                    .map(|(n, v)| (n, v.to_str().unwrap_or_default().to_owned())),
+            );
+        }
+        h
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway and the health-check services its groups need.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        redis: Option<Arc<RedisStore>>,
+    ) -> std::result::Result<(Gateway, Vec<HealthService>), String> {
+        let (routes, health) = upstreams::build(&config);
+        let edge = Edge::new(&config, redis.clone());
+        let store = Arc::new(match redis {
+            Some(r) => Store::Redis(r),
+            None => Store::Memory(MemoryKv::default()),
+        });
+        let profile = ProfileService::new(&config, store)
+            .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
+        Ok((
+            Gateway {
+                config,
+                routes,
+                edge,
+                profile,
+            },
+            health,
+        ))
+    }
+
+    async fn answer_profile(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let req = session.req_header();
+        let target = if req.method == http::Method::GET || req.method == http::Method::HEAD {
+            aggregate::parse_id(req.uri.path()).and_then(|id| {
+                aggregate::authorize(id, ctx.identity.as_deref(), self.config.profile.owner_only)
+            })
+        } else {
+            Err(GatewayError::MethodNotAllowed(
+                "only GET is allowed here".into(),
+            ))
+        };
+        let result = match target {
+            Ok(id) => {
+                match until_client_gone(session, self.profile.get(&id, &ctx.request_id)).await {
+                    Some(r) => r,
+                    // The dropped future cancelled its upstream calls; there is nobody to answer.
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let mut headers = ctx.local_headers();
+        match result {
+            Ok(answer) => {
+                ctx.cache = Some(answer.cache);
+                headers.push((headers::X_CACHE, answer.cache.header_value().to_string()));
+                respond::json(session, 200, answer.body, &headers).await
+            }
+            Err(e) => respond::error(session, &e, &headers).await,
+        }
+    }
+
+    /// Answers the routes the gateway serves itself; `Ok(false)` for proxied ones.
+    async fn answer_local(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let body: &'static [u8] = match &ctx.route {
+            // The common case: nothing to answer here, nothing to allocate.
+            Route::Proxy(_) => return Ok(false),
+            Route::Profile => {
+                self.answer_profile(session, ctx).await?;
+                return Ok(true);
+            }
+            Route::Healthz => br#"{"status":"ok"}"#,
+            Route::Readyz => br#"{"status":"ready"}"#,
+            Route::NotFound => {
+                let e = GatewayError::NotFound("no route matches this path".into());
+                respond::error(session, &e, &ctx.local_headers()).await?;
+                return Ok(true);
+            }
+        };
+        respond::json(session, 200, Bytes::from_static(body), &ctx.local_headers()).await?;
+        Ok(true)
+    }
+}
+
+/// Runs `work` unless the client closes its connection first (then `None`, and `work` is
+/// dropped). A GET has no body, so anything the client does meanwhile is a close or a pipelined
+/// request; only a close cancels.
+async fn until_client_gone<T>(
+    session: &mut Session,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let downstream = session.as_downstream_mut();
+    downstream.set_abort_on_close(true);
+    let gone = async {
+        match downstream.read_body_or_idle(true).await {
+            Err(e) if e.etype() == &ErrorType::ConnectionClosed => {}
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        r = work => Some(r),
+        () = gone => None,
+    };
+    session.as_downstream_mut().set_abort_on_close(false);
+    result
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    /// Runs first, once per request: every field empty but the start time.
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            route: Route::NotFound,
+            request_id: String::new(),
+            client: None,
+            rate: None,
+            identity: None,
+            cache: None,
+            tried: Vec::new(),
+            backend: BackendTry::None,
+            local_error: None,
+        }
+    }
+
+    /// Runs once the request header is read. Writes `request_id`, `client`, `route`, and, on
+    /// routes that are not public, `rate` and `identity`. Answers hygiene failures (400/431),
+    /// the edge's refusals (429/401), the gateway's own routes and unknown paths, returning
+    /// `Ok(true)`; `Ok(false)` sends a proxied request on to `upstream_peer`. `Err` only when
+    /// writing to the client failed.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get(headers::X_REQUEST_ID) {
+            Some(v) if hygiene::valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => hygiene::new_request_id(),
+        };
+        ctx.client = session.client_addr().and_then(|a| a.as_inet()).map(|a| {
+            ClientAddr::new(
+                a.ip(),
+                req.headers.get(headers::X_FORWARDED_FOR),
+                &self.config.rate_limit.trusted_proxies,
+            )
+        });
+        ctx.route = self.routes.route(req.uri.path());
+        if let Err(e) = hygiene::check_request(req, &self.config.limits) {
+            respond::error(session, &e, &ctx.local_headers()).await?;
+            return Ok(true);
+        }
+        let public = ctx.route.is_probe() || self.config.auth.is_public(req.uri.path());
+        if !public {
+            let verdict = self
+                .edge
+                .check(ctx.client.as_ref().map(|c| c.ip), &req.headers)
+                .await;
+            ctx.rate = verdict.rate;
+            match verdict.identity {
+                Ok(identity) => ctx.identity = Some(identity),
+                Err(e) => {
+                    respond::error(session, &e, &ctx.local_headers()).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        self.answer_local(session, ctx).await
+    }
+
+    /// Runs for proxied routes, again after each connect failure that may be retried. Reads
+    /// `route` and `tried`; pushes the pick to `tried` and starts a `backend` try. `Err` with
+    /// `local_error` set when no healthy backend is left (answered 503 by `fail_to_proxy`).
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Route::Proxy(route) = &ctx.route else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer on a local route",
+            ));
+        };
+        let group = &route.group;
+        let Some(backend) = group.select(&ctx.tried, Instant::now()) else {
+            ctx.local_error = Some(GatewayError::Unavailable(
+                format!("no healthy backend in upstream group `{}`", group.name).into(),
+            ));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy backend",
+            ));
+        };
+        let PingoraAddr::Inet(addr) = backend.addr else {
+            return Err(Error::explain(ErrorType::InternalError, "non-inet backend"));
+        };
+        ctx.tried.push(addr);
+        ctx.backend.start(backend);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(group.config.connect_timeout);
+        peer.options.read_timeout = Some(group.config.read_timeout);
+        peer.options.write_timeout = Some(group.config.read_timeout);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        Ok(Box::new(peer))
+    }
+
+    /// Runs when connecting to the picked backend failed. Reports the try as failed; marks the
+    /// error retryable (Pingora then calls `upstream_peer` again) while the group allows
+    /// another backend. Nothing was sent yet, so any method may be retried.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.backend.failed(Instant::now());
+        if let Route::Proxy(route) = &ctx.route {
+            if route.group.may_retry_connect(ctx.tried.len()) {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// Runs before the request header goes to the backend. Reads `route`, `client`,
+    /// `request_id` and `identity`: removes hop-by-hop headers, rewrites the path, sets
+    /// `X-Forwarded-*`, `X-Request-Id` and `X-User-Id`. `Err` if a header cannot be set.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        hygiene::strip_hop_by_hop(req, session.is_upgrade_req());
+        if let Route::Proxy(route) = &ctx.route {
+            if let Some(target) = route.upstream_target(req.uri.path(), req.uri.query()) {
+                let uri = target.parse::<http::Uri>().map_err(|_| {
+                    Error::explain(ErrorType::InvalidHTTPHeader, "bad rewritten path")
+                })?;
+                req.set_uri(uri);
+            }
+        }
+        if let Some(client) = &ctx.client {
+            req.insert_header(headers::X_FORWARDED_FOR, client.forwarded_for())?;
+        }
+        req.insert_header(headers::X_FORWARDED_PROTO, "http")?;
+        req.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        // The identity header is ours alone: a client-sent one is dropped before ours is set.
+        req.remove_header(headers::X_USER_ID);
+        if let Some(id) = &ctx.identity {
+            req.insert_header(headers::X_USER_ID, id.sub.as_str())?;
+        }
+        if !self.config.auth.forward_authorization {
+            req.remove_header(&http::header::AUTHORIZATION);
+        }
+        Ok(())
+    }
+
+    /// Runs when the backend's response header arrives: a 5xx is a failed try, anything else
+    /// a successful one.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.as_u16() < 500 {
+            ctx.backend.succeeded(Instant::now());
+        } else {
+            ctx.backend.failed(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Runs before a proxied response header goes to the client: adds `X-Request-Id` and the
+    /// `RateLimit-*` headers from `rate`.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(d) = &ctx.rate {
+            for (name, value) in d.headers() {
+                resp.insert_header(name, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs when proxying fails after the connection was made. An upstream-side error is a
+    /// failed try. The error is retried only for idempotent methods whose body Pingora still
+    /// holds whole, since the backend may have acted on what it got.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if e.esource() == &ErrorSource::Upstream {
+            ctx.backend.failed(Instant::now());
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// Runs when an error ends a proxied request. Answers `local_error` if one was decided,
+    /// else the mapping of `e` ([`respond::proxy_failure`]); nothing when the client is gone or
+    /// the backend's header was already sent (the client then sees a cut stream, never a second
+    /// response). The connection is never reused after this.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let Some(err) = ctx.local_error.take().or_else(|| respond::proxy_failure(e)) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if matches!(err, GatewayError::Internal) {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "internal error while proxying");
+        }
+        if session.response_written().is_none() {
+            if let Err(write_err) = respond::error(session, &err, &ctx.local_headers()).await {
+                tracing::debug!(error = %write_err, "could not write the error response");
+            }
+        }
+        FailToProxy {
+            error_code: err.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Runs last for every request, whatever happened. A proxied request that ended without
+    /// error was a successful try. Records the metrics and writes the access-log line.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if e.is_none() {
+            ctx.backend.succeeded(Instant::now());
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let method = metrics::method_label(&session.req_header().method);
+        let route = ctx.route.label();
+        let elapsed = ctx.started.elapsed();
+        metrics::HTTP_REQUESTS
+            .with_label_values(&[method, route, &metrics::status_label(status)])
+            .inc();
+        metrics::HTTP_DURATION
+            .with_label_values(&[method, route])
+            .observe(elapsed.as_secs_f64());
+        if access::enabled() {
+            let req = session.req_header();
+            access::write(&access::AccessRecord {
+                time: access::now_rfc3339(),
+                request_id: &ctx.request_id,
+                client_ip: ctx.client.as_ref().map(|c| c.ip),
+                method: req.method.as_str(),
+                path: access::redact_query(req.uri.path(), req.uri.query()),
+                route,
+                status,
+                duration_ms: access::millis(elapsed),
+                upstream: ctx.backend.backend().map(|b| b.addr.to_string()),
+                cache: ctx.cache.map(CacheStatus::header_value),
+                user: ctx.identity.as_ref().map(|i| i.sub.as_str()),
+                bytes_sent: session.body_bytes_sent(),
+            });
+        }
+    }
+}

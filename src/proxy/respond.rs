@@ -1,0 +1,101 @@
+//! The gateway's own answers: documents and errors turned into bytes on the client session,
+//! and the mapping from a Pingora proxying error to the error the client is shown.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::error::GatewayError;
+
+/// Headers every locally produced answer carries besides content type and length.
+pub(crate) type ExtraHeaders<'a> = &'a [(&'static str, String)];
+
+/// Writes a complete JSON answer.
+pub(crate) async fn json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    headers: ExtraHeaders<'_>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    for (name, value) in headers {
+        resp.insert_header(*name, value.as_str())?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Writes an error answer with its status, JSON body and own headers (`Retry-After`, …).
+pub(crate) async fn error(
+    session: &mut Session,
+    err: &GatewayError,
+    headers: ExtraHeaders<'_>,
+) -> Result<()> {
+    let mut all = err.extra_headers();
+    all.extend(headers.iter().cloned());
+    json(session, err.status(), Bytes::from(err.body()), &all).await
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+/// What the client is told when proxying failed with `e`; `None` when the client itself went
+/// away (nobody to answer).
+pub(crate) fn proxy_failure(e: &Error) -> Option<GatewayError> {
+    Some(match (e.esource(), e.etype()) {
+        (_, ErrorType::HTTPStatus(code)) if *code >= 500 => {
+            GatewayError::BadGateway("upstream failed".into())
+        }
+        (ErrorSource::Upstream, _) if is_timeout(e) => {
+            GatewayError::Timeout("the upstream did not answer in time".into())
+        }
+        (ErrorSource::Upstream, _) => {
+            GatewayError::BadGateway("the upstream could not be reached or failed".into())
+        }
+        (
+            ErrorSource::Downstream,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+        ) => return None,
+        (ErrorSource::Downstream, _) => GatewayError::BadRequest("malformed request".into()),
+        _ if is_timeout(e) => GatewayError::Timeout("the upstream did not answer in time".into()),
+        _ => GatewayError::Internal,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(e: Box<Error>) -> Option<u16> {
+        proxy_failure(&e).map(|g| g.status())
+    }
+
+    #[test]
+    fn proxy_errors_map_to_what_the_client_is_told() {
+        use ErrorType::*;
+        assert_eq!(status(Error::new_up(ConnectTimedout)), Some(504));
+        assert_eq!(status(Error::new_up(ReadTimedout)), Some(504));
+        assert_eq!(status(Error::new_up(ConnectRefused)), Some(502));
+        assert_eq!(status(Error::new_up(ConnectionClosed)), Some(502));
+        assert_eq!(status(Error::new_up(HTTPStatus(503))), Some(502));
+        assert_eq!(status(Error::new_down(ConnectionClosed)), None);
+        assert_eq!(status(Error::new_down(ReadError)), None);
+        assert_eq!(status(Error::new_down(InvalidHTTPHeader)), Some(400));
+        assert_eq!(status(Error::new(WriteTimedout)), Some(504));
+        assert_eq!(status(Error::new(InternalError)), Some(500));
+    }
+}

@@ -1,0 +1,156 @@
+//! The route table: which of the gateway's answers, or which upstream group, a path goes to,
+//! and how a proxied path is rewritten for its upstream.
+
+use std::sync::Arc;
+
+use super::upstreams::UpstreamGroup;
+
+/// Where a request goes, decided from its path alone.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    /// `/healthz`: liveness, answered by the gateway.
+    Healthz,
+    /// `/readyz`: readiness, answered by the gateway.
+    Readyz,
+    /// `/api/profile/…`: aggregated by the gateway.
+    Profile,
+    /// A configured prefix: proxied to an upstream group.
+    Proxy(Arc<ProxyRoute>),
+    /// Nothing matched.
+    NotFound,
+}
+
+impl Route {
+    /// The bounded `route` label for metrics and logs.
+    pub(crate) fn label(&self) -> &str {
+        match self {
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Profile => "profile",
+            Route::Proxy(r) => &r.group.name,
+            Route::NotFound => "not_found",
+        }
+    }
+
+    /// Whether the route is the gateway's own probe, never limited nor authenticated.
+    pub(crate) fn is_probe(&self) -> bool {
+        matches!(self, Route::Healthz | Route::Readyz)
+    }
+}
+
+/// A compiled route table entry.
+#[derive(Debug)]
+pub(crate) struct ProxyRoute {
+    /// Matched path prefix.
+    pub(crate) prefix: String,
+    /// Leading part of the path removed before forwarding.
+    pub(crate) strip_prefix: Option<String>,
+    /// The group that serves it.
+    pub(crate) group: Arc<UpstreamGroup>,
+}
+
+impl ProxyRoute {
+    /// The request target for the upstream, `None` when it stays as it is.
+    pub(crate) fn upstream_target(&self, path: &str, query: Option<&str>) -> Option<String> {
+        self.strip_prefix
+            .as_deref()
+            .map(|strip| rewrite_path(path, query, strip))
+    }
+}
+
+/// `path` without its leading `strip`, always starting with `/`, with the query kept.
+fn rewrite_path(path: &str, query: Option<&str>, strip: &str) -> String {
+    let rest = path.strip_prefix(strip).unwrap_or(path);
+    let mut new = String::with_capacity(rest.len() + 2 + query.map_or(0, str::len));
+    if !rest.starts_with('/') {
+        new.push('/');
+    }
+    new.push_str(rest);
+    if let Some(q) = query {
+        new.push('?');
+        new.push_str(q);
+    }
+    new
+}
+
+/// Path prefix reserved for the profile endpoint.
+pub(crate) const PROFILE_PREFIX: &str = "/api/profile/";
+
+/// Matches paths to routes; built once at start-up.
+#[derive(Debug)]
+pub(crate) struct RouteTable {
+    routes: Vec<Arc<ProxyRoute>>,
+}
+
+impl RouteTable {
+    /// A table over `routes`, tried in order.
+    pub(crate) fn new(routes: Vec<Arc<ProxyRoute>>) -> Self {
+        RouteTable { routes }
+    }
+
+    /// Decides the route of `path` (no query string): the built-in routes first, then the
+    /// first configured prefix that matches.
+    pub(crate) fn route(&self, path: &str) -> Route {
+        match path {
+            "/healthz" => return Route::Healthz,
+            "/readyz" => return Route::Readyz,
+            _ => {}
+        }
+        if path.starts_with(PROFILE_PREFIX) || path == "/api/profile" {
+            return Route::Profile;
+        }
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(r.prefix.as_str()))
+            .map(|r| Route::Proxy(r.clone()))
+            .unwrap_or(Route::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, LoadMode};
+
+    fn table() -> RouteTable {
+        let yaml = r#"
+gateway:
+  upstreams:
+    users: { backends: ["127.0.0.1:1"] }
+    orders: { backends: ["127.0.0.1:2"] }
+  routes:
+    - { prefix: "/api/users/", upstream: users }
+    - { prefix: "/api/", upstream: orders }
+"#;
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+        let cfg = Config::from_yaml(yaml, &env, LoadMode::Run).expect("test config");
+        super::super::upstreams::build(&cfg).0
+    }
+
+    #[test]
+    fn first_matching_prefix_wins_and_builtins_come_first() {
+        let t = table();
+        assert_eq!(t.route("/api/users/1").label(), "users");
+        assert_eq!(t.route("/api/orders").label(), "orders");
+        assert_eq!(t.route("/api/profile/1").label(), "profile");
+        assert_eq!(t.route("/healthz").label(), "healthz");
+        assert_eq!(t.route("/readyz").label(), "readyz");
+        assert_eq!(t.route("/other").label(), "not_found");
+    }
+
+    #[test]
+    fn paths_are_rewritten_with_the_query_kept() {
+        assert_eq!(rewrite_path("/api/users/1", None, "/api"), "/users/1");
+        assert_eq!(
+            rewrite_path("/api/users/1", Some("a=1&b"), "/api/users/"),
+            "/1?a=1&b"
+        );
+        assert_eq!(rewrite_path("/api/users/", None, "/api/users/"), "/");
+        assert_eq!(rewrite_path("/api", Some(""), "/api"), "/?");
+        assert_eq!(
+            rewrite_path("/other", None, "/api"),
+            "/other",
+            "no match: unchanged"
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! Upstream groups: each a round-robin Pingora `LoadBalancer` over its backends, with the
+//! active check as a background service and passive health on every backend.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use pingora::lb::discovery::Static;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::services::background::{background_service, GenBackgroundService};
+
+use super::health::{active_check, PassiveHealth};
+use super::routes::{ProxyRoute, RouteTable};
+use crate::config::{Config, UpstreamConfig};
+use crate::metrics;
+
+/// One load-balanced group of backends.
+pub(crate) struct UpstreamGroup {
+    /// Group name, also its metrics label.
+    pub(crate) name: Arc<str>,
+    /// Timeouts, retries and health settings.
+    pub(crate) config: UpstreamConfig,
+    /// Round-robin balancer; its health check runs as a background service.
+    lb: Arc<LoadBalancer<RoundRobin>>,
+}
+
+impl std::fmt::Debug for UpstreamGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamGroup")
+            .field("name", &self.name)
+            .field("backends", &self.config.backends)
+            .finish()
+    }
+}
+
+impl UpstreamGroup {
+    /// Picks the next healthy backend not in `exclude` whose passive breaker admits a request.
+    pub(crate) fn select(&self, exclude: &[SocketAddr], now: Instant) -> Option<Backend> {
+        let max = self.config.backends.len().saturating_mul(2).max(8);
+        self.lb.select_with(b"", max, |backend, healthy| {
+            let excluded = matches!(&backend.addr, PingoraAddr::Inet(a) if exclude.contains(a));
+            healthy && !excluded && PassiveHealth::admits(backend, &self.name, now)
+        })
+    }
+
+    /// Whether a try that failed to connect may go to another backend: bounded by the
+    /// group's `connect_retries` and by the backends not tried yet.
+    pub(crate) fn may_retry_connect(&self, tried: usize) -> bool {
+        tried.saturating_sub(1) < self.config.connect_retries && tried < self.config.backends.len()
+    }
+}
+
+/// Background service type that runs one group's health checks.
+pub(crate) type HealthService = GenBackgroundService<LoadBalancer<RoundRobin>>;
+
+/// Builds the route table and one health-check service per upstream group.
+pub(crate) fn build(config: &Config) -> (RouteTable, Vec<HealthService>) {
+    let now = Instant::now();
+    let mut groups = BTreeMap::new();
+    let mut services = Vec::new();
+    for (name, up) in &config.upstreams {
+        let name: Arc<str> = Arc::from(name.as_str());
+        let mut set = BTreeSet::new();
+        for addr in &up.backends {
+            let mut b = Backend {
+                addr: PingoraAddr::Inet(*addr),
+                weight: 1,
+                ext: Default::default(),
+            };
+            b.ext.insert(PassiveHealth::new(up, now));
+            metrics::BACKEND_HEALTHY
+                .with_label_values(&[&*name, &addr.to_string()])
+                .set(1);
+            set.insert(b);
+        }
+        let mut backends = Backends::new(Static::new(set));
+        backends.set_health_check(active_check(&name, up));
+        let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
+        // Static discovery never waits, so the selector is filled before the first request
+        // instead of by the background service's first pass.
+        if let Some(Err(e)) = lb.update().now_or_never() {
+            tracing::error!(group = %name, error = %e, "cannot build the backend selector");
+        }
+        lb.health_check_frequency = Some(up.health_check.interval);
+        lb.parallel_health_check = true;
+        let service = background_service(&format!("health check {name}"), lb);
+        let group = Arc::new(UpstreamGroup {
+            name: name.clone(),
+            config: up.clone(),
+            lb: service.task(),
+        });
+        groups.insert(name.to_string(), group);
+        services.push(service);
+    }
+    let routes = config
+        .routes
+        .iter()
+        .filter_map(|r| {
+            groups.get(&r.upstream).map(|g| {
+                Arc::new(ProxyRoute {
+                    prefix: r.prefix.clone(),
+                    strip_prefix: r.strip_prefix.clone(),
+                    group: g.clone(),
+                })
+            })
+        })
+        .collect();
+    (RouteTable::new(routes), services)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadMode;
+    use crate::proxy::routes::Route;
+
+    fn group(backends: &str, retries: usize) -> Arc<UpstreamGroup> {
+        let yaml = format!(
+            "gateway: {{upstreams: {{g: {{backends: {backends}, connect_retries: {retries}}}}}, \
+             routes: [{{prefix: /, upstream: g}}]}}"
+        );
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+        let cfg = Config::from_yaml(&yaml, &env, LoadMode::Run).expect("test config");
+        match build(&cfg).0.route("/x") {
+            Route::Proxy(r) => r.group.clone(),
+            other => panic!("expected a proxy route, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn passive_breaker_takes_a_backend_out() {
+        let g = group("['127.0.0.1:1']", 2);
+        let now = Instant::now();
+        let b = g.select(&[], now).expect("one healthy backend");
+        for _ in 0..3 {
+            let mut t = super::super::health::BackendTry::default();
+            t.start(b.clone());
+            t.failed(now);
+        }
+        assert!(g.select(&[], now).is_none());
+        assert!(g
+            .select(&[], now + std::time::Duration::from_secs(10))
+            .is_some());
+    }
+
+    #[test]
+    fn connect_retries_are_bounded_by_config_and_backends() {
+        let three = group("['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3']", 1);
+        assert!(three.may_retry_connect(1), "first try failed: one retry");
+        assert!(!three.may_retry_connect(2), "retry budget of 1 used");
+        let two = group("['127.0.0.1:1', '127.0.0.1:2']", 5);
+        assert!(two.may_retry_connect(1));
+        assert!(!two.may_retry_connect(2), "every backend tried");
+        let one = group("['127.0.0.1:1']", 0);
+        assert!(!one.may_retry_connect(1));
+    }
+
+    #[test]
+    fn excluded_backends_are_not_picked_again() {
+        let two = group("['127.0.0.1:1', '127.0.0.1:2']", 1);
+        let now = Instant::now();
+        let first = two.select(&[], now).expect("a backend");
+        let PingoraAddr::Inet(a) = first.addr else {
+            panic!("inet backend")
+        };
+        for _ in 0..4 {
+            let next = two.select(&[a], now).expect("the other backend");
+            assert_ne!(next.addr, first.addr);
+        }
+    }
+}
