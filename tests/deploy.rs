@@ -2,6 +2,7 @@
 //! engine here, so statically), the Kubernetes manifests (kubernetes-validate + consistency), the
 //! Prometheus config (promtool) and the Grafana dashboard (every query evaluated by a real
 //! Prometheus scraping a live gateway).
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The profile endpoint against the real gateway, the mocks with fault injection and a real
 //! redis-server: cache-aside, retries, breakers, fan-out, coalescing, authorization, bad input.
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The soak: mixed traffic for `SOAK_SECONDS` (default 300) while Redis and one backend are
 //! killed and restarted on a schedule. Not part of `make test`; run it with `make soak`.
 //! Everything it starts listens on 127.0.0.1 and stops when it ends.
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
 
 mod common;
 

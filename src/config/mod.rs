@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use url::Url;
 
 mod file;
 
@@ -16,6 +15,8 @@ use file::FileRoot;
 pub use file::HealthCheckKind;
 mod resolve;
 pub use resolve::normalise_redis_addr;
+mod services;
+pub use services::{ServiceConfig, ServiceName, Services};
 
 /// A start-up configuration problem, naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -139,118 +140,6 @@ pub struct RateLimitConfig {
     pub window: Duration,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
-}
-
-/// Names of the profile's dependencies, also their metric label and document key source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServiceName {
-    /// The user service (asked first).
-    User,
-    /// The order service.
-    Order,
-    /// The product service.
-    Product,
-    /// The recommendation service.
-    Recommendation,
-}
-
-impl ServiceName {
-    /// All four, in config order.
-    pub const ALL: [ServiceName; 4] = [
-        ServiceName::User,
-        ServiceName::Order,
-        ServiceName::Product,
-        ServiceName::Recommendation,
-    ];
-
-    /// The key of the service's part in the profile document (and in `degraded`).
-    pub fn document_key(self) -> &'static str {
-        match self {
-            ServiceName::User => "user",
-            ServiceName::Order => "orders",
-            ServiceName::Product => "products",
-            ServiceName::Recommendation => "recommendations",
-        }
-    }
-
-    /// The config key and metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceName::User => "user",
-            ServiceName::Order => "order",
-            ServiceName::Product => "product",
-            ServiceName::Recommendation => "recommendation",
-        }
-    }
-
-    fn defaults(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            ServiceName::User => ("USER_SERVICE_URL", "http://127.0.0.1:8081", "/users/{id}"),
-            ServiceName::Order => (
-                "ORDER_SERVICE_URL",
-                "http://127.0.0.1:8082",
-                "/orders/user/{id}",
-            ),
-            ServiceName::Product => ("PRODUCT_SERVICE_URL", "http://127.0.0.1:8083", "/products"),
-            ServiceName::Recommendation => (
-                "RECOMMENDATION_SERVICE_URL",
-                "http://127.0.0.1:8084",
-                "/recommendations/{id}",
-            ),
-        }
-    }
-}
-
-/// The four dependency services.
-#[derive(Debug, Clone)]
-pub struct Services {
-    /// user service
-    pub user: ServiceConfig,
-    /// order service
-    pub order: ServiceConfig,
-    /// product service
-    pub product: ServiceConfig,
-    /// recommendation service
-    pub recommendation: ServiceConfig,
-}
-
-impl Services {
-    /// The config of one service.
-    pub fn get(&self, name: ServiceName) -> &ServiceConfig {
-        match name {
-            ServiceName::User => &self.user,
-            ServiceName::Order => &self.order,
-            ServiceName::Product => &self.product,
-            ServiceName::Recommendation => &self.recommendation,
-        }
-    }
-}
-
-/// One dependency service of the profile endpoint.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    /// Which service this is.
-    pub name: ServiceName,
-    /// Base URL (scheme, host, port).
-    pub url: Url,
-    /// Path template; `{id}` is replaced by the profile id.
-    pub path: String,
-    /// Budget of one call to the service, every attempt and pause included.
-    pub timeout: Duration,
-    /// Largest body accepted from the service.
-    pub max_body_bytes: usize,
-    /// Total tries including the first.
-    pub retry_attempts: u32,
-    /// Retries allowed per request made, over time (0.2 = at most ~20% extra load).
-    pub retry_budget_ratio: f64,
-    /// Retries always allowed per second, so low traffic can still retry.
-    pub retry_budget_min_per_second: f64,
-    /// Pause between tries.
-    pub retry_backoff: Duration,
-    /// Consecutive failures that open the breaker.
-    pub breaker_failures: u32,
-    /// How long an open breaker fails fast.
-    pub breaker_open: Duration,
 }
 
 /// Profile endpoint behaviour.

@@ -1,6 +1,6 @@
 //! JWT verification (HS256 only, `exp` and `sub` required) → the caller's [`Identity`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_now;
 use crate::config::AuthConfig;
-use crate::sharded::Sharded;
+
+mod cache;
+mod error;
+
+use self::cache::{TokenCache, Verified};
+pub use self::error::AuthError;
+use self::error::{map_jwt_error, refine};
 
 /// Who the caller is, as proven by a verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,88 +35,6 @@ impl Identity {
     }
 }
 
-/// Why a request was not authenticated; the text never contains the token or the secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    /// No Authorization header.
-    #[error("missing bearer token")]
-    Missing,
-    /// More than one Authorization header: ambiguous, so refused.
-    #[error("more than one Authorization header")]
-    Duplicate,
-    /// A scheme other than Bearer.
-    #[error("the Authorization scheme must be Bearer")]
-    Scheme,
-    /// Over the size cap; not decoded at all.
-    #[error("token too large")]
-    TooLarge,
-    /// Not three base64url segments of JSON.
-    #[error("malformed token: {0}")]
-    Malformed(&'static str),
-    /// The header names an algorithm other than HS256.
-    #[error("unsupported token algorithm: only HS256 is accepted")]
-    Algorithm,
-    /// The signature does not match the secret.
-    #[error("invalid token signature")]
-    Signature,
-    /// `exp` is in the past.
-    #[error("token expired")]
-    Expired,
-    /// `nbf` (or `iat`) is in the future.
-    #[error("token not valid yet")]
-    NotYetValid,
-    /// A required claim is absent.
-    #[error("token lacks the required `{0}` claim")]
-    MissingClaim(String),
-    /// A claim has the wrong type.
-    #[error("token claim `{0}` has an invalid format")]
-    ClaimFormat(String),
-    /// `iss` or `aud` do not match the configuration.
-    #[error("token issuer or audience not accepted")]
-    WrongParty,
-}
-
-impl AuthError {
-    /// Every value [`AuthError::reason`] can return.
-    pub const REASONS: [&'static str; 12] = [
-        "missing",
-        "duplicate_header",
-        "scheme",
-        "too_large",
-        "malformed",
-        "algorithm",
-        "signature",
-        "expired",
-        "not_yet_valid",
-        "missing_claim",
-        "claim_format",
-        "issuer_audience",
-    ];
-
-    /// Bounded label for `auth_failures_total{reason}`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            AuthError::Missing => "missing",
-            AuthError::Duplicate => "duplicate_header",
-            AuthError::Scheme => "scheme",
-            AuthError::TooLarge => "too_large",
-            AuthError::Malformed(_) => "malformed",
-            AuthError::Algorithm => "algorithm",
-            AuthError::Signature => "signature",
-            AuthError::Expired => "expired",
-            AuthError::NotYetValid => "not_yet_valid",
-            AuthError::MissingClaim(_) => "missing_claim",
-            AuthError::ClaimFormat(_) => "claim_format",
-            AuthError::WrongParty => "issuer_audience",
-        }
-    }
-
-    /// Whether a token was presented (RFC 6750 then asks for `error="invalid_token"`).
-    pub fn token_given(&self) -> bool {
-        !matches!(self, AuthError::Missing | AuthError::Scheme)
-    }
-}
-
 /// Claims the gateway reads; `exp`/`nbf`/`iss`/`aud` are checked by `jsonwebtoken` itself.
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -125,55 +49,6 @@ struct Claims {
     exp: Option<serde_json::Value>,
     #[serde(default)]
     nbf: Option<serde_json::Value>,
-}
-
-/// A verified token's identity and validity window, kept so that a client presenting the same
-/// token again skips the HMAC and the JSON (the edge-check cost on every request otherwise).
-#[derive(Debug, Clone)]
-struct Verified {
-    identity: Arc<Identity>,
-    exp: f64,
-    nbf: Option<f64>,
-}
-
-const CACHE_SHARDS: usize = 16;
-/// Tokens remembered per shard; a full shard is emptied (bounded memory, no LRU bookkeeping).
-const CACHE_PER_SHARD: usize = 1024;
-
-/// Verified tokens by their exact text.
-struct TokenCache {
-    shards: Sharded<HashMap<Box<str>, Verified>>,
-}
-
-impl TokenCache {
-    fn new() -> Self {
-        TokenCache {
-            shards: Sharded::new(CACHE_SHARDS, HashMap::new),
-        }
-    }
-
-    fn shard(&self, token: &str) -> parking_lot::MutexGuard<'_, HashMap<Box<str>, Verified>> {
-        // Only verified tokens are stored, and their last characters are HMAC output: already
-        // uniform, so they pick the shard without hashing the whole token a second time.
-        let hash = token
-            .bytes()
-            .rev()
-            .take(4)
-            .fold(0u64, |acc, b| acc * 31 + u64::from(b));
-        self.shards.lock_at(hash)
-    }
-
-    fn get(&self, token: &str) -> Option<Verified> {
-        self.shard(token).get(token).cloned()
-    }
-
-    fn put(&self, token: &str, v: Verified) {
-        let mut shard = self.shard(token);
-        if shard.len() >= CACHE_PER_SHARD {
-            shard.clear();
-        }
-        shard.insert(token.into(), v);
-    }
 }
 
 /// Verifies bearer tokens with the configured secret and rules.
@@ -303,47 +178,6 @@ impl Authenticator {
             exp,
             nbf: claims.nbf.as_ref().and_then(|v| v.as_f64()),
         })
-    }
-}
-
-fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
-    use jsonwebtoken::errors::ErrorKind as K;
-    match e.kind() {
-        K::InvalidSignature => AuthError::Signature,
-        K::ExpiredSignature => AuthError::Expired,
-        K::ImmatureSignature => AuthError::NotYetValid,
-        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
-            AuthError::Algorithm
-        }
-        K::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-        K::InvalidClaimFormat(c) => AuthError::ClaimFormat(c.clone()),
-        K::InvalidIssuer | K::InvalidAudience | K::InvalidSubject => AuthError::WrongParty,
-        K::Base64(_) => AuthError::Malformed("segment is not base64url"),
-        K::Json(_) => AuthError::Malformed("claims are not a JSON object of the expected types"),
-        K::Utf8(_) => AuthError::Malformed("segment is not UTF-8"),
-        _ => AuthError::Malformed("invalid token"),
-    }
-}
-
-/// `jsonwebtoken` reports a claim of the wrong type (`"exp":"123"`) as missing; say what it is.
-fn refine(err: AuthError, token: &str) -> AuthError {
-    let AuthError::MissingClaim(name) = &err else {
-        return err;
-    };
-    let present = token
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-        .is_some_and(|v| v.get(name.as_str()).is_some());
-    if present {
-        AuthError::ClaimFormat(name.clone())
-    } else {
-        err
     }
 }
 

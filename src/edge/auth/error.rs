@@ -1,0 +1,126 @@
+//! Why a request was not authenticated, and how `jsonwebtoken`'s errors map onto that.
+
+use base64::Engine;
+
+/// Why a request was not authenticated; the text never contains the token or the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No Authorization header.
+    #[error("missing bearer token")]
+    Missing,
+    /// More than one Authorization header: ambiguous, so refused.
+    #[error("more than one Authorization header")]
+    Duplicate,
+    /// A scheme other than Bearer.
+    #[error("the Authorization scheme must be Bearer")]
+    Scheme,
+    /// Over the size cap; not decoded at all.
+    #[error("token too large")]
+    TooLarge,
+    /// Not three base64url segments of JSON.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The header names an algorithm other than HS256.
+    #[error("unsupported token algorithm: only HS256 is accepted")]
+    Algorithm,
+    /// The signature does not match the secret.
+    #[error("invalid token signature")]
+    Signature,
+    /// `exp` is in the past.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` (or `iat`) is in the future.
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// A required claim is absent.
+    #[error("token lacks the required `{0}` claim")]
+    MissingClaim(String),
+    /// A claim has the wrong type.
+    #[error("token claim `{0}` has an invalid format")]
+    ClaimFormat(String),
+    /// `iss` or `aud` do not match the configuration.
+    #[error("token issuer or audience not accepted")]
+    WrongParty,
+}
+
+impl AuthError {
+    /// Every value [`AuthError::reason`] can return.
+    pub const REASONS: [&'static str; 12] = [
+        "missing",
+        "duplicate_header",
+        "scheme",
+        "too_large",
+        "malformed",
+        "algorithm",
+        "signature",
+        "expired",
+        "not_yet_valid",
+        "missing_claim",
+        "claim_format",
+        "issuer_audience",
+    ];
+
+    /// Bounded label for `auth_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Duplicate => "duplicate_header",
+            AuthError::Scheme => "scheme",
+            AuthError::TooLarge => "too_large",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::Algorithm => "algorithm",
+            AuthError::Signature => "signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::ClaimFormat(_) => "claim_format",
+            AuthError::WrongParty => "issuer_audience",
+        }
+    }
+
+    /// Whether a token was presented (RFC 6750 then asks for `error="invalid_token"`).
+    pub fn token_given(&self) -> bool {
+        !matches!(self, AuthError::Missing | AuthError::Scheme)
+    }
+}
+
+pub(super) fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => AuthError::Signature,
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
+            AuthError::Algorithm
+        }
+        K::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+        K::InvalidClaimFormat(c) => AuthError::ClaimFormat(c.clone()),
+        K::InvalidIssuer | K::InvalidAudience | K::InvalidSubject => AuthError::WrongParty,
+        K::Base64(_) => AuthError::Malformed("segment is not base64url"),
+        K::Json(_) => AuthError::Malformed("claims are not a JSON object of the expected types"),
+        K::Utf8(_) => AuthError::Malformed("segment is not UTF-8"),
+        _ => AuthError::Malformed("invalid token"),
+    }
+}
+
+/// `jsonwebtoken` reports a claim of the wrong type (`"exp":"123"`) as missing; say what it is.
+pub(super) fn refine(err: AuthError, token: &str) -> AuthError {
+    let AuthError::MissingClaim(name) = &err else {
+        return err;
+    };
+    let present = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+        .is_some_and(|v| v.get(name.as_str()).is_some());
+    if present {
+        AuthError::ClaimFormat(name.clone())
+    } else {
+        err
+    }
+}
