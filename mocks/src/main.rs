@@ -1,5 +1,7 @@
 //! The four mock microservices behind the gateway (user, order, product, recommendation), in one
-//! process, with the paths and JSON shapes of DESIGN.md and fault injection for tests and demos.
+//! process, for tests and demos: `GET /users/{id}` (an object), `/orders/user/{id}`, `/products`
+//! and `/recommendations/{id}` (arrays), the defaults README's service table lists, plus fault
+//! injection.
 //!
 //! Every service answers:
 //! - its API route(s) and `GET /healthz`;

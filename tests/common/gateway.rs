@@ -1,0 +1,196 @@
+//! The real gateway binary on free ports, tokens for it, and the HTTP clients tests use on it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{eventually, free_port, gateway_bin, Proc};
+
+/// A running gateway process.
+pub struct Gateway {
+    pub proc: Proc,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub dir: tempfile::TempDir,
+    /// The environment it was started with (for a second process on the same conf).
+    pub env: Vec<(String, String)>,
+}
+
+/// Secret used by every test gateway.
+pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+
+/// A valid token for `sub`, one hour.
+pub fn token(sub: &str) -> String {
+    gateway::edge::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &[])
+        .expect("sign")
+}
+
+/// A valid token for `sub` with roles.
+pub fn token_with_roles(sub: &str, roles: &[&str]) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+    gateway::edge::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &roles)
+        .expect("sign")
+}
+
+impl Gateway {
+    /// Writes `gateway_section` (YAML under `gateway:`, without listen keys) to a conf file and
+    /// starts the gateway with `env`, waiting for `/readyz`.
+    pub async fn start(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let metrics_port = free_port();
+        let conf = format!(
+            "version: 1\nthreads: 2\npid_file: {dir}/gw.pid\nupgrade_sock: {dir}/upgrade.sock\n\
+             grace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 10\n\
+             gateway:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n{section}",
+            dir = dir.path().display(),
+            section = indent(gateway_section),
+        );
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, conf).expect("write conf");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let child = spawn_gateway(&path, &env, &[]);
+        let gw = Gateway {
+            proc: Proc {
+                name: "gateway".into(),
+                child,
+            },
+            port,
+            metrics_port,
+            dir,
+            env,
+        };
+        let url = gw.url("/readyz");
+        eventually(
+            "gateway /readyz",
+            Duration::from_secs(20),
+            async || matches!(client().get(&url).send().await, Ok(r) if r.status() == 200),
+        )
+        .await;
+        gw
+    }
+
+    /// Starts a second gateway on the same conf with Pingora's `-u`: it takes the listening
+    /// sockets over once this one gets SIGQUIT.
+    pub fn spawn_upgrade(&self) -> Proc {
+        let child = spawn_gateway(&self.dir.path().join("gateway.yaml"), &self.env, &["-u"]);
+        Proc {
+            name: "gateway (upgrade)".into(),
+            child,
+        }
+    }
+
+    /// URL of `path` on the client listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Status of `GET /healthz` (the gateway is still serving).
+    pub async fn health_status(&self) -> u16 {
+        client()
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// The current `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+fn spawn_gateway(conf: &std::path::Path, env: &[(String, String)], extra: &[&str]) -> Child {
+    let mut cmd = Command::new(gateway_bin());
+    cmd.args(extra).arg("-c").arg(conf);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JWT_SECRET", SECRET)
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+    cmd.spawn().expect("gateway starts")
+}
+
+fn indent(section: &str) -> String {
+    section
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect::<String>()
+}
+
+/// A shared HTTP client with no proxy from the environment and a generous timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Sends raw bytes (a client library would normalise them) and returns what came back until the
+/// server closed or went quiet for `quiet`.
+pub async fn raw_request(port: u16, request: &[u8], quiet: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(quiet, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends one GET per URL, all at once, each with `bearer`; returns the statuses in URL order
+/// (the test fails if any request gets no answer at all).
+pub async fn concurrent_gets(urls: Vec<String>, bearer: &str) -> Vec<u16> {
+    let tasks: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            let bearer = bearer.to_string();
+            tokio::spawn(async move {
+                client()
+                    .get(url)
+                    .bearer_auth(bearer)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("task").expect("answered"));
+    }
+    out
+}
+
+/// The `X-Cache` header of a response ("" when absent).
+pub fn x_cache(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}

@@ -1,0 +1,135 @@
+//! The Redis limiter as a library against a real redis-server: round trips shared by concurrent
+//! hits, counts taken in blocks, replicas never past the shared limit, and hits queued behind a
+//! refill whose request was dropped.
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
+
+mod common;
+
+use std::time::Duration;
+
+use common::Redis;
+/// A limiter on `redis` as one replica builds it.
+fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLimiter {
+    let url = format!("redis://{}", redis.addr());
+    let cfg = gateway::config::RedisConfig {
+        url: Some(url.clone()),
+        connect_timeout: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(2),
+    };
+    let store = gateway::store::RedisStore::new(&url, cfg).expect("redis client");
+    gateway::edge::ratelimit::RateLimiter::new(
+        &gateway::config::RateLimitConfig {
+            limit,
+            window: Duration::from_secs(60),
+            trusted_proxies: vec![],
+        },
+        Some(std::sync::Arc::new(store)),
+    )
+}
+
+/// `INCRBY` commands Redis has run, scripts included.
+fn incrby_calls(redis: &Redis) -> u64 {
+    let mut c = redis.conn().expect("redis connection");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_incrby:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+fn redis_count(redis: &Redis, ip: &str, now: u64) -> u64 {
+    let mut c = redis.conn().expect("redis connection");
+    redis::cmd("GET")
+        .arg(format!("ratelimit:{ip}:{}", now - now % 60))
+        .query(&mut c)
+        .expect("GET")
+}
+
+// Limits under 2,048 take one count per hit from Redis; hits that arrive while one is in flight
+// travel together as one INCRBY and still get distinct places, as if sent one by one.
+#[tokio::test]
+async fn concurrent_hits_share_a_round_trip_and_keep_exact_places() {
+    let redis = Redis::start();
+    let limiter = redis_limiter(&redis, 1000);
+    let ip: std::net::IpAddr = "192.0.2.7".parse().expect("ip");
+    let now = 1_700_000_010;
+    let decisions = futures::future::join_all((0..100).map(|_| limiter.check(ip, now))).await;
+    let mut remaining: Vec<u64> = decisions.iter().map(|d| d.remaining).collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining, (900..1000).collect::<Vec<u64>>());
+    assert!(decisions
+        .iter()
+        .all(|d| d.allowed && d.backend == gateway::edge::ratelimit::LimitBackend::Redis));
+    // The first hit's own command, then the 99 that queued behind it as one.
+    assert_eq!(incrby_calls(&redis), 2);
+    assert_eq!(redis_count(&redis, "192.0.2.7", now), 100);
+}
+
+// Large limits take counts in blocks (1/1024 of the limit, at most 64): a hundred hits in a row
+// cost two round trips, and the places still come out in order.
+#[tokio::test]
+async fn large_limits_take_counts_in_blocks() {
+    let redis = Redis::start();
+    let limit = 1 << 20;
+    let limiter = redis_limiter(&redis, limit);
+    let ip: std::net::IpAddr = "192.0.2.8".parse().expect("ip");
+    let now = 1_700_000_010;
+    for i in 1..=100 {
+        let d = limiter.check(ip, now).await;
+        assert_eq!(d.backend, gateway::edge::ratelimit::LimitBackend::Redis);
+        assert_eq!(d.remaining, limit - i);
+    }
+    assert_eq!(incrby_calls(&redis), 2);
+    assert_eq!(redis_count(&redis, "192.0.2.8", now), 128);
+}
+
+// Two replicas with blocks of 4 hammering one client concurrently: a count is taken from Redis
+// before it is used, so together they admit exactly the limit, never more.
+#[tokio::test]
+async fn replicas_taking_blocks_never_admit_past_the_shared_limit() {
+    let redis = Redis::start();
+    let (a, b) = (redis_limiter(&redis, 4096), redis_limiter(&redis, 4096));
+    let ip: std::net::IpAddr = "192.0.2.9".parse().expect("ip");
+    let now = 1_700_000_010;
+    let mut admitted = 0;
+    for _ in 0..50 {
+        let hits = (0..100).flat_map(|_| [a.check(ip, now), b.check(ip, now)]);
+        let decisions = futures::future::join_all(hits).await;
+        assert!(decisions
+            .iter()
+            .all(|d| d.backend == gateway::edge::ratelimit::LimitBackend::Redis));
+        admitted += decisions.iter().filter(|d| d.allowed).count();
+    }
+    assert_eq!(admitted, 4096);
+    assert!(redis_count(&redis, "192.0.2.9", now) >= 10_000);
+}
+
+// The hit fetching a block is dropped (its client went away) while others wait on that block:
+// they are served all the same instead of waiting on a future nobody polls.
+#[tokio::test]
+async fn hits_queued_behind_a_dropped_refill_are_still_answered() {
+    let redis = Redis::start();
+    let limiter = redis_limiter(&redis, 1000);
+    let ip: std::net::IpAddr = "192.0.2.10".parse().expect("ip");
+    let now = 1_700_000_010;
+    let mut leader = Box::pin(limiter.check(ip, now));
+    assert!(futures::poll!(&mut leader).is_pending());
+    let mut waiters = Box::pin(futures::future::join_all(
+        (0..10).map(|_| limiter.check(ip, now)),
+    ));
+    assert!(futures::poll!(&mut waiters).is_pending());
+    drop(leader);
+    let decisions = tokio::time::timeout(Duration::from_secs(5), waiters)
+        .await
+        .expect("waiters answered");
+    let mut remaining: Vec<u64> = decisions.iter().map(|d| d.remaining).collect();
+    remaining.sort_unstable();
+    remaining.dedup();
+    assert_eq!(remaining.len(), 10, "distinct places: {remaining:?}");
+    assert!(decisions
+        .iter()
+        .all(|d| d.allowed && d.backend == gateway::edge::ratelimit::LimitBackend::Redis));
+}
