@@ -276,7 +276,12 @@ pub fn init() {
     watch_forks();
     let log_format = std::env::var("LOG_FORMAT").ok();
     let format = Format::choose(log_format.as_deref(), std::io::stderr().is_terminal());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    // A blank RUST_LOG (`RUST_LOG=` in a compose file) counts as unset.
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| format.default_filter().to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format.default_filter()));
     let builder = tracing_subscriber::fmt()
         .with_writer(|| EventWriter(Vec::with_capacity(256)))

@@ -35,6 +35,16 @@ impl Gateway {
     /// Writes `gateway_section` (YAML under `gateway:`, without listen keys) to a conf file and
     /// starts the gateway with `env`, waiting for `/readyz`.
     pub async fn start(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
+        Gateway::start_with(gateway_section, env, false).await
+    }
+
+    /// As [`Gateway::start`], with stdout and stderr on pipes the test reads, or never reads
+    /// (`proc.child.stdout` / `stderr`).
+    pub async fn start_piped(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
+        Gateway::start_with(gateway_section, env, true).await
+    }
+
+    async fn start_with(gateway_section: &str, env: &[(&str, String)], piped: bool) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let metrics_port = free_port();
@@ -51,7 +61,7 @@ impl Gateway {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        let child = spawn_gateway(&path, &env, &[]);
+        let child = spawn_gateway(&path, &env, &[], piped);
         let gw = Gateway {
             proc: Proc {
                 name: "gateway".into(),
@@ -75,7 +85,12 @@ impl Gateway {
     /// Starts a second gateway on the same conf with Pingora's `-u`: it takes the listening
     /// sockets over once this one gets SIGQUIT.
     pub fn spawn_upgrade(&self) -> Proc {
-        let child = spawn_gateway(&self.dir.path().join("gateway.yaml"), &self.env, &["-u"]);
+        let child = spawn_gateway(
+            &self.dir.path().join("gateway.yaml"),
+            &self.env,
+            &["-u"],
+            false,
+        );
         Proc {
             name: "gateway (upgrade)".into(),
             child,
@@ -110,7 +125,12 @@ impl Gateway {
     }
 }
 
-fn spawn_gateway(conf: &std::path::Path, env: &[(String, String)], extra: &[&str]) -> Child {
+fn spawn_gateway(
+    conf: &std::path::Path,
+    env: &[(String, String)],
+    extra: &[&str],
+    piped: bool,
+) -> Child {
     let mut cmd = Command::new(gateway_bin());
     cmd.args(extra).arg("-c").arg(conf);
     cmd.env_clear()
@@ -123,7 +143,11 @@ fn spawn_gateway(conf: &std::path::Path, env: &[(String, String)], extra: &[&str
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+    if piped {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+    }
     cmd.spawn().expect("gateway starts")
 }
 

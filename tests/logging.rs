@@ -1,0 +1,188 @@
+//! Logs against the real gateway: a reader that stops reading never holds a request (lines are
+//! dropped and counted instead), the access log is one JSON line per request with no query
+//! values, and the log format follows `LOG_FORMAT`.
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::{client, token, Gateway};
+
+/// The value of `log_lines_dropped_total{stream}` in a scrape.
+fn dropped(metrics: &str, stream: &str) -> u64 {
+    let series = format!("log_lines_dropped_total{{stream=\"{stream}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in the scrape"))
+}
+
+/// Everything the stopped gateway wrote on stdout and stderr.
+fn stop_and_read(gw: &mut Gateway) -> (String, String) {
+    gw.proc.terminate();
+    assert!(
+        gw.proc.wait_exit(Duration::from_secs(15)).is_some(),
+        "the gateway exits on SIGTERM"
+    );
+    let mut out = String::new();
+    let mut err = String::new();
+    gw.proc
+        .child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    gw.proc
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (out, err)
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_never_holds_a_request() {
+    // Both pipes are left unread: after the pipe buffers and the queues fill, every line is
+    // dropped. Before the queues, the 305th request hung on a stdout write.
+    let gw = Gateway::start_piped("", &[("RUST_LOG", "info".into())]).await;
+    let url = gw.url("/healthz");
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let c = client();
+                let mut ok = 0u32;
+                for _ in 0..400 {
+                    let r = c.get(&url).timeout(Duration::from_secs(5)).send().await;
+                    if !matches!(r, Ok(r) if r.status() == 200) {
+                        break; // a held request: the test fails without waiting out the rest
+                    }
+                    ok += 1;
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert_eq!(ok, 32 * 400, "every request answered");
+    let m = gw.metrics().await;
+    assert!(
+        dropped(&m, "stdout") > 0,
+        "12,800 access lines cannot fit the pipe and the queue"
+    );
+    println!(
+        "12,800 requests in {:?}, {} stdout lines dropped",
+        started.elapsed(),
+        dropped(&m, "stdout")
+    );
+}
+
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_request_without_query_values() {
+    let mut gw = Gateway::start_piped("", &[("RUST_LOG", "warn,access=info".into())]).await;
+    let c = client();
+    let answers = [
+        ("/healthz?token=s3cret&x=1", None, 200),
+        ("/nowhere", Some(token("7")), 404),
+        ("/api/anything", None, 401),
+    ];
+    for (path, bearer, want) in &answers {
+        let mut req = c
+            .get(gw.url(path))
+            .header("X-Request-Id", format!("req-{want}"));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        assert_eq!(req.send().await.unwrap().status().as_u16(), *want);
+    }
+    let (out, _) = stop_and_read(&mut gw);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    // /readyz polls by the harness are requests too; only ours carry an id of our own.
+    let ours: Vec<_> = lines
+        .iter()
+        .filter(|v| {
+            v["request_id"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("req-"))
+        })
+        .collect();
+    assert_eq!(ours.len(), answers.len(), "one line per request: {out}");
+    for ((path, bearer, want), line) in answers.iter().zip(&ours) {
+        assert_eq!(line["status"], *want);
+        assert_eq!(line["request_id"], format!("req-{want}"));
+        assert_eq!(
+            line["client_ip"], "127.0.0.1",
+            "client address on every route"
+        );
+        assert_eq!(line["user"].as_str(), bearer.as_ref().map(|_| "7"));
+        assert!(line["path"]
+            .as_str()
+            .unwrap()
+            .starts_with(path.split('?').next().unwrap()));
+    }
+    assert_eq!(ours[0]["path"], "/healthz?token=&x=");
+    assert!(!out.contains("s3cret"), "query values never reach the log");
+    assert!(!out.contains(&token("7")), "tokens never reach the log");
+}
+
+#[tokio::test]
+async fn log_format_follows_log_format_and_text_hides_pingora_chatter() {
+    // A short secret makes the gateway warn at start-up; a blank RUST_LOG means the default.
+    let short = [
+        ("JWT_SECRET", "short".to_string()),
+        ("RUST_LOG", String::new()),
+    ];
+    let mut json = Gateway::start_piped("", &short).await;
+    let (_, err) = stop_and_read(&mut json);
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["level"] == "WARN"
+            && e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("JWT_SECRET"))),
+        "the warning as a JSON event: {err}"
+    );
+    assert!(
+        events.iter().any(|e| e["level"] == "INFO"
+            && e["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("pingora"))),
+        "JSON keeps Pingora's info lines: {err}"
+    );
+
+    let mut env = short.to_vec();
+    env.push(("LOG_FORMAT", "text".into()));
+    let mut text = Gateway::start_piped("", &env).await;
+    let (_, err) = stop_and_read(&mut text);
+    assert!(
+        !err.lines().any(|l| l.starts_with('{')),
+        "no JSON in text mode: {err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("WARN") && l.contains("JWT_SECRET is shorter")),
+        "the warning as text: {err}"
+    );
+    assert!(
+        !err.lines()
+            .any(|l| l.contains("INFO") && l.contains("Server starting")),
+        "Pingora's start-up chatter is below warn in text mode: {err}"
+    );
+}
