@@ -212,7 +212,7 @@ pub struct RouteConfig {
 }
 
 /// Every environment variable the gateway reads (deployment files are checked against this).
-pub const ENV_VARS: [&str; 10] = [
+pub const ENV_VARS: [&str; 11] = [
     "HTTP_PORT",
     "METRICS_PORT",
     "REDIS_ADDR",
@@ -223,6 +223,7 @@ pub const ENV_VARS: [&str; 10] = [
     "RECOMMENDATION_SERVICE_URL",
     "RATE_LIMIT_PER_MINUTE",
     "RUST_LOG",
+    "LOG_FORMAT",
 ];
 
 /// Source of environment variables, injectable for tests.
