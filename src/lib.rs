@@ -19,17 +19,17 @@
 //!
 //! `main.rs` only parses the command line and calls [`build_server`].
 
-pub mod aggregate;
+pub(crate) mod aggregate;
 pub mod clock;
 pub mod config;
 pub(crate) mod conn;
 pub mod edge;
-pub mod error;
-pub mod headers;
+pub(crate) mod error;
+pub(crate) mod headers;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub(crate) mod proxy;
-pub mod resilience;
+pub(crate) mod resilience;
 pub(crate) mod sharded;
 pub mod store;
 #[doc(hidden)]

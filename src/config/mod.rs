@@ -2,6 +2,12 @@
 //!
 //! The file format (`*File` structs, serde, `deny_unknown_fields`) is converted once into the
 //! typed [`Config`] that the rest of the gateway uses; every check names the key it rejects.
+//!
+//! - `file`: the YAML exactly as written, with defaults.
+//! - `resolve`: env overrides and validation, one function per section.
+//! - `services`: the aggregates' services, their names and section.
+//!
+//! This module uses nothing else of the gateway; every other module reads the typed config.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -53,14 +53,10 @@ impl MemoryKv {
         map.insert(key.to_string(), (now + ttl, value));
     }
 
-    /// Number of entries held.
-    pub fn len(&self) -> usize {
+    /// Number of entries held (for the bounded-memory test).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether the store is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub mod memory;
+pub(crate) mod memory;
 pub mod redis;
 
-pub use self::memory::MemoryKv;
+pub(crate) use self::memory::MemoryKv;
 pub use self::redis::RedisStore;
 
 /// Why a store operation did not produce a value.
@@ -34,7 +34,7 @@ pub enum StoreError {
 }
 
 /// Where cached values live: Redis when configured, else the embedded map.
-pub enum Store {
+pub(crate) enum Store {
     /// Shared by every replica.
     Redis(Arc<RedisStore>),
     /// This process only.
@@ -43,7 +43,7 @@ pub enum Store {
 
 impl Store {
     /// Reads `key`; an error means "could not tell" (the caller bypasses the cache).
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         match self {
             Store::Redis(r) => Ok(r.get(key).await?.map(Bytes::from)),
             Store::Memory(m) => Ok(m.get(key, Instant::now())),
@@ -51,7 +51,12 @@ impl Store {
     }
 
     /// Writes `key` with a TTL.
-    pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Redis(r) => r.set_ex(key, &value, ttl).await,
             Store::Memory(m) => {

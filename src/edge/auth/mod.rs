@@ -1,4 +1,8 @@
-//! JWT verification (HS256 only, `exp` and `sub` required) → the caller's [`Identity`].
+//! JWT verification (HS256 only, `exp` and `sub` required) → the caller's [`Identity`], and
+//! token issuing for the `gateway token` command.
+//!
+//! - `error`: why a token was refused, and the mapping of `jsonwebtoken`'s errors.
+//! - `cache`: verified tokens, so a token seen before skips the HMAC and the JSON.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -52,7 +56,7 @@ struct Claims {
 }
 
 /// Verifies bearer tokens with the configured secret and rules.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     key: DecodingKey,
     validation: Validation,
     leeway: u64,
@@ -62,7 +66,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Builds the verifier; `max_token_bytes` caps the Authorization header value.
-    pub fn new(cfg: &AuthConfig, max_token_bytes: usize) -> Authenticator {
+    pub(crate) fn new(cfg: &AuthConfig, max_token_bytes: usize) -> Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.validate_exp = true;
@@ -86,7 +90,7 @@ impl Authenticator {
     }
 
     /// Authenticates a request from its headers.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthError> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthError> {
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let value = values.next().ok_or(AuthError::Missing)?;
         if values.next().is_some() {
@@ -106,7 +110,7 @@ impl Authenticator {
     }
 
     /// Verifies one compact JWS token (from the cache when it was verified before).
-    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge);
         }
