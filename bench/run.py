@@ -30,7 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 PAIRS = int(os.environ.get("BENCH_PAIRS", "4"))
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
-GATEWAY = os.path.join(ROOT, "target", "release", "gateway")
+# BENCH_GATEWAY: another build of the gateway (e.g. the previous commit) for a before/after run.
+GATEWAY = os.environ.get("BENCH_GATEWAY") or os.path.join(ROOT, "target", "release", "gateway")
 MOCKS = os.path.join(ROOT, "target", "release", "mocks")
 OHA = os.environ.get("OHA") or shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
