@@ -94,8 +94,8 @@ enum Step {
 /// has taken but not used when the window ends is lost, so a client may get up to
 /// `block - 1` fewer requests per replica and window. `block` is 1 (every hit counted in
 /// Redis) for limits under 2,048 and 1/1024 of the limit up to 64 above, so the loss stays
-/// under 0.1% of the limit. On this kind of machine a round trip's wake-ups, not Redis,
-/// are the cost that this saves.
+/// under 0.1% of the limit. What a block saves is a round trip's wake-ups, not Redis time
+/// (docs/BENCHMARKS.md).
 pub(crate) struct RedisCounters {
     redis: Arc<RedisStore>,
     block: u64,
