@@ -68,7 +68,11 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
     // Every client connection gets a whole-header read deadline (slowloris defence).
-    let app = conn::WithHeaderDeadline::new(http, config.limits.header_read_timeout);
+    let app = conn::WithHeaderDeadline::new(
+        http,
+        config.limits.header_read_timeout,
+        config.limits.keepalive_timeout,
+    );
     let mut proxy = pingora::services::listening::Service::new("gateway".to_string(), app);
     // No L4 buffers: Pingora reads headers and bodies into buffers of its own, so the default
     // 64 KiB read buffer (meant for TLS records) only adds a copy and memory, and the header

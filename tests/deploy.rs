@@ -382,14 +382,47 @@ fn kubernetes_manifests_validate_and_agree_with_the_code() {
     let hpa = find("HorizontalPodAutoscaler", "gateway");
     assert_eq!(s(&hpa["spec"]["scaleTargetRef"]["name"]), "gateway");
     assert_eq!(s(&hpa["spec"]["metrics"][0]["resource"]["name"]), "cpu");
-    assert_eq!(s(&find("StatefulSet", "redis")["kind"]), "StatefulSet");
+    // REDIS_ADDR reaches the StatefulSet's pods: its host is a Service that selects them, its
+    // port is that Service's port, which targets the port the container listens on.
     let redis_env = c["env"]
         .as_sequence()
         .unwrap()
         .iter()
         .find(|e| s(&e["name"]) == "REDIS_ADDR")
         .unwrap();
-    assert_eq!(s(&redis_env["value"]), "redis:6379");
+    let addr = s(&redis_env["value"]);
+    let (host, port) = addr.split_once(':').expect("REDIS_ADDR is host:port");
+    let sts = find("StatefulSet", "redis");
+    let redis_svc = find("Service", host);
+    assert_eq!(
+        s(&sts["spec"]["serviceName"]),
+        host,
+        "the StatefulSet's service"
+    );
+    let pod_labels = &sts["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in redis_svc["spec"]["selector"].as_mapping().unwrap() {
+        assert_eq!(
+            &pod_labels[s(k).as_str()],
+            v,
+            "redis Service selects the pods"
+        );
+    }
+    let svc_port = redis_svc["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"].as_u64().map(|n| n.to_string()) == Some(port.to_string()))
+        .expect("REDIS_ADDR's port is a port of the redis Service");
+    let container_ports = &sts["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(
+        container_ports
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == svc_port["targetPort"]
+                || p["containerPort"] == svc_port["targetPort"]),
+        "the Service targets a port the redis container listens on"
+    );
     let mock_svc = find("Service", "mocks");
     let mock_ports: Vec<String> = mock_svc["spec"]["ports"]
         .as_sequence()

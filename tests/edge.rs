@@ -158,38 +158,38 @@ async fn redis_outage_falls_back_to_memory_and_recovers() {
     let mut redis = Redis::start();
     let port = redis.port;
     let echo = EchoServer::start().await;
+    // A small limit, so that a fallback that admitted everything would fail.
     let gw = Gateway::start(
-        &section(echo.port, 1000, 3600, ""),
+        &section(echo.port, 10, 3600, ""),
         &[("REDIS_ADDR", redis.addr())],
     )
     .await;
+    align_to_window(3600, 30).await;
     let t = token("1");
     for _ in 0..5 {
         assert_eq!(get(&gw, &t, None).await.status(), 200);
     }
     redis.proc.kill();
-    for i in 0..30 {
-        let s = get(&gw, &t, None).await.status();
-        assert_eq!(
-            s, 200,
-            "request {i} during the outage is still answered by the local limiter"
-        );
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(get(&gw, &t, None).await.status().as_u16());
     }
+    // The local count saw the 5 requests before the outage: 5 more are admitted, then 429s.
+    assert_eq!(statuses[..5], [200; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
     let m = gw.metrics().await;
     assert!(
-        m.contains(r#"rate_limit_decisions_total{backend="fallback",result="allowed"}"#),
+        m.contains(r#"rate_limit_decisions_total{backend="fallback",result="limited"}"#),
         "{m}"
     );
     assert!(m.contains("store_errors_total{backend=\"redis\""));
 
+    // Back on the restarted (empty) Redis: its count starts again, so the client is admitted.
     let redis = Redis::start_on(port);
     eventually(
         "decisions go back to redis",
         Duration::from_secs(10),
-        async || {
-            get(&gw, &t, None).await;
-            !redis.keys("ratelimit:*").is_empty()
-        },
+        async || get(&gw, &t, None).await.status() == 200 && !redis.keys("ratelimit:*").is_empty(),
     )
     .await;
 }
@@ -404,4 +404,55 @@ fn token_command_prints_a_verifiable_token() {
     assert_eq!(data.claims["roles"], json!(["admin"]));
     let exp = data.claims["exp"].as_i64().unwrap();
     assert!((now() + 590..=now() + 610).contains(&exp));
+}
+
+#[tokio::test]
+async fn authorization_is_not_forwarded_when_switched_off() {
+    let echo = EchoServer::start().await;
+    let section = section(echo.port, 100_000, 60, "") + "auth: { forward_authorization: false }\n";
+    let gw = Gateway::start(&section, &[]).await;
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = echo.requests();
+    assert!(seen[0].header("authorization").is_empty(), "{:?}", seen[0]);
+    assert_eq!(
+        seen[0].header("x-user-id"),
+        vec!["alice"],
+        "the identity still is"
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_not_served_on_the_client_port_and_wrong_methods_get_405() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(&section(echo.port, 100_000, 60, ""), &[]).await;
+    let t = token("1");
+    let r = client()
+        .get(gw.url("/metrics"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+    assert!(
+        gw.metrics().await.contains("http_requests_total"),
+        "only the metrics port"
+    );
+    let r = client()
+        .post(gw.url("/api/profile/1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed", "{body}");
 }

@@ -415,3 +415,176 @@ async fn a_client_walking_away_cancels_the_upstream_request() {
     )
     .await;
 }
+
+/// Keeps 4 clients sending one GET after another on pooled keep-alive connections for
+/// `for_how_long`; returns id → status (0 when the request failed).
+async fn pooled_load(url: String, for_how_long: Duration) -> HashMap<String, u16> {
+    let results: Arc<Mutex<HashMap<String, u16>>> = Arc::default();
+    let client = common::client();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, url, results) = (client.clone(), url.clone(), results.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < for_how_long {
+                    n += 1;
+                    let id = format!("pooled-{w}-{n}");
+                    let status = match client.get(&url).header("X-Request-Id", &id).send().await {
+                        Ok(r) => {
+                            let s = r.status().as_u16();
+                            if r.bytes().await.is_ok() {
+                                s
+                            } else {
+                                0
+                            }
+                        }
+                        Err(_) => 0,
+                    };
+                    results.lock().unwrap().insert(id, status);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+    let out = results.lock().unwrap().clone();
+    out
+}
+
+#[tokio::test]
+async fn pooled_keep_alive_clients_lose_nothing_across_an_upgrade() {
+    let echo = EchoServer::start().await;
+    let mut old = Gateway::start(&section(echo.port), &[]).await;
+    let load = tokio::spawn(pooled_load(old.url("/s/x"), Duration::from_millis(3000)));
+    eventually("load is flowing", Duration::from_secs(10), async || {
+        echo.requests().len() >= 50
+    })
+    .await;
+    let mut new = old.spawn_upgrade();
+    let sock = old.dir.path().join("upgrade.sock");
+    eventually(
+        "the new process waits",
+        Duration::from_secs(10),
+        async || sock.exists(),
+    )
+    .await;
+    old.proc.signal("QUIT");
+    let results = load.await.unwrap();
+    let failed: Vec<_> = results.iter().filter(|(_, s)| **s != 200).collect();
+    assert!(results.len() >= 200, "{} requests", results.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    assert!(
+        old.proc.wait_exit(Duration::from_secs(15)).is_some(),
+        "the old process exits"
+    );
+    assert!(
+        new.wait_exit(Duration::from_millis(100)).is_none(),
+        "the new one serves on"
+    );
+}
+
+#[tokio::test]
+async fn pooled_keep_alive_clients_get_an_answer_for_everything_the_upstream_saw_across_sigterm() {
+    let echo = EchoServer::start().await;
+    let mut gw = Gateway::start(&section(echo.port), &[]).await;
+    let load = tokio::spawn(pooled_load(gw.url("/s/x"), Duration::from_millis(3000)));
+    eventually("load is flowing", Duration::from_secs(10), async || {
+        echo.requests().len() >= 50
+    })
+    .await;
+    gw.proc.terminate();
+    let results = load.await.unwrap();
+    assert!(
+        gw.proc.wait_exit(Duration::from_secs(15)).is_some(),
+        "the process exits"
+    );
+    let seen: Vec<String> = echo
+        .requests()
+        .iter()
+        .flat_map(|s| s.header("x-request-id"))
+        .collect();
+    let lost: Vec<_> = seen
+        .iter()
+        .filter(|id| results.get(*id) != Some(&200))
+        .collect();
+    assert!(seen.len() >= 50);
+    assert!(
+        lost.is_empty(),
+        "the upstream saw these but their clients got no 200: {lost:?}"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_close_after_the_keep_alive_limit_and_when_shutdown_begins() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = EchoServer::start().await;
+    let request = b"GET /s/x HTTP/1.1\r\nHost: t\r\n\r\n";
+    // Reads one response (and anything after it) until EOF; the time EOF came.
+    async fn until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Instant {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(limit, s.read(&mut buf))
+                .await
+                .expect("closed within the limit")
+                .unwrap_or(0);
+            if n == 0 {
+                return Instant::now();
+            }
+        }
+    }
+
+    let section1 = section(echo.port) + "limits: { keepalive_timeout_ms: 1000 }\n";
+    let gw = Gateway::start(&section1, &[]).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    s.write_all(request).await.unwrap();
+    let answered = Instant::now();
+    // The default limit is 60 s: an idle close within 5 s is the configured 1 s one.
+    let closed = until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        closed - answered >= Duration::from_millis(500),
+        "{:?}",
+        closed - answered
+    );
+
+    // Shutdown: an idle connection closes when it begins, while a request still in flight on
+    // another connection is answered after that.
+    let mut gw = Gateway::start(&section(echo.port), &[]).await;
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    idle.write_all(request).await.unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(idle.read(&mut buf).await.unwrap() > 0, "answered, now idle");
+    let slow = tokio::spawn({
+        // Inside the 1 s grace period the harness configures: requests in flight get that long.
+        let url = gw.url("/s/slow?ms=700");
+        async move {
+            let r = common::client().get(&url).send().await.unwrap();
+            let status = r.status().as_u16();
+            r.bytes().await.unwrap();
+            (status, Instant::now())
+        }
+    });
+    eventually(
+        "the slow request is in flight",
+        Duration::from_secs(10),
+        async || echo.requests().iter().any(|s| s.uri.contains("slow")),
+    )
+    .await;
+    gw.proc.terminate();
+    let idle_closed = until_closed(&mut idle, Duration::from_secs(10)).await;
+    let (status, slow_done) = slow.await.unwrap();
+    assert_eq!(status, 200, "the request in flight finishes");
+    assert!(idle_closed < slow_done, "the idle connection closed first");
+    assert!(gw.proc.wait_exit(Duration::from_secs(15)).is_some());
+}

@@ -8,7 +8,7 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{client, token, Gateway};
+use common::{client, eventually, free_port, token, EchoServer, Gateway};
 
 /// The value of `log_lines_dropped_total{stream}` in a scrape.
 fn dropped(metrics: &str, stream: &str) -> u64 {
@@ -89,53 +89,99 @@ async fn a_reader_that_stops_reading_never_holds_a_request() {
 
 #[tokio::test]
 async fn the_access_log_has_one_json_line_per_request_without_query_values() {
-    let mut gw = Gateway::start_piped("", &[("RUST_LOG", "warn,access=info".into())]).await;
+    let echo = EchoServer::start().await;
+    let dead = free_port();
+    // Four limited requests per day (so no window ends mid-test), a backend nobody listens on,
+    // and a slow one the client walks away from.
+    let section = format!(
+        "rate_limit: {{ per_minute: 4, window_seconds: 86400 }}\nupstreams:\n  dead: {{ backends: [\"127.0.0.1:{dead}\"], connect_retries: 0, health_check: {{ kind: tcp, interval_ms: 60000 }} }}\n  echo: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 60000 }} }}\nroutes:\n  - {{ prefix: \"/dead/\", upstream: dead }}\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
+        echo.port
+    );
+    let mut gw = Gateway::start_piped(&section, &[("RUST_LOG", "warn,access=info".into())]).await;
     let c = client();
-    let answers = [
+    let t = token("7");
+    // (path, token, status in the log; 0 = the client left before an answer)
+    let answers: [(&str, Option<&str>, u16); 6] = [
         ("/healthz?token=s3cret&x=1", None, 200),
-        ("/nowhere", Some(token("7")), 404),
+        ("/nowhere", Some(&t), 404),
         ("/api/anything", None, 401),
+        ("/dead/x", Some(&t), 502),
+        ("/echo/slow?ms=3000", Some(&t), 0),
+        ("/nowhere", Some(&t), 429),
     ];
-    for (path, bearer, want) in &answers {
+    for (i, (path, bearer, want)) in answers.iter().enumerate() {
         let mut req = c
             .get(gw.url(path))
-            .header("X-Request-Id", format!("req-{want}"));
+            .header("X-Request-Id", format!("req-{i}"));
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }
-        assert_eq!(req.send().await.unwrap().status().as_u16(), *want);
+        if *want == 0 {
+            // Walk away once the upstream has the request, so the gateway has counted it.
+            let pending = tokio::spawn(req.send());
+            eventually(
+                "the slow request reached the upstream",
+                Duration::from_secs(10),
+                async || echo.requests().iter().any(|s| s.uri.contains("slow")),
+            )
+            .await;
+            pending.abort();
+            assert!(pending.await.is_err(), "the client walked away");
+        } else {
+            let r = req.send().await.unwrap();
+            let remaining = r.headers().get("ratelimit-remaining").cloned();
+            assert_eq!(
+                r.status().as_u16(),
+                *want,
+                "{path} (RateLimit-Remaining {remaining:?})"
+            );
+        }
     }
+    eventually(
+        "the abort was logged",
+        Duration::from_secs(10),
+        async || gw.metrics().await.contains(r#"route="echo",status="0"}"#),
+    )
+    .await;
     let (out, _) = stop_and_read(&mut gw);
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    // /readyz polls by the harness are requests too; only ours carry an id of our own.
-    let ours: Vec<_> = lines
-        .iter()
-        .filter(|v| {
-            v["request_id"]
-                .as_str()
-                .is_some_and(|r| r.starts_with("req-"))
-        })
-        .collect();
-    assert_eq!(ours.len(), answers.len(), "one line per request: {out}");
-    for ((path, bearer, want), line) in answers.iter().zip(&ours) {
-        assert_eq!(line["status"], *want);
-        assert_eq!(line["request_id"], format!("req-{want}"));
+    for (i, (path, bearer, want)) in answers.iter().enumerate() {
+        // /readyz polls by the harness are requests too; ours carry an id of our own.
+        let ours: Vec<_> = lines
+            .iter()
+            .filter(|v| v["request_id"] == format!("req-{i}"))
+            .collect();
+        assert_eq!(ours.len(), 1, "one line for {path}: {out}");
+        let line = ours[0];
+        assert_eq!(line["status"], *want, "{path}: {line}");
         assert_eq!(
             line["client_ip"], "127.0.0.1",
             "client address on every route"
         );
-        assert_eq!(line["user"].as_str(), bearer.as_ref().map(|_| "7"));
+        let authenticated = bearer.is_some() && *want != 429;
+        assert_eq!(
+            line["user"].as_str(),
+            authenticated.then_some("7"),
+            "{line}"
+        );
         assert!(line["path"]
             .as_str()
             .unwrap()
             .starts_with(path.split('?').next().unwrap()));
     }
-    assert_eq!(ours[0]["path"], "/healthz?token=&x=");
-    assert!(!out.contains("s3cret"), "query values never reach the log");
-    assert!(!out.contains(&token("7")), "tokens never reach the log");
+    assert!(
+        lines.iter().any(|v| v["path"] == "/healthz?token=&x="),
+        "{out}"
+    );
+    assert!(lines.iter().any(|v| v["path"] == "/echo/slow?ms="), "{out}");
+    assert!(
+        !out.contains("s3cret") && !out.contains("3000"),
+        "query values never reach the log"
+    );
+    assert!(!out.contains(&t), "tokens never reach the log");
 }
 
 #[tokio::test]

@@ -207,10 +207,10 @@ async fn bad_bodies_from_a_dependency_degrade_it() {
 async fn fan_out_is_concurrent() {
     let mocks = Mocks::start(&ALL);
     let gw = start(&mocks, &section(0, 100), None).await;
-    mocks.faults("order", json!({"delay_ms": 300})).await;
-    mocks.faults("product", json!({"delay_ms": 200})).await;
+    mocks.faults("order", json!({"delay_ms": 600})).await;
+    mocks.faults("product", json!({"delay_ms": 400})).await;
     mocks
-        .faults("recommendation", json!({"delay_ms": 100}))
+        .faults("recommendation", json!({"delay_ms": 200}))
         .await;
     profile(&gw, "5", "5").await; // warm the connection pools
     let started = Instant::now();
@@ -218,8 +218,9 @@ async fn fan_out_is_concurrent() {
     let took = started.elapsed();
     assert_eq!(s, 200);
     assert_eq!(body["degraded"], json!([]));
+    // Concurrent: the slowest leg (600 ms); one after another: 1.2 s and more.
     assert!(
-        took < Duration::from_millis(550),
+        took >= Duration::from_millis(600) && took < Duration::from_millis(1000),
         "took {took:?}: the calls ran one after another"
     );
 }
@@ -372,25 +373,34 @@ async fn client_disconnect_cancels_the_build_and_caches_nothing() {
 #[tokio::test]
 async fn the_deadline_bounds_the_whole_request() {
     let mocks = Mocks::start(&ALL);
-    let section = section(0, 100).replace(
-        "profile: { cache_ttl_seconds: 0 }",
-        "profile: { cache_ttl_seconds: 0, deadline_ms: 600 }",
-    );
+    // A per-call timeout far above the deadline, so that only the deadline can answer early.
+    let section = section(0, 100)
+        .replace(
+            "profile: { cache_ttl_seconds: 0 }",
+            "profile: { cache_ttl_seconds: 0, deadline_ms: 600 }",
+        )
+        .replace("timeout_ms: 2000", "timeout_ms: 5000");
     let gw = start(&mocks, &section, None).await;
     // A dependency slower than the deadline: answered at the deadline with what there is.
-    mocks.faults("product", json!({"delay_ms": 3000})).await;
+    mocks.faults("product", json!({"delay_ms": 8000})).await;
     let started = Instant::now();
     let (s, _, body) = profile(&gw, "12", "12").await;
     assert_eq!(s, 200);
     assert_eq!(body["degraded"], json!(["products"]));
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}: not the 600 ms deadline",
         started.elapsed()
     );
-    // The user itself slower than the deadline: 504.
-    mocks.faults("user", json!({"delay_ms": 3000})).await;
+    // The user itself slower than the deadline: 504 at the deadline, not at the call timeout.
+    mocks.faults("user", json!({"delay_ms": 8000})).await;
+    let started = Instant::now();
     let (s, _, body) = profile(&gw, "12", "12").await;
     assert_eq!(s, 504);
     assert_eq!(body["error"], "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}: not the 600 ms deadline",
+        started.elapsed()
+    );
 }

@@ -184,6 +184,7 @@ pub(super) struct LimitsFile {
     pub(super) max_request_header_bytes: usize,
     pub(super) max_authorization_bytes: usize,
     pub(super) header_read_timeout_ms: u64,
+    pub(super) keepalive_timeout_ms: u64,
 }
 
 impl Default for LimitsFile {
@@ -192,6 +193,7 @@ impl Default for LimitsFile {
             max_request_header_bytes: 32 * 1024,
             max_authorization_bytes: 8 * 1024,
             header_read_timeout_ms: 10_000,
+            keepalive_timeout_ms: 60_000,
         }
     }
 }

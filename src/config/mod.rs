@@ -168,6 +168,8 @@ pub struct LimitsConfig {
     pub max_authorization_bytes: usize,
     /// Time from a request's first byte to the end of its header.
     pub header_read_timeout: Duration,
+    /// How long a client connection may sit idle between requests.
+    pub keepalive_timeout: Duration,
 }
 
 /// One upstream group.

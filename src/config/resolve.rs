@@ -229,6 +229,10 @@ impl LimitsFile {
                 "gateway.limits.header_read_timeout_ms",
                 self.header_read_timeout_ms,
             )?,
+            keepalive_timeout: millis(
+                "gateway.limits.keepalive_timeout_ms",
+                self.keepalive_timeout_ms,
+            )?,
         })
     }
 }

@@ -35,26 +35,27 @@ use self::stream::DeadlineStream;
 pub(crate) struct WithHeaderDeadline<A> {
     inner: Arc<A>,
     limit: Duration,
+    /// How long a connection may sit without a request (`limits.keepalive_timeout_ms`).
+    keepalive: Duration,
 }
 
 impl<A> WithHeaderDeadline<A> {
-    /// Wraps `inner` with a `limit` per request header.
-    pub(crate) fn new(inner: A, limit: Duration) -> Self {
+    /// Wraps `inner` with a `limit` per request header and a `keepalive` idle limit.
+    pub(crate) fn new(inner: A, limit: Duration, keepalive: Duration) -> Self {
         WithHeaderDeadline {
             inner: Arc::new(inner),
             limit,
+            keepalive,
         }
     }
 }
-
-/// How long a connection may sit without a request: Pingora's own keep-alive default.
-const KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Waits for the next request on `stream`; `None` when the client closed or stayed silent
 /// past the keep-alive time, or the server began shutting down (idle connections close then,
 /// as Pingora's own loop does).
 async fn next_request(
     mut stream: Box<DeadlineStream>,
+    keepalive: Duration,
     shutdown: &ShutdownWatch,
 ) -> Option<Box<DeadlineStream>> {
     if *shutdown.borrow() {
@@ -73,7 +74,7 @@ async fn next_request(
         biased;
         // Pingora's coarse timer wheel: cheaper to arm and disarm than tokio's, and this one
         // is armed for every request on a keep-alive connection.
-        arrived = pingora_timeout::fast_timeout::fast_timeout(KEEPALIVE, stream.request_arrived()) => match arrived {
+        arrived = pingora_timeout::fast_timeout::fast_timeout(keepalive, stream.request_arrived()) => match arrived {
             Ok(Ok(true)) => Some(stream),
             _ => None,
         },
@@ -96,7 +97,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
         let mut settings = None;
         let mut first = true;
         loop {
-            stream = next_request(stream, shutdown).await?;
+            stream = next_request(stream, self.keepalive, shutdown).await?;
             let request = self.request(stream, first, settings.take(), shutdown);
             first = false;
             let (next, next_settings) = request.await?.consume();
@@ -117,8 +118,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
     ) -> RequestFuture<'a> {
         let mut session = ServerSession::new_http1(stream);
         if first {
-            let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE.as_secs());
-            session.set_keepalive(keepalive);
+            // Pingora counts keep-alive in whole seconds; this loop enforces the exact limit.
+            let secs = self.keepalive.as_secs_f64().ceil().max(1.0) as u64;
+            session.set_keepalive((!*shutdown.borrow()).then_some(secs));
             session.set_keepalive_reuses_remaining(
                 self.inner
                     .server_options()

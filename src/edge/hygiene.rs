@@ -115,6 +115,7 @@ mod tests {
             max_request_header_bytes: 1024,
             max_authorization_bytes: 64,
             header_read_timeout: std::time::Duration::from_secs(10),
+            keepalive_timeout: std::time::Duration::from_secs(60),
         }
     }
 

@@ -74,11 +74,15 @@ impl Authenticator {
         validation.leeway = cfg.leeway_seconds;
         validation.required_spec_claims = HashSet::from(["exp".to_string(), "sub".to_string()]);
         validation.validate_aud = cfg.audience.is_some();
+        // A configured issuer or audience is required, not only compared when present:
+        // jsonwebtoken accepts a token that leaves the claim out unless it is listed here.
         if let Some(aud) = &cfg.audience {
             validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".to_string());
         }
         if let Some(iss) = &cfg.issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".to_string());
         }
         Authenticator {
             key: DecodingKey::from_secret(&cfg.secret),
@@ -222,15 +226,100 @@ mod tests {
     const SECRET: &[u8] = b"unit-test-secret-unit-test-secret";
 
     fn auth() -> Authenticator {
+        auth_with(None, None, 0)
+    }
+
+    fn auth_with(issuer: Option<&str>, audience: Option<&str>, leeway: u64) -> Authenticator {
         let cfg = AuthConfig {
             secret: SECRET.to_vec(),
-            leeway_seconds: 0,
+            leeway_seconds: leeway,
             public_paths: vec![],
-            issuer: None,
-            audience: None,
+            issuer: issuer.map(String::from),
+            audience: audience.map(String::from),
             forward_authorization: true,
         };
         Authenticator::new(&cfg, 8192)
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let a = auth_with(Some("https://idp.example"), Some("gateway"), 0);
+        let hs = |c: serde_json::Value| sign(Algorithm::HS256, c, SECRET);
+        let exp = now() + 60;
+        let good = hs(
+            serde_json::json!({"sub":"1","exp":exp,"iss":"https://idp.example","aud":"gateway"}),
+        );
+        assert!(a.verify(&good).is_ok());
+        for bad in [
+            serde_json::json!({"sub":"1","exp":exp,"iss":"https://evil.example","aud":"gateway"}),
+            serde_json::json!({"sub":"1","exp":exp,"iss":"https://idp.example","aud":"other"}),
+        ] {
+            assert_eq!(
+                a.verify(&hs(bad.clone())).err(),
+                Some(AuthError::WrongParty),
+                "{bad}"
+            );
+        }
+        // Configured claims are required, not only compared when present.
+        let no_aud = hs(serde_json::json!({"sub":"1","exp":exp,"iss":"https://idp.example"}));
+        assert_eq!(
+            a.verify(&no_aud).err(),
+            Some(AuthError::MissingClaim("aud".into()))
+        );
+        let no_iss = hs(serde_json::json!({"sub":"1","exp":exp,"aud":"gateway"}));
+        assert_eq!(
+            a.verify(&no_iss).err(),
+            Some(AuthError::MissingClaim("iss".into()))
+        );
+        // Without configuration, neither claim matters.
+        let any = hs(serde_json::json!({"sub":"1","exp":exp,"iss":"x","aud":"y"}));
+        assert!(auth().verify(&any).is_ok());
+    }
+
+    #[test]
+    fn leeway_stretches_exp_nbf_and_iat_by_its_seconds_and_no_more() {
+        let a = auth_with(None, None, 30);
+        let hs = |c: serde_json::Value| sign(Algorithm::HS256, c, SECRET);
+        let t = now();
+        let cases = [
+            (serde_json::json!({"sub":"1","exp": t - 10}), None),
+            (
+                serde_json::json!({"sub":"1","exp": t - 60}),
+                Some(AuthError::Expired),
+            ),
+            (
+                serde_json::json!({"sub":"1","exp": t + 60, "nbf": t + 10}),
+                None,
+            ),
+            (
+                serde_json::json!({"sub":"1","exp": t + 90, "nbf": t + 60}),
+                Some(AuthError::NotYetValid),
+            ),
+            (
+                serde_json::json!({"sub":"1","exp": t + 60, "iat": t + 10}),
+                None,
+            ),
+            (
+                serde_json::json!({"sub":"1","exp": t + 90, "iat": t + 60}),
+                Some(AuthError::NotYetValid),
+            ),
+            (
+                serde_json::json!({"sub":"1","exp": t + 60, "iat": "soon"}),
+                Some(AuthError::ClaimFormat("iat".into())),
+            ),
+        ];
+        for (claims, want) in cases {
+            let token = hs(claims.clone());
+            assert_eq!(a.verify(&token).err(), want, "{claims}");
+            assert_eq!(
+                a.verify(&token).err(),
+                want,
+                "again, from the cache: {claims}"
+            );
+        }
+        // Without leeway, 10 s past exp is expired.
+        let late = hs(serde_json::json!({"sub":"1","exp": t - 10}));
+        assert_eq!(auth().verify(&late).err(), Some(AuthError::Expired));
     }
 
     use crate::testing::{b64, sign};

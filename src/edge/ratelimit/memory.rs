@@ -89,6 +89,12 @@ mod tests {
             m.hit(IpAddr::from(i.to_be_bytes()), 60);
         }
         assert!(m.exact_entries() <= SHARDS * EXACT_PER_SHARD);
+        // Past the exact counters, a new client is still counted (by the sketch), so a flood of
+        // addresses cannot buy anyone an unlimited budget.
+        let late = IpAddr::from([250, 1, 2, 3]);
+        let counts: Vec<u64> = (0..20).map(|_| m.hit(late, 60)).collect();
+        assert!(counts.windows(2).all(|w| w[1] > w[0]), "{counts:?}");
+        assert!(counts[19] >= 20, "the sketch never undercounts: {counts:?}");
         // The next window starts from nothing.
         m.hit(IpAddr::from([1, 2, 3, 4]), 120);
         assert!(m.exact_entries() < SHARDS * EXACT_PER_SHARD);
