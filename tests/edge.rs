@@ -456,3 +456,42 @@ async fn metrics_are_not_served_on_the_client_port_and_wrong_methods_get_405() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "method_not_allowed", "{body}");
 }
+
+#[tokio::test]
+async fn two_gateways_taking_counts_in_blocks_admit_exactly_the_shared_limit() {
+    let redis = Redis::start();
+    let echo = EchoServer::start().await;
+    let env = [("REDIS_ADDR", redis.addr())];
+    // 8,192 a window: each replica takes counts from Redis 8 at a time.
+    let limit = 8192usize;
+    let a = Gateway::start(&section(echo.port, limit as u64, 3600, ""), &env).await;
+    let b = Gateway::start(&section(echo.port, limit as u64, 3600, ""), &env).await;
+    align_to_window(3600, 60).await;
+    let t = token("1");
+    let (ua, ub) = (a.url("/echo/x"), b.url("/echo/x"));
+    // 64 clients, half on each replica, 10,000 requests in all.
+    let workers: Vec<_> = (0..64)
+        .map(|w| {
+            let url = if w % 2 == 0 { ua.clone() } else { ub.clone() };
+            let t = t.clone();
+            tokio::spawn(async move {
+                let c = client();
+                let mut admitted = 0usize;
+                for _ in 0..(10_000 / 64 + 1) {
+                    let s = c.get(&url).bearer_auth(&t).send().await.unwrap().status();
+                    assert!(s == 200 || s == 429, "{s}");
+                    admitted += usize::from(s == 200);
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for w in workers {
+        admitted += w.await.unwrap();
+    }
+    assert_eq!(
+        admitted, limit,
+        "exactly the shared limit across both replicas"
+    );
+}

@@ -380,3 +380,88 @@ async fn health_needs_two_failures_to_go_down_and_two_successes_to_come_back() {
     assert!(checks.load(Ordering::SeqCst) > 8, "back only after check 8");
     server.abort();
 }
+
+/// `rate_limit_decisions_total{backend="redis"}` summed over results.
+fn redis_decisions(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("rate_limit_decisions_total{backend=\"redis\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_stalled_redis_costs_nothing_while_skipped_and_is_used_again_soon_after() {
+    let redis = Redis::start();
+    let proxy = FaultProxy::start(redis.port).await;
+    let echo = common::EchoServer::start().await;
+    // Limits under 2,048 a window send every hit to Redis; a 500 ms command timeout makes a
+    // request that waits on Redis unmistakable.
+    let section = format!(
+        "redis: {{ command_timeout_ms: 500 }}\nrate_limit: {{ per_minute: 1000 }}\nupstreams:\n  echo: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 60000 }} }}\nroutes:\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
+        echo.port
+    );
+    let gw = Gateway::start(&section, &[("REDIS_ADDR", proxy.addr())]).await;
+    let t = token("1");
+    let url = gw.url("/echo/x");
+    let timed = async || {
+        let started = Instant::now();
+        let r = client().get(&url).bearer_auth(&t).send().await.unwrap();
+        assert_eq!(r.status(), 200, "never a failure because of Redis");
+        started.elapsed()
+    };
+    assert!(redis_decisions(&gw.metrics().await) == 0 && timed().await < Duration::from_secs(1));
+    assert_eq!(redis_decisions(&gw.metrics().await), 1, "decided on Redis");
+
+    // Setting the fault cuts the open connection (a fast failure); the reconnected one stalls
+    // (a failure after the command timeout). Three failures in a row open the breaker.
+    proxy.set(Fault::Stall);
+    let incr_errors = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(r#"store_errors_total{backend="redis",op="incr"} "#))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut waited = Vec::new();
+    while incr_errors(&gw.metrics().await) < 3 {
+        waited.push(timed().await);
+        assert!(
+            waited.len() <= 3,
+            "three requests make three failures: {waited:?}"
+        );
+    }
+    assert!(
+        waited.iter().any(|t| *t >= Duration::from_millis(450)),
+        "a stalled Redis is waited for up to the command timeout: {waited:?}"
+    );
+    // Three failures in a row: Redis is skipped for a second, so requests pay nothing for it.
+    let skipped_from = Instant::now();
+    let mut fast = 0;
+    while skipped_from.elapsed() < Duration::from_millis(700) {
+        let took = timed().await;
+        assert!(
+            took < Duration::from_millis(250),
+            "a skipped Redis cost {took:?}"
+        );
+        fast += 1;
+    }
+    assert!(fast >= 5, "{fast} requests while Redis was skipped");
+
+    proxy.set(Fault::Pass);
+    let back = Instant::now();
+    let before = redis_decisions(&gw.metrics().await);
+    eventually(
+        "decisions are made on Redis again",
+        Duration::from_secs(5),
+        async || {
+            timed().await;
+            redis_decisions(&gw.metrics().await) > before
+        },
+    )
+    .await;
+    assert!(
+        back.elapsed() < Duration::from_secs(3),
+        "back on Redis after {:?}",
+        back.elapsed()
+    );
+}

@@ -392,3 +392,41 @@ fn refuses_to_start_without_jwt_secret() {
         assert!(err.contains("JWT_SECRET"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_backend_killed_under_traffic_costs_no_request_before_any_check_notices() {
+    let a = Mocks::start(&["user"]);
+    let mut b = Mocks::start(&["user"]);
+    // The active check would take a minute to notice; only the connect retry can save these.
+    let section = format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/users/"] }}
+rate_limit: {{ per_minute: 100000 }}
+upstreams:
+  users:
+    backends: ["{}", "{}"]
+    health_check: {{ kind: tcp, interval_ms: 60000 }}
+    connect_retries: 1
+routes:
+  - {{ prefix: "/users/", upstream: users }}
+"#,
+        a.addr("user"),
+        b.addr("user")
+    );
+    let gw = Gateway::start(&section, &[]).await;
+    b.proc.kill();
+    let statuses = common::concurrent_gets(
+        (0..60)
+            .map(|i| gw.url(&format!("/users/{}", i % 10 + 1)))
+            .collect(),
+        "",
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        gw.metrics().await.contains(&format!(
+            "upstream_backend_healthy{{backend=\"{}\",group=\"users\"}} 1",
+            b.addr("user")
+        )),
+        "the active check had not noticed yet"
+    );
+}
