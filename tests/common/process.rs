@@ -7,12 +7,30 @@ use std::process::{Child, Command};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, for a child process to bind.
+///
+/// Taken below the kernel's ephemeral range (32768 and up), in turn: a port the kernel handed
+/// out for `bind(0)` could be taken by any outgoing connection's local end (the gateway's to
+/// its upstreams, a client's) between this pick and the child's bind. Each test binary starts
+/// at its own offset; cargo runs the binaries one after another.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Polls until something accepts TCP connections on `port`.
