@@ -430,3 +430,31 @@ routes:
         "the active check had not noticed yet"
     );
 }
+
+#[tokio::test]
+async fn an_answer_after_which_the_connection_closes_says_so() {
+    let dead = common::free_port();
+    let section = format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/dead/"] }}
+upstreams:
+  dead: {{ backends: ["127.0.0.1:{dead}"], connect_retries: 0, health_check: {{ kind: tcp, interval_ms: 60000 }} }}
+routes:
+  - {{ prefix: "/dead/", upstream: dead }}
+"#
+    );
+    let gw = Gateway::start(&section, &[]).await;
+    // Keep-alive asked for; a 502 ends the connection, so it must carry `Connection: close`
+    // (a client that pooled it would send its next request into a closing socket).
+    let resp = common::raw_request(
+        gw.port,
+        b"GET /dead/x HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{resp}"
+    );
+}

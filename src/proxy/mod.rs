@@ -360,6 +360,9 @@ impl ProxyHttp for Gateway {
             tracing::error!(request_id = %ctx.request_id, error = %e, "internal error while proxying");
         }
         if session.response_written().is_none() {
+            // The connection is not reused after this answer (below), so the answer says so:
+            // a client must never pool a connection that is about to close.
+            session.as_downstream_mut().set_keepalive(None);
             if let Err(write_err) = respond::error(session, &err, &ctx.local_headers()).await {
                 tracing::debug!(error = %write_err, "could not write the error response");
             }
