@@ -72,6 +72,7 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
         http,
         config.limits.header_read_timeout,
         config.limits.keepalive_timeout,
+        config.limits.pipeline_depth,
     );
     let mut proxy = pingora::services::listening::Service::new("gateway".to_string(), app);
     // No L4 buffers: Pingora reads headers and bodies into buffers of its own, so the default

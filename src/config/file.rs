@@ -185,6 +185,7 @@ pub(super) struct LimitsFile {
     pub(super) max_authorization_bytes: usize,
     pub(super) header_read_timeout_ms: u64,
     pub(super) keepalive_timeout_ms: u64,
+    pub(super) pipeline_depth: u64,
 }
 
 impl Default for LimitsFile {
@@ -194,6 +195,7 @@ impl Default for LimitsFile {
             max_authorization_bytes: 8 * 1024,
             header_read_timeout_ms: 10_000,
             keepalive_timeout_ms: 60_000,
+            pipeline_depth: 16,
         }
     }
 }

@@ -170,6 +170,8 @@ pub struct LimitsConfig {
     pub header_read_timeout: Duration,
     /// How long a client connection may sit idle between requests.
     pub keepalive_timeout: Duration,
+    /// Pipelined requests answered in a row on one connection before it is closed.
+    pub pipeline_depth: usize,
 }
 
 /// One upstream group.

@@ -233,6 +233,8 @@ impl LimitsFile {
                 "gateway.limits.keepalive_timeout_ms",
                 self.keepalive_timeout_ms,
             )?,
+            pipeline_depth: positive("gateway.limits.pipeline_depth", self.pipeline_depth)?
+                as usize,
         })
     }
 }

@@ -22,11 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Ssl, Stream};
 use pingora::server::ShutdownWatch;
 
+mod pipeline;
 mod stream;
 
 use self::stream::DeadlineStream;
@@ -37,15 +39,25 @@ pub(crate) struct WithHeaderDeadline<A> {
     limit: Duration,
     /// How long a connection may sit without a request (`limits.keepalive_timeout_ms`).
     keepalive: Duration,
+    /// Requests answered in a row from bytes read ahead (`limits.pipeline_depth`); the last
+    /// one's answer closes the connection.
+    pipeline_depth: usize,
 }
 
 impl<A> WithHeaderDeadline<A> {
-    /// Wraps `inner` with a `limit` per request header and a `keepalive` idle limit.
-    pub(crate) fn new(inner: A, limit: Duration, keepalive: Duration) -> Self {
+    /// Wraps `inner` with a `limit` per request header, a `keepalive` idle limit and a cap on
+    /// pipelined requests in a row.
+    pub(crate) fn new(
+        inner: A,
+        limit: Duration,
+        keepalive: Duration,
+        pipeline_depth: usize,
+    ) -> Self {
         WithHeaderDeadline {
             inner: Arc::new(inner),
             limit,
             keepalive,
+            pipeline_depth,
         }
     }
 }
@@ -87,18 +99,40 @@ type RequestFuture<'a> = Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> +
 
 impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
     /// Pingora's HTTP/1 keep-alive loop (pingora-core `apps`), with the wait for each request
-    /// moved out here, in front of the per-request state. Waiting for new bytes assumes no
-    /// request was read ahead: true while the gateway leaves Pingora's HTTP/1 pipelining off.
+    /// moved out here, in front of the per-request state. When the client pipelined, the next
+    /// request is already in Pingora's hands (the prefix) and is started without waiting.
     async fn serve_http1(
         self: &Arc<Self>,
         mut stream: Box<DeadlineStream>,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut settings = None;
+        let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
+        let mut pipelined = 0usize;
         loop {
-            stream = next_request(stream, self.keepalive, shutdown).await?;
-            let request = self.request(stream, first, settings.take(), shutdown);
+            let prefix = match &settings {
+                Some(s) if stream.take_read_ahead() => pipeline::pipelined_prefix(s),
+                _ => None,
+            };
+            match prefix {
+                Some(prefix) => {
+                    pipelined += 1;
+                    stream.pipelined_request_begins(&prefix);
+                }
+                None if *shutdown.borrow() => return None,
+                // Already in the socket the moment the last answer went out: sent without
+                // waiting for it, so pipelined too.
+                None => match stream.request_arrived().now_or_never() {
+                    Some(Ok(true)) => pipelined += usize::from(!first),
+                    Some(_) => return None,
+                    None => {
+                        pipelined = 0;
+                        stream = next_request(stream, self.keepalive, shutdown).await?;
+                    }
+                },
+            }
+            let last = pipelined >= self.pipeline_depth;
+            let request = self.request(stream, first, settings.take(), last, shutdown);
             first = false;
             let (next, next_settings) = request.await?.consume();
             settings = next_settings;
@@ -114,10 +148,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
         stream: Box<DeadlineStream>,
         first: bool,
         settings: Option<HttpPersistentSettings>,
+        last: bool,
         shutdown: &'a ShutdownWatch,
     ) -> RequestFuture<'a> {
         let mut session = ServerSession::new_http1(stream);
         if first {
+            // Pipelined requests are answered in order; the settings carry this to the next
+            // session on the connection.
+            session.set_pipelining_enabled(true);
             // Pingora counts keep-alive in whole seconds; this loop enforces the exact limit.
             let secs = self.keepalive.as_secs_f64().ceil().max(1.0) as u64;
             session.set_keepalive((!*shutdown.borrow()).then_some(secs));
@@ -128,6 +166,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
             );
         } else if let Some(s) = settings {
             s.apply_to_session(&mut session);
+        }
+        if last {
+            // The pipelining cap: this answer says `Connection: close`; the client sends what
+            // it pipelined after it again on a new connection (RFC 9112 §9.3.2). (A reuse
+            // count, because Pingora resets the keep-alive timeout from the request header.)
+            session.set_keepalive_reuses_remaining(Some(0));
         }
         self.inner.process_new_http(session, shutdown)
     }

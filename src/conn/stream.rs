@@ -58,6 +58,9 @@ pub(crate) struct DeadlineStream {
     out: Vec<u8>,
     /// How much of `out` the socket has taken.
     out_done: usize,
+    /// Bytes arrived past the end of this request's header (a body, or requests pipelined
+    /// behind it): only then may Pingora hold bytes of the next request.
+    read_ahead: bool,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -81,6 +84,21 @@ impl DeadlineStream {
             stash: BytesMut::new(),
             out: Vec::new(),
             out_done: 0,
+            read_ahead: false,
+        }
+    }
+
+    /// Whether bytes arrived past the end of the last request's header (and forgets it).
+    pub(super) fn take_read_ahead(&mut self) -> bool {
+        std::mem::take(&mut self.read_ahead)
+    }
+
+    /// The next request starts from `prefix`, bytes Pingora already read: its header clock
+    /// starts now and sees them as if they had just arrived.
+    pub(super) fn pipelined_request_begins(&mut self, prefix: &[u8]) {
+        if self.phase != Phase::Off {
+            self.phase = Phase::Answered;
+            self.saw(prefix);
         }
     }
 
@@ -132,24 +150,38 @@ impl DeadlineStream {
 
     /// Feeds bytes just read through the phase machine (no allocation: this runs per read).
     fn saw(&mut self, data: &[u8]) {
-        if data.is_empty() || matches!(self.phase, Phase::Off | Phase::Body) {
+        if data.is_empty() || self.phase == Phase::Off {
+            return;
+        }
+        if self.phase == Phase::Body {
+            self.read_ahead = true;
             return;
         }
         if matches!(self.phase, Phase::Idle | Phase::Answered) {
             self.phase = Phase::Header;
             self.tail = [0; 3];
+            self.read_ahead = false;
             self.timer = Some(Box::pin(tokio::time::sleep(self.limit)));
         }
-        // The blank line may straddle two reads: check the seam, then the new bytes.
+        // The blank line may straddle two reads: check the seam, then the new bytes. `end` is
+        // where the header ends within `data`.
         let mut seam = [0u8; 6];
         let k = data.len().min(3);
         seam[..3].copy_from_slice(&self.tail);
         seam[3..3 + k].copy_from_slice(&data[..k]);
-        let found = seam[..3 + k].windows(4).any(|w| w == b"\r\n\r\n")
-            || data.windows(4).any(|w| w == b"\r\n\r\n");
-        if found {
+        let end = seam[..3 + k]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|w| w + 1)
+            .or_else(|| {
+                data.windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|p| p + 4)
+            });
+        if let Some(end) = end {
             self.phase = Phase::Body;
             self.timer = None;
+            self.read_ahead = end < data.len();
             return;
         }
         if data.len() >= 3 {
@@ -170,8 +202,11 @@ impl DeadlineStream {
         if data.starts_with(b"HTTP/1.1 101") || data.starts_with(b"HTTP/1.0 101") {
             self.phase = Phase::Off;
             self.timer = None;
-        } else if self.phase == Phase::Body {
+        } else if matches!(self.phase, Phase::Body | Phase::Header) {
+            // A response means the request's header was complete, even one that arrived
+            // pipelined behind another and was never seen ending here.
             self.phase = Phase::Answered;
+            self.timer = None;
         }
     }
 }

@@ -116,6 +116,7 @@ mod tests {
             max_authorization_bytes: 64,
             header_read_timeout: std::time::Duration::from_secs(10),
             keepalive_timeout: std::time::Duration::from_secs(60),
+            pipeline_depth: 16,
         }
     }
 
