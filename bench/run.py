@@ -196,10 +196,12 @@ def parse_wrk(text):
     return out
 
 
-def wrk(url, conns, seconds, headers=(), pids=()):
+def wrk(url, conns, seconds, headers=(), pids=(), script=None):
     argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
     for h in headers:
         argv += ["-H", h]
+    if script:
+        argv += ["-s", os.path.join(ROOT, "bench", script)]
     argv.append(url)
     cpu_before = {pid: proc_cpu(pid) for pid in pids}
     cores_before = core_times()
@@ -418,6 +420,12 @@ gateway:
         cpu[name] = {"proxy_us_per_req": p_us, "origin_us_per_req": o_us, "normalised": p_us / o_us if o_us else 0}
     results["plain"] = {"vs_nginx": strip_pairs(s1n), "vs_haproxy": strip_pairs(s1h), "cpu": cpu}
 
+    # 8. Pipelined (8 GETs per write), the same route as 1.
+    log("bench: pipelined (depth 8, gateway vs nginx)")
+    piped = lambda port, path, pid: (lambda s: wrk(url(port, path), CONNS, s, (), (pid, origin.pid), "pipeline.lua"))
+    results["pipelined"] = strip_pairs(abba("gateway", piped(ports["gw"], "/bench/json", gw.pid),
+                                            "nginx", piped(ports["nginx"], "/json", nginx_p.pid)))
+
     # 2. Added latency.
     log("bench: 2/7 added latency")
     lat = {}
@@ -577,6 +585,11 @@ def report(r):
     u = r["reuse"]
     row("7 new upstream connections", f"{u['per_100k']:.1f} per 100k requests", "<= 100", u["per_100k"] <= 100,
         f"{u['new_upstream_connections']} for {u['requests']} requests")
+    pl = r.get("pipelined")
+    if pl:
+        row("8 pipelined (depth 8) vs nginx", f"{pl['ratio_median']:.2f}x (min {pl['ratio_min']:.2f}, max {pl['ratio_max']:.2f})",
+            "reported", None,
+            f"gateway {pl['a_rps_median']:.0f} rps, nginx {pl['b_rps_median']:.0f} rps; invalid runs {pl['invalid_runs']}, errors {pl['errors']}")
 
     widths = [max(len(str(x[i])) for x in rows + [("scenario", "figure", "target", "verdict", "detail")]) for i in range(5)]
     lines = []

@@ -12,7 +12,8 @@
 //! first session's keep-alive and reuse limit, then `HttpPersistentSettings` carried from one
 //! request to the next. On a Pingora upgrade, re-check that function (new per-connection
 //! settings, pipelining) against [`WithHeaderDeadline::serve_http1`]. h2c, TLS and custom
-//! protocols still go through Pingora's own loop.
+//! protocols still go through Pingora's own loop. Pipelined requests (sent before the previous
+//! answer) start without waiting; [`pipeline`] reads the bytes Pingora kept for them.
 //!
 //! This module uses only Pingora; nothing else in the gateway depends on it but `lib.rs`.
 
@@ -94,6 +95,33 @@ async fn next_request(
     }
 }
 
+/// Whether the next request is already here: bytes Pingora read past the last one (then fed
+/// to the header deadline), or bytes waiting in the socket the moment the last answer went out
+/// (sent without waiting for it). `None` when the connection should close instead. Not async,
+/// so none of this stays in an idle connection's state.
+fn next_is_here(
+    stream: &mut DeadlineStream,
+    settings: Option<&HttpPersistentSettings>,
+    shutdown: &ShutdownWatch,
+) -> Option<bool> {
+    let prefix = match settings {
+        Some(s) if stream.take_read_ahead() => pipeline::pipelined_prefix(s),
+        _ => None,
+    };
+    if let Some(prefix) = prefix {
+        stream.pipelined_request_begins(&prefix);
+        return Some(true);
+    }
+    if *shutdown.borrow() {
+        return None;
+    }
+    match stream.request_arrived().now_or_never() {
+        Some(Ok(true)) => Some(true),
+        Some(_) => None,
+        None => Some(false),
+    }
+}
+
 /// Pingora's boxed per-request future, as `process_new_http` returns it.
 type RequestFuture<'a> = Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>;
 
@@ -107,33 +135,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let mut settings: Option<HttpPersistentSettings> = None;
-        let mut first = true;
-        let mut pipelined = 0usize;
+        // Requests in a row that arrived before the previous answer went out; `u32::MAX`
+        // before the first request (which follows no answer).
+        let mut pipelined = u32::MAX;
         loop {
-            let prefix = match &settings {
-                Some(s) if stream.take_read_ahead() => pipeline::pipelined_prefix(s),
-                _ => None,
-            };
-            match prefix {
-                Some(prefix) => {
-                    pipelined += 1;
-                    stream.pipelined_request_begins(&prefix);
-                }
-                None if *shutdown.borrow() => return None,
-                // Already in the socket the moment the last answer went out: sent without
-                // waiting for it, so pipelined too.
-                None => match stream.request_arrived().now_or_never() {
-                    Some(Ok(true)) => pipelined += usize::from(!first),
-                    Some(_) => return None,
-                    None => {
-                        pipelined = 0;
-                        stream = next_request(stream, self.keepalive, shutdown).await?;
-                    }
-                },
+            let here = next_is_here(&mut stream, settings.as_ref(), shutdown)?;
+            let first = pipelined == u32::MAX;
+            if !here {
+                stream = next_request(stream, self.keepalive, shutdown).await?;
             }
-            let last = pipelined >= self.pipeline_depth;
+            pipelined = if here && !first { pipelined + 1 } else { 0 };
+            let last = pipelined as usize >= self.pipeline_depth;
             let request = self.request(stream, first, settings.take(), last, shutdown);
-            first = false;
             let (next, next_settings) = request.await?.consume();
             settings = next_settings;
             stream = next.into_any().downcast::<DeadlineStream>().ok()?;
