@@ -346,3 +346,32 @@ async fn a_pipelined_header_that_stops_halfway_is_cut_at_the_deadline() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn aggregates_answer_in_order_inside_a_pipeline() {
+    let mocks = common::Mocks::start(&["user", "order", "product", "recommendation"]);
+    let gw = Gateway::start(
+        "rate_limit: { per_minute: 1000 }\nprofile: { cache_ttl_seconds: 0 }\n",
+        &common::service_env(&mocks),
+    )
+    .await;
+    // The aggregate watches the connection for a client leaving while it builds; requests
+    // pipelined behind it must not look like one, nor be lost.
+    let t = token("1");
+    let mut s = connect(&gw).await;
+    let all = get("/api/profile/1", "a0", Some(&t))
+        + &get("/healthz", "a1", None)
+        + &get("/api/profile/me", "a2", Some(&t));
+    s.write_all(all.as_bytes()).await.unwrap();
+    let (resps, _) = read_responses(&mut s, 3, Duration::from_secs(10)).await;
+    let ids: Vec<_> = resps
+        .iter()
+        .filter_map(|r| r.header("x-request-id"))
+        .collect();
+    assert_eq!(ids, ["a0", "a1", "a2"]);
+    for i in [0, 2] {
+        assert_eq!(resps[i].status, 200);
+        let doc: serde_json::Value = serde_json::from_slice(&resps[i].body).unwrap();
+        assert_eq!(doc["user"]["id"], "1", "{doc}");
+    }
+}
