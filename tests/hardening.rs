@@ -233,21 +233,13 @@ async fn websocket_upgrade_is_authenticated_and_tunnels_both_ways() {
         .unwrap();
     let auth = format!("Authorization: Bearer {}\r\n", token("1"));
     s.write_all(upgrade(&auth).as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while common_find(&got, b"\r\n\r\n").is_none() {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed before the 101");
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_head(&mut s).await;
     assert!(
         got.starts_with(b"HTTP/1.1 101"),
         "{}",
         String::from_utf8_lossy(&got)
     );
+    let mut buf = [0u8; 4096];
     for msg in [&b"hello through the tunnel"[..], b"and back again"] {
         s.write_all(msg).await.unwrap();
         let mut echoed = Vec::new();
@@ -465,6 +457,22 @@ async fn one_keep_alive_connection_serves_request_after_request() {
     assert!(seen.contains("\r\n\r\nhello"), "{seen}");
 }
 
+/// Reads a response head, up to its blank line, failing on a close or after 5 s.
+async fn read_head(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while common_find(&got, b"\r\n\r\n").is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the head ended");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 /// Tries `n` tunnels through the gateway; how many were torn down right after their 101.
 async fn broken_tunnels(port: u16, n: usize) -> usize {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -478,21 +486,13 @@ async fn broken_tunnels(port: u16, n: usize) -> usize {
             .await
             .unwrap();
         s.write_all(upgrade.as_bytes()).await.unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while common_find(&got, b"\r\n\r\n").is_none() {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "closed before the 101");
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_head(&mut s).await;
         assert!(
             got.starts_with(b"HTTP/1.1 101"),
             "{}",
             String::from_utf8_lossy(&got)
         );
+        let mut buf = [0u8; 4096];
         let echoed = async {
             s.write_all(b"ping").await.ok()?;
             let n = s.read(&mut buf).await.ok()?;
