@@ -215,12 +215,7 @@ async fn websocket_upgrade_is_authenticated_and_tunnels_both_ways() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rec = Recorder::start(RecorderMode::Upgrade).await;
     let gw = Gateway::start(&section(rec.port), &[]).await;
-    let upgrade = |auth: &str| {
-        format!(
-            "GET /priv/ws HTTP/1.1\r\nHost: x\r\n{auth}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-    };
-    let resp = raw_request(gw.port, upgrade("").as_bytes(), QUIET).await;
+    let resp = raw_request(gw.port, upgrade_request("").as_bytes(), QUIET).await;
     assert_eq!(
         status(&resp),
         "401",
@@ -228,17 +223,7 @@ async fn websocket_upgrade_is_authenticated_and_tunnels_both_ways() {
     );
     assert_eq!(rec.request_count(), 0);
 
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
-    let auth = format!("Authorization: Bearer {}\r\n", token("1"));
-    s.write_all(upgrade(&auth).as_bytes()).await.unwrap();
-    let got = read_head(&mut s).await;
-    assert!(
-        got.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
+    let mut s = open_tunnel(gw.port).await;
     let mut buf = [0u8; 4096];
     for msg in [&b"hello through the tunnel"[..], b"and back again"] {
         s.write_all(msg).await.unwrap();
@@ -473,25 +458,38 @@ async fn read_head(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     got
 }
 
+/// A WebSocket upgrade request to `/priv/ws` carrying the Authorization header line `auth`.
+fn upgrade_request(auth: &str) -> String {
+    format!(
+        "GET /priv/ws HTTP/1.1\r\nHost: x\r\n{auth}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// A connection upgraded through the gateway with a valid token: the 101 was read.
+async fn open_tunnel(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let auth = format!("Authorization: Bearer {}\r\n", token("1"));
+    s.write_all(upgrade_request(&auth).as_bytes())
+        .await
+        .unwrap();
+    let got = read_head(&mut s).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s
+}
+
 /// Tries `n` tunnels through the gateway; how many were torn down right after their 101.
 async fn broken_tunnels(port: u16, n: usize) -> usize {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let auth = format!("Authorization: Bearer {}\r\n", token("1"));
-    let upgrade = format!(
-        "GET /priv/ws HTTP/1.1\r\nHost: x\r\n{auth}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
     let mut broken = 0;
     for _ in 0..n {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        s.write_all(upgrade.as_bytes()).await.unwrap();
-        let got = read_head(&mut s).await;
-        assert!(
-            got.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&got)
-        );
+        let mut s = open_tunnel(port).await;
         let mut buf = [0u8; 4096];
         let echoed = async {
             s.write_all(b"ping").await.ok()?;
