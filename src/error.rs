@@ -33,6 +33,12 @@ pub enum GatewayError {
         /// Seconds until the window ends (the `Retry-After` value).
         retry_after_secs: u64,
     },
+    /// The client did not send its request body in time.
+    #[error("{0}")]
+    RequestTimeout(Cow<'static, str>),
+    /// The request body is over `max_request_body_bytes`.
+    #[error("{0}")]
+    PayloadTooLarge(Cow<'static, str>),
     /// Request headers over the configured caps.
     #[error("{0}")]
     HeadersTooLarge(Cow<'static, str>),
@@ -59,6 +65,8 @@ impl GatewayError {
             GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound(_) => 404,
             GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::RequestTimeout(_) => 408,
+            GatewayError::PayloadTooLarge(_) => 413,
             GatewayError::RateLimited { .. } => 429,
             GatewayError::HeadersTooLarge(_) => 431,
             GatewayError::Internal => 500,
@@ -77,6 +85,8 @@ impl GatewayError {
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::RequestTimeout(_) => "request_timeout",
+            GatewayError::PayloadTooLarge(_) => "payload_too_large",
             GatewayError::HeadersTooLarge(_) => "headers_too_large",
             GatewayError::Internal => "internal",
             GatewayError::BadGateway(_) => "bad_gateway",

@@ -70,9 +70,15 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     // Every client connection gets a whole-header read deadline (slowloris defence).
     let app = conn::WithHeaderDeadline::new(
         http,
-        config.limits.header_read_timeout,
-        config.limits.keepalive_timeout,
-        config.limits.pipeline_depth,
+        conn::ConnLimits {
+            header_deadline: config.limits.header_read_timeout,
+            keepalive: config.limits.keepalive_timeout,
+            pipeline_depth: config.limits.pipeline_depth,
+            per_ip: conn::PerIpCap::new(
+                config.limits.max_connections_per_ip,
+                config.rate_limit.trusted_proxies.clone(),
+            ),
+        },
     );
     let mut proxy = pingora::services::listening::Service::new("gateway".to_string(), app);
     // No L4 buffers: Pingora reads headers and bodies into buffers of its own, so the default
@@ -97,5 +103,9 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     // The client listener opens only after every group has its backends discovered.
     proxy_handle.add_dependencies(health_handles.iter());
     server.add_service(prometheus);
+    server.add_service(pingora::services::background::background_service(
+        "client report",
+        conn::report::SummaryService,
+    ));
     Ok(server)
 }

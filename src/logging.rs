@@ -19,6 +19,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 use crate::metrics;
 
@@ -283,19 +286,79 @@ pub fn init() {
         .unwrap_or_else(|| format.default_filter().to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format.default_filter()));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(|| EventWriter(Vec::with_capacity(256)))
-        .with_env_filter(filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(|| EventWriter(Vec::with_capacity(256)));
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        Format::Json => builder.json().with_current_span(false).try_init(),
-        Format::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_target(false)
+        Format::Json => registry
+            .with(
+                layer
+                    .json()
+                    .with_current_span(false)
+                    .with_filter(QuietClientErrors),
+            )
+            .try_init(),
+        Format::Text => registry
+            .with(
+                layer
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_target(false)
+                    .with_filter(QuietClientErrors),
+            )
             .try_init(),
     };
     if let Some(v) = log_format.filter(|v| !matches!(v.trim(), "json" | "text" | "")) {
         tracing::warn!("LOG_FORMAT=`{v}` is neither `json` nor `text`; ignored");
     }
+}
+
+/// Drops Pingora's per-connection ERROR line for a client that stalled or went away before
+/// its request header was complete (Pingora offers no hook for that one): such clients are
+/// counted in `client_timeouts_total` / `client_aborts_total` and summarised once per interval
+/// (`conn::report`), so a slowloris attack cannot flood the log. Every other line passes.
+struct QuietClientErrors;
+
+impl<S> Filter<S> for QuietClientErrors {
+    fn enabled(&self, _meta: &tracing::Metadata<'_>, _cx: &Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        let mut seen = PingoraLine::default();
+        event.record(&mut seen);
+        !(seen.from_proxy && is_client_failure(&seen.message))
+    }
+}
+
+/// The message and origin of a line bridged from Pingora's `log` records.
+#[derive(Default)]
+struct PingoraLine {
+    message: String,
+    from_proxy: bool,
+}
+
+impl tracing::field::Visit for PingoraLine {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "log.target" {
+            self.from_proxy = value.starts_with("pingora_proxy");
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write as _;
+            let _ = write!(self.message, "{value:?}");
+        }
+    }
+}
+
+/// Pingora's lines for a request header that failed to arrive, or an error answer the
+/// client was no longer there to read.
+fn is_client_failure(message: &str) -> bool {
+    (message.starts_with("Fail to proxy: ") && message.contains("downstream session type"))
+        || message.starts_with("failed to send error response to downstream")
 }
 
 /// Writes out what both queues hold, waiting at most `timeout` each (at exit).
@@ -307,6 +370,19 @@ pub fn flush(timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_pingoras_client_failure_lines_are_quiet() {
+        assert!(is_client_failure(
+            "Fail to proxy: Downstream ReadError context: request header not received within the deadline, downstream session type: HTTP/1.1"
+        ));
+        assert!(is_client_failure(
+            "failed to send error response to downstream: Downstream WriteError"
+        ));
+        assert!(!is_client_failure(
+            "Fail to proxy: Upstream ConnectRefused, status: 502, tries: 1"
+        ));
+    }
 
     #[test]
     fn format_follows_log_format_then_the_terminal() {

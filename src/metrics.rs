@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
-    IntCounterVec, IntGaugeVec,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -146,6 +146,51 @@ pub static LOG_LINES_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Clients that were too slow, by phase (header|body|response).
+pub static CLIENT_TIMEOUTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "client_timeouts_total",
+        "Client connections cut for slowness, by phase (header|body|response)",
+        &["phase"],
+    )
+});
+
+/// Clients that went away mid-request, by phase.
+pub static CLIENT_ABORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "client_aborts_total",
+        "Clients that closed or reset their connection mid-request, by phase (header|body|response)",
+        &["phase"],
+    )
+});
+
+/// Connections refused at accept, by reason.
+pub static CONNECTIONS_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "connections_refused_total",
+        "Client connections closed at accept, by reason (per_ip)",
+        &["reason"],
+    )
+});
+
+/// Request bodies by how they were read.
+pub static REQUEST_BODIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "request_bodies_total",
+        "Proxied request bodies by how they were read (buffered|streamed|budget_exhausted|too_large)",
+        &["mode"],
+    )
+});
+
+/// Bytes held by buffered request bodies right now.
+pub static REQUEST_BODY_BUFFERED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "request_body_buffered_bytes",
+        "Bytes of request bodies buffered in memory right now (bounded by limits.request_body_buffer_total_bytes)"
+    )
+    .unwrap_or_else(|e| panic!("metric request_body_buffered_bytes cannot be registered: {e}"))
+});
+
 /// Forces registration so every family shows on `/metrics` from the first scrape. Process
 /// metrics (CPU seconds, resident memory, open fds) come with the default registry itself,
 /// through the `prometheus` crate's `process` feature.
@@ -163,6 +208,11 @@ pub fn init() {
     LazyLock::force(&CACHE_REQUESTS);
     LazyLock::force(&PROFILE_DEGRADED);
     LazyLock::force(&LOG_LINES_DROPPED);
+    LazyLock::force(&CLIENT_TIMEOUTS);
+    LazyLock::force(&CLIENT_ABORTS);
+    LazyLock::force(&CONNECTIONS_REFUSED);
+    LazyLock::force(&REQUEST_BODIES);
+    LazyLock::force(&REQUEST_BODY_BUFFERED);
 }
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
@@ -174,6 +224,14 @@ pub fn prime(redis_configured: bool) {
         crate::logging::Stream::Stderr,
     ] {
         LOG_LINES_DROPPED.with_label_values(&[stream.label()]);
+    }
+    for phase in crate::conn::report::Phase::ALL {
+        CLIENT_TIMEOUTS.with_label_values(&[phase.label()]);
+        CLIENT_ABORTS.with_label_values(&[phase.label()]);
+    }
+    CONNECTIONS_REFUSED.with_label_values(&["per_ip"]);
+    for mode in crate::proxy::body::BodyMode::ALL {
+        REQUEST_BODIES.with_label_values(&[mode.label()]);
     }
     for reason in crate::edge::auth::AuthError::REASONS {
         AUTH_FAILURES.with_label_values(&[reason]);

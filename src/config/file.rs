@@ -186,6 +186,12 @@ pub(super) struct LimitsFile {
     pub(super) header_read_timeout_ms: u64,
     pub(super) keepalive_timeout_ms: u64,
     pub(super) pipeline_depth: u64,
+    pub(super) request_body_buffer_bytes: u64,
+    pub(super) request_body_buffer_total_bytes: u64,
+    pub(super) body_read_timeout_ms: u64,
+    pub(super) max_request_body_bytes: u64,
+    pub(super) max_connections_per_ip: u64,
+    pub(super) response_write_timeout_ms: u64,
 }
 
 impl Default for LimitsFile {
@@ -196,6 +202,12 @@ impl Default for LimitsFile {
             header_read_timeout_ms: 10_000,
             keepalive_timeout_ms: 60_000,
             pipeline_depth: 16,
+            request_body_buffer_bytes: 64 * 1024,
+            request_body_buffer_total_bytes: 64 * 1024 * 1024,
+            body_read_timeout_ms: 10_000,
+            max_request_body_bytes: 10 * 1024 * 1024,
+            max_connections_per_ip: 256,
+            response_write_timeout_ms: 30_000,
         }
     }
 }
@@ -283,6 +295,12 @@ pub(super) struct RouteFile {
     pub(super) upstream: String,
     #[serde(default)]
     pub(super) strip_prefix: StripFile,
+    /// Overrides `limits.request_body_buffer_bytes` on this route.
+    pub(super) request_body_buffer_bytes: Option<u64>,
+    /// Overrides `limits.max_request_body_bytes` on this route.
+    pub(super) max_request_body_bytes: Option<u64>,
+    /// Overrides `limits.body_read_timeout_ms` on this route.
+    pub(super) body_read_timeout_ms: Option<u64>,
 }
 
 /// `strip_prefix: true` removes the whole matched prefix; a string removes that leading part.

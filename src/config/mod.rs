@@ -172,6 +172,29 @@ pub struct LimitsConfig {
     pub keepalive_timeout: Duration,
     /// Pipelined requests answered in a row on one connection before it is closed.
     pub pipeline_depth: usize,
+    /// How request bodies are read, unless a route says otherwise.
+    pub body: BodyPolicy,
+    /// Bytes all buffered request bodies together may hold; past it, bodies stream.
+    pub body_buffer_total: usize,
+    /// Concurrent client connections per address (IPv6: per /64); 0 = no cap.
+    pub max_connections_per_ip: u32,
+    /// Longest a response write may wait on a client that does not read.
+    pub response_write_timeout: Duration,
+}
+
+/// The most a request body can be buffered: Pingora's retry buffer, which holds the body
+/// until it is sent, keeps 64 KiB.
+pub const MAX_BODY_BUFFER: usize = 64 * 1024;
+
+/// How one route reads request bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPolicy {
+    /// Bodies up to this size are read whole before a backend is chosen; 0 = always stream.
+    pub buffer_bytes: usize,
+    /// Larger bodies are refused with 413.
+    pub max_bytes: u64,
+    /// Whole-body deadline when buffered; longest pause between two reads when streamed.
+    pub read_timeout: Duration,
 }
 
 /// One upstream group.
@@ -219,6 +242,8 @@ pub struct RouteConfig {
     pub upstream: String,
     /// Leading part of the path removed before forwarding (a leading `/` is kept).
     pub strip_prefix: Option<String>,
+    /// How this route reads request bodies (`limits` unless overridden).
+    pub body: BodyPolicy,
 }
 
 /// Every environment variable the gateway reads (deployment files are checked against this).

@@ -74,7 +74,8 @@ impl GatewayFile {
     pub(super) fn resolve(self, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
         let (listen, metrics_listen) = resolve_listeners(&self.listen, &self.metrics_listen, env)?;
         let upstreams = resolve_upstreams(self.upstreams, mode)?;
-        let routes = resolve_routes(self.routes, &upstreams)?;
+        let limits = self.limits.resolve()?;
+        let routes = resolve_routes(self.routes, &upstreams, &limits.body)?;
         Ok(Config {
             listen,
             metrics_listen,
@@ -83,7 +84,7 @@ impl GatewayFile {
             rate_limit: self.rate_limit.resolve(env)?,
             services: self.services.resolve(env)?,
             profile: self.profile.resolve()?,
-            limits: self.limits.resolve()?,
+            limits,
             upstreams,
             routes,
         })
@@ -235,8 +236,47 @@ impl LimitsFile {
             )?,
             pipeline_depth: positive("gateway.limits.pipeline_depth", self.pipeline_depth)?
                 as usize,
+            body: BodyPolicy {
+                buffer_bytes: buffer_bytes(
+                    "gateway.limits.request_body_buffer_bytes",
+                    self.request_body_buffer_bytes,
+                )?,
+                max_bytes: positive(
+                    "gateway.limits.max_request_body_bytes",
+                    self.max_request_body_bytes,
+                )?,
+                read_timeout: millis(
+                    "gateway.limits.body_read_timeout_ms",
+                    self.body_read_timeout_ms,
+                )?,
+            },
+            body_buffer_total: usize::try_from(self.request_body_buffer_total_bytes).map_err(
+                |_| invalid("gateway.limits.request_body_buffer_total_bytes", "too large"),
+            )?,
+            max_connections_per_ip: u32::try_from(self.max_connections_per_ip).map_err(|_| {
+                invalid(
+                    "gateway.limits.max_connections_per_ip",
+                    "must be at most 4294967295 (0 = no cap)",
+                )
+            })?,
+            response_write_timeout: millis(
+                "gateway.limits.response_write_timeout_ms",
+                self.response_write_timeout_ms,
+            )?,
         })
     }
+}
+
+/// A body buffer size: Pingora keeps a buffered body in its retry buffer, which holds 64 KiB,
+/// so a larger setting would silently lose bodies; it is refused at start-up instead.
+fn buffer_bytes(key: &str, v: u64) -> Result<usize, ConfigError> {
+    if v > MAX_BODY_BUFFER as u64 {
+        return Err(invalid(
+            key,
+            format!("{v} is over {MAX_BODY_BUFFER}, the most a request body can be buffered (0 = always stream)"),
+        ));
+    }
+    Ok(v as usize)
 }
 
 fn resolve_upstreams(
@@ -252,6 +292,7 @@ fn resolve_upstreams(
 fn resolve_routes(
     routes: Vec<RouteFile>,
     upstreams: &BTreeMap<String, UpstreamConfig>,
+    body: &BodyPolicy,
 ) -> Result<Vec<RouteConfig>, ConfigError> {
     let mut resolved = Vec::with_capacity(routes.len());
     for (i, r) in routes.into_iter().enumerate() {
@@ -282,10 +323,25 @@ fn resolve_routes(
                 ))
             }
         };
+        let body = BodyPolicy {
+            buffer_bytes: match r.request_body_buffer_bytes {
+                Some(v) => buffer_bytes(&key("request_body_buffer_bytes"), v)?,
+                None => body.buffer_bytes,
+            },
+            max_bytes: match r.max_request_body_bytes {
+                Some(v) => positive(&key("max_request_body_bytes"), v)?,
+                None => body.max_bytes,
+            },
+            read_timeout: match r.body_read_timeout_ms {
+                Some(v) => millis(&key("body_read_timeout_ms"), v)?,
+                None => body.read_timeout,
+            },
+        };
         resolved.push(RouteConfig {
             prefix: r.prefix,
             upstream: r.upstream,
             strip_prefix,
+            body,
         });
     }
     Ok(resolved)

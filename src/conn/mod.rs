@@ -29,36 +29,40 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Ssl, Stream};
 use pingora::server::ShutdownWatch;
 
+mod per_ip;
 mod pipeline;
+pub(crate) mod report;
 mod stream;
 
+pub(crate) use self::per_ip::PerIpCap;
+use self::report::ClientEvent;
 use self::stream::DeadlineStream;
+
+/// What every client connection is held to.
+pub(crate) struct ConnLimits {
+    /// From a request's first byte to the end of its header (`limits.header_read_timeout_ms`).
+    pub(crate) header_deadline: Duration,
+    /// How long a connection may sit without a request (`limits.keepalive_timeout_ms`).
+    pub(crate) keepalive: Duration,
+    /// Requests answered in a row from bytes read ahead (`limits.pipeline_depth`); the last
+    /// one's answer closes the connection.
+    pub(crate) pipeline_depth: usize,
+    /// Concurrent connections per address (`limits.max_connections_per_ip`); `None`: no cap.
+    pub(crate) per_ip: Option<Arc<PerIpCap>>,
+}
 
 /// A server app that gives every accepted connection a header deadline, then hands it on.
 pub(crate) struct WithHeaderDeadline<A> {
     inner: Arc<A>,
-    limit: Duration,
-    /// How long a connection may sit without a request (`limits.keepalive_timeout_ms`).
-    keepalive: Duration,
-    /// Requests answered in a row from bytes read ahead (`limits.pipeline_depth`); the last
-    /// one's answer closes the connection.
-    pipeline_depth: usize,
+    limits: ConnLimits,
 }
 
 impl<A> WithHeaderDeadline<A> {
-    /// Wraps `inner` with a `limit` per request header, a `keepalive` idle limit and a cap on
-    /// pipelined requests in a row.
-    pub(crate) fn new(
-        inner: A,
-        limit: Duration,
-        keepalive: Duration,
-        pipeline_depth: usize,
-    ) -> Self {
+    /// Wraps `inner`, holding every connection to `limits`.
+    pub(crate) fn new(inner: A, limits: ConnLimits) -> Self {
         WithHeaderDeadline {
             inner: Arc::new(inner),
-            limit,
-            keepalive,
-            pipeline_depth,
+            limits,
         }
     }
 }
@@ -122,6 +126,19 @@ fn next_is_here(
     }
 }
 
+/// Caps each read from the client's stream at `cap` bytes (0: no cap), for as long as a body
+/// of unknown size is buffered. Does nothing on a stream this module did not wrap.
+pub(crate) fn set_read_cap(session: &pingora::proxy::Session, cap: usize) {
+    let stream = session
+        .as_downstream()
+        .stream()
+        // `**`: the boxed stream itself, not the box (which is an `IO` too).
+        .and_then(|s| (**s).as_any().downcast_ref::<DeadlineStream>());
+    if let Some(s) = stream {
+        s.set_read_cap(cap);
+    }
+}
+
 /// Pingora's boxed per-request future, as `process_new_http` returns it.
 type RequestFuture<'a> = Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>;
 
@@ -142,10 +159,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
             let here = next_is_here(&mut stream, settings.as_ref(), shutdown)?;
             let first = pipelined == u32::MAX;
             if !here {
-                stream = next_request(stream, self.keepalive, shutdown).await?;
+                stream = next_request(stream, self.limits.keepalive, shutdown).await?;
             }
             pipelined = if here && !first { pipelined + 1 } else { 0 };
-            let last = pipelined as usize >= self.pipeline_depth;
+            let last = pipelined as usize >= self.limits.pipeline_depth;
             let request = self.request(stream, first, settings.take(), last, shutdown);
             let (next, next_settings) = request.await?.consume();
             settings = next_settings;
@@ -170,7 +187,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
             // session on the connection.
             session.set_pipelining_enabled(true);
             // Pingora counts keep-alive in whole seconds; this loop enforces the exact limit.
-            let secs = self.keepalive.as_secs_f64().ceil().max(1.0) as u64;
+            let secs = self.limits.keepalive.as_secs_f64().ceil().max(1.0) as u64;
             session.set_keepalive((!*shutdown.borrow()).then_some(secs));
             session.set_keepalive_reuses_remaining(
                 self.inner
@@ -204,7 +221,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for WithHeaderDeadline<
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        let stream = Box::new(DeadlineStream::new(session, self.limit));
+        let slot = match &self.limits.per_ip {
+            Some(cap) => {
+                let peer = session
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+                match peer.map(|ip| cap.admit(ip)) {
+                    Some(Ok(slot)) => slot,
+                    Some(Err(())) => {
+                        // Closed before a byte is read: the cheapest answer to a flood.
+                        report::report(ClientEvent::Refused);
+                        return Box::pin(std::future::ready(None));
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let stream = Box::new(DeadlineStream::new(
+            session,
+            self.limits.header_deadline,
+            slot,
+        ));
         let options = self.inner.server_options();
         if options.is_some_and(|o| o.h2c || o.force_custom) || stream.get_ssl_digest().is_some() {
             // Not the plain HTTP/1 this gateway serves: Pingora's own loop.

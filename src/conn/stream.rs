@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,6 +23,9 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::per_ip::Slot;
+use super::report::{report, ClientEvent, Phase as ReportPhase};
 
 /// The first read of a request: one read usually takes the whole header.
 const FIRST_READ: usize = 4096;
@@ -61,6 +65,11 @@ pub(crate) struct DeadlineStream {
     /// Bytes arrived past the end of this request's header (a body, or requests pipelined
     /// behind it): only then may Pingora hold bytes of the next request.
     read_ahead: bool,
+    /// This connection's place under the per-address cap, freed when the stream drops.
+    _slot: Option<Slot>,
+    /// The most one read returns (0: no cap); set through a shared reference while a body
+    /// of unknown size is buffered (`proxy::body`).
+    read_cap: AtomicUsize,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -74,7 +83,7 @@ impl std::fmt::Debug for DeadlineStream {
 
 impl DeadlineStream {
     /// Wraps `inner`, allowing each request header `limit` from its first byte to its end.
-    pub(crate) fn new(inner: Stream, limit: Duration) -> Self {
+    pub(crate) fn new(inner: Stream, limit: Duration, slot: Option<Slot>) -> Self {
         DeadlineStream {
             inner,
             limit,
@@ -85,7 +94,14 @@ impl DeadlineStream {
             out: Vec::new(),
             out_done: 0,
             read_ahead: false,
+            _slot: slot,
+            read_cap: AtomicUsize::new(0),
         }
+    }
+
+    /// Caps every read from now on at `cap` bytes (0: no cap).
+    pub(super) fn set_read_cap(&self, cap: usize) {
+        self.read_cap.store(cap, Ordering::Relaxed);
     }
 
     /// Whether bytes arrived past the end of the last request's header (and forgets it).
@@ -202,6 +218,9 @@ impl DeadlineStream {
         if data.starts_with(b"HTTP/1.1 101") || data.starts_with(b"HTTP/1.0 101") {
             self.phase = Phase::Off;
             self.timer = None;
+        } else if self.phase == Phase::Body && is_interim(data) {
+            // `100 Continue` asks for the body: the request is not answered yet, and the body
+            // that follows must not be taken for the next request's header (and its deadline).
         } else if matches!(self.phase, Phase::Body | Phase::Header) {
             // A response means the request's header was complete, even one that arrived
             // pipelined behind another and was never seen ending here.
@@ -209,6 +228,11 @@ impl DeadlineStream {
             self.timer = None;
         }
     }
+}
+
+/// An interim (1xx, not 101) response header.
+fn is_interim(data: &[u8]) -> bool {
+    data.len() > 9 && data.starts_with(b"HTTP/1.") && data[9] == b'1' && !data[9..].starts_with(b"101")
 }
 
 impl AsyncRead for DeadlineStream {
@@ -221,11 +245,22 @@ impl AsyncRead for DeadlineStream {
             if timer.as_mut().poll(cx).is_ready() {
                 self.timer = None;
                 self.phase = Phase::Off;
+                report(ClientEvent::Timeout(ReportPhase::Header));
                 return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "request header not received within the deadline",
                 )));
             }
+        }
+        let cap = self.read_cap.load(Ordering::Relaxed);
+        if cap > 0 && buf.remaining() > cap {
+            let mut limited = buf.take(cap);
+            let res = self.as_mut().poll_read(cx, &mut limited);
+            let n = limited.filled().len();
+            // SAFETY: the first `n` bytes of the unfilled part were just written by the read.
+            unsafe { buf.assume_init(n) };
+            buf.advance(n);
+            return res;
         }
         let before = buf.filled().len();
         let this = &mut *self;
@@ -240,9 +275,20 @@ impl AsyncRead for DeadlineStream {
             this.saw(&buf.filled()[before..]);
             return Poll::Ready(Ok(()));
         }
+        let room = buf.remaining() > 0;
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            this.saw(&buf.filled()[before..]);
+        match &res {
+            Poll::Ready(Ok(())) if buf.filled().len() > before || !room => {
+                this.saw(&buf.filled()[before..])
+            }
+            // Closed or reset halfway through a header: counted here, where the header's
+            // phase is known (Pingora only sees a failed read, and its log line is filtered).
+            Poll::Ready(_) if this.phase == Phase::Header => {
+                this.phase = Phase::Off;
+                this.timer = None;
+                report(ClientEvent::Aborted(ReportPhase::Header));
+            }
+            _ => {}
         }
         res
     }
@@ -411,7 +457,7 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (peer, _) = listener.accept().await.expect("accept");
         let inner: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
-        (DeadlineStream::new(inner, Duration::from_secs(10)), peer)
+        (DeadlineStream::new(inner, Duration::from_secs(10), None), peer)
     }
 
     #[tokio::test]

@@ -117,6 +117,14 @@ mod tests {
             header_read_timeout: std::time::Duration::from_secs(10),
             keepalive_timeout: std::time::Duration::from_secs(60),
             pipeline_depth: 16,
+            body: crate::config::BodyPolicy {
+                buffer_bytes: 1024,
+                max_bytes: 4096,
+                read_timeout: std::time::Duration::from_secs(10),
+            },
+            body_buffer_total: 1 << 20,
+            max_connections_per_ip: 16,
+            response_write_timeout: std::time::Duration::from_secs(30),
         }
     }
 

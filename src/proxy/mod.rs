@@ -42,6 +42,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::aggregate::{CacheStatus, ProfileService};
 use crate::config::Config;
+use crate::conn::report::report;
 use crate::edge::auth::Identity;
 use crate::edge::client::ClientAddr;
 use crate::edge::ratelimit::Decision;
@@ -52,6 +53,7 @@ use crate::metrics;
 use crate::store::{MemoryKv, RedisStore, Store};
 
 pub(crate) mod access;
+pub(crate) mod body;
 pub(crate) mod health;
 mod local;
 pub(crate) mod respond;
@@ -71,6 +73,8 @@ pub struct Gateway {
     routes: RouteTable,
     edge: Edge,
     profile: ProfileService,
+    /// Bytes all buffered request bodies may hold together.
+    body_budget: Arc<body::BodyBudget>,
 }
 
 /// Per-request state, filled as the phases run; each field names the phase that writes it.
@@ -96,6 +100,8 @@ pub struct Ctx {
     /// upstream_peer: an error decided before proxying (no healthy backend), answered by
     /// fail_to_proxy.
     local_error: Option<GatewayError>,
+    /// request_filter: how the body was read (buffered bytes, budget held until the end).
+    body: body::Prepared,
 }
 
 impl Ctx {
@@ -113,7 +119,22 @@ impl Ctx {
     }
 }
 
+/// Whether the final response header went out (a `100 Continue` is not an answer).
+fn answered(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational())
+}
+
 impl Gateway {
+    /// Answers `err` and closes the connection: the request's body was not (fully) read, so
+    /// the next bytes on it are not a request.
+    async fn refuse(&self, session: &mut Session, ctx: &Ctx, err: &GatewayError) -> Result<bool> {
+        session.as_downstream_mut().set_keepalive(None);
+        respond::error(session, err, &ctx.local_headers()).await?;
+        Ok(true)
+    }
+
     /// Builds the gateway and the health-check services its groups need.
     pub(crate) fn new(
         config: Arc<Config>,
@@ -127,12 +148,14 @@ impl Gateway {
         });
         let profile = ProfileService::new(&config, store)
             .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
+        let body_budget = body::BodyBudget::new(config.limits.body_buffer_total);
         Ok((
             Gateway {
                 config,
                 routes,
                 edge,
                 profile,
+                body_budget,
             },
             health,
         ))
@@ -156,6 +179,7 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             backend: BackendTry::None,
             local_error: None,
+            body: body::Prepared::default(),
         }
     }
 
@@ -185,7 +209,18 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let public = ctx.route.is_probe() || self.config.auth.is_public(req.uri.path());
+        // A client that stops reading its answer is cut after this, per write.
+        session.set_write_timeout(Some(self.config.limits.response_write_timeout));
+        let max_body = match &ctx.route {
+            Route::Proxy(r) => r.body.max_bytes,
+            _ => self.config.limits.body.max_bytes,
+        };
+        if let Err(refusal) = body::check_declared(session, max_body) {
+            // Refused before a byte of the body is read; the connection cannot be reused.
+            return self.refuse(session, ctx, &refusal.error).await;
+        }
         if !public {
+            let req = session.req_header();
             let verdict = self
                 .edge
                 .check(ctx.client.as_ref().map(|c| c.ip), &req.headers)
@@ -199,7 +234,52 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        if let Route::Proxy(route) = &ctx.route {
+            // After the edge, so that only admitted clients get a buffer.
+            match body::prepare(session, &route.body, &self.body_budget).await {
+                Ok(prepared) => ctx.body = prepared,
+                Err(Some(refusal)) => return self.refuse(session, ctx, &refusal.error).await,
+                Err(None) => {
+                    return Err(Error::explain(
+                        ErrorType::ConnectionClosed,
+                        "client went away while its request body was read",
+                    )
+                    .into_down())
+                }
+            }
+        }
         self.answer_local(session, ctx).await
+    }
+
+    /// Runs for each piece of a proxied request body on its way to the backend: sends ahead
+    /// any bytes buffered but not kept by Pingora, and refuses a body that grows past the
+    /// route's maximum (413, or a cut stream if the backend already answered).
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if !ctx.body.unsent.is_empty() {
+            let mut all = bytes::BytesMut::new();
+            for chunk in ctx.body.unsent.drain(..) {
+                all.extend_from_slice(&chunk);
+            }
+            if let Some(b) = body.take() {
+                all.extend_from_slice(&b);
+            }
+            *body = Some(all.freeze());
+        }
+        if let Route::Proxy(route) = &ctx.route {
+            if session.as_downstream().body_bytes_read() as u64 > route.body.max_bytes {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the route's maximum",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Runs for proxied routes, again after each connect failure that may be retried. Reads
@@ -285,6 +365,10 @@ impl ProxyHttp for Gateway {
         if !self.config.auth.forward_authorization {
             req.remove_header(&http::header::AUTHORIZATION);
         }
+        if ctx.body.continue_sent {
+            // The client has its `100 Continue` from us; the backend gets the body at once.
+            req.remove_header(&http::header::EXPECT);
+        }
         Ok(())
     }
 
@@ -350,6 +434,9 @@ impl ProxyHttp for Gateway {
     /// the backend's header was already sent (the client then sees a cut stream, never a second
     /// response). The connection is never reused after this.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(event) = respond::client_event(e, answered(session)) {
+            report(event);
+        }
         let Some(err) = ctx.local_error.take().or_else(|| respond::proxy_failure(e)) else {
             return FailToProxy {
                 error_code: 0,
@@ -359,7 +446,7 @@ impl ProxyHttp for Gateway {
         if matches!(err, GatewayError::Internal) {
             tracing::error!(request_id = %ctx.request_id, error = %e, "internal error while proxying");
         }
-        if session.response_written().is_none() {
+        if !answered(session) {
             // The connection is not reused after this answer (below), so the answer says so:
             // a client must never pool a connection that is about to close.
             session.as_downstream_mut().set_keepalive(None);
@@ -371,6 +458,14 @@ impl ProxyHttp for Gateway {
             error_code: err.status(),
             can_reuse_downstream: false,
         }
+    }
+
+    /// Keeps Pingora's per-request ERROR line for what is worth one: a client that was too
+    /// slow or went away is counted and summarised instead (`conn::report`), and so is a body
+    /// refused for its size, so an attack cannot flood the log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        respond::client_event(e, false).is_some()
+            || matches!(e.etype(), ErrorType::HTTPStatus(408 | 413))
     }
 
     /// Runs last for every request, whatever happened. A proxied request that ended without

@@ -6,6 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::conn::report::{ClientEvent, Phase};
 use crate::error::GatewayError;
 
 /// Headers every locally produced answer carries besides content type and length.
@@ -53,6 +54,22 @@ fn is_timeout(e: &Error) -> bool {
     )
 }
 
+/// A client that was too slow or went away, from the error that ended its request; `None`
+/// for every other error. `answered`: the response header was already sent.
+pub(crate) fn client_event(e: &Error, answered: bool) -> Option<ClientEvent> {
+    if e.esource() != &ErrorSource::Downstream {
+        return None;
+    }
+    let during = if answered { Phase::Response } else { Phase::Body };
+    Some(match e.etype() {
+        ErrorType::ReadTimedout => ClientEvent::Timeout(Phase::Body),
+        ErrorType::WriteTimedout => ClientEvent::Timeout(Phase::Response),
+        ErrorType::WriteError => ClientEvent::Aborted(Phase::Response),
+        ErrorType::ReadError | ErrorType::ConnectionClosed => ClientEvent::Aborted(during),
+        _ => return None,
+    })
+}
+
 /// What the client is told when proxying failed with `e`; `None` when the client itself went
 /// away (nobody to answer).
 pub(crate) fn proxy_failure(e: &Error) -> Option<GatewayError> {
@@ -68,8 +85,17 @@ pub(crate) fn proxy_failure(e: &Error) -> Option<GatewayError> {
         }
         (
             ErrorSource::Downstream,
-            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+            ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::ConnectionClosed
+            | ErrorType::WriteTimedout,
         ) => return None,
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => GatewayError::RequestTimeout(
+            "the request body stalled longer than the body read timeout".into(),
+        ),
+        (_, ErrorType::HTTPStatus(413)) => {
+            GatewayError::PayloadTooLarge("request body larger than the route allows".into())
+        }
         (ErrorSource::Downstream, _) => GatewayError::BadRequest("malformed request".into()),
         _ if is_timeout(e) => GatewayError::Timeout("the upstream did not answer in time".into()),
         _ => GatewayError::Internal,
@@ -95,6 +121,9 @@ mod tests {
         assert_eq!(status(Error::new_down(ConnectionClosed)), None);
         assert_eq!(status(Error::new_down(ReadError)), None);
         assert_eq!(status(Error::new_down(InvalidHTTPHeader)), Some(400));
+        assert_eq!(status(Error::new_down(ReadTimedout)), Some(408));
+        assert_eq!(status(Error::new_down(WriteTimedout)), None);
+        assert_eq!(status(Error::new(HTTPStatus(413))), Some(413));
         assert_eq!(status(Error::new(WriteTimedout)), Some(504));
         assert_eq!(status(Error::new(InternalError)), Some(500));
     }

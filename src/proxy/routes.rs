@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::upstreams::UpstreamGroup;
+use crate::config::BodyPolicy;
 
 /// Where a request goes, decided from its path alone.
 #[derive(Debug, Clone)]
@@ -47,6 +48,8 @@ pub(crate) struct ProxyRoute {
     pub(crate) strip_prefix: Option<String>,
     /// The group that serves it.
     pub(crate) group: Arc<UpstreamGroup>,
+    /// How its request bodies are read.
+    pub(crate) body: BodyPolicy,
 }
 
 impl ProxyRoute {

@@ -105,6 +105,7 @@ pub(crate) fn build(config: &Config) -> (RouteTable, Vec<HealthService>) {
                     prefix: r.prefix.clone(),
                     strip_prefix: r.strip_prefix.clone(),
                     group: g.clone(),
+                    body: r.body,
                 })
             })
         })

@@ -7,12 +7,14 @@
 //! - `redis`: a real redis-server.
 //! - `upstream`: the echo server and the raw recorder.
 //! - `fault`: the fault-injecting TCP proxy.
+//! - `pool`: an upstream with a fixed pool of blocking workers.
 // Every test binary compiles this whole harness and uses a part of it.
 #![allow(dead_code, unused_imports)]
 
 mod fault;
 mod gateway;
 mod mocks;
+mod pool;
 mod process;
 mod redis;
 mod upstream;
@@ -20,6 +22,7 @@ mod upstream;
 pub use fault::*;
 pub use gateway::*;
 pub use mocks::*;
+pub use pool::*;
 pub use process::*;
 pub use redis::*;
 pub use upstream::*;
