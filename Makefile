@@ -39,6 +39,8 @@ PYENV := target/pyenv
 test-deps: deps
 	@$(call apt_install,redis-server,redis-server)
 	@$(call apt_install,promtool,prometheus)
+	@$(call apt_install,slowhttptest,slowhttptest)
+	@$(call apt_install,curl,curl)
 	@if [ ! -x $(PYENV)/bin/kubernetes-validate ]; then
 		echo "installing kubernetes-validate (PyPI) into $(PYENV) ..."
 		if ! python3 -m venv $(PYENV) >/dev/null 2>&1; then

@@ -357,9 +357,12 @@ gateway:
     origin:
       backends: ["127.0.0.1:{ports['origin']}"]
       health_check: {{ kind: tcp, interval_ms: 60000 }}
+  # The memory scenario holds 10,000 connections from one address.
+  limits: {{ max_connections_per_ip: 0 }}
   routes:
     - {{ prefix: "/bench/", upstream: origin, strip_prefix: "/bench" }}
     - {{ prefix: "/edge/", upstream: origin, strip_prefix: "/edge" }}
+    - {{ prefix: "/stream/", upstream: origin, strip_prefix: "/stream", request_body_buffer_bytes: 0 }}
 """)
 
     svc_env = {
@@ -425,6 +428,15 @@ gateway:
     piped = lambda port, path, pid: (lambda s: wrk(url(port, path), CONNS, s, (), (pid, origin.pid), "pipeline.lua"))
     results["pipelined"] = strip_pairs(abba("gateway", piped(ports["gw"], "/bench/json", gw.pid),
                                             "nginx", piped(ports["nginx"], "/json", nginx_p.pid)))
+
+    # 9. POST with a 1 KiB body: buffered (the default) vs streamed, and vs nginx.
+    log("bench: POST 1 KiB (buffered vs streamed, buffered vs nginx)")
+    posted = lambda port, path, pid: (lambda s: wrk(url(port, path), CONNS, s, (), (pid, origin.pid), "post.lua"))
+    buffered = posted(ports["gw"], "/bench/json", gw.pid)
+    results["post"] = {
+        "vs_streamed": strip_pairs(abba("buffered", buffered, "streamed", posted(ports["gw"], "/stream/json", gw.pid))),
+        "vs_nginx": strip_pairs(abba("gateway", buffered, "nginx", posted(ports["nginx"], "/json", nginx_p.pid))),
+    }
 
     # 2. Added latency.
     log("bench: 2/7 added latency")
@@ -590,6 +602,15 @@ def report(r):
         row("8 pipelined (depth 8) vs nginx", f"{pl['ratio_median']:.2f}x (min {pl['ratio_min']:.2f}, max {pl['ratio_max']:.2f})",
             "reported", None,
             f"gateway {pl['a_rps_median']:.0f} rps, nginx {pl['b_rps_median']:.0f} rps; invalid runs {pl['invalid_runs']}, errors {pl['errors']}")
+    po = r.get("post")
+    if po:
+        v = po["vs_streamed"]
+        row("9 POST 1 KiB, buffered vs streamed", f"{v['ratio_median']:.2f}x (min {v['ratio_min']:.2f}, max {v['ratio_max']:.2f})",
+            ">= 0.95x streamed", clean(v) and v["ratio_median"] >= 0.95, detail(v))
+        n = po["vs_nginx"]
+        row("9 POST 1 KiB, buffered vs nginx", f"{n['ratio_median']:.2f}x (min {n['ratio_min']:.2f}, max {n['ratio_max']:.2f})",
+            "reported", None,
+            f"gateway {n['a_rps_median']:.0f} rps, nginx {n['b_rps_median']:.0f} rps; invalid runs {n['invalid_runs']}, errors {n['errors']}")
 
     widths = [max(len(str(x[i])) for x in rows + [("scenario", "figure", "target", "verdict", "detail")]) for i in range(5)]
     lines = []

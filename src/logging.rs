@@ -286,7 +286,8 @@ pub fn init() {
         .unwrap_or_else(|| format.default_filter().to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format.default_filter()));
-    let layer = tracing_subscriber::fmt::layer().with_writer(|| EventWriter(Vec::with_capacity(256)));
+    let layer =
+        tracing_subscriber::fmt::layer().with_writer(|| EventWriter(Vec::with_capacity(256)));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         Format::Json => registry

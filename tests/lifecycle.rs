@@ -311,7 +311,12 @@ async fn stream_route(
 #[tokio::test]
 async fn gigabyte_bodies_stream_both_ways_in_bounded_memory() {
     let up = Streamer::start().await;
-    let gw = Gateway::start(&section(up.port), &[]).await;
+    // Over the default 10 MiB body maximum: this gateway takes uploads of any size.
+    let conf = format!(
+        "{}limits: {{ max_request_body_bytes: 2147483648 }}\n",
+        section(up.port)
+    );
+    let gw = Gateway::start(&conf, &[]).await;
     let pid = gw.proc.child.id();
     let base = rss_kib(pid);
     let peak = Arc::new(AtomicU64::new(base));

@@ -117,7 +117,11 @@ async fn normal_traffic(gw: &Gateway, for_: Duration) -> (Vec<u16>, Vec<Duration
 }
 
 fn assert_served_at_once(statuses: &[u16], took: &mut [Duration], attack: &str) {
-    assert!(statuses.len() >= 50, "{attack}: only {} samples", statuses.len());
+    assert!(
+        statuses.len() >= 50,
+        "{attack}: only {} samples",
+        statuses.len()
+    );
     assert!(
         statuses.iter().all(|&s| s == 200),
         "{attack}: normal requests failed: {statuses:?}"
@@ -134,7 +138,9 @@ async fn slow_bodies_never_reach_a_backend_with_sixteen_workers() {
     let s = setup("").await;
     let url = s.gw.url("/up/form");
     let mut attack = slowhttptest(
-        &["-B", "-c", "200", "-r", "100", "-i", "3", "-s", "4096", "-x", "10", "-p", "3"],
+        &[
+            "-B", "-c", "200", "-r", "100", "-i", "3", "-s", "4096", "-x", "10", "-p", "3",
+        ],
         &url,
         15,
     );
@@ -166,21 +172,27 @@ async fn slow_headers_and_slow_readers_do_not_slow_normal_traffic() {
     let pid = s.gw.proc.child.id();
     let rss_before = rss_kib(pid);
     let mut headers = slowhttptest(
-        &["-H", "-c", "200", "-r", "100", "-i", "3", "-x", "10", "-p", "3"],
+        &[
+            "-H", "-c", "200", "-r", "100", "-i", "3", "-x", "10", "-p", "3",
+        ],
         &s.gw.url("/up/x"),
         15,
     );
     let mut reads = slowhttptest(
         &[
-            "-X", "-c", "200", "-r", "100", "-w", "512", "-y", "1024", "-n", "5", "-z", "32",
-            "-k", "3", "-p", "3",
+            "-X", "-c", "200", "-r", "100", "-w", "512", "-y", "1024", "-n", "5", "-z", "32", "-k",
+            "3", "-p", "3",
         ],
         &s.gw.url("/big/big"),
         15,
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (statuses, mut took) = normal_traffic(&s.gw, Duration::from_secs(10)).await;
-    assert_served_at_once(&statuses, &mut took, "slow headers (-H) and slow reads (-X)");
+    assert_served_at_once(
+        &statuses,
+        &mut took,
+        "slow headers (-H) and slow reads (-X)",
+    );
     // Bounded per connection: a stalled reader of a large answer holds Pingora's proxy pipe
     // (4 body pieces of up to 64 KiB, plus read buffers), about 370 KiB measured; the cap
     // admits 256 of the attack's 400 connections from its one address.
@@ -233,13 +245,17 @@ async fn a_large_upload_streams_and_an_oversized_one_is_refused_before_the_backe
     assert!(out.contains(r#""error":"payload_too_large""#), "{out}");
     assert_eq!(s.pool.get(|p: &PoolStats| &p.posts), posts_before);
     let scrape = s.gw.metrics().await;
-    assert_eq!(metric(&scrape, r#"request_bodies_total{mode="too_large"}"#), 1.0);
+    assert_eq!(
+        metric(&scrape, r#"request_bodies_total{mode="too_large"}"#),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn a_chunked_body_over_the_maximum_is_refused_when_it_crosses() {
     let s = setup("max_request_body_bytes: 100000").await;
-    let mut raw = b"POST /echo/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut raw =
+        b"POST /echo/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..30 {
         raw.extend_from_slice(b"1000\r\n");
         raw.extend_from_slice(&[b'c'; 4096]);
@@ -263,15 +279,22 @@ async fn a_stalled_body_gets_408_and_the_backend_never_sees_it() {
     .await;
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains(r#""error":"request_timeout""#), "{resp}");
-    assert!(resp.to_ascii_lowercase().contains("connection: close"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(s.pool.get(|p: &PoolStats| &p.posts), 0);
     let scrape = s.gw.metrics().await;
-    assert_eq!(metric(&scrape, r#"client_timeouts_total{phase="body"}"#), 1.0);
+    assert_eq!(
+        metric(&scrape, r#"client_timeouts_total{phase="body"}"#),
+        1.0
+    );
 }
 
 #[tokio::test]
-async fn expect_continue_is_answered_by_the_gateway_and_the_body_is_not_cut_at_the_header_deadline() {
+async fn expect_continue_is_answered_by_the_gateway_and_the_body_is_not_cut_at_the_header_deadline()
+{
     let s = setup("header_read_timeout_ms: 300, body_read_timeout_ms: 5000").await;
     let mut conn = TcpStream::connect(("127.0.0.1", s.gw.port)).await.unwrap();
     conn.write_all(
@@ -285,7 +308,10 @@ async fn expect_continue_is_answered_by_the_gateway_and_the_body_is_not_cut_at_t
         .unwrap()
         .unwrap();
     let interim = String::from_utf8_lossy(&buf[..n]).to_string();
-    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n\r\n"), "{interim}");
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n\r\n"),
+        "{interim}"
+    );
     // The body takes longer than the header deadline: the body has a deadline of its own.
     for piece in [b"fivec", b"hars.", b"five.", b"more."] {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -324,7 +350,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
-        let len = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        let len =
+            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
         if len == 0 {
             return out;
         }
@@ -346,7 +373,11 @@ async fn chunked_bodies_of_every_size_arrive_whole() {
     ] {
         let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let echoed = chunked_echo(s.gw.port, &body, chunk).await;
-        assert!(echoed == body, "{size} bytes in chunks of {chunk}: got {} bytes back", echoed.len());
+        assert!(
+            echoed == body,
+            "{size} bytes in chunks of {chunk}: got {} bytes back",
+            echoed.len()
+        );
     }
     assert_eq!(s.echo.requests().len(), 6);
 }
@@ -375,7 +406,12 @@ routes:
     let body: Vec<u8> = (0..1024).map(|i| (i % 251) as u8).collect();
     let c = client();
     for _ in 0..6 {
-        let r = c.post(gw.url("/echo/x")).body(body.clone()).send().await.unwrap();
+        let r = c
+            .post(gw.url("/echo/x"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert!(r.bytes().await.unwrap() == body);
     }
@@ -396,10 +432,17 @@ async fn one_address_gets_at_most_its_connections_and_another_is_served() {
     }
     assert_eq!(served, 256, "exactly the cap is served");
     // Another address (127.0.0.2 is loopback too) is not affected.
-    let r = other_client().get(s.gw.url("/healthz")).send().await.unwrap();
+    let r = other_client()
+        .get(s.gw.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let scrape = s.gw.metrics().await;
-    assert_eq!(metric(&scrape, r#"connections_refused_total{reason="per_ip"}"#), 44.0);
+    assert_eq!(
+        metric(&scrape, r#"connections_refused_total{reason="per_ip"}"#),
+        44.0
+    );
     // Places are given back when connections close.
     drop(conns);
     eventually("places given back", Duration::from_secs(10), async || {
@@ -418,8 +461,7 @@ async fn one_address_gets_at_most_its_connections_and_another_is_served() {
 
 /// A keep-alive `GET /healthz` on `c`; whether it was answered 200.
 async fn healthz_on(c: &mut TcpStream) -> bool {
-    if c
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    if c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .is_err()
     {
@@ -473,7 +515,12 @@ async fn an_attack_of_aborted_slow_requests_leaves_a_handful_of_log_lines() {
         .lines()
         .filter(|l| l.contains(r#""level":"ERROR""#) || l.contains(r#""level":"WARN""#))
         .collect();
-    assert!(loud.len() <= 3, "{} warning/error lines:\n{}", loud.len(), loud.join("\n"));
+    assert!(
+        loud.len() <= 3,
+        "{} warning/error lines:\n{}",
+        loud.len(),
+        loud.join("\n")
+    );
     assert!(
         loud.iter().any(|l| l.contains("slow or vanished clients")),
         "the summary line: {loud:?}"

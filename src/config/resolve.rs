@@ -251,7 +251,12 @@ impl LimitsFile {
                 )?,
             },
             body_buffer_total: usize::try_from(self.request_body_buffer_total_bytes).map_err(
-                |_| invalid("gateway.limits.request_body_buffer_total_bytes", "too large"),
+                |_| {
+                    invalid(
+                        "gateway.limits.request_body_buffer_total_bytes",
+                        "too large",
+                    )
+                },
             )?,
             max_connections_per_ip: u32::try_from(self.max_connections_per_ip).map_err(|_| {
                 invalid(

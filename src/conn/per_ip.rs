@@ -106,13 +106,19 @@ mod tests {
         let a = cap.admit(ip("10.0.0.1")).unwrap();
         let b = cap.admit(ip("10.0.0.1")).unwrap();
         assert!(cap.admit(ip("10.0.0.1")).is_err());
-        assert!(cap.admit(ip("10.0.0.2")).unwrap().is_some(), "another address");
+        assert!(
+            cap.admit(ip("10.0.0.2")).unwrap().is_some(),
+            "another address"
+        );
         drop(a);
         let c = cap.admit(ip("10.0.0.1")).unwrap();
         assert!(c.is_some());
         drop((b, c));
         assert_eq!(cap.open_from(ip("10.0.0.1")), 0);
-        assert!(cap.open.each().all(|s| s.is_empty()), "no entry left behind");
+        assert!(
+            cap.open.each().all(|s| s.is_empty()),
+            "no entry left behind"
+        );
     }
 
     #[test]

@@ -73,7 +73,11 @@ impl Tally {
     /// The summary of what happened since the last one (and starts a new count); `None` when
     /// nothing did.
     fn take(&self) -> Option<String> {
-        let n: Vec<u64> = self.0.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect();
+        let n: Vec<u64> = self
+            .0
+            .iter()
+            .map(|c| c.swap(0, Ordering::Relaxed))
+            .collect();
         if n.iter().all(|&c| c == 0) {
             return None;
         }
@@ -98,7 +102,9 @@ static TALLY: Tally = Tally([const { AtomicU64::new(0) }; 7]);
 /// Counts `e` in its metric and in the next summary line.
 pub(crate) fn report(e: ClientEvent) {
     match e {
-        ClientEvent::Timeout(p) => metrics::CLIENT_TIMEOUTS.with_label_values(&[p.label()]).inc(),
+        ClientEvent::Timeout(p) => metrics::CLIENT_TIMEOUTS
+            .with_label_values(&[p.label()])
+            .inc(),
         ClientEvent::Aborted(p) => metrics::CLIENT_ABORTS.with_label_values(&[p.label()]).inc(),
         ClientEvent::Refused => metrics::CONNECTIONS_REFUSED
             .with_label_values(&["per_ip"])

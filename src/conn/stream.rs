@@ -232,7 +232,10 @@ impl DeadlineStream {
 
 /// An interim (1xx, not 101) response header.
 fn is_interim(data: &[u8]) -> bool {
-    data.len() > 9 && data.starts_with(b"HTTP/1.") && data[9] == b'1' && !data[9..].starts_with(b"101")
+    data.len() > 9
+        && data.starts_with(b"HTTP/1.")
+        && data[9] == b'1'
+        && !data[9..].starts_with(b"101")
 }
 
 impl AsyncRead for DeadlineStream {
@@ -457,7 +460,10 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (peer, _) = listener.accept().await.expect("accept");
         let inner: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
-        (DeadlineStream::new(inner, Duration::from_secs(10), None), peer)
+        (
+            DeadlineStream::new(inner, Duration::from_secs(10), None),
+            peer,
+        )
     }
 
     #[tokio::test]

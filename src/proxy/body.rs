@@ -226,7 +226,14 @@ pub(crate) async fn prepare(
     let mut kept = Vec::new();
     let read = pingora_timeout::timeout(
         policy.read_timeout,
-        read_up_to(session, limit, policy.max_bytes, budget, &mut held, chunked.then_some(&mut kept)),
+        read_up_to(
+            session,
+            limit,
+            policy.max_bytes,
+            budget,
+            &mut held,
+            chunked.then_some(&mut kept),
+        ),
     )
     .await;
     if chunked {
@@ -312,5 +319,31 @@ async fn read_up_to(
                 BodyMode::Streamed
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(budget: &Arc<BodyBudget>) -> Held {
+        Held {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_budget_refuses_what_does_not_fit_and_takes_it_back_on_drop() {
+        let budget = BodyBudget::new(100);
+        let (mut a, mut b) = (held(&budget), held(&budget));
+        assert!(budget.take(&mut a, 60));
+        assert!(!budget.take(&mut b, 41), "over the total");
+        assert!(budget.take(&mut b, 40), "exactly the rest");
+        assert_eq!(budget.used(), 100);
+        drop(a);
+        assert_eq!(budget.used(), 40);
+        drop(b);
+        assert_eq!(budget.used(), 0);
     }
 }

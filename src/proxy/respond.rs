@@ -60,7 +60,11 @@ pub(crate) fn client_event(e: &Error, answered: bool) -> Option<ClientEvent> {
     if e.esource() != &ErrorSource::Downstream {
         return None;
     }
-    let during = if answered { Phase::Response } else { Phase::Body };
+    let during = if answered {
+        Phase::Response
+    } else {
+        Phase::Body
+    };
     Some(match e.etype() {
         ErrorType::ReadTimedout => ClientEvent::Timeout(Phase::Body),
         ErrorType::WriteTimedout => ClientEvent::Timeout(Phase::Response),
