@@ -507,6 +507,7 @@ gateway:
 def strip_pairs(r):
     out = {k: v for k, v in r.items() if k != "pairs"}
     out["pair_rps"] = [(round(a["rps"]), round(b["rps"])) for a, b in r["pairs"]]
+    out["pair_errors"] = [(a["errors"] + a["non2xx"], b["errors"] + b["non2xx"]) for a, b in r["pairs"]]
     return out
 
 

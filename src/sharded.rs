@@ -28,6 +28,12 @@ impl<T> Sharded<T> {
         self.lock_at(self.hasher.hash_one(key))
     }
 
+    /// The hash [`lock`](Self::lock) would use for `key`, for callers that keep it instead of
+    /// the key.
+    pub(crate) fn hash_of<K: Hash + ?Sized>(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
     /// The shard for a caller-computed `hash` (for keys that are already uniform).
     pub(crate) fn lock_at(&self, hash: u64) -> MutexGuard<'_, T> {
         self.shards[(hash % self.shards.len() as u64) as usize].lock()

@@ -19,13 +19,16 @@ use crate::sharded::Sharded;
 pub(crate) struct PerIpCap {
     max: u32,
     trusted: Vec<IpNet>,
-    open: Sharded<HashMap<IpAddr, u32>>,
+    /// Open connections by the hash of the counted address (a per-process keyed hash, so no
+    /// client can aim two addresses at one count).
+    open: Sharded<HashMap<u64, u32>>,
 }
 
-/// One connection's place under the cap; dropping it frees the place.
+/// One connection's place under the cap; dropping it frees the place. 16 bytes, since every
+/// connection's state holds one.
 pub(crate) struct Slot {
     cap: Arc<PerIpCap>,
-    key: IpAddr,
+    key: u64,
 }
 
 impl PerIpCap {
@@ -47,8 +50,8 @@ impl PerIpCap {
         if self.trusted.iter().any(|n| n.contains(&peer)) {
             return Ok(None);
         }
-        let key = counted_as(peer);
-        let mut open = self.open.lock(&key);
+        let key = self.open.hash_of(&counted_as(peer));
+        let mut open = self.open.lock_at(key);
         let n = open.entry(key).or_insert(0);
         if *n >= self.max {
             return Err(());
@@ -63,14 +66,14 @@ impl PerIpCap {
     /// Connections open from `ip`'s address block (for tests).
     #[cfg(test)]
     fn open_from(&self, ip: IpAddr) -> u32 {
-        let key = counted_as(ip);
-        self.open.lock(&key).get(&key).copied().unwrap_or(0)
+        let key = self.open.hash_of(&counted_as(ip));
+        self.open.lock_at(key).get(&key).copied().unwrap_or(0)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.cap.open.lock(&self.key);
+        let mut open = self.cap.open.lock_at(self.key);
         if let Some(n) = open.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -129,6 +132,11 @@ mod tests {
         assert!(cap.admit(ip("2001:db8:1:3::1")).unwrap().is_some());
         let _b = cap.admit(ip("192.0.2.7")).unwrap();
         assert!(cap.admit(ip("::ffff:192.0.2.7")).is_err());
+    }
+
+    #[test]
+    fn a_slot_stays_small() {
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 16);
     }
 
     #[test]

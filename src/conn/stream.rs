@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,7 +50,9 @@ enum Phase {
 /// A client stream with a header deadline.
 pub(crate) struct DeadlineStream {
     inner: Stream,
-    limit: Duration,
+    /// The header deadline in milliseconds (a `Duration` would take 12 more bytes in every
+    /// connection's state; docs/BENCHMARKS.md counts them).
+    limit_ms: u32,
     phase: Phase,
     /// Last three bytes seen, to find `\r\n\r\n` across reads.
     tail: [u8; 3],
@@ -61,7 +63,7 @@ pub(crate) struct DeadlineStream {
     /// ends it, so an idle connection holds no write buffer.
     out: Vec<u8>,
     /// How much of `out` the socket has taken.
-    out_done: usize,
+    out_done: u32,
     /// Bytes arrived past the end of this request's header (a body, or requests pipelined
     /// behind it): only then may Pingora hold bytes of the next request.
     read_ahead: bool,
@@ -69,14 +71,14 @@ pub(crate) struct DeadlineStream {
     _slot: Option<Slot>,
     /// The most one read returns (0: no cap); set through a shared reference while a body
     /// of unknown size is buffered (`proxy::body`).
-    read_cap: AtomicUsize,
+    read_cap: AtomicU32,
 }
 
 impl std::fmt::Debug for DeadlineStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeadlineStream")
             .field("phase", &self.phase)
-            .field("limit", &self.limit)
+            .field("limit_ms", &self.limit_ms)
             .finish()
     }
 }
@@ -86,7 +88,7 @@ impl DeadlineStream {
     pub(crate) fn new(inner: Stream, limit: Duration, slot: Option<Slot>) -> Self {
         DeadlineStream {
             inner,
-            limit,
+            limit_ms: u32::try_from(limit.as_millis()).unwrap_or(u32::MAX),
             phase: Phase::Idle,
             tail: [0; 3],
             timer: None,
@@ -95,12 +97,12 @@ impl DeadlineStream {
             out_done: 0,
             read_ahead: false,
             _slot: slot,
-            read_cap: AtomicUsize::new(0),
+            read_cap: AtomicU32::new(0),
         }
     }
 
     /// Caps every read from now on at `cap` bytes (0: no cap).
-    pub(super) fn set_read_cap(&self, cap: usize) {
+    pub(super) fn set_read_cap(&self, cap: u32) {
         self.read_cap.store(cap, Ordering::Relaxed);
     }
 
@@ -121,14 +123,15 @@ impl DeadlineStream {
     /// Writes out what `out` holds; the progress survives a `Pending`.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let mut res = Ok(());
-        while self.out_done < self.out.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_done..]) {
+        while (self.out_done as usize) < self.out.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_done as usize..]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     res = Err(std::io::ErrorKind::WriteZero.into());
                     break;
                 }
-                Poll::Ready(Ok(n)) => self.out_done += n,
+                // `out` holds less than a few KiB, so the count fits.
+                Poll::Ready(Ok(n)) => self.out_done += n as u32,
                 Poll::Ready(Err(e)) => {
                     res = Err(e);
                     break;
@@ -177,7 +180,8 @@ impl DeadlineStream {
             self.phase = Phase::Header;
             self.tail = [0; 3];
             self.read_ahead = false;
-            self.timer = Some(Box::pin(tokio::time::sleep(self.limit)));
+            let limit = Duration::from_millis(u64::from(self.limit_ms));
+            self.timer = Some(Box::pin(tokio::time::sleep(limit)));
         }
         // The blank line may straddle two reads: check the seam, then the new bytes. `end` is
         // where the header ends within `data`.
@@ -255,7 +259,7 @@ impl AsyncRead for DeadlineStream {
                 )));
             }
         }
-        let cap = self.read_cap.load(Ordering::Relaxed);
+        let cap = self.read_cap.load(Ordering::Relaxed) as usize;
         if cap > 0 && buf.remaining() > cap {
             let mut limited = buf.take(cap);
             let res = self.as_mut().poll_read(cx, &mut limited);
@@ -301,7 +305,7 @@ impl Drop for DeadlineStream {
     // As Pingora's own stream does: a response cut short (an upstream dying mid-body) still
     // sends what it has, so the client sees a truncated body rather than nothing.
     fn drop(&mut self) {
-        if self.out_done < self.out.len() {
+        if (self.out_done as usize) < self.out.len() {
             let _ = self.poll_write_out(&mut Context::from_waker(std::task::Waker::noop()));
         }
     }
@@ -411,6 +415,17 @@ impl Peek for DeadlineStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_connection_state_stays_within_one_allocator_size_class() {
+        // An idle keep-alive connection is mostly this struct (docs/BENCHMARKS.md: under 4 KB
+        // per connection); 120 bytes plus the allocator's 8-byte header is a 128-byte chunk.
+        assert!(
+            std::mem::size_of::<DeadlineStream>() <= 120,
+            "{}",
+            std::mem::size_of::<DeadlineStream>()
+        );
+    }
 
     /// A wrapper around a real (idle) socket: the phase machine never touches it.
     async fn stream() -> DeadlineStream {

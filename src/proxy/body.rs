@@ -217,7 +217,7 @@ pub(crate) async fn prepare(
     }
     let chunked = declared.is_none();
     if chunked {
-        set_read_cap(session, CHUNKED_READ_CAP);
+        set_read_cap(session, CHUNKED_READ_CAP as u32);
     }
     session.as_mut().enable_retry_buffering();
     // The whole-body deadline below bounds every read; Pingora's own per-read timeout would
