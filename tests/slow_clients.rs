@@ -526,3 +526,34 @@ async fn an_attack_of_aborted_slow_requests_leaves_a_handful_of_log_lines() {
         "the summary line: {loud:?}"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_body_sent_without_waiting_still_gets_its_413() {
+    // No `Expect`: the client writes its whole 20 MiB body at once and reads the answer after.
+    let s = setup("").await;
+    let mut conn = TcpStream::connect(("127.0.0.1", s.gw.port)).await.unwrap();
+    let (mut rd, mut wr) = conn.split();
+    let head = format!(
+        "POST /up/x HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        20 << 20
+    );
+    let writer = async {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let chunk = vec![b'z'; 64 << 10];
+        for _ in 0..320 {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    let reader = async {
+        let mut resp = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut resp)).await;
+        resp
+    };
+    let ((), resp) = tokio::join!(writer, reader);
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("payload_too_large"), "{resp}");
+    assert_eq!(s.pool.get(|p: &PoolStats| &p.posts), 0);
+}

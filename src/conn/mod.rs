@@ -128,7 +128,7 @@ fn next_is_here(
 
 /// Caps each read from the client's stream at `cap` bytes (0: no cap), for as long as a body
 /// of unknown size is buffered. Does nothing on a stream this module did not wrap.
-pub(crate) fn set_read_cap(session: &pingora::proxy::Session, cap: u32) {
+pub(crate) fn set_read_cap(session: &pingora::proxy::Session, cap: u16) {
     let stream = session
         .as_downstream()
         .stream()

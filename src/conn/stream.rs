@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,15 +63,16 @@ pub(crate) struct DeadlineStream {
     /// ends it, so an idle connection holds no write buffer.
     out: Vec<u8>,
     /// How much of `out` the socket has taken.
-    out_done: u32,
+    out_done: u16,
     /// Bytes arrived past the end of this request's header (a body, or requests pipelined
     /// behind it): only then may Pingora hold bytes of the next request.
     read_ahead: bool,
     /// This connection's place under the per-address cap, freed when the stream drops.
     _slot: Option<Slot>,
     /// The most one read returns (0: no cap); set through a shared reference while a body
-    /// of unknown size is buffered (`proxy::body`).
-    read_cap: AtomicU32,
+    /// of unknown size is buffered (`proxy::body`). The small integer types here keep the
+    /// struct in jemalloc's 112-byte size class.
+    read_cap: AtomicU16,
 }
 
 impl std::fmt::Debug for DeadlineStream {
@@ -97,12 +98,12 @@ impl DeadlineStream {
             out_done: 0,
             read_ahead: false,
             _slot: slot,
-            read_cap: AtomicU32::new(0),
+            read_cap: AtomicU16::new(0),
         }
     }
 
     /// Caps every read from now on at `cap` bytes (0: no cap).
-    pub(super) fn set_read_cap(&self, cap: u32) {
+    pub(super) fn set_read_cap(&self, cap: u16) {
         self.read_cap.store(cap, Ordering::Relaxed);
     }
 
@@ -130,8 +131,8 @@ impl DeadlineStream {
                     res = Err(std::io::ErrorKind::WriteZero.into());
                     break;
                 }
-                // `out` holds less than a few KiB, so the count fits.
-                Poll::Ready(Ok(n)) => self.out_done += n as u32,
+                // `out` never holds more than `WRITE_BUFFER` bytes, so the count fits.
+                Poll::Ready(Ok(n)) => self.out_done += n as u16,
                 Poll::Ready(Err(e)) => {
                     res = Err(e);
                     break;
@@ -419,9 +420,9 @@ mod tests {
     #[test]
     fn every_connection_state_stays_within_one_allocator_size_class() {
         // An idle keep-alive connection is mostly this struct (docs/BENCHMARKS.md: under 4 KB
-        // per connection); 120 bytes plus the allocator's 8-byte header is a 128-byte chunk.
+        // per connection); jemalloc's size classes step from 112 to 128 bytes.
         assert!(
-            std::mem::size_of::<DeadlineStream>() <= 120,
+            std::mem::size_of::<DeadlineStream>() <= 112,
             "{}",
             std::mem::size_of::<DeadlineStream>()
         );

@@ -28,6 +28,7 @@ use crate::metrics;
 
 /// The most one read may return while a chunked body is buffered.
 const CHUNKED_READ_CAP: usize = 16 * 1024;
+const _: () = assert!(CHUNKED_READ_CAP <= u16::MAX as usize);
 /// Chunked bodies are buffered up to here, so the last capped read still fits Pingora's buffer.
 const CHUNKED_BUFFER_MAX: usize = MAX_BODY_BUFFER - CHUNKED_READ_CAP;
 
@@ -217,7 +218,7 @@ pub(crate) async fn prepare(
     }
     let chunked = declared.is_none();
     if chunked {
-        set_read_cap(session, CHUNKED_READ_CAP as u32);
+        set_read_cap(session, CHUNKED_READ_CAP as u16);
     }
     session.as_mut().enable_retry_buffering();
     // The whole-body deadline below bounds every read; Pingora's own per-read timeout would
