@@ -47,7 +47,7 @@ use crate::proxy::Gateway;
 /// health-check service per upstream group. Call `bootstrap` and `run` on it.
 pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     metrics::init();
-    metrics::prime(config.redis.url.is_some());
+    metrics::prime(&config);
     let config = Arc::new(config);
     let mut server = Server::new(Some(opt))?;
 

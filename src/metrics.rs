@@ -83,7 +83,7 @@ pub static STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Calls to the profile's dependency services, by service and outcome.
+/// Calls to the aggregates' services, by service and outcome.
 pub static UPSTREAM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "upstream_requests_total",
@@ -123,17 +123,17 @@ pub static BREAKER_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "cache_requests_total",
-        "Profile cache lookups, by result (hit|miss|bypass)",
-        &["result"],
+        "Aggregate cache lookups, by aggregate and result (hit|miss|bypass)",
+        &["aggregate", "result"],
     )
 });
 
-/// Profile answers missing a dependency, by service.
-pub static PROFILE_DEGRADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+/// Aggregate answers with a degraded key, by aggregate and leg.
+pub static AGGREGATE_DEGRADED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
-        "profile_degraded_total",
-        "Profile documents served without one dependency, by service",
-        &["service"],
+        "aggregate_degraded_total",
+        "Aggregate answers served with a key degraded (its leg failed, was skipped or partly fetched), by aggregate and leg",
+        &["aggregate", "leg"],
     )
 });
 
@@ -206,7 +206,7 @@ pub fn init() {
     LazyLock::force(&UPSTREAM_RETRIES);
     LazyLock::force(&BREAKER_STATE);
     LazyLock::force(&CACHE_REQUESTS);
-    LazyLock::force(&PROFILE_DEGRADED);
+    LazyLock::force(&AGGREGATE_DEGRADED);
     LazyLock::force(&LOG_LINES_DROPPED);
     LazyLock::force(&CLIENT_TIMEOUTS);
     LazyLock::force(&CLIENT_ABORTS);
@@ -217,7 +217,8 @@ pub fn init() {
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
 /// "no data" until the first event (a counter vector otherwise appears only once incremented).
-pub fn prime(redis_configured: bool) {
+pub fn prime(config: &crate::config::Config) {
+    let redis_configured = config.redis.url.is_some();
     // rate_limit_decisions_total is primed by the limiter, which resolves its children once.
     for stream in [
         crate::logging::Stream::Stdout,
@@ -236,20 +237,24 @@ pub fn prime(redis_configured: bool) {
     for reason in crate::edge::auth::AuthError::REASONS {
         AUTH_FAILURES.with_label_values(&[reason]);
     }
-    for status in crate::aggregate::CacheStatus::ALL {
-        CACHE_REQUESTS.with_label_values(&[status.label()]);
-    }
     if redis_configured {
         for op in ["incr", "get", "set"] {
             STORE_ERRORS.with_label_values(&["redis", op]);
         }
     }
-    for service in crate::config::ServiceName::ALL {
-        let s = service.as_str();
-        UPSTREAM_RETRIES.with_label_values(&[s]);
-        UPSTREAM_REQUESTS.with_label_values(&[s, "success"]);
-        if service != crate::config::ServiceName::User {
-            PROFILE_DEGRADED.with_label_values(&[s]);
+    for a in &config.aggregates {
+        if a.cache.as_ref().is_some_and(|c| !c.ttl.is_zero()) {
+            for status in crate::aggregate::CacheStatus::ALL {
+                CACHE_REQUESTS.with_label_values(&[a.name.as_str(), status.label()]);
+            }
+        }
+        for leg in &a.legs {
+            let s = leg.service.as_str();
+            UPSTREAM_RETRIES.with_label_values(&[s]);
+            UPSTREAM_REQUESTS.with_label_values(&[s, "success"]);
+            if !leg.required {
+                AGGREGATE_DEGRADED.with_label_values(&[a.name.as_str(), leg.name.as_str()]);
+            }
         }
     }
 }

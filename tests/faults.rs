@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, eventually, quantile, service_env, token, Fault, FaultProxy, Gateway, Mocks, Redis,
+    client, eventually, profile_aggregate, quantile, service_env, token, Fault, FaultProxy,
+    Gateway, Mocks, Redis,
 };
 use serde_json::{json, Value};
 
@@ -38,8 +39,11 @@ async fn redis_faults_cost_at_most_the_command_timeout_and_never_a_5xx() {
     let mocks = Mocks::start(&ALL);
     let mut env = service_env(&mocks);
     env.push(("REDIS_ADDR", proxy.addr()));
-    let section = "redis: { command_timeout_ms: 100 }\nrate_limit: { per_minute: 100000 }\nprofile: { cache_ttl_seconds: 30 }\n";
-    let gw = Gateway::start(section, &env).await;
+    let section = format!(
+        "redis: {{ command_timeout_ms: 100 }}\nrate_limit: {{ per_minute: 100000 }}\n{}",
+        profile_aggregate(30, 10_000)
+    );
+    let gw = Gateway::start(&section, &env).await;
     let t = token("1");
     let profile = gw.url("/api/profile/1");
     eventually(
@@ -97,7 +101,8 @@ fn svc_section(timeout_ms: u64, extra_retry: &str) -> String {
         "{{ timeout_ms: {timeout_ms}, retry: {{ attempts: 3, backoff_ms: 100{extra_retry} }}, breaker: {{ failures: 1000, open_ms: 1000 }} }}"
     );
     format!(
-        "rate_limit: {{ per_minute: 100000 }}\nprofile: {{ cache_ttl_seconds: 0 }}\nservices:\n  user: {svc}\n  order: {svc}\n  product: {svc}\n  recommendation: {svc}\n"
+        "rate_limit: {{ per_minute: 100000 }}\n{}services:\n  user: {svc}\n  order: {svc}\n  product: {svc}\n  recommendation: {svc}\n",
+        profile_aggregate(0, 10_000)
     )
 }
 

@@ -351,7 +351,10 @@ async fn a_pipelined_header_that_stops_halfway_is_cut_at_the_deadline() {
 async fn aggregates_answer_in_order_inside_a_pipeline() {
     let mocks = common::Mocks::start(&["user", "order", "product", "recommendation"]);
     let gw = Gateway::start(
-        "rate_limit: { per_minute: 1000 }\nprofile: { cache_ttl_seconds: 0 }\n",
+        &format!(
+            "rate_limit: {{ per_minute: 1000 }}\n{}",
+            common::profile_aggregate(0, 10_000)
+        ),
         &common::service_env(&mocks),
     )
     .await;

@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, eventually, raw_request, service_env, token, token_with_roles, Gateway, Mocks, Redis,
+    client, eventually, profile_aggregate, raw_request, service_env, token, token_with_roles,
+    Gateway, Mocks, Redis,
 };
 use serde_json::{json, Value};
 
@@ -19,7 +20,8 @@ fn section(ttl: u64, breaker_failures: u32) -> String {
         "{{ retry: {{ attempts: 3, backoff_ms: 20 }}, breaker: {{ failures: {breaker_failures}, open_ms: 500 }}, timeout_ms: 2000 }}"
     );
     format!(
-        "rate_limit: {{ per_minute: 100000 }}\nprofile: {{ cache_ttl_seconds: {ttl} }}\nservices:\n  user: {svc}\n  order: {svc}\n  product: {svc}\n  recommendation: {svc}\n"
+        "rate_limit: {{ per_minute: 100000 }}\n{}services:\n  user: {svc}\n  order: {svc}\n  product: {svc}\n  recommendation: {svc}\n",
+        profile_aggregate(ttl, 10_000)
     )
 }
 
@@ -170,7 +172,7 @@ async fn failing_dependency_degrades_then_breaker_opens_and_recovers() {
         m.contains(r#"circuit_breaker_state{service="recommendation"} 1"#),
         "{m}"
     );
-    assert!(m.contains(r#"profile_degraded_total{service="recommendation"} 2"#));
+    assert!(m.contains(r#"aggregate_degraded_total{aggregate="profile",leg="recommendations"} 2"#));
 
     mocks.faults("recommendation", json!({})).await;
     eventually(
@@ -255,7 +257,7 @@ async fn redis_down_bypasses_the_cache_and_recovers() {
     assert!(gw
         .metrics()
         .await
-        .contains(r#"cache_requests_total{result="bypass"}"#));
+        .contains(r#"cache_requests_total{aggregate="profile",result="bypass"}"#));
     let redis = Redis::start_on(port);
     eventually("caching resumes", Duration::from_secs(10), async || {
         profile(&gw, "8", "8").await.1 == "HIT"
@@ -375,10 +377,7 @@ async fn the_deadline_bounds_the_whole_request() {
     let mocks = Mocks::start(&ALL);
     // A per-call timeout far above the deadline, so that only the deadline can answer early.
     let section = section(0, 100)
-        .replace(
-            "profile: { cache_ttl_seconds: 0 }",
-            "profile: { cache_ttl_seconds: 0, deadline_ms: 600 }",
-        )
+        .replace("deadline_ms: 10000", "deadline_ms: 600")
         .replace("timeout_ms: 2000", "timeout_ms: 5000");
     let gw = start(&mocks, &section, None).await;
     // A dependency slower than the deadline: answered at the deadline with what there is.

@@ -67,8 +67,7 @@ async fn soak() {
     env.push(("REDIS_ADDR", format!("127.0.0.1:{redis_port}")));
     let section = format!(
         r#"rate_limit: {{ per_minute: 120, window_seconds: 10, trusted_proxies: ["127.0.0.1/32"] }}
-profile: {{ cache_ttl_seconds: 5 }}
-upstreams:
+{profile}upstreams:
   users:
     backends: ["{}", "127.0.0.1:{spare_port}"]
     health_check: {{ kind: http, path: /healthz, interval_ms: 500 }}
@@ -80,7 +79,8 @@ routes:
   - {{ prefix: "/echo/", upstream: echo }}
 "#,
         mocks.addr("user"),
-        echo.port
+        echo.port,
+        profile = common::profile_aggregate(5, 10_000)
     );
     let gw = Arc::new(Gateway::start(&section, &env).await);
     let pid = gw.proc.child.id();

@@ -1,5 +1,5 @@
 //! The four mock microservices behind the gateway (user, order, product, recommendation), in one
-//! process, for tests and demos: `GET /users/{id}` (an object), `/orders/user/{id}`, `/products`
+//! process, for tests and demos: `GET /users/{id}` (an object), `/orders/user/{id}`, `/products`, `/products/{id}`
 //! and `/recommendations/{id}` (arrays), the defaults README's service table lists, plus fault
 //! injection.
 //!
@@ -290,6 +290,18 @@ fn product_service() -> Router<Shared> {
                 return r;
             }
             Json(Value::Array((0..PRODUCTS.len()).map(product).collect())).into_response()
+        }),
+    )
+    .route(
+        "/products/{id}",
+        get(|State(s): State<Shared>, Path(id): Path<String>| async move {
+            if let Err(r) = gate(&s, "/products/{id}").await {
+                return r;
+            }
+            match PRODUCTS.iter().position(|(p, _, _)| *p == id) {
+                Some(i) => Json(product(i)).into_response(),
+                None => error(StatusCode::NOT_FOUND, "no such product"),
+            }
         }),
     ))
 }

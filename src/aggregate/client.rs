@@ -5,21 +5,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::config::{ServiceConfig, ServiceName};
+use crate::config::{Expect, ServiceConfig};
 use crate::headers;
 use crate::metrics;
 use crate::resilience::{
     Admission, BreakerState, CircuitBreaker, FailureKind, RetryBudget, RetryPolicy, Transition,
 };
-
-/// The JSON shape a service must answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    /// A JSON object (the user).
-    Object,
-    /// A JSON array (orders, products, recommendations).
-    Array,
-}
 
 /// Why a service call produced no document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +30,6 @@ pub struct ServiceClient {
     breaker: CircuitBreaker,
     retry: RetryPolicy,
     budget: RetryBudget,
-    shape: Shape,
 }
 
 /// Builds the pooled HTTP client shared by every service.
@@ -63,10 +53,6 @@ enum AttemptError {
 impl ServiceClient {
     /// A client for one configured service.
     pub fn new(config: ServiceConfig, http: reqwest::Client, now: Instant) -> ServiceClient {
-        let shape = match config.name {
-            ServiceName::User => Shape::Object,
-            _ => Shape::Array,
-        };
         metrics::BREAKER_STATE
             .with_label_values(&[config.name.as_str()])
             .set(0);
@@ -83,13 +69,7 @@ impl ServiceClient {
             ),
             config,
             http,
-            shape,
         }
-    }
-
-    /// Which service this is.
-    pub fn name(&self) -> ServiceName {
-        self.config.name
     }
 
     fn note(&self, t: Option<Transition>) {
@@ -107,21 +87,22 @@ impl ServiceClient {
         }
     }
 
-    fn url(&self, id: &str) -> String {
+    fn url(&self, path: &str) -> String {
         let base = self.config.url.as_str().trim_end_matches('/');
-        format!("{base}{}", self.config.path.replace("{id}", id))
+        format!("{base}{path}")
     }
 
-    /// Fetches the service's document for `id`, retrying within the service's call budget
+    /// Fetches `path` from the service, checks its shape is `expect`, retrying within the service's call budget
     /// (`timeout_ms`, every try and pause included) and the request's `deadline`, whichever
     /// ends first.
     pub async fn fetch(
         &self,
-        id: &str,
+        path: &str,
+        expect: Expect,
         request_id: &str,
         deadline: Instant,
     ) -> Result<Bytes, CallError> {
-        let url = self.url(id);
+        let url = self.url(path);
         let started = Instant::now();
         let deadline = deadline.min(started + self.config.timeout);
         self.budget.deposit(started);
@@ -145,7 +126,7 @@ impl ServiceClient {
             let result = if budget.is_zero() {
                 Err(AttemptError::Failed(FailureKind::Timeout))
             } else {
-                tokio::time::timeout(budget, self.attempt(&url, request_id))
+                tokio::time::timeout(budget, self.attempt(&url, expect, request_id))
                     .await
                     .unwrap_or(Err(AttemptError::Failed(FailureKind::Timeout)))
             };
@@ -196,7 +177,12 @@ impl ServiceClient {
         }
     }
 
-    async fn attempt(&self, url: &str, request_id: &str) -> Result<Bytes, AttemptError> {
+    async fn attempt(
+        &self,
+        url: &str,
+        expect: Expect,
+        request_id: &str,
+    ) -> Result<Bytes, AttemptError> {
         let mut resp = self
             .http
             .get(url)
@@ -241,7 +227,7 @@ impl ServiceClient {
             }
         }
         let body = body.freeze();
-        if has_shape(&body, self.shape) {
+        if has_shape(&body, expect) {
             Ok(body)
         } else {
             Err(AttemptError::Failed(FailureKind::BadBody))
@@ -250,14 +236,14 @@ impl ServiceClient {
 }
 
 /// Whether `body` is valid JSON of the expected top-level shape.
-pub fn has_shape(body: &[u8], shape: Shape) -> bool {
+pub fn has_shape(body: &[u8], expect: Expect) -> bool {
     if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
         return false;
     }
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     matches!(
-        (first, shape),
-        (Some(b'{'), Shape::Object) | (Some(b'['), Shape::Array)
+        (first, expect),
+        (Some(b'{'), Expect::Object) | (Some(b'['), Expect::Array) | (Some(_), Expect::Any)
     )
 }
 
@@ -267,11 +253,12 @@ mod tests {
 
     #[test]
     fn shapes_are_checked() {
-        assert!(has_shape(br#" {"id":"1"}"#, Shape::Object));
-        assert!(!has_shape(br#"[1]"#, Shape::Object));
-        assert!(has_shape(br#"[]"#, Shape::Array));
-        assert!(!has_shape(br#"{"id": 1, oops"#, Shape::Object));
-        assert!(!has_shape(b"<html></html>", Shape::Array));
-        assert!(!has_shape(b"", Shape::Array));
+        assert!(has_shape(br#" {"id":"1"}"#, Expect::Object));
+        assert!(!has_shape(br#"[1]"#, Expect::Object));
+        assert!(has_shape(br#"[]"#, Expect::Array));
+        assert!(has_shape(br#"42"#, Expect::Any));
+        assert!(!has_shape(br#"{"id": 1, oops"#, Expect::Object));
+        assert!(!has_shape(b"<html></html>", Expect::Array));
+        assert!(!has_shape(b"", Expect::Any));
     }
 }

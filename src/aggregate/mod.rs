@@ -1,21 +1,26 @@
-//! Aggregates: documents the gateway builds from several services. Today one, `GET
-//! /api/profile/{id}`: object-level authorization, cache-aside, single flight, the user service
-//! first and then orders, products and recommendations concurrently.
+//! Aggregates: documents the gateway builds from several services, declared in the conf file
+//! (`gateway.aggregates`, checked into a plan by `config::aggregates`). Each request runs its
+//! aggregate's legs as a dependency graph: a leg starts the moment every leg it depends on has
+//! finished, legs with nothing to wait for start at once, and `for_each` legs fan out per
+//! item. Object-level authorization, cache-aside and single flight per cache key come first.
 //!
 //! - [`client`]: the service clients (timeouts, retries, breakers, body checks).
+//! - [`template`]: filling path templates and reading values out of legs' JSON.
 //!
 //! This module returns documents and [`GatewayError`]s; `proxy` writes them. It may use
 //! `config`, `store`, `resilience`, `metrics`, `error` and the caller's `Identity`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 
-use crate::config::{Config, ProfileConfig, ServiceName};
+use crate::config::{AggregateConfig, Config, Expect, LegConfig, Segment};
 use crate::edge::auth::Identity;
 use crate::error::GatewayError;
 use crate::metrics;
@@ -23,8 +28,9 @@ use crate::resilience::FailureKind;
 use crate::store::Store;
 
 pub(crate) mod client;
+mod template;
 
-use self::client::{has_shape, CallError, ServiceClient, Shape};
+use self::client::{has_shape, CallError, ServiceClient};
 
 /// How the answer relates to the cache (the `X-Cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,19 +66,22 @@ impl CacheStatus {
     pub const ALL: [CacheStatus; 3] = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Bypass];
 }
 
-/// A finished profile answer.
+/// A finished aggregate answer.
 #[derive(Debug, Clone)]
-pub struct ProfileAnswer {
+pub struct Answer {
     /// The JSON document.
     pub body: Bytes,
     /// Cache outcome for `X-Cache`.
     pub cache: CacheStatus,
+    /// The `Cache-Control` value: `private, max-age=<ttl>` when the answer may be cached.
+    pub cache_control: String,
 }
 
 /// A document built from the upstreams, shared by every coalesced request.
 #[derive(Debug, Clone)]
 struct Built {
     body: Bytes,
+    degraded: bool,
 }
 
 type BuildFuture = BoxFuture<'static, Result<Built, GatewayError>>;
@@ -80,257 +89,599 @@ type Flight = Shared<BuildFuture>;
 /// In-flight builds: flight number (so a finished flight removes only itself) and a weak handle.
 type Inflight = Mutex<HashMap<String, (u64, WeakShared<BuildFuture>)>>;
 
-/// The aggregation service.
-pub struct ProfileService {
-    inner: Arc<Inner>,
+/// Every declared aggregate, ready to answer.
+pub struct Aggregates {
+    list: Vec<Arc<Aggregate>>,
 }
 
-struct Inner {
-    user: ServiceClient,
-    order: ServiceClient,
-    product: ServiceClient,
-    recommendation: ServiceClient,
+/// One declared aggregate with its clients, cache and in-flight builds.
+pub struct Aggregate {
+    config: AggregateConfig,
+    /// The literal start of the path (up to the first param): every path under it is this
+    /// aggregate's, and answered 400 when it does not match the pattern.
+    prefix: String,
+    /// One client per leg (shared per service: one breaker and retry budget per service).
+    clients: Vec<Arc<ServiceClient>>,
+    /// Whether a leg's value is read by a template, a `for_each` or a field of the response.
+    needs_json: Vec<bool>,
     store: Arc<Store>,
-    config: ProfileConfig,
-    /// In-flight builds by id. Weak, so that when every waiting client has gone the build is
+    /// In-flight builds by key. Weak, so that when every waiting client has gone the build is
     /// dropped (its upstream calls cancelled) rather than kept alive by this map.
     inflight: Inflight,
-    next_flight: std::sync::atomic::AtomicU64,
+    next_flight: AtomicU64,
 }
 
-/// Parses the `{id}` of `/api/profile/{id}`: 1–64 chars of `[A-Za-z0-9_-]`.
-pub fn parse_id(path: &str) -> Result<&str, GatewayError> {
-    let id = path
-        .strip_prefix(crate::proxy::routes::PROFILE_PREFIX)
-        .ok_or_else(|| GatewayError::BadRequest("expected /api/profile/{id}".into()))?;
-    if valid_id(id) {
-        Ok(id)
-    } else {
-        Err(GatewayError::BadRequest(
-            "profile id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'".into(),
-        ))
+impl Aggregates {
+    /// Builds the clients (one shared HTTP pool, one client per service) and each aggregate.
+    pub fn new(config: &Config, store: Arc<Store>) -> Result<Aggregates, reqwest::Error> {
+        let http = client::http_client()?;
+        let now = Instant::now();
+        let mut clients: HashMap<&str, Arc<ServiceClient>> = HashMap::new();
+        let mut list = Vec::new();
+        for a in &config.aggregates {
+            let mut legs = Vec::with_capacity(a.legs.len());
+            for leg in &a.legs {
+                let c = match clients.get(leg.service.as_str()) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let Some(svc) = config.services.get(&leg.service) else {
+                            // `config` checked every leg's service; unreachable.
+                            continue;
+                        };
+                        let c = Arc::new(ServiceClient::new(svc.clone(), http.clone(), now));
+                        clients.insert(leg.service.as_str(), c.clone());
+                        c
+                    }
+                };
+                legs.push(c);
+            }
+            let mut needs_json = vec![false; a.legs.len()];
+            for leg in &a.legs {
+                for p in &leg.path.parts {
+                    if let crate::config::Part::Value(v) = p {
+                        needs_json[v.leg] = true;
+                    }
+                }
+                if let Some(f) = &leg.for_each {
+                    needs_json[f.leg] = true;
+                }
+            }
+            for (_, v) in &a.response {
+                if !v.path.is_empty() {
+                    needs_json[v.leg] = true;
+                }
+            }
+            let mut prefix = String::new();
+            for seg in &a.path.segments {
+                prefix.push('/');
+                match seg {
+                    Segment::Literal(l) => prefix.push_str(l),
+                    Segment::Param(_) => break,
+                }
+            }
+            list.push(Arc::new(Aggregate {
+                config: a.clone(),
+                prefix,
+                clients: legs,
+                needs_json,
+                store: store.clone(),
+                inflight: Mutex::new(HashMap::new()),
+                next_flight: AtomicU64::new(0),
+            }));
+        }
+        Ok(Aggregates { list })
+    }
+
+    /// The aggregate a path belongs to: every path under its literal start (so that a bad
+    /// param is a 400 from the aggregate, not a 404).
+    pub fn route(&self, path: &str) -> Option<&Arc<Aggregate>> {
+        self.list.iter().find(|a| a.claims(path))
     }
 }
 
-fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
+impl std::fmt::Debug for Aggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregate").field("name", &self.config.name).finish()
+    }
+}
+
+impl Aggregate {
+    fn claims(&self, path: &str) -> bool {
+        let p = self.prefix.as_str();
+        if let Some(base) = p.strip_suffix('/') {
+            path == base || path.starts_with(p)
+        } else {
+            path == p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/'))
+        }
+    }
+}
+
+/// Whether `v` is a valid path param: 1–64 chars of `[A-Za-z0-9_-]`.
+fn valid_param(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Resolves `me` and applies the owner-only rule; returns the id to serve.
-pub fn authorize(
-    id: &str,
-    identity: Option<&Identity>,
-    owner_only: bool,
-) -> Result<String, GatewayError> {
-    let id = if id == "me" {
-        let who = identity.ok_or_else(|| GatewayError::Unauthorized {
-            message: "missing bearer token".into(),
-            token_given: false,
-        })?;
-        if !valid_id(&who.sub) {
-            return Err(GatewayError::BadRequest(
-                "the token's subject is not a valid profile id".into(),
-            ));
-        }
-        who.sub.clone()
-    } else {
-        id.to_string()
-    };
-    if owner_only {
-        let allowed = identity.is_some_and(|who| who.sub == id || who.has_role("admin"));
-        if !allowed {
-            return Err(GatewayError::Forbidden(
-                "a token may read only its own profile".into(),
-            ));
-        }
-    }
-    Ok(id)
-}
-
 struct FlightGuard {
-    inner: Arc<Inner>,
-    id: String,
+    aggregate: Arc<Aggregate>,
+    key: String,
     flight: u64,
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        let mut map = self.inner.inflight.lock();
-        if map.get(&self.id).is_some_and(|(f, _)| *f == self.flight) {
-            map.remove(&self.id);
+        let mut map = self.aggregate.inflight.lock();
+        if map.get(&self.key).is_some_and(|(f, _)| *f == self.flight) {
+            map.remove(&self.key);
         }
     }
 }
 
-impl ProfileService {
-    /// Builds the service clients (one shared HTTP pool) and the cache.
-    pub fn new(config: &Config, store: Arc<Store>) -> Result<ProfileService, reqwest::Error> {
-        let http = client::http_client()?;
-        let now = Instant::now();
-        let client =
-            |name| ServiceClient::new(config.services.get(name).clone(), http.clone(), now);
-        Ok(ProfileService {
-            inner: Arc::new(Inner {
-                user: client(ServiceName::User),
-                order: client(ServiceName::Order),
-                product: client(ServiceName::Product),
-                recommendation: client(ServiceName::Recommendation),
-                store,
-                config: config.profile.clone(),
-                inflight: Mutex::new(HashMap::new()),
-                next_flight: Default::default(),
-            }),
-        })
+/// What became of one leg.
+#[derive(Debug, Clone)]
+enum LegOutcome {
+    /// Its document, and (when something reads into it) the parsed JSON.
+    Done(Bytes, Option<Arc<serde_json::Value>>),
+    /// Failed, skipped or partly fetched: its default (or what items came back) stands in,
+    /// and its response key is degraded.
+    Degraded(Bytes, Option<Arc<serde_json::Value>>),
+}
+
+impl LegOutcome {
+    fn ok(&self) -> bool {
+        matches!(self, LegOutcome::Done(..))
     }
 
-    /// Answers an already authorized profile request for `id`.
-    pub async fn get(&self, id: &str, request_id: &str) -> Result<ProfileAnswer, GatewayError> {
-        let inner = &self.inner;
-        let mut cache = CacheStatus::Miss;
-        if !inner.config.cache_ttl.is_zero() {
-            match inner.store.get(&cache_key(id)).await {
-                // A value that is not a JSON object is corrupt: a miss, overwritten below.
-                Ok(Some(v)) if has_shape(&v, Shape::Object) => {
-                    metrics::CACHE_REQUESTS
-                        .with_label_values(&[CacheStatus::Hit.label()])
-                        .inc();
-                    return Ok(ProfileAnswer {
+    fn json(&self) -> Option<&serde_json::Value> {
+        match self {
+            LegOutcome::Done(_, j) | LegOutcome::Degraded(_, j) => j.as_deref(),
+        }
+    }
+
+    fn raw(&self) -> &Bytes {
+        match self {
+            LegOutcome::Done(b, _) | LegOutcome::Degraded(b, _) => b,
+        }
+    }
+}
+
+impl Aggregate {
+    /// The aggregate's name (metric label, log field).
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Whether the aggregate answers `method` (HEAD follows GET).
+    pub fn allows(&self, method: &http::Method) -> bool {
+        *method == http::Method::HEAD || self.config.methods.contains(method)
+    }
+
+    /// The path's params, in pattern order; 400 when the path does not fit the pattern.
+    pub fn params(&self, path: &str) -> Result<Vec<String>, GatewayError> {
+        let bad = || {
+            GatewayError::BadRequest(
+                format!(
+                    "expected {} with each {{param}} 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                    self.config.path.text
+                )
+                .into(),
+            )
+        };
+        let rest = path.strip_prefix('/').ok_or_else(bad)?;
+        let segs: Vec<&str> = rest.split('/').collect();
+        if segs.len() != self.config.path.segments.len() {
+            return Err(bad());
+        }
+        let mut params = Vec::new();
+        for (seg, want) in segs.iter().zip(&self.config.path.segments) {
+            match want {
+                Segment::Literal(l) if l == seg => {}
+                Segment::Literal(_) => return Err(bad()),
+                Segment::Param(_) if valid_param(seg) => params.push(seg.to_string()),
+                Segment::Param(_) => return Err(bad()),
+            }
+        }
+        Ok(params)
+    }
+
+    /// Resolves `me` and applies `authorize` to `params`.
+    pub fn authorize(
+        &self,
+        params: &mut [String],
+        identity: Option<&Identity>,
+    ) -> Result<(), GatewayError> {
+        let Some(rule) = &self.config.authorize else {
+            return Ok(());
+        };
+        let value = &mut params[rule.param];
+        if rule.me && value == "me" {
+            let who = identity.ok_or_else(|| GatewayError::Unauthorized {
+                message: "missing bearer token".into(),
+                token_given: false,
+            })?;
+            if !valid_param(&who.sub) {
+                return Err(GatewayError::BadRequest(
+                    "the token's subject is not a valid path value".into(),
+                ));
+            }
+            *value = who.sub.clone();
+        }
+        let allowed = identity.is_some_and(|who| {
+            who.sub == *value || rule.bypass_roles.iter().any(|r| who.has_role(r))
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(GatewayError::Forbidden(
+                format!("a token may read only its own {}", self.config.name).into(),
+            ))
+        }
+    }
+
+    /// Answers an authorized request with these `params`.
+    pub async fn get(
+        self: &Arc<Self>,
+        params: Vec<String>,
+        request_id: &str,
+    ) -> Result<Answer, GatewayError> {
+        let name = self.config.name.as_str();
+        let cache = self.config.cache.as_ref().filter(|c| !c.ttl.is_zero());
+        let key = match cache {
+            Some(c) => template::render(&c.key, &params, &[], None).unwrap_or_default(),
+            // Without a cache, requests for the same params still share one build.
+            None => params.join("/"),
+        };
+        let mut status = CacheStatus::Miss;
+        if cache.is_some() {
+            match self.store.get(&key).await {
+                // A value that is not JSON is corrupt: a miss, overwritten below.
+                Ok(Some(v)) if has_shape(&v, Expect::Any) => {
+                    cache_metric(name, CacheStatus::Hit);
+                    return Ok(Answer {
                         body: v,
                         cache: CacheStatus::Hit,
+                        cache_control: self.cache_control(false),
                     });
                 }
                 Ok(_) => {}
-                Err(_) => cache = CacheStatus::Bypass,
+                Err(_) => status = CacheStatus::Bypass,
             }
         }
-        metrics::CACHE_REQUESTS
-            .with_label_values(&[cache.label()])
-            .inc();
-        let built = self.flight(id, request_id).await?;
-        Ok(ProfileAnswer {
+        cache_metric(name, status);
+        let built = self.flight(key, params, request_id).await?;
+        Ok(Answer {
+            cache_control: self.cache_control(built.degraded),
             body: built.body,
-            cache,
+            cache: status,
         })
     }
 
-    /// Joins the in-flight build for `id`, or starts one.
-    fn flight(&self, id: &str, request_id: &str) -> Flight {
-        let mut map = self.inner.inflight.lock();
-        if let Some(f) = map.get(id).and_then(|(_, w)| w.upgrade()) {
+    fn cache_control(&self, degraded: bool) -> String {
+        match self.config.cache.as_ref() {
+            Some(c) if !c.ttl.is_zero() && !degraded => {
+                format!("private, max-age={}", c.ttl.as_secs())
+            }
+            _ => "no-store".into(),
+        }
+    }
+
+    /// Joins the in-flight build for `key`, or starts one.
+    fn flight(self: &Arc<Self>, key: String, params: Vec<String>, request_id: &str) -> Flight {
+        let mut map = self.inflight.lock();
+        if let Some(f) = map.get(&key).and_then(|(_, w)| w.upgrade()) {
             return f;
         }
-        let flight = self
-            .inner
-            .next_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let flight = self.next_flight.fetch_add(1, Ordering::Relaxed);
         let guard = FlightGuard {
-            inner: self.inner.clone(),
-            id: id.to_string(),
+            aggregate: self.clone(),
+            key: key.clone(),
             flight,
         };
-        let inner = self.inner.clone();
-        let id_owned = id.to_string();
+        let me = self.clone();
         let request_id = request_id.to_string();
+        let cache_key = key.clone();
         let fut: Flight = async move {
             let _guard = guard;
-            inner.build(&id_owned, &request_id).await
+            me.build(cache_key, params, &request_id).await
         }
         .boxed()
         .shared();
         if let Some(weak) = fut.downgrade() {
-            map.insert(id.to_string(), (flight, weak));
+            map.insert(key, (flight, weak));
         }
         fut
     }
-}
 
-fn cache_key(id: &str) -> String {
-    format!("profile:{id}")
-}
-
-impl Inner {
-    async fn build(self: &Arc<Self>, id: &str, request_id: &str) -> Result<Built, GatewayError> {
+    /// Runs the legs as their dependencies finish, then writes the document.
+    async fn build(
+        self: &Arc<Self>,
+        key: String,
+        params: Vec<String>,
+        request_id: &str,
+    ) -> Result<Built, GatewayError> {
         let deadline = Instant::now() + self.config.deadline;
-        let user = self
-            .user
-            .fetch(id, request_id, deadline)
-            .await
-            .map_err(|e| match e {
-                CallError::NotFound => GatewayError::NotFound("user not found".into()),
-                CallError::BreakerOpen => {
-                    GatewayError::Unavailable("user service unavailable (circuit open)".into())
-                }
-                CallError::Failed(FailureKind::Timeout) => {
-                    GatewayError::Timeout("user service timed out".into())
-                }
-                CallError::Failed(_) => GatewayError::BadGateway("user service failed".into()),
-            })?;
-        let (orders, products, recommendations) = tokio::join!(
-            self.order.fetch(id, request_id, deadline),
-            self.product.fetch(id, request_id, deadline),
-            self.recommendation.fetch(id, request_id, deadline),
-        );
-        let parts = [
-            (&self.order, orders),
-            (&self.product, products),
-            (&self.recommendation, recommendations),
-        ];
-        let mut body = BytesMut::with_capacity(
-            64 + user.len()
-                + parts
-                    .iter()
-                    .map(|(_, r)| r.as_ref().map_or(2, |b| b.len()))
-                    .sum::<usize>(),
-        );
-        body.put_slice(b"{\"user\":");
-        body.put_slice(&user);
-        let mut degraded: Vec<&'static str> = Vec::new();
-        for (client, result) in &parts {
-            let key = client.name().document_key();
-            body.put_slice(b",\"");
-            body.put_slice(key.as_bytes());
-            body.put_slice(b"\":");
-            match result {
-                Ok(doc) => body.put_slice(doc),
-                Err(_) => {
-                    metrics::PROFILE_DEGRADED
-                        .with_label_values(&[client.name().as_str()])
-                        .inc();
-                    degraded.push(key);
-                    body.put_slice(b"[]");
+        let legs = &self.config.legs;
+        let mut done: Vec<Option<LegOutcome>> = vec![None; legs.len()];
+        let mut started = vec![false; legs.len()];
+        let mut running = FuturesUnordered::new();
+        loop {
+            // Start (or skip) every leg whose dependencies have all finished; a skip may
+            // unblock others, hence the loop.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for (i, leg) in legs.iter().enumerate() {
+                    if started[i] || leg.deps.iter().any(|&d| done[d].is_none()) {
+                        continue;
+                    }
+                    started[i] = true;
+                    if leg.deps.iter().any(|&d| done[d].as_ref().is_some_and(|o| !o.ok())) {
+                        // A leg that needs a failed optional leg is skipped (degraded).
+                        done[i] = Some(self.fallback(i));
+                        progressed = true;
+                        continue;
+                    }
+                    let inputs: Vec<Option<serde_json::Value>> = leg
+                        .deps
+                        .iter()
+                        .map(|&d| done[d].as_ref().and_then(|o| o.json().cloned()))
+                        .collect();
+                    let me = self.clone();
+                    let params = &params;
+                    running.push(async move {
+                        (i, me.run_leg(i, params, &inputs, request_id, deadline).await)
+                    });
                 }
             }
+            let Some((i, outcome)) = running.next().await else {
+                break;
+            };
+            done[i] = Some(outcome?);
         }
-        body.put_slice(b",\"degraded\":");
+        let outcomes: Vec<LegOutcome> = done
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| o.unwrap_or_else(|| self.fallback(i)))
+            .collect();
+        let (body, degraded) = self.document(&outcomes);
+        if !degraded {
+            if let Some(c) = self.config.cache.as_ref().filter(|c| !c.ttl.is_zero()) {
+                // The response does not wait for the write; a failed write only costs a miss.
+                let store = self.store.clone();
+                let value = body.clone();
+                let ttl = c.ttl;
+                tokio::spawn(async move {
+                    if let Err(e) = store.set(&key, value, ttl).await {
+                        tracing::debug!(error = %e, "aggregate cache write failed");
+                    }
+                });
+            }
+        }
+        Ok(Built { body, degraded })
+    }
+
+    /// An optional leg's stand-in: its default, degraded.
+    fn fallback(&self, i: usize) -> LegOutcome {
+        let leg = &self.config.legs[i];
+        let raw = serde_json::to_vec(&leg.default).unwrap_or_else(|_| b"null".to_vec());
+        LegOutcome::Degraded(
+            Bytes::from(raw),
+            self.needs_json[i].then(|| Arc::new(leg.default.clone())),
+        )
+    }
+
+    /// One leg: its calls, and what the aggregate makes of their outcome. `Err` only for a
+    /// required leg that failed (the whole answer is that error).
+    async fn run_leg(
+        &self,
+        i: usize,
+        params: &[String],
+        inputs: &[Option<serde_json::Value>],
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<LegOutcome, GatewayError> {
+        let leg = &self.config.legs[i];
+        let values: Vec<(usize, &serde_json::Value)> = leg
+            .deps
+            .iter()
+            .zip(inputs)
+            .filter_map(|(&d, v)| v.as_ref().map(|v| (d, v)))
+            .collect();
+        let result = match &leg.for_each {
+            None => self.call_once(i, params, &values, request_id, deadline).await,
+            Some(_) => {
+                return Ok(self
+                    .fan_out(i, params, &values, request_id, deadline)
+                    .await)
+            }
+        };
+        match result {
+            Ok(body) => {
+                let json = if self.needs_json[i] {
+                    serde_json::from_slice(&body).ok().map(Arc::new)
+                } else {
+                    None
+                };
+                Ok(LegOutcome::Done(body, json))
+            }
+            Err(e) if leg.required => Err(self.required_failed(leg, e)),
+            Err(_) => Ok(self.fallback(i)),
+        }
+    }
+
+    async fn call_once(
+        &self,
+        i: usize,
+        params: &[String],
+        values: &[(usize, &serde_json::Value)],
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<Bytes, CallError> {
+        let leg = &self.config.legs[i];
+        let path = template::render(&leg.path, params, values, None)
+            .ok_or(CallError::Failed(FailureKind::BadBody))?;
+        self.clients[i]
+            .fetch(&path, leg.expect, request_id, deadline)
+            .await
+    }
+
+    /// A `for_each` leg: one call per item (at most `max_items`, `concurrency` at once), the
+    /// results in the items' order; failed items dropped and the key degraded.
+    async fn fan_out(
+        &self,
+        i: usize,
+        params: &[String],
+        values: &[(usize, &serde_json::Value)],
+        request_id: &str,
+        deadline: Instant,
+    ) -> LegOutcome {
+        let leg = &self.config.legs[i];
+        let Some(source) = leg.for_each.as_ref() else {
+            return self.fallback(i);
+        };
+        let items = values
+            .iter()
+            .find(|(d, _)| *d == source.leg)
+            .and_then(|(_, v)| template::lookup(v, &source.path))
+            .and_then(|v| v.as_array());
+        let Some(items) = items else {
+            return self.fallback(i);
+        };
+        let mut degraded = items.len() > leg.max_items;
+        let calls: Vec<_> = items
+            .iter()
+            .take(leg.max_items)
+            .map(|item| self.fetch_item(i, params, values, item, request_id, deadline))
+            .collect();
+        let results: Vec<Result<Bytes, CallError>> = futures::stream::iter(calls)
+            .buffered(leg.concurrency)
+            .collect()
+            .await;
+        let mut body = BytesMut::with_capacity(2 + results.iter().map(|r| r.as_ref().map_or(0, |b| b.len() + 1)).sum::<usize>());
+        body.put_u8(b'[');
+        let mut first = true;
+        for r in results {
+            match r {
+                Ok(doc) => {
+                    if !first {
+                        body.put_u8(b',');
+                    }
+                    first = false;
+                    body.put_slice(&doc);
+                }
+                Err(_) => degraded = true,
+            }
+        }
+        body.put_u8(b']');
+        let body = body.freeze();
+        let json = if self.needs_json[i] {
+            serde_json::from_slice(&body).ok().map(Arc::new)
+        } else {
+            None
+        };
+        if degraded {
+            LegOutcome::Degraded(body, json)
+        } else {
+            LegOutcome::Done(body, json)
+        }
+    }
+
+    /// One item of a `for_each` leg.
+    async fn fetch_item(
+        &self,
+        i: usize,
+        params: &[String],
+        values: &[(usize, &serde_json::Value)],
+        item: &serde_json::Value,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<Bytes, CallError> {
+        let leg = &self.config.legs[i];
+        let path = template::render(&leg.path, params, values, Some(item))
+            .ok_or(CallError::Failed(FailureKind::BadBody))?;
+        self.clients[i]
+            .fetch(&path, leg.expect, request_id, deadline)
+            .await
+    }
+
+    fn required_failed(&self, leg: &LegConfig, e: CallError) -> GatewayError {
+        let service = leg.service.as_str();
+        match e {
+            CallError::NotFound => GatewayError::NotFound(format!("{} not found", leg.name).into()),
+            CallError::BreakerOpen => GatewayError::Unavailable(
+                format!("{service} service unavailable (circuit open)").into(),
+            ),
+            CallError::Failed(FailureKind::Timeout) => {
+                GatewayError::Timeout(format!("{service} service timed out").into())
+            }
+            CallError::Failed(_) => {
+                GatewayError::BadGateway(format!("{service} service failed").into())
+            }
+        }
+    }
+
+    /// Writes the response keys in order, then `degraded`: legs used whole go in as the bytes
+    /// their service sent.
+    fn document(&self, outcomes: &[LegOutcome]) -> (Bytes, bool) {
+        let mut body = BytesMut::with_capacity(
+            32 + outcomes.iter().map(|o| o.raw().len() + 16).sum::<usize>(),
+        );
+        let mut degraded: Vec<&str> = Vec::new();
+        body.put_u8(b'{');
+        for (key, source) in &self.config.response {
+            let outcome = &outcomes[source.leg];
+            if !outcome.ok() {
+                metrics::AGGREGATE_DEGRADED
+                    .with_label_values(&[
+                        self.config.name.as_str(),
+                        self.config.legs[source.leg].name.as_str(),
+                    ])
+                    .inc();
+                degraded.push(key);
+            }
+            put_json_string(&mut body, key);
+            body.put_u8(b':');
+            if source.path.is_empty() {
+                body.put_slice(outcome.raw());
+            } else {
+                let v = outcome
+                    .json()
+                    .and_then(|j| template::lookup(j, &source.path))
+                    .unwrap_or(&serde_json::Value::Null);
+                body.put_slice(serde_json::to_string(v).unwrap_or_else(|_| "null".into()).as_bytes());
+            }
+            body.put_u8(b',');
+        }
+        body.put_slice(b"\"degraded\":");
         body.put_slice(
             serde_json::to_string(&degraded)
                 .unwrap_or_else(|_| "[]".into())
                 .as_bytes(),
         );
-        body.put_slice(b"}");
-        let body = body.freeze();
-        if degraded.is_empty() && !self.config.cache_ttl.is_zero() {
-            // The response does not wait for the write; a failed write only costs a miss later.
-            let store = self.store.clone();
-            let key = cache_key(id);
-            let value = body.clone();
-            let ttl = self.config.cache_ttl;
-            tokio::spawn(async move {
-                if let Err(e) = store.set(&key, value, ttl).await {
-                    tracing::debug!(error = %e, "profile cache write failed");
-                }
-            });
-        }
-        Ok(Built { body })
+        body.put_u8(b'}');
+        (body.freeze(), !degraded.is_empty())
     }
+}
+
+fn put_json_string(body: &mut BytesMut, s: &str) {
+    body.put_slice(
+        serde_json::to_string(s)
+            .unwrap_or_else(|_| "\"\"".into())
+            .as_bytes(),
+    );
+}
+
+fn cache_metric(aggregate: &str, status: CacheStatus) {
+    metrics::CACHE_REQUESTS
+        .with_label_values(&[aggregate, status.label()])
+        .inc();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, LoadMode};
 
     fn who(sub: &str, roles: &[&str]) -> Identity {
         Identity {
@@ -339,38 +690,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ids_are_validated() {
-        assert_eq!(parse_id("/api/profile/abc_1-2").ok(), Some("abc_1-2"));
-        for bad in [
-            "/api/profile/",
-            "/api/profile/../1",
-            "/api/profile/%00",
-            "/api/profile/a/b",
-        ] {
-            assert!(parse_id(bad).is_err(), "{bad}");
-        }
-        assert!(parse_id(&format!("/api/profile/{}", "a".repeat(64))).is_ok());
-        assert!(parse_id(&format!("/api/profile/{}", "a".repeat(65))).is_err());
+    fn profile() -> Arc<Aggregate> {
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+        let cfg = Config::from_yaml("gateway: {}", &env, LoadMode::Run).expect("config");
+        let store = Arc::new(Store::Memory(crate::store::MemoryKv::default()));
+        let all = Aggregates::new(&cfg, store).expect("aggregates");
+        all.route("/api/profile/1").expect("profile").clone()
     }
 
     #[test]
-    fn owner_only_and_me() {
+    fn params_are_validated() {
+        let p = profile();
+        assert_eq!(p.params("/api/profile/abc_1-2").ok(), Some(vec!["abc_1-2".to_string()]));
+        for bad in ["/api/profile/", "/api/profile/../1", "/api/profile/%00", "/api/profile/a/b"] {
+            assert!(p.params(bad).is_err(), "{bad}");
+        }
+        assert!(p.params(&format!("/api/profile/{}", "a".repeat(64))).is_ok());
+        assert!(p.params(&format!("/api/profile/{}", "a".repeat(65))).is_err());
+    }
+
+    #[tokio::test]
+    async fn owner_only_and_me() {
+        let p = profile();
         let five = who("5", &[]);
-        assert_eq!(authorize("5", Some(&five), true).ok().as_deref(), Some("5"));
-        assert_eq!(
-            authorize("me", Some(&five), true).ok().as_deref(),
-            Some("5")
-        );
-        assert_eq!(
-            authorize("6", Some(&five), true).map_err(|e| e.status()),
-            Err(403)
-        );
-        assert!(authorize("6", Some(&who("1", &["admin"])), true).is_ok());
-        assert!(authorize("6", Some(&five), false).is_ok());
-        assert_eq!(
-            authorize("me", None, false).map_err(|e| e.status()),
-            Err(401)
-        );
+        let mut ps = vec!["5".to_string()];
+        assert!(p.authorize(&mut ps, Some(&five)).is_ok());
+        let mut ps = vec!["me".to_string()];
+        assert!(p.authorize(&mut ps, Some(&five)).is_ok());
+        assert_eq!(ps, vec!["5".to_string()]);
+        let mut ps = vec!["6".to_string()];
+        assert_eq!(p.authorize(&mut ps, Some(&five)).map_err(|e| e.status()), Err(403));
+        let mut ps = vec!["6".to_string()];
+        assert!(p.authorize(&mut ps, Some(&who("1", &["admin"]))).is_ok());
+        let mut ps = vec!["me".to_string()];
+        assert_eq!(p.authorize(&mut ps, None).map_err(|e| e.status()), Err(401));
     }
 }

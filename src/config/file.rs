@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::aggregates::AggregateFile;
+
 /// The whole conf file as far as the gateway is concerned: Pingora's keys are ignored here.
 #[derive(Debug, Deserialize)]
 pub(super) struct FileRoot {
@@ -21,8 +23,11 @@ pub(super) struct GatewayFile {
     pub(super) redis: RedisFile,
     pub(super) auth: AuthFile,
     pub(super) rate_limit: RateLimitFile,
-    pub(super) services: ServicesFile,
-    pub(super) profile: ProfileFile,
+    pub(super) services: BTreeMap<String, ServiceFile>,
+    /// Gone: the profile endpoint is declared under `aggregates` now (kept to say so).
+    pub(super) profile: Option<serde::de::IgnoredAny>,
+    /// `None` (the key absent): the built-in profile declaration.
+    pub(super) aggregates: Option<Vec<AggregateFile>>,
     pub(super) limits: LimitsFile,
     pub(super) upstreams: BTreeMap<String, UpstreamFile>,
     pub(super) routes: Vec<RouteFile>,
@@ -36,8 +41,9 @@ impl Default for GatewayFile {
             redis: RedisFile::default(),
             auth: AuthFile::default(),
             rate_limit: RateLimitFile::default(),
-            services: ServicesFile::default(),
-            profile: ProfileFile::default(),
+            services: BTreeMap::new(),
+            profile: None,
+            aggregates: None,
             limits: LimitsFile::default(),
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
@@ -103,16 +109,7 @@ impl Default for RateLimitFile {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct ServicesFile {
-    pub(super) user: ServiceFile,
-    pub(super) order: ServiceFile,
-    pub(super) product: ServiceFile,
-    pub(super) recommendation: ServiceFile,
-}
-
-/// One dependency of the profile endpoint; absent keys take the per-service defaults.
+/// One service of the aggregates; absent keys take the defaults.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct ServiceFile {
@@ -156,24 +153,6 @@ impl Default for BreakerFile {
         BreakerFile {
             failures: 3,
             open_ms: 10_000,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct ProfileFile {
-    pub(super) cache_ttl_seconds: u64,
-    pub(super) owner_only: bool,
-    pub(super) deadline_ms: u64,
-}
-
-impl Default for ProfileFile {
-    fn default() -> Self {
-        ProfileFile {
-            cache_ttl_seconds: 30,
-            owner_only: true,
-            deadline_ms: 10_000,
         }
     }
 }

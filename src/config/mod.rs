@@ -5,7 +5,8 @@
 //!
 //! - `file`: the YAML exactly as written, with defaults.
 //! - `resolve`: env overrides and validation, one function per section.
-//! - `services`: the aggregates' services, their names and section.
+//! - `services`: the aggregates' services.
+//! - `aggregates`: the declared composite endpoints, checked into plans.
 //!
 //! This module uses nothing else of the gateway; every other module reads the typed config.
 
@@ -21,8 +22,13 @@ use file::FileRoot;
 pub use file::HealthCheckKind;
 mod resolve;
 pub use resolve::normalise_redis_addr;
+mod aggregates;
+pub use aggregates::{
+    AggregateConfig, Authorize, CacheSpec, Expect, LegConfig, Part, PathPattern, Segment, Step,
+    Template, ValueRef,
+};
 mod services;
-pub use services::{ServiceConfig, ServiceName, Services};
+pub use services::{ServiceConfig, Services};
 
 /// A start-up configuration problem, naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +77,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Per-IP fixed-window limiter settings.
     pub rate_limit: RateLimitConfig,
-    /// The profile endpoint's four dependencies, in fixed order.
+    /// The services the aggregates call, by name.
     pub services: Services,
-    /// Profile endpoint behaviour.
-    pub profile: ProfileConfig,
+    /// The declared composite endpoints, checked.
+    pub aggregates: Vec<AggregateConfig>,
     /// Request size caps enforced at the edge.
     pub limits: LimitsConfig,
     /// Upstream groups for transparent proxying, by name.
@@ -146,17 +152,6 @@ pub struct RateLimitConfig {
     pub window: Duration,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
-}
-
-/// Profile endpoint behaviour.
-#[derive(Debug, Clone)]
-pub struct ProfileConfig {
-    /// TTL of `profile:{id}`; 0 disables the cache.
-    pub cache_ttl: Duration,
-    /// Only the owner (or an admin) may read a profile.
-    pub owner_only: bool,
-    /// Budget of the whole aggregation, shared by all calls and retries.
-    pub deadline: Duration,
 }
 
 /// Request size caps.
@@ -340,8 +335,9 @@ mod tests {
         let c = load("")?;
         assert_eq!(c.listen, "0.0.0.0:8080".parse()?);
         assert_eq!(c.rate_limit.limit, 10);
-        assert_eq!(c.services.order.path, "/orders/user/{id}");
-        assert_eq!(c.services.product.retry_attempts, 3);
+        assert_eq!(c.services.get("product").map(|s| s.retry_attempts), Some(3));
+        assert_eq!(c.aggregates[0].name, "profile", "the built-in declaration");
+        assert_eq!(c.aggregates[0].legs[1].name, "orders");
         assert!(c.auth.is_public("/healthz"));
         assert!(!c.auth.is_public("/healthz/x"));
         Ok(())
@@ -360,8 +356,31 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9000".parse()?);
         assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:6390"));
         assert_eq!(c.rate_limit.limit, 42);
-        assert_eq!(c.services.user.url.host_str(), Some("users.internal"));
+        assert_eq!(
+            c.services.get("user").and_then(|s| s.url.host_str()),
+            Some("users.internal")
+        );
         Ok(())
+    }
+
+    #[test]
+    fn any_service_name_takes_its_url_from_its_own_variable() -> Result<(), Box<dyn std::error::Error>> {
+        let env = env_with(&[("JWT_SECRET", "s"), ("CATALOG_V2_SERVICE_URL", "http://cat:81")]);
+        let c = Config::from_yaml(
+            "gateway: {services: {catalog-v2: {timeout_ms: 700}}}",
+            &env,
+            LoadMode::Run,
+        )?;
+        let cat = c.services.get("catalog-v2").ok_or("declared")?;
+        assert_eq!(cat.url.as_str(), "http://cat:81/");
+        assert!(err_text("gateway: {services: {catalog: {timeout_ms: 700}}}").contains("gateway.services.catalog.url"));
+        Ok(())
+    }
+
+    #[test]
+    fn the_old_profile_key_says_where_it_moved() {
+        let e = err_text("gateway: {profile: {cache_ttl_seconds: 5}}");
+        assert!(e.contains("gateway.profile") && e.contains("gateway.aggregates"), "{e}");
     }
 
     #[test]

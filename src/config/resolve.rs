@@ -9,9 +9,11 @@ use ipnet::IpNet;
 use url::Url;
 
 use super::file::{
-    AuthFile, GatewayFile, LimitsFile, ProfileFile, RateLimitFile, RedisFile, RouteFile, StripFile,
+    AuthFile, GatewayFile, LimitsFile, RateLimitFile, RedisFile, RouteFile, StripFile,
     UpstreamFile,
 };
+use super::aggregates::{default_files, resolve_aggregates};
+use super::services::resolve_services;
 use super::*;
 
 fn parse_listen(
@@ -74,16 +76,32 @@ impl GatewayFile {
     pub(super) fn resolve(self, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
         let (listen, metrics_listen) = resolve_listeners(&self.listen, &self.metrics_listen, env)?;
         let upstreams = resolve_upstreams(self.upstreams, mode)?;
+        if self.profile.is_some() {
+            return Err(invalid(
+                "gateway.profile",
+                "moved: the profile endpoint is declared under gateway.aggregates (see \
+                 conf/gateway.yaml); cache_ttl_seconds is its cache.ttl_seconds, deadline_ms its \
+                 deadline_ms, owner_only its authorize",
+            ));
+        }
         let limits = self.limits.resolve()?;
         let routes = resolve_routes(self.routes, &upstreams, &limits.body)?;
+        let services = resolve_services(self.services, env)?;
+        let names = services.names();
+        let prefixes: Vec<String> = routes.iter().map(|r| r.prefix.clone()).collect();
+        let aggregates = resolve_aggregates(
+            self.aggregates.unwrap_or_else(default_files),
+            &names,
+            &prefixes,
+        )?;
         Ok(Config {
             listen,
             metrics_listen,
             redis: self.redis.resolve(env)?,
             auth: self.auth.resolve(env, mode)?,
             rate_limit: self.rate_limit.resolve(env)?,
-            services: self.services.resolve(env)?,
-            profile: self.profile.resolve()?,
+            services,
+            aggregates,
             limits,
             upstreams,
             routes,
@@ -201,16 +219,6 @@ impl RateLimitFile {
             limit,
             window: Duration::from_secs(window_seconds),
             trusted_proxies,
-        })
-    }
-}
-
-impl ProfileFile {
-    fn resolve(self) -> Result<ProfileConfig, ConfigError> {
-        Ok(ProfileConfig {
-            cache_ttl: Duration::from_secs(self.cache_ttl_seconds),
-            owner_only: self.owner_only,
-            deadline: millis("gateway.profile.deadline_ms", self.deadline_ms)?,
         })
     }
 }

@@ -1,108 +1,58 @@
-//! The aggregates' services (`gateway.services.*`): their names, typed settings and the
-//! validation of their section, env overrides (`*_SERVICE_URL`) included.
+//! The aggregates' services (`gateway.services.*`): any names, typed settings and the
+//! validation of their section, env overrides (`<NAME>_SERVICE_URL`) included.
 
 use std::time::Duration;
 
 use url::Url;
 
-use super::file::{ServiceFile, ServicesFile};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::file::ServiceFile;
 use super::resolve::{millis, positive};
 use super::{invalid, ConfigError, Env};
 
-/// Names of the profile's dependencies, also their metric label and document key source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServiceName {
-    /// The user service (asked first).
-    User,
-    /// The order service.
-    Order,
-    /// The product service.
-    Product,
-    /// The recommendation service.
-    Recommendation,
+/// The services every conf has unless it says otherwise: the mocks' four, on their ports.
+const DEFAULTS: [(&str, &str); 4] = [
+    ("user", "http://127.0.0.1:8081"),
+    ("order", "http://127.0.0.1:8082"),
+    ("product", "http://127.0.0.1:8083"),
+    ("recommendation", "http://127.0.0.1:8084"),
+];
+
+/// The variable that overrides a service's `url`: `<NAME>_SERVICE_URL`.
+pub fn url_var(name: &str) -> String {
+    let upper: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    format!("{upper}_SERVICE_URL")
 }
 
-impl ServiceName {
-    /// All four, in config order.
-    pub const ALL: [ServiceName; 4] = [
-        ServiceName::User,
-        ServiceName::Order,
-        ServiceName::Product,
-        ServiceName::Recommendation,
-    ];
-
-    /// The key of the service's part in the profile document (and in `degraded`).
-    pub fn document_key(self) -> &'static str {
-        match self {
-            ServiceName::User => "user",
-            ServiceName::Order => "orders",
-            ServiceName::Product => "products",
-            ServiceName::Recommendation => "recommendations",
-        }
-    }
-
-    /// The config key and metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceName::User => "user",
-            ServiceName::Order => "order",
-            ServiceName::Product => "product",
-            ServiceName::Recommendation => "recommendation",
-        }
-    }
-
-    fn defaults(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            ServiceName::User => ("USER_SERVICE_URL", "http://127.0.0.1:8081", "/users/{id}"),
-            ServiceName::Order => (
-                "ORDER_SERVICE_URL",
-                "http://127.0.0.1:8082",
-                "/orders/user/{id}",
-            ),
-            ServiceName::Product => ("PRODUCT_SERVICE_URL", "http://127.0.0.1:8083", "/products"),
-            ServiceName::Recommendation => (
-                "RECOMMENDATION_SERVICE_URL",
-                "http://127.0.0.1:8084",
-                "/recommendations/{id}",
-            ),
-        }
-    }
-}
-
-/// The four dependency services.
-#[derive(Debug, Clone)]
+/// The aggregates' services, by name.
+#[derive(Debug, Clone, Default)]
 pub struct Services {
-    /// user service
-    pub user: ServiceConfig,
-    /// order service
-    pub order: ServiceConfig,
-    /// product service
-    pub product: ServiceConfig,
-    /// recommendation service
-    pub recommendation: ServiceConfig,
+    by_name: BTreeMap<String, ServiceConfig>,
 }
 
 impl Services {
     /// The config of one service.
-    pub fn get(&self, name: ServiceName) -> &ServiceConfig {
-        match name {
-            ServiceName::User => &self.user,
-            ServiceName::Order => &self.order,
-            ServiceName::Product => &self.product,
-            ServiceName::Recommendation => &self.recommendation,
-        }
+    pub fn get(&self, name: &str) -> Option<&ServiceConfig> {
+        self.by_name.get(name)
+    }
+
+    /// Every service's name.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.by_name.keys().cloned().collect()
     }
 }
 
-/// One dependency service of the profile endpoint.
+/// One service the aggregates call.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    /// Which service this is.
-    pub name: ServiceName,
+    /// Its name under `gateway.services` (the `service` metric label).
+    pub name: String,
     /// Base URL (scheme, host, port).
     pub url: Url,
-    /// Path template; `{id}` is replaced by the profile id.
-    pub path: String,
     /// Budget of one call to the service, every attempt and pause included.
     pub timeout: Duration,
     /// Largest body accepted from the service.
@@ -121,29 +71,52 @@ pub struct ServiceConfig {
     pub breaker_open: Duration,
 }
 
-impl ServicesFile {
-    pub(super) fn resolve(self, env: &dyn Env) -> Result<Services, ConfigError> {
-        Ok(Services {
-            user: self.user.resolve(ServiceName::User, env)?,
-            order: self.order.resolve(ServiceName::Order, env)?,
-            product: self.product.resolve(ServiceName::Product, env)?,
-            recommendation: self
-                .recommendation
-                .resolve(ServiceName::Recommendation, env)?,
-        })
+/// The declared services over the four defaults; `<NAME>_SERVICE_URL` overrides any `url`.
+pub(super) fn resolve_services(
+    files: BTreeMap<String, ServiceFile>,
+    env: &dyn Env,
+) -> Result<Services, ConfigError> {
+    let mut all: BTreeMap<String, (Option<&str>, ServiceFile)> = DEFAULTS
+        .iter()
+        .map(|(n, url)| (n.to_string(), (Some(*url), ServiceFile::default())))
+        .collect();
+    for (name, f) in files {
+        let default_url = DEFAULTS.iter().find(|(n, _)| *n == name).map(|(_, u)| *u);
+        all.insert(name, (default_url, f));
     }
+    let mut by_name = BTreeMap::new();
+    for (name, (default_url, f)) in all {
+        let c = f.resolve(&name, default_url, env)?;
+        by_name.insert(name, c);
+    }
+    Ok(Services { by_name })
 }
 
 impl ServiceFile {
-    fn resolve(self, name: ServiceName, env: &dyn Env) -> Result<ServiceConfig, ConfigError> {
-        let (var, default_url, default_path) = name.defaults();
-        let key = |k: &str| format!("gateway.services.{}.{k}", name.as_str());
-        let (url_key, url) = match env.var(var).filter(|v| !v.trim().is_empty()) {
-            Some(v) => (var.to_string(), v),
-            None => (
-                key("url"),
-                self.url.unwrap_or_else(|| default_url.to_string()),
-            ),
+    fn resolve(
+        self,
+        name: &str,
+        default_url: Option<&str>,
+        env: &dyn Env,
+    ) -> Result<ServiceConfig, ConfigError> {
+        let var = url_var(name);
+        let key = |k: &str| format!("gateway.services.{name}.{k}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                format!("gateway.services.{name}"),
+                "a service name is [a-z0-9_-]+",
+            ));
+        }
+        let (url_key, url) = match env.var(&var).filter(|v| !v.trim().is_empty()) {
+            Some(v) => (var.clone(), v),
+            None => match self.url.or_else(|| default_url.map(str::to_string)) {
+                Some(u) => (key("url"), u),
+                None => return Err(invalid(key("url"), format!("required (or set {var})"))),
+            },
         };
         let parsed = Url::parse(url.trim())
             .map_err(|e| invalid(&url_key, format!("`{url}` is not a URL ({e})")))?;
@@ -153,19 +126,17 @@ impl ServiceFile {
                 format!("`{url}` must be an http(s) URL with a host"),
             ));
         }
-        let path = self.path.unwrap_or_else(|| default_path.to_string());
-        if !path.starts_with('/') {
+        if self.path.is_some() {
             return Err(invalid(
                 key("path"),
-                format!("`{path}` must start with `/`"),
+                "moved: each aggregate leg has its own `path` (gateway.aggregates[].legs)",
             ));
         }
         let retry = self.retry.unwrap_or_default();
         let breaker = self.breaker.unwrap_or_default();
         Ok(ServiceConfig {
-            name,
+            name: name.to_string(),
             url: parsed,
-            path,
             timeout: millis(&key("timeout_ms"), self.timeout_ms.unwrap_or(5000))?,
             max_body_bytes: positive(
                 &key("max_body_bytes"),

@@ -24,6 +24,9 @@ pub(crate) struct AccessRecord<'a> {
     pub(crate) path: String,
     /// Route name.
     pub(crate) route: &'a str,
+    /// The aggregate that answered, on aggregate routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) aggregate: Option<&'a str>,
     /// Status sent (0 when nothing was sent).
     pub(crate) status: u16,
     /// Time from the first byte read to the end, in milliseconds.
@@ -31,7 +34,7 @@ pub(crate) struct AccessRecord<'a> {
     /// Backend that served a proxied request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<String>,
-    /// Profile cache result.
+    /// Aggregate cache result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cache: Option<&'a str>,
     /// Authenticated `sub`.

@@ -1,21 +1,30 @@
 //! Answers the gateway gives itself: probes, the aggregate endpoint, unknown paths.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use pingora::proxy::Session;
 use pingora::{ErrorType, Result};
 
 use super::routes::Route;
 use super::{respond, Ctx, Gateway};
-use crate::aggregate;
+use crate::aggregate::Aggregate;
 use crate::error::GatewayError;
 use crate::headers;
 
 impl Gateway {
-    async fn answer_profile(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    async fn answer_aggregate(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        aggregate: &Arc<Aggregate>,
+    ) -> Result<()> {
         let req = session.req_header();
-        let target = if req.method == http::Method::GET || req.method == http::Method::HEAD {
-            aggregate::parse_id(req.uri.path()).and_then(|id| {
-                aggregate::authorize(id, ctx.identity.as_deref(), self.config.profile.owner_only)
+        let target = if aggregate.allows(&req.method) {
+            aggregate.params(req.uri.path()).and_then(|mut params| {
+                aggregate
+                    .authorize(&mut params, ctx.identity.as_deref())
+                    .map(|()| params)
             })
         } else {
             Err(GatewayError::MethodNotAllowed(
@@ -23,8 +32,8 @@ impl Gateway {
             ))
         };
         let result = match target {
-            Ok(id) => {
-                match until_client_gone(session, self.profile.get(&id, &ctx.request_id)).await {
+            Ok(params) => {
+                match until_client_gone(session, aggregate.get(params, &ctx.request_id)).await {
                     Some(r) => r,
                     // The dropped future cancelled its upstream calls; there is nobody to answer.
                     None => return Ok(()),
@@ -37,7 +46,8 @@ impl Gateway {
             Ok(answer) => {
                 ctx.cache = Some(answer.cache);
                 headers.push((headers::X_CACHE, answer.cache.header_value().to_string()));
-                respond::json(session, 200, answer.body, &headers).await
+                respond::json_cached(session, 200, answer.body, &headers, &answer.cache_control)
+                    .await
             }
             Err(e) => respond::error(session, &e, &headers).await,
         }
@@ -48,8 +58,9 @@ impl Gateway {
         let body: &'static [u8] = match &ctx.route {
             // The common case: nothing to answer here, nothing to allocate.
             Route::Proxy(_) => return Ok(false),
-            Route::Profile => {
-                self.answer_profile(session, ctx).await?;
+            Route::Aggregate(a) => {
+                let a = a.clone();
+                self.answer_aggregate(session, ctx, &a).await?;
                 return Ok(true);
             }
             Route::Healthz => br#"{"status":"ok"}"#,

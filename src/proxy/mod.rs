@@ -40,7 +40,7 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::aggregate::{CacheStatus, ProfileService};
+use crate::aggregate::{Aggregates, CacheStatus};
 use crate::config::Config;
 use crate::conn::report::report;
 use crate::edge::auth::Identity;
@@ -72,7 +72,7 @@ pub struct Gateway {
     config: Arc<Config>,
     routes: RouteTable,
     edge: Edge,
-    profile: ProfileService,
+    aggregates: Aggregates,
     /// Bytes all buffered request bodies may hold together.
     body_budget: Arc<body::BodyBudget>,
 }
@@ -91,7 +91,7 @@ pub struct Ctx {
     rate: Option<Decision>,
     /// request_filter: the verified caller, forwarded as `X-User-Id`.
     identity: Option<Arc<Identity>>,
-    /// request_filter: how a profile answer relates to the cache, for the access log.
+    /// request_filter: how an aggregate's answer relates to the cache, for the access log.
     cache: Option<CacheStatus>,
     /// upstream_peer: backends already tried, so a retry goes elsewhere.
     tried: Vec<SocketAddr>,
@@ -146,7 +146,7 @@ impl Gateway {
             Some(r) => Store::Redis(r),
             None => Store::Memory(MemoryKv::default()),
         });
-        let profile = ProfileService::new(&config, store)
+        let aggregates = Aggregates::new(&config, store)
             .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
         let body_budget = body::BodyBudget::new(config.limits.body_buffer_total);
         Ok((
@@ -154,7 +154,7 @@ impl Gateway {
                 config,
                 routes,
                 edge,
-                profile,
+                aggregates,
                 body_budget,
             },
             health,
@@ -203,7 +203,7 @@ impl ProxyHttp for Gateway {
                 &self.config.rate_limit.trusted_proxies,
             )
         });
-        ctx.route = self.routes.route(req.uri.path());
+        ctx.route = self.routes.route(req.uri.path(), &self.aggregates);
         if let Err(e) = hygiene::check_request(req, &self.config.limits) {
             respond::error(session, &e, &ctx.local_headers()).await?;
             return Ok(true);
@@ -496,6 +496,10 @@ impl ProxyHttp for Gateway {
                 method: req.method.as_str(),
                 path: access::redact_query(req.uri.path(), req.uri.query()),
                 route,
+                aggregate: match &ctx.route {
+                    Route::Aggregate(a) => Some(a.name()),
+                    _ => None,
+                },
                 status,
                 duration_ms: access::millis(elapsed),
                 upstream: ctx.backend.backend().map(|b| b.addr.to_string()),

@@ -12,17 +12,28 @@ use crate::error::GatewayError;
 /// Headers every locally produced answer carries besides content type and length.
 pub(crate) type ExtraHeaders<'a> = &'a [(&'static str, String)];
 
-/// Writes a complete JSON answer.
+/// Writes a complete JSON answer (`Cache-Control: no-store`).
 pub(crate) async fn json(
     session: &mut Session,
     status: u16,
     body: Bytes,
     headers: ExtraHeaders<'_>,
 ) -> Result<()> {
+    json_cached(session, status, body, headers, "no-store").await
+}
+
+/// Writes a complete JSON answer with its `Cache-Control`.
+pub(crate) async fn json_cached(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    headers: ExtraHeaders<'_>,
+    cache_control: &str,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(http::header::CACHE_CONTROL, cache_control)?;
     for (name, value) in headers {
         resp.insert_header(*name, value.as_str())?;
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::upstreams::UpstreamGroup;
+use crate::aggregate::{Aggregate, Aggregates};
 use crate::config::BodyPolicy;
 
 /// Where a request goes, decided from its path alone.
@@ -13,8 +14,8 @@ pub(crate) enum Route {
     Healthz,
     /// `/readyz`: readiness, answered by the gateway.
     Readyz,
-    /// `/api/profile/…`: aggregated by the gateway.
-    Profile,
+    /// A declared aggregate (every path under its literal start).
+    Aggregate(Arc<Aggregate>),
     /// A configured prefix: proxied to an upstream group.
     Proxy(Arc<ProxyRoute>),
     /// Nothing matched.
@@ -27,7 +28,7 @@ impl Route {
         match self {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
-            Route::Profile => "profile",
+            Route::Aggregate(a) => a.name(),
             Route::Proxy(r) => &r.group.name,
             Route::NotFound => "not_found",
         }
@@ -76,9 +77,6 @@ fn rewrite_path(path: &str, query: Option<&str>, strip: &str) -> String {
     new
 }
 
-/// Path prefix reserved for the profile endpoint.
-pub(crate) const PROFILE_PREFIX: &str = "/api/profile/";
-
 /// Matches paths to routes; built once at start-up.
 #[derive(Debug)]
 pub(crate) struct RouteTable {
@@ -92,15 +90,16 @@ impl RouteTable {
     }
 
     /// Decides the route of `path` (no query string): the built-in routes first, then the
-    /// first configured prefix that matches.
-    pub(crate) fn route(&self, path: &str) -> Route {
+    /// aggregates (start-up checks that no prefix overlaps one), then the first configured
+    /// prefix that matches.
+    pub(crate) fn route(&self, path: &str, aggregates: &Aggregates) -> Route {
         match path {
             "/healthz" => return Route::Healthz,
             "/readyz" => return Route::Readyz,
             _ => {}
         }
-        if path.starts_with(PROFILE_PREFIX) || path == "/api/profile" {
-            return Route::Profile;
+        if let Some(a) = aggregates.route(path) {
+            return Route::Aggregate(a.clone());
         }
         self.routes
             .iter()
@@ -115,6 +114,13 @@ mod tests {
     use super::*;
     use crate::config::{Config, LoadMode};
 
+    fn aggregates() -> Aggregates {
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+        let cfg = Config::from_yaml("gateway: {}", &env, LoadMode::Run).expect("config");
+        let store = std::sync::Arc::new(crate::store::Store::Memory(Default::default()));
+        Aggregates::new(&cfg, store).expect("aggregates")
+    }
+
     fn table() -> RouteTable {
         let yaml = r#"
 gateway:
@@ -123,7 +129,7 @@ gateway:
     orders: { backends: ["127.0.0.1:2"] }
   routes:
     - { prefix: "/api/users/", upstream: users }
-    - { prefix: "/api/", upstream: orders }
+    - { prefix: "/api/orders", upstream: orders }
 "#;
         let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
         let cfg = Config::from_yaml(yaml, &env, LoadMode::Run).expect("test config");
@@ -132,13 +138,15 @@ gateway:
 
     #[test]
     fn first_matching_prefix_wins_and_builtins_come_first() {
-        let t = table();
-        assert_eq!(t.route("/api/users/1").label(), "users");
-        assert_eq!(t.route("/api/orders").label(), "orders");
-        assert_eq!(t.route("/api/profile/1").label(), "profile");
-        assert_eq!(t.route("/healthz").label(), "healthz");
-        assert_eq!(t.route("/readyz").label(), "readyz");
-        assert_eq!(t.route("/other").label(), "not_found");
+        let (t, a) = (table(), aggregates());
+        assert_eq!(t.route("/api/users/1", &a).label(), "users");
+        assert_eq!(t.route("/api/orders", &a).label(), "orders");
+        assert_eq!(t.route("/api/profile/1", &a).label(), "profile");
+        assert_eq!(t.route("/api/profile/1/x", &a).label(), "profile", "400 from the aggregate");
+        assert_eq!(t.route("/api/profile", &a).label(), "profile");
+        assert_eq!(t.route("/healthz", &a).label(), "healthz");
+        assert_eq!(t.route("/readyz", &a).label(), "readyz");
+        assert_eq!(t.route("/other", &a).label(), "not_found");
     }
 
     #[test]

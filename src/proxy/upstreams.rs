@@ -122,11 +122,13 @@ mod tests {
     fn group(backends: &str, retries: usize) -> Arc<UpstreamGroup> {
         let yaml = format!(
             "gateway: {{upstreams: {{g: {{backends: {backends}, connect_retries: {retries}}}}}, \
-             routes: [{{prefix: /, upstream: g}}]}}"
+             routes: [{{prefix: /, upstream: g}}], aggregates: []}}"
         );
         let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
         let cfg = Config::from_yaml(&yaml, &env, LoadMode::Run).expect("test config");
-        match build(&cfg).0.route("/x") {
+        let store = Arc::new(crate::store::Store::Memory(Default::default()));
+        let aggregates = crate::aggregate::Aggregates::new(&cfg, store).expect("aggregates");
+        match build(&cfg).0.route("/x", &aggregates) {
             Route::Proxy(r) => r.group.clone(),
             other => panic!("expected a proxy route, got {other:?}"),
         }

@@ -18,6 +18,25 @@ pub struct Gateway {
 /// Secret used by every test gateway.
 pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 
+/// The profile aggregate as conf/gateway.yaml declares it, with this cache TTL and deadline:
+/// an `aggregates:` key for a test's `gateway:` section.
+pub fn profile_aggregate(ttl_seconds: u64, deadline_ms: u64) -> String {
+    format!(
+        r#"aggregates:
+  - name: profile
+    path: "/api/profile/{{id}}"
+    deadline_ms: {deadline_ms}
+    authorize: {{ param: id, claim: sub, bypass_roles: [admin], me: true }}
+    cache: {{ ttl_seconds: {ttl_seconds}, key: "profile:{{id}}" }}
+    legs:
+      user:            {{ service: user,  path: "/users/{{id}}", required: true, expect: object }}
+      orders:          {{ service: order, path: "/orders/user/{{user.id}}", default: [], expect: array }}
+      products:        {{ service: product, path: "/products", after: [user], default: [], expect: array }}
+      recommendations: {{ service: recommendation, path: "/recommendations/{{id}}", after: [user], default: [], expect: array }}
+"#
+    )
+}
+
 /// A valid token for `sub`, one hour.
 pub fn token(sub: &str) -> String {
     gateway::edge::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &[])
