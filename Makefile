@@ -67,6 +67,7 @@ run: build
 	echo "  TOKEN=$$TOKEN"
 	echo "Try:"
 	echo "  curl -s -H \"Authorization: Bearer $$TOKEN\" http://127.0.0.1:8080/api/profile/1"
+	echo "  curl -s -H \"Authorization: Bearer $$TOKEN\" http://127.0.0.1:8080/api/picks/me"
 	echo "  curl -s -H \"Authorization: Bearer $$TOKEN\" http://127.0.0.1:8080/api/products"
 	echo
 	./target/release/gateway -c conf/gateway.yaml

@@ -6,7 +6,7 @@
 //!   health, local answers, the access log.
 //! - [`edge`]: what every request passes first: hygiene, the client address, rate limiting,
 //!   authentication (limit, then authenticate).
-//! - [`aggregate`]: documents built from several services (`/api/profile/{id}`) and the
+//! - [`aggregate`]: declared composite endpoints (`gateway.aggregates`; `/api/profile/{id}` by default) and the
 //!   service clients behind them.
 //! - [`store`]: shared state on Redis, or the embedded map.
 //! - [`conn`]: client connections: the whole-header deadline and the keep-alive loop.

@@ -283,27 +283,32 @@ fn order_service() -> Router<Shared> {
 }
 
 fn product_service() -> Router<Shared> {
-    control(Router::new().route(
-        "/products",
-        get(|State(s): State<Shared>| async move {
-            if let Err(r) = gate(&s, "/products").await {
-                return r;
-            }
-            Json(Value::Array((0..PRODUCTS.len()).map(product).collect())).into_response()
-        }),
+    control(
+        Router::new()
+            .route(
+                "/products",
+                get(|State(s): State<Shared>| async move {
+                    if let Err(r) = gate(&s, "/products").await {
+                        return r;
+                    }
+                    Json(Value::Array((0..PRODUCTS.len()).map(product).collect())).into_response()
+                }),
+            )
+            .route(
+                "/products/{id}",
+                get(
+                    |State(s): State<Shared>, Path(id): Path<String>| async move {
+                        if let Err(r) = gate(&s, "/products/{id}").await {
+                            return r;
+                        }
+                        match PRODUCTS.iter().position(|(p, _, _)| *p == id) {
+                            Some(i) => Json(product(i)).into_response(),
+                            None => error(StatusCode::NOT_FOUND, "no such product"),
+                        }
+                    },
+                ),
+            ),
     )
-    .route(
-        "/products/{id}",
-        get(|State(s): State<Shared>, Path(id): Path<String>| async move {
-            if let Err(r) = gate(&s, "/products/{id}").await {
-                return r;
-            }
-            match PRODUCTS.iter().position(|(p, _, _)| *p == id) {
-                Some(i) => Json(product(i)).into_response(),
-                None => error(StatusCode::NOT_FOUND, "no such product"),
-            }
-        }),
-    ))
 }
 
 fn recommendation_service() -> Router<Shared> {

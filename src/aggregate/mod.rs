@@ -181,7 +181,9 @@ impl Aggregates {
 
 impl std::fmt::Debug for Aggregate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Aggregate").field("name", &self.config.name).finish()
+        f.debug_struct("Aggregate")
+            .field("name", &self.config.name)
+            .finish()
     }
 }
 
@@ -416,7 +418,11 @@ impl Aggregate {
                         continue;
                     }
                     started[i] = true;
-                    if leg.deps.iter().any(|&d| done[d].as_ref().is_some_and(|o| !o.ok())) {
+                    if leg
+                        .deps
+                        .iter()
+                        .any(|&d| done[d].as_ref().is_some_and(|o| !o.ok()))
+                    {
                         // A leg that needs a failed optional leg is skipped (degraded).
                         done[i] = Some(self.fallback(i));
                         progressed = true;
@@ -430,7 +436,10 @@ impl Aggregate {
                     let me = self.clone();
                     let params = &params;
                     running.push(async move {
-                        (i, me.run_leg(i, params, &inputs, request_id, deadline).await)
+                        (
+                            i,
+                            me.run_leg(i, params, &inputs, request_id, deadline).await,
+                        )
                     });
                 }
             }
@@ -489,12 +498,11 @@ impl Aggregate {
             .filter_map(|(&d, v)| v.as_ref().map(|v| (d, v)))
             .collect();
         let result = match &leg.for_each {
-            None => self.call_once(i, params, &values, request_id, deadline).await,
-            Some(_) => {
-                return Ok(self
-                    .fan_out(i, params, &values, request_id, deadline)
-                    .await)
+            None => {
+                self.call_once(i, params, &values, request_id, deadline)
+                    .await
             }
+            Some(_) => return Ok(self.fan_out(i, params, &values, request_id, deadline).await),
         };
         match result {
             Ok(body) => {
@@ -558,7 +566,12 @@ impl Aggregate {
             .buffered(leg.concurrency)
             .collect()
             .await;
-        let mut body = BytesMut::with_capacity(2 + results.iter().map(|r| r.as_ref().map_or(0, |b| b.len() + 1)).sum::<usize>());
+        let mut body = BytesMut::with_capacity(
+            2 + results
+                .iter()
+                .map(|r| r.as_ref().map_or(0, |b| b.len() + 1))
+                .sum::<usize>(),
+        );
         body.put_u8(b'[');
         let mut first = true;
         for r in results {
@@ -649,7 +662,11 @@ impl Aggregate {
                     .json()
                     .and_then(|j| template::lookup(j, &source.path))
                     .unwrap_or(&serde_json::Value::Null);
-                body.put_slice(serde_json::to_string(v).unwrap_or_else(|_| "null".into()).as_bytes());
+                body.put_slice(
+                    serde_json::to_string(v)
+                        .unwrap_or_else(|_| "null".into())
+                        .as_bytes(),
+                );
             }
             body.put_u8(b',');
         }
@@ -701,12 +718,24 @@ mod tests {
     #[test]
     fn params_are_validated() {
         let p = profile();
-        assert_eq!(p.params("/api/profile/abc_1-2").ok(), Some(vec!["abc_1-2".to_string()]));
-        for bad in ["/api/profile/", "/api/profile/../1", "/api/profile/%00", "/api/profile/a/b"] {
+        assert_eq!(
+            p.params("/api/profile/abc_1-2").ok(),
+            Some(vec!["abc_1-2".to_string()])
+        );
+        for bad in [
+            "/api/profile/",
+            "/api/profile/../1",
+            "/api/profile/%00",
+            "/api/profile/a/b",
+        ] {
             assert!(p.params(bad).is_err(), "{bad}");
         }
-        assert!(p.params(&format!("/api/profile/{}", "a".repeat(64))).is_ok());
-        assert!(p.params(&format!("/api/profile/{}", "a".repeat(65))).is_err());
+        assert!(p
+            .params(&format!("/api/profile/{}", "a".repeat(64)))
+            .is_ok());
+        assert!(p
+            .params(&format!("/api/profile/{}", "a".repeat(65)))
+            .is_err());
     }
 
     #[tokio::test]
@@ -719,7 +748,10 @@ mod tests {
         assert!(p.authorize(&mut ps, Some(&five)).is_ok());
         assert_eq!(ps, vec!["5".to_string()]);
         let mut ps = vec!["6".to_string()];
-        assert_eq!(p.authorize(&mut ps, Some(&five)).map_err(|e| e.status()), Err(403));
+        assert_eq!(
+            p.authorize(&mut ps, Some(&five)).map_err(|e| e.status()),
+            Err(403)
+        );
         let mut ps = vec!["6".to_string()];
         assert!(p.authorize(&mut ps, Some(&who("1", &["admin"]))).is_ok());
         let mut ps = vec!["me".to_string()];

@@ -43,7 +43,10 @@ pub(super) fn render(
     for part in &t.parts {
         match part {
             Part::Literal(l) => out.push_str(l),
-            Part::Param(i) => push_segment(&mut out, &serde_json::Value::String(params.get(*i)?.clone()))?,
+            Part::Param(i) => push_segment(
+                &mut out,
+                &serde_json::Value::String(params.get(*i)?.clone()),
+            )?,
             Part::Value(r) => {
                 let (_, v) = values.iter().find(|(leg, _)| *leg == r.leg)?;
                 push_segment(&mut out, lookup(v, &r.path)?)?
@@ -67,8 +70,14 @@ mod tests {
     #[test]
     fn values_are_looked_up_by_keys_and_indexes() {
         let v = json!({"id": 7, "orders": [{"id": "a"}, {"id": "b"}], "addr": {"city": "Oslo"}});
-        assert_eq!(lookup(&v, &["orders".into(), "1".into(), "id".into()]), Some(&json!("b")));
-        assert_eq!(lookup(&v, &["addr".into(), "city".into()]), Some(&json!("Oslo")));
+        assert_eq!(
+            lookup(&v, &["orders".into(), "1".into(), "id".into()]),
+            Some(&json!("b"))
+        );
+        assert_eq!(
+            lookup(&v, &["addr".into(), "city".into()]),
+            Some(&json!("Oslo"))
+        );
         assert_eq!(lookup(&v, &["orders".into(), "9".into()]), None);
         assert_eq!(lookup(&v, &["id".into(), "x".into()]), None);
     }
@@ -78,19 +87,40 @@ mod tests {
         let user = json!({"id": "../../admin/x?y#z", "n": 42, "o": {"k": 1}});
         let tpl = t(vec![
             Part::Literal("/users/".into()),
-            Part::Value(ValueRef { leg: 0, path: vec!["id".into()] }),
+            Part::Value(ValueRef {
+                leg: 0,
+                path: vec!["id".into()],
+            }),
         ]);
         let got = render(&tpl, &[], &[(0, &user)], None).unwrap();
         assert_eq!(got, "/users/%2E%2E%2F%2E%2E%2Fadmin%2Fx%3Fy%23z");
-        let n = t(vec![Part::Value(ValueRef { leg: 0, path: vec!["n".into()] })]);
+        let n = t(vec![Part::Value(ValueRef {
+            leg: 0,
+            path: vec!["n".into()],
+        })]);
         assert_eq!(render(&n, &[], &[(0, &user)], None).as_deref(), Some("42"));
-        let obj = t(vec![Part::Value(ValueRef { leg: 0, path: vec!["o".into()] })]);
+        let obj = t(vec![Part::Value(ValueRef {
+            leg: 0,
+            path: vec!["o".into()],
+        })]);
         assert_eq!(render(&obj, &[], &[(0, &user)], None), None, "not a scalar");
-        let missing = t(vec![Part::Value(ValueRef { leg: 0, path: vec!["nope".into()] })]);
+        let missing = t(vec![Part::Value(ValueRef {
+            leg: 0,
+            path: vec!["nope".into()],
+        })]);
         assert_eq!(render(&missing, &[], &[(0, &user)], None), None);
-        let item = t(vec![Part::Literal("/p/".into()), Part::Item(vec!["pid".into()])]);
-        assert_eq!(render(&item, &[], &[], Some(&json!({"pid": "x y"}))).as_deref(), Some("/p/x%20y"));
+        let item = t(vec![
+            Part::Literal("/p/".into()),
+            Part::Item(vec!["pid".into()]),
+        ]);
+        assert_eq!(
+            render(&item, &[], &[], Some(&json!({"pid": "x y"}))).as_deref(),
+            Some("/p/x%20y")
+        );
         let param = t(vec![Part::Literal("/u/".into()), Part::Param(0)]);
-        assert_eq!(render(&param, &["5".into()], &[], None).as_deref(), Some("/u/5"));
+        assert_eq!(
+            render(&param, &["5".into()], &[], None).as_deref(),
+            Some("/u/5")
+        );
     }
 }

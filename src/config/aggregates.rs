@@ -212,10 +212,14 @@ impl PathPattern {
     /// Whether some path matches both patterns.
     fn overlaps(&self, other: &PathPattern) -> bool {
         self.segments.len() == other.segments.len()
-            && self.segments.iter().zip(&other.segments).all(|(a, b)| match (a, b) {
-                (Segment::Literal(x), Segment::Literal(y)) => x == y,
-                _ => true,
-            })
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| match (a, b) {
+                    (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                    _ => true,
+                })
     }
 
     /// A path this pattern matches (params as `x`), to test route prefixes against.
@@ -360,7 +364,10 @@ fn parse_template(key: &str, text: &str, scope: &Scope<'_>) -> Result<Template, 
 fn placeholder(key: &str, name: &str, scope: &Scope<'_>) -> Result<Part, ConfigError> {
     let mut steps = split_dotted(name);
     if steps.iter().any(String::is_empty) {
-        return Err(invalid(key, format!("`{{{name}}}` is not a name or dotted path")));
+        return Err(invalid(
+            key,
+            format!("`{{{name}}}` is not a name or dotted path"),
+        ));
     }
     let head = steps.remove(0);
     if steps.is_empty() {
@@ -403,7 +410,10 @@ fn value_ref(
         .get_index_of(&head)
         .ok_or_else(|| invalid(key, format!("`{head}` is not a leg of this aggregate")))?;
     if steps.iter().any(String::is_empty) {
-        return Err(invalid(key, format!("`{text}` is not a leg or dotted path")));
+        return Err(invalid(
+            key,
+            format!("`{text}` is not a leg or dotted path"),
+        ));
     }
     Ok(ValueRef { leg, path: steps })
 }
@@ -552,7 +562,10 @@ impl AggregateFile {
                 ));
             }
             if !leg.path.starts_with('/') {
-                return Err(invalid(lk("path"), format!("`{}` must start with `/`", leg.path)));
+                return Err(invalid(
+                    lk("path"),
+                    format!("`{}` must start with `/`", leg.path),
+                ));
             }
             let scope = Scope {
                 params: &params,
@@ -579,11 +592,17 @@ impl AggregateFile {
             let me = self.legs.get_index_of(name).unwrap_or(usize::MAX);
             if deps.contains(&me) {
                 return Err(invalid(
-                    lk(if leg.for_each.as_deref().is_some_and(|f| f.split('.').next() == Some(name)) {
-                        "for_each"
-                    } else {
-                        "path"
-                    }),
+                    lk(
+                        if leg
+                            .for_each
+                            .as_deref()
+                            .is_some_and(|f| f.split('.').next() == Some(name))
+                        {
+                            "for_each"
+                        } else {
+                            "path"
+                        },
+                    ),
                     format!("leg `{name}` depends on itself"),
                 ));
             }
@@ -679,7 +698,11 @@ pub(super) fn resolve_aggregates(
                 format!("`{}` is also the name of gateway.aggregates[{j}]", a.name),
             ));
         }
-        if let Some((j, other)) = out.iter().enumerate().find(|(_, o)| o.path.overlaps(&a.path)) {
+        if let Some((j, other)) = out
+            .iter()
+            .enumerate()
+            .find(|(_, o)| o.path.overlaps(&a.path))
+        {
             return Err(invalid(
                 format!("{key}.path"),
                 format!(
@@ -739,7 +762,13 @@ mod tests {
         assert_eq!(p.legs.len(), 4);
         // orders reads user.id, products and recommendations wait for user: one stage each.
         assert_eq!(p.legs[1].deps, vec![0]);
-        assert_eq!(p.legs[1].path.parts[1], Part::Value(ValueRef { leg: 0, path: vec!["id".into()] }));
+        assert_eq!(
+            p.legs[1].path.parts[1],
+            Part::Value(ValueRef {
+                leg: 0,
+                path: vec!["id".into()]
+            })
+        );
         assert_eq!(p.legs[2].deps, vec![0]);
         assert_eq!(p.response.len(), 4);
         assert_eq!(p.authorize.as_ref().map(|a| a.param), Some(0));
@@ -818,7 +847,13 @@ mod tests {
         let a = check("- { name: a, path: '/x/{id}', legs: { o: { service: order, path: '/o/{id}' }, p: { service: catalog, path: '/p/{item.product_id}?u={id}', for_each: o.lines } } }").unwrap();
         let p = &a[0].legs[1];
         assert_eq!(p.deps, vec![0]);
-        assert_eq!(p.for_each, Some(ValueRef { leg: 0, path: vec!["lines".into()] }));
+        assert_eq!(
+            p.for_each,
+            Some(ValueRef {
+                leg: 0,
+                path: vec!["lines".into()]
+            })
+        );
         assert_eq!(
             p.path.parts,
             vec![

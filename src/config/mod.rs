@@ -364,8 +364,12 @@ mod tests {
     }
 
     #[test]
-    fn any_service_name_takes_its_url_from_its_own_variable() -> Result<(), Box<dyn std::error::Error>> {
-        let env = env_with(&[("JWT_SECRET", "s"), ("CATALOG_V2_SERVICE_URL", "http://cat:81")]);
+    fn any_service_name_takes_its_url_from_its_own_variable(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let env = env_with(&[
+            ("JWT_SECRET", "s"),
+            ("CATALOG_V2_SERVICE_URL", "http://cat:81"),
+        ]);
         let c = Config::from_yaml(
             "gateway: {services: {catalog-v2: {timeout_ms: 700}}}",
             &env,
@@ -373,14 +377,20 @@ mod tests {
         )?;
         let cat = c.services.get("catalog-v2").ok_or("declared")?;
         assert_eq!(cat.url.as_str(), "http://cat:81/");
-        assert!(err_text("gateway: {services: {catalog: {timeout_ms: 700}}}").contains("gateway.services.catalog.url"));
+        assert!(
+            err_text("gateway: {services: {catalog: {timeout_ms: 700}}}")
+                .contains("gateway.services.catalog.url")
+        );
         Ok(())
     }
 
     #[test]
     fn the_old_profile_key_says_where_it_moved() {
         let e = err_text("gateway: {profile: {cache_ttl_seconds: 5}}");
-        assert!(e.contains("gateway.profile") && e.contains("gateway.aggregates"), "{e}");
+        assert!(
+            e.contains("gateway.profile") && e.contains("gateway.aggregates"),
+            "{e}"
+        );
     }
 
     #[test]

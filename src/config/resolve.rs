@@ -8,11 +8,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use url::Url;
 
-use super::file::{
-    AuthFile, GatewayFile, LimitsFile, RateLimitFile, RedisFile, RouteFile, StripFile,
-    UpstreamFile,
-};
 use super::aggregates::{default_files, resolve_aggregates};
+use super::file::{
+    AuthFile, GatewayFile, LimitsFile, RateLimitFile, RedisFile, RouteFile, StripFile, UpstreamFile,
+};
 use super::services::resolve_services;
 use super::*;
 

@@ -23,7 +23,13 @@ const DEFAULTS: [(&str, &str); 4] = [
 pub fn url_var(name: &str) -> String {
     let upper: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{upper}_SERVICE_URL")
 }

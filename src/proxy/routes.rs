@@ -142,7 +142,11 @@ gateway:
         assert_eq!(t.route("/api/users/1", &a).label(), "users");
         assert_eq!(t.route("/api/orders", &a).label(), "orders");
         assert_eq!(t.route("/api/profile/1", &a).label(), "profile");
-        assert_eq!(t.route("/api/profile/1/x", &a).label(), "profile", "400 from the aggregate");
+        assert_eq!(
+            t.route("/api/profile/1/x", &a).label(),
+            "profile",
+            "400 from the aggregate"
+        );
         assert_eq!(t.route("/api/profile", &a).label(), "profile");
         assert_eq!(t.route("/healthz", &a).label(), "healthz");
         assert_eq!(t.route("/readyz", &a).label(), "readyz");
