@@ -352,7 +352,16 @@ gateway:
   metrics_listen: "127.0.0.1:{metrics}"
   auth: {{ public_paths: ["/healthz", "/readyz", "/bench/"] }}
   rate_limit: {{ per_minute: 1000000000, window_seconds: 60 }}
-  profile: {{ cache_ttl_seconds: {cache_ttl}, owner_only: true }}
+  aggregates:
+    - name: profile
+      path: "/api/profile/{{id}}"
+      authorize: {{ param: id, claim: sub, bypass_roles: [admin], me: true }}
+      cache: {{ ttl_seconds: {cache_ttl}, key: "profile:{{id}}" }}
+      legs:
+        user:            {{ service: user,  path: "/users/{{id}}", required: true, expect: object }}
+        orders:          {{ service: order, path: "/orders/user/{{user.id}}", default: [], expect: array }}
+        products:        {{ service: product, path: "/products", after: [user], default: [], expect: array }}
+        recommendations: {{ service: recommendation, path: "/recommendations/{{id}}", after: [user], default: [], expect: array }}
   upstreams:
     origin:
       backends: ["127.0.0.1:{ports['origin']}"]

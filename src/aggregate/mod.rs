@@ -113,8 +113,9 @@ pub struct Aggregate {
 
 impl Aggregates {
     /// Builds the clients (one shared HTTP pool, one client per service) and each aggregate.
-    pub fn new(config: &Config, store: Arc<Store>) -> Result<Aggregates, reqwest::Error> {
-        let http = client::http_client()?;
+    pub fn new(config: &Config, store: Arc<Store>) -> Result<Aggregates, String> {
+        let http = client::http_client()
+            .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
         let now = Instant::now();
         let mut clients: HashMap<&str, Arc<ServiceClient>> = HashMap::new();
         let mut list = Vec::new();
@@ -124,10 +125,12 @@ impl Aggregates {
                 let c = match clients.get(leg.service.as_str()) {
                     Some(c) => c.clone(),
                     None => {
-                        let Some(svc) = config.services.get(&leg.service) else {
-                            // `config` checked every leg's service; unreachable.
-                            continue;
-                        };
+                        let svc = config.services.get(&leg.service).ok_or_else(|| {
+                            format!(
+                                "aggregate `{}`, leg `{}`: no service `{}`",
+                                a.name, leg.name, leg.service
+                            )
+                        })?;
                         let c = Arc::new(ServiceClient::new(svc.clone(), http.clone(), now));
                         clients.insert(leg.service.as_str(), c.clone());
                         c

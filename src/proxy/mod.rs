@@ -146,8 +146,7 @@ impl Gateway {
             Some(r) => Store::Redis(r),
             None => Store::Memory(MemoryKv::default()),
         });
-        let aggregates = Aggregates::new(&config, store)
-            .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
+        let aggregates = Aggregates::new(&config, store)?;
         let body_budget = body::BodyBudget::new(config.limits.body_buffer_total);
         Ok((
             Gateway {
