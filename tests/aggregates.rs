@@ -103,6 +103,7 @@ rate_limit: {{ per_minute: 1000000 }}
 services:
   t: {{ url: "http://127.0.0.1:{port}", timeout_ms: 500, retry: {{ attempts: 1 }}, breaker: {{ failures: 1000, open_ms: 1000 }} }}
   fragile: {{ url: "http://127.0.0.1:{port}", timeout_ms: 500, retry: {{ attempts: 1 }}, breaker: {{ failures: 1, open_ms: 60000 }} }}
+  small: {{ url: "http://127.0.0.1:{port}", max_body_bytes: 40 }}
 aggregates:
   - name: stages
     path: "/t/stages/{{id}}"
@@ -134,6 +135,11 @@ aggregates:
     legs:
       list: {{ service: t, path: "/items/{{n}}", required: true, expect: array }}
       each: {{ service: t, path: "/item/{{item.pid}}", for_each: list, concurrency: 4, max_items: 10, expect: object }}
+  - name: capped
+    path: "/t/capped/{{n}}"
+    legs:
+      list: {{ service: t, path: "/items/{{n}}", required: true, expect: array }}
+      each: {{ service: small, path: "/item/{{item.pid}}", for_each: list, expect: object }}
   - name: encoding
     path: "/t/encoding"
     legs:
@@ -249,6 +255,30 @@ async fn for_each_keeps_order_bounds_concurrency_and_degrades_what_it_drops() {
         json!([{"pid": "p0"}, {"pid": "p1"}, {"pid": "p2"}])
     );
     assert_eq!(body["degraded"], json!([]));
+}
+
+#[tokio::test]
+async fn a_for_each_value_is_bounded_like_one_document() {
+    let (port, _) = service().await;
+    let gw = Gateway::start(&section(port), &[]).await;
+    // Each item is 12 bytes; with a 40-byte bound, three fit (`[` + 3 × 12 + 2 commas + `]`).
+    let (status, body, _) = get_json(&gw, "/t/capped/3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["each"].as_array().unwrap().len(), 3);
+    assert_eq!(body["degraded"], json!([]));
+    let (_, body, _) = get_json(&gw, "/t/capped/8").await;
+    let pids: Vec<&str> = body["each"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["pid"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pids,
+        ["p0", "p1", "p2"],
+        "p3 failed, the rest over the bound"
+    );
+    assert_eq!(body["degraded"], json!(["each"]));
 }
 
 #[tokio::test]

@@ -72,6 +72,12 @@ impl ServiceClient {
         }
     }
 
+    /// The largest document the service may send; also the bound on a `for_each` leg's
+    /// combined value.
+    pub fn max_body_bytes(&self) -> usize {
+        self.config.max_body_bytes
+    }
+
     fn note(&self, t: Option<Transition>) {
         let Some(t) = t else { return };
         let service = self.config.name.as_str();

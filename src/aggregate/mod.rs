@@ -577,16 +577,20 @@ impl Aggregate {
         );
         body.put_u8(b'[');
         let mut first = true;
+        // The combined value is bounded like one document: items past the service's
+        // `max_body_bytes` are dropped (and the key degraded), so `max_items` large documents
+        // cannot add up to `max_items` times the bound.
+        let max = self.clients[i].max_body_bytes();
         for r in results {
             match r {
-                Ok(doc) => {
+                Ok(doc) if body.len() + doc.len() + 2 <= max => {
                     if !first {
                         body.put_u8(b',');
                     }
                     first = false;
                     body.put_slice(&doc);
                 }
-                Err(_) => degraded = true,
+                Ok(_) | Err(_) => degraded = true,
             }
         }
         body.put_u8(b']');
