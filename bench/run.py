@@ -382,7 +382,8 @@ gateway:
         "JWT_SECRET": SECRET, "RUST_LOG": "warn",
     }
     mocks = start("mocks", [MOCKS, "--user-port", str(ports["m_user"]), "--order-port", str(ports["m_order"]),
-                            "--product-port", str(ports["m_product"]), "--recommendation-port", str(ports["m_rec"])], LOAD_CPU)
+                            "--product-port", str(ports["m_product"]), "--recommendation-port", str(ports["m_rec"]),
+                            "--services", "user,order,product,recommendation"], LOAD_CPU)
     for k in ("m_user", "m_order", "m_product", "m_rec"):
         wait_http(f"http://127.0.0.1:{ports[k]}/healthz")
     origin = start("origin", [nginx, "-c", os.path.join(WORK, "origin.conf")], LOAD_CPU)

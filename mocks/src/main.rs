@@ -22,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
+
+mod idp;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -47,11 +49,17 @@ struct Args {
     /// Recommendation service port.
     #[arg(long, env = "RECOMMENDATION_PORT", default_value_t = 8084)]
     recommendation_port: u16,
-    /// Comma-separated subset of services to run (user,order,product,recommendation).
+    /// Identity provider port.
+    #[arg(long, env = "IDP_PORT", default_value_t = 8085)]
+    idp_port: u16,
+    /// The identity provider's `iss` (default: `http://{host}:{idp_port}`).
+    #[arg(long, env = "IDP_ISSUER")]
+    idp_issuer: Option<String>,
+    /// Comma-separated subset of services to run (user,order,product,recommendation,idp).
     #[arg(
         long,
         env = "MOCKS_SERVICES",
-        default_value = "user,order,product,recommendation"
+        default_value = "user,order,product,recommendation,idp"
     )]
     services: String,
 }
@@ -379,6 +387,18 @@ async fn main() -> anyhow::Result<()> {
                 args.recommendation_port,
                 recommendation_service(),
             ),
+            "idp" => {
+                let issuer = args
+                    .idp_issuer
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}:{}", args.host, args.idp_port));
+                let idp = tokio::task::spawn_blocking(move || idp::Idp::new(issuer)).await??;
+                (
+                    "idp",
+                    args.idp_port,
+                    idp::service(Arc::new(Mutex::new(idp))),
+                )
+            }
             other => anyhow::bail!("unknown service `{other}` in --services"),
         };
         let a = addr(port)?;
