@@ -21,6 +21,8 @@ mod error;
 // Wired in by the identity-provider work (issue 13) in progress on this branch.
 #[allow(dead_code)]
 mod jwks;
+#[allow(dead_code)]
+mod refresh;
 
 use self::cache::{TokenCache, Verified};
 pub use self::error::AuthError;

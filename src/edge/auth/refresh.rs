@@ -1,0 +1,216 @@
+//! When an issuer's key set is fetched again: the policy alone, with time passed in, so that
+//! rotation, floods of unknown `kid`s and a provider that is down are all unit-tested without
+//! waiting. The fetching itself (HTTP, single flight) lives with the provider.
+//!
+//! - A token with an unknown `kid` may trigger a refresh, at most once per `min_interval`; a
+//!   `kid` still unknown after a refresh is remembered as unknown until the next refresh is
+//!   allowed, so a flood of random `kid`s costs one fetch per interval.
+//! - In the background the set is refreshed at the provider's `max-age`, clamped to
+//!   [`min_interval`, `max_age`] (the caller adds jitter).
+//! - When fetches fail, the last good set is used until `max_stale` after it was fetched.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// The `refresh` settings of one issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RefreshPolicy {
+    /// Fetches happen at most this often, whatever asks for them.
+    pub(crate) min_interval: Duration,
+    /// The longest a fetched set is kept before a background refresh.
+    pub(crate) max_age: Duration,
+    /// How long the last good set is used while fetches fail.
+    pub(crate) max_stale: Duration,
+}
+
+/// What to do about a token whose `kid` is not in the set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnknownKid {
+    /// Fetch the set again and look once more.
+    Refresh,
+    /// Refused now: refreshed too recently, or already unknown after the last refresh.
+    Refuse,
+}
+
+/// The fetch history of one issuer's set. Times are offsets from any fixed origin.
+#[derive(Debug, Default)]
+pub(crate) struct RefreshState {
+    /// When the set in use was fetched.
+    fetched_at: Option<Duration>,
+    /// When the last fetch (good or bad) started.
+    attempted_at: Option<Duration>,
+    /// `kid`s not in the set after the last refresh.
+    unknown: HashSet<String>,
+}
+
+/// How many unknown `kid`s are remembered between refreshes (a flood must not grow memory).
+const MAX_REMEMBERED: usize = 4096;
+
+impl RefreshState {
+    fn may_fetch(&self, policy: &RefreshPolicy, now: Duration) -> bool {
+        self.attempted_at
+            .is_none_or(|t| now.saturating_sub(t) >= policy.min_interval)
+    }
+
+    /// A token's `kid` was not found at `now`.
+    pub(crate) fn unknown_kid(
+        &mut self,
+        kid: &str,
+        policy: &RefreshPolicy,
+        now: Duration,
+    ) -> UnknownKid {
+        if self.may_fetch(policy, now) {
+            return UnknownKid::Refresh;
+        }
+        if self.unknown.len() < MAX_REMEMBERED {
+            self.unknown.insert(kid.to_string());
+        }
+        UnknownKid::Refuse
+    }
+
+    /// Whether `kid` is known to be absent (refused without asking for a refresh).
+    pub(crate) fn known_unknown(&self, kid: &str) -> bool {
+        self.unknown.contains(kid)
+    }
+
+    /// A fetch starts at `now`.
+    pub(crate) fn fetching(&mut self, now: Duration) {
+        self.attempted_at = Some(now);
+    }
+
+    /// A good set arrived at `now`: forget the unknown `kid`s (they may be in it now).
+    pub(crate) fn fetched(&mut self, now: Duration) {
+        self.fetched_at = Some(now);
+        self.unknown.clear();
+    }
+
+    /// Whether the set fetched earlier may still be used at `now`.
+    pub(crate) fn usable(&self, policy: &RefreshPolicy, now: Duration) -> bool {
+        self.fetched_at
+            .is_some_and(|t| now.saturating_sub(t) <= policy.max_stale)
+    }
+
+    /// When the next background refresh is due, given the provider's `max-age` (if any).
+    pub(crate) fn next_refresh(
+        &self,
+        policy: &RefreshPolicy,
+        provider_max_age: Option<Duration>,
+        now: Duration,
+    ) -> Duration {
+        let age = provider_max_age
+            .unwrap_or(policy.max_age)
+            .clamp(policy.min_interval, policy.max_age.max(policy.min_interval));
+        let from = self.attempted_at.unwrap_or(now);
+        from + age
+    }
+}
+
+/// `max-age` of a `Cache-Control` header value, if any.
+pub(crate) fn max_age(cache_control: &str) -> Option<Duration> {
+    cache_control.split(',').find_map(|d| {
+        let (k, v) = d.trim().split_once('=')?;
+        k.trim().eq_ignore_ascii_case("max-age").then(|| {
+            v.trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
+        })?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn policy() -> RefreshPolicy {
+        RefreshPolicy {
+            min_interval: S(10),
+            max_age: S(3600),
+            max_stale: S(86_400),
+        }
+    }
+
+    #[test]
+    fn a_flood_of_unknown_kids_costs_one_fetch_per_interval() {
+        let p = policy();
+        let mut st = RefreshState::default();
+        assert_eq!(st.unknown_kid("a", &p, S(0)), UnknownKid::Refresh);
+        st.fetching(S(0));
+        st.fetched(S(0));
+        let mut fetches = 1;
+        // 5,000 random kids over 20 s: refused without a fetch except once per interval.
+        for i in 0..5000u64 {
+            let now = Duration::from_millis(i * 4);
+            let kid = format!("k{i}");
+            if st.known_unknown(&kid) {
+                continue;
+            }
+            if st.unknown_kid(&kid, &p, now) == UnknownKid::Refresh {
+                st.fetching(now);
+                st.fetched(now);
+                fetches += 1;
+            }
+        }
+        assert_eq!(fetches, 2, "at 0 s and 10 s");
+    }
+
+    #[test]
+    fn a_kid_unknown_after_a_refresh_is_refused_until_the_next_one() {
+        let p = policy();
+        let mut st = RefreshState::default();
+        st.fetching(S(100));
+        st.fetched(S(100));
+        assert_eq!(st.unknown_kid("x", &p, S(101)), UnknownKid::Refuse);
+        assert!(st.known_unknown("x"));
+        assert_eq!(st.unknown_kid("x", &p, S(110)), UnknownKid::Refresh);
+        st.fetching(S(110));
+        st.fetched(S(110));
+        assert!(
+            !st.known_unknown("x"),
+            "forgotten: it may be in the new set"
+        );
+    }
+
+    #[test]
+    fn the_last_good_set_serves_until_it_is_too_stale() {
+        let p = RefreshPolicy {
+            max_stale: S(60),
+            ..policy()
+        };
+        let mut st = RefreshState::default();
+        assert!(!st.usable(&p, S(0)), "nothing fetched yet");
+        st.fetching(S(0));
+        st.fetched(S(0));
+        st.fetching(S(30)); // fails: no `fetched`
+        assert!(st.usable(&p, S(60)));
+        assert!(!st.usable(&p, S(61)));
+        st.fetching(S(70));
+        st.fetched(S(70));
+        assert!(st.usable(&p, S(71)), "back without a restart");
+    }
+
+    #[test]
+    fn background_refresh_follows_max_age_within_bounds() {
+        let p = policy();
+        let mut st = RefreshState::default();
+        st.fetching(S(0));
+        assert_eq!(st.next_refresh(&p, Some(S(300)), S(0)), S(300));
+        assert_eq!(
+            st.next_refresh(&p, Some(S(1)), S(0)),
+            S(10),
+            "at least min_interval"
+        );
+        assert_eq!(
+            st.next_refresh(&p, Some(S(999_999)), S(0)),
+            S(3600),
+            "at most max_age"
+        );
+        assert_eq!(st.next_refresh(&p, None, S(0)), S(3600));
+        assert_eq!(max_age("public, max-age=300"), Some(S(300)));
+        assert_eq!(max_age("no-cache"), None);
+        assert_eq!(max_age("max-age=x"), None);
+    }
+}
