@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::aggregates::AggregateFile;
+use super::issuers::IssuerFile;
 
 /// The whole conf file as far as the gateway is concerned: Pingora's keys are ignored here.
 #[derive(Debug, Deserialize)]
@@ -77,6 +78,9 @@ pub(super) struct AuthFile {
     pub(super) issuer: Option<String>,
     pub(super) audience: Option<String>,
     pub(super) forward_authorization: bool,
+    pub(super) issuers: Vec<IssuerFile>,
+    pub(super) roles_claim: String,
+    pub(super) forward_claims: BTreeMap<String, String>,
 }
 
 impl Default for AuthFile {
@@ -87,6 +91,9 @@ impl Default for AuthFile {
             issuer: None,
             audience: None,
             forward_authorization: true,
+            issuers: Vec::new(),
+            roles_claim: "roles".into(),
+            forward_claims: BTreeMap::new(),
         }
     }
 }

@@ -23,10 +23,12 @@ pub use file::HealthCheckKind;
 mod resolve;
 pub use resolve::normalise_redis_addr;
 mod aggregates;
+mod issuers;
 pub use aggregates::{
     AggregateConfig, Authorize, CacheSpec, Expect, LegConfig, Part, PathPattern, Segment, Step,
     Template, ValueRef,
 };
+pub use issuers::{IssuerConfig, KeySource};
 mod services;
 pub use services::{ServiceConfig, Services};
 
@@ -115,6 +117,13 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Whether the client's `Authorization` header is passed to upstreams.
     pub forward_authorization: bool,
+    /// Identity providers whose tokens are accepted (JWKS / OIDC).
+    pub issuers: Vec<IssuerConfig>,
+    /// Where roles are in a token: a dotted claim path.
+    pub roles_claim: Vec<String>,
+    /// Claims copied into headers on proxied requests (the header is stripped from the client's
+    /// request first).
+    pub forward_claims: Vec<(Vec<String>, http::HeaderName)>,
 }
 
 impl std::fmt::Debug for AuthConfig {

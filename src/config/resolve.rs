@@ -12,6 +12,7 @@ use super::aggregates::{default_files, resolve_aggregates};
 use super::file::{
     AuthFile, GatewayFile, LimitsFile, RateLimitFile, RedisFile, RouteFile, StripFile, UpstreamFile,
 };
+use super::issuers::{claim_path, resolve_issuers};
 use super::services::resolve_services;
 use super::*;
 
@@ -159,11 +160,20 @@ impl RedisFile {
 impl AuthFile {
     fn resolve(self, env: &dyn Env, mode: LoadMode) -> Result<AuthConfig, ConfigError> {
         let secret = env.var("JWT_SECRET").unwrap_or_default();
-        if secret.is_empty() && mode == LoadMode::Run {
+        let issuers = resolve_issuers(self.issuers)?;
+        if secret.is_empty() && issuers.is_empty() && mode == LoadMode::Run {
             return Err(invalid(
                 "JWT_SECRET",
-                "is required: set JWT_SECRET to the HS256 secret shared with the token issuer",
+                "is required when no gateway.auth.issuers are configured: set JWT_SECRET to the HS256 secret shared with the token issuer",
             ));
+        }
+        let roles_claim = claim_path("gateway.auth.roles_claim", &self.roles_claim)?;
+        let mut forward_claims = Vec::new();
+        for (claim, header) in self.forward_claims {
+            let key = format!("gateway.auth.forward_claims.{claim}");
+            let name = http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| invalid(&key, format!("`{header}` is not a header name")))?;
+            forward_claims.push((claim_path(&key, &claim)?, name));
         }
         for (i, p) in self.public_paths.iter().enumerate() {
             if !p.starts_with('/') {
@@ -180,6 +190,9 @@ impl AuthFile {
             issuer: self.issuer,
             audience: self.audience,
             forward_authorization: self.forward_authorization,
+            issuers,
+            roles_claim,
+            forward_claims,
         })
     }
 }

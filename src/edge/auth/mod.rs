@@ -242,6 +242,9 @@ mod tests {
             issuer: issuer.map(String::from),
             audience: audience.map(String::from),
             forward_authorization: true,
+            issuers: vec![],
+            roles_claim: vec!["roles".into()],
+            forward_claims: vec![],
         };
         Authenticator::new(&cfg, 8192)
     }

@@ -1,0 +1,253 @@
+//! `gateway.auth.issuers`: identity providers whose tokens the gateway accepts, each with its
+//! key set's location, audiences, algorithms and refresh bounds; plus `roles_claim` and
+//! `forward_claims`. Checked once, naming the key.
+
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use url::Url;
+
+use super::{invalid, ConfigError};
+
+/// One issuer as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IssuerFile {
+    issuer: String,
+    #[serde(default)]
+    discovery: bool,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    allow_insecure_http: bool,
+    #[serde(default)]
+    refresh: RefreshFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RefreshFile {
+    min_interval_seconds: u64,
+    max_age_seconds: u64,
+    max_stale_seconds: u64,
+}
+
+impl Default for RefreshFile {
+    fn default() -> Self {
+        RefreshFile {
+            min_interval_seconds: 10,
+            max_age_seconds: 3600,
+            max_stale_seconds: 86_400,
+        }
+    }
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `{issuer}/.well-known/openid-configuration`, whose `issuer` must match and whose
+    /// `jwks_uri` is then used.
+    Discovery(Url),
+    /// The key set's URL, given directly.
+    Jwks(Url),
+}
+
+/// One identity provider, checked.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Must equal the token's `iss`; also the metric label.
+    pub issuer: String,
+    /// Where the keys come from.
+    pub keys: KeySource,
+    /// When not empty, `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Algorithms accepted from this issuer (never `none` nor HMAC).
+    pub algorithms: Vec<Algorithm>,
+    /// `http://` URLs are allowed (development, mocks).
+    pub allow_insecure_http: bool,
+    /// Fetches happen at most this often.
+    pub min_interval: Duration,
+    /// The longest a set is kept before a background refresh.
+    pub max_age: Duration,
+    /// How long the last good set is used while the provider is down.
+    pub max_stale: Duration,
+}
+
+fn parse_alg(key: &str, s: &str) -> Result<Algorithm, ConfigError> {
+    use Algorithm::*;
+    let alg: Algorithm = s
+        .parse()
+        .map_err(|_| invalid(key, format!("`{s}` is not a JWS algorithm")))?;
+    match alg {
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 | ES256 | ES384 | EdDSA => Ok(alg),
+        _ => Err(invalid(
+            key,
+            format!("`{s}`: an issuer's tokens are signed with a published key (RS*, PS*, ES256, ES384, EdDSA); HMAC is for JWT_SECRET only"),
+        )),
+    }
+}
+
+fn parse_url(key: &str, s: &str, insecure: bool) -> Result<Url, ConfigError> {
+    let url = Url::parse(s).map_err(|e| invalid(key, format!("`{s}` is not a URL ({e})")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if insecure => {}
+        "http" => {
+            return Err(invalid(
+                key,
+                format!("`{s}`: keys over plain http can be swapped in transit; use https (or allow_insecure_http: true for development)"),
+            ))
+        }
+        other => return Err(invalid(key, format!("`{other}`: use https"))),
+    }
+    if url.host_str().is_none() {
+        return Err(invalid(key, format!("`{s}` has no host")));
+    }
+    Ok(url)
+}
+
+impl IssuerFile {
+    fn resolve(self, key: &str) -> Result<IssuerConfig, ConfigError> {
+        let k = |s: &str| format!("{key}.{s}");
+        if self.issuer.trim().is_empty() {
+            return Err(invalid(k("issuer"), "must not be empty"));
+        }
+        let keys = match (self.discovery, &self.jwks_uri) {
+            (true, None) => {
+                let base = parse_url(&k("issuer"), &self.issuer, self.allow_insecure_http)?;
+                let doc = format!(
+                    "{}/.well-known/openid-configuration",
+                    base.as_str().trim_end_matches('/')
+                );
+                KeySource::Discovery(parse_url(&k("issuer"), &doc, self.allow_insecure_http)?)
+            }
+            (false, Some(u)) => {
+                KeySource::Jwks(parse_url(&k("jwks_uri"), u, self.allow_insecure_http)?)
+            }
+            (true, Some(_)) => {
+                return Err(invalid(
+                    k("jwks_uri"),
+                    "give either discovery: true or jwks_uri, not both",
+                ))
+            }
+            (false, None) => return Err(invalid(key, "needs discovery: true or a jwks_uri")),
+        };
+        let algorithms = match self.algorithms {
+            None => vec![Algorithm::RS256, Algorithm::ES256],
+            Some(list) if list.is_empty() => {
+                return Err(invalid(k("algorithms"), "must list at least one algorithm"))
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, a)| parse_alg(&format!("{key}.algorithms[{i}]"), a))
+                .collect::<Result<_, _>>()?,
+        };
+        let r = self.refresh;
+        if r.min_interval_seconds == 0 {
+            return Err(invalid(
+                k("refresh.min_interval_seconds"),
+                "must be greater than 0",
+            ));
+        }
+        if r.max_age_seconds < r.min_interval_seconds {
+            return Err(invalid(
+                k("refresh.max_age_seconds"),
+                "must be at least min_interval_seconds",
+            ));
+        }
+        Ok(IssuerConfig {
+            issuer: self.issuer,
+            keys,
+            audiences: self.audiences,
+            algorithms,
+            allow_insecure_http: self.allow_insecure_http,
+            min_interval: Duration::from_secs(r.min_interval_seconds),
+            max_age: Duration::from_secs(r.max_age_seconds),
+            max_stale: Duration::from_secs(r.max_stale_seconds),
+        })
+    }
+}
+
+/// Checks every issuer; issuers must be unique.
+pub(super) fn resolve_issuers(files: Vec<IssuerFile>) -> Result<Vec<IssuerConfig>, ConfigError> {
+    let mut out: Vec<IssuerConfig> = Vec::with_capacity(files.len());
+    for (i, f) in files.into_iter().enumerate() {
+        let key = format!("gateway.auth.issuers[{i}]");
+        let c = f.resolve(&key)?;
+        if out.iter().any(|o| o.issuer == c.issuer) {
+            return Err(invalid(
+                format!("{key}.issuer"),
+                format!("`{}` is configured twice", c.issuer),
+            ));
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// A dotted claim path (`realm_access.roles`).
+pub(super) fn claim_path(key: &str, s: &str) -> Result<Vec<String>, ConfigError> {
+    let parts: Vec<String> = s.split('.').map(str::to_string).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(invalid(
+            key,
+            format!("`{s}` is not a claim name or dotted path"),
+        ));
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Vec<IssuerConfig>, ConfigError> {
+        resolve_issuers(serde_yaml::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn an_issuer_with_discovery_gets_its_document_url_and_defaults() {
+        let c = check("- { issuer: 'https://idp.example/realms/x', discovery: true }").unwrap();
+        assert_eq!(
+            c[0].keys,
+            KeySource::Discovery(
+                Url::parse("https://idp.example/realms/x/.well-known/openid-configuration")
+                    .unwrap()
+            )
+        );
+        assert_eq!(c[0].algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
+        assert_eq!(c[0].min_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unsafe_or_incomplete_issuers_are_refused_naming_the_key() {
+        for (yaml, want) in [
+            ("- { issuer: 'http://idp', discovery: true }", "gateway.auth.issuers[0].issuer"),
+            ("- { issuer: 'https://idp' }", "needs discovery: true or a jwks_uri"),
+            ("- { issuer: 'https://idp', discovery: true, jwks_uri: 'https://idp/k' }", "not both"),
+            ("- { issuer: 'https://idp', jwks_uri: 'https://idp/k', algorithms: [HS256] }", "gateway.auth.issuers[0].algorithms[0]"),
+            ("- { issuer: 'https://idp', jwks_uri: 'https://idp/k', algorithms: [none] }", "algorithms[0]"),
+            ("- { issuer: 'https://idp', jwks_uri: 'https://idp/k', refresh: { min_interval_seconds: 0 } }", "refresh.min_interval_seconds"),
+            ("- { issuer: 'https://a', jwks_uri: 'https://a/k' }\n- { issuer: 'https://a', jwks_uri: 'https://a/k' }", "issuers[1].issuer"),
+        ] {
+            let e = check(yaml).unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}\n→ {e}");
+        }
+        assert!(check("- { issuer: 'http://127.0.0.1:8085', discovery: true, allow_insecure_http: true, algorithms: [RS256, ES256, EdDSA] }").is_ok());
+    }
+
+    #[test]
+    fn claim_paths_are_dotted_names() {
+        assert_eq!(
+            claim_path("k", "realm_access.roles").unwrap(),
+            vec!["realm_access", "roles"]
+        );
+        assert!(claim_path("k", "a..b").is_err());
+    }
+}
