@@ -22,6 +22,8 @@ mod error;
 #[allow(dead_code)]
 mod jwks;
 #[allow(dead_code)]
+mod provider;
+#[allow(dead_code)]
 mod refresh;
 
 use self::cache::{TokenCache, Verified};

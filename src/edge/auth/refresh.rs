@@ -84,6 +84,12 @@ impl RefreshState {
         self.unknown.clear();
     }
 
+    /// Whether a good fetch finished at or after `t` (a caller that asked at `t` has its
+    /// answer).
+    pub(crate) fn fetched_since(&self, t: Duration) -> bool {
+        self.fetched_at.is_some_and(|f| f >= t)
+    }
+
     /// Whether the set fetched earlier may still be used at `now`.
     pub(crate) fn usable(&self, policy: &RefreshPolicy, now: Duration) -> bool {
         self.fetched_at

@@ -1,0 +1,251 @@
+//! One identity provider at run time: its current key set, fetched (through discovery when
+//! configured) with a timeout and a body limit, refreshed under the policy of [`refresh`]
+//! with one fetch at a time (concurrent askers wait for it and share its result).
+//!
+//! [`refresh`]: super::refresh
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+use super::jwks::KeySet;
+use super::refresh::{max_age, RefreshPolicy, RefreshState};
+use crate::config::{IssuerConfig, KeySource};
+
+/// How long one fetch (discovery and key set together) may take.
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest discovery document or key set accepted.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// One issuer's keys and fetch history.
+pub(crate) struct Provider {
+    config: IssuerConfig,
+    http: reqwest::Client,
+    /// Times in [`RefreshState`] are offsets from here.
+    origin: Instant,
+    set: RwLock<Option<Arc<KeySet>>>,
+    state: Mutex<RefreshState>,
+    /// The provider's `max-age` from the last good fetch.
+    provider_max_age: Mutex<Option<Duration>>,
+    /// Held by the one fetch in progress.
+    flight: tokio::sync::Mutex<()>,
+}
+
+impl Provider {
+    /// A provider with no keys yet.
+    pub(crate) fn new(config: IssuerConfig, http: reqwest::Client) -> Provider {
+        Provider {
+            config,
+            http,
+            origin: Instant::now(),
+            set: RwLock::new(None),
+            state: Mutex::new(RefreshState::default()),
+            provider_max_age: Mutex::new(None),
+            flight: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The refresh bounds.
+    pub(crate) fn policy(&self) -> RefreshPolicy {
+        RefreshPolicy {
+            min_interval: self.config.min_interval,
+            max_age: self.config.max_age,
+            max_stale: self.config.max_stale,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// The key set, if one was fetched and is not too stale.
+    pub(crate) fn current(&self) -> Option<Arc<KeySet>> {
+        let usable = self.state.lock().usable(&self.policy(), self.now());
+        if usable {
+            self.set.read().clone()
+        } else {
+            None
+        }
+    }
+
+    /// Fetches the key set now (unless another fetch finished while this one waited its
+    /// turn). A failed or malformed fetch keeps the last good set.
+    pub(crate) async fn refresh(&self) -> Result<usize, String> {
+        let asked = self.now();
+        let _turn = self.flight.lock().await;
+        if self.state.lock().fetched_since(asked) {
+            return Ok(self.set.read().as_ref().map_or(0, |s| s.len()));
+        }
+        self.state.lock().fetching(self.now());
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.fetch())
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
+        let (set, provider_max_age) = fetched?;
+        let n = set.len();
+        *self.set.write() = Some(Arc::new(set));
+        *self.provider_max_age.lock() = provider_max_age;
+        self.state.lock().fetched(self.now());
+        Ok(n)
+    }
+
+    async fn fetch(&self) -> Result<(KeySet, Option<Duration>), String> {
+        let jwks_url = match &self.config.keys {
+            KeySource::Jwks(u) => u.clone(),
+            KeySource::Discovery(doc) => {
+                let (body, _) = self.get(doc.as_str()).await?;
+                let doc: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| format!("discovery document is not JSON: {e}"))?;
+                let issuer = doc["issuer"].as_str().unwrap_or_default();
+                if issuer != self.config.issuer {
+                    return Err(format!(
+                        "discovery says issuer `{issuer}`, configured `{}`",
+                        self.config.issuer
+                    ));
+                }
+                let uri = doc["jwks_uri"]
+                    .as_str()
+                    .ok_or("discovery document has no jwks_uri")?;
+                let url = url::Url::parse(uri).map_err(|e| format!("jwks_uri `{uri}`: {e}"))?;
+                if url.scheme() != "https"
+                    && !(url.scheme() == "http" && self.config.allow_insecure_http)
+                {
+                    return Err(format!("jwks_uri `{uri}` is not https"));
+                }
+                url
+            }
+        };
+        let (body, cache_control) = self.get(jwks_url.as_str()).await?;
+        let set = KeySet::parse(&body)?;
+        Ok((set, cache_control.as_deref().and_then(max_age)))
+    }
+
+    /// A GET with the body limit; the body and the `Cache-Control` value.
+    async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<String>), String> {
+        let mut resp = self
+            .http
+            .get(url)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("{url}: status {}", resp.status()));
+        }
+        let cache_control = resp
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(format!("{url}: larger than {MAX_BODY} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, cache_control))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"ec-1","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#;
+
+    /// A provider on a free port: discovery (claiming `issuer`) and a JWKS that answers
+    /// `jwks` (or 500 when `None`), counting fetches.
+    async fn serve(
+        issuer_path: &'static str,
+        jwks: Arc<Mutex<Option<&'static str>>>,
+    ) -> (String, Arc<AtomicUsize>) {
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let issuer = format!("{base}{issuer_path}");
+        let count = fetches.clone();
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get({
+                    let base = base.clone();
+                    move || {
+                        let (issuer, base) = (issuer.clone(), base.clone());
+                        async move { axum::Json(serde_json::json!({"issuer": issuer, "jwks_uri": format!("{base}/jwks")})) }
+                    }
+                }),
+            )
+            .route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let (jwks, count) = (jwks.clone(), count.clone());
+                    async move {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        match *jwks.lock() {
+                            Some(body) => (axum::http::StatusCode::OK, [("cache-control", "max-age=60")], body).into_response(),
+                            None => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, [("cache-control", "no-store")], "down").into_response(),
+                        }
+                    }
+                }),
+            );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (base, fetches)
+    }
+
+    fn provider(issuer: &str, discovery: bool) -> Provider {
+        let yaml = if discovery {
+            format!("- {{ issuer: '{issuer}', discovery: true, allow_insecure_http: true, refresh: {{ min_interval_seconds: 1 }} }}")
+        } else {
+            format!("- {{ issuer: '{issuer}', jwks_uri: '{issuer}/jwks', allow_insecure_http: true, refresh: {{ min_interval_seconds: 1 }} }}")
+        };
+        let cfg = crate::config::Config::from_yaml(
+            &format!(
+                "gateway:\n  auth:\n    issuers:\n    {}\n",
+                yaml.replace('\n', "\n    ")
+            ),
+            &|_: &str| None,
+            crate::config::LoadMode::Run,
+        )
+        .unwrap();
+        Provider::new(cfg.auth.issuers[0].clone(), reqwest::Client::new())
+    }
+
+    #[tokio::test]
+    async fn discovery_leads_to_the_key_set_and_concurrent_refreshes_share_one_fetch() {
+        let jwks = Arc::new(Mutex::new(Some(JWKS)));
+        let (base, fetches) = serve("", jwks.clone()).await;
+        let p = Arc::new(provider(&base, true));
+        assert!(p.current().is_none(), "nothing before the first fetch");
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.refresh().await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(1));
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for 20 askers");
+        assert_eq!(p.current().map(|s| s.len()), Some(1));
+        // The provider goes down: the last good set stays.
+        *jwks.lock() = None;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(p.refresh().await.is_err());
+        assert!(p.current().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_discovery_document_for_another_issuer_is_refused() {
+        let (base, fetches) = serve("/other", Arc::new(Mutex::new(Some(JWKS)))).await;
+        let p = provider(&base, true);
+        let e = p.refresh().await.unwrap_err();
+        assert!(e.contains("discovery says issuer"), "{e}");
+        assert_eq!(fetches.load(Ordering::SeqCst), 0);
+        assert!(p.current().is_none());
+    }
+}
