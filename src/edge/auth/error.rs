@@ -41,11 +41,14 @@ pub enum AuthError {
     /// `iss` or `aud` do not match the configuration.
     #[error("token issuer or audience not accepted")]
     WrongParty,
+    /// The issuer's key set has no key with the token's `kid`, even after a refresh.
+    #[error("token signed with a key the issuer does not publish")]
+    UnknownKid,
 }
 
 impl AuthError {
     /// Every value [`AuthError::reason`] can return.
-    pub const REASONS: [&'static str; 12] = [
+    pub const REASONS: [&'static str; 13] = [
         "missing",
         "duplicate_header",
         "scheme",
@@ -58,6 +61,7 @@ impl AuthError {
         "missing_claim",
         "claim_format",
         "issuer_audience",
+        "unknown_kid",
     ];
 
     /// Bounded label for `auth_failures_total{reason}`.
@@ -75,6 +79,7 @@ impl AuthError {
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::ClaimFormat(_) => "claim_format",
             AuthError::WrongParty => "issuer_audience",
+            AuthError::UnknownKid => "unknown_kid",
         }
     }
 

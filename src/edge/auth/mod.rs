@@ -20,6 +20,8 @@ mod cache;
 mod error;
 // Wired in by the identity-provider work (issue 13) in progress on this branch.
 #[allow(dead_code)]
+mod issuer;
+#[allow(dead_code)]
 mod jwks;
 #[allow(dead_code)]
 mod provider;

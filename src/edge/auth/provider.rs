@@ -30,6 +30,8 @@ pub(crate) struct Provider {
     provider_max_age: Mutex<Option<Duration>>,
     /// Held by the one fetch in progress.
     flight: tokio::sync::Mutex<()>,
+    /// Added to the clock (tests move time forward instead of waiting).
+    skew_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Provider {
@@ -43,7 +45,15 @@ impl Provider {
             state: Mutex::new(RefreshState::default()),
             provider_max_age: Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
+            skew_ms: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Moves this provider's clock forward by `by`.
+    #[cfg(test)]
+    pub(crate) fn advance(&self, by: Duration) {
+        self.skew_ms
+            .fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The refresh bounds.
@@ -57,6 +67,7 @@ impl Provider {
 
     fn now(&self) -> Duration {
         self.origin.elapsed()
+            + Duration::from_millis(self.skew_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The key set, if one was fetched and is not too stale.
@@ -67,6 +78,18 @@ impl Provider {
         } else {
             None
         }
+    }
+
+    /// What to do about a token whose `kid` is not in the set (see [`RefreshState`]).
+    pub(crate) fn unknown_kid(&self, kid: &str) -> super::refresh::UnknownKid {
+        let policy = self.policy();
+        let now = self.now();
+        self.state.lock().unknown_kid(kid, &policy, now)
+    }
+
+    /// The issuer this provider serves.
+    pub(crate) fn config(&self) -> &IssuerConfig {
+        &self.config
     }
 
     /// Fetches the key set now (unless another fetch finished while this one waited its
