@@ -66,7 +66,7 @@ impl Edge {
                 }),
             };
         }
-        let identity = self.auth.authenticate(headers).map_err(|e| {
+        let identity = self.auth.authenticate(headers).await.map_err(|e| {
             metrics::AUTH_FAILURES
                 .with_label_values(&[e.reason()])
                 .inc();

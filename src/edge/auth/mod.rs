@@ -19,11 +19,9 @@ use crate::config::AuthConfig;
 mod cache;
 mod error;
 // Wired in by the identity-provider work (issue 13) in progress on this branch.
-#[allow(dead_code)]
 mod issuer;
 #[allow(dead_code)]
 mod jwks;
-#[allow(dead_code)]
 mod provider;
 #[allow(dead_code)]
 mod refresh;
@@ -64,8 +62,15 @@ struct Claims {
     nbf: Option<serde_json::Value>,
 }
 
+/// A token's issuer, with its header's `alg` and `kid`.
+type IssuerToken<'a> = (&'a issuer::IssuerVerifier, Algorithm, Option<String>);
+
 /// Verifies bearer tokens with the configured secret and rules.
 pub(crate) struct Authenticator {
+    /// HS256 with `JWT_SECRET`; off when no secret is set (issuers only).
+    hs256: bool,
+    /// Configured identity providers, matched by the token's `iss`.
+    issuers: Vec<issuer::IssuerVerifier>,
     key: DecodingKey,
     validation: Validation,
     leeway: u64,
@@ -93,7 +98,23 @@ impl Authenticator {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".to_string());
         }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(provider::FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        let issuers = cfg
+            .issuers
+            .iter()
+            .map(|i| {
+                let p = Arc::new(provider::Provider::new(i.clone(), http.clone()));
+                issuer::IssuerVerifier::new(p, cfg.leeway_seconds, cfg.roles_claim.clone())
+            })
+            .collect();
         Authenticator {
+            hs256: !cfg.secret.is_empty(),
+            issuers,
             key: DecodingKey::from_secret(&cfg.secret),
             validation,
             leeway: cfg.leeway_seconds,
@@ -102,8 +123,69 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates a request from its headers.
-    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthError> {
+    /// Authenticates a request from its headers: a token of a configured issuer against its
+    /// published keys (fetching them when a `kid` is new), any other with `JWT_SECRET`.
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Identity>, AuthError> {
+        let token = self.bearer(headers)?;
+        if let Some(hit) = self.cached(token) {
+            return hit;
+        }
+        if let Some((verifier, alg, kid)) = self.issuer_of(token)? {
+            let verified = verifier.verify(token, alg, kid.as_deref()).await?;
+            let identity = verified.identity.clone();
+            self.cache.put(token, verified);
+            return Ok(identity);
+        }
+        self.verify(token)
+    }
+
+    /// The issuer whose token this is (by its unverified `iss`), with the header's `alg` and
+    /// `kid`; `None` for a token of no configured issuer.
+    fn issuer_of(&self, token: &str) -> Result<Option<IssuerToken<'_>>, AuthError> {
+        if self.issuers.is_empty() {
+            return Ok(None);
+        }
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
+            return Err(AuthError::Malformed(
+                "a token has three dot-separated parts",
+            ));
+        };
+        #[derive(Deserialize)]
+        struct Iss {
+            iss: Option<String>,
+        }
+        let payload = b64
+            .decode(payload.trim_end_matches('='))
+            .map_err(|_| AuthError::Malformed("payload is not base64url"))?;
+        let Ok(Iss { iss: Some(iss) }) = serde_json::from_slice::<Iss>(&payload) else {
+            return Ok(None);
+        };
+        let Some(verifier) = self.issuers.iter().find(|v| v.issuer() == iss) else {
+            return Ok(None);
+        };
+        #[derive(Deserialize)]
+        struct Head {
+            alg: String,
+            kid: Option<String>,
+        }
+        let head: Head = b64
+            .decode(header.trim_end_matches('='))
+            .ok()
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .ok_or(AuthError::Malformed(
+                "header is not base64url JSON with an `alg`",
+            ))?;
+        let alg: Algorithm = head.alg.parse().map_err(|_| AuthError::Algorithm)?;
+        Ok(Some((verifier, alg, head.kid)))
+    }
+
+    /// The bearer token of a request.
+    fn bearer<'h>(&self, headers: &'h HeaderMap) -> Result<&'h str, AuthError> {
         let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
         let value = values.next().ok_or(AuthError::Missing)?;
         if values.next().is_some() {
@@ -119,7 +201,25 @@ impl Authenticator {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::Scheme);
         }
-        self.verify(token.trim())
+        let token = token.trim();
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge);
+        }
+        Ok(token)
+    }
+
+    /// A token verified before: only the time-dependent checks can change their verdict.
+    fn cached(&self, token: &str) -> Option<Result<Arc<Identity>, AuthError>> {
+        let v = self.cache.get(token)?;
+        let now = unix_now() as f64;
+        let leeway = self.leeway as f64;
+        Some(if v.exp < now - leeway {
+            Err(AuthError::Expired)
+        } else if v.nbf.is_some_and(|nbf| nbf > now + leeway) {
+            Err(AuthError::NotYetValid)
+        } else {
+            Ok(v.identity)
+        })
     }
 
     /// Verifies one compact JWS token (from the cache when it was verified before).
@@ -127,17 +227,12 @@ impl Authenticator {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge);
         }
-        if let Some(v) = self.cache.get(token) {
-            // Only the time-dependent checks can change their verdict since the first time.
-            let now = unix_now() as f64;
-            let leeway = self.leeway as f64;
-            if v.exp < now - leeway {
-                return Err(AuthError::Expired);
-            }
-            if v.nbf.is_some_and(|nbf| nbf > now + leeway) {
-                return Err(AuthError::NotYetValid);
-            }
-            return Ok(v.identity);
+        if let Some(hit) = self.cached(token) {
+            return hit;
+        }
+        if !self.hs256 {
+            // No secret: only tokens of a configured issuer are accepted.
+            return Err(AuthError::WrongParty);
         }
         let verified = self.verify_uncached(token)?;
         let identity = verified.identity.clone();
@@ -447,21 +542,24 @@ mod tests {
         http::HeaderValue::from_str(&s).expect("test header value")
     }
 
-    #[test]
-    fn header_rules() {
+    #[tokio::test]
+    async fn header_rules() {
         let a = auth();
         let t = issue_token(SECRET, "7", Duration::from_secs(60), &[]).unwrap_or_default();
         let mut h = HeaderMap::new();
-        assert_eq!(a.authenticate(&h).err(), Some(AuthError::Missing));
+        assert_eq!(a.authenticate(&h).await.err(), Some(AuthError::Missing));
         h.insert("authorization", hv(format!("bearer {t}")));
-        assert!(a.authenticate(&h).is_ok(), "scheme is case-insensitive");
+        assert!(
+            a.authenticate(&h).await.is_ok(),
+            "scheme is case-insensitive"
+        );
         h.append("authorization", hv(format!("Bearer {t}")));
-        assert_eq!(a.authenticate(&h).err(), Some(AuthError::Duplicate));
+        assert_eq!(a.authenticate(&h).await.err(), Some(AuthError::Duplicate));
         let mut h = HeaderMap::new();
         h.insert("authorization", hv("Basic dXNlcjpwYXNz".into()));
-        assert_eq!(a.authenticate(&h).err(), Some(AuthError::Scheme));
+        assert_eq!(a.authenticate(&h).await.err(), Some(AuthError::Scheme));
         let mut h = HeaderMap::new();
         h.insert("authorization", hv(format!("Bearer {}", "a".repeat(9000))));
-        assert_eq!(a.authenticate(&h).err(), Some(AuthError::TooLarge));
+        assert_eq!(a.authenticate(&h).await.err(), Some(AuthError::TooLarge));
     }
 }
