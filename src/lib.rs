@@ -65,6 +65,7 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     };
     let (gateway, health_services) = Gateway::new(config.clone(), redis)
         .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
+    let key_refresher = gateway.key_refresher();
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
     // Every client connection gets a whole-header read deadline (slowloris defence).
@@ -107,5 +108,11 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
         "client report",
         conn::report::SummaryService,
     ));
+    if let Some(refresher) = key_refresher {
+        server.add_service(pingora::services::background::background_service(
+            "identity provider keys",
+            refresher,
+        ));
+    }
     Ok(server)
 }

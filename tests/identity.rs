@@ -23,10 +23,8 @@ async fn mint(idp: &Mocks, body: Value) -> String {
     r["access_token"].as_str().unwrap().to_string()
 }
 
-async fn start() -> (Mocks, EchoServer, Gateway) {
-    let idp = Mocks::start(&["idp"]);
-    let echo = EchoServer::start().await;
-    let section = format!(
+fn section(issuer: &str, echo_port: u16) -> String {
+    format!(
         r#"auth:
   issuers:
     - issuer: "{issuer}"
@@ -41,10 +39,19 @@ upstreams:
 routes:
   - {{ prefix: "/echo/", upstream: echo }}
 "#,
-        issuer = idp.url("idp"),
-        port = echo.port
-    );
-    let gw = Gateway::start(&section, &[("JWT_SECRET", SECRET.to_string())]).await;
+        issuer = issuer,
+        port = echo_port
+    )
+}
+
+async fn start() -> (Mocks, EchoServer, Gateway) {
+    let idp = Mocks::start(&["idp"]);
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(
+        &section(&idp.url("idp"), echo.port),
+        &[("JWT_SECRET", SECRET.to_string())],
+    )
+    .await;
     (idp, echo, gw)
 }
 
@@ -118,4 +125,52 @@ async fn a_rotated_key_is_accepted_without_a_restart() {
         .unwrap();
     let fetches = stats["requests"]["/jwks"].as_u64().unwrap();
     assert!(fetches <= 3, "{fetches} key set fetches");
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_keys_and_a_mismatched_issuer_never_gets_them() {
+    let idp = Mocks::start(&["idp"]);
+    let echo = EchoServer::start().await;
+    // Discovery and key set each answer late (together still within the 2 s fetch timeout).
+    idp.faults("idp", json!({"delay_ms": 700})).await;
+    let gw = Gateway::start_unready(&section(&idp.url("idp"), echo.port), &[]).await;
+    let ready = || async {
+        client()
+            .get(gw.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready().await, 503, "before the first key set");
+    assert_eq!(
+        client()
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    eventually(
+        "ready once the keys arrive",
+        Duration::from_secs(10),
+        async || ready().await == 200,
+    )
+    .await;
+    // `localhost` is not the `127.0.0.1` the provider's discovery document names.
+    idp.faults("idp", json!({})).await;
+    let discovery = || async { idp.count("idp", "/.well-known/openid-configuration").await };
+    let before = discovery().await;
+    let other = idp.url("idp").replace("127.0.0.1", "localhost");
+    let gw2 = Gateway::start_unready(&section(&other, echo.port), &[]).await;
+    eventually(
+        "the second gateway asked",
+        Duration::from_secs(10),
+        async || discovery().await > before,
+    )
+    .await;
+    let r = client().get(gw2.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "never ready with keys from another issuer");
 }

@@ -52,6 +52,17 @@ impl Edge {
         }
     }
 
+    /// Whether the edge can serve: every identity provider's keys are loaded.
+    pub(crate) fn ready(&self) -> bool {
+        self.auth.ready()
+    }
+
+    /// The background service that keeps identity providers' keys fresh (`None`: no issuers).
+    pub(crate) fn key_refresher(&self) -> Option<auth::provider::KeyRefresher> {
+        let providers = self.auth.providers();
+        (!providers.is_empty()).then(|| auth::provider::KeyRefresher::new(providers))
+    }
+
     /// Rate limit, then authenticate.
     pub(crate) async fn check(&self, client: Option<IpAddr>, headers: &HeaderMap) -> EdgeVerdict {
         let rate = match client {

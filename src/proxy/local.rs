@@ -64,6 +64,12 @@ impl Gateway {
                 return Ok(true);
             }
             Route::Healthz => br#"{"status":"ok"}"#,
+            Route::Readyz if !self.edge.ready() => {
+                let e =
+                    GatewayError::Unavailable("identity provider keys are not loaded yet".into());
+                respond::error(session, &e, &ctx.local_headers()).await?;
+                return Ok(true);
+            }
             Route::Readyz => br#"{"status":"ready"}"#,
             Route::NotFound => {
                 let e = GatewayError::NotFound("no route matches this path".into());

@@ -127,6 +127,11 @@ fn answered(session: &Session) -> bool {
 }
 
 impl Gateway {
+    /// The background service keeping identity providers' keys fresh, if any are configured.
+    pub(crate) fn key_refresher(&self) -> Option<crate::edge::auth::provider::KeyRefresher> {
+        self.edge.key_refresher()
+    }
+
     /// Answers `err` and closes the connection: the request's body was not (fully) read, so
     /// the next bytes on it are not a request.
     async fn refuse(&self, session: &mut Session, ctx: &Ctx, err: &GatewayError) -> Result<bool> {

@@ -63,7 +63,21 @@ impl Gateway {
         Gateway::start_with(gateway_section, env, true).await
     }
 
+    /// As [`Gateway::start`], waiting only for the port, not for `/readyz` (to test readiness).
+    pub async fn start_unready(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
+        Gateway::start_inner(gateway_section, env, false, false).await
+    }
+
     async fn start_with(gateway_section: &str, env: &[(&str, String)], piped: bool) -> Gateway {
+        Gateway::start_inner(gateway_section, env, piped, true).await
+    }
+
+    async fn start_inner(
+        gateway_section: &str,
+        env: &[(&str, String)],
+        piped: bool,
+        ready: bool,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let metrics_port = free_port();
@@ -91,6 +105,10 @@ impl Gateway {
             dir,
             env,
         };
+        if !ready {
+            super::wait_for_port(port, Duration::from_secs(20));
+            return gw;
+        }
         let url = gw.url("/readyz");
         eventually(
             "gateway /readyz",

@@ -31,6 +31,11 @@ impl IssuerVerifier {
         }
     }
 
+    /// The provider whose keys this verifier uses.
+    pub(crate) fn provider(&self) -> &Arc<Provider> {
+        &self.provider
+    }
+
     /// The `iss` this verifier accepts.
     pub(crate) fn issuer(&self) -> &str {
         &self.provider.config().issuer

@@ -22,7 +22,7 @@ mod error;
 mod issuer;
 #[allow(dead_code)]
 mod jwks;
-mod provider;
+pub(crate) mod provider;
 #[allow(dead_code)]
 mod refresh;
 
@@ -182,6 +182,19 @@ impl Authenticator {
             ))?;
         let alg: Algorithm = head.alg.parse().map_err(|_| AuthError::Algorithm)?;
         Ok(Some((verifier, alg, head.kid)))
+    }
+
+    /// The identity providers, for the background key refresher.
+    pub(crate) fn providers(&self) -> Vec<Arc<provider::Provider>> {
+        self.issuers.iter().map(|v| v.provider().clone()).collect()
+    }
+
+    /// Whether every configured issuer has a usable key set (readiness: a new replica must
+    /// not refuse its first requests).
+    pub(crate) fn ready(&self) -> bool {
+        self.issuers
+            .iter()
+            .all(|v| v.provider().current().is_some())
     }
 
     /// The bearer token of a request.

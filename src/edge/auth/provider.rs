@@ -13,6 +13,63 @@ use super::jwks::KeySet;
 use super::refresh::{max_age, RefreshPolicy, RefreshState};
 use crate::config::{IssuerConfig, KeySource};
 
+/// Keeps every issuer's key set fresh: fetched at start (retried every `min_interval` until
+/// it works), then again at the provider's `max-age` clamped to the configured bounds, with
+/// ±10% jitter so replicas do not fetch in step.
+pub(crate) struct KeyRefresher {
+    providers: Vec<Arc<Provider>>,
+}
+
+impl KeyRefresher {
+    /// A refresher over these providers.
+    pub(crate) fn new(providers: Vec<Arc<Provider>>) -> Self {
+        KeyRefresher { providers }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for KeyRefresher {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let loops = self.providers.iter().map(|p| p.clone().keep_fresh());
+        tokio::select! {
+            _ = futures::future::join_all(loops) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+impl Provider {
+    async fn keep_fresh(self: Arc<Self>) {
+        let mut failing = false;
+        loop {
+            let wait = match self.refresh().await {
+                Ok(n) => {
+                    if failing {
+                        tracing::info!(issuer = %self.config.issuer, keys = n, "identity provider keys loaded again");
+                    }
+                    failing = false;
+                    let max_age = *self.provider_max_age.lock();
+                    let due = self
+                        .state
+                        .lock()
+                        .next_refresh(&self.policy(), max_age, self.now());
+                    due.saturating_sub(self.now())
+                        .mul_f64(0.9 + 0.2 * rand::random::<f64>())
+                }
+                Err(e) => {
+                    if !failing {
+                        // Once per failure streak; metrics count every attempt.
+                        tracing::warn!(issuer = %self.config.issuer, error = %e, "identity provider keys could not be fetched; the last good set stays in use");
+                    }
+                    failing = true;
+                    self.config.min_interval
+                }
+            };
+            tokio::time::sleep(wait.max(self.config.min_interval)).await;
+        }
+    }
+}
+
 /// How long one fetch (discovery and key set together) may take.
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest discovery document or key set accepted.
