@@ -191,6 +191,33 @@ pub static REQUEST_BODY_BUFFERED: LazyLock<IntGauge> = LazyLock::new(|| {
     .unwrap_or_else(|e| panic!("metric request_body_buffered_bytes cannot be registered: {e}"))
 });
 
+/// Key set fetches per identity provider, by result (ok|error).
+pub static JWKS_REFRESH: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "jwks_refresh_total",
+        "Key set fetches per identity provider, by issuer and result (ok|error)",
+        &["issuer", "result"],
+    )
+});
+
+/// Usable keys in each issuer's current set.
+pub static JWKS_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "jwks_keys",
+        "Usable signing keys in each identity provider's current key set",
+        &["issuer"],
+    )
+});
+
+/// Seconds since each issuer's set was last fetched successfully.
+pub static JWKS_AGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "jwks_age_seconds",
+        "Seconds since each identity provider's key set was last fetched successfully (-1: never)",
+        &["issuer"],
+    )
+});
+
 /// Forces registration so every family shows on `/metrics` from the first scrape. Process
 /// metrics (CPU seconds, resident memory, open fds) come with the default registry itself,
 /// through the `prometheus` crate's `process` feature.
@@ -213,6 +240,9 @@ pub fn init() {
     LazyLock::force(&CONNECTIONS_REFUSED);
     LazyLock::force(&REQUEST_BODIES);
     LazyLock::force(&REQUEST_BODY_BUFFERED);
+    LazyLock::force(&JWKS_REFRESH);
+    LazyLock::force(&JWKS_KEYS);
+    LazyLock::force(&JWKS_AGE);
 }
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
@@ -241,6 +271,13 @@ pub fn prime(config: &crate::config::Config) {
         for op in ["incr", "get", "set"] {
             STORE_ERRORS.with_label_values(&["redis", op]);
         }
+    }
+    for i in &config.auth.issuers {
+        let issuer = i.issuer.as_str();
+        JWKS_REFRESH.with_label_values(&[issuer, "ok"]);
+        JWKS_REFRESH.with_label_values(&[issuer, "error"]);
+        JWKS_KEYS.with_label_values(&[issuer]).set(0);
+        JWKS_AGE.with_label_values(&[issuer]).set(-1);
     }
     for a in &config.aggregates {
         if a.cache.as_ref().is_some_and(|c| !c.ttl.is_zero()) {

@@ -65,7 +65,19 @@ impl Provider {
                     self.config.min_interval
                 }
             };
-            tokio::time::sleep(wait.max(self.config.min_interval)).await;
+            // Sleep in steps, so the age gauge stays current.
+            let until = tokio::time::Instant::now() + wait.max(self.config.min_interval);
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep_until(
+                    until.min(tokio::time::Instant::now() + Duration::from_secs(5)),
+                )
+                .await;
+                if let Some(age) = self.state.lock().age(self.now()) {
+                    crate::metrics::JWKS_AGE
+                        .with_label_values(&[self.config.issuer.as_str()])
+                        .set(age.as_secs() as i64);
+                }
+            }
         }
     }
 }
@@ -161,8 +173,17 @@ impl Provider {
         let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.fetch())
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
+        let issuer = self.config.issuer.as_str();
+        let result = if fetched.is_ok() { "ok" } else { "error" };
+        crate::metrics::JWKS_REFRESH
+            .with_label_values(&[issuer, result])
+            .inc();
         let (set, provider_max_age) = fetched?;
         let n = set.len();
+        crate::metrics::JWKS_KEYS
+            .with_label_values(&[issuer])
+            .set(n as i64);
+        crate::metrics::JWKS_AGE.with_label_values(&[issuer]).set(0);
         *self.set.write() = Some(Arc::new(set));
         *self.provider_max_age.lock() = provider_max_age;
         self.state.lock().fetched(self.now());

@@ -90,6 +90,11 @@ impl RefreshState {
         self.fetched_at.is_some_and(|f| f >= t)
     }
 
+    /// How old the set in use is at `now` (`None`: never fetched).
+    pub(crate) fn age(&self, now: Duration) -> Option<Duration> {
+        self.fetched_at.map(|f| now.saturating_sub(f))
+    }
+
     /// Whether the set fetched earlier may still be used at `now`.
     pub(crate) fn usable(&self, policy: &RefreshPolicy, now: Duration) -> bool {
         self.fetched_at
