@@ -31,6 +31,7 @@ endef
 
 deps:
 	@$(call apt_install,cmake,cmake)
+	@$(call apt_install,curl,curl)
 	@$(call apt_install,cc,build-essential)
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required: install Rust from rustup.rs"; exit 1; }
 
@@ -59,16 +60,21 @@ run: build
 	@set -euo pipefail
 	./target/release/mocks & MOCKS_PID=$$!
 	trap 'kill $$MOCKS_PID 2>/dev/null || true' EXIT
-	for i in $$(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/8084) 2>/dev/null && break; sleep 0.1; done
+	for port in 8084 8085; do
+		for i in $$(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null && break; sleep 0.1; done
+	done
 	TOKEN=$$(./target/release/gateway token --sub 1 --ttl 24h)
+	IDP_TOKEN=$$(curl -s -X POST -d '{"sub":"1","alg":"ES256","ttl":86400}' http://127.0.0.1:8085/token | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
 	echo
-	echo "Gateway on http://127.0.0.1:8080 (metrics on :9091), mocks on 8081-8084."
-	echo "A token for user 1 (24 h):"
+	echo "Gateway on http://127.0.0.1:8080 (metrics on :9091), mocks on 8081-8084, identity provider on 8085."
+	echo "A token for user 1 (24 h), HS256 with JWT_SECRET:"
 	echo "  TOKEN=$$TOKEN"
 	echo "Try:"
 	echo "  curl -s -H \"Authorization: Bearer $$TOKEN\" http://127.0.0.1:8080/api/profile/1"
 	echo "  curl -s -H \"Authorization: Bearer $$TOKEN\" http://127.0.0.1:8080/api/picks/me"
 	echo "  curl -s -H \"Authorization: Bearer $$TOKEN\" http://127.0.0.1:8080/api/products"
+	echo "The same user with a token from the identity provider (ES256, verified with its published keys):"
+	echo "  curl -s -H \"Authorization: Bearer $$IDP_TOKEN\" http://127.0.0.1:8080/api/profile/1"
 	echo
 	./target/release/gateway -c conf/gateway.yaml
 
