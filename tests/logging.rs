@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::{client, eventually, free_port, token, EchoServer, Gateway};
@@ -18,32 +17,6 @@ fn dropped(metrics: &str, stream: &str) -> u64 {
         .find_map(|l| l.strip_prefix(series.as_str()))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in the scrape"))
-}
-
-/// Everything the stopped gateway wrote on stdout and stderr.
-fn stop_and_read(gw: &mut Gateway) -> (String, String) {
-    gw.proc.terminate();
-    assert!(
-        gw.proc.wait_exit(Duration::from_secs(15)).is_some(),
-        "the gateway exits on SIGTERM"
-    );
-    let mut out = String::new();
-    let mut err = String::new();
-    gw.proc
-        .child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    gw.proc
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (out, err)
 }
 
 #[tokio::test]
@@ -143,7 +116,7 @@ async fn the_access_log_has_one_json_line_per_request_without_query_values() {
         async || gw.metrics().await.contains(r#"route="echo",status="0"}"#),
     )
     .await;
-    let (out, _) = stop_and_read(&mut gw);
+    let (out, _) = gw.stop_and_read();
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -192,7 +165,7 @@ async fn log_format_follows_log_format_and_text_hides_pingora_chatter() {
         ("RUST_LOG", String::new()),
     ];
     let mut json = Gateway::start_piped("", &short).await;
-    let (_, err) = stop_and_read(&mut json);
+    let (_, err) = json.stop_and_read();
     let events: Vec<serde_json::Value> = err
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -216,7 +189,7 @@ async fn log_format_follows_log_format_and_text_hides_pingora_chatter() {
     let mut env = short.to_vec();
     env.push(("LOG_FORMAT", "text".into()));
     let mut text = Gateway::start_piped("", &env).await;
-    let (_, err) = stop_and_read(&mut text);
+    let (_, err) = text.stop_and_read();
     assert!(
         !err.lines().any(|l| l.starts_with('{')),
         "no JSON in text mode: {err}"

@@ -478,7 +478,6 @@ async fn healthz_on(c: &mut TcpStream) -> bool {
 
 #[tokio::test]
 async fn an_attack_of_aborted_slow_requests_leaves_a_handful_of_log_lines() {
-    use std::io::Read;
     let mut s = setup("max_connections_per_ip: 0").await;
     // 500 slow bodies and 100 slow headers, all abandoned halfway.
     for round in 0..6 {
@@ -503,16 +502,7 @@ async fn an_attack_of_aborted_slow_requests_leaves_a_handful_of_log_lines() {
             && metric(&scrape, r#"client_aborts_total{phase="header"}"#) >= 100.0
     })
     .await;
-    s.gw.proc.terminate();
-    assert!(s.gw.proc.wait_exit(Duration::from_secs(15)).is_some());
-    let mut err = String::new();
-    s.gw.proc
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (_, err) = s.gw.stop_and_read();
     let loud: Vec<&str> = err
         .lines()
         .filter(|l| l.contains(r#""level":"ERROR""#) || l.contains(r#""level":"WARN""#))

@@ -7,6 +7,11 @@
 //! - [`client`]: the service clients (timeouts, retries, breakers, body checks).
 //! - [`template`]: filling path templates and reading values out of legs' JSON.
 //!
+//! About 690 lines before its tests, one concern: running a declared aggregate (route match,
+//! params, authorization, cache and single flight, the graph runner, fan-out, the document).
+//! Filling templates is split out; the rest shares the per-request state and would only be
+//! passed back and forth between files.
+//!
 //! This module returns documents and [`GatewayError`]s; `proxy` writes them. It may use
 //! `config`, `store`, `resilience`, `metrics`, `error` and the caller's `Identity`.
 
@@ -502,7 +507,7 @@ impl Aggregate {
             .collect();
         let result = match &leg.for_each {
             None => {
-                self.call_once(i, params, &values, request_id, deadline)
+                self.call(i, params, &values, None, request_id, deadline)
                     .await
             }
             Some(_) => return Ok(self.fan_out(i, params, &values, request_id, deadline).await),
@@ -519,22 +524,6 @@ impl Aggregate {
             Err(e) if leg.required => Err(self.required_failed(leg, e)),
             Err(_) => Ok(self.fallback(i)),
         }
-    }
-
-    async fn call_once(
-        &self,
-        i: usize,
-        params: &[String],
-        values: &[(usize, &serde_json::Value)],
-        request_id: &str,
-        deadline: Instant,
-    ) -> Result<Bytes, CallError> {
-        let leg = &self.config.legs[i];
-        let path = template::render(&leg.path, params, values, None)
-            .ok_or(CallError::Failed(FailureKind::BadBody))?;
-        self.clients[i]
-            .fetch(&path, leg.expect, request_id, deadline)
-            .await
     }
 
     /// A `for_each` leg: one call per item (at most `max_items`, `concurrency` at once), the
@@ -563,7 +552,7 @@ impl Aggregate {
         let calls: Vec<_> = items
             .iter()
             .take(leg.max_items)
-            .map(|item| self.fetch_item(i, params, values, item, request_id, deadline))
+            .map(|item| self.call(i, params, values, Some(item), request_id, deadline))
             .collect();
         let results: Vec<Result<Bytes, CallError>> = futures::stream::iter(calls)
             .buffered(leg.concurrency)
@@ -607,18 +596,18 @@ impl Aggregate {
         }
     }
 
-    /// One item of a `for_each` leg.
-    async fn fetch_item(
+    /// One call of leg `i`: its path filled (with `item` on a `for_each` leg), then fetched.
+    async fn call(
         &self,
         i: usize,
         params: &[String],
         values: &[(usize, &serde_json::Value)],
-        item: &serde_json::Value,
+        item: Option<&serde_json::Value>,
         request_id: &str,
         deadline: Instant,
     ) -> Result<Bytes, CallError> {
         let leg = &self.config.legs[i];
-        let path = template::render(&leg.path, params, values, Some(item))
+        let path = template::render(&leg.path, params, values, item)
             .ok_or(CallError::Failed(FailureKind::BadBody))?;
         self.clients[i]
             .fetch(&path, leg.expect, request_id, deadline)

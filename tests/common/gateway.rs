@@ -134,6 +134,26 @@ impl Gateway {
         }
     }
 
+    /// Stops the gateway (SIGTERM) and returns everything it wrote on stdout and stderr
+    /// (a gateway started with [`Gateway::start_piped`]).
+    pub fn stop_and_read(&mut self) -> (String, String) {
+        use std::io::Read;
+        self.proc.terminate();
+        assert!(
+            self.proc.wait_exit(Duration::from_secs(15)).is_some(),
+            "the gateway exits on SIGTERM"
+        );
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(mut s) = self.proc.child.stdout.take() {
+            s.read_to_string(&mut out).expect("stdout");
+        }
+        if let Some(mut s) = self.proc.child.stderr.take() {
+            s.read_to_string(&mut err).expect("stderr");
+        }
+        (out, err)
+    }
+
     /// URL of `path` on the client listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
