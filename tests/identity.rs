@@ -24,6 +24,11 @@ async fn mint(idp: &Mocks, body: Value) -> String {
 }
 
 fn section(issuer: &str, echo_port: u16) -> String {
+    section_with(issuer, echo_port, "min_interval_seconds: 1", "")
+}
+
+/// The issuer entry with `refresh` settings, and more `auth:` keys.
+fn section_with(issuer: &str, echo_port: u16, refresh: &str, auth_extra: &str) -> String {
     format!(
         r#"auth:
   issuers:
@@ -31,17 +36,31 @@ fn section(issuer: &str, echo_port: u16) -> String {
       discovery: true
       allow_insecure_http: true
       audiences: [gateway]
-      algorithms: [RS256, ES256, EdDSA]
-      refresh: {{ min_interval_seconds: 1 }}
-rate_limit: {{ per_minute: 100000 }}
+      algorithms: [RS256, PS256, ES256, EdDSA]
+      refresh: {{ {refresh} }}
+{auth_extra}rate_limit: {{ per_minute: 1000000 }}
+limits: {{ max_connections_per_ip: 0 }}
 upstreams:
-  echo: {{ backends: ["127.0.0.1:{port}"], health_check: {{ kind: tcp, interval_ms: 1000 }} }}
+  echo: {{ backends: ["127.0.0.1:{echo_port}"], health_check: {{ kind: tcp, interval_ms: 1000 }} }}
 routes:
   - {{ prefix: "/echo/", upstream: echo }}
-"#,
-        issuer = issuer,
-        port = echo_port
+"#
     )
+}
+
+/// A token whose header and payload are `header` and `payload`, and whose signature is
+/// `signature` (forgeries: the gateway must refuse them before or at the signature).
+fn forge(header: Value, payload: Value, signature: &str) -> String {
+    use base64::Engine;
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    format!("{}.{}.{signature}", b64(&header), b64(&payload))
+}
+
+/// How many times the provider served its key set.
+async fn jwks_fetches(idp: &Mocks) -> u64 {
+    idp.count("idp", "/jwks").await
 }
 
 async fn start() -> (Mocks, EchoServer, Gateway) {
@@ -67,9 +86,9 @@ async fn status(gw: &Gateway, token: &str) -> u16 {
 }
 
 #[tokio::test]
-async fn each_algorithm_is_accepted_and_the_wrong_tokens_are_not() {
+async fn each_algorithm_is_accepted_and_each_wrong_token_refused_with_its_reason() {
     let (idp, _echo, gw) = start().await;
-    for alg in ["RS256", "ES256", "EdDSA"] {
+    for alg in ["RS256", "PS256", "ES256", "EdDSA"] {
         let t = mint(&idp, json!({"sub": "7", "alg": alg})).await;
         assert_eq!(status(&gw, &t).await, 200, "{alg}");
     }
@@ -78,18 +97,113 @@ async fn each_algorithm_is_accepted_and_the_wrong_tokens_are_not() {
         200,
         "HS256 with JWT_SECRET still works"
     );
-    let wrong_aud = mint(&idp, json!({"sub": "7", "aud": "other"})).await;
-    assert_eq!(status(&gw, &wrong_aud).await, 401);
-    let unknown = mint(&idp, json!({"sub": "7", "kid": "nope"})).await;
-    assert_eq!(status(&gw, &unknown).await, 401);
-    let expired = mint(&idp, json!({"sub": "7", "ttl": 0})).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(status(&gw, &expired).await, 401);
+    let iss = idp.url("idp");
+    let claims = json!({"iss": iss, "sub": "7", "aud": "gateway", "exp": 4_000_000_000u64});
+    // The RSA key's public modulus, as an attacker would read it from the key set.
+    let jwks: Value = client()
+        .get(format!("{iss}/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let n = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kty"] == "RSA")
+        .unwrap()["n"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs_header.kid = Some("rsa-1".into());
+    let confused = jsonwebtoken::encode(
+        &hs_header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(n.as_bytes()),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "RS384, not in the list",
+            mint(&idp, json!({"sub": "7", "alg": "RS384"})).await,
+            "algorithm",
+        ),
+        (
+            "ES256 header on the RSA key",
+            forge(
+                json!({"alg": "ES256", "kid": "rsa-1"}),
+                claims.clone(),
+                "AAAA",
+            ),
+            "algorithm",
+        ),
+        (
+            "alg none",
+            forge(json!({"alg": "none", "kid": "rsa-1"}), claims.clone(), ""),
+            "algorithm",
+        ),
+        ("HS256 keyed with the RSA modulus", confused, "algorithm"),
+        (
+            "another issuer",
+            mint(
+                &idp,
+                json!({"sub": "7", "claims": {"iss": "http://evil.example"}}),
+            )
+            .await,
+            "issuer",
+        ),
+        (
+            "no aud",
+            mint(&idp, json!({"sub": "7", "claims": {"aud": null}})).await,
+            "audience",
+        ),
+        (
+            "another aud",
+            mint(&idp, json!({"sub": "7", "aud": "other"})).await,
+            "audience",
+        ),
+        (
+            "expired",
+            mint(&idp, json!({"sub": "7", "claims": {"exp": 1_000_000}})).await,
+            "expired",
+        ),
+        (
+            "nbf in an hour",
+            mint(&idp, json!({"sub": "7", "nbf": 3600})).await,
+            "not_yet_valid",
+        ),
+        (
+            "a kid nobody publishes",
+            mint(&idp, json!({"sub": "7", "kid": "nope"})).await,
+            "unknown_kid",
+        ),
+    ];
+    for (what, t, _) in &cases {
+        let r = client()
+            .get(gw.url("/echo/x"))
+            .bearer_auth(t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized", "{what}: {body}");
+    }
     let m = gw.metrics().await;
-    assert!(
-        m.contains(r#"auth_failures_total{reason="unknown_kid"} 1"#),
-        "{m}"
-    );
+    for (reason, n) in [
+        ("algorithm", 4),
+        ("issuer", 1),
+        ("audience", 2),
+        ("expired", 1),
+        ("not_yet_valid", 1),
+        ("unknown_kid", 1),
+    ] {
+        let line = format!(r#"auth_failures_total{{reason="{reason}"}} {n}"#);
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
 }
 
 #[tokio::test]
@@ -164,7 +278,7 @@ async fn readiness_waits_for_the_keys_and_a_mismatched_issuer_never_gets_them() 
     let discovery = || async { idp.count("idp", "/.well-known/openid-configuration").await };
     let before = discovery().await;
     let other = idp.url("idp").replace("127.0.0.1", "localhost");
-    let gw2 = Gateway::start_unready(&section(&other, echo.port), &[]).await;
+    let mut gw2 = Gateway::start_unready_piped(&section(&other, echo.port), &[]).await;
     eventually(
         "the second gateway asked",
         Duration::from_secs(10),
@@ -173,4 +287,212 @@ async fn readiness_waits_for_the_keys_and_a_mismatched_issuer_never_gets_them() 
     .await;
     let r = client().get(gw2.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503, "never ready with keys from another issuer");
+    let (out, err) = gw2.stop_and_read();
+    assert!(
+        (out + &err).contains("discovery says issuer"),
+        "the log says why"
+    );
+}
+
+#[tokio::test]
+async fn claims_are_forwarded_as_headers_and_client_copies_are_dropped() {
+    let idp = Mocks::start(&["idp"]);
+    let echo = EchoServer::start().await;
+    let conf = section_with(
+        &idp.url("idp"),
+        echo.port,
+        "min_interval_seconds: 1",
+        "  forward_claims: { tenant: X-Tenant-Id, org.id: X-Org-Id, groups: X-Groups }\n",
+    );
+    let gw = Gateway::start(&conf, &[]).await;
+    let full = mint(
+        &idp,
+        json!({"sub": "7", "claims": {"tenant": "acme", "org": {"id": 42}, "groups": ["a", "b"]}}),
+    )
+    .await;
+    let bare = mint(&idp, json!({"sub": "8"})).await;
+    for (t, sub) in [(&full, "7"), (&bare, "8"), (&token("9"), "9")] {
+        let r = client()
+            .get(gw.url("/echo/x"))
+            .bearer_auth(t)
+            .header("X-Tenant-Id", "evil")
+            .header("X-Org-Id", "evil")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen = echo.requests().pop().unwrap();
+        assert_eq!(seen.header("x-user-id"), [sub]);
+        if sub == "7" {
+            assert_eq!(seen.header("x-tenant-id"), ["acme"]);
+            assert_eq!(seen.header("x-org-id"), ["42"]);
+            assert_eq!(seen.header("x-groups"), ["a,b"]);
+        } else {
+            assert!(seen.header("x-tenant-id").is_empty(), "sub {sub}");
+            assert!(seen.header("x-org-id").is_empty(), "sub {sub}");
+        }
+    }
+}
+
+/// Sends one request per tick (`period`) for `ticks` ticks, each from its own task, and
+/// returns every status; `make` builds the token for tick `i` (it may call the provider).
+async fn paced<F, Fut>(gw: &Gateway, ticks: usize, period: Duration, make: F) -> Vec<(usize, u16)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Option<String>> + Send + 'static,
+{
+    let url = gw.url("/echo/x");
+    let http = client();
+    let mut every = tokio::time::interval(period);
+    let mut tasks = Vec::with_capacity(ticks);
+    for i in 0..ticks {
+        every.tick().await;
+        let token = make(i);
+        let (url, http) = (url.clone(), http.clone());
+        tasks.push(tokio::spawn(async move {
+            let token = token.await?;
+            let r = http.get(url).bearer_auth(token).send().await.ok()?;
+            Some((i, r.status().as_u16()))
+        }));
+    }
+    let mut out = Vec::with_capacity(ticks);
+    for t in tasks {
+        if let Some(s) = t.await.unwrap() {
+            out.push(s);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_rotations_under_load_refuse_nothing_and_cost_one_fetch_each() {
+    let (idp, _echo, gw) = start().await;
+    let before = jwks_fetches(&idp).await;
+    let base = idp.url("idp");
+    // 200 req/s for 10 s, each with a token minted just before; rotations at 3 s and 6.5 s.
+    let rotations = [600, 1300];
+    let statuses = paced(&gw, 2000, Duration::from_millis(5), |i| {
+        let base = base.clone();
+        async move {
+            let http = client();
+            if rotations.contains(&i) {
+                http.post(format!("{base}/__rotate")).send().await.ok()?;
+            }
+            let alg = ["RS256", "ES256", "EdDSA"][i % 3];
+            let r: Value = http
+                .post(format!("{base}/token"))
+                .json(&json!({"sub": i.to_string(), "alg": alg}))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(r["access_token"].as_str()?.to_string())
+        }
+    })
+    .await;
+    assert!(
+        statuses.len() >= 1990,
+        "{} of 2000 answered",
+        statuses.len()
+    );
+    let refused: Vec<_> = statuses.iter().filter(|(_, s)| *s != 200).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let fetches = jwks_fetches(&idp).await - before;
+    assert!(fetches <= 2, "{fetches} key set fetches for two rotations");
+}
+
+#[tokio::test]
+async fn a_flood_of_random_kids_costs_a_fetch_per_interval_and_valid_tokens_pass() {
+    let idp = Mocks::start(&["idp"]);
+    let echo = EchoServer::start().await;
+    let conf = section_with(&idp.url("idp"), echo.port, "min_interval_seconds: 2", "");
+    let gw = Gateway::start(&conf, &[]).await;
+    let valid = mint(&idp, json!({"sub": "7"})).await;
+    let before = jwks_fetches(&idp).await;
+    let claims =
+        json!({"iss": idp.url("idp"), "sub": "6", "aud": "gateway", "exp": 4_000_000_000u64});
+    // 5,000 tokens with random kids in 5 s, a valid one every 50th.
+    let statuses = paced(&gw, 5000, Duration::from_millis(1), |i| {
+        let t = if i % 50 == 0 {
+            valid.clone()
+        } else {
+            let kid = format!("random-{i}-{}", rand::random::<u64>());
+            forge(json!({"alg": "RS256", "kid": kid}), claims.clone(), "AAAA")
+        };
+        async move { Some(t) }
+    })
+    .await;
+    let fetches = jwks_fetches(&idp).await - before;
+    assert!(fetches <= 4, "{fetches} key set fetches");
+    assert!(
+        statuses.len() >= 4990,
+        "{} of 5000 answered",
+        statuses.len()
+    );
+    for (i, s) in statuses {
+        let want = if i % 50 == 0 { 200 } else { 401 };
+        assert_eq!(s, want, "request {i}");
+    }
+}
+
+#[tokio::test]
+async fn the_last_keys_serve_while_the_provider_is_down_until_max_stale() {
+    let port = common::free_port();
+    let mut idp = Mocks::start_on([("idp", port)].into());
+    let echo = EchoServer::start().await;
+    let conf = section_with(
+        &idp.url("idp"),
+        echo.port,
+        "min_interval_seconds: 1, max_stale_seconds: 4",
+        "",
+    );
+    let mut gw = Gateway::start_piped(&conf, &[("RUST_LOG", "info".to_string())]).await;
+    let used = mint(&idp, json!({"sub": "7"})).await;
+    let unused = mint(&idp, json!({"sub": "8", "alg": "ES256"})).await;
+    assert_eq!(status(&gw, &used).await, 200);
+    idp.proc.kill();
+    assert_eq!(status(&gw, &used).await, 200, "known key, provider down");
+    assert_eq!(
+        status(&gw, &unused).await,
+        200,
+        "a token not seen before, known key"
+    );
+    eventually(
+        "refused once the keys are older than max_stale",
+        Duration::from_secs(15),
+        async || status(&gw, &used).await == 401,
+    )
+    .await;
+    assert_eq!(status(&gw, &unused).await, 401);
+    assert_eq!(
+        status(&gw, &token("1")).await,
+        200,
+        "HS256 does not depend on the provider"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(&format!(
+            r#"jwks_refresh_total{{issuer="{}",result="error"}}"#,
+            idp.url("idp")
+        )),
+        "{m}"
+    );
+    // Back, with new keys: accepted again without restarting the gateway.
+    idp = Mocks::start_on([("idp", port)].into());
+    let fresh = mint(&idp, json!({"sub": "9"})).await;
+    eventually(
+        "accepted once the provider is back",
+        Duration::from_secs(15),
+        async || status(&gw, &fresh).await == 200,
+    )
+    .await;
+    let (out, err) = gw.stop_and_read();
+    let log = out + &err;
+    let down = log
+        .matches("identity provider keys could not be fetched")
+        .count();
+    assert_eq!(down, 1, "one warning for the whole outage:\n{log}");
+    assert!(log.contains("identity provider keys loaded again"), "{log}");
 }

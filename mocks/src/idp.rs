@@ -4,7 +4,9 @@
 //!
 //! - `GET /.well-known/openid-configuration` → `{"issuer", "jwks_uri"}`
 //! - `GET /jwks` → every published key (`Cache-Control: max-age=300`)
-//! - `POST /token {"sub","roles","ttl","alg","aud","kid"}` → `{"access_token", …}`
+//! - `POST /token {"sub","roles","ttl","alg","aud","kid","nbf","claims"}` → `{"access_token", …}`
+//!   (`alg`: RS256/384/512 and PS256/384/512 with the RSA key, ES256, EdDSA; `nbf` seconds
+//!   from now; `claims` merged into the payload)
 //! - `POST /__rotate` → a new current key per algorithm; the old ones stay published
 //! - `POST /__retire` → only the current keys stay published
 //! - `/__faults` and `/__stats` as every mock service.
@@ -53,8 +55,10 @@ fn generation(n: usize) -> anyhow::Result<Vec<Key>> {
     let rsa = rsa::RsaPrivateKey::new(&mut rng, 2048)?;
     let rsa_der = rsa.to_pkcs1_der()?;
     let rsa_kid = format!("rsa-{n}");
+    // No `alg`, as several providers publish RSA keys: the token's `alg` then picks among the
+    // RS* and PS* families.
     let rsa_jwk = json!({
-        "kty": "RSA", "use": "sig", "alg": "RS256", "kid": rsa_kid,
+        "kty": "RSA", "use": "sig", "kid": rsa_kid,
         "n": b64(&rsa.n().to_bytes_be()), "e": b64(&rsa.e().to_bytes_be()),
     });
 
@@ -116,7 +120,12 @@ impl Idp {
     }
 
     fn current(&self, alg: Algorithm) -> Option<&Key> {
-        self.generations.last()?.iter().find(|k| k.alg == alg)
+        use Algorithm::{PS256, PS384, PS512, RS256, RS384, RS512};
+        let family = match alg {
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => RS256,
+            other => other,
+        };
+        self.generations.last()?.iter().find(|k| k.alg == family)
     }
 }
 
@@ -136,6 +145,12 @@ struct TokenRequest {
     /// Overrides the header's `kid` (for tests of unknown keys).
     #[serde(default)]
     kid: Option<String>,
+    /// `nbf` this many seconds from now (negative: in the past).
+    #[serde(default)]
+    nbf: Option<i64>,
+    /// More claims, merged over the standard ones (`iss` included); `null` removes one.
+    #[serde(default)]
+    claims: serde_json::Map<String, Value>,
 }
 
 fn default_ttl() -> u64 {
@@ -240,14 +255,12 @@ fn mint(idp: &Arc<Mutex<Idp>>, body: &[u8]) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad token request: {e}")),
     };
-    let alg = match req.alg.as_str() {
-        "RS256" => Algorithm::RS256,
-        "ES256" => Algorithm::ES256,
-        "EdDSA" => Algorithm::EdDSA,
-        other => {
+    let alg = match req.alg.parse::<Algorithm>() {
+        Ok(a) if !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => a,
+        _ => {
             return error(
                 StatusCode::BAD_REQUEST,
-                &format!("unsupported alg `{other}`"),
+                &format!("unsupported alg `{}`", req.alg),
             )
         }
     };
@@ -260,10 +273,18 @@ fn mint(idp: &Arc<Mutex<Idp>>, body: &[u8]) -> Response {
     let mut header = Header::new(alg);
     header.kid = Some(req.kid.unwrap_or_else(|| key.kid.clone()));
     let iat = now();
-    let claims = json!({
+    let mut claims = json!({
         "iss": idp.issuer, "sub": req.sub, "aud": req.aud, "roles": req.roles,
         "iat": iat, "exp": iat + req.ttl,
     });
+    if let Some(nbf) = req.nbf {
+        claims["nbf"] = json!(iat as i64 + nbf);
+    }
+    if let Value::Object(map) = &mut claims {
+        map.extend(req.claims);
+        // `null` removes a claim (tests of tokens without `aud`, say).
+        map.retain(|_, v| !v.is_null());
+    }
     match jsonwebtoken::encode(&header, &claims, &key.encoding) {
         Ok(t) => Json(json!({ "access_token": t, "token_type": "Bearer", "expires_in": req.ttl }))
             .into_response(),

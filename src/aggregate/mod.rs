@@ -700,6 +700,7 @@ mod tests {
         Identity {
             sub: sub.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            forwarded: Box::default(),
         }
     }
 

@@ -243,6 +243,39 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_claims_may_not_take_the_gateways_own_headers() {
+        let load = |fc: &str| {
+            let yaml = format!("gateway:\n  auth:\n    forward_claims: {fc}\n");
+            let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+            crate::config::Config::from_yaml(&yaml, &env, crate::config::LoadMode::Run)
+        };
+        let ok = load("{ tenant: X-Tenant-Id, org.id: X-Org }").unwrap();
+        let names: Vec<_> = ok
+            .auth
+            .forward_claims
+            .iter()
+            .map(|(p, h)| (p.join("."), h.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("org.id".into(), "x-org"),
+                ("tenant".to_string(), "x-tenant-id")
+            ]
+        );
+        for (fc, want) in [
+            ("{ tenant: X-User-Id }", "forward_claims.tenant"),
+            ("{ tenant: Authorization }", "set by the gateway"),
+            ("{ a: X-T, b: x-t }", "forward_claims.b"),
+            ("{ tenant: 'X Tenant' }", "not a header name"),
+            ("{ 'a..b': X-T }", "dotted path"),
+        ] {
+            let e = load(fc).unwrap_err().to_string();
+            assert!(e.contains(want), "{fc}\n→ {e}");
+        }
+    }
+
+    #[test]
     fn claim_paths_are_dotted_names() {
         assert_eq!(
             claim_path("k", "realm_access.roles").unwrap(),

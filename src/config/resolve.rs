@@ -173,6 +173,33 @@ impl AuthFile {
             let key = format!("gateway.auth.forward_claims.{claim}");
             let name = http::HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| invalid(&key, format!("`{header}` is not a header name")))?;
+            // Headers the gateway sets itself or that frame the request: a claim must not
+            // overwrite them.
+            const RESERVED: [&str; 11] = [
+                "host",
+                "authorization",
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "expect",
+                "upgrade",
+                "x-user-id",
+                "x-request-id",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+            ];
+            if RESERVED.contains(&name.as_str()) {
+                return Err(invalid(
+                    &key,
+                    format!("`{header}` is set by the gateway itself; choose another header"),
+                ));
+            }
+            if forward_claims.iter().any(|(_, n)| *n == name) {
+                return Err(invalid(
+                    &key,
+                    format!("`{header}` is already the header of another claim"),
+                ));
+            }
             forward_claims.push((claim_path(&key, &claim)?, name));
         }
         for (i, p) in self.public_paths.iter().enumerate() {

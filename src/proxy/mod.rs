@@ -341,7 +341,8 @@ impl ProxyHttp for Gateway {
 
     /// Runs before the request header goes to the backend. Reads `route`, `client`,
     /// `request_id` and `identity`: removes hop-by-hop headers, rewrites the path, sets
-    /// `X-Forwarded-*`, `X-Request-Id` and `X-User-Id`. `Err` if a header cannot be set.
+    /// `X-Forwarded-*`, `X-Request-Id`, `X-User-Id` and the forwarded claims (client-sent
+    /// copies of these are dropped first). `Err` if a header cannot be set.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -364,8 +365,17 @@ impl ProxyHttp for Gateway {
         req.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         // The identity header is ours alone: a client-sent one is dropped before ours is set.
         req.remove_header(headers::X_USER_ID);
+        for (_, name) in &self.config.auth.forward_claims {
+            req.remove_header(name);
+        }
         if let Some(id) = &ctx.identity {
             req.insert_header(headers::X_USER_ID, id.sub.as_str())?;
+            let names = self.config.auth.forward_claims.iter().map(|(_, n)| n);
+            for (name, value) in names.zip(id.forwarded.iter()) {
+                if let Some(value) = value {
+                    req.insert_header(name.clone(), value.clone())?;
+                }
+            }
         }
         if !self.config.auth.forward_authorization {
             req.remove_header(&http::header::AUTHORIZATION);

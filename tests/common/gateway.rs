@@ -68,6 +68,11 @@ impl Gateway {
         Gateway::start_inner(gateway_section, env, false, false).await
     }
 
+    /// As [`Gateway::start_unready`], with stdout and stderr on pipes (see `start_piped`).
+    pub async fn start_unready_piped(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
+        Gateway::start_inner(gateway_section, env, true, false).await
+    }
+
     async fn start_with(gateway_section: &str, env: &[(&str, String)], piped: bool) -> Gateway {
         Gateway::start_inner(gateway_section, env, piped, true).await
     }

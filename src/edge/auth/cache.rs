@@ -14,6 +14,9 @@ pub(super) struct Verified {
     pub(super) identity: Arc<Identity>,
     pub(super) exp: f64,
     pub(super) nbf: Option<f64>,
+    /// The configured issuer (by position) whose keys verified it; `None` for HS256. A cached
+    /// verdict lasts only as long as that issuer's keys may be used (`max_stale_seconds`).
+    pub(super) issuer: Option<usize>,
 }
 
 const CACHE_SHARDS: usize = 16;

@@ -20,8 +20,9 @@ pub enum AuthError {
     /// Not three base64url segments of JSON.
     #[error("malformed token: {0}")]
     Malformed(&'static str),
-    /// The header names an algorithm other than HS256.
-    #[error("unsupported token algorithm: only HS256 is accepted")]
+    /// The header names an algorithm not accepted for this token's issuer (or for the
+    /// shared secret, HS256 only), or one that does not fit the key.
+    #[error("token algorithm not accepted")]
     Algorithm,
     /// The signature does not match the secret.
     #[error("invalid token signature")]
@@ -38,9 +39,12 @@ pub enum AuthError {
     /// A claim has the wrong type.
     #[error("token claim `{0}` has an invalid format")]
     ClaimFormat(String),
-    /// `iss` or `aud` do not match the configuration.
-    #[error("token issuer or audience not accepted")]
-    WrongParty,
+    /// `iss` is not a configured issuer (or absent where one is required).
+    #[error("token issuer not accepted")]
+    Issuer,
+    /// `aud` holds none of the configured audiences (or is absent where one is required).
+    #[error("token audience not accepted")]
+    Audience,
     /// The issuer's key set has no key with the token's `kid`, even after a refresh.
     #[error("token signed with a key the issuer does not publish")]
     UnknownKid,
@@ -48,7 +52,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every value [`AuthError::reason`] can return.
-    pub const REASONS: [&'static str; 13] = [
+    pub const REASONS: [&'static str; 14] = [
         "missing",
         "duplicate_header",
         "scheme",
@@ -60,7 +64,8 @@ impl AuthError {
         "not_yet_valid",
         "missing_claim",
         "claim_format",
-        "issuer_audience",
+        "issuer",
+        "audience",
         "unknown_kid",
     ];
 
@@ -78,7 +83,8 @@ impl AuthError {
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::ClaimFormat(_) => "claim_format",
-            AuthError::WrongParty => "issuer_audience",
+            AuthError::Issuer => "issuer",
+            AuthError::Audience => "audience",
             AuthError::UnknownKid => "unknown_kid",
         }
     }
@@ -98,9 +104,13 @@ pub(super) fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
         K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
             AuthError::Algorithm
         }
+        // A required `iss`/`aud` left out is the same refusal as a wrong one.
+        K::MissingRequiredClaim(c) if c == "iss" => AuthError::Issuer,
+        K::MissingRequiredClaim(c) if c == "aud" => AuthError::Audience,
         K::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
         K::InvalidClaimFormat(c) => AuthError::ClaimFormat(c.clone()),
-        K::InvalidIssuer | K::InvalidAudience | K::InvalidSubject => AuthError::WrongParty,
+        K::InvalidIssuer | K::InvalidSubject => AuthError::Issuer,
+        K::InvalidAudience => AuthError::Audience,
         K::Base64(_) => AuthError::Malformed("segment is not base64url"),
         K::Json(_) => AuthError::Malformed("claims are not a JSON object of the expected types"),
         K::Utf8(_) => AuthError::Malformed("segment is not UTF-8"),

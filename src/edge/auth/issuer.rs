@@ -1,6 +1,6 @@
 //! Tokens from a configured identity provider: the `alg` in the issuer's list, the key chosen
 //! from its published set (one bounded refresh when the `kid` is new), then `iss`, `aud`, `exp`
-//! and `nbf` checked by `jsonwebtoken`, and the roles read from `roles_claim`.
+//! and `nbf` checked by `jsonwebtoken`, and the roles and forwarded claims read.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, Validation};
 
 use super::cache::Verified;
+use super::claims::ClaimReader;
 use super::error::{map_jwt_error, AuthError};
 use super::jwks::NoKey;
 use super::provider::Provider;
@@ -18,16 +19,16 @@ use super::Identity;
 pub(crate) struct IssuerVerifier {
     provider: Arc<Provider>,
     leeway: u64,
-    roles_claim: Vec<String>,
+    claims: Arc<ClaimReader>,
 }
 
 impl IssuerVerifier {
     /// A verifier over `provider`'s keys.
-    pub(crate) fn new(provider: Arc<Provider>, leeway: u64, roles_claim: Vec<String>) -> Self {
+    pub(crate) fn new(provider: Arc<Provider>, leeway: u64, claims: Arc<ClaimReader>) -> Self {
         IssuerVerifier {
             provider,
             leeway,
-            roles_claim,
+            claims,
         }
     }
 
@@ -56,7 +57,7 @@ impl IssuerVerifier {
         let key = loop {
             let set = match self.provider.current() {
                 Some(set) => set,
-                None if !refreshed => {
+                None if !refreshed && self.provider.may_refresh() => {
                     refreshed = true;
                     let _ = self.provider.refresh().await;
                     continue;
@@ -86,6 +87,8 @@ impl IssuerVerifier {
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
         validation.leeway = self.leeway;
+        // jsonwebtoken checks `nbf` only when asked to.
+        validation.validate_nbf = true;
         validation.set_issuer(&[&config.issuer]);
         let mut required: HashSet<String> = ["exp", "sub", "iss"].map(String::from).into();
         if config.audiences.is_empty() {
@@ -105,25 +108,21 @@ impl IssuerVerifier {
             }
             Some(_) => return Err(AuthError::ClaimFormat("sub".into())),
         };
-        let roles = self
-            .roles_claim
-            .iter()
-            .try_fold(&claims, |v, step| v.get(step))
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let roles = self.claims.roles(&claims);
+        let forwarded = self.claims.forwarded(&claims);
         let exp = claims
             .get("exp")
             .and_then(|v| v.as_f64())
             .ok_or_else(|| AuthError::ClaimFormat("exp".into()))?;
         Ok(Verified {
-            identity: Arc::new(Identity { sub, roles }),
+            identity: Arc::new(Identity {
+                sub,
+                roles,
+                forwarded,
+            }),
             exp,
             nbf: claims.get("nbf").and_then(|v| v.as_f64()),
+            issuer: None,
         })
     }
 }
@@ -191,7 +190,8 @@ mod tests {
             cfg.auth.issuers[0].clone(),
             reqwest::Client::new(),
         ));
-        IssuerVerifier::new(provider, 0, cfg.auth.roles_claim.clone())
+        let claims = ClaimReader::new(cfg.auth.roles_claim.clone(), vec![]);
+        IssuerVerifier::new(provider, 0, Arc::new(claims))
     }
 
     fn token(k: &TestKey, iss: &str, aud: &str) -> String {
@@ -267,14 +267,14 @@ mod tests {
             v.verify(&wrong_aud, Algorithm::ES256, Some("k1"))
                 .await
                 .err(),
-            Some(AuthError::WrongParty)
+            Some(AuthError::Audience)
         );
         let wrong_iss = token(&k1, "https://evil.example", "gateway");
         assert_eq!(
             v.verify(&wrong_iss, Algorithm::ES256, Some("k1"))
                 .await
                 .err(),
-            Some(AuthError::WrongParty)
+            Some(AuthError::Issuer)
         );
     }
 }

@@ -1,8 +1,12 @@
-//! JWT verification (HS256 only, `exp` and `sub` required) → the caller's [`Identity`], and
-//! token issuing for the `gateway token` command.
+//! JWT verification → the caller's [`Identity`]: tokens of a configured identity provider
+//! against its published keys, others HS256 with `JWT_SECRET`; and token issuing for the
+//! `gateway token` command.
 //!
 //! - `error`: why a token was refused, and the mapping of `jsonwebtoken`'s errors.
-//! - `cache`: verified tokens, so a token seen before skips the HMAC and the JSON.
+//! - `cache`: verified tokens, so a token seen before skips the signature and the JSON.
+//! - `claims`: roles and forwarded claims read from verified claims.
+//! - `jwks`, `refresh`, `provider`, `issuer`: key sets, when to fetch them, fetching them,
+//!   and verifying one issuer's tokens.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,16 +21,15 @@ use crate::clock::unix_now;
 use crate::config::AuthConfig;
 
 mod cache;
+mod claims;
 mod error;
-// Wired in by the identity-provider work (issue 13) in progress on this branch.
 mod issuer;
-#[allow(dead_code)]
 mod jwks;
 pub(crate) mod provider;
-#[allow(dead_code)]
 mod refresh;
 
 use self::cache::{TokenCache, Verified};
+use self::claims::ClaimReader;
 pub use self::error::AuthError;
 use self::error::{map_jwt_error, refine};
 
@@ -35,8 +38,10 @@ use self::error::{map_jwt_error, refine};
 pub struct Identity {
     /// The `sub` claim.
     pub sub: String,
-    /// The `roles` claim (empty when absent).
+    /// The roles at `auth.roles_claim` (empty when absent).
     pub roles: Vec<String>,
+    /// The `auth.forward_claims` values in conf order; `None` where the token has none.
+    pub forwarded: Box<[Option<http::HeaderValue>]>,
 }
 
 impl Identity {
@@ -62,8 +67,8 @@ struct Claims {
     nbf: Option<serde_json::Value>,
 }
 
-/// A token's issuer, with its header's `alg` and `kid`.
-type IssuerToken<'a> = (&'a issuer::IssuerVerifier, Algorithm, Option<String>);
+/// A token's issuer (its position in the conf), with its header's `alg` and `kid`.
+type IssuerToken = (usize, Algorithm, Option<String>);
 
 /// Verifies bearer tokens with the configured secret and rules.
 pub(crate) struct Authenticator {
@@ -76,6 +81,7 @@ pub(crate) struct Authenticator {
     leeway: u64,
     max_token_bytes: usize,
     cache: TokenCache,
+    claims: Arc<ClaimReader>,
 }
 
 impl Authenticator {
@@ -104,12 +110,16 @@ impl Authenticator {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
+        let claims = Arc::new(ClaimReader::new(
+            cfg.roles_claim.clone(),
+            cfg.forward_claims.iter().map(|(p, _)| p.clone()).collect(),
+        ));
         let issuers = cfg
             .issuers
             .iter()
             .map(|i| {
                 let p = Arc::new(provider::Provider::new(i.clone(), http.clone()));
-                issuer::IssuerVerifier::new(p, cfg.leeway_seconds, cfg.roles_claim.clone())
+                issuer::IssuerVerifier::new(p, cfg.leeway_seconds, claims.clone())
             })
             .collect();
         Authenticator {
@@ -120,6 +130,7 @@ impl Authenticator {
             leeway: cfg.leeway_seconds,
             max_token_bytes,
             cache: TokenCache::new(),
+            claims,
         }
     }
 
@@ -133,8 +144,9 @@ impl Authenticator {
         if let Some(hit) = self.cached(token) {
             return hit;
         }
-        if let Some((verifier, alg, kid)) = self.issuer_of(token)? {
-            let verified = verifier.verify(token, alg, kid.as_deref()).await?;
+        if let Some((i, alg, kid)) = self.issuer_of(token)? {
+            let mut verified = self.issuers[i].verify(token, alg, kid.as_deref()).await?;
+            verified.issuer = Some(i);
             let identity = verified.identity.clone();
             self.cache.put(token, verified);
             return Ok(identity);
@@ -144,7 +156,7 @@ impl Authenticator {
 
     /// The issuer whose token this is (by its unverified `iss`), with the header's `alg` and
     /// `kid`; `None` for a token of no configured issuer.
-    fn issuer_of(&self, token: &str) -> Result<Option<IssuerToken<'_>>, AuthError> {
+    fn issuer_of(&self, token: &str) -> Result<Option<IssuerToken>, AuthError> {
         if self.issuers.is_empty() {
             return Ok(None);
         }
@@ -165,9 +177,6 @@ impl Authenticator {
         let Ok(Iss { iss: Some(iss) }) = serde_json::from_slice::<Iss>(&payload) else {
             return Ok(None);
         };
-        let Some(verifier) = self.issuers.iter().find(|v| v.issuer() == iss) else {
-            return Ok(None);
-        };
         #[derive(Deserialize)]
         struct Head {
             alg: String,
@@ -180,8 +189,16 @@ impl Authenticator {
             .ok_or(AuthError::Malformed(
                 "header is not base64url JSON with an `alg`",
             ))?;
+        let Some(i) = self.issuers.iter().position(|v| v.issuer() == iss) else {
+            // Only HS256 tokens go on to the shared secret; anything else names an issuer
+            // this gateway does not trust, and should say so.
+            if head.alg != "HS256" {
+                return Err(AuthError::Issuer);
+            }
+            return Ok(None);
+        };
         let alg: Algorithm = head.alg.parse().map_err(|_| AuthError::Algorithm)?;
-        Ok(Some((verifier, alg, head.kid)))
+        Ok(Some((i, alg, head.kid)))
     }
 
     /// The identity providers, for the background key refresher.
@@ -189,12 +206,12 @@ impl Authenticator {
         self.issuers.iter().map(|v| v.provider().clone()).collect()
     }
 
-    /// Whether every configured issuer has a usable key set (readiness: a new replica must
-    /// not refuse its first requests).
+    /// Whether every configured issuer has had a key set loaded (readiness: a new replica
+    /// must not refuse its first requests). Keys gone stale later do not make the replica
+    /// unready: the provider being down is every replica's problem, and HS256 tokens and
+    /// public routes still work.
     pub(crate) fn ready(&self) -> bool {
-        self.issuers
-            .iter()
-            .all(|v| v.provider().current().is_some())
+        self.issuers.iter().all(|v| v.provider().loaded())
     }
 
     /// The bearer token of a request.
@@ -224,6 +241,10 @@ impl Authenticator {
     /// A token verified before: only the time-dependent checks can change their verdict.
     fn cached(&self, token: &str) -> Option<Result<Arc<Identity>, AuthError>> {
         let v = self.cache.get(token)?;
+        if let Some(i) = v.issuer {
+            // Keys too stale to trust: not a hit; verifying again refuses the token.
+            self.issuers[i].provider().current()?;
+        }
         let now = unix_now() as f64;
         let leeway = self.leeway as f64;
         Some(if v.exp < now - leeway {
@@ -245,7 +266,7 @@ impl Authenticator {
         }
         if !self.hs256 {
             // No secret: only tokens of a configured issuer are accepted.
-            return Err(AuthError::WrongParty);
+            return Err(AuthError::Issuer);
         }
         let verified = self.verify_uncached(token)?;
         let identity = verified.identity.clone();
@@ -295,13 +316,31 @@ impl Authenticator {
             .as_ref()
             .and_then(|v| v.as_f64())
             .ok_or_else(|| AuthError::ClaimFormat("exp".into()))?;
+        let (roles, forwarded) = if self.claims.is_plain() {
+            (claims.roles, Box::default())
+        } else {
+            // Verified already: reading the payload again is only a parse, once per token.
+            let all = token
+                .split('.')
+                .nth(1)
+                .and_then(|p| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(p)
+                        .ok()
+                })
+                .and_then(|p| serde_json::from_slice(&p).ok())
+                .unwrap_or(serde_json::Value::Null);
+            (self.claims.roles(&all), self.claims.forwarded(&all))
+        };
         Ok(Verified {
             identity: Arc::new(Identity {
                 sub: claims.sub,
-                roles: claims.roles,
+                roles,
+                forwarded,
             }),
             exp,
             nbf: claims.nbf.as_ref().and_then(|v| v.as_f64()),
+            issuer: None,
         })
     }
 }
@@ -370,27 +409,23 @@ mod tests {
             serde_json::json!({"sub":"1","exp":exp,"iss":"https://idp.example","aud":"gateway"}),
         );
         assert!(a.verify(&good).is_ok());
-        for bad in [
-            serde_json::json!({"sub":"1","exp":exp,"iss":"https://evil.example","aud":"gateway"}),
-            serde_json::json!({"sub":"1","exp":exp,"iss":"https://idp.example","aud":"other"}),
+        for (bad, why) in [
+            (
+                serde_json::json!({"sub":"1","exp":exp,"iss":"https://evil.example","aud":"gateway"}),
+                AuthError::Issuer,
+            ),
+            (
+                serde_json::json!({"sub":"1","exp":exp,"iss":"https://idp.example","aud":"other"}),
+                AuthError::Audience,
+            ),
         ] {
-            assert_eq!(
-                a.verify(&hs(bad.clone())).err(),
-                Some(AuthError::WrongParty),
-                "{bad}"
-            );
+            assert_eq!(a.verify(&hs(bad.clone())).err(), Some(why), "{bad}");
         }
         // Configured claims are required, not only compared when present.
         let no_aud = hs(serde_json::json!({"sub":"1","exp":exp,"iss":"https://idp.example"}));
-        assert_eq!(
-            a.verify(&no_aud).err(),
-            Some(AuthError::MissingClaim("aud".into()))
-        );
+        assert_eq!(a.verify(&no_aud).err(), Some(AuthError::Audience));
         let no_iss = hs(serde_json::json!({"sub":"1","exp":exp,"aud":"gateway"}));
-        assert_eq!(
-            a.verify(&no_iss).err(),
-            Some(AuthError::MissingClaim("iss".into()))
-        );
+        assert_eq!(a.verify(&no_iss).err(), Some(AuthError::Issuer));
         // Without configuration, neither claim matters.
         let any = hs(serde_json::json!({"sub":"1","exp":exp,"iss":"x","aud":"y"}));
         assert!(auth().verify(&any).is_ok());
@@ -456,6 +491,7 @@ mod tests {
         let want = Identity {
             sub: "42".into(),
             roles,
+            forwarded: Box::default(),
         };
         assert_eq!(a.verify(&t).as_deref(), Ok(&want));
         assert_eq!(a.verify(&t).as_deref(), Ok(&want), "again, from the cache");
@@ -544,7 +580,9 @@ mod tests {
             AuthError::NotYetValid,
             AuthError::MissingClaim("exp".into()),
             AuthError::ClaimFormat("exp".into()),
-            AuthError::WrongParty,
+            AuthError::Issuer,
+            AuthError::Audience,
+            AuthError::UnknownKid,
         ];
         for e in all {
             assert!(AuthError::REASONS.contains(&e.reason()), "{}", e.reason());

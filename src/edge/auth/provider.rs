@@ -40,14 +40,9 @@ impl pingora::services::background::BackgroundService for KeyRefresher {
 
 impl Provider {
     async fn keep_fresh(self: Arc<Self>) {
-        let mut failing = false;
         loop {
             let wait = match self.refresh().await {
-                Ok(n) => {
-                    if failing {
-                        tracing::info!(issuer = %self.config.issuer, keys = n, "identity provider keys loaded again");
-                    }
-                    failing = false;
+                Ok(_) => {
                     let max_age = *self.provider_max_age.lock();
                     let due = self
                         .state
@@ -56,14 +51,7 @@ impl Provider {
                     due.saturating_sub(self.now())
                         .mul_f64(0.9 + 0.2 * rand::random::<f64>())
                 }
-                Err(e) => {
-                    if !failing {
-                        // Once per failure streak; metrics count every attempt.
-                        tracing::warn!(issuer = %self.config.issuer, error = %e, "identity provider keys could not be fetched; the last good set stays in use");
-                    }
-                    failing = true;
-                    self.config.min_interval
-                }
+                Err(_) => self.config.min_interval,
             };
             // Sleep in steps, so the age gauge stays current.
             let until = tokio::time::Instant::now() + wait.max(self.config.min_interval);
@@ -101,6 +89,8 @@ pub(crate) struct Provider {
     flight: tokio::sync::Mutex<()>,
     /// Added to the clock (tests move time forward instead of waiting).
     skew_ms: std::sync::atomic::AtomicU64,
+    /// The last fetch failed (the warning is logged once per streak).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Provider {
@@ -115,6 +105,7 @@ impl Provider {
             provider_max_age: Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
             skew_ms: std::sync::atomic::AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -149,6 +140,18 @@ impl Provider {
         }
     }
 
+    /// Whether a request without a usable set may ask for a fetch now (see
+    /// [`RefreshState::should_refresh`]): a provider that is down is not asked once per
+    /// request.
+    pub(crate) fn may_refresh(&self) -> bool {
+        self.state.lock().should_refresh(&self.policy(), self.now())
+    }
+
+    /// Whether a key set was ever loaded (stale or not).
+    pub(crate) fn loaded(&self) -> bool {
+        self.state.lock().loaded()
+    }
+
     /// What to do about a token whose `kid` is not in the set (see [`RefreshState`]).
     pub(crate) fn unknown_kid(&self, kid: &str) -> super::refresh::UnknownKid {
         let policy = self.policy();
@@ -166,19 +169,55 @@ impl Provider {
     pub(crate) async fn refresh(&self) -> Result<usize, String> {
         let asked = self.now();
         let _turn = self.flight.lock().await;
-        if self.state.lock().fetched_since(asked) {
-            return Ok(self.set.read().as_ref().map_or(0, |s| s.len()));
+        {
+            let state = self.state.lock();
+            if state.fetched_since(asked) {
+                return Ok(self.set.read().as_ref().map_or(0, |s| s.len()));
+            }
+            // The fetch this caller waited for failed: one failure per wait, not one fetch
+            // per waiter against a provider that is down.
+            if state.finished_since(asked) {
+                return Err("the fetch in progress failed".into());
+            }
         }
         self.state.lock().fetching(self.now());
+        // The caller is a request and may go away mid-fetch: the fetch must still end, or
+        // later tokens with a new `kid` would keep waiting for a fetch nobody runs.
+        let ended = scopeguard::guard((), |()| self.state.lock().failed(self.now()));
         let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.fetch())
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
+        scopeguard::ScopeGuard::into_inner(ended);
         let issuer = self.config.issuer.as_str();
         let result = if fetched.is_ok() { "ok" } else { "error" };
         crate::metrics::JWKS_REFRESH
             .with_label_values(&[issuer, result])
             .inc();
-        let (set, provider_max_age) = fetched?;
+        let was_failing = self.failing.load(std::sync::atomic::Ordering::Relaxed);
+        let (set, provider_max_age) = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                self.state.lock().failed(self.now());
+                if !self
+                    .failing
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    // Once per failure streak (fetches are at most one per interval anyway);
+                    // `jwks_refresh_total{result="error"}` counts every one.
+                    tracing::warn!(issuer, error = %e, "identity provider keys could not be fetched; the last good set stays in use");
+                }
+                return Err(e);
+            }
+        };
+        if was_failing {
+            self.failing
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                issuer,
+                keys = set.len(),
+                "identity provider keys loaded again"
+            );
+        }
         let n = set.len();
         crate::metrics::JWKS_KEYS
             .with_label_values(&[issuer])

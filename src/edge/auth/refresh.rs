@@ -39,6 +39,11 @@ pub(crate) struct RefreshState {
     fetched_at: Option<Duration>,
     /// When the last fetch (good or bad) started.
     attempted_at: Option<Duration>,
+    /// When the last fetch (good or bad) ended.
+    finished_at: Option<Duration>,
+    /// A fetch has started and not ended: tokens with a new `kid` wait for it instead of
+    /// being refused (the rotation that triggered it is why they are here).
+    in_flight: bool,
     /// `kid`s not in the set after the last refresh.
     unknown: HashSet<String>,
 }
@@ -59,7 +64,7 @@ impl RefreshState {
         policy: &RefreshPolicy,
         now: Duration,
     ) -> UnknownKid {
-        if self.may_fetch(policy, now) {
+        if self.should_refresh(policy, now) {
             return UnknownKid::Refresh;
         }
         if self.unknown.len() < MAX_REMEMBERED {
@@ -68,7 +73,19 @@ impl RefreshState {
         UnknownKid::Refuse
     }
 
+    /// Whether a caller that lacks a key may ask for a fetch at `now`: one is in progress (it
+    /// joins it) or the last one started at least `min_interval` ago.
+    pub(crate) fn should_refresh(&self, policy: &RefreshPolicy, now: Duration) -> bool {
+        self.in_flight || self.may_fetch(policy, now)
+    }
+
+    /// Whether a set was ever fetched (readiness; staleness is [`RefreshState::usable`]).
+    pub(crate) fn loaded(&self) -> bool {
+        self.fetched_at.is_some()
+    }
+
     /// Whether `kid` is known to be absent (refused without asking for a refresh).
+    #[cfg(test)]
     pub(crate) fn known_unknown(&self, kid: &str) -> bool {
         self.unknown.contains(kid)
     }
@@ -76,11 +93,26 @@ impl RefreshState {
     /// A fetch starts at `now`.
     pub(crate) fn fetching(&mut self, now: Duration) {
         self.attempted_at = Some(now);
+        self.in_flight = true;
+    }
+
+    /// A fetch ended without a usable set at `now`.
+    pub(crate) fn failed(&mut self, now: Duration) {
+        self.finished_at = Some(now);
+        self.in_flight = false;
+    }
+
+    /// Whether a fetch (good or bad) ended at or after `t`: a caller that asked at `t` while
+    /// it ran takes its outcome instead of fetching again.
+    pub(crate) fn finished_since(&self, t: Duration) -> bool {
+        self.finished_at.is_some_and(|f| f >= t)
     }
 
     /// A good set arrived at `now`: forget the unknown `kid`s (they may be in it now).
     pub(crate) fn fetched(&mut self, now: Duration) {
         self.fetched_at = Some(now);
+        self.finished_at = Some(now);
+        self.in_flight = false;
         self.unknown.clear();
     }
 
@@ -186,6 +218,27 @@ mod tests {
     }
 
     #[test]
+    fn a_new_kid_during_a_fetch_waits_for_it_instead_of_being_refused() {
+        let p = policy();
+        let mut st = RefreshState::default();
+        st.fetching(S(0));
+        st.fetched(S(0));
+        st.fetching(S(20));
+        assert_eq!(
+            st.unknown_kid("new", &p, S(20)),
+            UnknownKid::Refresh,
+            "joins"
+        );
+        st.failed(S(21));
+        assert!(st.finished_since(S(20)) && !st.fetched_since(S(20)));
+        assert_eq!(
+            st.unknown_kid("new", &p, S(22)),
+            UnknownKid::Refuse,
+            "interval"
+        );
+    }
+
+    #[test]
     fn the_last_good_set_serves_until_it_is_too_stale() {
         let p = RefreshPolicy {
             max_stale: S(60),
@@ -195,7 +248,8 @@ mod tests {
         assert!(!st.usable(&p, S(0)), "nothing fetched yet");
         st.fetching(S(0));
         st.fetched(S(0));
-        st.fetching(S(30)); // fails: no `fetched`
+        st.fetching(S(30));
+        st.failed(S(31));
         assert!(st.usable(&p, S(60)));
         assert!(!st.usable(&p, S(61)));
         st.fetching(S(70));

@@ -1,0 +1,126 @@
+//! What the gateway reads out of a verified token beyond `sub`: the roles at `roles_claim` and
+//! the values of `forward_claims`, ready to be sent upstream as headers.
+
+use http::HeaderValue;
+use serde_json::Value;
+
+/// Reads roles and forwarded claims from a token's claims.
+pub(crate) struct ClaimReader {
+    roles: Vec<String>,
+    forward: Vec<Vec<String>>,
+}
+
+impl ClaimReader {
+    /// A reader for the configured roles path and forwarded claim paths (in conf order).
+    pub(crate) fn new(roles: Vec<String>, forward: Vec<Vec<String>>) -> Self {
+        ClaimReader { roles, forward }
+    }
+
+    /// Whether HS256 tokens can skip the generic JSON read: roles at the top-level `roles`
+    /// and nothing forwarded, which the typed claims already cover.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.forward.is_empty() && self.roles.len() == 1 && self.roles[0] == "roles"
+    }
+
+    /// The roles: strings of the array at the roles path (none when absent or not an array).
+    pub(crate) fn roles(&self, claims: &Value) -> Vec<String> {
+        lookup(claims, &self.roles)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// One header value per forwarded claim, `None` where the claim is absent or cannot be a
+    /// header (objects, control characters).
+    pub(crate) fn forwarded(&self, claims: &Value) -> Box<[Option<HeaderValue>]> {
+        self.forward
+            .iter()
+            .map(|path| lookup(claims, path).and_then(header_value))
+            .collect()
+    }
+}
+
+fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
+    path.iter().try_fold(claims, |v, step| v.get(step))
+}
+
+/// Scalars as their text; an array of scalars as a comma-separated list (how HTTP folds a
+/// repeated header), so `groups: [a, b]` arrives as `a,b`.
+fn header_value(v: &Value) -> Option<HeaderValue> {
+    fn scalar(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    let text = match v {
+        Value::Array(items) => items
+            .iter()
+            .map(scalar)
+            .collect::<Option<Vec<_>>>()?
+            .join(","),
+        other => scalar(other)?,
+    };
+    if text.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn path(p: &str) -> Vec<String> {
+        p.split('.').map(String::from).collect()
+    }
+
+    #[test]
+    fn roles_follow_the_dotted_path() {
+        let r = ClaimReader::new(path("realm_access.roles"), vec![]);
+        let c = json!({"realm_access": {"roles": ["admin", 7, "ops"]}, "roles": ["x"]});
+        assert_eq!(r.roles(&c), ["admin", "ops"]);
+        assert!(r
+            .roles(&json!({"realm_access": {"roles": "admin"}}))
+            .is_empty());
+        assert!(!r.is_plain());
+        assert!(ClaimReader::new(path("roles"), vec![]).is_plain());
+    }
+
+    #[test]
+    fn forwarded_claims_become_header_values_or_nothing() {
+        let r = ClaimReader::new(
+            path("roles"),
+            [
+                "tenant", "org.id", "groups", "admin", "obj", "bad", "missing", "empty",
+            ]
+            .map(path)
+            .to_vec(),
+        );
+        let c = json!({"tenant": "acme", "org": {"id": 42}, "groups": ["a", "b"], "admin": true,
+                       "obj": {"x": 1}, "bad": "line\nbreak", "empty": ""});
+        let got: Vec<Option<String>> = r
+            .forwarded(&c)
+            .iter()
+            .map(|v| v.as_ref().map(|v| v.to_str().unwrap().to_string()))
+            .collect();
+        let want = [
+            Some("acme"),
+            Some("42"),
+            Some("a,b"),
+            Some("true"),
+            None,
+            None,
+            None,
+            None,
+        ];
+        assert_eq!(got, want.map(|s| s.map(String::from)));
+    }
+}
