@@ -120,6 +120,19 @@ fn compose_and_dockerfile_agree_with_the_code() {
         );
     }
 
+    // The gateway trusts the mocks' provider under the name the provider puts in its tokens.
+    let idp_issuer = s(&svc("mocks")["environment"]["IDP_ISSUER"]);
+    assert_eq!(idp_issuer, "http://mocks:8085");
+    assert!(ports("mocks").contains(&"8085:8085".to_string()));
+    let compose_conf: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/compose/gateway.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        s(&compose_conf["gateway"]["auth"]["issuers"][0]["issuer"]),
+        idp_issuer
+    );
+
     // Every mounted host path exists; the gateway's conf validates and matches its ports.
     for (name, _) in services {
         if let Some(vols) = svc(&s(name))["volumes"].as_sequence() {
@@ -430,7 +443,19 @@ fn kubernetes_manifests_validate_and_agree_with_the_code() {
         .iter()
         .map(|p| s(&p["port"]))
         .collect();
-    assert_eq!(mock_ports, vec!["8081", "8082", "8083", "8084"]);
+    assert_eq!(mock_ports, vec!["8081", "8082", "8083", "8084", "8085"]);
+    // The gateway trusts the mocks' provider under the name the provider puts in its tokens.
+    let mocks = find("Deployment", "mocks");
+    let env = &mocks["spec"]["template"]["spec"]["containers"][0]["env"];
+    let idp_issuer = env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "IDP_ISSUER")
+        .map(|e| s(&e["value"]))
+        .expect("the mocks' IDP_ISSUER");
+    assert_eq!(s(&conf["gateway"]["auth"]["issuers"][0]["issuer"]), idp_issuer);
+    assert_eq!(idp_issuer, "http://mocks:8085");
 }
 
 /// Metric names a PromQL expression selects (`name{…}` or `name[…]`).

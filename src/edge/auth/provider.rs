@@ -380,6 +380,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn oversized_or_malformed_sets_never_replace_a_good_one() {
+        let jwks = Arc::new(Mutex::new(Some(JWKS)));
+        let (base, _) = serve("", jwks.clone()).await;
+        let p = provider(&base, false);
+        assert_eq!(p.refresh().await, Ok(1));
+        let huge: &'static str = Box::leak(
+            format!(r#"{{"keys":[],"pad":"{}"}}"#, "x".repeat(MAX_BODY)).into_boxed_str(),
+        );
+        for (body, why) in [(huge, "larger than"), ("{\"keys\": 7}", "")] {
+            *jwks.lock() = Some(body);
+            p.advance(Duration::from_secs(2));
+            let e = p.refresh().await.unwrap_err();
+            assert!(e.contains(why), "{e}");
+            assert_eq!(p.current().map(|s| s.len()), Some(1), "the good set stays");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_mid_fetch_does_not_leave_it_in_progress() {
+        // A key set that never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(|| std::future::pending::<&'static str>()),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let p = Arc::new(provider(&base, false));
+        let asker = tokio::spawn({
+            let p = p.clone();
+            async move { p.refresh().await }
+        });
+        while !p.state.lock().in_flight() {
+            tokio::task::yield_now().await;
+        }
+        assert!(p.may_refresh(), "while it runs, others join it");
+        asker.abort();
+        let _ = asker.await;
+        assert!(!p.state.lock().in_flight());
+        assert!(
+            !p.may_refresh(),
+            "ended: the next fetch waits for min_interval"
+        );
+    }
+
+    #[tokio::test]
     async fn a_discovery_document_for_another_issuer_is_refused() {
         let (base, fetches) = serve("/other", Arc::new(Mutex::new(Some(JWKS)))).await;
         let p = provider(&base, true);

@@ -79,6 +79,12 @@ impl RefreshState {
         self.in_flight || self.may_fetch(policy, now)
     }
 
+    /// Whether a fetch has started and not ended.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
     /// Whether a set was ever fetched (readiness; staleness is [`RefreshState::usable`]).
     pub(crate) fn loaded(&self) -> bool {
         self.fetched_at.is_some()
