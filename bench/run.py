@@ -295,7 +295,8 @@ def main():
 
     # Origins: a fast static one (nginx) and the delay-capable mocks.
     ports = {k: free_port() for k in ("origin", "nginx", "haproxy", "gw", "gw_redis", "gw_idle", "redis",
-                                      "m_user", "m_order", "m_product", "m_rec", "metrics1", "metrics2", "metrics3")}
+                                      "m_user", "m_order", "m_product", "m_rec", "m_idp",
+                                      "metrics1", "metrics2", "metrics3")}
     small = '{"id":"1","name":"User 1","email":"user1@example.com","ok":true}'
     write(os.path.join(WORK, "origin.conf"), f"""
 worker_processes 1; daemon off; pid {WORK}/origin.pid; error_log {WORK}/origin.log error;
@@ -350,7 +351,11 @@ upstream_keepalive_pool_size: 256
 gateway:
   listen: "127.0.0.1:{port}"
   metrics_listen: "127.0.0.1:{metrics}"
-  auth: {{ public_paths: ["/healthz", "/readyz", "/bench/"] }}
+  auth:
+    public_paths: ["/healthz", "/readyz", "/bench/"]
+    issuers:
+      - {{ issuer: "http://127.0.0.1:{ports['m_idp']}", discovery: true, allow_insecure_http: true,
+          audiences: [gateway], algorithms: [RS256, ES256, EdDSA] }}
   rate_limit: {{ per_minute: 1000000000, window_seconds: 60 }}
   aggregates:
     - name: profile
@@ -383,8 +388,9 @@ gateway:
     }
     mocks = start("mocks", [MOCKS, "--user-port", str(ports["m_user"]), "--order-port", str(ports["m_order"]),
                             "--product-port", str(ports["m_product"]), "--recommendation-port", str(ports["m_rec"]),
-                            "--services", "user,order,product,recommendation"], LOAD_CPU)
-    for k in ("m_user", "m_order", "m_product", "m_rec"):
+                            "--idp-port", str(ports["m_idp"]),
+                            "--services", "user,order,product,recommendation,idp"], LOAD_CPU)
+    for k in ("m_user", "m_order", "m_product", "m_rec", "m_idp"):
         wait_http(f"http://127.0.0.1:{ports[k]}/healthz")
     origin = start("origin", [nginx, "-c", os.path.join(WORK, "origin.conf")], LOAD_CPU)
     redis = start("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
@@ -473,6 +479,15 @@ gateway:
     s3r = abba("edge-redis", runner(ports["gw_redis"], "/edge/json", gw_redis.pid, (auth,)), "plain", plain)
     results["edge"] = {"memory": strip_pairs(s3m), "redis": strip_pairs(s3r)}
 
+    # 3b. The same edge checks with an RS256 token from an identity provider, against HS256.
+    log("bench: 3b RS256 tokens from the provider (verified-token cache) vs HS256, and uncached costs")
+    rs = f"Authorization: Bearer {mint(ports['m_idp'], 'RS256', '1')}"
+    s3k = abba("edge-rs256", runner(ports["gw"], "/edge/json", gw.pid, (rs,)),
+               "edge-hs256", runner(ports["gw"], "/edge/json", gw.pid, (auth,)))
+    results["edge"]["rs256"] = strip_pairs(s3k)
+    results["edge"]["uncached_us"] = {alg: per_token_cost(ports["gw"], gw.pid, toks)
+                                      for alg, toks in fresh_tokens(ports["m_idp"]).items()}
+
     # 4. Aggregation, cache off.
     log("bench: 4/7 aggregation (user 20 ms, then 50/80/120 ms)")
     for svc, port, ms in (("user", "m_user", 20), ("order", "m_order", 50), ("product", "m_product", 80),
@@ -512,6 +527,52 @@ gateway:
                         "per_100k": new_conns * 100000 / max(1, r7["requests"])}
 
     report(results)
+
+
+def mint(idp_port, alg, sub):
+    req = urllib.request.Request(f"http://127.0.0.1:{idp_port}/token", method="POST",
+                                 data=json.dumps({"sub": sub, "alg": alg, "ttl": 7200}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))["access_token"]
+
+
+UNCACHED_TOKENS = 3000
+
+
+def fresh_tokens(idp_port):
+    """UNCACHED_TOKENS distinct tokens per algorithm (HS256 signed here with the shared secret)."""
+    import base64, hashlib, hmac
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    def hs(sub):
+        head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        body = b64(json.dumps({"sub": sub, "exp": int(time.time()) + 7200}).encode())
+        sig = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+        return f"{head}.{body}.{b64(sig)}"
+    out = {"HS256": [hs(f"u{i}") for i in range(UNCACHED_TOKENS)]}
+    for alg in ("RS256", "ES256", "EdDSA"):
+        out[alg] = [mint(idp_port, alg, f"u{i}") for i in range(UNCACHED_TOKENS)]
+    return out
+
+
+def per_token_cost(port, pid, tokens):
+    """Gateway CPU per request with every token new minus the same with one token repeated:
+    what one verification costs when the verified-token cache cannot help (us)."""
+    import http.client
+    def run(seq):
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        before = proc_cpu(pid)
+        for t in seq:
+            conn.request("GET", "/edge/json", headers={"Authorization": f"Bearer {t}"})
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                raise SystemExit(f"bench: uncached token answered {r.status}")
+        spent = proc_cpu(pid) - before
+        conn.close()
+        return spent * 1e6 / len(seq)
+    repeated = run([tokens[0]] * len(tokens))
+    unique = run(tokens)
+    return {"unique_us_per_req": unique, "repeated_us_per_req": repeated, "verify_us": unique - repeated}
 
 
 def strip_pairs(r):
@@ -591,6 +652,13 @@ def report(r):
         ">= 0.85x plain", clean(e["redis"]) and e["redis"]["ratio_median"] >= 0.85, detail(e["redis"]))
     row("3 edge checks, embedded", f"{e['memory']['ratio_median']:.2f}x (min {e['memory']['ratio_min']:.2f}, max {e['memory']['ratio_max']:.2f})",
         ">= 0.95x plain", clean(e["memory"]) and e["memory"]["ratio_median"] >= 0.95, detail(e["memory"]))
+    k = e.get("rs256")
+    if k:
+        row("3 edge checks, RS256 (cached) vs HS256", f"{k['ratio_median']:.2f}x (min {k['ratio_min']:.2f}, max {k['ratio_max']:.2f})",
+            ">= 0.95x HS256", clean(k) and k["ratio_median"] >= 0.95, detail(k))
+        u = e["uncached_us"]
+        row("3 one verification, uncached (CPU)", ", ".join(f"{a} {u[a]['verify_us']:.0f} us" for a in u),
+            "reported", None, f"{UNCACHED_TOKENS} distinct tokens each, sequential, CPU per request minus a repeated token's")
     agg = r["aggregation"]["result"]
     if agg:
         ok = agg["p50_us"] <= 141500 and agg["p99_us"] <= 144000 and agg["errors"] == 0 and agg["non2xx"] == 0

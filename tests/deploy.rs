@@ -454,7 +454,10 @@ fn kubernetes_manifests_validate_and_agree_with_the_code() {
         .find(|e| e["name"] == "IDP_ISSUER")
         .map(|e| s(&e["value"]))
         .expect("the mocks' IDP_ISSUER");
-    assert_eq!(s(&conf["gateway"]["auth"]["issuers"][0]["issuer"]), idp_issuer);
+    assert_eq!(
+        s(&conf["gateway"]["auth"]["issuers"][0]["issuer"]),
+        idp_issuer
+    );
     assert_eq!(idp_issuer, "http://mocks:8085");
 }
 
