@@ -404,7 +404,7 @@ mod tests {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let app = axum::Router::new().route(
             "/jwks",
-            axum::routing::get(|| std::future::pending::<&'static str>()),
+            axum::routing::get(std::future::pending::<&'static str>),
         );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
