@@ -29,8 +29,19 @@ define apt_install
 	fi
 endef
 
+# Same, for a package known by a file it installs rather than a command.
+define apt_install_file
+	if [ ! -e $(1) ]; then
+		echo "installing $(2) ..."
+		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && touch $(APT_UPDATED); }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(2) >/dev/null
+	fi
+endef
+
 deps:
 	@$(call apt_install,cmake,cmake)
+	@$(call apt_install,pkg-config,pkg-config)
+	@$(call apt_install_file,/usr/include/openssl/ssl.h,libssl-dev)
 	@$(call apt_install,curl,curl)
 	@$(call apt_install,cc,build-essential)
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required: install Rust from rustup.rs"; exit 1; }

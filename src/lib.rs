@@ -34,6 +34,7 @@ pub(crate) mod sharded;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -93,6 +94,34 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
         ),
     );
 
+    let tls_reloader = match &config.tls {
+        Some(tls) => {
+            let certs = Arc::new(
+                tls::Certificates::load(tls)
+                    .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?,
+            );
+            let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(
+                tls::SniResolver(certs.clone()),
+            ))?;
+            if tls.http2 {
+                settings.enable_h2();
+            }
+            let min = match tls.min_version {
+                config::TlsVersion::V1_2 => pingora::tls::ssl::SslVersion::TLS1_2,
+                config::TlsVersion::V1_3 => pingora::tls::ssl::SslVersion::TLS1_3,
+            };
+            settings.set_min_proto_version(Some(min)).map_err(|e| {
+                pingora::Error::explain(
+                    pingora::ErrorType::InternalError,
+                    format!("gateway.tls.min_version: {e}"),
+                )
+            })?;
+            proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+            Some(tls::Reloader::new(certs, tls.reload_interval))
+        }
+        None => None,
+    };
+
     let mut prometheus = pingora_prometheus::prometheus_http_service();
     prometheus.add_tcp(&config.metrics_listen.to_string());
 
@@ -108,6 +137,12 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
         "client report",
         conn::report::SummaryService,
     ));
+    if let Some(reloader) = tls_reloader {
+        server.add_service(pingora::services::background::background_service(
+            "certificate reload",
+            reloader,
+        ));
+    }
     if let Some(refresher) = key_refresher {
         server.add_service(pingora::services::background::background_service(
             "identity provider keys",

@@ -79,6 +79,12 @@ fn main() {
         eprintln!("gateway: WARNING: JWT_SECRET is shorter than 32 bytes");
     }
     if opt.test {
+        // `-t` checks the certificate files too (key matches, not expired).
+        if let Some(tls) = &config.tls {
+            if let Err(e) = gateway::tls::Certificates::load(tls) {
+                fail(e);
+            }
+        }
         println!(
             "gateway: configuration {} is valid",
             path.as_deref().unwrap_or("(defaults)")

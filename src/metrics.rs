@@ -218,6 +218,33 @@ pub static JWKS_AGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// When each served certificate stops being valid (unix seconds), by its first name.
+pub static TLS_CERT_EXPIRY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "tls_certificate_expiry_timestamp_seconds",
+        "notAfter of each served certificate (unix seconds), labelled by its first SAN",
+        &["certificate"],
+    )
+});
+
+/// Certificate reloads by result (ok: a changed pair swapped in; error: refused, old kept).
+pub static TLS_RELOAD: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tls_reload_total",
+        "Certificate pairs reloaded from changed files (ok) or refused by their checks (error)",
+        &["result"],
+    )
+});
+
+/// TLS handshakes that could not be given a certificate.
+pub static TLS_HANDSHAKE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tls_handshake_errors_total",
+        "TLS handshakes the gateway could not give a certificate",
+        &[],
+    )
+});
+
 /// Forces registration so every family shows on `/metrics` from the first scrape. Process
 /// metrics (CPU seconds, resident memory, open fds) come with the default registry itself,
 /// through the `prometheus` crate's `process` feature.
@@ -243,6 +270,9 @@ pub fn init() {
     LazyLock::force(&JWKS_REFRESH);
     LazyLock::force(&JWKS_KEYS);
     LazyLock::force(&JWKS_AGE);
+    LazyLock::force(&TLS_CERT_EXPIRY);
+    LazyLock::force(&TLS_RELOAD);
+    LazyLock::force(&TLS_HANDSHAKE_ERRORS);
 }
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of

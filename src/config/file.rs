@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::aggregates::AggregateFile;
 use super::issuers::IssuerFile;
+use super::tls::TlsFile;
 
 /// The whole conf file as far as the gateway is concerned: Pingora's keys are ignored here.
 #[derive(Debug, Deserialize)]
@@ -32,6 +33,8 @@ pub(super) struct GatewayFile {
     pub(super) limits: LimitsFile,
     pub(super) upstreams: BTreeMap<String, UpstreamFile>,
     pub(super) routes: Vec<RouteFile>,
+    pub(super) tls: Option<TlsFile>,
+    pub(super) redirect_http: bool,
 }
 
 impl Default for GatewayFile {
@@ -48,6 +51,8 @@ impl Default for GatewayFile {
             limits: LimitsFile::default(),
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
+            tls: None,
+            redirect_http: false,
         }
     }
 }

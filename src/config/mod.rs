@@ -31,6 +31,8 @@ pub use aggregates::{
 pub use issuers::{IssuerConfig, KeySource};
 mod services;
 pub use services::{ServiceConfig, Services};
+mod tls;
+pub use tls::{CertPaths, TlsConfig, TlsVersion};
 
 /// A start-up configuration problem, naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,10 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Route table, first matching prefix wins.
     pub routes: Vec<RouteConfig>,
+    /// The HTTPS listener; `None`: plain HTTP only.
+    pub tls: Option<TlsConfig>,
+    /// The plain listener answers 308 to `https://` (health and readiness excepted).
+    pub redirect_http: bool,
 }
 
 /// Redis settings.

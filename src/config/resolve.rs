@@ -94,6 +94,32 @@ impl GatewayFile {
             &names,
             &prefixes,
         )?;
+        let tls = self
+            .tls
+            .map(|t| {
+                t.resolve(|value| {
+                    parse_listen(
+                        "gateway.tls.listen",
+                        value,
+                        nonempty(env, "HTTPS_PORT").map(|v| ("HTTPS_PORT", v)),
+                    )
+                })
+            })
+            .transpose()?;
+        if let Some(t) = &tls {
+            if t.listen == listen || t.listen == metrics_listen {
+                return Err(invalid(
+                    "gateway.tls.listen",
+                    "must differ from gateway.listen and gateway.metrics_listen",
+                ));
+            }
+        }
+        if self.redirect_http && tls.is_none() {
+            return Err(invalid(
+                "gateway.redirect_http",
+                "needs gateway.tls: there is no HTTPS listener to redirect to",
+            ));
+        }
         Ok(Config {
             listen,
             metrics_listen,
@@ -105,6 +131,8 @@ impl GatewayFile {
             limits,
             upstreams,
             routes,
+            tls,
+            redirect_http: self.redirect_http,
         })
     }
 }

@@ -8,10 +8,21 @@ use crate::error::GatewayError;
 
 /// Rejects what Pingora's parser lets through but an edge must not forward: absolute-form
 /// targets (`GET http://other/`), ambiguous `Transfer-Encoding`, oversized headers.
-pub fn check_request(req: &RequestHeader, limits: &LimitsConfig) -> Result<(), GatewayError> {
+/// `http2`: the request came over h2, whose target always carries `:authority` (the h2 form
+/// of `Host`), so only the path is checked.
+pub fn check_request(
+    req: &RequestHeader,
+    limits: &LimitsConfig,
+    http2: bool,
+) -> Result<(), GatewayError> {
     // Origin-form only: `http://other/…` (absolute form) and `*` would let a client address
     // hosts other than ours, and upstreams may read the raw target differently from our router.
-    if req.raw_path().first() != Some(&b'/') || req.uri.authority().is_some() {
+    let path_ok = if http2 {
+        req.uri.path().starts_with('/')
+    } else {
+        req.raw_path().first() == Some(&b'/') && req.uri.authority().is_none()
+    };
+    if !path_ok {
         return Err(GatewayError::BadRequest(
             "only origin-form request targets (/path) are accepted".into(),
         ));
@@ -139,9 +150,9 @@ mod tests {
     #[test]
     fn framing_and_target_rules() {
         let l = limits();
-        assert!(check_request(&req(b"/a", &[]), &l).is_ok());
-        assert!(check_request(&req(b"/a", &[("transfer-encoding", "chunked")]), &l).is_ok());
-        assert!(check_request(&req(b"http://evil.com/a", &[]), &l).is_err());
+        assert!(check_request(&req(b"/a", &[]), &l, false).is_ok());
+        assert!(check_request(&req(b"/a", &[("transfer-encoding", "chunked")]), &l, false).is_ok());
+        assert!(check_request(&req(b"http://evil.com/a", &[]), &l, false).is_err());
         for bad in [
             vec![
                 ("transfer-encoding", "chunked"),
@@ -150,14 +161,15 @@ mod tests {
             vec![("transfer-encoding", "gzip, chunked")],
             vec![("transfer-encoding", "xchunked")],
         ] {
-            let e = check_request(&req(b"/a", &bad), &l).map_err(|e| e.status());
+            let e = check_request(&req(b"/a", &bad), &l, false).map_err(|e| e.status());
             assert_eq!(e, Err(400), "{bad:?}");
         }
         let big = "a".repeat(2000);
-        let e = check_request(&req(b"/a", &[("x-big", &big)]), &l).map_err(|e| e.status());
+        let e = check_request(&req(b"/a", &[("x-big", &big)]), &l, false).map_err(|e| e.status());
         assert_eq!(e, Err(431));
         let auth = "a".repeat(100);
-        let e = check_request(&req(b"/a", &[("authorization", &auth)]), &l).map_err(|e| e.status());
+        let e = check_request(&req(b"/a", &[("authorization", &auth)]), &l, false)
+            .map_err(|e| e.status());
         assert_eq!(e, Err(431));
     }
 

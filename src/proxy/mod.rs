@@ -209,7 +209,9 @@ impl ProxyHttp for Gateway {
             )
         });
         ctx.route = self.routes.route(req.uri.path(), &self.aggregates);
-        if let Err(e) = hygiene::check_request(req, &self.config.limits) {
+        let http2 = session.is_http2();
+        let req = session.req_header();
+        if let Err(e) = hygiene::check_request(req, &self.config.limits, http2) {
             respond::error(session, &e, &ctx.local_headers()).await?;
             return Ok(true);
         }
@@ -350,6 +352,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         hygiene::strip_hop_by_hop(req, session.is_upgrade_req());
+        if req.uri.authority().is_some() {
+            // An h2 request's target carries its `:authority`; HTTP/1 backends get origin form
+            // (Pingora sends `Host` from it).
+            let origin = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let uri = origin
+                .parse::<http::Uri>()
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
+            req.set_uri(uri);
+        }
         if let Route::Proxy(route) = &ctx.route {
             if let Some(target) = route.upstream_target(req.uri.path(), req.uri.query()) {
                 let uri = target.parse::<http::Uri>().map_err(|_| {
@@ -361,7 +372,11 @@ impl ProxyHttp for Gateway {
         if let Some(client) = &ctx.client {
             req.insert_header(headers::X_FORWARDED_FOR, client.forwarded_for())?;
         }
-        req.insert_header(headers::X_FORWARDED_PROTO, "http")?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        req.insert_header(
+            headers::X_FORWARDED_PROTO,
+            if tls { "https" } else { "http" },
+        )?;
         req.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         // The identity header is ours alone: a client-sent one is dropped before ours is set.
         req.remove_header(headers::X_USER_ID);

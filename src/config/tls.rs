@@ -1,0 +1,133 @@
+//! `gateway.tls` (the HTTPS listener and its certificates) and `gateway.redirect_http`, as
+//! written and as checked. The files themselves are read and checked by [`crate::tls`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, ConfigError};
+
+/// `gateway.tls` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsFile {
+    #[serde(default = "default_listen")]
+    listen: String,
+    certificates: Vec<CertFile>,
+    #[serde(default = "default_min_version")]
+    min_version: String,
+    #[serde(default = "default_true")]
+    http2: bool,
+    #[serde(default = "default_reload_ms")]
+    reload_interval_ms: u64,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8443".into()
+}
+fn default_min_version() -> String {
+    "1.2".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_reload_ms() -> u64 {
+    2000
+}
+
+/// One certificate entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertFile {
+    cert: String,
+    key: String,
+}
+
+/// The lowest TLS version the listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+/// A certificate chain file (leaf first) and its private key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    /// PEM: the leaf certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: the private key.
+    pub key: PathBuf,
+}
+
+/// The HTTPS listener, checked.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Address of the TLS listener (`HTTPS_PORT` replaces the port).
+    pub listen: SocketAddr,
+    /// Chosen by SNI from each certificate's names; the first answers clients without SNI.
+    pub certificates: Vec<CertPaths>,
+    /// Lowest accepted protocol version.
+    pub min_version: TlsVersion,
+    /// Offer h2 by ALPN (beside HTTP/1.1).
+    pub http2: bool,
+    /// How often the files are read again to see whether they changed.
+    pub reload_interval: Duration,
+}
+
+impl TlsFile {
+    /// Checks the section; `listen` is the already-parsed address (with `HTTPS_PORT`).
+    pub(super) fn resolve(
+        self,
+        parse_listen: impl FnOnce(&str) -> Result<SocketAddr, ConfigError>,
+    ) -> Result<TlsConfig, ConfigError> {
+        let listen = parse_listen(&self.listen)?;
+        if self.certificates.is_empty() {
+            return Err(invalid(
+                "gateway.tls.certificates",
+                "needs at least one { cert, key } entry",
+            ));
+        }
+        let mut certificates = Vec::with_capacity(self.certificates.len());
+        for (i, c) in self.certificates.into_iter().enumerate() {
+            for (what, path) in [("cert", &c.cert), ("key", &c.key)] {
+                if path.trim().is_empty() {
+                    return Err(invalid(
+                        format!("gateway.tls.certificates[{i}].{what}"),
+                        "must be a file path",
+                    ));
+                }
+            }
+            certificates.push(CertPaths {
+                cert: c.cert.into(),
+                key: c.key.into(),
+            });
+        }
+        let min_version = match self.min_version.as_str() {
+            "1.2" => TlsVersion::V1_2,
+            "1.3" => TlsVersion::V1_3,
+            other => {
+                return Err(invalid(
+                    "gateway.tls.min_version",
+                    format!("`{other}` is not \"1.2\" or \"1.3\""),
+                ))
+            }
+        };
+        if self.reload_interval_ms < 100 {
+            return Err(invalid(
+                "gateway.tls.reload_interval_ms",
+                "must be at least 100 (the files are read again each time)",
+            ));
+        }
+        Ok(TlsConfig {
+            listen,
+            certificates,
+            min_version,
+            http2: self.http2,
+            reload_interval: Duration::from_millis(self.reload_interval_ms),
+        })
+    }
+}
