@@ -53,6 +53,9 @@ test-deps: deps
 	@$(call apt_install,promtool,prometheus)
 	@$(call apt_install,slowhttptest,slowhttptest)
 	@$(call apt_install,curl,curl)
+	@$(call apt_install,openssl,openssl)
+	@$(call apt_install,h2load,nghttp2-client)
+	@$(call apt_install,nginx,nginx-light)
 	@if [ ! -x $(PYENV)/bin/kubernetes-validate ]; then
 		echo "installing kubernetes-validate (PyPI) into $(PYENV) ..."
 		if ! python3 -m venv $(PYENV) >/dev/null 2>&1; then

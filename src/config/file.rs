@@ -217,6 +217,38 @@ pub(super) struct UpstreamFile {
     pub(super) passive: PassiveFile,
     #[serde(default = "default_connect_retries")]
     pub(super) connect_retries: usize,
+    #[serde(default)]
+    pub(super) tls: Option<UpstreamTlsFile>,
+    #[serde(default)]
+    pub(super) http2: Option<UpstreamH2File>,
+}
+
+/// `upstreams.<name>.tls` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamTlsFile {
+    #[serde(default)]
+    pub(super) sni: Option<String>,
+    #[serde(default = "default_true")]
+    pub(super) verify: bool,
+    #[serde(default)]
+    pub(super) ca: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `upstreams.<name>.http2` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamH2File {
+    #[serde(default = "default_h2_streams")]
+    pub(super) max_streams: usize,
+}
+
+fn default_h2_streams() -> usize {
+    100
 }
 
 pub(super) fn default_connect_timeout_ms() -> u64 {

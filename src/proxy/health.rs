@@ -135,7 +135,16 @@ pub(crate) fn active_check(
     });
     match hc.kind {
         HealthCheckKind::Http => {
-            let mut check = HttpHealthCheck::new("localhost", false);
+            let mut check = match &up.tls {
+                Some(t) => {
+                    let mut c = HttpHealthCheck::new(&t.sni, true);
+                    c.peer_template.options.verify_cert = t.verify;
+                    c.peer_template.options.verify_hostname = t.verify;
+                    c.peer_template.options.ca = t.ca.clone();
+                    c
+                }
+                None => HttpHealthCheck::new("localhost", false),
+            };
             // The path was validated as a URI at start-up.
             check.req.set_uri(
                 hc.path

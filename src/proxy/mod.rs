@@ -135,6 +135,22 @@ impl Gateway {
 
     /// Answers `err` and closes the connection: the request's body was not (fully) read, so
     /// the next bytes on it are not a request.
+    /// Answers a request on the plain listener with `308` to the same path and query on the
+    /// HTTPS listener (`redirect_http`).
+    async fn redirect_to_https(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
+        let port = self.config.tls.as_ref().map_or(443, |t| t.listen.port());
+        let Some(location) = https_location(session.req_header(), port) else {
+            let e = GatewayError::BadRequest("a Host header is needed to redirect to HTTPS".into());
+            respond::error(session, &e, &ctx.local_headers()).await?;
+            return Ok(true);
+        };
+        let body = bytes::Bytes::from(serde_json::json!({ "location": location }).to_string());
+        let mut headers = ctx.local_headers();
+        headers.push(("Location", location));
+        respond::json(session, 308, body, &headers).await?;
+        Ok(true)
+    }
+
     async fn refuse(&self, session: &mut Session, ctx: &Ctx, err: &GatewayError) -> Result<bool> {
         session.as_downstream_mut().set_keepalive(None);
         respond::error(session, err, &ctx.local_headers()).await?;
@@ -215,6 +231,10 @@ impl ProxyHttp for Gateway {
             respond::error(session, &e, &ctx.local_headers()).await?;
             return Ok(true);
         }
+        if self.config.redirect_http && !ctx.route.is_probe() && !is_tls(session) {
+            return self.redirect_to_https(session, ctx).await;
+        }
+        let req = session.req_header();
         let public = ctx.route.is_probe() || self.config.auth.is_public(req.uri.path());
         // A client that stops reading its answer is cut after this, per write.
         session.set_write_timeout(Some(self.config.limits.response_write_timeout));
@@ -314,7 +334,19 @@ impl ProxyHttp for Gateway {
         };
         ctx.tried.push(addr);
         ctx.backend.start(backend);
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let tls = group.config.tls.as_ref();
+        let sni = tls.map_or_else(String::new, |t| t.sni.clone());
+        let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
+        if let Some(t) = tls {
+            peer.options.verify_cert = t.verify;
+            peer.options.verify_hostname = t.verify;
+            peer.options.ca = t.ca.clone();
+        }
+        if let Some(streams) = group.config.h2_streams {
+            // h2 offered by ALPN, HTTP/1.1 if the backend does not take it.
+            peer.options.set_http_version(2, 1);
+            peer.options.max_h2_streams = streams;
+        }
         peer.options.connection_timeout = Some(group.config.connect_timeout);
         peer.options.read_timeout = Some(group.config.read_timeout);
         peer.options.write_timeout = Some(group.config.read_timeout);
@@ -372,11 +404,8 @@ impl ProxyHttp for Gateway {
         if let Some(client) = &ctx.client {
             req.insert_header(headers::X_FORWARDED_FOR, client.forwarded_for())?;
         }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        req.insert_header(
-            headers::X_FORWARDED_PROTO,
-            if tls { "https" } else { "http" },
-        )?;
+        let proto = if is_tls(session) { "https" } else { "http" };
+        req.insert_header(headers::X_FORWARDED_PROTO, proto)?;
         req.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         // The identity header is ours alone: a client-sent one is dropped before ours is set.
         req.remove_header(headers::X_USER_ID);
@@ -539,4 +568,30 @@ impl ProxyHttp for Gateway {
             });
         }
     }
+}
+
+/// Whether the client's connection is TLS (the HTTPS listener).
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// `https://` + the request's host + the HTTPS port (left out when 443) + path and query;
+/// `None` when the request names no usable host.
+pub(crate) fn https_location(req: &RequestHeader, https_port: u16) -> Option<String> {
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            let h = req.headers.get(http::header::HOST)?.to_str().ok()?;
+            let a: http::uri::Authority = h.parse().ok()?;
+            Some(a.host().to_string())
+        })?;
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(format!("https://{host}{port}{target}"))
 }

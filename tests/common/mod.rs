@@ -8,9 +8,11 @@
 //! - `upstream`: the echo server and the raw recorder.
 //! - `fault`: the fault-injecting TCP proxy.
 //! - `pool`: an upstream with a fixed pool of blocking workers.
+//! - `certs`: a throwaway CA and leaf certificates (Debian's `openssl`).
 // Every test binary compiles this whole harness and uses a part of it.
 #![allow(dead_code, unused_imports)]
 
+mod certs;
 mod fault;
 mod gateway;
 mod mocks;
@@ -19,6 +21,7 @@ mod process;
 mod redis;
 mod upstream;
 
+pub use certs::*;
 pub use fault::*;
 pub use gateway::*;
 pub use mocks::*;

@@ -1,0 +1,389 @@
+//! The HTTPS listener with real clients (Debian's curl and openssl) and certificates from a
+//! throwaway CA: choice by SNI, protocol floor, h2 and HTTP/1.1 behaving as plaintext, reload
+//! without a restart, the redirect, and TLS/h2 to an nginx backend.
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{client, eventually, free_port, token, EchoServer, Gateway, Leaf, TestCa};
+
+/// Runs curl with `args` off the runtime (the echo upstream shares it).
+async fn curl(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `curl` to `https://{host}:{port}{path}` resolved to 127.0.0.1 and checked against `ca`.
+fn https_args(ca: &Path, host: &str, port: u16, path: &str) -> Vec<String> {
+    vec![
+        "--cacert".into(),
+        ca.display().to_string(),
+        "--resolve".into(),
+        format!("{host}:{port}:127.0.0.1"),
+        format!("https://{host}:{port}{path}"),
+    ]
+}
+
+/// The subject CN the server presented, from curl's verbose output.
+fn subject(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find_map(|l| l.trim().strip_prefix("*  subject: CN="))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn tls_section(port: u16, certs: &[&Leaf], extra: &str) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|c| {
+            format!(
+                "{{ cert: \"{}\", key: \"{}\" }}",
+                c.cert.display(),
+                c.key.display()
+            )
+        })
+        .collect();
+    format!(
+        "tls:\n  listen: \"127.0.0.1:{port}\"\n  certificates: [{}]\n{extra}",
+        list.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn certificates_are_chosen_by_sni_and_old_protocols_are_refused() {
+    let ca = TestCa::new();
+    let a = ca.leaf("a", &["a.test"], 30);
+    let b = ca.leaf("b", &["b.test", "*.b.test"], 30);
+    let port = free_port();
+    let gw = Gateway::start(&tls_section(port, &[&a, &b], ""), &[]).await;
+    for (host, want) in [
+        ("a.test", "a.test"),
+        ("b.test", "b.test"),
+        ("x.b.test", "b.test"),
+    ] {
+        let mut args = vec!["-v".to_string(), "-o".into(), "/dev/null".into()];
+        args.extend(https_args(&ca.cert, host, port, "/healthz"));
+        let out = curl(args).await;
+        assert!(
+            out.status.success(),
+            "{host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(subject(&out), want, "{host}");
+    }
+    // No SNI (an IP address): the first certificate. Its name is not the IP, so only print it.
+    let out = curl(vec![
+        "-vk".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        format!("https://127.0.0.1:{port}/healthz"),
+    ])
+    .await;
+    assert_eq!(subject(&out), "a.test", "the default certificate");
+    let mut old = vec!["--tls-max".to_string(), "1.1".into(), "--tlsv1.0".into()];
+    old.extend(https_args(&ca.cert, "a.test", port, "/healthz"));
+    assert!(!curl(old).await.status.success(), "TLS 1.1 refused");
+    drop(gw);
+
+    // With min_version 1.3, TLS 1.2 is refused and 1.3 served.
+    let port = free_port();
+    let _gw = Gateway::start(&tls_section(port, &[&a], "  min_version: \"1.3\"\n"), &[]).await;
+    let mut v12 = vec!["--tls-max".to_string(), "1.2".into()];
+    v12.extend(https_args(&ca.cert, "a.test", port, "/healthz"));
+    assert!(!curl(v12).await.status.success(), "TLS 1.2 refused");
+    assert!(curl(https_args(&ca.cert, "a.test", port, "/healthz"))
+        .await
+        .status
+        .success());
+}
+
+#[tokio::test]
+async fn h2_and_http1_over_tls_behave_as_plaintext() {
+    let ca = TestCa::new();
+    let a = ca.leaf("a", &["a.test"], 30);
+    let echo = EchoServer::start().await;
+    let port = free_port();
+    let section = format!(
+        "{}rate_limit: {{ per_minute: 6 }}\nupstreams:\n  echo: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 1000 }} }}\nroutes:\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
+        tls_section(port, &[&a], ""),
+        echo.port
+    );
+    let gw = Gateway::start(&section, &[]).await;
+    let body: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let body_file = dir.path().join("body");
+    std::fs::write(&body_file, &body).unwrap();
+    let auth = format!("Authorization: Bearer {}", token("7"));
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        // A proxied GET: the backend sees the caller and that the client used TLS.
+        let mut args = vec![
+            flag.to_string(),
+            "-H".into(),
+            auth.clone(),
+            "-w".into(),
+            "\n%{http_version} %{http_code}".into(),
+        ];
+        args.extend(https_args(&ca.cert, "a.test", port, "/echo/get?x=1"));
+        let out = curl(args).await;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.ends_with(&format!("{version} 200")), "{flag}: {text}");
+        let seen = echo.requests().pop().unwrap();
+        assert_eq!(seen.uri, "/echo/get?x=1", "{flag}");
+        assert_eq!(seen.header("x-user-id"), ["7"], "{flag}");
+        assert_eq!(seen.header("x-forwarded-proto"), ["https"], "{flag}");
+        assert_eq!(seen.header("host"), [format!("a.test:{port}")], "{flag}");
+        // A 5 MiB POST comes back byte for byte.
+        let out_file = dir.path().join(format!("out{version}"));
+        let mut args = vec![
+            flag.to_string(),
+            "-H".into(),
+            auth.clone(),
+            "--data-binary".into(),
+            format!("@{}", body_file.display()),
+            "-o".into(),
+            out_file.display().to_string(),
+            "-w".into(),
+            "%{http_code}".into(),
+        ];
+        args.extend(https_args(&ca.cert, "a.test", port, "/echo/post"));
+        let out = curl(args).await;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{flag} POST");
+        assert!(
+            std::fs::read(&out_file).unwrap() == body,
+            "{flag}: the body is byte-exact"
+        );
+        // No token → 401 JSON.
+        let mut args = vec![flag.to_string(), "-w".into(), "\n%{http_code}".into()];
+        args.extend(https_args(&ca.cert, "a.test", port, "/echo/get"));
+        let out = String::from_utf8_lossy(&curl(args).await.stdout).to_string();
+        assert!(
+            out.ends_with("401") && out.contains("\"error\":\"unauthorized\""),
+            "{flag}: {out}"
+        );
+    }
+    // The limit (6 a minute) counts TLS requests like any other: 4 passed above, then 429.
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let mut args = vec![
+            "--http2".to_string(),
+            "-H".into(),
+            auth.clone(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+        ];
+        args.extend(https_args(&ca.cert, "a.test", port, "/echo/get"));
+        codes.push(String::from_utf8_lossy(&curl(args).await.stdout).to_string());
+    }
+    assert_eq!(codes.last().unwrap(), "429", "{codes:?}");
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("tls_certificate_expiry_timestamp_seconds{certificate=\"a.test\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let ca = TestCa::new();
+    let first = ca.leaf("first", &["a.test"], 10);
+    let second = ca.leaf("second", &["a.test"], 20);
+    let third = ca.leaf("third", &["a.test"], 25);
+    let port = free_port();
+    let served = ca.dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    let live = Leaf {
+        cert: served.join("tls.crt"),
+        key: served.join("tls.key"),
+    };
+    let install = |from: &Leaf| {
+        // As a secret volume does: new files renamed over the old ones.
+        for (src, dst) in [(&from.key, &live.key), (&from.cert, &live.cert)] {
+            let tmp = dst.with_extension("tmp");
+            std::fs::copy(src, &tmp).unwrap();
+            std::fs::rename(&tmp, dst).unwrap();
+        }
+    };
+    install(&first);
+    let gw = Gateway::start(
+        &tls_section(port, &[&live], "  reload_interval_ms: 200\n"),
+        &[],
+    )
+    .await;
+    let expiry = || async {
+        let mut args = vec!["-v".to_string(), "-o".into(), "/dev/null".into()];
+        args.extend(https_args(&ca.cert, "a.test", port, "/healthz"));
+        let out = curl(args).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("*  expire date: ")
+                    .map(str::to_string)
+            })
+            .unwrap()
+    };
+    let before = expiry().await;
+    // New handshakes in a bounded loop (one curl each) while the files are replaced twice.
+    let (ca_path, stop) = (
+        ca.cert.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let load = tokio::task::spawn_blocking({
+        let stop = stop.clone();
+        move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && Instant::now() < deadline
+                && ok < 2000
+            {
+                let out = std::process::Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--max-time",
+                        "5",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                    ])
+                    .args(https_args(&ca_path, "a.test", port, "/healthz"))
+                    .output()
+                    .unwrap();
+                if out.status.success() && out.stdout == b"200" {
+                    ok += 1;
+                } else {
+                    failed.push(String::from_utf8_lossy(&out.stderr).to_string());
+                }
+            }
+            (ok, failed)
+        }
+    });
+    for next in [&second, &third] {
+        let was = expiry().await;
+        install(next);
+        let changed = Instant::now();
+        eventually(
+            "the new certificate served",
+            Duration::from_secs(5),
+            async || expiry().await != was,
+        )
+        .await;
+        assert!(
+            changed.elapsed() < Duration::from_millis(200 + 1000),
+            "within reload_interval + 1 s"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} handshakes failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok > 5, "{ok} handshakes");
+    let now = expiry().await;
+    assert_ne!(now, before);
+
+    // A broken key: refused (after it stays broken for a second interval), the old pair serves.
+    std::fs::write(&live.key, b"not a key").unwrap();
+    eventually(
+        "the broken pair counted",
+        Duration::from_secs(5),
+        async || {
+            gw.metrics()
+                .await
+                .contains("tls_reload_total{result=\"error\"} 1")
+        },
+    )
+    .await;
+    assert_eq!(expiry().await, now, "the previous certificate still served");
+    let m = gw.metrics().await;
+    assert!(m.contains("tls_reload_total{result=\"ok\"} 2"), "{m}");
+}
+
+#[tokio::test]
+async fn the_plain_listener_redirects_to_https_but_probes_stay() {
+    let ca = TestCa::new();
+    let a = ca.leaf("a", &["a.test"], 30);
+    let port = free_port();
+    let gw = Gateway::start(
+        &format!("{}redirect_http: true\n", tls_section(port, &[&a], "")),
+        &[],
+    )
+    .await;
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_follow
+        .get(gw.url("/api/products?page=2"))
+        .header("Host", "a.test:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://a.test:{port}/api/products?page=2").as_str()
+    );
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(
+            client().get(gw.url(probe)).send().await.unwrap().status(),
+            200,
+            "{probe}"
+        );
+    }
+    // Over TLS, no redirect.
+    let out = curl(https_args(&ca.cert, "a.test", port, "/healthz")).await;
+    assert!(out.status.success());
+}
+
+#[tokio::test]
+async fn start_up_and_check_refuse_a_key_that_is_not_the_certificates() {
+    let ca = TestCa::new();
+    let a = ca.leaf("a", &["a.test"], 30);
+    let b = ca.leaf("b", &["b.test"], 30);
+    let mixed = Leaf {
+        cert: a.cert.clone(),
+        key: b.key.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gateway.yaml");
+    let section = tls_section(free_port(), &[&mixed], "");
+    let indented: String = section.lines().map(|l| format!("  {l}\n")).collect();
+    std::fs::write(&conf, format!("gateway:\n{indented}")).unwrap();
+    let out = std::process::Command::new(common::gateway_bin())
+        .args(["-t", "-c"])
+        .arg(&conf)
+        .env("JWT_SECRET", common::SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the key does not belong to the certificate"),
+        "{err}"
+    );
+    assert!(err.contains("gateway.tls.certificates[0]"), "{err}");
+}
