@@ -387,3 +387,125 @@ async fn start_up_and_check_refuse_a_key_that_is_not_the_certificates() {
     );
     assert!(err.contains("gateway.tls.certificates[0]"), "{err}");
 }
+
+/// nginx serving TLS (h2 and HTTP/1.1) with `leaf`, logging each request's connection number.
+struct Nginx {
+    proc: common::Proc,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(dir: &Path, leaf: &Leaf) -> Nginx {
+        let port = free_port();
+        let log = dir.join("access.log");
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log error;
+events {{ worker_connections 256; }}
+http {{
+  log_format conn '$connection $server_protocol';
+  access_log {log} conn;
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    location / {{ default_type application/json; return 200 '{{"backend":"nginx","protocol":"$server_protocol"}}'; }}
+  }}
+}}
+"#,
+                d = dir.display(),
+                log = log.display(),
+                cert = leaf.cert.display(),
+                key = leaf.key.display(),
+            ),
+        )
+        .unwrap();
+        let nginx = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nginx");
+        let child = std::process::Command::new(nginx)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (Debian package nginx-light)");
+        common::wait_for_port(port, Duration::from_secs(10));
+        Nginx {
+            proc: common::Proc {
+                name: "nginx".into(),
+                child,
+            },
+            port,
+            log,
+        }
+    }
+
+    /// (distinct connections, requests) seen in the access log.
+    fn connections(&self) -> (usize, usize) {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let conns: std::collections::HashSet<&str> =
+            text.lines().filter_map(|l| l.split(' ').next()).collect();
+        (conns.len(), text.lines().count())
+    }
+}
+
+#[tokio::test]
+async fn backends_are_reached_over_verified_tls_and_multiplexed_h2() {
+    let ca = TestCa::new();
+    let backend = ca.leaf("backend", &["backend.test"], 30);
+    let nginx_dir = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(nginx_dir.path(), &backend);
+    let group = |name: &str, tls: &str, extra: &str| {
+        format!(
+            "  {name}: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 1000 }}, tls: {{ {tls} }}{extra} }}\n",
+            nginx.port
+        )
+    };
+    let ca_path = ca.cert.display().to_string();
+    let section = format!(
+        "auth: {{ public_paths: [\"/\"] }}\nupstreams:\n{}{}{}{}routes:\n  - {{ prefix: \"/h2/\", upstream: h2 }}\n  - {{ prefix: \"/h1/\", upstream: h1 }}\n  - {{ prefix: \"/wrongname/\", upstream: wrongname }}\n  - {{ prefix: \"/untrusted/\", upstream: untrusted }}\n",
+        group("h2", &format!("sni: backend.test, ca: \"{ca_path}\""), ", http2: { max_streams: 100 }"),
+        group("h1", &format!("sni: backend.test, ca: \"{ca_path}\""), ""),
+        group("wrongname", &format!("sni: other.test, ca: \"{ca_path}\""), ""),
+        group("untrusted", "sni: backend.test", ""),
+    );
+    let mut gw = Gateway::start_piped(&section, &[("RUST_LOG", "warn".to_string())]).await;
+    let r = client().get(gw.url("/h1/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("HTTP/1.1"));
+    // Once one h2 connection is up, 40 concurrent requests share it (a cold burst would open
+    // one each: Pingora shares only established h2 connections).
+    let r = client().get(gw.url("/h2/warm")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let before = nginx.connections();
+    let urls: Vec<String> = (0..40).map(|i| gw.url(&format!("/h2/{i}"))).collect();
+    let bodies = futures::future::join_all(urls.iter().map(|u| async move {
+        let r = client().get(u).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }))
+    .await;
+    for (status, body) in &bodies {
+        assert_eq!(*status, 200, "{body}");
+        assert!(body.contains("HTTP/2.0"), "{body}");
+    }
+    let after = nginx.connections();
+    let (conns, requests) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(requests, 40);
+    assert!(conns < 10, "{conns} new connections for 40 h2 requests");
+    // A name the certificate does not carry, or a CA the gateway does not trust: 502.
+    for path in ["/wrongname/x", "/untrusted/x"] {
+        let r = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 502, "{path}");
+    }
+    let (out, err) = gw.stop_and_read();
+    let log = out + &err;
+    assert!(
+        log.to_lowercase().contains("certificate"),
+        "the log says why:\n{log}"
+    );
+}
