@@ -291,6 +291,11 @@ pub fn prime(config: &crate::config::Config) {
         CLIENT_ABORTS.with_label_values(&[phase.label()]);
     }
     CONNECTIONS_REFUSED.with_label_values(&["per_ip"]);
+    if config.tls.is_some() {
+        TLS_RELOAD.with_label_values(&["ok"]);
+        TLS_RELOAD.with_label_values(&["error"]);
+        TLS_HANDSHAKE_ERRORS.with_label_values(&[] as &[&str]);
+    }
     for mode in crate::proxy::body::BodyMode::ALL {
         REQUEST_BODIES.with_label_values(&[mode.label()]);
     }

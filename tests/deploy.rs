@@ -235,6 +235,17 @@ fn compose_and_dockerfile_agree_with_the_code() {
     );
     assert_eq!(s(&prom["global"]["scrape_interval"]), "5s");
     let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(root().join("deploy/prometheus/alerts.yml"))
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("promtool")
         .args(["check", "config"])
         .arg(root().join("deploy/prometheus/prometheus.yml"))
         .output()
@@ -512,9 +523,15 @@ async fn dashboard_queries_work_against_a_live_gateway() {
     let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
     let mut env = service_env(&mocks);
     env.push(("REDIS_ADDR", redis.addr()));
+    // With an HTTPS listener, so the certificate panel has its series.
+    let ca = common::TestCa::new();
+    let leaf = ca.leaf("site", &["site.test"], 30);
     let section = format!(
-        "rate_limit: {{ per_minute: 1000 }}\nupstreams:\n  users:\n    backends: [\"{}\"]\nroutes:\n  - {{ prefix: \"/users/\", upstream: users }}\n",
-        mocks.addr("user")
+        "rate_limit: {{ per_minute: 1000 }}\nupstreams:\n  users:\n    backends: [\"{}\"]\nroutes:\n  - {{ prefix: \"/users/\", upstream: users }}\ntls:\n  listen: \"127.0.0.1:{}\"\n  certificates: [{{ cert: \"{}\", key: \"{}\" }}]\n",
+        mocks.addr("user"),
+        free_port(),
+        leaf.cert.display(),
+        leaf.key.display()
     );
     let gw = Gateway::start(&section, &env).await;
     let t = token("1");
