@@ -69,6 +69,12 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     let key_refresher = gateway.key_refresher();
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
+    if let Some(tls) = &config.tls {
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.max_concurrent_streams(tls.h2_max_concurrent_streams);
+        h2.max_header_list_size(tls.h2_max_header_list_bytes);
+        http.h2_options = Some(h2);
+    }
     // Every client connection gets a whole-header read deadline (slowloris defence).
     let app = conn::WithHeaderDeadline::new(
         http,

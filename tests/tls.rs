@@ -390,7 +390,8 @@ async fn start_up_and_check_refuse_a_key_that_is_not_the_certificates() {
 
 /// nginx serving TLS (h2 and HTTP/1.1) with `leaf`, logging each request's connection number.
 struct Nginx {
-    proc: common::Proc,
+    // Kept for its drop: stops nginx.
+    _proc: common::Proc,
     port: u16,
     log: std::path::PathBuf,
 }
@@ -436,7 +437,7 @@ http {{
             .expect("nginx (Debian package nginx-light)");
         common::wait_for_port(port, Duration::from_secs(10));
         Nginx {
-            proc: common::Proc {
+            _proc: common::Proc {
                 name: "nginx".into(),
                 child,
             },
@@ -507,5 +508,38 @@ async fn backends_are_reached_over_verified_tls_and_multiplexed_h2() {
     assert!(
         log.to_lowercase().contains("certificate"),
         "the log says why:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn h2_limits_are_announced_to_clients() {
+    let ca = TestCa::new();
+    let a = ca.leaf("a", &["a.test"], 30);
+    let port = free_port();
+    let _gw = Gateway::start(
+        &tls_section(
+            port,
+            &[&a],
+            "  h2_max_concurrent_streams: 7\n  h2_max_header_list_bytes: 16384\n",
+        ),
+        &[],
+    )
+    .await;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("nghttp")
+            .args(["-nv", &format!("https://127.0.0.1:{port}/healthz")])
+            .output()
+            .expect("nghttp (Debian package nghttp2-client)")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):7"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SETTINGS_MAX_HEADER_LIST_SIZE(0x06):16384"),
+        "{text}"
     );
 }

@@ -22,6 +22,18 @@ pub(super) struct TlsFile {
     http2: bool,
     #[serde(default = "default_reload_ms")]
     reload_interval_ms: u64,
+    #[serde(default = "default_h2_streams")]
+    h2_max_concurrent_streams: u32,
+    #[serde(default = "default_h2_header_list")]
+    h2_max_header_list_bytes: u32,
+}
+
+// Pingora 0.9's own h2 server defaults (`default_h2_options`).
+fn default_h2_streams() -> u32 {
+    100
+}
+fn default_h2_header_list() -> u32 {
+    64 * 1024
 }
 
 fn default_listen() -> String {
@@ -76,6 +88,10 @@ pub struct TlsConfig {
     pub http2: bool,
     /// How often the files are read again to see whether they changed.
     pub reload_interval: Duration,
+    /// Streams one h2 client connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// Largest decoded header list an h2 request may carry.
+    pub h2_max_header_list_bytes: u32,
 }
 
 impl TlsFile {
@@ -122,12 +138,26 @@ impl TlsFile {
                 "must be at least 100 (the files are read again each time)",
             ));
         }
+        if self.h2_max_concurrent_streams == 0 {
+            return Err(invalid(
+                "gateway.tls.h2_max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if self.h2_max_header_list_bytes < 1024 {
+            return Err(invalid(
+                "gateway.tls.h2_max_header_list_bytes",
+                "must be at least 1024",
+            ));
+        }
         Ok(TlsConfig {
             listen,
             certificates,
             min_version,
             http2: self.http2,
             reload_interval: Duration::from_millis(self.reload_interval_ms),
+            h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+            h2_max_header_list_bytes: self.h2_max_header_list_bytes,
         })
     }
 }
