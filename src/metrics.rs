@@ -29,12 +29,12 @@ fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         .unwrap_or_else(|e| panic!("metric {name} cannot be registered: {e}"))
 }
 
-/// Requests by method, route name and status, including ones answered locally.
+/// Requests by method, protocol, route name and status, including ones answered locally.
 pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "http_requests_total",
-        "Requests handled, by method, route and status",
-        &["method", "route", "status"],
+        "Requests handled, by method, protocol (http/1.1 or h2), route and status",
+        &["method", "protocol", "route", "status"],
     )
 });
 

@@ -286,10 +286,14 @@ async fn metrics_have_both_families_with_route_labels() {
     .await;
     let m = gw.metrics().await;
     assert!(
-        m.contains(r#"http_requests_total{method="GET",route="echo",status="200"} 1"#),
+        m.contains(
+            r#"http_requests_total{method="GET",protocol="http/1.1",route="echo",status="200"} 1"#
+        ),
         "{m}"
     );
-    assert!(m.contains(r#"http_requests_total{method="GET",route="not_found",status="404"} 1"#));
+    assert!(m.contains(
+        r#"http_requests_total{method="GET",protocol="http/1.1",route="not_found",status="404"} 1"#
+    ));
     assert!(
         m.contains(r#"http_request_duration_seconds_bucket{method="GET",route="echo",le="0.001"}"#)
     );

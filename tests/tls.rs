@@ -543,3 +543,132 @@ async fn h2_limits_are_announced_to_clients() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_aggregate_answers_the_same_over_h2_http1_and_plain_http() {
+    let ca = TestCa::new();
+    let a = ca.leaf("a", &["a.test"], 30);
+    let mocks = common::Mocks::start(&["user", "order", "product", "recommendation"]);
+    let port = free_port();
+    let gw = Gateway::start(
+        &format!(
+            "{}rate_limit: {{ per_minute: 1000 }}\n",
+            tls_section(port, &[&a], "")
+        ),
+        &common::service_env(&mocks),
+    )
+    .await;
+    let t = token("1");
+    let plain: serde_json::Value = client()
+        .get(gw.url("/api/profile/1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(plain["user"].is_object(), "{plain}");
+    for flag in ["--http2", "--http1.1"] {
+        let mut args = vec![
+            flag.to_string(),
+            "-H".into(),
+            format!("Authorization: Bearer {t}"),
+        ];
+        args.extend(https_args(&ca.cert, "a.test", port, "/api/profile/1"));
+        let out = curl(args).await;
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(body, plain, "{flag}");
+    }
+    let m = gw.metrics().await;
+    for protocol in ["h2", "http/1.1"] {
+        let line = format!("http_requests_total{{method=\"GET\",protocol=\"{protocol}\",route=\"profile\",status=\"200\"}}");
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
+}
+
+/// An h2 connection over TLS to the gateway, trusting `ca`.
+async fn h2_connect(
+    ca: &Path,
+    port: u16,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+#[tokio::test]
+async fn a_client_that_opens_and_resets_streams_in_a_loop_is_cut_off() {
+    let ca = TestCa::new();
+    let a = ca.leaf("a", &["a.test"], 30);
+    let echo = EchoServer::start().await;
+    let port = free_port();
+    let section = format!(
+        "{}auth: {{ public_paths: [\"/echo/\"] }}\nrate_limit: {{ per_minute: 100000000 }}\nupstreams:\n  echo: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 1000 }} }}\nroutes:\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
+        tls_section(port, &[&a], ""),
+        echo.port
+    );
+    let gw = Gateway::start(&section, &[]).await;
+    let pid = gw.proc.child.id();
+    let (cpu0, rss0) = (common::cpu_seconds(pid), common::rss_kib(pid));
+    let (send, conn) = h2_connect(&ca.cert, port).await;
+    let started = Instant::now();
+    let mut sent = 0u32;
+    // Bounded: 100,000 streams or 10 s, whichever comes first.
+    while sent < 100_000 && started.elapsed() < Duration::from_secs(10) {
+        let Ok(mut ready) = send.clone().ready().await else {
+            break;
+        };
+        let req = http::Request::get(format!("https://a.test:{port}/echo/slow?ms=5000"))
+            .body(())
+            .unwrap();
+        let Ok((_resp, mut stream)) = ready.send_request(req, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+        // Let the connection task put the frames on the wire (one runtime thread).
+        tokio::task::yield_now().await;
+        if conn.is_finished() {
+            break;
+        }
+    }
+    let ended = conn.await.unwrap();
+    let (cpu, rss) = (
+        common::cpu_seconds(pid) - cpu0,
+        common::rss_kib(pid).saturating_sub(rss0),
+    );
+    eprintln!("rapid reset: {sent} streams in {:?}, connection ended with {ended:?}, gateway CPU {cpu:.2} s, RSS +{rss} KiB", started.elapsed());
+    // h2's limit on streams reset before they were accepted (20 pending) ends it after a few
+    // hundred (551 here, in 50 ms, with no measurable gateway CPU).
+    assert!(sent < 10_000, "the connection was not cut ({sent} streams)");
+    assert!(ended.is_err(), "{ended:?}");
+    assert!(cpu < 2.0, "gateway CPU {cpu} s");
+    assert!(rss < 64 * 1024, "RSS grew {rss} KiB");
+    // Others are still served.
+    let out = curl(https_args(&ca.cert, "a.test", port, "/healthz")).await;
+    assert!(out.status.success());
+}

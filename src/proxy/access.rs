@@ -20,6 +20,8 @@ pub(crate) struct AccessRecord<'a> {
     pub(crate) client_ip: Option<IpAddr>,
     /// Request method.
     pub(crate) method: &'a str,
+    /// `http/1.1` or `h2`.
+    pub(crate) protocol: &'a str,
     /// Path with query parameter names but not their values (values may carry secrets).
     pub(crate) path: String,
     /// Route name.

@@ -548,8 +548,9 @@ impl ProxyHttp for Gateway {
         let method = metrics::method_label(&session.req_header().method);
         let route = ctx.route.label();
         let elapsed = ctx.started.elapsed();
+        let protocol = if session.is_http2() { "h2" } else { "http/1.1" };
         metrics::HTTP_REQUESTS
-            .with_label_values(&[method, route, &metrics::status_label(status)])
+            .with_label_values(&[method, protocol, route, &metrics::status_label(status)])
             .inc();
         metrics::HTTP_DURATION
             .with_label_values(&[method, route])
@@ -561,6 +562,7 @@ impl ProxyHttp for Gateway {
                 request_id: &ctx.request_id,
                 client_ip: ctx.client.as_ref().map(|c| c.ip),
                 method: req.method.as_str(),
+                protocol,
                 path: access::redact_query(req.uri.path(), req.uri.query()),
                 route,
                 aggregate: match &ctx.route {
