@@ -216,6 +216,31 @@ def wrk(url, conns, seconds, headers=(), pids=(), script=None):
     return res
 
 
+def h2load(url, conns, seconds, pids=(), streams=10):
+    """h2 load (h2load, one thread): `streams` concurrent streams on each of `conns` connections."""
+    argv = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", "-c", str(conns), "-m", str(streams), "-D", str(seconds), url]
+    cpu_before = {pid: proc_cpu(pid) for pid in pids}
+    cores_before = core_times()
+    text = subprocess.run(argv, capture_output=True, text=True).stdout
+    cores_after = core_times()
+    out = {"rps": 0.0, "requests": 0, "errors": 0, "non2xx": 0}
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text)
+    if m:
+        out["rps"] = float(m.group(1))
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", text)
+    if m:
+        out["requests"] = int(m.group(2))
+        out["errors"] = int(m.group(4)) + int(m.group(5)) + int(m.group(6))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m:
+        out["non2xx"] = int(m.group(3)) + int(m.group(4))
+    out["cpu_s"] = {pid: proc_cpu(pid) - cpu_before[pid] for pid in pids}
+    out["load_core_busy"] = busy(cores_before, cores_after, LOAD_CPU)
+    out["proxy_core_busy"] = busy(cores_before, cores_after, PROXY_CPU)
+    out["valid"] = not (out["load_core_busy"] > 97 and out["proxy_core_busy"] < 90)
+    return out
+
+
 def oha(url, rate, conns, seconds, headers=(), rand_url=False):
     if not OHA or not os.path.exists(OHA):
         return None
@@ -295,9 +320,15 @@ def main():
 
     # Origins: a fast static one (nginx) and the delay-capable mocks.
     ports = {k: free_port() for k in ("origin", "nginx", "haproxy", "gw", "gw_redis", "gw_idle", "redis",
-                                      "m_user", "m_order", "m_product", "m_rec", "m_idp",
+                                      "m_user", "m_order", "m_product", "m_rec", "m_idp", "gw_tls", "nginx_tls",
                                       "metrics1", "metrics2", "metrics3")}
     small = '{"id":"1","name":"User 1","email":"user1@example.com","ok":true}'
+    # One P-256 certificate and key for the gateway's and nginx's HTTPS listeners.
+    cert, key = os.path.join(WORK, "bench.crt"), os.path.join(WORK, "bench.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test"], check=True, capture_output=True)
+    os.chmod(key, 0o644)
     write(os.path.join(WORK, "origin.conf"), f"""
 worker_processes 1; daemon off; pid {WORK}/origin.pid; error_log {WORK}/origin.log error;
 events {{ worker_connections 8000; }}
@@ -321,6 +352,11 @@ http {{
     listen 127.0.0.1:{ports['nginx']} backlog=4096;
     location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
+  server {{
+    listen 127.0.0.1:{ports['nginx_tls']} ssl http2 backlog=4096;
+    ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
 }}
 """)
     write(os.path.join(WORK, "haproxy.cfg"), f"""
@@ -342,6 +378,8 @@ backend b
 """)
 
     def gw_conf(name, port, metrics, cache_ttl):
+        tls = (f'  tls: {{ listen: "127.0.0.1:{ports["gw_tls"]}", certificates: [{{ cert: "{cert}", key: "{key}" }}] }}\n'
+               if name == "gw" else "")
         return write(os.path.join(WORK, f"{name}.yaml"), f"""
 version: 1
 threads: 1
@@ -351,7 +389,7 @@ upstream_keepalive_pool_size: 256
 gateway:
   listen: "127.0.0.1:{port}"
   metrics_listen: "127.0.0.1:{metrics}"
-  auth:
+{tls}  auth:
     public_paths: ["/healthz", "/readyz", "/bench/"]
     issuers:
       - {{ issuer: "http://127.0.0.1:{ports['m_idp']}", discovery: true, allow_insecure_http: true,
@@ -438,6 +476,20 @@ gateway:
         p_us, o_us = cpu_per_req(res, name)
         cpu[name] = {"proxy_us_per_req": p_us, "origin_us_per_req": o_us, "normalised": p_us / o_us if o_us else 0}
     results["plain"] = {"vs_nginx": strip_pairs(s1n), "vs_haproxy": strip_pairs(s1h), "cpu": cpu}
+
+    # 10. HTTPS, same certificate (P-256) for both: keep-alive HTTP/1.1, h2, new handshakes.
+    log("bench: HTTPS (keep-alive HTTP/1.1, h2, a new handshake per request) gateway vs nginx")
+    tls_url = lambda port, path: f"https://127.0.0.1:{port}{path}"
+    g_tls, n_tls = tls_url(ports["gw_tls"], "/bench/json"), tls_url(ports["nginx_tls"], "/json")
+    g_pids, n_pids = (gw.pid, origin.pid), (nginx_p.pid, origin.pid)
+    results["https"] = {
+        "http1": strip_pairs(abba("gateway", lambda s: wrk(g_tls, CONNS, s, (), g_pids),
+                                  "nginx", lambda s: wrk(n_tls, CONNS, s, (), n_pids))),
+        "h2": strip_pairs(abba("gateway", lambda s: h2load(g_tls, CONNS, s, g_pids),
+                               "nginx", lambda s: h2load(n_tls, CONNS, s, n_pids))),
+        "handshakes": strip_pairs(abba("gateway", lambda s: wrk(g_tls, CONNS, s, ("Connection: close",), g_pids),
+                                       "nginx", lambda s: wrk(n_tls, CONNS, s, ("Connection: close",), n_pids))),
+    }
 
     # 8. Pipelined (8 GETs per write), the same route as 1.
     log("bench: pipelined (depth 8, gateway vs nginx)")
@@ -676,6 +728,18 @@ def report(r):
     u = r["reuse"]
     row("7 new upstream connections", f"{u['per_100k']:.1f} per 100k requests", "<= 100", u["per_100k"] <= 100,
         f"{u['new_upstream_connections']} for {u['requests']} requests")
+    hs = r.get("https")
+    if hs:
+        plain_ratio = p["vs_nginx"]["ratio_median"]
+        for key, label in (("http1", "keep-alive HTTP/1.1"), ("h2", "h2, 10 streams per connection")):
+            x = hs[key]
+            row(f"10 HTTPS {label} vs nginx", f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})",
+                f">= plain ratio - 0.05 ({plain_ratio - 0.05:.2f}x)", clean(x) and x["ratio_median"] >= plain_ratio - 0.05,
+                f"gateway {x['a_rps_median']:.0f} rps, nginx {x['b_rps_median']:.0f} rps; invalid runs {x['invalid_runs']}, errors {x['errors']}")
+        x = hs["handshakes"]
+        row("10 new TLS handshakes per second vs nginx", f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})",
+            ">= 0.9x nginx", clean(x) and x["ratio_median"] >= 0.9,
+            f"gateway {x['a_rps_median']:.0f}/s, nginx {x['b_rps_median']:.0f}/s; invalid runs {x['invalid_runs']}, errors {x['errors']}")
     pl = r.get("pipelined")
     if pl:
         row("8 pipelined (depth 8) vs nginx", f"{pl['ratio_median']:.2f}x (min {pl['ratio_min']:.2f}, max {pl['ratio_max']:.2f})",
