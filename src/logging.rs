@@ -315,7 +315,8 @@ pub fn init() {
 /// Drops Pingora's per-connection ERROR line for a client that stalled or went away before
 /// its request header was complete (Pingora offers no hook for that one): such clients are
 /// counted in `client_timeouts_total` / `client_aborts_total` and summarised once per interval
-/// (`conn::report`), so a slowloris attack cannot flood the log. Every other line passes.
+/// (`conn::report`), so a slowloris attack cannot flood the log. Failed TLS handshakes are
+/// counted in `tls_handshake_errors_total` instead of logged. Every other line passes.
 struct QuietClientErrors;
 
 impl<S> Filter<S> for QuietClientErrors {
@@ -329,6 +330,14 @@ impl<S> Filter<S> for QuietClientErrors {
         }
         let mut seen = PingoraLine::default();
         event.record(&mut seen);
+        if seen.from_listener && seen.message.starts_with("Downstream handshake") {
+            // Pingora's one trace of a failed or timed-out TLS handshake (it offers no hook):
+            // counted here, so scanners and broken clients show in a metric, not a log flood.
+            crate::metrics::TLS_HANDSHAKE_ERRORS
+                .with_label_values(&[] as &[&str])
+                .inc();
+            return false;
+        }
         !(seen.from_proxy && is_client_failure(&seen.message))
     }
 }
@@ -338,12 +347,15 @@ impl<S> Filter<S> for QuietClientErrors {
 struct PingoraLine {
     message: String,
     from_proxy: bool,
+    /// From Pingora's accept loop (`services::listening`), where TLS handshakes fail.
+    from_listener: bool,
 }
 
 impl tracing::field::Visit for PingoraLine {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if field.name() == "log.target" {
             self.from_proxy = value.starts_with("pingora_proxy");
+            self.from_listener = value.starts_with("pingora_core::services::listening");
         }
     }
 

@@ -236,11 +236,11 @@ pub static TLS_RELOAD: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// TLS handshakes that could not be given a certificate.
+/// TLS handshakes that failed, timed out, or could not be given a certificate.
 pub static TLS_HANDSHAKE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "tls_handshake_errors_total",
-        "TLS handshakes the gateway could not give a certificate",
+        "TLS handshakes that failed (bad client, protocol refused, timeout, no certificate)",
         &[],
     )
 });
