@@ -123,19 +123,19 @@ pub(super) fn refine(err: AuthError, token: &str) -> AuthError {
     let AuthError::MissingClaim(name) = &err else {
         return err;
     };
-    let present = token
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-        .is_some_and(|v| v.get(name.as_str()).is_some());
+    let present = payload(token).is_some_and(|v| v.get(name.as_str()).is_some());
     if present {
         AuthError::ClaimFormat(name.clone())
     } else {
         err
     }
+}
+
+/// A token's payload as JSON, unverified (`None` when it is not base64url JSON).
+pub(super) fn payload(token: &str) -> Option<serde_json::Value> {
+    let segment = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }

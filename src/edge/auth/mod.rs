@@ -320,16 +320,7 @@ impl Authenticator {
             (claims.roles, Box::default())
         } else {
             // Verified already: reading the payload again is only a parse, once per token.
-            let all = token
-                .split('.')
-                .nth(1)
-                .and_then(|p| {
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(p)
-                        .ok()
-                })
-                .and_then(|p| serde_json::from_slice(&p).ok())
-                .unwrap_or(serde_json::Value::Null);
+            let all = error::payload(token).unwrap_or(serde_json::Value::Null);
             (self.claims.roles(&all), self.claims.forwarded(&all))
         };
         Ok(Verified {
