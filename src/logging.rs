@@ -325,7 +325,21 @@ impl<S> Filter<S> for QuietClientErrors {
     }
 
     fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
-        if *event.metadata().level() != tracing::Level::ERROR {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::WARN && meta.target().starts_with("h2::") {
+            // h2's line for a connection it cut for resetting streams in a loop (rapid reset):
+            // counted, one line per attacking connection would flood the log.
+            let mut seen = PingoraLine::default();
+            event.record(&mut seen);
+            if seen.message.contains("reset") && seen.message.contains("reached limit") {
+                crate::metrics::H2_CONNECTIONS_CUT
+                    .with_label_values(&["rapid_reset"])
+                    .inc();
+                return false;
+            }
+            return true;
+        }
+        if *meta.level() != tracing::Level::ERROR {
             return true;
         }
         let mut seen = PingoraLine::default();

@@ -245,6 +245,15 @@ pub static TLS_HANDSHAKE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// h2 client connections the gateway cut for abuse, by reason (`rapid_reset`).
+pub static H2_CONNECTIONS_CUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "h2_connections_cut_total",
+        "h2 client connections closed for abuse, by reason (rapid_reset: streams reset in a loop)",
+        &["reason"],
+    )
+});
+
 /// Forces registration so every family shows on `/metrics` from the first scrape. Process
 /// metrics (CPU seconds, resident memory, open fds) come with the default registry itself,
 /// through the `prometheus` crate's `process` feature.
@@ -273,6 +282,7 @@ pub fn init() {
     LazyLock::force(&TLS_CERT_EXPIRY);
     LazyLock::force(&TLS_RELOAD);
     LazyLock::force(&TLS_HANDSHAKE_ERRORS);
+    LazyLock::force(&H2_CONNECTIONS_CUT);
 }
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
@@ -295,6 +305,7 @@ pub fn prime(config: &crate::config::Config) {
         TLS_RELOAD.with_label_values(&["ok"]);
         TLS_RELOAD.with_label_values(&["error"]);
         TLS_HANDSHAKE_ERRORS.with_label_values(&[] as &[&str]);
+        H2_CONNECTIONS_CUT.with_label_values(&["rapid_reset"]);
     }
     for mode in crate::proxy::body::BodyMode::ALL {
         REQUEST_BODIES.with_label_values(&[mode.label()]);

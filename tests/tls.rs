@@ -631,7 +631,7 @@ async fn a_client_that_opens_and_resets_streams_in_a_loop_is_cut_off() {
         tls_section(port, &[&a], ""),
         echo.port
     );
-    let gw = Gateway::start(&section, &[]).await;
+    let mut gw = Gateway::start_piped(&section, &[]).await;
     let pid = gw.proc.child.id();
     let (cpu0, rss0) = (common::cpu_seconds(pid), common::rss_kib(pid));
     let (send, conn) = h2_connect(&ca.cert, port).await;
@@ -668,9 +668,20 @@ async fn a_client_that_opens_and_resets_streams_in_a_loop_is_cut_off() {
     assert!(ended.is_err(), "{ended:?}");
     assert!(cpu < 2.0, "gateway CPU {cpu} s");
     assert!(rss < 64 * 1024, "RSS grew {rss} KiB");
+    eventually("the cut counted", Duration::from_secs(5), async || {
+        gw.metrics()
+            .await
+            .contains("h2_connections_cut_total{reason=\"rapid_reset\"} 1")
+    })
+    .await;
     // Others are still served.
     let out = curl(https_args(&ca.cert, "a.test", port, "/healthz")).await;
     assert!(out.status.success());
+    let (out, err) = gw.stop_and_read();
+    assert!(
+        !(out + &err).contains("reached limit"),
+        "counted, not logged"
+    );
 }
 
 #[tokio::test]
