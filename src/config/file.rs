@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::aggregates::AggregateFile;
+use super::cors::CorsFile;
 use super::issuers::IssuerFile;
 use super::tls::TlsFile;
 
@@ -35,6 +36,7 @@ pub(super) struct GatewayFile {
     pub(super) routes: Vec<RouteFile>,
     pub(super) tls: Option<TlsFile>,
     pub(super) redirect_http: bool,
+    pub(super) cors: Vec<CorsFile>,
 }
 
 impl Default for GatewayFile {
@@ -53,6 +55,7 @@ impl Default for GatewayFile {
             routes: Vec::new(),
             tls: None,
             redirect_http: false,
+            cors: Vec::new(),
         }
     }
 }

@@ -33,6 +33,8 @@ mod services;
 pub use services::{ServiceConfig, Services};
 mod tls;
 pub use tls::{CertPaths, TlsConfig, TlsVersion};
+mod cors;
+pub use cors::CorsPolicy;
 // `UpstreamTls` is defined below with the other upstream types.
 
 /// A start-up configuration problem, naming the offending key.
@@ -96,6 +98,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The plain listener answers 308 to `https://` (health and readiness excepted).
     pub redirect_http: bool,
+    /// Browser cross-origin policies, first matching route prefix wins; empty: no CORS.
+    pub cors: Vec<CorsPolicy>,
 }
 
 /// Redis settings.

@@ -134,6 +134,7 @@ impl GatewayFile {
             routes,
             tls,
             redirect_http: self.redirect_http,
+            cors: super::cors::resolve_cors(self.cors)?,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! - [`client`]: the client address, trusting `X-Forwarded-For` only from our own proxies.
 //! - [`ratelimit`]: per-client fixed windows on Redis or in memory.
 //! - [`auth`]: JWT verification into an [`auth::Identity`].
+//! - [`cors`]: cross-origin policies: preflights and the headers of answers.
 //!
 //! [`Edge::check`] fixes the order: limit, then authenticate, so that floods of bad tokens are
 //! limited too. Everything here decides and returns values; `proxy` writes the answers. This
@@ -22,6 +23,7 @@ use crate::store::RedisStore;
 
 pub mod auth;
 pub(crate) mod client;
+pub(crate) mod cors;
 pub(crate) mod hygiene;
 pub mod ratelimit;
 
@@ -32,6 +34,8 @@ use self::ratelimit::{Decision, RateLimiter};
 pub(crate) struct Edge {
     limiter: RateLimiter,
     auth: Authenticator,
+    /// Cross-origin policies (preflights and answer headers).
+    pub(crate) cors: cors::Cors,
 }
 
 /// What the edge decided for one request.
@@ -49,6 +53,15 @@ impl Edge {
         Edge {
             limiter: RateLimiter::new(&config.rate_limit, redis),
             auth: Authenticator::new(&config.auth, config.limits.max_authorization_bytes),
+            cors: cors::Cors::new(config.cors.clone()),
+        }
+    }
+
+    /// The per-client limit alone: preflights carry no token, yet a flood of them is limited.
+    pub(crate) async fn limit(&self, client: Option<IpAddr>) -> Option<Decision> {
+        match client {
+            Some(ip) => Some(self.limiter.check(ip, unix_now()).await),
+            None => None,
         }
     }
 

@@ -103,6 +103,8 @@ pub struct Ctx {
     local_error: Option<GatewayError>,
     /// request_filter: how the body was read (buffered bytes, budget held until the end).
     body: body::Prepared,
+    /// request_filter: CORS headers for this request's answers (empty: none apply).
+    cors: Vec<(&'static str, String)>,
 }
 
 impl Ctx {
@@ -116,6 +118,7 @@ impl Ctx {
                     .map(|(n, v)| (n, v.to_str().unwrap_or_default().to_owned())),
             );
         }
+        h.extend(self.cors.iter().cloned());
         h
     }
 }
@@ -148,6 +151,42 @@ impl Gateway {
         let mut headers = ctx.local_headers();
         headers.push(("Location", location));
         respond::json(session, 308, body, &headers).await?;
+        Ok(true)
+    }
+
+    /// Answers a CORS preflight: before authentication (it carries no token) but after the
+    /// per-client limit; never proxied.
+    async fn answer_preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        preflight: crate::edge::cors::Preflight,
+    ) -> Result<bool> {
+        let rate = self.edge.limit(ctx.client.as_ref().map(|c| c.ip)).await;
+        ctx.rate = rate;
+        if let Some(d) = rate.filter(|d| !d.allowed) {
+            let e = GatewayError::RateLimited {
+                retry_after_secs: d.reset_secs,
+            };
+            respond::error(session, &e, &ctx.local_headers()).await?;
+            return Ok(true);
+        }
+        match preflight {
+            crate::edge::cors::Preflight::Allow(headers) => {
+                let mut resp = ResponseHeader::build(204, Some(headers.len() + 2))?;
+                resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+                for (name, value) in headers {
+                    resp.insert_header(name, value)?;
+                }
+                session.write_response_header(Box::new(resp), true).await?;
+            }
+            crate::edge::cors::Preflight::Deny => {
+                let e = GatewayError::Forbidden(
+                    "the origin, method or headers are not allowed by the CORS policy".into(),
+                );
+                respond::error(session, &e, &ctx.local_headers()).await?;
+            }
+        }
         Ok(true)
     }
 
@@ -201,6 +240,7 @@ impl ProxyHttp for Gateway {
             backend: BackendTry::None,
             local_error: None,
             body: body::Prepared::default(),
+            cors: Vec::new(),
         }
     }
 
@@ -235,6 +275,17 @@ impl ProxyHttp for Gateway {
             return self.redirect_to_https(session, ctx).await;
         }
         let req = session.req_header();
+        if let Some(preflight) = self
+            .edge
+            .cors
+            .preflight(&req.method, req.uri.path(), &req.headers)
+        {
+            return self.answer_preflight(session, ctx, preflight).await;
+        }
+        ctx.cors = self
+            .edge
+            .cors
+            .response_headers(req.uri.path(), &req.headers);
         let public = ctx.route.is_probe() || self.config.auth.is_public(req.uri.path());
         // A client that stops reading its answer is cut after this, per write.
         session.set_write_timeout(Some(self.config.limits.response_write_timeout));
@@ -467,6 +518,23 @@ impl ProxyHttp for Gateway {
         if let Some(d) = &ctx.rate {
             for (name, value) in d.headers() {
                 resp.insert_header(name, value)?;
+            }
+        }
+        if !ctx.cors.is_empty() {
+            // The gateway owns CORS on this route: a service's own answer would contradict it.
+            for name in [
+                "access-control-allow-origin",
+                "access-control-allow-credentials",
+                "access-control-expose-headers",
+            ] {
+                resp.remove_header(name);
+            }
+            for (name, value) in &ctx.cors {
+                if *name == "Vary" {
+                    resp.append_header(*name, value.as_str())?;
+                } else {
+                    resp.insert_header(*name, value.as_str())?;
+                }
             }
         }
         Ok(())

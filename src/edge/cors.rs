@@ -1,0 +1,257 @@
+//! CORS at the edge: preflights answered by the gateway (before authentication: a preflight
+//! carries no token), and the headers that let a page's script read an answer.
+
+use http::{HeaderMap, Method};
+
+use crate::config::CorsPolicy;
+
+/// A header to add to an answer.
+pub(crate) type Header = (&'static str, String);
+
+/// The configured policies, first matching route prefix wins.
+pub(crate) struct Cors {
+    policies: Vec<CorsPolicy>,
+}
+
+/// What to do with a preflight.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Preflight {
+    /// Allowed: answer 204 with these headers.
+    Allow(Vec<Header>),
+    /// The origin, method or a header is not allowed: 403, no CORS headers.
+    Deny,
+}
+
+impl Cors {
+    /// The policies from the conf.
+    pub(crate) fn new(policies: Vec<CorsPolicy>) -> Cors {
+        Cors { policies }
+    }
+
+    fn policy(&self, path: &str) -> Option<&CorsPolicy> {
+        self.policies
+            .iter()
+            .find(|p| p.routes.iter().any(|r| path.starts_with(r.as_str())))
+    }
+
+    /// `Some` when the request is a preflight (OPTIONS with `Origin` and
+    /// `Access-Control-Request-Method`) on a route with a policy.
+    pub(crate) fn preflight(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<Preflight> {
+        if method != Method::OPTIONS {
+            return None;
+        }
+        let origin = headers.get(http::header::ORIGIN)?.to_str().ok()?;
+        let asked = headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD)?;
+        let policy = self.policy(path)?;
+        let Some(mut out) = allowed_origin(policy, origin) else {
+            return Some(Preflight::Deny);
+        };
+        let method_ok =
+            Method::from_bytes(asked.as_bytes()).is_ok_and(|m| policy.allow_methods.contains(&m));
+        let headers_ok = headers
+            .get_all(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .all(|h| policy.allow_headers.iter().any(|a| a.as_str() == h));
+        if !method_ok || !headers_ok {
+            return Some(Preflight::Deny);
+        }
+        let join = |it: &mut dyn Iterator<Item = &str>| it.collect::<Vec<_>>().join(", ");
+        out.push((
+            "Access-Control-Allow-Methods",
+            join(&mut policy.allow_methods.iter().map(Method::as_str)),
+        ));
+        if !policy.allow_headers.is_empty() {
+            out.push((
+                "Access-Control-Allow-Headers",
+                join(&mut policy.allow_headers.iter().map(|h| h.as_str())),
+            ));
+        }
+        out.push((
+            "Access-Control-Max-Age",
+            policy.max_age.as_secs().to_string(),
+        ));
+        Some(Preflight::Allow(out))
+    }
+
+    /// Headers for an actual answer to a cross-origin request (empty when the request has no
+    /// `Origin`, the route no policy, or the origin is not allowed).
+    pub(crate) fn response_headers(&self, path: &str, headers: &HeaderMap) -> Vec<Header> {
+        let Some(origin) = headers
+            .get(http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Vec::new();
+        };
+        let Some(policy) = self.policy(path) else {
+            return Vec::new();
+        };
+        let Some(mut out) = allowed_origin(policy, origin) else {
+            return Vec::new();
+        };
+        if !policy.expose_headers.is_empty() {
+            out.push((
+                "Access-Control-Expose-Headers",
+                policy
+                    .expose_headers
+                    .iter()
+                    .map(|h| h.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+        out
+    }
+}
+
+/// `Access-Control-Allow-Origin` (the request's origin, never a list), `Vary: Origin` and
+/// credentials, when `origin` is allowed.
+fn allowed_origin(policy: &CorsPolicy, origin: &str) -> Option<Vec<Header>> {
+    let lower = origin.to_ascii_lowercase();
+    if !policy.any_origin && !policy.allow_origins.contains(&lower) {
+        return None;
+    }
+    let mut out = vec![
+        ("Access-Control-Allow-Origin", origin.to_string()),
+        ("Vary", "Origin".to_string()),
+    ];
+    if policy.allow_credentials {
+        out.push(("Access-Control-Allow-Credentials", "true".to_string()));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, LoadMode};
+
+    fn cors(yaml: &str) -> Cors {
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+        let cfg =
+            Config::from_yaml(&format!("gateway:\n  cors:\n{yaml}"), &env, LoadMode::Run).unwrap();
+        Cors::new(cfg.cors)
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    const POLICY: &str = "    - { routes: [\"/api/\"], allow_origins: [\"https://app.example.com\"], allow_methods: [GET, POST], allow_headers: [authorization, content-type], expose_headers: [x-request-id], allow_credentials: true, max_age_seconds: 600 }\n";
+
+    #[test]
+    fn a_preflight_from_an_allowed_origin_is_answered_with_the_policy() {
+        let c = cors(POLICY);
+        let h = headers(&[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "Authorization, content-type",
+            ),
+        ]);
+        let Some(Preflight::Allow(out)) = c.preflight(&Method::OPTIONS, "/api/x", &h) else {
+            panic!("allowed");
+        };
+        let get = |n: &str| out.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("Access-Control-Allow-Origin"),
+            Some("https://app.example.com")
+        );
+        assert_eq!(get("Access-Control-Allow-Credentials"), Some("true"));
+        assert_eq!(get("Access-Control-Allow-Methods"), Some("GET, POST"));
+        assert_eq!(
+            get("Access-Control-Allow-Headers"),
+            Some("authorization, content-type")
+        );
+        assert_eq!(get("Access-Control-Max-Age"), Some("600"));
+        assert_eq!(get("Vary"), Some("Origin"));
+    }
+
+    #[test]
+    fn other_origins_methods_headers_and_routes_are_not_allowed() {
+        let c = cors(POLICY);
+        let pre = |origin: &str, method: &str, hdrs: &str, path: &str| {
+            let mut h = vec![
+                ("origin", origin),
+                ("access-control-request-method", method),
+            ];
+            if !hdrs.is_empty() {
+                h.push(("access-control-request-headers", hdrs));
+            }
+            c.preflight(&Method::OPTIONS, path, &headers(&h))
+        };
+        assert_eq!(
+            pre("https://evil.example", "GET", "", "/api/x"),
+            Some(Preflight::Deny)
+        );
+        assert_eq!(
+            pre("https://app.example.com", "DELETE", "", "/api/x"),
+            Some(Preflight::Deny)
+        );
+        assert_eq!(
+            pre("https://app.example.com", "GET", "x-custom", "/api/x"),
+            Some(Preflight::Deny)
+        );
+        assert_eq!(
+            pre("https://app.example.com", "GET", "", "/other"),
+            None,
+            "no policy: proxied"
+        );
+        assert!(
+            c.preflight(
+                &Method::OPTIONS,
+                "/api/x",
+                &headers(&[("origin", "https://app.example.com")])
+            )
+            .is_none(),
+            "a plain OPTIONS is not a preflight"
+        );
+        assert!(c
+            .response_headers("/api/x", &headers(&[("origin", "https://evil.example")]))
+            .is_empty());
+        let out = c.response_headers("/api/x", &headers(&[("origin", "https://APP.example.com")]));
+        assert!(
+            out.contains(&("Access-Control-Expose-Headers", "x-request-id".to_string())),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_wildcard_with_credentials_is_refused_at_start() {
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+        let e = Config::from_yaml(
+            "gateway:\n  cors:\n    - { allow_origins: [\"*\"], allow_credentials: true }\n",
+            &env,
+            LoadMode::Check,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("gateway.cors[0].allow_origins"), "{e}");
+        for bad in ["https://a.example/path", "app.example.com", "ftp://a"] {
+            let e = Config::from_yaml(
+                &format!("gateway:\n  cors:\n    - {{ allow_origins: [\"{bad}\"] }}\n"),
+                &env,
+                LoadMode::Check,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("is not an origin"), "{bad}: {e}");
+        }
+    }
+}
