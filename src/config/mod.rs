@@ -32,10 +32,9 @@ pub use issuers::{IssuerConfig, KeySource};
 mod services;
 pub use services::{ServiceConfig, Services};
 mod tls;
-pub use tls::{CertPaths, TlsConfig, TlsVersion};
+pub use tls::{CertPaths, TlsConfig, TlsVersion, UpstreamTls};
 mod cors;
 pub use cors::CorsPolicy;
-// `UpstreamTls` is defined below with the other upstream types.
 
 /// A start-up configuration problem, naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -233,17 +232,6 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     /// h2 to the backends (offered by ALPN), with this many streams per connection.
     pub h2_streams: Option<usize>,
-}
-
-/// TLS to a group's backends.
-#[derive(Debug, Clone)]
-pub struct UpstreamTls {
-    /// Server name sent and, with `verify`, checked against the certificate.
-    pub sni: String,
-    /// Check the chain (system roots, or `ca`) and the name; a failure is a 502, never plain.
-    pub verify: bool,
-    /// Roots to trust instead of the system's.
-    pub ca: Option<std::sync::Arc<Box<[openssl::x509::X509]>>>,
 }
 
 /// Active health check of a group.

@@ -10,8 +10,7 @@ use url::Url;
 
 use super::aggregates::{default_files, resolve_aggregates};
 use super::file::{
-    AuthFile, GatewayFile, LimitsFile, RateLimitFile, RedisFile, RouteFile, StripFile,
-    UpstreamFile, UpstreamTlsFile,
+    AuthFile, GatewayFile, LimitsFile, RateLimitFile, RedisFile, RouteFile, StripFile, UpstreamFile,
 };
 use super::issuers::{claim_path, resolve_issuers};
 use super::services::resolve_services;
@@ -507,7 +506,7 @@ impl UpstreamFile {
             connect_retries: self.connect_retries,
             tls: self
                 .tls
-                .map(|t| upstream_tls(t, &self.backends, &key))
+                .map(|t| super::tls::upstream_tls(t, name, &self.backends, &key))
                 .transpose()?,
             h2_streams: match self.http2 {
                 Some(h) if h.max_streams == 0 => {
@@ -518,49 +517,4 @@ impl UpstreamFile {
             },
         })
     }
-}
-
-/// Checks a group's `tls`: the name to send (given, or the first backend's host name), and
-/// the CA file when one is named (read now, so `-t` and start-up name a bad file).
-fn upstream_tls(
-    t: UpstreamTlsFile,
-    backends: &[String],
-    key: &dyn Fn(&str) -> String,
-) -> Result<UpstreamTls, ConfigError> {
-    let host = backends
-        .first()
-        .and_then(|b| b.rsplit_once(':'))
-        .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
-        .filter(|h| h.parse::<std::net::IpAddr>().is_err());
-    let sni = match t.sni {
-        Some(s) if !s.trim().is_empty() => s,
-        Some(_) => return Err(invalid(key("tls.sni"), "must be a host name")),
-        None => match host {
-            Some(h) => h.to_string(),
-            None if t.verify => {
-                return Err(invalid(
-                    key("tls.sni"),
-                    "is needed to verify backends given by IP address (the name their certificate carries)",
-                ))
-            }
-            None => String::new(),
-        },
-    };
-    let ca = match t.ca {
-        None => None,
-        Some(path) => {
-            let pem =
-                std::fs::read(&path).map_err(|e| invalid(key("tls.ca"), format!("{path}: {e}")))?;
-            let certs = openssl::x509::X509::stack_from_pem(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| invalid(key("tls.ca"), format!("{path}: no PEM certificate")))?;
-            Some(std::sync::Arc::new(certs.into_boxed_slice()))
-        }
-    };
-    Ok(UpstreamTls {
-        sni,
-        verify: t.verify,
-        ca,
-    })
 }

@@ -1,5 +1,6 @@
-//! `gateway.tls` (the HTTPS listener and its certificates) and `gateway.redirect_http`, as
-//! written and as checked. The files themselves are read and checked by [`crate::tls`].
+//! `gateway.tls` (the HTTPS listener and its certificates), `gateway.redirect_http` and an
+//! upstream group's `tls`, as written and as checked. The listener's certificate files are read
+//! and checked by [`crate::tls`]; an upstream CA file is read here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::file::UpstreamTlsFile;
 use super::{invalid, ConfigError};
 
 /// `gateway.tls` as written.
@@ -160,4 +162,71 @@ impl TlsFile {
             h2_max_header_list_bytes: self.h2_max_header_list_bytes,
         })
     }
+}
+
+/// TLS to a group's backends.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Server name sent and, with `verify`, checked against the certificate.
+    pub sni: String,
+    /// Check the chain (system roots, or `ca`) and the name; a failure is a 502, never plain.
+    pub verify: bool,
+    /// Roots to trust instead of the system's.
+    pub ca: Option<std::sync::Arc<Box<[openssl::x509::X509]>>>,
+    /// This group's own connection-pool key: Pingora's pool key leaves the CA out, so a group
+    /// trusting other roots must never reuse a connection verified for another group.
+    pub pool_key: u64,
+}
+
+/// Checks a group's `tls`: the name to send (given, or the first backend's host name), and
+/// the CA file when one is named (read now, so `-t` and start-up name a bad file).
+pub(super) fn upstream_tls(
+    t: UpstreamTlsFile,
+    group: &str,
+    backends: &[String],
+    key: &dyn Fn(&str) -> String,
+) -> Result<UpstreamTls, ConfigError> {
+    let host = backends
+        .first()
+        .and_then(|b| b.rsplit_once(':'))
+        .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
+        .filter(|h| h.parse::<std::net::IpAddr>().is_err());
+    let sni = match t.sni {
+        Some(s) if !s.trim().is_empty() => s,
+        Some(_) => return Err(invalid(key("tls.sni"), "must be a host name")),
+        None => match host {
+            Some(h) => h.to_string(),
+            None if t.verify => {
+                return Err(invalid(
+                    key("tls.sni"),
+                    "is needed to verify backends given by IP address (the name their certificate carries)",
+                ))
+            }
+            None => String::new(),
+        },
+    };
+    let ca = match t.ca {
+        None => None,
+        Some(path) => {
+            let pem =
+                std::fs::read(&path).map_err(|e| invalid(key("tls.ca"), format!("{path}: {e}")))?;
+            let certs = openssl::x509::X509::stack_from_pem(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| invalid(key("tls.ca"), format!("{path}: no PEM certificate")))?;
+            Some(std::sync::Arc::new(certs.into_boxed_slice()))
+        }
+    };
+    let pool_key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        group.hash(&mut h);
+        h.finish()
+    };
+    Ok(UpstreamTls {
+        sni,
+        verify: t.verify,
+        ca,
+        pool_key,
+    })
 }

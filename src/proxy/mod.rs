@@ -392,14 +392,7 @@ impl ProxyHttp for Gateway {
             peer.options.verify_cert = t.verify;
             peer.options.verify_hostname = t.verify;
             peer.options.ca = t.ca.clone();
-            // Pingora's connection pool key leaves the CA out: without a key per group, a
-            // group trusting other roots would reuse a connection verified for this one.
-            peer.group_key = {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                group.name.hash(&mut h);
-                h.finish()
-            };
+            peer.group_key = t.pool_key;
         }
         if let Some(streams) = group.config.h2_streams {
             // h2 offered by ALPN, HTTP/1.1 if the backend does not take it.
