@@ -1,18 +1,73 @@
-//! Answers the gateway gives itself: probes, the aggregate endpoint, unknown paths.
+//! Answers the gateway gives itself: probes, the aggregate endpoint, unknown paths, the
+//! redirect to HTTPS and CORS preflights.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{ErrorType, Result};
 
 use super::routes::Route;
 use super::{respond, Ctx, Gateway};
 use crate::aggregate::Aggregate;
+use crate::edge::cors::Preflight;
 use crate::error::GatewayError;
 use crate::headers;
 
 impl Gateway {
+    /// Answers a request on the plain listener with `308` to the same path and query on the
+    /// HTTPS listener (`redirect_http`).
+    pub(super) async fn redirect_to_https(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
+        let port = self.config.tls.as_ref().map_or(443, |t| t.listen.port());
+        let Some(location) = https_location(session.req_header(), port) else {
+            let e = GatewayError::BadRequest("a Host header is needed to redirect to HTTPS".into());
+            respond::error(session, &e, &ctx.local_headers()).await?;
+            return Ok(true);
+        };
+        let body = Bytes::from(serde_json::json!({ "location": location }).to_string());
+        let mut headers = ctx.local_headers();
+        headers.push(("Location", location));
+        respond::json(session, 308, body, &headers).await?;
+        Ok(true)
+    }
+
+    /// Answers a CORS preflight: before authentication (it carries no token) but after the
+    /// per-client limit; never proxied.
+    pub(super) async fn answer_preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        preflight: Preflight,
+    ) -> Result<bool> {
+        let rate = self.edge.limit(ctx.client.as_ref().map(|c| c.ip)).await;
+        ctx.rate = rate;
+        if let Some(d) = rate.filter(|d| !d.allowed) {
+            let e = GatewayError::RateLimited {
+                retry_after_secs: d.reset_secs,
+            };
+            respond::error(session, &e, &ctx.local_headers()).await?;
+            return Ok(true);
+        }
+        match preflight {
+            Preflight::Allow(headers) => {
+                let mut resp = ResponseHeader::build(204, Some(headers.len() + 2))?;
+                resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+                for (name, value) in headers {
+                    resp.insert_header(name, value)?;
+                }
+                session.write_response_header(Box::new(resp), true).await?;
+            }
+            Preflight::Deny => {
+                let e = GatewayError::Forbidden(
+                    "the origin, method or headers are not allowed by the CORS policy".into(),
+                );
+                respond::error(session, &e, &ctx.local_headers()).await?;
+            }
+        }
+        Ok(true)
+    }
+
     async fn answer_aggregate(
         &self,
         session: &mut Session,
@@ -104,4 +159,25 @@ async fn until_client_gone<T>(
     };
     session.as_downstream_mut().set_abort_on_close(false);
     result
+}
+
+/// `https://` + the request's host + the HTTPS port (left out when 443) + path and query;
+/// `None` when the request names no usable host.
+fn https_location(req: &RequestHeader, https_port: u16) -> Option<String> {
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            let h = req.headers.get(http::header::HOST)?.to_str().ok()?;
+            let a: http::uri::Authority = h.parse().ok()?;
+            Some(a.host().to_string())
+        })?;
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(format!("https://{host}{port}{target}"))
 }

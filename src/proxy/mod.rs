@@ -4,12 +4,14 @@
 //! - [`routes`]: the route table and path rewrites.
 //! - [`upstreams`]: load-balanced upstream groups.
 //! - [`health`]: active checks and passive outcome reporting.
-//! - [`local`](self::local): the routes the gateway answers itself.
+//! - [`local`](self::local): the routes the gateway answers itself, the HTTPS redirect and
+//!   CORS preflights.
 //! - [`respond`]: the gateway's own answers on the session, and proxy-error mapping.
 //! - [`access`]: the one-line-per-request access log.
 //!
-//! Around 500 lines because every phase carries its contract below (eleven phases, each
-//! a few lines of code under its contract); splitting phases across files would hide the order. This is the only module
+//! About 600 lines because every phase carries its contract below (eleven
+//! phases, each a few lines of code under its contract); splitting phases across files would
+//! hide the order. This is the only module
 //! that knows Pingora's phases. It may use every other module; none
 //! uses it except `lib.rs`, which builds the server around [`Gateway`].
 //!
@@ -138,58 +140,6 @@ impl Gateway {
 
     /// Answers `err` and closes the connection: the request's body was not (fully) read, so
     /// the next bytes on it are not a request.
-    /// Answers a request on the plain listener with `308` to the same path and query on the
-    /// HTTPS listener (`redirect_http`).
-    async fn redirect_to_https(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
-        let port = self.config.tls.as_ref().map_or(443, |t| t.listen.port());
-        let Some(location) = https_location(session.req_header(), port) else {
-            let e = GatewayError::BadRequest("a Host header is needed to redirect to HTTPS".into());
-            respond::error(session, &e, &ctx.local_headers()).await?;
-            return Ok(true);
-        };
-        let body = bytes::Bytes::from(serde_json::json!({ "location": location }).to_string());
-        let mut headers = ctx.local_headers();
-        headers.push(("Location", location));
-        respond::json(session, 308, body, &headers).await?;
-        Ok(true)
-    }
-
-    /// Answers a CORS preflight: before authentication (it carries no token) but after the
-    /// per-client limit; never proxied.
-    async fn answer_preflight(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        preflight: crate::edge::cors::Preflight,
-    ) -> Result<bool> {
-        let rate = self.edge.limit(ctx.client.as_ref().map(|c| c.ip)).await;
-        ctx.rate = rate;
-        if let Some(d) = rate.filter(|d| !d.allowed) {
-            let e = GatewayError::RateLimited {
-                retry_after_secs: d.reset_secs,
-            };
-            respond::error(session, &e, &ctx.local_headers()).await?;
-            return Ok(true);
-        }
-        match preflight {
-            crate::edge::cors::Preflight::Allow(headers) => {
-                let mut resp = ResponseHeader::build(204, Some(headers.len() + 2))?;
-                resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
-                for (name, value) in headers {
-                    resp.insert_header(name, value)?;
-                }
-                session.write_response_header(Box::new(resp), true).await?;
-            }
-            crate::edge::cors::Preflight::Deny => {
-                let e = GatewayError::Forbidden(
-                    "the origin, method or headers are not allowed by the CORS policy".into(),
-                );
-                respond::error(session, &e, &ctx.local_headers()).await?;
-            }
-        }
-        Ok(true)
-    }
-
     async fn refuse(&self, session: &mut Session, ctx: &Ctx, err: &GatewayError) -> Result<bool> {
         session.as_downstream_mut().set_keepalive(None);
         respond::error(session, err, &ctx.local_headers()).await?;
@@ -644,25 +594,4 @@ impl ProxyHttp for Gateway {
 /// Whether the client's connection is TLS (the HTTPS listener).
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
-}
-
-/// `https://` + the request's host + the HTTPS port (left out when 443) + path and query;
-/// `None` when the request names no usable host.
-pub(crate) fn https_location(req: &RequestHeader, https_port: u16) -> Option<String> {
-    let host = req
-        .uri
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            let h = req.headers.get(http::header::HOST)?.to_str().ok()?;
-            let a: http::uri::Authority = h.parse().ok()?;
-            Some(a.host().to_string())
-        })?;
-    let port = if https_port == 443 {
-        String::new()
-    } else {
-        format!(":{https_port}")
-    };
-    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    Some(format!("https://{host}{port}{target}"))
 }
