@@ -347,9 +347,7 @@ impl<S> Filter<S> for QuietClientErrors {
         if seen.from_listener && seen.message.starts_with("Downstream handshake") {
             // Pingora's one trace of a failed or timed-out TLS handshake (it offers no hook):
             // counted here, so scanners and broken clients show in a metric, not a log flood.
-            crate::metrics::TLS_HANDSHAKE_ERRORS
-                .with_label_values(&[] as &[&str])
-                .inc();
+            crate::metrics::TLS_HANDSHAKE_ERRORS.inc();
             return false;
         }
         !(seen.from_proxy && is_client_failure(&seen.message))

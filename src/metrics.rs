@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -237,12 +237,12 @@ pub static TLS_RELOAD: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// TLS handshakes that failed, timed out, or could not be given a certificate.
-pub static TLS_HANDSHAKE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+pub static TLS_HANDSHAKE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
         "tls_handshake_errors_total",
-        "TLS handshakes that failed (bad client, protocol refused, timeout, no certificate)",
-        &[],
+        "TLS handshakes that failed (bad client, protocol refused, timeout, no certificate)"
     )
+    .unwrap_or_else(|e| panic!("metric tls_handshake_errors_total cannot be registered: {e}"))
 });
 
 /// h2 client connections the gateway cut for abuse, by reason (`rapid_reset`).
@@ -304,7 +304,6 @@ pub fn prime(config: &crate::config::Config) {
     if config.tls.is_some() {
         TLS_RELOAD.with_label_values(&["ok"]);
         TLS_RELOAD.with_label_values(&["error"]);
-        TLS_HANDSHAKE_ERRORS.with_label_values(&[] as &[&str]);
         H2_CONNECTIONS_CUT.with_label_values(&["rapid_reset"]);
     }
     for mode in crate::proxy::body::BodyMode::ALL {

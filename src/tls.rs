@@ -256,9 +256,7 @@ impl TlsAccept for SniResolver {
                 .iter()
                 .all(|c| ext::ssl_add_chain_cert(ssl, c).is_ok());
         if !ok {
-            crate::metrics::TLS_HANDSHAKE_ERRORS
-                .with_label_values(&[] as &[&str])
-                .inc();
+            crate::metrics::TLS_HANDSHAKE_ERRORS.inc();
         }
     }
 }
