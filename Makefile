@@ -56,6 +56,8 @@ test-deps: deps
 	@$(call apt_install,openssl,openssl)
 	@$(call apt_install,h2load,nghttp2-client)
 	@$(call apt_install,nginx,nginx-light)
+	@$(call apt_install,brotli,brotli)
+	@$(call apt_install,zstd,zstd)
 	@if [ ! -x $(PYENV)/bin/kubernetes-validate ]; then
 		echo "installing kubernetes-validate (PyPI) into $(PYENV) ..."
 		if ! python3 -m venv $(PYENV) >/dev/null 2>&1; then
@@ -112,6 +114,8 @@ export BENCH_SECONDS
 bench: deps
 	@$(call apt_install,wrk,wrk)
 	@$(call apt_install,nginx,nginx-light)
+	@$(call apt_install,brotli,brotli)
+	@$(call apt_install,zstd,zstd)
 	@$(call apt_install,haproxy,haproxy)
 	@$(call apt_install,redis-server,redis-server)
 	@$(call apt_install,h2load,nghttp2-client)

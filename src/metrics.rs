@@ -257,6 +257,26 @@ pub static H2_CONNECTIONS_CUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Forces registration so every family shows on `/metrics` from the first scrape. Process
 /// metrics (CPU seconds, resident memory, open fds) come with the default registry itself,
 /// through the `prometheus` crate's `process` feature.
+/// Bytes through the response compressor, by coding and stage (`in`: as the service or the
+/// aggregate made them, `out`: as sent).
+pub static COMPRESSION_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "compression_bytes_total",
+        "Response bytes through the compressor, by algorithm and stage (in|out)",
+        &["algorithm", "stage"],
+    )
+});
+
+/// Answers compressed, by coding and how (`stream`: proxied, `whole`: an aggregate compressed
+/// for this request, `memo`: a cached aggregate's compressed copy reused).
+pub static COMPRESSED_RESPONSES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "compressed_responses_total",
+        "Answers sent compressed, by algorithm and how (stream|whole|memo)",
+        &["algorithm", "how"],
+    )
+});
+
 pub fn init() {
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);
@@ -283,6 +303,8 @@ pub fn init() {
     LazyLock::force(&TLS_RELOAD);
     LazyLock::force(&TLS_HANDSHAKE_ERRORS);
     LazyLock::force(&H2_CONNECTIONS_CUT);
+    LazyLock::force(&COMPRESSION_BYTES);
+    LazyLock::force(&COMPRESSED_RESPONSES);
 }
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
@@ -305,6 +327,16 @@ pub fn prime(config: &crate::config::Config) {
         TLS_RELOAD.with_label_values(&["ok"]);
         TLS_RELOAD.with_label_values(&["error"]);
         H2_CONNECTIONS_CUT.with_label_values(&["rapid_reset"]);
+    }
+    if let Some(c) = &config.compression {
+        for coding in &c.algorithms {
+            for stage in ["in", "out"] {
+                COMPRESSION_BYTES.with_label_values(&[coding.token(), stage]);
+            }
+            for how in ["stream", "whole", "memo"] {
+                COMPRESSED_RESPONSES.with_label_values(&[coding.token(), how]);
+            }
+        }
     }
     for mode in crate::proxy::body::BodyMode::ALL {
         REQUEST_BODIES.with_label_values(&[mode.label()]);

@@ -80,6 +80,8 @@ pub struct Answer {
     pub cache: CacheStatus,
     /// The `Cache-Control` value: `private, max-age=<ttl>` when the answer may be cached.
     pub cache_control: String,
+    /// The cache key of a document that is (or would be) cached; `None` for one that is not.
+    pub key: Option<String>,
 }
 
 /// A document built from the upstreams, shared by every coalesced request.
@@ -352,6 +354,7 @@ impl Aggregate {
                         body: v,
                         cache: CacheStatus::Hit,
                         cache_control: self.cache_control(false),
+                        key: Some(key),
                     });
                 }
                 Ok(_) => {}
@@ -359,9 +362,11 @@ impl Aggregate {
             }
         }
         cache_metric(name, status);
+        let memo_key = cache.is_some().then(|| key.clone());
         let built = self.flight(key, params, request_id).await?;
         Ok(Answer {
             cache_control: self.cache_control(built.degraded),
+            key: memo_key.filter(|_| !built.degraded),
             body: built.body,
             cache: status,
         })

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::aggregates::AggregateFile;
+use super::compression::CompressionFile;
 use super::cors::CorsFile;
 use super::issuers::IssuerFile;
 use super::tls::TlsFile;
@@ -37,6 +38,7 @@ pub(super) struct GatewayFile {
     pub(super) tls: Option<TlsFile>,
     pub(super) redirect_http: bool,
     pub(super) cors: Vec<CorsFile>,
+    pub(super) compression: Option<CompressionFile>,
 }
 
 impl Default for GatewayFile {
@@ -56,6 +58,7 @@ impl Default for GatewayFile {
             tls: None,
             redirect_http: false,
             cors: Vec::new(),
+            compression: None,
         }
     }
 }

@@ -33,7 +33,9 @@ mod services;
 pub use services::{ServiceConfig, Services};
 mod tls;
 pub use tls::{CertPaths, TlsConfig, TlsVersion, UpstreamTls};
+mod compression;
 mod cors;
+pub use compression::{Coding, CompressionConfig, Level};
 pub use cors::CorsPolicy;
 
 /// A start-up configuration problem, naming the offending key.
@@ -99,6 +101,8 @@ pub struct Config {
     pub redirect_http: bool,
     /// Browser cross-origin policies, first matching route prefix wins; empty: no CORS.
     pub cors: Vec<CorsPolicy>,
+    /// Response compression; `None`: answers are sent as they are.
+    pub compression: Option<CompressionConfig>,
 }
 
 /// Redis settings.

@@ -138,6 +138,7 @@ impl GatewayFile {
             tls,
             redirect_http: self.redirect_http,
             cors: super::cors::resolve_cors(self.cors)?,
+            compression: super::compression::resolve_compression(self.compression)?,
         })
     }
 }

@@ -101,8 +101,20 @@ impl Gateway {
             Ok(answer) => {
                 ctx.cache = Some(answer.cache);
                 headers.push((headers::X_CACHE, answer.cache.header_value().to_string()));
-                respond::json_cached(session, 200, answer.body, &headers, &answer.cache_control)
-                    .await
+                let memo_key = answer.key.map(|k| format!("{}\0{k}", aggregate.name()));
+                let compress = self
+                    .compress
+                    .as_ref()
+                    .map(|c| (c, ctx.accept, memo_key.as_deref()));
+                respond::json_cached(
+                    session,
+                    200,
+                    answer.body,
+                    &headers,
+                    &answer.cache_control,
+                    compress,
+                )
+                .await
             }
             Err(e) => respond::error(session, &e, &headers).await,
         }

@@ -57,6 +57,7 @@ use crate::store::{MemoryKv, RedisStore, Store};
 
 pub(crate) mod access;
 pub(crate) mod body;
+pub(crate) mod compress;
 pub(crate) mod health;
 mod local;
 pub(crate) mod respond;
@@ -78,6 +79,8 @@ pub struct Gateway {
     aggregates: Aggregates,
     /// Bytes all buffered request bodies may hold together.
     body_budget: Arc<body::BodyBudget>,
+    /// Response compression (`None`: answers go out as they are).
+    compress: Option<compress::Compressor>,
 }
 
 /// Per-request state, filled as the phases run; each field names the phase that writes it.
@@ -107,6 +110,10 @@ pub struct Ctx {
     body: body::Prepared,
     /// request_filter: CORS headers for this request's answers (empty: none apply).
     cors: Vec<(&'static str, String)>,
+    /// request_filter: the coding `Accept-Encoding` allows (read only with compression on).
+    accept: compress::Negotiated,
+    /// response_filter: the encoder of a proxied answer being compressed.
+    encoder: Option<compress::Encoder>,
 }
 
 impl Ctx {
@@ -159,6 +166,7 @@ impl Gateway {
         });
         let aggregates = Aggregates::new(&config, store)?;
         let body_budget = body::BodyBudget::new(config.limits.body_buffer_total);
+        let compress = config.compression.clone().map(compress::Compressor::new);
         Ok((
             Gateway {
                 config,
@@ -166,6 +174,7 @@ impl Gateway {
                 edge,
                 aggregates,
                 body_budget,
+                compress,
             },
             health,
         ))
@@ -191,6 +200,8 @@ impl ProxyHttp for Gateway {
             local_error: None,
             body: body::Prepared::default(),
             cors: Vec::new(),
+            accept: compress::Negotiated::default(),
+            encoder: None,
         }
     }
 
@@ -236,6 +247,9 @@ impl ProxyHttp for Gateway {
             .edge
             .cors
             .response_headers(req.uri.path(), &req.headers);
+        if let Some(c) = &self.compress {
+            ctx.accept = c.negotiate(&req.headers);
+        }
         let public = ctx.route.is_probe() || self.config.auth.is_public(req.uri.path());
         // A client that stops reading its answer is cut after this, per write.
         session.set_write_timeout(Some(self.config.limits.response_write_timeout));
@@ -453,10 +467,16 @@ impl ProxyHttp for Gateway {
     /// `RateLimit-*` headers from `rate`.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(c) = &self.compress {
+            let head = session.req_header().method == http::Method::HEAD;
+            if let Some(coding) = c.begin(ctx.accept, head, session.is_http2(), resp, None) {
+                ctx.encoder = c.encoder(coding);
+            }
+        }
         resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         if let Some(d) = &ctx.rate {
             for (name, value) in d.headers() {
@@ -481,6 +501,40 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    /// Runs for each piece of a proxied answer: compresses it when `response_filter` chose to.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(enc) = &mut ctx.encoder {
+            // A failed encoder cannot be undone mid-answer: the answer is cut, never corrupt.
+            enc.encode(body, end_of_stream)
+                .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
+        }
+        Ok(None)
+    }
+
+    /// Trailers end the answer: a compressed body is finished before them (Pingora then sends
+    /// the returned bytes as the body's end, without the trailers).
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<bytes::Bytes>> {
+        let Some(enc) = &mut ctx.encoder else {
+            return Ok(None);
+        };
+        let mut rest = None;
+        enc.encode(&mut rest, true)
+            .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
+        ctx.encoder = None;
+        Ok(rest)
     }
 
     /// Runs when proxying fails after the connection was made. An upstream-side error is a

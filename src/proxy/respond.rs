@@ -6,6 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use super::compress::{Compressor, Negotiated};
 use crate::conn::report::{ClientEvent, Phase};
 use crate::error::GatewayError;
 
@@ -19,25 +20,46 @@ pub(crate) async fn json(
     body: Bytes,
     headers: ExtraHeaders<'_>,
 ) -> Result<()> {
-    json_cached(session, status, body, headers, "no-store").await
+    json_cached(session, status, body, headers, "no-store", None).await
 }
 
-/// Writes a complete JSON answer with its `Cache-Control`.
+/// How a local answer may be compressed: the policy, what the client accepts, and the name of
+/// a cacheable document (its compressed copy is reused while it stays the same).
+pub(crate) type Compress<'a> = Option<(&'a Compressor, Negotiated, Option<&'a str>)>;
+
+/// Writes a complete JSON answer with its `Cache-Control`, compressed when `compress` allows.
 pub(crate) async fn json_cached(
     session: &mut Session,
     status: u16,
-    body: Bytes,
+    mut body: Bytes,
     headers: ExtraHeaders<'_>,
     cache_control: &str,
+    compress: Compress<'_>,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, cache_control)?;
     for (name, value) in headers {
-        resp.insert_header(*name, value.as_str())?;
+        if name.eq_ignore_ascii_case("vary") {
+            resp.append_header(*name, value.as_str())?;
+        } else {
+            resp.insert_header(*name, value.as_str())?;
+        }
     }
     let head_only = session.req_header().method == http::Method::HEAD;
+    if let Some((c, accepted, memo_key)) = compress {
+        let http2 = session.is_http2();
+        if let Some(coding) = c.begin(accepted, head_only, http2, &mut resp, Some(body.len())) {
+            if let Some(out) = c.whole(coding, &body, memo_key) {
+                body = out;
+                // The whole body is at hand: its length is known, no chunking needed.
+                resp.remove_header(&http::header::TRANSFER_ENCODING);
+            } else {
+                resp.remove_header(&http::header::CONTENT_ENCODING);
+            }
+        }
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     session
         .write_response_header(Box::new(resp), head_only)
         .await?;
