@@ -29,6 +29,7 @@ pub(crate) mod headers;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod proxy;
+pub mod reload;
 pub(crate) mod resilience;
 pub(crate) mod sharded;
 pub mod store;
@@ -44,11 +45,19 @@ use pingora::server::Server;
 use crate::config::Config;
 use crate::proxy::Gateway;
 
-/// Builds a ready-to-run Pingora server: the proxy service, the metrics service and one
-/// health-check service per upstream group. Call `bootstrap` and `run` on it.
+/// Builds a ready-to-run Pingora server: the proxy service, the metrics service and the
+/// background services (live configuration with health checks and key refresh, certificate
+/// reload, the client report). Call `bootstrap` and `run` on it.
 pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     metrics::init();
     metrics::prime(&config);
+    let conf_path = opt.conf.clone();
+    let conf_text = conf_path
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let hash = config::fingerprint_text(&conf_text);
+    metrics::CONFIG_INFO.with_label_values(&[&hash]).set(1);
     let config = Arc::new(config);
     let mut server = Server::new(Some(opt))?;
 
@@ -64,9 +73,10 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
         }
         None => None,
     };
-    let (gateway, health_services) = Gateway::new(config.clone(), redis)
+    let gateway = Gateway::new((*config).clone(), hash, redis)
         .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
-    let key_refresher = gateway.key_refresher();
+    let (live, shared) = gateway.live();
+    let reloader = reload::Reloader::new(live, shared, conf_path);
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
     if let Some(tls) = &config.tls {
@@ -131,14 +141,13 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     let mut prometheus = pingora_prometheus::prometheus_http_service();
     prometheus.add_tcp(&config.metrics_listen.to_string());
 
-    let health_handles: Vec<_> = health_services
-        .into_iter()
-        .map(|svc| server.add_service(svc))
-        .collect();
-    let proxy_handle = server.add_service(proxy);
-    // The client listener opens only after every group has its backends discovered.
-    proxy_handle.add_dependencies(health_handles.iter());
+    server.add_service(proxy);
     server.add_service(prometheus);
+    // Also starts the health checks and key refresh of every snapshot, the first included.
+    server.add_service(pingora::services::background::background_service(
+        "live configuration",
+        reloader,
+    ));
     server.add_service(pingora::services::background::background_service(
         "client report",
         conn::report::SummaryService,
@@ -147,12 +156,6 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
         server.add_service(pingora::services::background::background_service(
             "certificate reload",
             reloader,
-        ));
-    }
-    if let Some(refresher) = key_refresher {
-        server.add_service(pingora::services::background::background_service(
-            "identity provider keys",
-            refresher,
         ));
     }
     Ok(server)

@@ -277,6 +277,33 @@ pub static COMPRESSED_RESPONSES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Configuration reloads by result (`ok`, `unchanged`, `error`).
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "config_reload_total",
+        "Configuration reloads (SIGHUP or watch), by result (ok|unchanged|error)",
+        &["result"],
+    )
+});
+
+/// The running configuration's generation: 1 at start, +1 per applied reload.
+pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "config_generation",
+        "Generation of the running configuration (1 at start, +1 per applied reload)"
+    )
+    .unwrap_or_else(|e| panic!("metric config_generation cannot be registered: {e}"))
+});
+
+/// 1, labelled with the running conf file's fingerprint.
+pub static CONFIG_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "config_info",
+        "The running configuration: 1, with the conf file's fingerprint as config_hash",
+        &["config_hash"],
+    )
+});
+
 pub fn init() {
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);
@@ -305,6 +332,9 @@ pub fn init() {
     LazyLock::force(&H2_CONNECTIONS_CUT);
     LazyLock::force(&COMPRESSION_BYTES);
     LazyLock::force(&COMPRESSED_RESPONSES);
+    LazyLock::force(&CONFIG_RELOADS);
+    LazyLock::force(&CONFIG_GENERATION);
+    LazyLock::force(&CONFIG_INFO);
 }
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
@@ -328,6 +358,10 @@ pub fn prime(config: &crate::config::Config) {
         TLS_RELOAD.with_label_values(&["error"]);
         H2_CONNECTIONS_CUT.with_label_values(&["rapid_reset"]);
     }
+    for result in ["ok", "unchanged", "error"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
+    }
+    CONFIG_GENERATION.set(1);
     if let Some(c) = &config.compression {
         for coding in &c.algorithms {
             for stage in ["in", "out"] {

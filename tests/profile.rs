@@ -74,7 +74,9 @@ async fn cache_aside_scenario(redis: Option<&Redis>) {
         "a hit makes no upstream call"
     );
     if let Some(r) = redis {
-        let ttl = r.ttl("profile:1");
+        // Keys end in `#<declaration fingerprint>`.
+        let key = r.keys("profile:1#*").pop().expect("the cached document's key");
+        let ttl = r.ttl(&key);
         assert!((0..=1).contains(&ttl), "profile:1 has TTL {ttl}");
     }
     eventually(
@@ -263,7 +265,11 @@ async fn redis_down_bypasses_the_cache_and_recovers() {
         profile(&gw, "8", "8").await.1 == "HIT"
     })
     .await;
-    assert_eq!(redis.keys("profile:*"), vec!["profile:8".to_string()]);
+    let keys = redis.keys("profile:*");
+    assert!(
+        matches!(&keys[..], [k] if k.starts_with("profile:8#")),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test]
@@ -271,9 +277,12 @@ async fn corrupt_cached_value_is_a_miss_that_gets_overwritten() {
     let redis = Redis::start();
     let mocks = Mocks::start(&ALL);
     let gw = start(&mocks, &section(30, 100), Some(&redis)).await;
+    // The key carries the declaration's fingerprint: learn it from a first fill.
+    assert_eq!(profile(&gw, "9", "9").await.1, "MISS");
+    let key = redis.keys("profile:9#*").pop().expect("the cached document's key");
     let mut c = redis.conn().unwrap();
     let _: () = redis::cmd("SET")
-        .arg("profile:9")
+        .arg(&key)
         .arg("{not json")
         .query(&mut c)
         .unwrap();

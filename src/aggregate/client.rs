@@ -32,6 +32,13 @@ pub struct ServiceClient {
     budget: RetryBudget,
 }
 
+impl ServiceClient {
+    /// The service's settings, for a reload deciding whether this client can stay.
+    pub(crate) fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+}
+
 /// Builds the pooled HTTP client shared by every service.
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()

@@ -99,11 +99,18 @@ type Inflight = Mutex<HashMap<String, (u64, WeakShared<BuildFuture>)>>;
 /// Every declared aggregate, ready to answer.
 pub struct Aggregates {
     list: Vec<Arc<Aggregate>>,
+    /// One client per service the aggregates call, for the next reload to keep.
+    clients: HashMap<String, Arc<ServiceClient>>,
+    /// The pooled HTTP client every service client shares.
+    http: reqwest::Client,
 }
 
 /// One declared aggregate with its clients, cache and in-flight builds.
 pub struct Aggregate {
     config: AggregateConfig,
+    /// A stable digest of the declaration, appended to cache keys: a changed declaration (a
+    /// reload, or replicas on different files) never reads documents of another shape.
+    fingerprint: String,
     /// The literal start of the path (up to the first param): every path under it is this
     /// aggregate's, and answered 400 when it does not match the pattern.
     prefix: String,
@@ -120,11 +127,26 @@ pub struct Aggregate {
 
 impl Aggregates {
     /// Builds the clients (one shared HTTP pool, one client per service) and each aggregate.
+    #[cfg(test)]
     pub fn new(config: &Config, store: Arc<Store>) -> Result<Aggregates, String> {
-        let http = client::http_client()
-            .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
+        Aggregates::build(config, store, None)
+    }
+
+    /// As [`Aggregates::new`], keeping from `previous` every service client whose settings did
+    /// not change (its breaker and retry budget go on) and every aggregate whose declaration
+    /// and services did not change (its in-flight builds go on).
+    pub fn build(
+        config: &Config,
+        store: Arc<Store>,
+        previous: Option<&Aggregates>,
+    ) -> Result<Aggregates, String> {
+        let http = match previous {
+            Some(p) => p.http.clone(),
+            None => client::http_client()
+                .map_err(|e| format!("cannot build the service HTTP client: {e}"))?,
+        };
         let now = Instant::now();
-        let mut clients: HashMap<&str, Arc<ServiceClient>> = HashMap::new();
+        let mut clients: HashMap<String, Arc<ServiceClient>> = HashMap::new();
         let mut list = Vec::new();
         for a in &config.aggregates {
             let mut legs = Vec::with_capacity(a.legs.len());
@@ -138,12 +160,33 @@ impl Aggregates {
                                 a.name, leg.name, leg.service
                             )
                         })?;
-                        let c = Arc::new(ServiceClient::new(svc.clone(), http.clone(), now));
-                        clients.insert(leg.service.as_str(), c.clone());
+                        let kept = previous
+                            .and_then(|p| p.clients.get(&leg.service))
+                            .filter(|c| crate::config::same(c.config(), svc))
+                            .cloned();
+                        let c = kept.unwrap_or_else(|| {
+                            Arc::new(ServiceClient::new(svc.clone(), http.clone(), now))
+                        });
+                        clients.insert(leg.service.clone(), c.clone());
                         c
                     }
                 };
                 legs.push(c);
+            }
+            let kept = previous
+                .and_then(|p| p.list.iter().find(|old| old.config.name == a.name))
+                .filter(|old| {
+                    crate::config::same(&old.config, a)
+                        && old
+                            .clients
+                            .iter()
+                            .zip(&legs)
+                            .all(|(o, n)| Arc::ptr_eq(o, n))
+                })
+                .cloned();
+            if let Some(old) = kept {
+                list.push(old);
+                continue;
             }
             let mut needs_json = vec![false; a.legs.len()];
             for leg in &a.legs {
@@ -170,6 +213,7 @@ impl Aggregates {
                 }
             }
             list.push(Arc::new(Aggregate {
+                fingerprint: crate::config::fingerprint(a),
                 config: a.clone(),
                 prefix,
                 clients: legs,
@@ -179,7 +223,11 @@ impl Aggregates {
                 next_flight: AtomicU64::new(0),
             }));
         }
-        Ok(Aggregates { list })
+        Ok(Aggregates {
+            list,
+            clients,
+            http,
+        })
     }
 
     /// The aggregate a path belongs to: every path under its literal start (so that a bad
@@ -340,7 +388,11 @@ impl Aggregate {
         let name = self.config.name.as_str();
         let cache = self.config.cache.as_ref().filter(|c| !c.ttl.is_zero());
         let key = match cache {
-            Some(c) => template::render(&c.key, &params, &[], None).unwrap_or_default(),
+            Some(c) => format!(
+                "{}#{}",
+                template::render(&c.key, &params, &[], None).unwrap_or_default(),
+                self.fingerprint
+            ),
             // Without a cache, requests for the same params still share one build.
             None => params.join("/"),
         };

@@ -39,6 +39,7 @@ pub(super) struct GatewayFile {
     pub(super) redirect_http: bool,
     pub(super) cors: Vec<CorsFile>,
     pub(super) compression: Option<CompressionFile>,
+    pub(super) reload: ReloadFile,
 }
 
 impl Default for GatewayFile {
@@ -59,6 +60,24 @@ impl Default for GatewayFile {
             redirect_http: false,
             cors: Vec::new(),
             compression: None,
+            reload: ReloadFile::default(),
+        }
+    }
+}
+
+/// `gateway.reload`: how the conf file is re-read without a restart.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ReloadFile {
+    pub(super) watch: bool,
+    pub(super) interval_ms: u64,
+}
+
+impl Default for ReloadFile {
+    fn default() -> Self {
+        ReloadFile {
+            watch: false,
+            interval_ms: 2000,
         }
     }
 }

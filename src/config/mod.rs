@@ -62,6 +62,29 @@ pub enum ConfigError {
     },
 }
 
+/// Whether two checked settings are the same, for a reload deciding what to keep. Compared
+/// through `Debug` because the settings hold types without `PartialEq` (Pingora's, `Duration`
+/// in maps); every settings type derives `Debug`, and it prints every field.
+pub fn same<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+/// A short, stable fingerprint of checked settings (FNV-1a over `Debug`): the same on every
+/// replica and across restarts, unlike `std`'s randomly seeded hasher.
+pub fn fingerprint<T: std::fmt::Debug>(value: &T) -> String {
+    fingerprint_text(&format!("{value:?}"))
+}
+
+/// The fingerprint of a text (a conf file's, for the `config_hash` label).
+pub fn fingerprint_text(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -103,6 +126,17 @@ pub struct Config {
     pub cors: Vec<CorsPolicy>,
     /// Response compression; `None`: answers are sent as they are.
     pub compression: Option<CompressionConfig>,
+    /// Re-reading the conf file in place (SIGHUP always works).
+    pub reload: ReloadConfig,
+}
+
+/// `gateway.reload`.
+#[derive(Debug, Clone)]
+pub struct ReloadConfig {
+    /// Poll the conf file's content and apply it when it changes.
+    pub watch: bool,
+    /// How often the file is read when `watch` is on.
+    pub interval: Duration,
 }
 
 /// Redis settings.

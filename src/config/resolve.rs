@@ -139,6 +139,10 @@ impl GatewayFile {
             redirect_http: self.redirect_http,
             cors: super::cors::resolve_cors(self.cors)?,
             compression: super::compression::resolve_compression(self.compression)?,
+            reload: ReloadConfig {
+                watch: self.reload.watch,
+                interval: Duration::from_millis(self.reload.interval_ms.max(100)),
+            },
         })
     }
 }

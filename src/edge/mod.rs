@@ -48,11 +48,26 @@ pub(crate) struct EdgeVerdict {
 }
 
 impl Edge {
-    /// Builds the limiter (on `redis` when given) and the verifier.
-    pub(crate) fn new(config: &Config, redis: Option<Arc<RedisStore>>) -> Edge {
+    /// Builds the limiter (on `redis` when given) and the verifier. With `previous` (a
+    /// reload), the limiter's counts and the providers whose settings did not change (their
+    /// keys) carry over.
+    pub(crate) fn new(
+        config: &Config,
+        redis: Option<Arc<RedisStore>>,
+        previous: Option<&Edge>,
+    ) -> Edge {
+        let mut limiter = RateLimiter::new(&config.rate_limit, redis);
+        if let Some(p) = previous {
+            limiter = limiter.continuing(&p.limiter);
+        }
+        let providers = previous.map(|p| p.auth.providers()).unwrap_or_default();
         Edge {
-            limiter: RateLimiter::new(&config.rate_limit, redis),
-            auth: Authenticator::new(&config.auth, config.limits.max_authorization_bytes),
+            limiter,
+            auth: Authenticator::new(
+                &config.auth,
+                config.limits.max_authorization_bytes,
+                &providers,
+            ),
             cors: cors::Cors::new(config.cors.clone()),
         }
     }
@@ -70,10 +85,12 @@ impl Edge {
         self.auth.ready()
     }
 
-    /// The background service that keeps identity providers' keys fresh (`None`: no issuers).
-    pub(crate) fn key_refresher(&self) -> Option<auth::provider::KeyRefresher> {
-        let providers = self.auth.providers();
-        (!providers.is_empty()).then(|| auth::provider::KeyRefresher::new(providers))
+    /// Starts the key refresh of identity providers that have none running yet (new ones);
+    /// each stops when its provider is dropped.
+    pub(crate) fn start_key_refresh(&self) {
+        for p in self.auth.providers() {
+            p.start_refresh();
+        }
     }
 
     /// Rate limit, then authenticate.

@@ -22,6 +22,8 @@ pub(crate) struct AccessRecord<'a> {
     pub(crate) method: &'a str,
     /// `http/1.1` or `h2`.
     pub(crate) protocol: &'a str,
+    /// The configuration generation the request ran on.
+    pub(crate) config_generation: u64,
     /// Path with query parameter names but not their values (values may carry secrets).
     pub(crate) path: String,
     /// Route name.

@@ -207,6 +207,11 @@ impl Compressor {
         }
     }
 
+    /// The settings this compressor was built from.
+    pub(crate) fn config(&self) -> &CompressionConfig {
+        &self.config
+    }
+
     /// What this request's `Accept-Encoding` allows.
     pub(crate) fn negotiate(&self, headers: &HeaderMap) -> Negotiated {
         negotiate(headers, &self.config.algorithms)

@@ -19,7 +19,7 @@ impl Gateway {
     /// Answers a request on the plain listener with `308` to the same path and query on the
     /// HTTPS listener (`redirect_http`).
     pub(super) async fn redirect_to_https(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
-        let port = self.config.tls.as_ref().map_or(443, |t| t.listen.port());
+        let port = ctx.snap.config.tls.as_ref().map_or(443, |t| t.listen.port());
         let Some(location) = https_location(session.req_header(), port) else {
             let e = GatewayError::BadRequest("a Host header is needed to redirect to HTTPS".into());
             respond::error(session, &e, &ctx.local_headers()).await?;
@@ -40,7 +40,7 @@ impl Gateway {
         ctx: &mut Ctx,
         preflight: Preflight,
     ) -> Result<bool> {
-        let rate = self.edge.limit(ctx.client.as_ref().map(|c| c.ip)).await;
+        let rate = ctx.snap.edge.limit(ctx.client.as_ref().map(|c| c.ip)).await;
         ctx.rate = rate;
         if let Some(d) = rate.filter(|d| !d.allowed) {
             let e = GatewayError::RateLimited {
@@ -102,9 +102,10 @@ impl Gateway {
                 ctx.cache = Some(answer.cache);
                 headers.push((headers::X_CACHE, answer.cache.header_value().to_string()));
                 let memo_key = answer.key.map(|k| format!("{}\0{k}", aggregate.name()));
-                let compress = self
+                let compress = ctx
+                    .snap
                     .compress
-                    .as_ref()
+                    .as_deref()
                     .map(|c| (c, ctx.accept, memo_key.as_deref()));
                 respond::json_cached(
                     session,
@@ -131,7 +132,7 @@ impl Gateway {
                 return Ok(true);
             }
             Route::Healthz => br#"{"status":"ok"}"#,
-            Route::Readyz if !self.edge.ready() => {
+            Route::Readyz if !ctx.snap.edge.ready() => {
                 let e =
                     GatewayError::Unavailable("identity provider keys are not loaded yet".into());
                 respond::error(session, &e, &ctx.local_headers()).await?;

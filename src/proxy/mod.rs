@@ -66,27 +66,90 @@ pub(crate) mod upstreams;
 
 use self::health::BackendTry;
 use self::routes::{Route, RouteTable};
-use self::upstreams::HealthService;
+use arc_swap::ArcSwap;
 
 /// How long an unused upstream connection stays in Pingora's pool.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
-/// The gateway: shared state every request reads.
+/// The gateway: the current configuration snapshot and what outlives snapshots.
 pub struct Gateway {
-    config: Arc<Config>,
+    /// The snapshot new requests take; a reload swaps it.
+    live: Arc<ArcSwap<Snapshot>>,
+    /// The store and Redis connection every snapshot shares.
+    shared: Arc<Shared>,
+    /// Bytes all buffered request bodies may hold together.
+    body_budget: Arc<body::BodyBudget>,
+}
+
+/// What every snapshot shares: they outlive reloads (a changed Redis address needs a restart).
+pub(crate) struct Shared {
+    store: Arc<Store>,
+    redis: Option<Arc<RedisStore>>,
+}
+
+/// One configuration, built: a request reads the snapshot it started with until it ends.
+pub(crate) struct Snapshot {
+    /// 1 at start, +1 for each reload applied.
+    pub(crate) generation: u64,
+    /// Fingerprint of the conf file's text (the `config_hash` label).
+    pub(crate) hash: String,
+    pub(crate) config: Arc<Config>,
     routes: RouteTable,
     edge: Edge,
     aggregates: Aggregates,
-    /// Bytes all buffered request bodies may hold together.
-    body_budget: Arc<body::BodyBudget>,
     /// Response compression (`None`: answers go out as they are).
-    compress: Option<compress::Compressor>,
+    compress: Option<Arc<compress::Compressor>>,
+}
+
+impl Snapshot {
+    /// Builds the parts of `config`, keeping from `previous` those whose settings did not
+    /// change: upstream groups (health), service clients (breakers), aggregates (in-flight
+    /// builds), identity providers (keys), the limiter's counts, the compression memo.
+    pub(crate) fn build(
+        config: Config,
+        hash: String,
+        generation: u64,
+        shared: &Shared,
+        previous: Option<&Snapshot>,
+    ) -> std::result::Result<Snapshot, String> {
+        let config = Arc::new(config);
+        let routes = upstreams::build(&config, previous.map(|p| &p.routes));
+        let edge = Edge::new(&config, shared.redis.clone(), previous.map(|p| &p.edge));
+        let aggregates = Aggregates::build(
+            &config,
+            shared.store.clone(),
+            previous.map(|p| &p.aggregates),
+        )?;
+        let compress = match (&config.compression, previous.and_then(|p| p.compress.as_ref())) {
+            (Some(c), Some(old)) if old.config() == c => Some(old.clone()),
+            (Some(c), _) => Some(Arc::new(compress::Compressor::new(c.clone()))),
+            (None, _) => None,
+        };
+        Ok(Snapshot {
+            generation,
+            hash,
+            config,
+            routes,
+            edge,
+            aggregates,
+            compress,
+        })
+    }
+
+    /// Starts what runs beside requests for parts that are new: health checks, key refresh.
+    /// Needs the runtime, so it is called by the reload service, not at build.
+    pub(crate) fn start_tasks(&self) {
+        self.routes.start_checks();
+        self.edge.start_key_refresh();
+    }
 }
 
 /// Per-request state, filled as the phases run; each field names the phase that writes it.
 pub struct Ctx {
     /// new_ctx: when the request started, for the duration metric.
     started: Instant,
+    /// new_ctx: the configuration this request runs on, start to end.
+    snap: Arc<Snapshot>,
     /// request_filter: where the request goes.
     route: Route,
     /// request_filter: the client's id, or a fresh one.
@@ -140,9 +203,9 @@ fn answered(session: &Session) -> bool {
 }
 
 impl Gateway {
-    /// The background service keeping identity providers' keys fresh, if any are configured.
-    pub(crate) fn key_refresher(&self) -> Option<crate::edge::auth::provider::KeyRefresher> {
-        self.edge.key_refresher()
+    /// The live snapshot and what a reload needs to build the next one.
+    pub(crate) fn live(&self) -> (Arc<ArcSwap<Snapshot>>, Arc<Shared>) {
+        (self.live.clone(), self.shared.clone())
     }
 
     /// Answers `err` and closes the connection: the request's body was not (fully) read, so
@@ -153,31 +216,24 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Builds the gateway and the health-check services its groups need.
+    /// Builds the gateway on the first snapshot of `config` (`hash`: its file's fingerprint).
     pub(crate) fn new(
-        config: Arc<Config>,
+        config: Config,
+        hash: String,
         redis: Option<Arc<RedisStore>>,
-    ) -> std::result::Result<(Gateway, Vec<HealthService>), String> {
-        let (routes, health) = upstreams::build(&config);
-        let edge = Edge::new(&config, redis.clone());
-        let store = Arc::new(match redis {
-            Some(r) => Store::Redis(r),
+    ) -> std::result::Result<Gateway, String> {
+        let store = Arc::new(match &redis {
+            Some(r) => Store::Redis(r.clone()),
             None => Store::Memory(MemoryKv::default()),
         });
-        let aggregates = Aggregates::new(&config, store)?;
+        let shared = Arc::new(Shared { store, redis });
         let body_budget = body::BodyBudget::new(config.limits.body_buffer_total);
-        let compress = config.compression.clone().map(compress::Compressor::new);
-        Ok((
-            Gateway {
-                config,
-                routes,
-                edge,
-                aggregates,
-                body_budget,
-                compress,
-            },
-            health,
-        ))
+        let first = Snapshot::build(config, hash, 1, &shared, None)?;
+        Ok(Gateway {
+            live: Arc::new(ArcSwap::from_pointee(first)),
+            shared,
+            body_budget,
+        })
     }
 }
 
@@ -189,6 +245,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
+            snap: self.live.load_full(),
             route: Route::NotFound,
             request_id: String::new(),
             client: None,
@@ -211,6 +268,7 @@ impl ProxyHttp for Gateway {
     /// `Ok(true)`; `Ok(false)` sends a proxied request on to `upstream_peer`. `Err` only when
     /// writing to the client failed.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snap = ctx.snap.clone();
         let req = session.req_header();
         ctx.request_id = match req.headers.get(headers::X_REQUEST_ID) {
             Some(v) if hygiene::valid_request_id(v.as_bytes()) => {
@@ -222,40 +280,40 @@ impl ProxyHttp for Gateway {
             ClientAddr::new(
                 a.ip(),
                 req.headers.get(headers::X_FORWARDED_FOR),
-                &self.config.rate_limit.trusted_proxies,
+                &snap.config.rate_limit.trusted_proxies,
             )
         });
-        ctx.route = self.routes.route(req.uri.path(), &self.aggregates);
+        ctx.route = snap.routes.route(req.uri.path(), &snap.aggregates);
         let http2 = session.is_http2();
         let req = session.req_header();
-        if let Err(e) = hygiene::check_request(req, &self.config.limits, http2) {
+        if let Err(e) = hygiene::check_request(req, &snap.config.limits, http2) {
             respond::error(session, &e, &ctx.local_headers()).await?;
             return Ok(true);
         }
-        if self.config.redirect_http && !ctx.route.is_probe() && !is_tls(session) {
+        if snap.config.redirect_http && !ctx.route.is_probe() && !is_tls(session) {
             return self.redirect_to_https(session, ctx).await;
         }
         let req = session.req_header();
-        if let Some(preflight) = self
+        if let Some(preflight) = snap
             .edge
             .cors
             .preflight(&req.method, req.uri.path(), &req.headers)
         {
             return self.answer_preflight(session, ctx, preflight).await;
         }
-        ctx.cors = self
+        ctx.cors = snap
             .edge
             .cors
             .response_headers(req.uri.path(), &req.headers);
-        if let Some(c) = &self.compress {
+        if let Some(c) = &snap.compress {
             ctx.accept = c.negotiate(&req.headers);
         }
-        let public = ctx.route.is_probe() || self.config.auth.is_public(req.uri.path());
+        let public = ctx.route.is_probe() || snap.config.auth.is_public(req.uri.path());
         // A client that stops reading its answer is cut after this, per write.
-        session.set_write_timeout(Some(self.config.limits.response_write_timeout));
+        session.set_write_timeout(Some(snap.config.limits.response_write_timeout));
         let max_body = match &ctx.route {
             Route::Proxy(r) => r.body.max_bytes,
-            _ => self.config.limits.body.max_bytes,
+            _ => snap.config.limits.body.max_bytes,
         };
         if let Err(refusal) = body::check_declared(session, max_body) {
             // Refused before a byte of the body is read; the connection cannot be reused.
@@ -263,7 +321,7 @@ impl ProxyHttp for Gateway {
         }
         if !public {
             let req = session.req_header();
-            let verdict = self
+            let verdict = snap
                 .edge
                 .check(ctx.client.as_ref().map(|c| c.ip), &req.headers)
                 .await;
@@ -425,19 +483,20 @@ impl ProxyHttp for Gateway {
         req.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         // The identity header is ours alone: a client-sent one is dropped before ours is set.
         req.remove_header(headers::X_USER_ID);
-        for (_, name) in &self.config.auth.forward_claims {
+        let snap = ctx.snap.clone();
+        for (_, name) in &snap.config.auth.forward_claims {
             req.remove_header(name);
         }
         if let Some(id) = &ctx.identity {
             req.insert_header(headers::X_USER_ID, id.sub.as_str())?;
-            let names = self.config.auth.forward_claims.iter().map(|(_, n)| n);
+            let names = snap.config.auth.forward_claims.iter().map(|(_, n)| n);
             for (name, value) in names.zip(id.forwarded.iter()) {
                 if let Some(value) = value {
                     req.insert_header(name.clone(), value.clone())?;
                 }
             }
         }
-        if !self.config.auth.forward_authorization {
+        if !snap.config.auth.forward_authorization {
             req.remove_header(&http::header::AUTHORIZATION);
         }
         if ctx.body.continue_sent {
@@ -471,7 +530,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(c) = &self.compress {
+        if let Some(c) = &ctx.snap.compress {
             let head = session.req_header().method == http::Method::HEAD;
             if let Some(coding) = c.begin(ctx.accept, head, session.is_http2(), resp, None) {
                 ctx.encoder = c.encoder(coding);
@@ -625,6 +684,7 @@ impl ProxyHttp for Gateway {
             access::write(&access::AccessRecord {
                 time: access::now_rfc3339(),
                 request_id: &ctx.request_id,
+                config_generation: ctx.snap.generation,
                 client_ip: ctx.client.as_ref().map(|c| c.ip),
                 method: req.method.as_str(),
                 protocol,

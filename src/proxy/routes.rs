@@ -1,6 +1,7 @@
 //! The route table: which of the gateway's answers, or which upstream group, a path goes to,
 //! and how a proxied path is rewritten for its upstream.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::upstreams::UpstreamGroup;
@@ -77,16 +78,28 @@ fn rewrite_path(path: &str, query: Option<&str>, strip: &str) -> String {
     new
 }
 
-/// Matches paths to routes; built once at start-up.
+/// Matches paths to routes; built at start-up and on each reload.
 #[derive(Debug)]
 pub(crate) struct RouteTable {
     routes: Vec<Arc<ProxyRoute>>,
+    /// Every upstream group by name (routed or not), for the next reload to keep.
+    pub(crate) groups: BTreeMap<String, Arc<UpstreamGroup>>,
 }
 
 impl RouteTable {
     /// A table over `routes`, tried in order.
-    pub(crate) fn new(routes: Vec<Arc<ProxyRoute>>) -> Self {
-        RouteTable { routes }
+    pub(crate) fn new(
+        routes: Vec<Arc<ProxyRoute>>,
+        groups: BTreeMap<String, Arc<UpstreamGroup>>,
+    ) -> Self {
+        RouteTable { routes, groups }
+    }
+
+    /// Starts the health checks of groups that have none running yet (new ones).
+    pub(crate) fn start_checks(&self) {
+        for g in self.groups.values() {
+            g.start_checks();
+        }
     }
 
     /// Decides the route of `path` (no query string): the built-in routes first, then the
@@ -133,7 +146,7 @@ gateway:
 "#;
         let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
         let cfg = Config::from_yaml(yaml, &env, LoadMode::Run).expect("test config");
-        super::super::upstreams::build(&cfg).0
+        super::super::upstreams::build(&cfg, None)
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Upstream groups: each a round-robin Pingora `LoadBalancer` over its backends, with the
-//! active check as a background service and passive health on every backend.
+//! active check on a task of its own (so that groups a reload adds are checked too) and
+//! passive health on every backend.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +13,6 @@ use pingora::lb::discovery::Static;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
-use pingora::services::background::{background_service, GenBackgroundService};
 
 use super::health::{active_check, PassiveHealth};
 use super::routes::{ProxyRoute, RouteTable};
@@ -24,8 +25,12 @@ pub(crate) struct UpstreamGroup {
     pub(crate) name: Arc<str>,
     /// Timeouts, retries and health settings.
     pub(crate) config: UpstreamConfig,
-    /// Round-robin balancer; its health check runs as a background service.
+    /// Round-robin balancer; its health check runs on a task of its own.
     lb: Arc<LoadBalancer<RoundRobin>>,
+    /// Stops the health-check task when the group goes (a reload removed or replaced it).
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Whether the health-check task runs (it starts once there is a runtime).
+    checking: AtomicBool,
 }
 
 impl std::fmt::Debug for UpstreamGroup {
@@ -34,6 +39,14 @@ impl std::fmt::Debug for UpstreamGroup {
             .field("name", &self.name)
             .field("backends", &self.config.backends)
             .finish()
+    }
+}
+
+impl Drop for UpstreamGroup {
+    fn drop(&mut self) {
+        // The last request on the old snapshot is done: its backends stop being checked, and
+        // their gauges go unless the group lives on under the same name.
+        let _ = self.stop.send(true);
     }
 }
 
@@ -52,49 +65,85 @@ impl UpstreamGroup {
     pub(crate) fn may_retry_connect(&self, tried: usize) -> bool {
         tried.saturating_sub(1) < self.config.connect_retries && tried < self.config.backends.len()
     }
+
+    /// Starts the active health check on the current runtime, once; it ends when the group is
+    /// dropped.
+    pub(crate) fn start_checks(&self) {
+        if self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let lb = self.lb.clone();
+        let stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            use pingora::services::background::BackgroundService;
+            // Pingora's own loop for a balancer: update, check, sleep until due or stopped.
+            lb.start(stop).await;
+        });
+    }
 }
 
-/// Background service type that runs one group's health checks.
-pub(crate) type HealthService = GenBackgroundService<LoadBalancer<RoundRobin>>;
-
-/// Builds the route table and one health-check service per upstream group.
-pub(crate) fn build(config: &Config) -> (RouteTable, Vec<HealthService>) {
+fn build_group(name: &str, up: &UpstreamConfig) -> Arc<UpstreamGroup> {
     let now = Instant::now();
+    let name: Arc<str> = Arc::from(name);
+    let mut set = BTreeSet::new();
+    for addr in &up.backends {
+        let mut b = Backend {
+            addr: PingoraAddr::Inet(*addr),
+            weight: 1,
+            ext: Default::default(),
+        };
+        b.ext.insert(PassiveHealth::new(up, now));
+        metrics::BACKEND_HEALTHY
+            .with_label_values(&[&*name, &addr.to_string()])
+            .set(1);
+        set.insert(b);
+    }
+    let mut backends = Backends::new(Static::new(set));
+    backends.set_health_check(active_check(&name, up));
+    let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
+    // Static discovery never waits, so the selector is filled before the first request
+    // instead of by the health task's first pass.
+    if let Some(Err(e)) = lb.update().now_or_never() {
+        tracing::error!(group = %name, error = %e, "cannot build the backend selector");
+    }
+    lb.health_check_frequency = Some(up.health_check.interval);
+    lb.parallel_health_check = true;
+    Arc::new(UpstreamGroup {
+        name,
+        config: up.clone(),
+        lb: Arc::new(lb),
+        stop: tokio::sync::watch::channel(false).0,
+        checking: AtomicBool::new(false),
+    })
+}
+
+/// Builds the route table. Groups of `previous` whose settings did not change are kept as
+/// they are (health state, passive breakers, running checks); the others are new.
+pub(crate) fn build(config: &Config, previous: Option<&RouteTable>) -> RouteTable {
     let mut groups = BTreeMap::new();
-    let mut services = Vec::new();
     for (name, up) in &config.upstreams {
-        let name: Arc<str> = Arc::from(name.as_str());
-        let mut set = BTreeSet::new();
-        for addr in &up.backends {
-            let mut b = Backend {
-                addr: PingoraAddr::Inet(*addr),
-                weight: 1,
-                ext: Default::default(),
-            };
-            b.ext.insert(PassiveHealth::new(up, now));
-            metrics::BACKEND_HEALTHY
-                .with_label_values(&[&*name, &addr.to_string()])
-                .set(1);
-            set.insert(b);
+        let kept = previous
+            .and_then(|p| p.groups.get(name))
+            .filter(|g| crate::config::same(&g.config, up))
+            .cloned();
+        let group = kept.unwrap_or_else(|| build_group(name, up));
+        groups.insert(name.clone(), group);
+    }
+    if let Some(p) = previous {
+        for (name, old) in &p.groups {
+            let replaced = groups.get(name).is_none_or(|g| !Arc::ptr_eq(g, old));
+            if replaced {
+                for addr in &old.config.backends {
+                    let still = groups
+                        .get(name)
+                        .is_some_and(|g| g.config.backends.contains(addr));
+                    if !still {
+                        let _ = metrics::BACKEND_HEALTHY
+                            .remove_label_values(&[&**name, &addr.to_string()]);
+                    }
+                }
+            }
         }
-        let mut backends = Backends::new(Static::new(set));
-        backends.set_health_check(active_check(&name, up));
-        let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
-        // Static discovery never waits, so the selector is filled before the first request
-        // instead of by the background service's first pass.
-        if let Some(Err(e)) = lb.update().now_or_never() {
-            tracing::error!(group = %name, error = %e, "cannot build the backend selector");
-        }
-        lb.health_check_frequency = Some(up.health_check.interval);
-        lb.parallel_health_check = true;
-        let service = background_service(&format!("health check {name}"), lb);
-        let group = Arc::new(UpstreamGroup {
-            name: name.clone(),
-            config: up.clone(),
-            lb: service.task(),
-        });
-        groups.insert(name.to_string(), group);
-        services.push(service);
     }
     let routes = config
         .routes
@@ -110,7 +159,7 @@ pub(crate) fn build(config: &Config) -> (RouteTable, Vec<HealthService>) {
             })
         })
         .collect();
-    (RouteTable::new(routes), services)
+    RouteTable::new(routes, groups)
 }
 
 #[cfg(test)]
@@ -128,7 +177,7 @@ mod tests {
         let cfg = Config::from_yaml(&yaml, &env, LoadMode::Run).expect("test config");
         let store = Arc::new(crate::store::Store::Memory(Default::default()));
         let aggregates = crate::aggregate::Aggregates::new(&cfg, store).expect("aggregates");
-        match build(&cfg).0.route("/x", &aggregates) {
+        match build(&cfg, None).route("/x", &aggregates) {
             Route::Proxy(r) => r.group.clone(),
             other => panic!("expected a proxy route, got {other:?}"),
         }

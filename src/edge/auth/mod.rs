@@ -88,8 +88,13 @@ pub(crate) struct Authenticator {
 }
 
 impl Authenticator {
-    /// Builds the verifier; `max_token_bytes` caps the Authorization header value.
-    pub(crate) fn new(cfg: &AuthConfig, max_token_bytes: usize) -> Authenticator {
+    /// Builds the verifier; `max_token_bytes` caps the Authorization header value. A provider
+    /// in `keep` whose settings are unchanged is used as it is (keys loaded, refresh running).
+    pub(crate) fn new(
+        cfg: &AuthConfig,
+        max_token_bytes: usize,
+        keep: &[Arc<provider::Provider>],
+    ) -> Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.validate_exp = true;
@@ -121,7 +126,12 @@ impl Authenticator {
             .issuers
             .iter()
             .map(|i| {
-                let p = Arc::new(provider::Provider::new(i.clone(), http.clone()));
+                let kept = keep
+                    .iter()
+                    .find(|p| crate::config::same(p.config(), i))
+                    .cloned();
+                let p = kept
+                    .unwrap_or_else(|| Arc::new(provider::Provider::new(i.clone(), http.clone())));
                 issuer::IssuerVerifier::new(p, cfg.leeway_seconds, claims.clone())
             })
             .collect();
@@ -391,7 +401,7 @@ mod tests {
             roles_claim: vec!["roles".into()],
             forward_claims: vec![],
         };
-        Authenticator::new(&cfg, 8192)
+        Authenticator::new(&cfg, 8192, &[])
     }
 
     #[test]

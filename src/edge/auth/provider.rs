@@ -4,7 +4,7 @@
 //!
 //! [`refresh`]: super::refresh
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -13,58 +13,49 @@ use super::jwks::KeySet;
 use super::refresh::{max_age, RefreshPolicy, RefreshState};
 use crate::config::{IssuerConfig, KeySource};
 
-/// Keeps every issuer's key set fresh: fetched at start (retried every `min_interval` until
-/// it works), then again at the provider's `max-age` clamped to the configured bounds, with
-/// ±10% jitter so replicas do not fetch in step.
-pub(crate) struct KeyRefresher {
-    providers: Vec<Arc<Provider>>,
-}
-
-impl KeyRefresher {
-    /// A refresher over these providers.
-    pub(crate) fn new(providers: Vec<Arc<Provider>>) -> Self {
-        KeyRefresher { providers }
-    }
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for KeyRefresher {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let loops = self.providers.iter().map(|p| p.clone().keep_fresh());
-        tokio::select! {
-            _ = futures::future::join_all(loops) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
-}
-
 impl Provider {
-    async fn keep_fresh(self: Arc<Self>) {
-        loop {
-            let wait = match self.refresh().await {
-                Ok(_) => {
-                    let max_age = *self.provider_max_age.lock();
-                    let due = self
-                        .state
-                        .lock()
-                        .next_refresh(&self.policy(), max_age, self.now());
-                    due.saturating_sub(self.now())
-                        .mul_f64(0.9 + 0.2 * rand::random::<f64>())
-                }
-                Err(_) => self.config.min_interval,
-            };
-            // Sleep in steps, so the age gauge stays current.
-            let until = tokio::time::Instant::now() + wait.max(self.config.min_interval);
-            while tokio::time::Instant::now() < until {
-                tokio::time::sleep_until(
-                    until.min(tokio::time::Instant::now() + Duration::from_secs(5)),
-                )
+    /// Starts keeping this issuer's key set fresh on the current runtime, once: fetched at
+    /// start (retried every `min_interval` until it works), then again at the provider's
+    /// `max-age` clamped to the configured bounds, with ±10% jitter so replicas do not fetch in
+    /// step. The task holds the provider weakly and ends once a reload has dropped it.
+    pub(crate) fn start_refresh(self: &Arc<Self>) {
+        if self
+            .refreshing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        tokio::spawn(keep_fresh(Arc::downgrade(self)));
+    }
+}
+
+async fn keep_fresh(me: Weak<Provider>) {
+    loop {
+        let Some(this) = me.upgrade() else { return };
+        let wait = match this.refresh().await {
+            Ok(_) => {
+                let max_age = *this.provider_max_age.lock();
+                let due = this
+                    .state
+                    .lock()
+                    .next_refresh(&this.policy(), max_age, this.now());
+                due.saturating_sub(this.now())
+                    .mul_f64(0.9 + 0.2 * rand::random::<f64>())
+            }
+            Err(_) => this.config.min_interval,
+        };
+        let until = tokio::time::Instant::now() + wait.max(this.config.min_interval);
+        drop(this);
+        // Sleep in steps, so the age gauge stays current and a dropped provider is noticed.
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_secs(5)))
                 .await;
-                if let Some(age) = self.state.lock().age(self.now()) {
-                    crate::metrics::JWKS_AGE
-                        .with_label_values(&[self.config.issuer.as_str()])
-                        .set(age.as_secs() as i64);
-                }
+            let Some(this) = me.upgrade() else { return };
+            let age = this.state.lock().age(this.now());
+            if let Some(age) = age {
+                crate::metrics::JWKS_AGE
+                    .with_label_values(&[this.config.issuer.as_str()])
+                    .set(age.as_secs() as i64);
             }
         }
     }
@@ -91,6 +82,8 @@ pub(crate) struct Provider {
     skew_ms: std::sync::atomic::AtomicU64,
     /// The last fetch failed (the warning is logged once per streak).
     failing: std::sync::atomic::AtomicBool,
+    /// Whether the refresh task runs.
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl Provider {
@@ -106,6 +99,7 @@ impl Provider {
             flight: tokio::sync::Mutex::new(()),
             skew_ms: std::sync::atomic::AtomicU64::new(0),
             failing: std::sync::atomic::AtomicBool::new(false),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -76,7 +76,8 @@ impl Decision {
 pub struct RateLimiter {
     limit: u64,
     window_secs: u64,
-    memory: MemoryWindows,
+    /// Shared with the limiter a reload replaces, so that counts survive it.
+    memory: Arc<MemoryWindows>,
     redis: Option<Arc<RedisCounters>>,
     /// `rate_limit_decisions_total` children resolved once: [allowed, limited] × backend, so
     /// the per-request cost is an atomic add rather than a labelled lookup.
@@ -97,13 +98,20 @@ impl RateLimiter {
         RateLimiter {
             limit: cfg.limit,
             window_secs: cfg.window.as_secs().max(1),
-            memory: MemoryWindows::default(),
+            memory: Arc::default(),
             redis: redis.map(|r| RedisCounters::new(r, cfg.limit)),
             decisions: [
                 backends.map(|b| child("allowed", b)),
                 backends.map(|b| child("limited", b)),
             ],
         }
+    }
+
+    /// This limiter counting on `previous`'s in-memory windows: a reload that changes the
+    /// limit applies it to the current window's count instead of starting from zero.
+    pub(crate) fn continuing(mut self, previous: &RateLimiter) -> RateLimiter {
+        self.memory = previous.memory.clone();
+        self
     }
 
     /// Counts a request from `ip` at Unix time `now` and decides.
