@@ -110,7 +110,10 @@ impl Reloader {
         }
         let current = self.live.load_full();
         if current.hash == hash {
-            tracing::info!(generation = current.generation, "configuration file unchanged");
+            tracing::info!(
+                generation = current.generation,
+                "configuration file unchanged"
+            );
             return self.count(Outcome::Unchanged);
         }
         let mut config = match Config::from_yaml(&text, &ProcessEnv, LoadMode::Run) {
@@ -125,8 +128,13 @@ impl Reloader {
             needs_upgrade.push("Pingora's server keys (threads, …)");
         }
         let generation = current.generation + 1;
-        let next = match Snapshot::build(config, hash.clone(), generation, &self.shared, Some(&current))
-        {
+        let next = match Snapshot::build(
+            config,
+            hash.clone(),
+            generation,
+            &self.shared,
+            Some(&current),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(file = %path, error = %e, "configuration not reloaded; the running configuration stays");
@@ -211,14 +219,14 @@ impl pingora::services::background::BackgroundService for Reloader {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         // Health checks and key refresh of the first snapshot start here, on the runtime.
         self.live.load().start_tasks();
-        let mut hangup =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGHUP: reload by signal is off");
-                    None
-                }
-            };
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: reload by signal is off");
+                None
+            }
+        };
         let mut tick = tokio::time::interval(self.watch.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -75,7 +75,10 @@ async fn cache_aside_scenario(redis: Option<&Redis>) {
     );
     if let Some(r) = redis {
         // Keys end in `#<declaration fingerprint>`.
-        let key = r.keys("profile:1#*").pop().expect("the cached document's key");
+        let key = r
+            .keys("profile:1#*")
+            .pop()
+            .expect("the cached document's key");
         let ttl = r.ttl(&key);
         assert!((0..=1).contains(&ttl), "profile:1 has TTL {ttl}");
     }
@@ -279,7 +282,10 @@ async fn corrupt_cached_value_is_a_miss_that_gets_overwritten() {
     let gw = start(&mocks, &section(30, 100), Some(&redis)).await;
     // The key carries the declaration's fingerprint: learn it from a first fill.
     assert_eq!(profile(&gw, "9", "9").await.1, "MISS");
-    let key = redis.keys("profile:9#*").pop().expect("the cached document's key");
+    let key = redis
+        .keys("profile:9#*")
+        .pop()
+        .expect("the cached document's key");
     let mut c = redis.conn().unwrap();
     let _: () = redis::cmd("SET")
         .arg(&key)

@@ -19,7 +19,12 @@ impl Gateway {
     /// Answers a request on the plain listener with `308` to the same path and query on the
     /// HTTPS listener (`redirect_http`).
     pub(super) async fn redirect_to_https(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
-        let port = ctx.snap.config.tls.as_ref().map_or(443, |t| t.listen.port());
+        let port = ctx
+            .snap
+            .config
+            .tls
+            .as_ref()
+            .map_or(443, |t| t.listen.port());
         let Some(location) = https_location(session.req_header(), port) else {
             let e = GatewayError::BadRequest("a Host header is needed to redirect to HTTPS".into());
             respond::error(session, &e, &ctx.local_headers()).await?;

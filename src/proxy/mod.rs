@@ -120,7 +120,10 @@ impl Snapshot {
             shared.store.clone(),
             previous.map(|p| &p.aggregates),
         )?;
-        let compress = match (&config.compression, previous.and_then(|p| p.compress.as_ref())) {
+        let compress = match (
+            &config.compression,
+            previous.and_then(|p| p.compress.as_ref()),
+        ) {
             (Some(c), Some(old)) if old.config() == c => Some(old.clone()),
             (Some(c), _) => Some(Arc::new(compress::Compressor::new(c.clone()))),
             (None, _) => None,

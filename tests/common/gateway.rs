@@ -37,6 +37,16 @@ pub fn profile_aggregate(ttl_seconds: u64, deadline_ms: u64) -> String {
     )
 }
 
+fn conf_text(dir: &std::path::Path, port: u16, metrics_port: u16, section: &str) -> String {
+    format!(
+        "version: 1\nthreads: 2\npid_file: {dir}/gw.pid\nupgrade_sock: {dir}/upgrade.sock\n\
+         grace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 10\n\
+         gateway:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n{section}",
+        dir = dir.display(),
+        section = indent(section),
+    )
+}
+
 /// A valid token for `sub`, one hour.
 pub fn token(sub: &str) -> String {
     gateway::edge::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &[])
@@ -86,13 +96,7 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let metrics_port = free_port();
-        let conf = format!(
-            "version: 1\nthreads: 2\npid_file: {dir}/gw.pid\nupgrade_sock: {dir}/upgrade.sock\n\
-             grace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 10\n\
-             gateway:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n{section}",
-            dir = dir.path().display(),
-            section = indent(gateway_section),
-        );
+        let conf = conf_text(dir.path(), port, metrics_port, gateway_section);
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, conf).expect("write conf");
         let env: Vec<(String, String)> = env
@@ -157,6 +161,20 @@ impl Gateway {
             s.read_to_string(&mut err).expect("stderr");
         }
         (out, err)
+    }
+
+    /// Replaces the conf file's `gateway:` section (listen keys kept), atomically (written
+    /// beside it, then renamed over it), for a reload to pick up.
+    pub fn rewrite(&self, gateway_section: &str) {
+        let conf = conf_text(
+            self.dir.path(),
+            self.port,
+            self.metrics_port,
+            gateway_section,
+        );
+        let tmp = self.dir.path().join("gateway.yaml.new");
+        std::fs::write(&tmp, conf).expect("write conf");
+        std::fs::rename(&tmp, self.dir.path().join("gateway.yaml")).expect("rename conf");
     }
 
     /// URL of `path` on the client listener.

@@ -48,8 +48,10 @@ async fn keep_fresh(me: Weak<Provider>) {
         drop(this);
         // Sleep in steps, so the age gauge stays current and a dropped provider is noticed.
         while tokio::time::Instant::now() < until {
-            tokio::time::sleep_until(until.min(tokio::time::Instant::now() + Duration::from_secs(5)))
-                .await;
+            tokio::time::sleep_until(
+                until.min(tokio::time::Instant::now() + Duration::from_secs(5)),
+            )
+            .await;
             let Some(this) = me.upgrade() else { return };
             let age = this.state.lock().age(this.now());
             if let Some(age) = age {
