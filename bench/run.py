@@ -338,6 +338,7 @@ http {{
     listen 127.0.0.1:{ports['origin']} reuseport backlog=4096;
     location = /json {{ default_type application/json; return 200 '{small}'; }}
     location = /sized {{ default_type application/json; alias {WORK}/sized.json; }}
+    location = /doc20k {{ default_type application/json; alias {WORK}/doc20k.json; }}
     location = /nginx_status {{ stub_status; }}
   }}
 }}
@@ -380,6 +381,9 @@ backend b
     def gw_conf(name, port, metrics, cache_ttl):
         tls = (f'  tls: {{ listen: "127.0.0.1:{ports["gw_tls"]}", certificates: [{{ cert: "{cert}", key: "{key}" }}] }}\n'
                if name == "gw" else "")
+        # Compression only where the cached 20 KB document is served (scenario 11).
+        compression = ('  compression: { algorithms: [zstd, br, gzip], min_bytes: 1024, level: default }\n'
+                       if name == "gw_redis" else "")
         return write(os.path.join(WORK, f"{name}.yaml"), f"""
 version: 1
 threads: 1
@@ -389,7 +393,9 @@ upstream_keepalive_pool_size: 256
 gateway:
   listen: "127.0.0.1:{port}"
   metrics_listen: "127.0.0.1:{metrics}"
-{tls}  auth:
+{tls}{compression}  services:
+    docs: {{ url: "http://127.0.0.1:{ports['origin']}" }}
+  auth:
     public_paths: ["/healthz", "/readyz", "/bench/"]
     issuers:
       - {{ issuer: "http://127.0.0.1:{ports['m_idp']}", discovery: true, allow_insecure_http: true,
@@ -405,6 +411,11 @@ gateway:
         orders:          {{ service: order, path: "/orders/user/{{user.id}}", default: [], expect: array }}
         products:        {{ service: product, path: "/products", after: [user], default: [], expect: array }}
         recommendations: {{ service: recommendation, path: "/recommendations/{{id}}", after: [user], default: [], expect: array }}
+    - name: doc
+      path: "/api/doc/{{id}}"
+      cache: {{ ttl_seconds: {cache_ttl}, key: "doc:{{id}}" }}
+      legs:
+        doc: {{ service: docs, path: "/doc20k", required: true, expect: object }}
   upstreams:
     origin:
       backends: ["127.0.0.1:{ports['origin']}"]
@@ -430,6 +441,14 @@ gateway:
                             "--services", "user,order,product,recommendation,idp"], LOAD_CPU)
     for k in ("m_user", "m_order", "m_product", "m_rec", "m_idp"):
         wait_http(f"http://127.0.0.1:{ports[k]}/healthz")
+    # A 20 KB JSON document shaped like an API answer (repeated keys, varying values).
+    items = [{"id": i, "sku": f"p-{i * 7919 % 10007}", "name": f"Product {i}", "qty": i % 13,
+              "price": round((i * 37 % 500) + 0.99, 2), "tags": ["a", "b"][: i % 3]} for i in range(400)]
+    text = json.dumps({"items": items})
+    while len(text) > 20000:
+        items.pop()
+        text = json.dumps({"items": items})
+    write(os.path.join(WORK, "doc20k.json"), text)
     origin = start("origin", [nginx, "-c", os.path.join(WORK, "origin.conf")], LOAD_CPU)
     redis = start("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
                             "--appendonly", "no"], LOAD_CPU)
@@ -558,6 +577,23 @@ gateway:
     s5 = abba("profile-hit", runner(ports["gw_redis"], "/api/profile/1", gw_redis.pid, (auth,)),
               "plain-sized", runner(ports["gw"], "/bench/sized", gw.pid))
     results["cache_hit"] = strip_pairs(s5)
+
+    # 11. Compression of a cached 20 KB aggregate (Redis hits): each coding vs the same hit sent
+    # as is, and the bytes each sends.
+    log("bench: 11 compression of a cached 20 KB aggregate (zstd, gzip vs identity)")
+    doc_url = url(ports["gw_redis"], "/api/doc/1")
+    wait_http(doc_url, token=user1)
+    sizes = {}
+    for coding in ("identity", "zstd", "br", "gzip"):
+        req = urllib.request.Request(doc_url, headers={"Authorization": f"Bearer {user1}", "Accept-Encoding": coding})
+        with urllib.request.urlopen(req) as resp:
+            sizes[coding] = len(resp.read())
+    hit = lambda ae: runner(ports["gw_redis"], "/api/doc/1", gw_redis.pid, (auth, f"Accept-Encoding: {ae}"))
+    results["compression"] = {
+        "bytes": sizes,
+        "zstd": strip_pairs(abba("zstd", hit("zstd"), "identity", hit("identity"))),
+        "gzip": strip_pairs(abba("gzip", hit("gzip"), "identity", hit("identity"))),
+    }
 
     # 6. Memory.
     log("bench: 6/7 memory (idle, and 10,000 idle keep-alive connections)")
@@ -740,6 +776,15 @@ def report(r):
         row("10 new TLS handshakes per second vs nginx", f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})",
             ">= 0.9x nginx", clean(x) and x["ratio_median"] >= 0.9,
             f"gateway {x['a_rps_median']:.0f}/s, nginx {x['b_rps_median']:.0f}/s; invalid runs {x['invalid_runs']}, errors {x['errors']}")
+    cz = r.get("compression")
+    if cz:
+        b = cz["bytes"]
+        for coding in ("zstd", "gzip"):
+            x = cz[coding]
+            row(f"11 cached 20 KB aggregate, {coding} vs identity",
+                f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})", "reported", None,
+                f"{coding} {x['a_rps_median']:.0f} rps, identity {x['b_rps_median']:.0f} rps; "
+                f"{b[coding]} bytes vs {b['identity']} ({100 * (1 - b[coding] / b['identity']):.0f}% saved)")
     pl = r.get("pipelined")
     if pl:
         row("8 pipelined (depth 8) vs nginx", f"{pl['ratio_median']:.2f}x (min {pl['ratio_min']:.2f}, max {pl['ratio_max']:.2f})",
