@@ -47,15 +47,12 @@ use crate::proxy::Gateway;
 
 /// Builds a ready-to-run Pingora server: the proxy service, the metrics service and the
 /// background services (live configuration with health checks and key refresh, certificate
-/// reload, the client report). Call `bootstrap` and `run` on it.
-pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
+/// reload, the client report) for `config`, parsed from `conf_text` (the file's text, which
+/// the reloader compares its next reads with). Call `bootstrap` and `run` on it.
+pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Result<Server> {
     metrics::init();
     metrics::prime(&config);
     let conf_path = opt.conf.clone();
-    let conf_text = conf_path
-        .as_deref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default();
     let hash = config::fingerprint_text(&conf_text);
     metrics::CONFIG_INFO.with_label_values(&[&hash]).set(1);
     let config = Arc::new(config);
@@ -76,7 +73,7 @@ pub fn build_server(opt: Opt, config: Config) -> pingora::Result<Server> {
     let gateway = Gateway::new((*config).clone(), hash, redis)
         .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
     let (live, shared) = gateway.live();
-    let reloader = reload::Reloader::new(live, shared, conf_path);
+    let reloader = reload::Reloader::new(live, shared, conf_path, conf_text);
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
     if let Some(tls) = &config.tls {

@@ -67,11 +67,12 @@ fn main() {
     } else {
         LoadMode::Run
     };
-    let loaded = match &path {
-        Some(p) => Config::load(p, &ProcessEnv, mode),
-        None => Config::from_yaml("", &ProcessEnv, mode),
+    // Read once: the same text is parsed here and fingerprinted and kept by the reloader.
+    let text = match &path {
+        Some(p) => Config::read(p).unwrap_or_else(|e| fail(e)),
+        None => String::new(),
     };
-    let config = loaded.unwrap_or_else(|e| fail(e));
+    let config = Config::from_yaml(&text, &ProcessEnv, mode).unwrap_or_else(|e| fail(e));
     if config.auth.secret.len() < 32 && !opt.test {
         tracing::warn!(
             "JWT_SECRET is shorter than 32 bytes: HS256 secrets that short can be brute-forced"
@@ -90,8 +91,8 @@ fn main() {
             path.as_deref().unwrap_or("(defaults)")
         );
     }
-    let mut server =
-        gateway::build_server(opt, config).unwrap_or_else(|e| fail(format!("cannot start: {e}")));
+    let mut server = gateway::build_server(opt, config, text)
+        .unwrap_or_else(|e| fail(format!("cannot start: {e}")));
     // With -t this validates Pingora's own keys and exits.
     server.bootstrap();
     server.run(RunArgs::default());

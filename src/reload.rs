@@ -53,11 +53,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// A reloader over the gateway's live snapshot.
+    /// A reloader over the gateway's live snapshot, built from `applied` (the file's text).
     pub(crate) fn new(
         live: Arc<ArcSwap<Snapshot>>,
         shared: Arc<Shared>,
         path: Option<String>,
+        applied: String,
     ) -> Reloader {
         let current = live.load();
         let watch = current
@@ -67,10 +68,6 @@ impl Reloader {
             .then_some(current.config.reload.interval);
         let last_seen = Mutex::new(current.hash.clone());
         drop(current);
-        let applied = path
-            .as_deref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
         Reloader {
             live,
             shared,
@@ -82,65 +79,57 @@ impl Reloader {
     }
 
     /// Re-reads the file and applies it. `forced` (a signal) tries even when the text is the
-    /// one tried last.
+    /// one tried last; a poll that finds it again is not counted.
     pub(crate) fn reload(&self, forced: bool) -> Outcome {
+        match self.try_reload(forced) {
+            Ok(Some(outcome)) => self.count(outcome),
+            Ok(None) => Outcome::Unchanged,
+            Err(e) => {
+                tracing::error!(file = self.path.as_deref().unwrap_or(""), error = %e, "configuration not reloaded; the running configuration stays");
+                self.count(Outcome::Error)
+            }
+        }
+    }
+
+    /// `Ok(None)`: nothing new since the last try (a poll); `Err`: why the file is refused.
+    fn try_reload(&self, forced: bool) -> Result<Option<Outcome>, String> {
         let Some(path) = &self.path else {
             tracing::warn!("reload asked, but the gateway was started without a conf file (-c)");
-            return self.count(Outcome::Unchanged);
+            return Ok(Some(Outcome::Unchanged));
         };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                let seen = format!("unreadable: {e}");
-                if forced || *self.last_seen.lock() != seen {
-                    *self.last_seen.lock() = seen;
-                    tracing::error!(file = %path, error = %e, "configuration not reloaded: the file cannot be read; the running configuration stays");
-                    return self.count(Outcome::Error);
-                }
-                return Outcome::Unchanged;
-            }
+        // What was read (or why it could not be), so that a watched file is judged once.
+        let read = Config::read(path);
+        let seen = match &read {
+            Ok(text) => fingerprint_text(text),
+            Err(e) => e.to_string(),
         };
-        let hash = fingerprint_text(&text);
-        {
-            let mut seen = self.last_seen.lock();
-            if !forced && *seen == hash {
-                return Outcome::Unchanged;
-            }
-            *seen = hash.clone();
+        if std::mem::replace(&mut *self.last_seen.lock(), seen.clone()) == seen && !forced {
+            return Ok(None);
         }
+        let text = read.map_err(|e| e.to_string())?;
+        let hash = seen;
         let current = self.live.load_full();
         if current.hash == hash {
             tracing::info!(
                 generation = current.generation,
                 "configuration file unchanged"
             );
-            return self.count(Outcome::Unchanged);
+            return Ok(Some(Outcome::Unchanged));
         }
-        let mut config = match Config::from_yaml(&text, &ProcessEnv, LoadMode::Run) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(file = %path, error = %e, "configuration not reloaded: the file is invalid; the running configuration stays");
-                return self.count(Outcome::Error);
-            }
-        };
+        let mut config =
+            Config::from_yaml(&text, &ProcessEnv, LoadMode::Run).map_err(|e| e.to_string())?;
         let mut needs_upgrade = keep_process_keys(&current.config, &mut config);
         if pingora_keys_changed(&self.applied.lock(), &text) {
             needs_upgrade.push("Pingora's server keys (threads, …)");
         }
         let generation = current.generation + 1;
-        let next = match Snapshot::build(
+        let next = Snapshot::build(
             config,
             hash.clone(),
             generation,
             &self.shared,
             Some(&current),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(file = %path, error = %e, "configuration not reloaded; the running configuration stays");
-                return self.count(Outcome::Error);
-            }
-        };
+        )?;
         next.start_tasks();
         self.live.store(Arc::new(next));
         *self.applied.lock() = text;
@@ -151,7 +140,7 @@ impl Reloader {
             tracing::warn!(keys = %needs_upgrade.join(", "), "configuration reloaded, but these keys need an upgrade (-u) or a restart to change; their running values stay");
         }
         tracing::info!(generation, config_hash = %hash, "configuration reloaded");
-        self.count(Outcome::Applied)
+        Ok(Some(Outcome::Applied))
     }
 
     fn count(&self, outcome: Outcome) -> Outcome {

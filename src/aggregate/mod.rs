@@ -7,8 +7,9 @@
 //! - [`client`]: the service clients (timeouts, retries, breakers, body checks).
 //! - [`template`]: filling path templates and reading values out of legs' JSON.
 //!
-//! About 690 lines before its tests, one concern: running a declared aggregate (route match,
-//! params, authorization, cache and single flight, the graph runner, fan-out, the document).
+//! About 750 lines before its tests, one concern: running a declared aggregate (route match,
+//! params, authorization, cache and single flight, the graph runner, fan-out, the document),
+//! and building the aggregates from the config (on a reload, keeping what did not change).
 //! Filling templates is split out; the rest shares the per-request state and would only be
 //! passed back and forth between files.
 //!

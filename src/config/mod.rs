@@ -349,13 +349,12 @@ pub enum LoadMode {
 }
 
 impl Config {
-    /// Reads `path`, parses the `gateway:` section, applies env overrides and validates.
-    pub fn load(path: &str, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    /// The conf file's text (for [`Config::from_yaml`], and kept by the reloader).
+    pub fn read(path: &str) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_string(),
             source,
-        })?;
-        Config::from_yaml(&text, env, mode)
+        })
     }
 
     /// Parses a whole conf file's text (Pingora keys are ignored).

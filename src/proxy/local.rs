@@ -106,12 +106,12 @@ impl Gateway {
             Ok(answer) => {
                 ctx.cache = Some(answer.cache);
                 headers.push((headers::X_CACHE, answer.cache.header_value().to_string()));
-                let memo_key = answer.key.map(|k| format!("{}\0{k}", aggregate.name()));
-                let compress = ctx
-                    .snap
-                    .compress
-                    .as_deref()
-                    .map(|c| (c, ctx.accept, memo_key.as_deref()));
+                // Named only when there is something to compress: no allocation otherwise.
+                let compress = ctx.snap.compress.as_deref();
+                let memo_key = compress
+                    .and(answer.key)
+                    .map(|k| format!("{}\0{k}", aggregate.name()));
+                let compress = compress.map(|c| (c, ctx.accept, memo_key.as_deref()));
                 respond::json_cached(
                     session,
                     200,

@@ -8,10 +8,11 @@
 //!   CORS preflights.
 //! - [`respond`]: the gateway's own answers on the session, and proxy-error mapping.
 //! - [`access`]: the one-line-per-request access log.
+//! - [`compress`]: response compression (negotiation, encoders, cached aggregates' copies).
+//! - `snapshot`: one configuration, built; what a request reads from start to end.
 //!
-//! About 600 lines because every phase carries its contract below (eleven
-//! phases, each a few lines of code under its contract); splitting phases across files would
-//! hide the order. This is the only module
+//! About 650 lines because every phase carries its contract below (fourteen hooks, each a
+//! few lines of code under its contract); splitting phases across files would hide the order. This is the only module
 //! that knows Pingora's phases. It may use every other module; none
 //! uses it except `lib.rs`, which builds the server around [`Gateway`].
 //!
@@ -26,7 +27,9 @@
 //! 5. [`upstream_request_filter`](ProxyHttp::upstream_request_filter): the request headers the
 //!    backend sees.
 //! 6. [`upstream_response_filter`](ProxyHttp::upstream_response_filter) and
-//!    [`response_filter`](ProxyHttp::response_filter): the backend's answer, then ours.
+//!    [`response_filter`](ProxyHttp::response_filter): the backend's answer, then ours;
+//!    [`response_body_filter`](ProxyHttp::response_body_filter) and
+//!    [`response_trailer_filter`](ProxyHttp::response_trailer_filter): its body, compressed.
 //! 7. [`error_while_proxy`](ProxyHttp::error_while_proxy) /
 //!    [`fail_to_proxy`](ProxyHttp::fail_to_proxy): an error after connecting, then the
 //!    answer for any error that ends the request.
@@ -43,13 +46,13 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::aggregate::{Aggregates, CacheStatus};
+use crate::aggregate::CacheStatus;
 use crate::config::Config;
 use crate::conn::report::report;
 use crate::edge::auth::Identity;
 use crate::edge::client::ClientAddr;
+use crate::edge::hygiene;
 use crate::edge::ratelimit::Decision;
-use crate::edge::{hygiene, Edge};
 use crate::error::GatewayError;
 use crate::headers;
 use crate::metrics;
@@ -62,10 +65,12 @@ pub(crate) mod health;
 mod local;
 pub(crate) mod respond;
 pub(crate) mod routes;
+mod snapshot;
 pub(crate) mod upstreams;
 
 use self::health::BackendTry;
-use self::routes::{Route, RouteTable};
+use self::routes::Route;
+pub(crate) use self::snapshot::{Shared, Snapshot};
 use arc_swap::ArcSwap;
 
 /// How long an unused upstream connection stays in Pingora's pool.
@@ -79,72 +84,6 @@ pub struct Gateway {
     shared: Arc<Shared>,
     /// Bytes all buffered request bodies may hold together.
     body_budget: Arc<body::BodyBudget>,
-}
-
-/// What every snapshot shares: they outlive reloads (a changed Redis address needs a restart).
-pub(crate) struct Shared {
-    store: Arc<Store>,
-    redis: Option<Arc<RedisStore>>,
-}
-
-/// One configuration, built: a request reads the snapshot it started with until it ends.
-pub(crate) struct Snapshot {
-    /// 1 at start, +1 for each reload applied.
-    pub(crate) generation: u64,
-    /// Fingerprint of the conf file's text (the `config_hash` label).
-    pub(crate) hash: String,
-    pub(crate) config: Arc<Config>,
-    routes: RouteTable,
-    edge: Edge,
-    aggregates: Aggregates,
-    /// Response compression (`None`: answers go out as they are).
-    compress: Option<Arc<compress::Compressor>>,
-}
-
-impl Snapshot {
-    /// Builds the parts of `config`, keeping from `previous` those whose settings did not
-    /// change: upstream groups (health), service clients (breakers), aggregates (in-flight
-    /// builds), identity providers (keys), the limiter's counts, the compression memo.
-    pub(crate) fn build(
-        config: Config,
-        hash: String,
-        generation: u64,
-        shared: &Shared,
-        previous: Option<&Snapshot>,
-    ) -> std::result::Result<Snapshot, String> {
-        let config = Arc::new(config);
-        let routes = upstreams::build(&config, previous.map(|p| &p.routes));
-        let edge = Edge::new(&config, shared.redis.clone(), previous.map(|p| &p.edge));
-        let aggregates = Aggregates::build(
-            &config,
-            shared.store.clone(),
-            previous.map(|p| &p.aggregates),
-        )?;
-        let compress = match (
-            &config.compression,
-            previous.and_then(|p| p.compress.as_ref()),
-        ) {
-            (Some(c), Some(old)) if old.config() == c => Some(old.clone()),
-            (Some(c), _) => Some(Arc::new(compress::Compressor::new(c.clone()))),
-            (None, _) => None,
-        };
-        Ok(Snapshot {
-            generation,
-            hash,
-            config,
-            routes,
-            edge,
-            aggregates,
-            compress,
-        })
-    }
-
-    /// Starts what runs beside requests for parts that are new: health checks, key refresh.
-    /// Needs the runtime, so it is called by the reload service, not at build.
-    pub(crate) fn start_tasks(&self) {
-        self.routes.start_checks();
-        self.edge.start_key_refresh();
-    }
 }
 
 /// Per-request state, filled as the phases run; each field names the phase that writes it.
@@ -486,20 +425,20 @@ impl ProxyHttp for Gateway {
         req.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         // The identity header is ours alone: a client-sent one is dropped before ours is set.
         req.remove_header(headers::X_USER_ID);
-        let snap = ctx.snap.clone();
-        for (_, name) in &snap.config.auth.forward_claims {
+        let auth = &ctx.snap.config.auth;
+        for (_, name) in &auth.forward_claims {
             req.remove_header(name);
         }
         if let Some(id) = &ctx.identity {
             req.insert_header(headers::X_USER_ID, id.sub.as_str())?;
-            let names = snap.config.auth.forward_claims.iter().map(|(_, n)| n);
+            let names = auth.forward_claims.iter().map(|(_, n)| n);
             for (name, value) in names.zip(id.forwarded.iter()) {
                 if let Some(value) = value {
                     req.insert_header(name.clone(), value.clone())?;
                 }
             }
         }
-        if !snap.config.auth.forward_authorization {
+        if !auth.forward_authorization {
             req.remove_header(&http::header::AUTHORIZATION);
         }
         if ctx.body.continue_sent {

@@ -1,0 +1,79 @@
+//! A configuration snapshot: everything built from one conf file that requests read. The
+//! gateway holds the current one; each request keeps the one it started with (`Ctx`), and a
+//! reload (`crate::reload`) builds the next from the previous, keeping what did not change.
+
+use std::sync::Arc;
+
+use super::compress::Compressor;
+use super::routes::RouteTable;
+use super::upstreams;
+use crate::aggregate::Aggregates;
+use crate::config::Config;
+use crate::edge::Edge;
+use crate::store::{RedisStore, Store};
+
+/// What every snapshot shares: they outlive reloads (a changed Redis address needs a restart).
+pub(crate) struct Shared {
+    pub(super) store: Arc<Store>,
+    pub(super) redis: Option<Arc<RedisStore>>,
+}
+
+/// One configuration, built: a request reads the snapshot it started with until it ends.
+pub(crate) struct Snapshot {
+    /// 1 at start, +1 for each reload applied.
+    pub(crate) generation: u64,
+    /// Fingerprint of the conf file's text (the `config_hash` label).
+    pub(crate) hash: String,
+    pub(crate) config: Arc<Config>,
+    pub(super) routes: RouteTable,
+    pub(super) edge: Edge,
+    pub(super) aggregates: Aggregates,
+    /// Response compression (`None`: answers go out as they are).
+    pub(super) compress: Option<Arc<Compressor>>,
+}
+
+impl Snapshot {
+    /// Builds the parts of `config`, keeping from `previous` those whose settings did not
+    /// change: upstream groups (health), service clients (breakers), aggregates (in-flight
+    /// builds), identity providers (keys), the limiter's counts, the compression memo.
+    pub(crate) fn build(
+        config: Config,
+        hash: String,
+        generation: u64,
+        shared: &Shared,
+        previous: Option<&Snapshot>,
+    ) -> std::result::Result<Snapshot, String> {
+        let config = Arc::new(config);
+        let routes = upstreams::build(&config, previous.map(|p| &p.routes));
+        let edge = Edge::new(&config, shared.redis.clone(), previous.map(|p| &p.edge));
+        let aggregates = Aggregates::build(
+            &config,
+            shared.store.clone(),
+            previous.map(|p| &p.aggregates),
+        )?;
+        let compress = match (
+            &config.compression,
+            previous.and_then(|p| p.compress.as_ref()),
+        ) {
+            (Some(c), Some(old)) if old.config() == c => Some(old.clone()),
+            (Some(c), _) => Some(Arc::new(Compressor::new(c.clone()))),
+            (None, _) => None,
+        };
+        Ok(Snapshot {
+            generation,
+            hash,
+            config,
+            routes,
+            edge,
+            aggregates,
+            compress,
+        })
+    }
+
+    /// Starts what runs beside requests for parts that are new: health checks, key refresh.
+    /// Needs the runtime, so it is called by the reload service, not at build.
+    pub(crate) fn start_tasks(&self) {
+        self.routes.start_checks();
+        self.edge.start_key_refresh();
+    }
+}
