@@ -91,4 +91,24 @@ async fn answers_carry_cors_headers_for_allowed_origins_only() {
     let r = get("https://evil.example", true).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("access-control-allow-origin").is_none());
+    // A service answering `*` itself does not open the route to an origin the policy refuses.
+    let r = client()
+        .get(gw.url("/echo/x"))
+        .header("Origin", "https://evil.example")
+        .header("X-Echo-Response-Header", "Access-Control-Allow-Origin: *")
+        .header(
+            "X-Echo-Response-Header",
+            "Access-Control-Allow-Credentials: true",
+        )
+        .bearer_auth(token("7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert!(r
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
+    assert!(r.headers().get_all("vary").iter().any(|v| v == "Origin"));
 }

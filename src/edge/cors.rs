@@ -82,20 +82,18 @@ impl Cors {
         Some(Preflight::Allow(out))
     }
 
-    /// Headers for an actual answer to a cross-origin request (empty when the request has no
-    /// `Origin`, the route no policy, or the origin is not allowed).
-    pub(crate) fn response_headers(&self, path: &str, headers: &HeaderMap) -> Vec<Header> {
-        let Some(origin) = headers
+    /// CORS headers for an actual answer: `None` when no policy covers the path (the service's
+    /// own CORS headers stand); otherwise the gateway owns CORS there and the list is what to
+    /// send — the full set for an allowed origin, `Vary: Origin` alone for a request without
+    /// `Origin` or from another origin (the answer depends on it, so caches must know).
+    pub(crate) fn response_headers(&self, path: &str, headers: &HeaderMap) -> Option<Vec<Header>> {
+        let policy = self.policy(path)?;
+        let allowed = headers
             .get(http::header::ORIGIN)
             .and_then(|v| v.to_str().ok())
-        else {
-            return Vec::new();
-        };
-        let Some(policy) = self.policy(path) else {
-            return Vec::new();
-        };
-        let Some(mut out) = allowed_origin(policy, origin) else {
-            return Vec::new();
+            .and_then(|origin| allowed_origin(policy, origin));
+        let Some(mut out) = allowed else {
+            return Some(vec![("Vary", "Origin".to_string())]);
         };
         if !policy.expose_headers.is_empty() {
             out.push((
@@ -108,7 +106,7 @@ impl Cors {
                     .join(", "),
             ));
         }
-        out
+        Some(out)
     }
 }
 
@@ -222,10 +220,20 @@ mod tests {
             .is_none(),
             "a plain OPTIONS is not a preflight"
         );
-        assert!(c
-            .response_headers("/api/x", &headers(&[("origin", "https://evil.example")]))
-            .is_empty());
-        let out = c.response_headers("/api/x", &headers(&[("origin", "https://APP.example.com")]));
+        let vary_only = Some(vec![("Vary", "Origin".to_string())]);
+        assert_eq!(
+            c.response_headers("/api/x", &headers(&[("origin", "https://evil.example")])),
+            vary_only
+        );
+        assert_eq!(c.response_headers("/api/x", &headers(&[])), vary_only);
+        assert_eq!(
+            c.response_headers("/other", &headers(&[("origin", "https://app.example.com")])),
+            None,
+            "no policy: the service's headers stand"
+        );
+        let out = c
+            .response_headers("/api/x", &headers(&[("origin", "https://APP.example.com")]))
+            .unwrap();
         assert!(
             out.contains(&("Access-Control-Expose-Headers", "x-request-id".to_string())),
             "{out:?}"

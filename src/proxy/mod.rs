@@ -113,8 +113,9 @@ pub struct Ctx {
     local_error: Option<GatewayError>,
     /// request_filter: how the body was read (buffered bytes, budget held until the end).
     body: body::Prepared,
-    /// request_filter: CORS headers for this request's answers (empty: none apply).
-    cors: Vec<(&'static str, String)>,
+    /// request_filter: CORS headers for this request's answers (`None`: no policy covers the
+    /// route, and the service's own CORS headers stand).
+    cors: Option<Vec<(&'static str, String)>>,
     /// request_filter: the coding `Accept-Encoding` allows (read only with compression on).
     accept: compress::Negotiated,
     /// response_filter: the encoder of a proxied answer being compressed.
@@ -132,7 +133,7 @@ impl Ctx {
                     .map(|(n, v)| (n, v.to_str().unwrap_or_default().to_owned())),
             );
         }
-        h.extend(self.cors.iter().cloned());
+        h.extend(self.cors.iter().flatten().cloned());
         h
     }
 }
@@ -198,7 +199,7 @@ impl ProxyHttp for Gateway {
             backend: BackendTry::None,
             local_error: None,
             body: body::Prepared::default(),
-            cors: Vec::new(),
+            cors: None,
             accept: compress::Negotiated::default(),
             encoder: None,
         }
@@ -484,8 +485,9 @@ impl ProxyHttp for Gateway {
                 resp.insert_header(name, value)?;
             }
         }
-        if !ctx.cors.is_empty() {
-            // The gateway owns CORS on this route: a service's own answer would contradict it.
+        if let Some(cors) = &ctx.cors {
+            // The gateway owns CORS on this route: a service's own answer would contradict it
+            // (and open the route to origins the policy refuses).
             for name in [
                 "access-control-allow-origin",
                 "access-control-allow-credentials",
@@ -493,8 +495,8 @@ impl ProxyHttp for Gateway {
             ] {
                 resp.remove_header(name);
             }
-            for (name, value) in &ctx.cors {
-                if *name == "Vary" {
+            for (name, value) in cors {
+                if name.eq_ignore_ascii_case("vary") {
                     resp.append_header(*name, value.as_str())?;
                 } else {
                     resp.insert_header(*name, value.as_str())?;

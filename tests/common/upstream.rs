@@ -106,9 +106,25 @@ async fn echo(req: Request, rec: Arc<Mutex<Vec<Seen>>>) -> Response {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return Response::new(Body::from("slow done"));
     }
+    // `X-Echo-Response-Header: name: value` → that header on the answer (a service's own).
+    let extra: Vec<(String, String)> = req
+        .headers()
+        .get_all("x-echo-response-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
     let mut resp = Response::new(Body::from_stream(req.into_body().into_data_stream()));
-    resp.headers_mut()
-        .insert("x-upstream", axum::http::HeaderValue::from_static("echo"));
+    let h = resp.headers_mut();
+    h.insert("x-upstream", axum::http::HeaderValue::from_static("echo"));
+    for (n, v) in extra {
+        if let (Ok(n), Ok(v)) = (
+            axum::http::HeaderName::from_bytes(n.as_bytes()),
+            axum::http::HeaderValue::from_str(&v),
+        ) {
+            h.append(n, v);
+        }
+    }
     resp
 }
 
