@@ -19,6 +19,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::{Context, Filter, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
@@ -288,22 +289,20 @@ pub fn init() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format.default_filter()));
     let layer =
         tracing_subscriber::fmt::layer().with_writer(|| EventWriter(Vec::with_capacity(256)));
-    let registry = tracing_subscriber::registry().with(filter);
+    // `RUST_LOG` filters the written lines only; the counting layer sees WARN and above.
+    let quiet = filter.and(QuietClientErrors);
+    let registry = tracing_subscriber::registry()
+        .with(CountClientErrors.with_filter(tracing_subscriber::filter::LevelFilter::WARN));
     let _ = match format {
         Format::Json => registry
-            .with(
-                layer
-                    .json()
-                    .with_current_span(false)
-                    .with_filter(QuietClientErrors),
-            )
+            .with(layer.json().with_current_span(false).with_filter(quiet))
             .try_init(),
         Format::Text => registry
             .with(
                 layer
                     .with_ansi(std::io::stderr().is_terminal())
                     .with_target(false)
-                    .with_filter(QuietClientErrors),
+                    .with_filter(quiet),
             )
             .try_init(),
     };
@@ -319,38 +318,67 @@ pub fn init() {
 /// counted in `tls_handshake_errors_total` instead of logged. Every other line passes.
 struct QuietClientErrors;
 
+/// A line about a client that is counted instead of written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientLine {
+    /// h2's line for a connection it cut for resetting streams in a loop (rapid reset).
+    RapidReset,
+    /// Pingora's one trace of a failed or timed-out TLS handshake (it offers no hook).
+    Handshake,
+    /// Pingora's per-request line for a client that was too slow or went away (counted by
+    /// the connection wrapper and `fail_to_proxy`, not here).
+    ClientFailure,
+}
+
+impl ClientLine {
+    fn of(event: &tracing::Event<'_>) -> Option<ClientLine> {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::WARN && meta.target().starts_with("h2::") {
+            let mut seen = PingoraLine::default();
+            event.record(&mut seen);
+            let cut = seen.message.contains("reset") && seen.message.contains("reached limit");
+            return cut.then_some(ClientLine::RapidReset);
+        }
+        if *meta.level() != tracing::Level::ERROR {
+            return None;
+        }
+        let mut seen = PingoraLine::default();
+        event.record(&mut seen);
+        if seen.from_listener && seen.message.starts_with("Downstream handshake") {
+            Some(ClientLine::Handshake)
+        } else if seen.from_proxy && is_client_failure(&seen.message) {
+            Some(ClientLine::ClientFailure)
+        } else {
+            None
+        }
+    }
+}
+
 impl<S> Filter<S> for QuietClientErrors {
     fn enabled(&self, _meta: &tracing::Metadata<'_>, _cx: &Context<'_, S>) -> bool {
         true
     }
 
     fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
-        let meta = event.metadata();
-        if *meta.level() == tracing::Level::WARN && meta.target().starts_with("h2::") {
-            // h2's line for a connection it cut for resetting streams in a loop (rapid reset):
-            // counted, one line per attacking connection would flood the log.
-            let mut seen = PingoraLine::default();
-            event.record(&mut seen);
-            if seen.message.contains("reset") && seen.message.contains("reached limit") {
-                crate::metrics::H2_CONNECTIONS_CUT
-                    .with_label_values(&["rapid_reset"])
-                    .inc();
-                return false;
-            }
-            return true;
+        // One line per scanner, attacking connection or slow client would flood the log.
+        ClientLine::of(event).is_none()
+    }
+}
+
+/// Counts what `QuietClientErrors` keeps out of the log. A layer of its own, beside the
+/// writer and not under `RUST_LOG`, so that `RUST_LOG=error` or `off` does not stop the
+/// metrics.
+struct CountClientErrors;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountClientErrors {
+    fn on_event(&self, event: &tracing::Event<'_>, _cx: Context<'_, S>) {
+        match ClientLine::of(event) {
+            Some(ClientLine::RapidReset) => metrics::H2_CONNECTIONS_CUT
+                .with_label_values(&["rapid_reset"])
+                .inc(),
+            Some(ClientLine::Handshake) => metrics::TLS_HANDSHAKE_ERRORS.inc(),
+            Some(ClientLine::ClientFailure) | None => {}
         }
-        if *meta.level() != tracing::Level::ERROR {
-            return true;
-        }
-        let mut seen = PingoraLine::default();
-        event.record(&mut seen);
-        if seen.from_listener && seen.message.starts_with("Downstream handshake") {
-            // Pingora's one trace of a failed or timed-out TLS handshake (it offers no hook):
-            // counted here, so scanners and broken clients show in a metric, not a log flood.
-            crate::metrics::TLS_HANDSHAKE_ERRORS.inc();
-            return false;
-        }
-        !(seen.from_proxy && is_client_failure(&seen.message))
     }
 }
 

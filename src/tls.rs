@@ -229,6 +229,9 @@ impl Certificates {
     }
 
     fn publish_expiry(&self) {
+        // A replaced certificate's series goes: an expiry alert must never fire for a
+        // certificate that is no longer served.
+        crate::metrics::TLS_CERT_EXPIRY.reset();
         for p in &self.current.load().pairs {
             crate::metrics::TLS_CERT_EXPIRY
                 .with_label_values(&[p.label()])
@@ -248,16 +251,14 @@ impl TlsAccept for SniResolver {
         let Some(pair) = set.select(sni.as_deref()) else {
             return;
         };
-        // Failing here fails the handshake (no certificate), which the client sees as an alert.
-        let ok = ext::ssl_use_certificate(ssl, &pair.leaf).is_ok()
+        // Failing here fails the handshake (no certificate), which the client sees as an alert;
+        // it is counted with every other failed handshake, from Pingora's report of it.
+        let _ = ext::ssl_use_certificate(ssl, &pair.leaf).is_ok()
             && ext::ssl_use_private_key(ssl, &pair.key).is_ok()
             && pair
                 .chain
                 .iter()
                 .all(|c| ext::ssl_add_chain_cert(ssl, c).is_ok());
-        if !ok {
-            crate::metrics::TLS_HANDSHAKE_ERRORS.inc();
-        }
     }
 }
 
