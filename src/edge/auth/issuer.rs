@@ -12,7 +12,6 @@ use super::claims::ClaimReader;
 use super::error::{map_jwt_error, AuthError};
 use super::jwks::NoKey;
 use super::provider::Provider;
-use super::refresh::UnknownKid;
 use super::Identity;
 
 /// Verifies the tokens of one issuer.
@@ -67,8 +66,9 @@ impl IssuerVerifier {
             match set.select(kid, alg) {
                 Ok(key) => break key.clone(),
                 Err(NoKey::UnknownKid) if !refreshed => {
-                    let kid = kid.unwrap_or_default();
-                    if self.provider.unknown_kid(kid) == UnknownKid::Refuse {
+                    // Refused at once unless a refresh may run (or is running): a flood of
+                    // random `kid`s costs one fetch per interval.
+                    if !self.provider.may_refresh() {
                         return Err(AuthError::UnknownKid);
                     }
                     refreshed = true;

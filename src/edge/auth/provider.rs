@@ -148,13 +148,6 @@ impl Provider {
         self.state.lock().loaded()
     }
 
-    /// What to do about a token whose `kid` is not in the set (see [`RefreshState`]).
-    pub(crate) fn unknown_kid(&self, kid: &str) -> super::refresh::UnknownKid {
-        let policy = self.policy();
-        let now = self.now();
-        self.state.lock().unknown_kid(kid, &policy, now)
-    }
-
     /// The issuer this provider serves.
     pub(crate) fn config(&self) -> &IssuerConfig {
         &self.config

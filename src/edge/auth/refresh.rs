@@ -2,14 +2,13 @@
 //! rotation, floods of unknown `kid`s and a provider that is down are all unit-tested without
 //! waiting. The fetching itself (HTTP, single flight) lives with the provider.
 //!
-//! - A token with an unknown `kid` may trigger a refresh, at most once per `min_interval`; a
-//!   `kid` still unknown after a refresh is remembered as unknown until the next refresh is
-//!   allowed, so a flood of random `kid`s costs one fetch per interval.
+//! - A token with an unknown `kid` may trigger a refresh, at most once per `min_interval`
+//!   (or join the one in progress); otherwise it is refused at once, so a flood of random
+//!   `kid`s costs one fetch per interval and no memory.
 //! - In the background the set is refreshed at the provider's `max-age`, clamped to
 //!   [`min_interval`, `max_age`] (the caller adds jitter).
 //! - When fetches fail, the last good set is used until `max_stale` after it was fetched.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 /// The `refresh` settings of one issuer.
@@ -21,15 +20,6 @@ pub(crate) struct RefreshPolicy {
     pub(crate) max_age: Duration,
     /// How long the last good set is used while fetches fail.
     pub(crate) max_stale: Duration,
-}
-
-/// What to do about a token whose `kid` is not in the set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum UnknownKid {
-    /// Fetch the set again and look once more.
-    Refresh,
-    /// Refused now: refreshed too recently, or already unknown after the last refresh.
-    Refuse,
 }
 
 /// The fetch history of one issuer's set. Times are offsets from any fixed origin.
@@ -44,33 +34,12 @@ pub(crate) struct RefreshState {
     /// A fetch has started and not ended: tokens with a new `kid` wait for it instead of
     /// being refused (the rotation that triggered it is why they are here).
     in_flight: bool,
-    /// `kid`s not in the set after the last refresh.
-    unknown: HashSet<String>,
 }
-
-/// How many unknown `kid`s are remembered between refreshes (a flood must not grow memory).
-const MAX_REMEMBERED: usize = 4096;
 
 impl RefreshState {
     fn may_fetch(&self, policy: &RefreshPolicy, now: Duration) -> bool {
         self.attempted_at
             .is_none_or(|t| now.saturating_sub(t) >= policy.min_interval)
-    }
-
-    /// A token's `kid` was not found at `now`.
-    pub(crate) fn unknown_kid(
-        &mut self,
-        kid: &str,
-        policy: &RefreshPolicy,
-        now: Duration,
-    ) -> UnknownKid {
-        if self.should_refresh(policy, now) {
-            return UnknownKid::Refresh;
-        }
-        if self.unknown.len() < MAX_REMEMBERED {
-            self.unknown.insert(kid.to_string());
-        }
-        UnknownKid::Refuse
     }
 
     /// Whether a caller that lacks a key may ask for a fetch at `now`: one is in progress (it
@@ -88,12 +57,6 @@ impl RefreshState {
     /// Whether a set was ever fetched (readiness; staleness is [`RefreshState::usable`]).
     pub(crate) fn loaded(&self) -> bool {
         self.fetched_at.is_some()
-    }
-
-    /// Whether `kid` is known to be absent (refused without asking for a refresh).
-    #[cfg(test)]
-    pub(crate) fn known_unknown(&self, kid: &str) -> bool {
-        self.unknown.contains(kid)
     }
 
     /// A fetch starts at `now`.
@@ -114,12 +77,11 @@ impl RefreshState {
         self.finished_at.is_some_and(|f| f >= t)
     }
 
-    /// A good set arrived at `now`: forget the unknown `kid`s (they may be in it now).
+    /// A good set arrived at `now`.
     pub(crate) fn fetched(&mut self, now: Duration) {
         self.fetched_at = Some(now);
         self.finished_at = Some(now);
         self.in_flight = false;
-        self.unknown.clear();
     }
 
     /// Whether a good fetch finished at or after `t` (a caller that asked at `t` has its
@@ -186,18 +148,14 @@ mod tests {
     fn a_flood_of_unknown_kids_costs_one_fetch_per_interval() {
         let p = policy();
         let mut st = RefreshState::default();
-        assert_eq!(st.unknown_kid("a", &p, S(0)), UnknownKid::Refresh);
+        assert!(st.should_refresh(&p, S(0)));
         st.fetching(S(0));
         st.fetched(S(0));
         let mut fetches = 1;
         // 5,000 random kids over 20 s: refused without a fetch except once per interval.
         for i in 0..5000u64 {
             let now = Duration::from_millis(i * 4);
-            let kid = format!("k{i}");
-            if st.known_unknown(&kid) {
-                continue;
-            }
-            if st.unknown_kid(&kid, &p, now) == UnknownKid::Refresh {
+            if st.should_refresh(&p, now) {
                 st.fetching(now);
                 st.fetched(now);
                 fetches += 1;
@@ -212,14 +170,13 @@ mod tests {
         let mut st = RefreshState::default();
         st.fetching(S(100));
         st.fetched(S(100));
-        assert_eq!(st.unknown_kid("x", &p, S(101)), UnknownKid::Refuse);
-        assert!(st.known_unknown("x"));
-        assert_eq!(st.unknown_kid("x", &p, S(110)), UnknownKid::Refresh);
-        st.fetching(S(110));
-        st.fetched(S(110));
         assert!(
-            !st.known_unknown("x"),
-            "forgotten: it may be in the new set"
+            !st.should_refresh(&p, S(101)),
+            "refused: refreshed too recently"
+        );
+        assert!(
+            st.should_refresh(&p, S(110)),
+            "asked again once the interval is over"
         );
     }
 
@@ -230,18 +187,10 @@ mod tests {
         st.fetching(S(0));
         st.fetched(S(0));
         st.fetching(S(20));
-        assert_eq!(
-            st.unknown_kid("new", &p, S(20)),
-            UnknownKid::Refresh,
-            "joins"
-        );
+        assert!(st.should_refresh(&p, S(20)), "joins");
         st.failed(S(21));
         assert!(st.finished_since(S(20)) && !st.fetched_since(S(20)));
-        assert_eq!(
-            st.unknown_kid("new", &p, S(22)),
-            UnknownKid::Refuse,
-            "interval"
-        );
+        assert!(!st.should_refresh(&p, S(22)), "interval");
     }
 
     #[test]
