@@ -178,6 +178,16 @@ pub struct UpstreamTls {
     pub pool_key: u64,
 }
 
+impl UpstreamTls {
+    /// Sets verification and trusted roots on a peer's options (proxied tries and health
+    /// checks alike).
+    pub fn apply(&self, options: &mut pingora::upstreams::peer::PeerOptions) {
+        options.verify_cert = self.verify;
+        options.verify_hostname = self.verify;
+        options.ca = self.ca.clone();
+    }
+}
+
 /// Checks a group's `tls`: the name to send (given, or the first backend's host name), and
 /// the CA file when one is named (read now, so `-t` and start-up name a bad file).
 pub(super) fn upstream_tls(
@@ -186,11 +196,33 @@ pub(super) fn upstream_tls(
     backends: &[String],
     key: &dyn Fn(&str) -> String,
 ) -> Result<UpstreamTls, ConfigError> {
+    let host_of = |b: &String| {
+        b.rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string())
+    };
     let host = backends
         .first()
-        .and_then(|b| b.rsplit_once(':'))
-        .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
+        .and_then(host_of)
         .filter(|h| h.parse::<std::net::IpAddr>().is_err());
+    if t.sni.is_none() && t.verify {
+        // One name is sent to every backend: taken from the first, it would fail the name
+        // check on every backend that carries another.
+        if let Some(other) = backends
+            .iter()
+            .filter_map(host_of)
+            .find(|h| Some(h) != host.as_ref())
+        {
+            if host.is_some() {
+                return Err(invalid(
+                    key("tls.sni"),
+                    format!(
+                        "is needed: the backends have different host names ({} and {other}); set the name their certificates carry",
+                        host.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
     let sni = match t.sni {
         Some(s) if !s.trim().is_empty() => s,
         Some(_) => return Err(invalid(key("tls.sni"), "must be a host name")),
@@ -229,4 +261,38 @@ pub(super) fn upstream_tls(
         ca,
         pool_key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str, backends: &[&str]) -> Result<UpstreamTls, ConfigError> {
+        let file: UpstreamTlsFile = serde_yaml::from_str(yaml).expect("yaml");
+        let backends: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+        upstream_tls(file, "g", &backends, &|k| {
+            format!("gateway.upstreams.g.{k}")
+        })
+    }
+
+    #[test]
+    fn the_name_sent_to_backends_is_one_they_all_carry() {
+        let two = ["a.example:443", "b.example:443"];
+        let e = check("{}", &two).unwrap_err().to_string();
+        assert!(
+            e.contains("gateway.upstreams.g.tls.sni") && e.contains("b.example"),
+            "{e}"
+        );
+        assert_eq!(
+            check("{sni: api.internal}", &two).unwrap().sni,
+            "api.internal"
+        );
+        assert_eq!(check("{verify: false}", &two).unwrap().sni, "a.example");
+        let same = ["a.example:443", "a.example:8443"];
+        assert_eq!(check("{}", &same).unwrap().sni, "a.example");
+        assert!(
+            check("{}", &["10.0.0.5:443"]).is_err(),
+            "an IP needs a name"
+        );
+    }
 }

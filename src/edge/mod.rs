@@ -95,10 +95,7 @@ impl Edge {
 
     /// Rate limit, then authenticate.
     pub(crate) async fn check(&self, client: Option<IpAddr>, headers: &HeaderMap) -> EdgeVerdict {
-        let rate = match client {
-            Some(ip) => Some(self.limiter.check(ip, unix_now()).await),
-            None => None,
-        };
+        let rate = self.limit(client).await;
         if let Some(d) = rate.filter(|d| !d.allowed) {
             return EdgeVerdict {
                 rate,

@@ -138,9 +138,7 @@ pub(crate) fn active_check(
             let mut check = match &up.tls {
                 Some(t) => {
                     let mut c = HttpHealthCheck::new(&t.sni, true);
-                    c.peer_template.options.verify_cert = t.verify;
-                    c.peer_template.options.verify_hostname = t.verify;
-                    c.peer_template.options.ca = t.ca.clone();
+                    t.apply(&mut c.peer_template.options);
                     c
                 }
                 None => HttpHealthCheck::new("localhost", false),

@@ -354,9 +354,7 @@ impl ProxyHttp for Gateway {
         let sni = tls.map_or_else(String::new, |t| t.sni.clone());
         let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
         if let Some(t) = tls {
-            peer.options.verify_cert = t.verify;
-            peer.options.verify_hostname = t.verify;
-            peer.options.ca = t.ca.clone();
+            t.apply(&mut peer.options);
             peer.group_key = t.pool_key;
         }
         if let Some(streams) = group.config.h2_streams {
