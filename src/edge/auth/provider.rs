@@ -86,6 +86,8 @@ pub(crate) struct Provider {
     failing: std::sync::atomic::AtomicBool,
     /// Whether the refresh task runs.
     refreshing: std::sync::atomic::AtomicBool,
+    /// The provider clock's millisecond up to which the last good set is usable (0: none).
+    usable_until_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Provider {
@@ -102,6 +104,7 @@ impl Provider {
             skew_ms: std::sync::atomic::AtomicU64::new(0),
             failing: std::sync::atomic::AtomicBool::new(false),
             refreshing: std::sync::atomic::AtomicBool::new(false),
+            usable_until_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -134,6 +137,15 @@ impl Provider {
         } else {
             None
         }
+    }
+
+    /// Whether the keys are still fresh enough to trust (as [`Provider::current`] finds them),
+    /// without a lock: asked by every cached issuer token.
+    pub(crate) fn keys_usable(&self) -> bool {
+        let now = u64::try_from(self.now().as_millis()).unwrap_or(u64::MAX);
+        now <= self
+            .usable_until_ms
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether a request without a usable set may ask for a fetch now (see
@@ -214,7 +226,13 @@ impl Provider {
         crate::metrics::JWKS_AGE.with_label_values(&[issuer]).set(0);
         *self.set.write() = Some(Arc::new(set));
         *self.provider_max_age.lock() = provider_max_age;
-        self.state.lock().fetched(self.now());
+        let now = self.now();
+        self.state.lock().fetched(now);
+        let until = now.saturating_add(self.config.max_stale).as_millis();
+        self.usable_until_ms.store(
+            u64::try_from(until).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Release,
+        );
         Ok(n)
     }
 
