@@ -359,6 +359,13 @@ impl<S> Filter<S> for QuietClientErrors {
         true
     }
 
+    /// No level is refused here. Without a hint, `RUST_LOG.and(this)` would have none either
+    /// and the process-wide maximum would become TRACE: `log` records below `RUST_LOG`'s level
+    /// (Pingora's `debug!`s) would be built only to be dropped.
+    fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
+        Some(tracing_subscriber::filter::LevelFilter::TRACE)
+    }
+
     fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
         // One line per scanner, attacking connection or slow client would flood the log.
         ClientLine::of(event).is_none()
@@ -435,6 +442,17 @@ mod tests {
         assert!(!is_client_failure(
             "Fail to proxy: Upstream ConnectRefused, status: 502, tries: 1"
         ));
+    }
+
+    #[test]
+    fn the_written_lines_keep_rust_logs_level_as_the_maximum() {
+        use tracing_subscriber::filter::LevelFilter;
+        let hint = |directives: &str| {
+            let f = tracing_subscriber::EnvFilter::new(directives).and(QuietClientErrors);
+            Filter::<tracing_subscriber::Registry>::max_level_hint(&f)
+        };
+        assert_eq!(hint("info"), Some(LevelFilter::INFO));
+        assert_eq!(hint("warn,pingora=error"), Some(LevelFilter::WARN));
     }
 
     #[test]
