@@ -15,6 +15,7 @@
 //! - [`error`]: every locally produced error → status + JSON body.
 //! - [`resilience`]: circuit breaker, retry policy and retry budget over an injected clock.
 //! - [`metrics`]: Prometheus instruments.
+//! - `trace`: OpenTelemetry spans (W3C trace context in and out) and their OTLP export.
 //! - [`headers`], [`clock`], `sharded`: header names, wall-clock seconds, sharded locks.
 //!
 //! `main.rs` only parses the command line and calls [`build_server`].
@@ -36,6 +37,7 @@ pub mod store;
 #[doc(hidden)]
 pub mod testing;
 pub mod tls;
+pub(crate) mod trace;
 
 use std::sync::Arc;
 
@@ -70,7 +72,15 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
         }
         None => None,
     };
-    let gateway = Gateway::new((*config).clone(), hash, redis)
+    let (tracer, exporter) = match &config.tracing {
+        Some(t) => {
+            let (tracer, exporter) = trace::Tracer::new(t)
+                .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
+            (Some(Arc::new(tracer)), Some(exporter))
+        }
+        None => (None, None),
+    };
+    let gateway = Gateway::new((*config).clone(), hash, redis, tracer)
         .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
     let (live, shared) = gateway.live();
     let reloader = reload::Reloader::new(live, shared, conf_path, conf_text);
@@ -149,6 +159,12 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
         "client report",
         conn::report::SummaryService,
     ));
+    if let Some(exporter) = exporter {
+        server.add_service(pingora::services::background::background_service(
+            "trace export",
+            exporter,
+        ));
+    }
     if let Some(reloader) = tls_reloader {
         server.add_service(pingora::services::background::background_service(
             "certificate reload",

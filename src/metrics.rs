@@ -304,6 +304,42 @@ pub static CONFIG_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Sampled spans that never reached the collector, by reason (`queue_full`, `export_failed`).
+pub static TRACING_SPANS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tracing_spans_dropped_total",
+        "Finished spans not exported, by reason (queue_full|export_failed)",
+        &["reason"],
+    )
+});
+
+/// Spans the collector accepted.
+pub static TRACING_SPANS_EXPORTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tracing_spans_exported_total",
+        "Finished spans the collector accepted"
+    )
+    .unwrap_or_else(|e| panic!("metric cannot be registered: {e}"))
+});
+
+/// Export requests to the collector, by result (`ok`, `error`).
+pub static TRACING_EXPORTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tracing_export_requests_total",
+        "OTLP export requests, by result (ok|error; an error drops the batch)",
+        &["result"],
+    )
+});
+
+/// Spans waiting for export when the last batch was taken.
+pub static TRACING_QUEUE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tracing_queue_spans",
+        "Finished spans waiting for export (bounded by gateway.tracing.max_queue)"
+    )
+    .unwrap_or_else(|e| panic!("metric cannot be registered: {e}"))
+});
+
 pub fn init() {
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);
@@ -335,6 +371,10 @@ pub fn init() {
     LazyLock::force(&CONFIG_RELOADS);
     LazyLock::force(&CONFIG_GENERATION);
     LazyLock::force(&CONFIG_INFO);
+    LazyLock::force(&TRACING_SPANS_DROPPED);
+    LazyLock::force(&TRACING_SPANS_EXPORTED);
+    LazyLock::force(&TRACING_EXPORTS);
+    LazyLock::force(&TRACING_QUEUE);
 }
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
@@ -362,6 +402,14 @@ pub fn prime(config: &crate::config::Config) {
         CONFIG_RELOADS.with_label_values(&[result]);
     }
     CONFIG_GENERATION.set(1);
+    if config.tracing.is_some() {
+        for reason in ["queue_full", "export_failed"] {
+            TRACING_SPANS_DROPPED.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error"] {
+            TRACING_EXPORTS.with_label_values(&[result]);
+        }
+    }
     if let Some(c) = &config.compression {
         for coding in &c.algorithms {
             for stage in ["in", "out"] {

@@ -167,6 +167,7 @@ fn keep_process_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!(tls, "gateway.tls");
     keep!(redis, "gateway.redis");
     keep!(reload, "gateway.reload");
+    keep!(tracing, "gateway.tracing");
     keep!(
         limits.header_read_timeout,
         "gateway.limits.header_read_timeout_ms"

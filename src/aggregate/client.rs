@@ -11,6 +11,8 @@ use crate::metrics;
 use crate::resilience::{
     Admission, BreakerState, CircuitBreaker, FailureKind, RetryBudget, RetryPolicy, Transition,
 };
+use crate::trace::{Attempt, Parent, Propagated};
+use opentelemetry::KeyValue;
 
 /// Why a service call produced no document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,45 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .connect_timeout(Duration::from_secs(2))
         .redirect(reqwest::redirect::Policy::none())
         .build()
+}
+
+/// Where one call's attempt spans hang, and what they say about the leg.
+pub(crate) struct CallTrace<'a> {
+    /// The request's SERVER span.
+    pub(crate) parent: &'a Parent,
+    /// The leg's name.
+    pub(crate) leg: &'a str,
+    /// The item's index on a `for_each` leg.
+    pub(crate) item: Option<usize>,
+}
+
+impl CallTrace<'_> {
+    fn attempt(&self, service: &str, url: &str, attempt: u32, breaker: &'static str) -> Attempt {
+        self.parent.client(format!("GET {}", self.leg), || {
+            let mut v = vec![
+                KeyValue::new("http.request.method", "GET"),
+                KeyValue::new("url.full", url.to_string()),
+                KeyValue::new("gateway.leg", self.leg.to_string()),
+                KeyValue::new("gateway.service", service.to_string()),
+                KeyValue::new("gateway.attempt", i64::from(attempt)),
+                KeyValue::new("http.request.resend_count", i64::from(attempt - 1)),
+                KeyValue::new("gateway.breaker.state", breaker),
+            ];
+            if let Some(i) = self.item {
+                v.push(KeyValue::new("gateway.item", i as i64));
+            }
+            v
+        })
+    }
+}
+
+/// The breaker's state as one call saw it.
+fn breaker_label(a: Admission) -> &'static str {
+    match a {
+        Admission::Allowed => "closed",
+        Admission::Probe => "half_open",
+        Admission::Rejected => "open",
+    }
 }
 
 /// One attempt's failure, before retry policy: `NotFound` is an answer, not a failure.
@@ -114,6 +155,7 @@ impl ServiceClient {
         expect: Expect,
         request_id: &str,
         deadline: Instant,
+        trace: Option<&CallTrace<'_>>,
     ) -> Result<Bytes, CallError> {
         let url = self.url(path);
         let started = Instant::now();
@@ -127,7 +169,12 @@ impl ServiceClient {
             let now = Instant::now();
             let (admission, t) = self.breaker.admit(now);
             self.note(t);
+            let mut span =
+                trace.map(|t| t.attempt(service, &url, attempt, breaker_label(admission)));
             if admission == Admission::Rejected {
+                if let Some(s) = span {
+                    s.end("breaker_open");
+                }
                 metrics::UPSTREAM_REQUESTS
                     .with_label_values(&[service, "breaker_open"])
                     .inc();
@@ -139,7 +186,9 @@ impl ServiceClient {
             let result = if budget.is_zero() {
                 Err(AttemptError::Failed(FailureKind::Timeout))
             } else {
-                tokio::time::timeout(budget, self.attempt(&url, expect, request_id))
+                let propagated = span.as_ref().map(Attempt::propagated);
+                let call = self.attempt(&url, expect, request_id, propagated.as_ref());
+                tokio::time::timeout(budget, call)
                     .await
                     .unwrap_or(Err(AttemptError::Failed(FailureKind::Timeout)))
             };
@@ -153,6 +202,9 @@ impl ServiceClient {
                     metrics::UPSTREAM_REQUESTS
                         .with_label_values(&[service, "success"])
                         .inc();
+                    if let Some(s) = span {
+                        s.end("success");
+                    }
                     return Ok(body);
                 }
                 Err(AttemptError::NotFound) => {
@@ -161,6 +213,9 @@ impl ServiceClient {
                     metrics::UPSTREAM_REQUESTS
                         .with_label_values(&[service, "not_found"])
                         .inc();
+                    if let Some(s) = span {
+                        s.end("not_found");
+                    }
                     return Err(CallError::NotFound);
                 }
                 Err(AttemptError::Failed(kind)) => kind,
@@ -174,11 +229,24 @@ impl ServiceClient {
                 self.note(self.breaker.on_success(done));
             }
             last = Some(kind);
-            match self
+            let next = self
                 .retry
                 .next_attempt_at(attempt, kind, done, deadline, rand::random::<f64>())
-                .filter(|_| self.budget.try_withdraw(done))
-            {
+                .filter(|_| self.budget.try_withdraw(done));
+            if let (Some(s), Some(at)) = (&mut span, next) {
+                // The pause before the next attempt: the gap between the spans, said here.
+                let pause = at.saturating_duration_since(done);
+                s.event("retry_backoff", || {
+                    vec![KeyValue::new(
+                        "gateway.backoff_ms",
+                        pause.as_millis() as i64,
+                    )]
+                });
+            }
+            if let Some(s) = span.take() {
+                s.end(kind.label());
+            }
+            match next {
                 Some(at) => {
                     metrics::UPSTREAM_RETRIES
                         .with_label_values(&[service])
@@ -195,21 +263,23 @@ impl ServiceClient {
         url: &str,
         expect: Expect,
         request_id: &str,
+        trace: Option<&Propagated>,
     ) -> Result<Bytes, AttemptError> {
-        let mut resp = self
+        let mut req = self
             .http
             .get(url)
             .header(headers::X_REQUEST_ID, request_id)
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                AttemptError::Failed(if e.is_timeout() {
-                    FailureKind::Timeout
-                } else {
-                    FailureKind::Connect
-                })
-            })?;
+            .header("Accept", "application/json");
+        for (name, value) in trace.iter().flat_map(|t| t.pairs()) {
+            req = req.header(name, value);
+        }
+        let mut resp = req.send().await.map_err(|e| {
+            AttemptError::Failed(if e.is_timeout() {
+                FailureKind::Timeout
+            } else {
+                FailureKind::Connect
+            })
+        })?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(AttemptError::NotFound);

@@ -32,11 +32,14 @@ use crate::error::GatewayError;
 use crate::metrics;
 use crate::resilience::FailureKind;
 use crate::store::Store;
+use crate::trace::{Parent, RequestTrace};
+use opentelemetry::trace::SpanContext;
+use opentelemetry::KeyValue;
 
 pub(crate) mod client;
 mod template;
 
-use self::client::{has_shape, CallError, ServiceClient};
+use self::client::{has_shape, CallError, CallTrace, ServiceClient};
 
 /// How the answer relates to the cache (the `X-Cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +97,9 @@ struct Built {
 
 type BuildFuture = BoxFuture<'static, Result<Built, GatewayError>>;
 type Flight = Shared<BuildFuture>;
-/// In-flight builds: flight number (so a finished flight removes only itself) and a weak handle.
-type Inflight = Mutex<HashMap<String, (u64, WeakShared<BuildFuture>)>>;
+/// In-flight builds: flight number (so a finished flight removes only itself), a weak handle,
+/// and the span of the request that started it (followers link to it).
+type Inflight = Mutex<HashMap<String, (u64, WeakShared<BuildFuture>, Option<SpanContext>)>>;
 
 /// Every declared aggregate, ready to answer.
 pub struct Aggregates {
@@ -273,7 +277,7 @@ struct FlightGuard {
 impl Drop for FlightGuard {
     fn drop(&mut self) {
         let mut map = self.aggregate.inflight.lock();
-        if map.get(&self.key).is_some_and(|(f, _)| *f == self.flight) {
+        if map.get(&self.key).is_some_and(|(f, ..)| *f == self.flight) {
             map.remove(&self.key);
         }
     }
@@ -311,6 +315,11 @@ impl Aggregate {
     /// The aggregate's name (metric label, log field).
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The path pattern as declared (the SERVER span's `http.route`).
+    pub fn pattern(&self) -> &str {
+        &self.config.path.text
     }
 
     /// Whether the aggregate answers `method` (HEAD follows GET).
@@ -380,11 +389,13 @@ impl Aggregate {
         }
     }
 
-    /// Answers an authorized request with these `params`.
+    /// Answers an authorized request with these `params`. With `trace`, a build's leg spans
+    /// hang under its SERVER span, and joining another request's build links to that one.
     pub async fn get(
         self: &Arc<Self>,
         params: Vec<String>,
         request_id: &str,
+        trace: Option<&mut RequestTrace>,
     ) -> Result<Answer, GatewayError> {
         let name = self.config.name.as_str();
         let cache = self.config.cache.as_ref().filter(|c| !c.ttl.is_zero());
@@ -416,7 +427,20 @@ impl Aggregate {
         }
         cache_metric(name, status);
         let memo_key = cache.is_some().then(|| key.clone());
-        let built = self.flight(key, params, request_id).await?;
+        let parent = trace.as_deref().map(RequestTrace::parent);
+        let (flight, leader) = self.flight(key, params, request_id, parent);
+        if let Some(t) = trace {
+            let role = if leader.is_some() {
+                "follower"
+            } else {
+                "leader"
+            };
+            t.set(|| vec![KeyValue::new("gateway.single_flight", role)]);
+            if let Some(leader) = leader {
+                t.link(leader);
+            }
+        }
+        let built = flight.await?;
         Ok(Answer {
             cache_control: self.cache_control(built.degraded),
             key: memo_key.filter(|_| !built.degraded),
@@ -434,12 +458,23 @@ impl Aggregate {
         }
     }
 
-    /// Joins the in-flight build for `key`, or starts one.
-    fn flight(self: &Arc<Self>, key: String, params: Vec<String>, request_id: &str) -> Flight {
+    /// Joins the in-flight build for `key` (with the span context of the request that started
+    /// it, when traced), or starts one.
+    fn flight(
+        self: &Arc<Self>,
+        key: String,
+        params: Vec<String>,
+        request_id: &str,
+        parent: Option<Parent>,
+    ) -> (Flight, Option<SpanContext>) {
         let mut map = self.inflight.lock();
-        if let Some(f) = map.get(&key).and_then(|(_, w)| w.upgrade()) {
-            return f;
+        if let Some((_, w, leader)) = map.get(&key) {
+            if let Some(f) = w.upgrade() {
+                let leader = parent.and(leader.clone());
+                return (f, leader);
+            }
         }
+        let leader = parent.as_ref().map(|p| p.span_context().clone());
         let flight = self.next_flight.fetch_add(1, Ordering::Relaxed);
         let guard = FlightGuard {
             aggregate: self.clone(),
@@ -451,14 +486,15 @@ impl Aggregate {
         let cache_key = key.clone();
         let fut: Flight = async move {
             let _guard = guard;
-            me.build(cache_key, params, &request_id).await
+            me.build(cache_key, params, &request_id, parent.as_ref())
+                .await
         }
         .boxed()
         .shared();
         if let Some(weak) = fut.downgrade() {
-            map.insert(key, (flight, weak));
+            map.insert(key, (flight, weak, leader));
         }
-        fut
+        (fut, None)
     }
 
     /// Runs the legs as their dependencies finish, then writes the document.
@@ -467,6 +503,7 @@ impl Aggregate {
         key: String,
         params: Vec<String>,
         request_id: &str,
+        trace: Option<&Parent>,
     ) -> Result<Built, GatewayError> {
         let deadline = Instant::now() + self.config.deadline;
         let legs = &self.config.legs;
@@ -490,6 +527,9 @@ impl Aggregate {
                         .any(|&d| done[d].as_ref().is_some_and(|o| !o.ok()))
                     {
                         // A leg that needs a failed optional leg is skipped (degraded).
+                        if let Some(p) = trace {
+                            self.skipped_span(p, i);
+                        }
                         done[i] = Some(self.fallback(i));
                         progressed = true;
                         continue;
@@ -504,7 +544,8 @@ impl Aggregate {
                     running.push(async move {
                         (
                             i,
-                            me.run_leg(i, params, &inputs, request_id, deadline).await,
+                            me.run_leg(i, params, &inputs, request_id, deadline, trace)
+                                .await,
                         )
                     });
                 }
@@ -546,6 +587,19 @@ impl Aggregate {
         )
     }
 
+    /// A zero-length span for a leg never called because a leg it needs failed.
+    fn skipped_span(&self, parent: &Parent, i: usize) {
+        let leg = &self.config.legs[i];
+        parent
+            .client(format!("GET {}", leg.name), || {
+                vec![
+                    KeyValue::new("gateway.leg", leg.name.clone()),
+                    KeyValue::new("gateway.service", leg.service.clone()),
+                ]
+            })
+            .end("skipped");
+    }
+
     /// One leg: its calls, and what the aggregate makes of their outcome. `Err` only for a
     /// required leg that failed (the whole answer is that error).
     async fn run_leg(
@@ -555,6 +609,7 @@ impl Aggregate {
         inputs: &[Option<serde_json::Value>],
         request_id: &str,
         deadline: Instant,
+        trace: Option<&Parent>,
     ) -> Result<LegOutcome, GatewayError> {
         let leg = &self.config.legs[i];
         let values: Vec<(usize, &serde_json::Value)> = leg
@@ -565,10 +620,13 @@ impl Aggregate {
             .collect();
         let result = match &leg.for_each {
             None => {
-                self.call(i, params, &values, None, request_id, deadline)
+                self.call(i, params, &values, None, request_id, deadline, trace)
                     .await
             }
-            Some(_) => return Ok(self.fan_out(i, params, &values, request_id, deadline).await),
+            Some(_) => {
+                let out = self.fan_out(i, params, &values, request_id, deadline, trace);
+                return Ok(out.await);
+            }
         };
         match result {
             Ok(body) => {
@@ -593,6 +651,7 @@ impl Aggregate {
         values: &[(usize, &serde_json::Value)],
         request_id: &str,
         deadline: Instant,
+        trace: Option<&Parent>,
     ) -> LegOutcome {
         let leg = &self.config.legs[i];
         let Some(source) = leg.for_each.as_ref() else {
@@ -610,7 +669,8 @@ impl Aggregate {
         let calls: Vec<_> = items
             .iter()
             .take(leg.max_items)
-            .map(|item| self.call(i, params, values, Some(item), request_id, deadline))
+            .enumerate()
+            .map(|item| self.call(i, params, values, Some(item), request_id, deadline, trace))
             .collect();
         let results: Vec<Result<Bytes, CallError>> = futures::stream::iter(calls)
             .buffered(leg.concurrency)
@@ -655,20 +715,27 @@ impl Aggregate {
     }
 
     /// One call of leg `i`: its path filled (with `item` on a `for_each` leg), then fetched.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         i: usize,
         params: &[String],
         values: &[(usize, &serde_json::Value)],
-        item: Option<&serde_json::Value>,
+        item: Option<(usize, &serde_json::Value)>,
         request_id: &str,
         deadline: Instant,
+        trace: Option<&Parent>,
     ) -> Result<Bytes, CallError> {
         let leg = &self.config.legs[i];
-        let path = template::render(&leg.path, params, values, item)
+        let path = template::render(&leg.path, params, values, item.map(|(_, v)| v))
             .ok_or(CallError::Failed(FailureKind::BadBody))?;
+        let trace = trace.map(|parent| CallTrace {
+            parent,
+            leg: &leg.name,
+            item: item.map(|(n, _)| n),
+        });
         self.clients[i]
-            .fetch(&path, leg.expect, request_id, deadline)
+            .fetch(&path, leg.expect, request_id, deadline, trace.as_ref())
             .await
     }
 

@@ -10,6 +10,7 @@ use super::compression::CompressionFile;
 use super::cors::CorsFile;
 use super::issuers::IssuerFile;
 use super::tls::TlsFile;
+use super::tracing::TracingFile;
 
 /// The whole conf file as far as the gateway is concerned: Pingora's keys are ignored here.
 #[derive(Debug, Deserialize)]
@@ -40,6 +41,7 @@ pub(super) struct GatewayFile {
     pub(super) cors: Vec<CorsFile>,
     pub(super) compression: Option<CompressionFile>,
     pub(super) reload: ReloadFile,
+    pub(super) tracing: TracingFile,
 }
 
 impl Default for GatewayFile {
@@ -61,6 +63,7 @@ impl Default for GatewayFile {
             cors: Vec::new(),
             compression: None,
             reload: ReloadFile::default(),
+            tracing: TracingFile::default(),
         }
     }
 }

@@ -35,8 +35,10 @@ mod tls;
 pub use tls::{CertPaths, TlsConfig, TlsVersion, UpstreamTls};
 mod compression;
 mod cors;
+mod tracing;
 pub use compression::{Coding, CompressionConfig, Level};
 pub use cors::CorsPolicy;
+pub use tracing::TracingConfig;
 
 /// A start-up configuration problem, naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,8 @@ pub struct Config {
     pub compression: Option<CompressionConfig>,
     /// Re-reading the conf file in place (SIGHUP always works).
     pub reload: ReloadConfig,
+    /// OpenTelemetry tracing; `None`: no spans, `traceparent` passed through untouched.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// `gateway.reload`.

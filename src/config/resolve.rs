@@ -143,6 +143,7 @@ impl GatewayFile {
                 watch: self.reload.watch,
                 interval: Duration::from_millis(self.reload.interval_ms.max(100)),
             },
+            tracing: super::tracing::resolve_tracing(self.tracing, env)?,
         })
     }
 }

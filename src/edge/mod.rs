@@ -45,6 +45,9 @@ pub(crate) struct EdgeVerdict {
     pub(crate) rate: Option<Decision>,
     /// The verified caller, or the answer that refuses the request.
     pub(crate) identity: Result<Arc<Identity>, GatewayError>,
+    /// How authentication went, for the request's span: `ok`, `not_checked` (limited first)
+    /// or the failure's reason label (never the token).
+    pub(crate) auth: &'static str,
 }
 
 impl Edge {
@@ -102,9 +105,12 @@ impl Edge {
                 identity: Err(GatewayError::RateLimited {
                     retry_after_secs: d.reset_secs,
                 }),
+                auth: "not_checked",
             };
         }
+        let mut auth = "ok";
         let identity = self.auth.authenticate(headers).await.map_err(|e| {
+            auth = e.reason();
             metrics::AUTH_FAILURES
                 .with_label_values(&[e.reason()])
                 .inc();
@@ -113,6 +119,10 @@ impl Edge {
                 token_given: e.token_given(),
             }
         });
-        EdgeVerdict { rate, identity }
+        EdgeVerdict {
+            rate,
+            identity,
+            auth,
+        }
     }
 }

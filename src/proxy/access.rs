@@ -46,6 +46,10 @@ pub(crate) struct AccessRecord<'a> {
     pub(crate) user: Option<&'a str>,
     /// Response body bytes sent.
     pub(crate) bytes_sent: usize,
+    /// The request's trace (tracing on; also for unsampled requests, whose id the services
+    /// received in `traceparent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) trace_id: Option<&'a str>,
 }
 
 /// Whether the access log is switched on (`RUST_LOG` allows target `access` at info).

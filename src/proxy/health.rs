@@ -73,23 +73,27 @@ impl BackendTry {
     }
 
     /// The try worked (a response below 500, or a request that ended without error).
-    pub(crate) fn succeeded(&mut self, now: Instant) {
-        self.report(true, now);
+    /// Returns the passive-health outcome (`None`: this try was already reported).
+    pub(crate) fn succeeded(&mut self, now: Instant) -> Option<&'static str> {
+        self.report(true, now)
     }
 
-    /// The try failed (connect error, a 5xx, an upstream error mid-request).
-    pub(crate) fn failed(&mut self, now: Instant) {
-        self.report(false, now);
+    /// The try failed (connect error, a 5xx, an upstream error mid-request); see
+    /// [`succeeded`](Self::succeeded).
+    pub(crate) fn failed(&mut self, now: Instant) -> Option<&'static str> {
+        self.report(false, now)
     }
 
-    fn report(&mut self, ok: bool, now: Instant) {
+    /// `success`/`failure`, or `restored`/`ejected` when this report flipped the backend.
+    fn report(&mut self, ok: bool, now: Instant) -> Option<&'static str> {
         let backend = match std::mem::take(self) {
             BackendTry::Pending(backend) => backend,
             done => {
                 *self = done;
-                return;
+                return None;
             }
         };
+        let mut outcome = if ok { "success" } else { "failure" };
         if let Some(p) = backend.ext.get::<PassiveHealth>() {
             let transition = if ok {
                 p.0.on_success(now)
@@ -98,9 +102,15 @@ impl BackendTry {
             };
             if let Some(t) = transition {
                 tracing::warn!(backend = %backend.addr, from = ?t.from, to = ?t.to, "passive health state changed");
+                outcome = match t.to {
+                    crate::resilience::BreakerState::Open => "ejected",
+                    crate::resilience::BreakerState::Closed => "restored",
+                    crate::resilience::BreakerState::HalfOpen => outcome,
+                };
             }
         }
         *self = BackendTry::Reported(backend);
+        Some(outcome)
     }
 }
 

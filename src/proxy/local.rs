@@ -93,7 +93,8 @@ impl Gateway {
         };
         let result = match target {
             Ok(params) => {
-                match until_client_gone(session, aggregate.get(params, &ctx.request_id)).await {
+                let got = aggregate.get(params, &ctx.request_id, ctx.trace.as_deref_mut());
+                match until_client_gone(session, got).await {
                     Some(r) => r,
                     // The dropped future cancelled its upstream calls; there is nobody to answer.
                     None => return Ok(()),

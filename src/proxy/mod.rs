@@ -66,6 +66,7 @@ mod local;
 pub(crate) mod respond;
 pub(crate) mod routes;
 mod snapshot;
+mod spans;
 pub(crate) mod upstreams;
 
 use self::health::BackendTry;
@@ -120,6 +121,8 @@ pub struct Ctx {
     accept: compress::Negotiated,
     /// response_filter: the encoder of a proxied answer being compressed.
     encoder: Option<compress::Encoder>,
+    /// request_filter: the request's spans (tracing on), ended by logging.
+    trace: Option<Box<crate::trace::RequestTrace>>,
 }
 
 impl Ctx {
@@ -164,12 +167,17 @@ impl Gateway {
         config: Config,
         hash: String,
         redis: Option<Arc<RedisStore>>,
+        tracer: Option<Arc<crate::trace::Tracer>>,
     ) -> std::result::Result<Gateway, String> {
         let store = Arc::new(match &redis {
             Some(r) => Store::Redis(r.clone()),
             None => Store::Memory(MemoryKv::default()),
         });
-        let shared = Arc::new(Shared { store, redis });
+        let shared = Arc::new(Shared {
+            store,
+            redis,
+            tracer,
+        });
         let body_budget = body::BodyBudget::new(config.limits.body_buffer_total);
         let first = Snapshot::build(config, hash, 1, &shared, None)?;
         Ok(Gateway {
@@ -202,6 +210,7 @@ impl ProxyHttp for Gateway {
             cors: None,
             accept: compress::Negotiated::default(),
             encoder: None,
+            trace: None,
         }
     }
 
@@ -227,6 +236,12 @@ impl ProxyHttp for Gateway {
             )
         });
         ctx.route = snap.routes.route(req.uri.path(), &snap.aggregates);
+        if let Some(tracer) = &self.shared.tracer {
+            // Probes are not traced: a kubelet's every-few-seconds checks would bury the traces.
+            if !ctx.route.is_probe() {
+                ctx.trace = Some(spans::start(tracer, session, ctx));
+            }
+        }
         let http2 = session.is_http2();
         let req = session.req_header();
         if let Err(e) = hygiene::check_request(req, &snap.config.limits, http2) {
@@ -269,6 +284,7 @@ impl ProxyHttp for Gateway {
                 .check(ctx.client.as_ref().map(|c| c.ip), &req.headers)
                 .await;
             ctx.rate = verdict.rate;
+            spans::edge(ctx, verdict.auth);
             match verdict.identity {
                 Ok(identity) => ctx.identity = Some(identity),
                 Err(e) => {
@@ -328,7 +344,7 @@ impl ProxyHttp for Gateway {
     /// Runs for proxied routes, again after each connect failure that may be retried. Reads
     /// `route` and `tried`; pushes the pick to `tried` and starts a `backend` try. `Err` with
     /// `local_error` set when no healthy backend is left (answered 503 by `fail_to_proxy`).
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Route::Proxy(route) = &ctx.route else {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -350,6 +366,12 @@ impl ProxyHttp for Gateway {
         };
         ctx.tried.push(addr);
         ctx.backend.start(backend);
+        let method = session.req_header().method.as_str();
+        spans::try_started(ctx, method, addr, ctx.tried.len());
+        let Route::Proxy(route) = &ctx.route else {
+            return Err(Error::explain(ErrorType::InternalError, "route changed"));
+        };
+        let group = &route.group;
         let tls = group.config.tls.as_ref();
         let sni = tls.map_or_else(String::new, |t| t.sni.clone());
         let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
@@ -379,7 +401,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.backend.failed(Instant::now());
+        let health = ctx.backend.failed(Instant::now());
+        spans::health(ctx, health);
+        if let Some(t) = &mut ctx.trace {
+            t.end_try("connect_error");
+        }
         if let Route::Proxy(route) = &ctx.route {
             if route.group.may_retry_connect(ctx.tried.len()) {
                 e.set_retry(true);
@@ -440,6 +466,16 @@ impl ProxyHttp for Gateway {
         if !auth.forward_authorization {
             req.remove_header(&http::header::AUTHORIZATION);
         }
+        if let Some(t) = &ctx.trace {
+            // The backend's span is a child of this try's, never of the client's span.
+            req.remove_header(crate::trace::TRACEPARENT);
+            req.remove_header(crate::trace::TRACESTATE);
+            if let Some(a) = t.try_ref() {
+                for (name, value) in a.propagated().pairs() {
+                    req.insert_header(name, value)?;
+                }
+            }
+        }
         if ctx.body.continue_sent {
             // The client has its `100 Continue` from us; the backend gets the body at once.
             req.remove_header(&http::header::EXPECT);
@@ -455,11 +491,13 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if resp.status.as_u16() < 500 {
-            ctx.backend.succeeded(Instant::now());
+        let health = if resp.status.as_u16() < 500 {
+            ctx.backend.succeeded(Instant::now())
         } else {
-            ctx.backend.failed(Instant::now());
-        }
+            ctx.backend.failed(Instant::now())
+        };
+        spans::health(ctx, health);
+        spans::try_answered(ctx, resp.status.as_u16());
         Ok(())
     }
 
@@ -550,7 +588,8 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         if e.esource() == &ErrorSource::Upstream {
-            ctx.backend.failed(Instant::now());
+            let health = ctx.backend.failed(Instant::now());
+            spans::health(ctx, health);
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
@@ -605,12 +644,19 @@ impl ProxyHttp for Gateway {
     /// error was a successful try. Records the metrics and writes the access-log line.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if e.is_none() {
-            ctx.backend.succeeded(Instant::now());
+            let health = ctx.backend.succeeded(Instant::now());
+            spans::health(ctx, health);
         }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let trace_id = ctx
+            .trace
+            .as_ref()
+            .filter(|_| access::enabled())
+            .map(|t| t.trace_id());
+        spans::finish(ctx, status, e.is_some());
         let method = metrics::method_label(&session.req_header().method);
         let route = ctx.route.label();
         let elapsed = ctx.started.elapsed();
@@ -642,6 +688,7 @@ impl ProxyHttp for Gateway {
                 cache: ctx.cache.map(CacheStatus::header_value),
                 user: ctx.identity.as_ref().map(|i| i.sub.as_str()),
                 bytes_sent: session.body_bytes_sent(),
+                trace_id: trace_id.as_deref(),
             });
         }
     }

@@ -16,6 +16,8 @@ use crate::store::{RedisStore, Store};
 pub(crate) struct Shared {
     pub(super) store: Arc<Store>,
     pub(super) redis: Option<Arc<RedisStore>>,
+    /// The process's tracer (`gateway.tracing` is a process key: a reload keeps it).
+    pub(super) tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 /// One configuration, built: a request reads the snapshot it started with until it ends.

@@ -9,6 +9,7 @@
 //! - `fault`: the fault-injecting TCP proxy.
 //! - `pool`: an upstream with a fixed pool of blocking workers.
 //! - `certs`: a throwaway CA and leaf certificates (Debian's `openssl`).
+//! - `otlp`: a real OTLP/HTTP trace receiver (decoding with `opentelemetry-proto`).
 // Every test binary compiles this whole harness and uses a part of it.
 #![allow(dead_code, unused_imports)]
 
@@ -16,6 +17,7 @@ mod certs;
 mod fault;
 mod gateway;
 mod mocks;
+mod otlp;
 mod pool;
 mod process;
 mod redis;
@@ -25,6 +27,7 @@ pub use certs::*;
 pub use fault::*;
 pub use gateway::*;
 pub use mocks::*;
+pub use otlp::*;
 pub use pool::*;
 pub use process::*;
 pub use redis::*;

@@ -1,0 +1,115 @@
+//! What the request's spans say, phase by phase: the proxy calls these with tracing on.
+
+use std::time::SystemTime;
+
+use opentelemetry::KeyValue;
+use pingora::proxy::Session;
+
+use super::routes::Route;
+use super::{is_tls, Ctx};
+use crate::trace::{self, RequestTrace, Tracer};
+
+/// The SERVER span, started when the request did, named after its route (never its path).
+pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> Box<RequestTrace> {
+    let req = session.req_header();
+    let start = SystemTime::now() - ctx.started.elapsed();
+    let mut t = Box::new(tracer.server(&req.headers, start));
+    if !t.sampled() {
+        return t;
+    }
+    let method = req.method.as_str();
+    let (template, name): (Option<&str>, &str) = match &ctx.route {
+        Route::Aggregate(a) => (Some(a.pattern()), a.name()),
+        Route::Proxy(r) => (Some(r.prefix.as_str()), r.group.name.as_ref()),
+        Route::Healthz => (Some("/healthz"), "healthz"),
+        Route::Readyz => (Some("/readyz"), "readyz"),
+        Route::NotFound => (None, "not_found"),
+    };
+    t.name(method, template);
+    t.set(|| {
+        let mut v = trace::server_attributes(
+            method,
+            req.uri.path(),
+            if is_tls(session) { "https" } else { "http" },
+            if session.is_http2() { "2" } else { "1.1" },
+            ctx.client.as_ref().map(|c| c.ip),
+            req.headers.get(http::header::USER_AGENT),
+        );
+        if let Some(tpl) = template {
+            v.push(KeyValue::new("http.route", tpl.to_string()));
+        }
+        v.push(KeyValue::new("gateway.route", name.to_string()));
+        if let Route::Aggregate(_) = &ctx.route {
+            v.push(KeyValue::new("gateway.aggregate", name.to_string()));
+        }
+        v.push(KeyValue::new("gateway.request_id", ctx.request_id.clone()));
+        v
+    });
+    t
+}
+
+/// The edge's decisions: the limit (`allowed`, `limited`, or `none` without a client address
+/// or on a public route) and authentication (`ok`, `public` or the failure's reason).
+pub(super) fn edge(ctx: &mut Ctx, auth: &'static str) {
+    let rate = match &ctx.rate {
+        Some(d) if d.allowed => "allowed",
+        Some(_) => "limited",
+        None => "none",
+    };
+    if let Some(t) = &mut ctx.trace {
+        t.set(|| {
+            vec![
+                KeyValue::new("gateway.rate_limit.decision", rate),
+                KeyValue::new("gateway.auth.outcome", auth),
+            ]
+        });
+    }
+}
+
+/// A proxied try starts on `addr` (the `n`th of this request).
+pub(super) fn try_started(ctx: &mut Ctx, method: &str, addr: std::net::SocketAddr, n: usize) {
+    let Route::Proxy(route) = &ctx.route else {
+        return;
+    };
+    let Some(t) = &mut ctx.trace else { return };
+    let group = route.group.name.clone();
+    t.start_try(format!("{method} {}", route.prefix), || {
+        vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("server.address", addr.ip().to_string()),
+            KeyValue::new("server.port", i64::from(addr.port())),
+            KeyValue::new("gateway.upstream.group", group.to_string()),
+            KeyValue::new("gateway.attempt", n as i64),
+            KeyValue::new("http.request.resend_count", n as i64 - 1),
+        ]
+    });
+}
+
+/// The try's passive-health report (`success`, `failure`, `ejected`, `restored`).
+pub(super) fn health(ctx: &mut Ctx, outcome: Option<&'static str>) {
+    let (Some(t), Some(outcome)) = (&mut ctx.trace, outcome) else {
+        return;
+    };
+    if let Some(a) = t.try_mut() {
+        a.set(|| vec![KeyValue::new("gateway.upstream.health", outcome)]);
+    }
+}
+
+/// The backend's answer header arrived.
+pub(super) fn try_answered(ctx: &mut Ctx, status: u16) {
+    if let Some(t) = &mut ctx.trace {
+        t.try_answered(status);
+    }
+}
+
+/// Ends every span: the try (its body streamed until now; `failed`: the request ended in an
+/// error) and the SERVER span.
+pub(super) fn finish(ctx: &mut Ctx, status: u16, failed: bool) {
+    let Some(mut t) = ctx.trace.take() else {
+        return;
+    };
+    if let Some(c) = ctx.cache {
+        t.set(|| vec![KeyValue::new("gateway.cache.status", c.header_value())]);
+    }
+    t.finish(status, failed);
+}

@@ -1,0 +1,212 @@
+//! The way out for finished spans: a bounded queue filled by request tasks without waiting,
+//! and one background task that sends batches to the collector over OTLP/HTTP.
+//!
+//! Not the SDK's `BatchSpanProcessor`: it keeps its dropped-span count to itself (we must
+//! show it as `tracing_spans_dropped_total`) and runs its own thread with a blocking client.
+//! Here the queue is a `tokio` channel (`try_send` never waits), the task is a Pingora
+//! background service, and the exporter is `opentelemetry-otlp`'s.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use opentelemetry::Context;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use parking_lot::Mutex;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
+
+use crate::config::TracingConfig;
+use crate::metrics;
+
+/// Spans per export request (the SDK's default batch size).
+const BATCH: usize = 512;
+/// The longest a finished span waits for a batch to fill.
+const LINGER: Duration = Duration::from_millis(500);
+/// How long the spans still queued at shutdown may take to go out.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+/// The span processor: every sampled span, once ended, into the queue or counted as dropped.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    tx: mpsc::Sender<SpanData>,
+}
+
+impl SpanProcessor for Queue {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.tx.try_send(span).is_err() {
+            metrics::TRACING_SPANS_DROPPED
+                .with_label_values(&["queue_full"])
+                .inc();
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// The background task that sends queued spans to the collector.
+pub struct ExportService {
+    rx: Mutex<Option<mpsc::Receiver<SpanData>>>,
+    exporter: Mutex<Option<opentelemetry_otlp::SpanExporter>>,
+    resource: Resource,
+    endpoint: String,
+    timeout: Duration,
+    capacity: usize,
+}
+
+impl ExportService {
+    /// The queue (for the tracer) and the task that drains it.
+    pub(crate) fn new(config: &TracingConfig) -> Result<(Queue, ExportService), String> {
+        let (tx, rx) = mpsc::channel(config.max_queue);
+        let resource = Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(config.endpoint.clone())
+            .with_timeout(config.export_timeout)
+            .build()
+            .map_err(|e| format!("gateway.tracing.endpoint: {e}"))?;
+        exporter.set_resource(&resource);
+        Ok((
+            Queue { tx },
+            ExportService {
+                rx: Mutex::new(Some(rx)),
+                exporter: Mutex::new(Some(exporter)),
+                resource,
+                endpoint: config.endpoint.clone(),
+                timeout: config.export_timeout,
+                capacity: config.max_queue,
+            },
+        ))
+    }
+
+    /// `service.name` and the rest, for the tracer provider.
+    pub(crate) fn resource(&self) -> &Resource {
+        &self.resource
+    }
+}
+
+/// Fills `batch` with what is queued, waiting at most [`LINGER`] after the first span.
+/// `false` when the queue is closed and empty.
+async fn collect(rx: &mut mpsc::Receiver<SpanData>, batch: &mut Vec<SpanData>) -> bool {
+    let Some(first) = rx.recv().await else {
+        return false;
+    };
+    batch.push(first);
+    let until = tokio::time::Instant::now() + LINGER;
+    while batch.len() < BATCH {
+        // Take what is already there before waiting: under load a batch fills at once.
+        match rx.try_recv() {
+            Ok(s) => {
+                batch.push(s);
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(s)) => batch.push(s),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    true
+}
+
+/// Whether the collector failed last time: a failure is logged when it starts and when it
+/// ends, not once per batch.
+struct Health {
+    failing: bool,
+}
+
+impl ExportService {
+    async fn send(
+        &self,
+        exporter: &opentelemetry_otlp::SpanExporter,
+        batch: Vec<SpanData>,
+        timeout: Duration,
+        health: &mut Health,
+    ) {
+        let n = batch.len() as u64;
+        let result = match tokio::time::timeout(timeout, exporter.export(batch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        match result {
+            Ok(()) => {
+                metrics::TRACING_SPANS_EXPORTED.inc_by(n);
+                metrics::TRACING_EXPORTS.with_label_values(&["ok"]).inc();
+                if health.failing {
+                    tracing::info!(endpoint = %self.endpoint, "trace export recovered");
+                    health.failing = false;
+                }
+            }
+            Err(e) => {
+                metrics::TRACING_SPANS_DROPPED
+                    .with_label_values(&["export_failed"])
+                    .inc_by(n);
+                metrics::TRACING_EXPORTS.with_label_values(&["error"]).inc();
+                if !health.failing {
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, "trace export failed: spans are dropped (and counted) until the collector answers");
+                    health.failing = true;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ExportService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (Some(mut rx), Some(exporter)) = (self.rx.lock().take(), self.exporter.lock().take())
+        else {
+            return;
+        };
+        let mut health = Health { failing: false };
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                open = collect(&mut rx, &mut batch) => {
+                    metrics::TRACING_QUEUE.set((self.capacity - rx.capacity()) as i64);
+                    if !batch.is_empty() {
+                        let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                        self.send(&exporter, spans, self.timeout, &mut health).await;
+                    }
+                    if !open {
+                        break;
+                    }
+                }
+            }
+        }
+        // What was queued before the shutdown goes out in one last, short, attempt.
+        rx.close();
+        while let Ok(s) = rx.try_recv() {
+            batch.push(s);
+        }
+        if !batch.is_empty() {
+            let timeout = self.timeout.min(SHUTDOWN_FLUSH);
+            for chunk in batch.chunks(BATCH) {
+                self.send(&exporter, chunk.to_vec(), timeout, &mut health)
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! Distributed tracing against a real OTLP/HTTP receiver (spans decoded with
+//! `opentelemetry-proto`), the real gateway and real upstreams that record the `traceparent`
+//! they received: parenting, one span per attempt, single-flight links, malformed context,
+//! sampling at 0, and a collector that is down or stalled.
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use common::{client, eventually, parse_traceparent, token, Collector, EchoServer, Gateway};
+use serde_json::json;
+
+/// What the test service saw: the `traceparent` of every request, by path.
+#[derive(Default)]
+struct Seen {
+    traceparents: Mutex<Vec<(String, String)>>,
+    /// `/flaky/{id}` calls per id: the first two fail.
+    flaky: Mutex<HashMap<String, u32>>,
+}
+
+fn record(s: &Seen, path: String, h: &HeaderMap) {
+    let tp = h
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    s.traceparents.lock().unwrap().push((path, tp));
+}
+
+/// `/user/{id}`, `/flaky/{id}` (503 twice per id, then 200), `/list` (3 items), `/item/{n}`,
+/// `/slow/{id}` (500 ms).
+async fn service() -> (u16, Arc<Seen>) {
+    let seen: Arc<Seen> = Arc::default();
+    let app = Router::new()
+        .route(
+            "/user/{id}",
+            get(
+                |State(s): State<Arc<Seen>>, Path(id): Path<String>, h: HeaderMap| async move {
+                    record(&s, format!("/user/{id}"), &h);
+                    Json(json!({"id": id}))
+                },
+            ),
+        )
+        .route(
+            "/flaky/{id}",
+            get(
+                |State(s): State<Arc<Seen>>, Path(id): Path<String>, h: HeaderMap| async move {
+                    record(&s, format!("/flaky/{id}"), &h);
+                    let n = {
+                        let mut m = s.flaky.lock().unwrap();
+                        let n = m.entry(id).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    if n <= 2 {
+                        (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response()
+                    } else {
+                        Json(json!({"ok": true})).into_response()
+                    }
+                },
+            ),
+        )
+        .route(
+            "/list",
+            get(|State(s): State<Arc<Seen>>, h: HeaderMap| async move {
+                record(&s, "/list".into(), &h);
+                Json(json!([{"n": 1}, {"n": 2}, {"n": 3}]))
+            }),
+        )
+        .route(
+            "/item/{n}",
+            get(
+                |State(s): State<Arc<Seen>>, Path(n): Path<String>, h: HeaderMap| async move {
+                    record(&s, format!("/item/{n}"), &h);
+                    Json(json!({"n": n}))
+                },
+            ),
+        )
+        .route(
+            "/slow/{id}",
+            get(
+                |State(s): State<Arc<Seen>>, Path(id): Path<String>, h: HeaderMap| async move {
+                    record(&s, format!("/slow/{id}"), &h);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Json(json!({"id": id}))
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, seen)
+}
+
+/// Tracing to `collector`, one traced aggregate `/t/{id}` and a slow one `/slow/{id}` on the
+/// test service, and `extra` (upstreams, routes).
+fn section(collector: &str, ratio: f64, port: u16, extra: &str) -> String {
+    format!(
+        r#"tracing: {{ enabled: true, endpoint: "{collector}", sample_ratio: {ratio}, service_name: traced-gw }}
+rate_limit: {{ per_minute: 1000000 }}
+services:
+  t: {{ url: "http://127.0.0.1:{port}", timeout_ms: 2000, retry: {{ attempts: 3, backoff_ms: 20 }}, breaker: {{ failures: 1000, open_ms: 1000 }} }}
+aggregates:
+  - name: traced
+    path: "/t/{{id}}"
+    legs:
+      user:  {{ service: t, path: "/user/{{id}}", required: true, expect: object }}
+      flaky: {{ service: t, path: "/flaky/{{id}}", after: [user], expect: object }}
+      list:  {{ service: t, path: "/list", expect: array }}
+      each:  {{ service: t, path: "/item/{{item.n}}", for_each: list, expect: object }}
+  - name: slow
+    path: "/slow/{{id}}"
+    legs:
+      only: {{ service: t, path: "/slow/{{id}}", required: true, expect: object }}
+{extra}"#
+    )
+}
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn an_aggregate_is_one_server_span_with_a_client_span_per_attempt_and_upstreams_see_them() {
+    let collector = Collector::start().await;
+    let (port, seen) = service().await;
+    let gw = Gateway::start(&section(&collector.endpoint(), 0.0, port, ""), &[]).await;
+    let r = client()
+        .get(gw.url("/t/42"))
+        .bearer_auth(token("42"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .header("tracestate", "vendor=abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["flaky"], json!({"ok": true}), "{body}");
+
+    // user 1 + flaky 3 + list 1 + items 3 = 8 client spans, and the server span.
+    let spans = collector
+        .wait_for("the request's 9 spans", |s| {
+            s.iter().filter(|s| s.trace_id == CLIENT_TRACE).count() >= 9
+        })
+        .await;
+    let trace: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == CLIENT_TRACE)
+        .collect();
+    let servers: Vec<_> = trace.iter().filter(|s| s.is_server()).collect();
+    assert_eq!(servers.len(), 1, "{trace:#?}");
+    let server = servers[0];
+    assert_eq!(
+        server.parent_span_id, CLIENT_SPAN,
+        "continues the client's trace"
+    );
+    assert_eq!(
+        server.name, "GET /t/{id}",
+        "named after the route, never the raw path"
+    );
+    assert_eq!(server.attr("http.route"), "/t/{id}");
+    assert_eq!(server.attr("gateway.aggregate"), "traced");
+    assert_eq!(server.attr("http.response.status_code"), "200");
+    assert_eq!(server.attr("gateway.auth.outcome"), "ok");
+    assert_eq!(server.attr("gateway.rate_limit.decision"), "allowed");
+    assert_eq!(server.attr("client.address"), "127.0.0.1");
+    assert!(
+        !server.attrs.values().any(|v| v.contains("eyJ")),
+        "no token in a span"
+    );
+    assert_eq!(server.service, "traced-gw");
+
+    let clients: Vec<_> = trace.iter().filter(|s| s.is_client()).collect();
+    assert_eq!(clients.len(), 8, "{clients:#?}");
+    for c in &clients {
+        assert_eq!(
+            c.parent_span_id, server.span_id,
+            "{c:?} hangs under the server span"
+        );
+    }
+    let mut flaky: Vec<_> = clients
+        .iter()
+        .filter(|c| c.attr("gateway.leg") == "flaky")
+        .collect();
+    flaky.sort_by_key(|c| c.attr("gateway.attempt").to_string());
+    let attempts: Vec<(&str, &str)> = flaky
+        .iter()
+        .map(|c| (c.attr("gateway.attempt"), c.attr("gateway.outcome")))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            ("1", "server_error"),
+            ("2", "server_error"),
+            ("3", "success")
+        ]
+    );
+    assert!(flaky[0].events.contains(&"retry_backoff".to_string()));
+    assert_eq!(flaky[0].status, 2, "a failed attempt is an error span");
+    assert_eq!(flaky[0].attr("gateway.breaker.state"), "closed");
+    assert_eq!(flaky[0].attr("gateway.service"), "t");
+    let items: HashSet<&str> = clients
+        .iter()
+        .filter(|c| c.attr("gateway.leg") == "each")
+        .map(|c| c.attr("gateway.item"))
+        .collect();
+    assert_eq!(items, HashSet::from(["0", "1", "2"]), "one span per item");
+
+    // Each upstream request names its own attempt's span as parent; never the client's.
+    let client_ids: HashSet<&str> = clients.iter().map(|c| c.span_id.as_str()).collect();
+    let received = seen.traceparents.lock().unwrap().clone();
+    assert_eq!(received.len(), 8, "{received:?}");
+    let mut parents = HashSet::new();
+    for (path, tp) in &received {
+        let (trace, parent, flags) =
+            parse_traceparent(tp).unwrap_or_else(|| panic!("{path}: {tp}"));
+        assert_eq!(trace, CLIENT_TRACE);
+        assert_eq!(flags, "01");
+        assert!(client_ids.contains(parent.as_str()), "{path}: {tp}");
+        parents.insert(parent);
+    }
+    assert_eq!(parents.len(), 8, "every attempt its own span");
+    assert!(collector.bad_requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_proxied_connect_failure_retried_elsewhere_is_two_client_spans() {
+    let collector = Collector::start().await;
+    let echo = EchoServer::start().await;
+    // Listening (so the start-up check passes), then closed: connections are refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    let extra = format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/echo/"] }}
+upstreams:
+  echo:
+    backends: ["127.0.0.1:{dead_port}", "127.0.0.1:{}"]
+    health_check: {{ kind: tcp, interval_ms: 60000 }}
+    connect_retries: 1
+routes:
+  - {{ prefix: "/echo/", upstream: echo }}
+"#,
+        echo.port
+    );
+    let gw = Gateway::start(&section(&collector.endpoint(), 1.0, 1, &extra), &[]).await;
+    drop(dead);
+    let mut traces = Vec::new();
+    for i in 0..6 {
+        let tid = format!("{i:032x}").replace('0', "a");
+        let r = client()
+            .get(gw.url("/echo/x"))
+            .header("traceparent", format!("00-{tid}-{CLIENT_SPAN}-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        traces.push(tid);
+    }
+    let spans = collector
+        .wait_for("six server spans", |s| {
+            s.iter().filter(|s| s.is_server()).count() >= 6
+        })
+        .await;
+    // Some request met the dead backend first: its trace has both tries.
+    let retried = traces
+        .iter()
+        .find(|t| {
+            spans
+                .iter()
+                .any(|s| &s.trace_id == *t && s.attr("gateway.outcome") == "connect_error")
+        })
+        .expect("a request tried the dead backend first");
+    let trace = collector.trace(retried);
+    let server = trace.iter().find(|s| s.is_server()).unwrap();
+    assert_eq!(server.name, "GET /echo/");
+    let mut tries: Vec<_> = trace.iter().filter(|s| s.is_client()).collect();
+    tries.sort_by_key(|s| s.attr("gateway.attempt").to_string());
+    assert_eq!(tries.len(), 2, "{trace:#?}");
+    assert_eq!(tries[0].attr("server.port"), dead_port.to_string());
+    assert!(matches!(
+        tries[0].attr("gateway.upstream.health"),
+        "failure" | "ejected"
+    ));
+    assert_eq!(tries[1].attr("gateway.outcome"), "success");
+    assert_eq!(tries[1].attr("http.response.status_code"), "200");
+    assert_eq!(tries[1].attr("http.request.resend_count"), "1");
+    for t in &tries {
+        assert_eq!(t.parent_span_id, server.span_id);
+    }
+    // The echo saw the second try's span as parent, and no client-sent context.
+    let got = echo
+        .requests()
+        .into_iter()
+        .map(|s| s.header("traceparent"))
+        .find(|tp| tp.iter().any(|v| v.contains(retried.as_str())))
+        .expect("the retried request reached the echo");
+    assert_eq!(got.len(), 1, "one traceparent, ours: {got:?}");
+    let (_, parent, _) = parse_traceparent(&got[0]).unwrap();
+    assert_eq!(parent, tries[1].span_id);
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_set_of_leg_spans_and_followers_link_to_the_leader() {
+    let collector = Collector::start().await;
+    let (port, seen) = service().await;
+    let gw = Gateway::start(&section(&collector.endpoint(), 1.0, port, ""), &[]).await;
+    let url = gw.url("/slow/7");
+    let bearer = token("7");
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let (url, bearer) = (url.clone(), bearer.clone());
+            tokio::spawn(async move {
+                client()
+                    .get(url)
+                    .bearer_auth(bearer)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let calls = seen.traceparents.lock().unwrap().len();
+    let spans = collector
+        .wait_for("30 server spans", |s| {
+            s.iter().filter(|s| s.is_server()).count() >= 30
+        })
+        .await;
+    let servers: Vec<_> = spans.iter().filter(|s| s.is_server()).collect();
+    let leaders: Vec<_> = servers
+        .iter()
+        .filter(|s| s.attr("gateway.single_flight") == "leader")
+        .collect();
+    let followers: Vec<_> = servers
+        .iter()
+        .filter(|s| s.attr("gateway.single_flight") == "follower")
+        .collect();
+    assert_eq!(calls, 1, "30 concurrent misses share one build");
+    assert_eq!(leaders.len(), 1);
+    assert_eq!(followers.len(), 29);
+    let legs: Vec<_> = spans.iter().filter(|s| s.is_client()).collect();
+    assert_eq!(legs.len(), calls, "leg spans only under leaders");
+    let leader_ids: HashSet<(String, String)> = leaders
+        .iter()
+        .map(|s| (s.trace_id.clone(), s.span_id.clone()))
+        .collect();
+    for f in &followers {
+        assert_eq!(f.links.len(), 1, "{f:?}");
+        assert!(leader_ids.contains(&f.links[0]), "links to a leader: {f:?}");
+        assert!(
+            !spans.iter().any(|s| s.parent_span_id == f.span_id),
+            "no legs under a follower"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_traceparent_starts_a_new_trace_and_the_access_log_names_it() {
+    let collector = Collector::start().await;
+    let echo = EchoServer::start().await;
+    let extra = format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/echo/"] }}
+upstreams:
+  echo: {{ backends: ["127.0.0.1:{}"] }}
+routes:
+  - {{ prefix: "/echo/", upstream: echo }}
+"#,
+        echo.port
+    );
+    let mut gw = Gateway::start_piped(
+        &section(&collector.endpoint(), 1.0, 1, &extra),
+        &[("RUST_LOG", "warn,access=info".into())],
+    )
+    .await;
+    let bad = "00-ZZf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = client()
+        .get(gw.url("/readyz"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(gw.url("/echo/m"))
+        .header("traceparent", bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the request is unaffected");
+    let spans = collector
+        .wait_for("the server and client spans", |s| s.len() >= 2)
+        .await;
+    assert_eq!(spans.len(), 2, "the probe is not traced: {spans:#?}");
+    let server = spans.iter().find(|s| s.is_server()).unwrap();
+    assert_eq!(server.name, "GET /echo/");
+    assert!(server.parent_span_id.is_empty(), "a root span: {server:?}");
+    assert_eq!(server.trace_id.len(), 32);
+    assert_ne!(server.trace_id, "zz");
+    let tp = echo.requests()[0].header("traceparent");
+    assert_eq!(tp.len(), 1);
+    assert!(tp[0].contains(&server.trace_id), "{tp:?}");
+    assert!(
+        !tp[0].contains("ZZ"),
+        "the malformed value is not passed on"
+    );
+    let (out, _) = gw.stop_and_read();
+    let line = out
+        .lines()
+        .find(|l| l.contains("\"route\":\"echo\""))
+        .expect("access line");
+    assert!(
+        line.contains(&format!("\"trace_id\":\"{}\"", server.trace_id)),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn sampling_at_zero_exports_nothing_yet_propagates_unsampled_context() {
+    let collector = Collector::start().await;
+    let echo = EchoServer::start().await;
+    let extra = format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/echo/"] }}
+upstreams:
+  echo: {{ backends: ["127.0.0.1:{}"] }}
+routes:
+  - {{ prefix: "/echo/", upstream: echo }}
+"#,
+        echo.port
+    );
+    let gw = Gateway::start(&section(&collector.endpoint(), 0.0, 1, &extra), &[]).await;
+    for _ in 0..20 {
+        let r = client().get(gw.url("/echo/u")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // A sampled parent is always kept (parent-based): once its span is in, everything queued
+    // before it has been exported too.
+    let r = client()
+        .get(gw.url("/echo/s"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spans = collector
+        .wait_for("the sampled request's spans", |s| {
+            s.iter()
+                .any(|s| s.is_server() && s.trace_id == CLIENT_TRACE)
+        })
+        .await;
+    assert!(
+        spans.iter().all(|s| s.trace_id == CLIENT_TRACE),
+        "unsampled requests exported nothing: {spans:#?}"
+    );
+    let seen = echo.requests();
+    let unsampled: Vec<String> = seen
+        .iter()
+        .filter(|s| s.uri.ends_with("/u"))
+        .map(|s| s.header("traceparent").join(","))
+        .collect();
+    assert_eq!(unsampled.len(), 20);
+    for tp in &unsampled {
+        let (_, _, flags) = parse_traceparent(tp).unwrap_or_else(|| panic!("{tp}"));
+        assert_eq!(flags, "00", "propagated, not sampled: {tp}");
+    }
+}
+
+#[tokio::test]
+async fn a_collector_down_or_stalled_costs_no_request_and_the_drops_are_counted() {
+    let echo = EchoServer::start().await;
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_endpoint = format!("http://127.0.0.1:{}", down.local_addr().unwrap().port());
+    drop(down);
+    let stalled = Collector::start_stalled().await;
+    let extra = format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/echo/"] }}
+upstreams:
+  echo: {{ backends: ["127.0.0.1:{}"] }}
+routes:
+  - {{ prefix: "/echo/", upstream: echo }}
+"#,
+        echo.port
+    );
+    for (what, endpoint) in [("down", down_endpoint), ("stalled", stalled.endpoint())] {
+        let conf = section(&endpoint, 1.0, 1, &extra).replace(
+            "service_name: traced-gw",
+            "service_name: traced-gw, max_queue: 64, export_timeout_ms: 300",
+        );
+        let gw = Gateway::start(&conf, &[]).await;
+        let pid = gw.proc.child.id();
+        let send = async |n: usize| {
+            for batch in 0..n / 100 {
+                let urls = (0..100)
+                    .map(|i| gw.url(&format!("/echo/{batch}-{i}")))
+                    .collect();
+                let statuses = common::concurrent_gets(urls, "").await;
+                assert!(statuses.iter().all(|s| *s == 200), "{what}: {statuses:?}");
+            }
+        };
+        send(300).await;
+        let rss_before = common::rss_kib(pid);
+        send(1500).await;
+        let rss_after = common::rss_kib(pid);
+        assert!(
+            rss_after < rss_before + 20 * 1024,
+            "{what}: RSS grew {rss_before} → {rss_after} KiB"
+        );
+        eventually(
+            &format!("{what}: dropped spans counted"),
+            Duration::from_secs(15),
+            async || {
+                let m = gw.metrics().await;
+                let dropped: f64 = m
+                    .lines()
+                    .filter(|l| l.starts_with("tracing_spans_dropped_total{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+                dropped >= 1000.0
+            },
+        )
+        .await;
+    }
+}
