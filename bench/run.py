@@ -321,7 +321,8 @@ def main():
     # Origins: a fast static one (nginx) and the delay-capable mocks.
     ports = {k: free_port() for k in ("origin", "nginx", "haproxy", "gw", "gw_redis", "gw_idle", "redis",
                                       "m_user", "m_order", "m_product", "m_rec", "m_idp", "gw_tls", "nginx_tls",
-                                      "metrics1", "metrics2", "metrics3")}
+                                      "metrics1", "metrics2", "metrics3", "m_otlp", "gw_t0", "gw_t10",
+                                      "gw_t100", "metrics4", "metrics5", "metrics6")}
     small = '{"id":"1","name":"User 1","email":"user1@example.com","ok":true}'
     # One P-256 certificate and key for the gateway's and nginx's HTTPS listeners.
     cert, key = os.path.join(WORK, "bench.crt"), os.path.join(WORK, "bench.key")
@@ -384,6 +385,11 @@ backend b
         # Compression only where the cached 20 KB document is served (scenario 11).
         compression = ('  compression: { algorithms: [zstd, br, gzip], min_bytes: 1024, level: default }\n'
                        if name == "gw_redis" else "")
+        # Scenario 12: the plain gateway's conf with tracing on, spans to the collector mock.
+        ratio = TRACED.get(name)
+        if ratio is not None:
+            compression += (f'  tracing: {{ enabled: true, endpoint: "http://127.0.0.1:{ports["m_otlp"]}", '
+                            f'sample_ratio: {ratio} }}\n')
         return write(os.path.join(WORK, f"{name}.yaml"), f"""
 version: 1
 threads: 1
@@ -457,7 +463,13 @@ gateway:
     gw = start("gateway", [GATEWAY, "-c", gw_conf("gw", ports["gw"], ports["metrics1"], 0)], PROXY_CPU, svc_env)
     gw_redis = start("gateway-redis", [GATEWAY, "-c", gw_conf("gw_redis", ports["gw_redis"], ports["metrics2"], 30)],
                      PROXY_CPU, dict(svc_env, REDIS_ADDR=f"127.0.0.1:{ports['redis']}"))
-    for p in ("gw", "gw_redis"):
+    collector = start("collector", [MOCKS, "--services", "collector", "--collector-port", str(ports["m_otlp"])],
+                      LOAD_CPU)
+    wait_http(f"http://127.0.0.1:{ports['m_otlp']}/healthz")
+    traced = {name: start(name, [GATEWAY, "-c", gw_conf(name, ports[name], ports[f"metrics{4 + i}"], 0)], PROXY_CPU,
+                          svc_env)
+              for i, name in enumerate(TRACED)}
+    for p in ("gw", "gw_redis") + tuple(TRACED):
         wait_http(f"http://127.0.0.1:{ports[p]}/readyz")
     wait_http(f"http://127.0.0.1:{ports['origin']}/json")
     wait_http(f"http://127.0.0.1:{ports['nginx']}/json")
@@ -559,6 +571,24 @@ gateway:
     results["edge"]["uncached_us"] = {alg: per_token_cost(ports["gw"], gw.pid, toks)
                                       for alg, toks in fresh_tokens(ports["m_idp"]).items()}
 
+    # 12. Tracing on: every sampled request exports a SERVER and a CLIENT span to the collector
+    # (the mocks' OTLP receiver, decoding each export, on the generator core).
+    log("bench: 12 tracing on (0%, 10%, 100% sampled) vs off: plain proxy and edge checks")
+    tr = {}
+    for name, ratio in TRACED.items():
+        pct = f"{round(ratio * 100)}%"
+        pid = traced[name].pid
+        x = abba(f"traced-{pct}", runner(ports[name], "/bench/json", pid),
+                 "untraced", runner(ports["gw"], "/bench/json", gw.pid))
+        tr[f"plain_{pct}"] = dict(strip_pairs(x), cpu_us=pair_cpu_us(x, pid, gw.pid))
+        if ratio > 0:
+            x = abba(f"traced-{pct}", runner(ports[name], "/edge/json", pid, (auth,)),
+                     "untraced", runner(ports["gw"], "/edge/json", gw.pid, (auth,)))
+            tr[f"edge_{pct}"] = dict(strip_pairs(x), cpu_us=pair_cpu_us(x, pid, gw.pid))
+    tr["collector"] = json.load(urllib.request.urlopen(url(ports["m_otlp"], "/__stats")))
+    tr["gateway_100"] = span_metrics(url(ports["metrics6"], "/metrics"))
+    results["tracing"] = tr
+
     # 4. Aggregation, cache off.
     log("bench: 4/7 aggregation (user 20 ms, then 50/80/120 ms)")
     for svc, port, ms in (("user", "m_user", 20), ("order", "m_order", 50), ("product", "m_product", 80),
@@ -615,6 +645,28 @@ gateway:
                         "per_100k": new_conns * 100000 / max(1, r7["requests"])}
 
     report(results)
+
+
+# Scenario 12's gateways (plain conf plus tracing) and their sample ratios.
+TRACED = {"gw_t0": 0.0, "gw_t10": 0.1, "gw_t100": 1.0}
+
+
+def pair_cpu_us(result, pid_a, pid_b):
+    """Median proxy CPU per request (us) of side A and side B of an ABBA result."""
+    per = lambda r, pid: r["cpu_s"][pid] * 1e6 / max(1, r["requests"])
+    return (statistics.median(per(a, pid_a) for a, _ in result["pairs"]),
+            statistics.median(per(b, pid_b) for _, b in result["pairs"]))
+
+
+def span_metrics(metrics_url):
+    """The tracing_* series of a gateway, summed over labels."""
+    out = {}
+    for line in urllib.request.urlopen(metrics_url).read().decode().splitlines():
+        if line.startswith("tracing_"):
+            name, value = line.rsplit(" ", 1)
+            key = name.split("{")[0] + ("{" + name.split("{", 1)[1] if "{" in name else "")
+            out[key] = float(value)
+    return out
 
 
 def mint(idp_port, alg, sub):
@@ -785,6 +837,26 @@ def report(r):
                 f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})", "reported", None,
                 f"{coding} {x['a_rps_median']:.0f} rps, identity {x['b_rps_median']:.0f} rps; "
                 f"{b[coding]} bytes vs {b['identity']} ({100 * (1 - b[coding] / b['identity']):.0f}% saved)")
+    tr = r.get("tracing")
+    if tr:
+        for key, target in (("plain_0%", None), ("plain_10%", 0.97), ("plain_100%", 0.85),
+                            ("edge_10%", 0.97), ("edge_100%", 0.85)):
+            x = tr.get(key)
+            if not x:
+                continue
+            scenario, pct = key.split("_")
+            label = "plain proxy" if scenario == "plain" else "edge checks (HS256 + limit)"
+            a_us, b_us = x["cpu_us"]
+            row(f"12 tracing {pct} sampled, {label}",
+                f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})",
+                f">= {target}x untraced" if target else "reported (unsampled cost)",
+                (clean(x) and x["ratio_median"] >= target) if target else None,
+                f"{detail(x)}; CPU {a_us:.1f} vs {b_us:.1f} us/req")
+        g, c = tr.get("gateway_100", {}), tr.get("collector", {})
+        dropped = sum(v for k, v in g.items() if k.startswith("tracing_spans_dropped_total"))
+        exported = g.get("tracing_spans_exported_total", 0)
+        row("12 spans at 100% (whole scenario)", f"{exported:.0f} exported, {dropped:.0f} dropped", "reported", None,
+            f"collector decoded {c.get('spans', 0)} spans in {c.get('exports', 0)} exports, {c.get('bad', 0)} bad")
     pl = r.get("pipelined")
     if pl:
         row("8 pipelined (depth 8) vs nginx", f"{pl['ratio_median']:.2f}x (min {pl['ratio_min']:.2f}, max {pl['ratio_max']:.2f})",

@@ -120,6 +120,33 @@ fn compose_and_dockerfile_agree_with_the_code() {
         );
     }
 
+    // Spans go to a compose service that takes OTLP/HTTP on the endpoint's port.
+    let otlp = s(&svc("gateway")["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]);
+    let (host, port) = otlp
+        .strip_prefix("http://")
+        .and_then(|h| h.split_once(':'))
+        .expect("OTEL_EXPORTER_OTLP_ENDPOINT is http://host:port");
+    assert!(
+        names.contains(host),
+        "no compose service {host} for the spans"
+    );
+    assert_eq!(
+        s(&svc(host)["environment"]["COLLECTOR_OTLP_ENABLED"]),
+        "true"
+    );
+    assert!(ports(host).contains(&format!("{port}:{port}")));
+    gateway::config::Config::from_yaml(
+        &std::fs::read_to_string(root().join("deploy/compose/gateway.yaml")).unwrap(),
+        &|k: &str| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(otlp.clone()),
+            "JWT_SECRET" => Some("super-secret-key".to_string()),
+            _ => None,
+        },
+        gateway::config::LoadMode::Check,
+    )
+    .map(|c| assert!(c.tracing.is_some(), "compose traces"))
+    .unwrap_or_else(|e| panic!("compose conf: {e}"));
+
     // The gateway trusts the mocks' provider under the name the provider puts in its tokens.
     let idp_issuer = s(&svc("mocks")["environment"]["IDP_ISSUER"]);
     assert_eq!(idp_issuer, "http://mocks:8085");
@@ -364,6 +391,16 @@ fn kubernetes_manifests_validate_and_agree_with_the_code() {
         secret["stringData"][s(&secret_ref["valueFrom"]["secretKeyRef"]["key"]).as_str()]
             .is_string()
     );
+    // The collector's address comes from an optional ConfigMap key: absent, tracing is off.
+    let otel = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| s(&e["name"]) == "OTEL_EXPORTER_OTLP_ENDPOINT")
+        .expect("OTEL_EXPORTER_OTLP_ENDPOINT env");
+    let cm_ref = &otel["valueFrom"]["configMapKeyRef"];
+    assert_eq!(cm_ref["optional"].as_bool(), Some(true));
+    find("ConfigMap", &s(&cm_ref["name"]));
     let pre_stop: u64 = s(&c["lifecycle"]["preStop"]["exec"]["command"][1])
         .parse()
         .unwrap();

@@ -23,6 +23,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
 
+mod collector;
 mod idp;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -55,7 +56,11 @@ struct Args {
     /// The identity provider's `iss` (default: `http://{host}:{idp_port}`).
     #[arg(long, env = "IDP_ISSUER")]
     idp_issuer: Option<String>,
-    /// Comma-separated subset of services to run (user,order,product,recommendation,idp).
+    /// OTLP/HTTP trace collector port (`--services collector`; not started by default).
+    #[arg(long, env = "COLLECTOR_PORT", default_value_t = 4318)]
+    collector_port: u16,
+    /// Comma-separated subset of services to run (user,order,product,recommendation,idp,
+    /// collector).
     #[arg(
         long,
         env = "MOCKS_SERVICES",
@@ -399,6 +404,7 @@ async fn main() -> anyhow::Result<()> {
                     idp::service(Arc::new(Mutex::new(idp))),
                 )
             }
+            "collector" => ("collector", args.collector_port, collector::service()),
             other => anyhow::bail!("unknown service `{other}` in --services"),
         };
         let a = addr(port)?;

@@ -307,7 +307,7 @@ pub struct RouteConfig {
 }
 
 /// Every environment variable the gateway reads (deployment files are checked against this).
-pub const ENV_VARS: [&str; 11] = [
+pub const ENV_VARS: [&str; 14] = [
     "HTTP_PORT",
     "METRICS_PORT",
     "REDIS_ADDR",
@@ -319,6 +319,9 @@ pub const ENV_VARS: [&str; 11] = [
     "RATE_LIMIT_PER_MINUTE",
     "RUST_LOG",
     "LOG_FORMAT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_SDK_DISABLED",
 ];
 
 /// Source of environment variables, injectable for tests.

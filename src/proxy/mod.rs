@@ -277,7 +277,9 @@ impl ProxyHttp for Gateway {
             // Refused before a byte of the body is read; the connection cannot be reused.
             return self.refuse(session, ctx, &refusal.error).await;
         }
-        if !public {
+        if public {
+            spans::edge(ctx, "public");
+        } else {
             let req = session.req_header();
             let verdict = snap
                 .edge
