@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider,
 };
@@ -66,16 +66,6 @@ pub(crate) struct Propagated {
     pub(crate) traceparent: Option<String>,
     /// `tracestate`, when the trace carries one.
     pub(crate) tracestate: Option<String>,
-}
-
-impl Injector for Propagated {
-    fn set(&mut self, key: &str, value: String) {
-        match key {
-            TRACEPARENT => self.traceparent = Some(value),
-            TRACESTATE if !value.is_empty() => self.tracestate = Some(value),
-            _ => {}
-        }
-    }
 }
 
 impl Propagated {
@@ -178,12 +168,20 @@ pub(crate) struct Attempt {
 }
 
 impl Attempt {
-    /// The headers that make the upstream's span a child of this one.
+    /// The headers that make the upstream's span a child of this one (W3C trace context,
+    /// written directly: the propagator would build a `Context` per request to say the same).
     pub(crate) fn propagated(&self) -> Propagated {
-        let mut p = Propagated::default();
-        let cx = Context::new().with_remote_span_context(self.span.span_context().clone());
-        TraceContextPropagator::new().inject_context(&cx, &mut p);
-        p
+        let sc = self.span.span_context();
+        let state = sc.trace_state().header();
+        Propagated {
+            traceparent: Some(format!(
+                "00-{}-{}-{:02x}",
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags().to_u8() & 1
+            )),
+            tracestate: (!state.is_empty()).then_some(state),
+        }
     }
 
     /// Adds attributes (only recorded for a sampled trace).
