@@ -60,7 +60,7 @@ impl SpanProcessor for Queue {
             QUEUE_FULL.inc();
             return;
         }
-        if (self.pending.spans.fetch_add(1, Ordering::Relaxed) + 1) % BATCH == 0 {
+        if (self.pending.spans.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(BATCH) {
             self.pending.wake.notify_one();
         }
     }
