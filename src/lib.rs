@@ -60,18 +60,10 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     let config = Arc::new(config);
     let mut server = Server::new(Some(opt))?;
 
-    let redis = match &config.redis.url {
-        Some(url) => {
-            let store = store::RedisStore::new(url, config.redis.clone()).map_err(|e| {
-                pingora::Error::explain(
-                    pingora::ErrorType::InternalError,
-                    format!("REDIS_ADDR / gateway.redis.addr is not usable: {e}"),
-                )
-            })?;
-            Some(Arc::new(store))
-        }
-        None => None,
-    };
+    let redis = store::RedisStore::from_config(&config.redis)
+        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?
+        .map(Arc::new);
+    let redis_for_watch = redis.clone().filter(|r| r.is_cluster());
     let (tracer, exporter) = match &config.tracing {
         Some(t) => {
             let (tracer, exporter) = trace::Tracer::new(t)
@@ -159,6 +151,12 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
         "client report",
         conn::report::SummaryService,
     ));
+    if let Some(store) = redis_for_watch {
+        server.add_service(pingora::services::background::background_service(
+            "redis cluster topology",
+            store::TopologyWatch(store),
+        ));
+    }
     if let Some(exporter) = exporter {
         server.add_service(pingora::services::background::background_service(
             "trace export",

@@ -274,6 +274,21 @@ impl Format {
     }
 }
 
+/// The redis client logs a WARN per reconnect attempt and per slot refresh: during a Redis
+/// Cluster failover that was a hundred lines in 300 ms. The gateway says once (rate-limited)
+/// that Redis failed and counts every failure, so the client's own lines are kept to errors
+/// unless `RUST_LOG` names `redis` itself.
+fn quiet_redis_client(directives: String) -> String {
+    let named = directives
+        .split(',')
+        .any(|d| d.trim_start().starts_with("redis"));
+    if named {
+        directives
+    } else {
+        format!("{directives},redis=error")
+    }
+}
+
 /// Sets up `tracing` (which also collects Pingora's `log` records) on the non-blocking stderr
 /// writer. Unknown `LOG_FORMAT` values are reported once and ignored.
 pub fn init() {
@@ -285,6 +300,7 @@ pub fn init() {
         .ok()
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| format.default_filter().to_string());
+    let directives = quiet_redis_client(directives);
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format.default_filter()));
     let layer =
@@ -430,6 +446,15 @@ pub fn flush(timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redis_clients_retry_warnings_are_quiet_unless_asked_for() {
+        assert_eq!(quiet_redis_client("info".into()), "info,redis=error");
+        assert_eq!(
+            quiet_redis_client("warn,redis=debug".into()),
+            "warn,redis=debug"
+        );
+    }
 
     #[test]
     fn only_pingoras_client_failure_lines_are_quiet() {

@@ -340,6 +340,24 @@ pub static TRACING_QUEUE: LazyLock<IntGauge> = LazyLock::new(|| {
     .unwrap_or_else(|e| panic!("metric cannot be registered: {e}"))
 });
 
+/// Changes of a Redis Cluster's set of masters (failovers, resharding), as the watch saw them.
+pub static REDIS_TOPOLOGY_CHANGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "redis_topology_changes_total",
+        "Changes of the Redis Cluster's masters seen by the gateway (failovers, resharding)"
+    )
+    .unwrap_or_else(|e| panic!("metric cannot be registered: {e}"))
+});
+
+/// Masters of the Redis Cluster at the last reading (0 until the first).
+pub static REDIS_CLUSTER_MASTERS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "redis_cluster_masters",
+        "Masters of the Redis Cluster serving slots at the gateway's last reading"
+    )
+    .unwrap_or_else(|e| panic!("metric cannot be registered: {e}"))
+});
+
 pub fn init() {
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);
@@ -375,12 +393,14 @@ pub fn init() {
     LazyLock::force(&TRACING_SPANS_EXPORTED);
     LazyLock::force(&TRACING_EXPORTS);
     LazyLock::force(&TRACING_QUEUE);
+    LazyLock::force(&REDIS_TOPOLOGY_CHANGES);
+    LazyLock::force(&REDIS_CLUSTER_MASTERS);
 }
 
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
 /// "no data" until the first event (a counter vector otherwise appears only once incremented).
 pub fn prime(config: &crate::config::Config) {
-    let redis_configured = config.redis.url.is_some();
+    let redis_configured = config.redis.url.is_some() || !config.redis.cluster.is_empty();
     // rate_limit_decisions_total is primed by the limiter, which resolves its children once.
     for stream in [
         crate::logging::Stream::Stdout,

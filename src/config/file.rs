@@ -89,6 +89,7 @@ impl Default for ReloadFile {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RedisFile {
     pub(super) addr: Option<String>,
+    pub(super) cluster: Vec<String>,
     pub(super) connect_timeout_ms: u64,
     pub(super) command_timeout_ms: u64,
 }
@@ -97,6 +98,7 @@ impl Default for RedisFile {
     fn default() -> Self {
         RedisFile {
             addr: None,
+            cluster: Vec::new(),
             connect_timeout_ms: 5000,
             command_timeout_ms: 100,
         }

@@ -146,8 +146,11 @@ pub struct ReloadConfig {
 /// Redis settings.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://` / `rediss://` URL, normalised from a bare `host:port`; `None` = embedded store.
+    /// `redis://` / `rediss://` URL, normalised from a bare `host:port`; `None` (and no
+    /// `cluster`) = embedded store.
     pub url: Option<String>,
+    /// Redis Cluster seed nodes as `redis://` URLs (`REDIS_CLUSTER_NODES`); empty: not a cluster.
+    pub cluster: Vec<String>,
     /// Bound on establishing a connection.
     pub connect_timeout: Duration,
     /// Bound on each command; past it the caller falls back.
@@ -307,7 +310,7 @@ pub struct RouteConfig {
 }
 
 /// Every environment variable the gateway reads (deployment files are checked against this).
-pub const ENV_VARS: [&str; 14] = [
+pub const ENV_VARS: [&str; 15] = [
     "HTTP_PORT",
     "METRICS_PORT",
     "REDIS_ADDR",
@@ -322,6 +325,7 @@ pub const ENV_VARS: [&str; 14] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_SERVICE_NAME",
     "OTEL_SDK_DISABLED",
+    "REDIS_CLUSTER_NODES",
 ];
 
 /// Source of environment variables, injectable for tests.
@@ -427,6 +431,41 @@ mod tests {
             c.services.get("user").and_then(|s| s.url.host_str()),
             Some("users.internal")
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_cluster_is_its_seed_nodes_and_excludes_one_redis() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let env = env_with(&[
+            ("JWT_SECRET", "s"),
+            ("REDIS_CLUSTER_NODES", "10.0.0.1:7000, 10.0.0.2:7001"),
+        ]);
+        let c = Config::from_yaml("", &env, LoadMode::Run)?;
+        assert_eq!(
+            c.redis.cluster,
+            ["redis://10.0.0.1:7000", "redis://10.0.0.2:7001"]
+        );
+        assert!(c.redis.url.is_none());
+        let c = load("gateway: {redis: {cluster: ['h:7000', 'rediss://h:7001']}}")?;
+        assert_eq!(c.redis.cluster.len(), 2);
+        for (yaml, want) in [
+            (
+                "gateway: {redis: {addr: 'h:6379', cluster: ['h:7000']}}",
+                "either gateway.redis.addr",
+            ),
+            (
+                "gateway: {redis: {cluster: ['nope']}}",
+                "gateway.redis.cluster[0]",
+            ),
+            (
+                "gateway: {redis: {addr: 'redis+sentinel://s:26379/mymaster'}}",
+                "not supported yet",
+            ),
+        ] {
+            let e = err_text(yaml);
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
         Ok(())
     }
 

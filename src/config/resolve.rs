@@ -186,10 +186,46 @@ impl RedisFile {
                 self.addr.filter(|a| !a.trim().is_empty()),
             ),
         };
+        let (cluster_key, nodes) = match nonempty(env, "REDIS_CLUSTER_NODES") {
+            Some(v) => (
+                "REDIS_CLUSTER_NODES",
+                v.split(',').map(|n| n.trim().to_string()).collect(),
+            ),
+            None => ("gateway.redis.cluster", self.cluster),
+        };
+        let mut cluster = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let url =
+                normalise_redis_addr(n).map_err(|m| invalid(format!("{cluster_key}[{i}]"), m))?;
+            if url.starts_with("unix://") {
+                return Err(invalid(
+                    format!("{cluster_key}[{i}]"),
+                    "cluster nodes are host:port (or redis:// / rediss:// URLs)",
+                ));
+            }
+            cluster.push(url);
+        }
+        if !cluster.is_empty() && addr.is_some() {
+            return Err(invalid(
+                cluster_key,
+                format!("set either {key} (one Redis) or the cluster's seed nodes, not both"),
+            ));
+        }
+        if addr
+            .as_deref()
+            .is_some_and(|a| a.trim_start().starts_with("redis+sentinel://"))
+        {
+            return Err(invalid(
+                key,
+                "redis+sentinel:// is not supported yet: point it at the master (host:port) or \
+                 use a cluster (gateway.redis.cluster / REDIS_CLUSTER_NODES)",
+            ));
+        }
         Ok(RedisConfig {
             url: addr
                 .map(|a| normalise_redis_addr(&a).map_err(|m| invalid(key, m)))
                 .transpose()?,
+            cluster,
             connect_timeout: millis("gateway.redis.connect_timeout_ms", self.connect_timeout_ms)?,
             command_timeout: millis("gateway.redis.command_timeout_ms", self.command_timeout_ms)?,
         })

@@ -17,7 +17,7 @@ pub(crate) mod memory;
 pub mod redis;
 
 pub(crate) use self::memory::MemoryKv;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, TopologyWatch};
 
 /// Why a store operation did not produce a value.
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,17 @@
-//! The Redis connection shared by every request of this process: created lazily (the gateway
-//! starts with Redis down), every command bounded by the command timeout, and a breaker that
-//! skips Redis for a second after three failures so an outage costs requests no waiting.
+//! The Redis connection shared by every request of this process — one Redis, or a Redis
+//! Cluster through redis-rs's cluster client (slots, `MOVED`/`ASK` and failovers are its
+//! business) — created lazily (the gateway starts with Redis down), every command bounded by
+//! the command timeout, and a breaker that skips Redis for a second after three failures so an
+//! outage costs requests no waiting.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-use redis::{Client, Script};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::StoreError;
 use crate::clock::unix_now;
@@ -42,13 +46,59 @@ impl WarnLimiter {
     }
 }
 
+/// Where the commands go (built once per process).
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    /// One Redis.
+    Single(Client),
+    /// A Redis Cluster, reached through its seed nodes.
+    Cluster(ClusterClient),
+}
+
+/// A connection to either: both reconnect (and the cluster one follows slot moves) by itself.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// One Redis.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// A Redis connection shared by every request of this process.
 pub struct RedisStore {
-    client: Client,
+    target: Target,
     config: RedisConfig,
     /// Created on first use, inside the serving runtime, so the connection's driver task runs
-    /// there; `ConnectionManager` then reconnects by itself.
-    manager: OnceLock<ConnectionManager>,
+    /// there; it then reconnects by itself.
+    conn: OnceLock<Conn>,
     breaker: CircuitBreaker,
     warn: WarnLimiter,
     incr_script: Script,
@@ -63,37 +113,82 @@ return n
 ";
 
 impl RedisStore {
-    /// Prepares a client for `url`; nothing connects until the first command.
+    /// Prepares a client for one Redis at `url`; nothing connects until the first command.
     pub fn new(url: &str, config: RedisConfig) -> Result<RedisStore, redis::RedisError> {
-        Ok(RedisStore {
-            client: Client::open(url)?,
+        Ok(RedisStore::with_target(
+            Target::Single(Client::open(url)?),
             config,
-            manager: OnceLock::new(),
+        ))
+    }
+
+    /// The store `config` asks for: a cluster (seed nodes), one Redis (`url`), or `None` for
+    /// the embedded store.
+    pub fn from_config(config: &RedisConfig) -> Result<Option<RedisStore>, String> {
+        if !config.cluster.is_empty() {
+            let client = ClusterClient::builder(config.cluster.clone())
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.command_timeout)
+                .retries(1)
+                .build()
+                .map_err(|e| {
+                    format!("REDIS_CLUSTER_NODES / gateway.redis.cluster is not usable: {e}")
+                })?;
+            return Ok(Some(RedisStore::with_target(
+                Target::Cluster(client),
+                config.clone(),
+            )));
+        }
+        match &config.url {
+            Some(url) => RedisStore::new(url, config.clone())
+                .map(Some)
+                .map_err(|e| format!("REDIS_ADDR / gateway.redis.addr is not usable: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    fn with_target(target: Target, config: RedisConfig) -> RedisStore {
+        RedisStore {
+            target,
+            config,
+            conn: OnceLock::new(),
             breaker: CircuitBreaker::new(REDIS_FAILURES, REDIS_PAUSE, Instant::now()),
             warn: WarnLimiter::default(),
             incr_script: Script::new(INCR_WINDOW),
-        })
+        }
     }
 
-    fn manager(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(m) = self.manager.get() {
-            return Ok(m.clone());
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    fn conn(&self) -> Result<Conn, StoreError> {
+        if let Some(c) = self.conn.get() {
+            return Ok(c.clone());
         }
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.config.connect_timeout))
-            .set_response_timeout(Some(self.config.command_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let m = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)?;
-        Ok(self.manager.get_or_init(|| m).clone())
+        let c = match &self.target {
+            Target::Single(client) => {
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.config.connect_timeout))
+                    .set_response_timeout(Some(self.config.command_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(200));
+                Conn::Single(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    cfg,
+                )?)
+            }
+            // Connects to the nodes in the background; commands wait for it (bounded by the
+            // command timeout), as with one Redis.
+            Target::Cluster(client) => Conn::Cluster(
+                client.get_pending_async_connection_with_config(ClusterConfig::default()),
+            ),
+        };
+        Ok(self.conn.get_or_init(|| c).clone())
     }
 
     /// Runs `op` under the breaker and the command timeout, recording failures.
-    async fn run<T, F>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(ConnectionManager) -> F,
-    ) -> Result<T, StoreError>
+    async fn run<T, F>(&self, op: &'static str, f: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
@@ -103,7 +198,7 @@ impl RedisStore {
                 .inc();
             return Err(StoreError::Unavailable);
         }
-        let conn = self.manager()?;
+        let conn = self.conn()?;
         let result = match tokio::time::timeout(self.config.command_timeout, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
@@ -172,9 +267,89 @@ impl RedisStore {
     }
 }
 
+/// Every this often, the cluster's masters are read and compared with the last reading.
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(2);
+
+/// Watches a Redis Cluster's masters: a change (a failover, a node added) is logged and
+/// counted in `redis_topology_changes_total`. The client follows the change by itself; this
+/// only makes it visible.
+pub struct TopologyWatch(pub std::sync::Arc<RedisStore>);
+
+impl RedisStore {
+    /// The cluster's masters (`host:port`, sorted), as one node sees them.
+    async fn masters(&self) -> Result<Vec<String>, StoreError> {
+        let nodes: String = self
+            .run("cluster_nodes", |mut c| async move {
+                redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await
+            })
+            .await?;
+        Ok(parse_masters(&nodes))
+    }
+}
+
+/// The masters in a `CLUSTER NODES` answer: lines whose flags say master and not failed.
+fn parse_masters(nodes: &str) -> Vec<String> {
+    let mut out: Vec<String> = nodes
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let addr = f.nth(1)?;
+            let flags = f.next()?;
+            (flags.contains("master") && !flags.contains("fail"))
+                .then(|| addr.split('@').next().unwrap_or(addr).to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for TopologyWatch {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut last: Option<Vec<String>> = None;
+        let mut pause = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            let Ok(now) = self.0.masters().await else {
+                // Until a first reading, retry soon: a change is only seen against one.
+                pause = if last.is_some() {
+                    TOPOLOGY_EVERY
+                } else {
+                    TOPOLOGY_EVERY / 10
+                };
+                continue;
+            };
+            pause = TOPOLOGY_EVERY;
+            metrics::REDIS_CLUSTER_MASTERS.set(now.len() as i64);
+            if let Some(before) = &last {
+                if *before != now {
+                    metrics::REDIS_TOPOLOGY_CHANGES.inc();
+                    tracing::info!(from = %before.join(","), to = %now.join(","), "redis cluster masters changed");
+                }
+            }
+            last = Some(now);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::WarnLimiter;
+
+    #[test]
+    fn masters_are_read_from_cluster_nodes() {
+        let nodes = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                     b2 127.0.0.1:7001@17001 master,fail - 0 0 2 connected\n\
+                     c3 127.0.0.1:7004@17004 slave a1 0 0 1 connected\n\
+                     d4 127.0.0.1:7005@17005 master - 0 0 3 connected 5461-10922\n";
+        assert_eq!(
+            super::parse_masters(nodes),
+            ["127.0.0.1:7000", "127.0.0.1:7005"]
+        );
+    }
 
     #[test]
     fn warnings_are_rate_limited() {

@@ -85,3 +85,166 @@ impl Redis {
         redis::cmd("TTL").arg(key).query(&mut c).expect("TTL")
     }
 }
+
+/// A real Redis Cluster: six `redis-server --cluster-enabled yes` nodes on free ports (each
+/// with its bus port, +10000, free too), joined by `redis-cli --cluster create … --cluster-replicas
+/// 1`: three masters, three replicas, a 1 s node timeout so a killed master fails over fast.
+pub struct RedisCluster {
+    pub nodes: Vec<(u16, Proc)>,
+    pub dir: tempfile::TempDir,
+}
+
+fn bindable(port: u32) -> bool {
+    port < 65536 && std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok()
+}
+
+impl RedisCluster {
+    /// Starts the six nodes, creates the cluster and waits until every slot is served and every
+    /// master has its replica.
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        while nodes.len() < 6 {
+            let port = free_port();
+            if !bindable(u32::from(port) + 10000) {
+                continue;
+            }
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                // A replica takes over whatever the age of its copy (test data only).
+                .args(["--cluster-replica-validity-factor", "0"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("redis-server is installed (make test installs it)");
+            nodes.push((
+                port,
+                Proc {
+                    name: format!("redis cluster node {port}"),
+                    child,
+                },
+            ));
+        }
+        let c = RedisCluster { nodes, dir };
+        for (port, _) in &c.nodes {
+            c.wait(*port, "PING", |r| r == "PONG");
+        }
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(c.nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (port, _) in &c.nodes {
+            c.wait(*port, "CLUSTER INFO", |r| {
+                r.contains("cluster_state:ok") && r.contains("cluster_slots_ok:16384")
+            });
+        }
+        for port in c.masters() {
+            c.wait(port, "INFO replication", |r| {
+                r.contains("connected_slaves:1")
+            });
+        }
+        c
+    }
+
+    fn query(port: u16, command: &str) -> Option<String> {
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        let mut cmd = redis::cmd(command.split(' ').next()?);
+        for a in command.split(' ').skip(1) {
+            cmd.arg(a);
+        }
+        match cmd.query::<redis::Value>(&mut conn).ok()? {
+            redis::Value::SimpleString(s) => Some(s),
+            redis::Value::BulkString(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            redis::Value::VerbatimString { text, .. } => Some(text),
+            other => Some(format!("{other:?}")),
+        }
+    }
+
+    /// Polls `command` on `port` until `ok` holds for its answer (20 s at most).
+    pub fn wait(&self, port: u16, command: &str, ok: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if RedisCluster::query(port, command).is_some_and(|r| ok(&r)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis {port}: `{command}` never became ready: {:?}",
+                RedisCluster::query(port, command)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The seed list for `REDIS_CLUSTER_NODES`.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The ports of the nodes that are masters now (as a live node sees it).
+    pub fn masters(&self) -> Vec<u16> {
+        let live = self
+            .nodes
+            .iter()
+            .find_map(|(p, _)| RedisCluster::query(*p, "CLUSTER NODES"))
+            .unwrap_or_default();
+        live.lines()
+            .filter(|l| {
+                let flags = l.split(' ').nth(2).unwrap_or("");
+                flags.contains("master") && !flags.contains("fail")
+            })
+            .filter_map(|l| {
+                let addr = l.split(' ').nth(1)?;
+                addr.split('@').next()?.rsplit(':').next()?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Kills the node on `port` (SIGKILL, as a crash).
+    pub fn kill(&mut self, port: u16) {
+        if let Some((_, p)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
+            p.kill();
+        }
+    }
+
+    /// Every key on every live master matching `pattern`, with its TTL in seconds.
+    pub fn keys_with_ttl(&self, pattern: &str) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for port in self.masters() {
+            let Ok(mut c) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            else {
+                continue;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query(&mut c)
+                .unwrap_or_default();
+            for k in keys {
+                let ttl: i64 = redis::cmd("TTL").arg(&k).query(&mut c).unwrap_or(-2);
+                out.push((k, ttl));
+            }
+        }
+        out
+    }
+}

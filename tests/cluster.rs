@@ -1,0 +1,225 @@
+//! Shared state on a real Redis Cluster (six `redis-server` nodes: three masters, three
+//! replicas): two gateways share one limit and one cache through it, keys carry TTLs, and a
+//! master killed under load costs no request.
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    client, eventually, profile_aggregate, service_env, token_with_roles, x_cache, Gateway, Mocks,
+    RedisCluster,
+};
+
+async fn gateway(cluster: &RedisCluster, mocks: &Mocks, per_window: u64) -> Gateway {
+    let mut env = service_env(mocks);
+    env.push(("REDIS_CLUSTER_NODES", cluster.seeds()));
+    // An hour-long window: no window edge falls inside a test.
+    let section = format!(
+        "rate_limit: {{ per_minute: {per_window}, window_seconds: 3600 }}\n{}",
+        profile_aggregate(60, 2000)
+    );
+    Gateway::start(&section, &env).await
+}
+
+fn sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_limit_and_one_cache_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let a = gateway(&cluster, &mocks, 30).await;
+    let b = gateway(&cluster, &mocks, 30).await;
+    let bearer = token_with_roles("admin-1", &["admin"]);
+
+    // Built through A, served from the cluster through B.
+    let r = client()
+        .get(a.url("/api/profile/7"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "MISS".into()));
+    let mut hit = String::new();
+    eventually("B hits A's entry", Duration::from_secs(5), async || {
+        let r = client()
+            .get(b.url("/api/profile/7"))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap();
+        hit = x_cache(&r);
+        hit == "HIT"
+    })
+    .await;
+
+    // One budget of 30 for this client across both replicas, whatever it already used above.
+    let mut admitted = 0;
+    for i in 0..60 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = client()
+            .get(gw.url(&format!("/api/profile/{}", i % 5 + 1)))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let used_before = 60 - admitted;
+    assert!(admitted <= 30, "admitted {admitted}");
+    let ma = a.metrics().await;
+    let mb = b.metrics().await;
+    let allowed = sum(
+        &ma,
+        "rate_limit_decisions_total{backend=\"redis\",result=\"allowed\"}",
+    ) + sum(
+        &mb,
+        "rate_limit_decisions_total{backend=\"redis\",result=\"allowed\"}",
+    );
+    assert_eq!(
+        allowed, 30.0,
+        "exactly the limit, all decided on the cluster ({used_before} refused)"
+    );
+    assert_eq!(
+        sum(&ma, "rate_limit_decisions_total{backend=\"fallback\"")
+            + sum(&mb, "rate_limit_decisions_total{backend=\"fallback\""),
+        0.0
+    );
+
+    // Every key the gateways wrote is namespaced and expires.
+    let keys = cluster.keys_with_ttl("*");
+    assert!(
+        keys.iter().any(|(k, _)| k.starts_with("ratelimit:")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().any(|(k, _)| k.starts_with("profile:")),
+        "{keys:?}"
+    );
+    for (k, ttl) in &keys {
+        assert!(*ttl > 0, "{k} has no TTL ({ttl})");
+    }
+}
+
+#[tokio::test]
+async fn a_master_killed_under_load_costs_no_request_and_state_resumes_on_its_replica() {
+    let mut cluster = RedisCluster::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let gw = Arc::new(gateway(&cluster, &mocks, 1_000_000).await);
+    let bearer = token_with_roles("admin-1", &["admin"]);
+
+    // ~200 requests a second (20 workers, one every 100 ms each) until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..20u64 {
+        let (gw, bearer, stop, sent) = (gw.clone(), bearer.clone(), stop.clone(), sent.clone());
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let mut bad = Vec::new();
+            let mut n = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let started = Instant::now();
+                let url = gw.url(&format!("/api/profile/{}", (w * 7 + n) % 50 + 1));
+                n += 1;
+                sent.fetch_add(1, Ordering::Relaxed);
+                match c.get(url).bearer_auth(&bearer).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    Ok(r) => bad.push(format!("status {}", r.status())),
+                    Err(e) => bad.push(format!("error {e}")),
+                }
+                tokio::time::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()))
+                    .await;
+            }
+            bad
+        }));
+    }
+
+    let redis_decisions = async || {
+        sum(
+            &gw.metrics().await,
+            "rate_limit_decisions_total{backend=\"redis\",result=\"allowed\"}",
+        )
+    };
+    eventually(
+        "traffic decided on the cluster",
+        Duration::from_secs(10),
+        async || redis_decisions().await > 100.0,
+    )
+    .await;
+    eventually(
+        "the gateway sees the three masters",
+        Duration::from_secs(10),
+        async || sum(&gw.metrics().await, "redis_cluster_masters") == 3.0,
+    )
+    .await;
+    let victim = cluster.masters()[0];
+    let killed = Instant::now();
+    cluster.kill(victim);
+    // Back on the cluster: decisions on Redis move again after the replica took over.
+    let before = redis_decisions().await;
+    let mut resumed = Duration::ZERO;
+    eventually(
+        "decisions back on the cluster",
+        Duration::from_secs(30),
+        async || {
+            let moved = redis_decisions().await > before + 200.0
+                && sum(
+                    &gw.metrics().await,
+                    "rate_limit_decisions_total{backend=\"fallback\"",
+                ) > 0.0;
+            resumed = killed.elapsed();
+            moved
+                || (killed.elapsed() > Duration::from_secs(25)
+                    && redis_decisions().await > before + 200.0)
+        },
+    )
+    .await;
+    // A few more seconds of traffic on the promoted replica.
+    let at = sent.load(Ordering::Relaxed);
+    eventually(
+        "traffic after the failover",
+        Duration::from_secs(20),
+        async || sent.load(Ordering::Relaxed) > at + 400,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut bad = Vec::new();
+    for w in workers {
+        bad.extend(w.await.unwrap());
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests failed: {:?}",
+        bad.len(),
+        sent.load(Ordering::Relaxed),
+        &bad[..bad.len().min(10)]
+    );
+    let m = gw.metrics().await;
+    eprintln!(
+        "failover: master {victim} killed; decisions back on the cluster after {resumed:?}; {} fallback decisions, {} requests",
+        sum(&m, "rate_limit_decisions_total{backend=\"fallback\""),
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(!cluster.masters().contains(&victim));
+    eventually(
+        "the failover counted",
+        Duration::from_secs(10),
+        async || sum(&gw.metrics().await, "redis_topology_changes_total") >= 1.0,
+    )
+    .await;
+}
