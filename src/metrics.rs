@@ -400,7 +400,9 @@ pub fn init() {
 /// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
 /// "no data" until the first event (a counter vector otherwise appears only once incremented).
 pub fn prime(config: &crate::config::Config) {
-    let redis_configured = config.redis.url.is_some() || !config.redis.cluster.is_empty();
+    let redis_configured = config.redis.url.is_some()
+        || !config.redis.cluster.is_empty()
+        || config.redis.sentinel.is_some();
     // rate_limit_decisions_total is primed by the limiter, which resolves its children once.
     for stream in [
         crate::logging::Stream::Stdout,

@@ -14,6 +14,7 @@ fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLim
     let cfg = gateway::config::RedisConfig {
         url: Some(url.clone()),
         cluster: vec![],
+        sentinel: None,
         connect_timeout: Duration::from_secs(1),
         command_timeout: Duration::from_secs(2),
     };

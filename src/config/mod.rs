@@ -151,10 +151,25 @@ pub struct RedisConfig {
     pub url: Option<String>,
     /// Redis Cluster seed nodes as `redis://` URLs (`REDIS_CLUSTER_NODES`); empty: not a cluster.
     pub cluster: Vec<String>,
+    /// Redis Sentinel (`redis+sentinel://…` in `REDIS_ADDR`): the master is asked of them.
+    pub sentinel: Option<SentinelConfig>,
     /// Bound on establishing a connection.
     pub connect_timeout: Duration,
     /// Bound on each command; past it the caller falls back.
     pub command_timeout: Duration,
+}
+
+/// Where the sentinels are and which master they watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentinelConfig {
+    /// The sentinels, as `redis://host:port`.
+    pub nodes: Vec<String>,
+    /// The master's name as the sentinels know it.
+    pub master: String,
+    /// The master's password (`redis+sentinel://pass@…`).
+    pub password: Option<String>,
+    /// The database number on the master.
+    pub db: i64,
 }
 
 /// JWT verification settings.
@@ -435,8 +450,8 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_is_its_seed_nodes_and_excludes_one_redis() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn a_cluster_is_its_seed_nodes_and_sentinels_name_their_master(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let env = env_with(&[
             ("JWT_SECRET", "s"),
             ("REDIS_CLUSTER_NODES", "10.0.0.1:7000, 10.0.0.2:7001"),
@@ -449,6 +464,17 @@ mod tests {
         assert!(c.redis.url.is_none());
         let c = load("gateway: {redis: {cluster: ['h:7000', 'rediss://h:7001']}}")?;
         assert_eq!(c.redis.cluster.len(), 2);
+        let c = load("gateway: {redis: {addr: 'redis+sentinel://pw@s1:26379,s2:26380/main/2'}}")?;
+        assert_eq!(
+            c.redis.sentinel,
+            Some(SentinelConfig {
+                nodes: vec!["redis://s1:26379".into(), "redis://s2:26380".into()],
+                master: "main".into(),
+                password: Some("pw".into()),
+                db: 2,
+            })
+        );
+        assert!(c.redis.url.is_none());
         for (yaml, want) in [
             (
                 "gateway: {redis: {addr: 'h:6379', cluster: ['h:7000']}}",
@@ -459,8 +485,16 @@ mod tests {
                 "gateway.redis.cluster[0]",
             ),
             (
-                "gateway: {redis: {addr: 'redis+sentinel://s:26379/mymaster'}}",
-                "not supported yet",
+                "gateway: {redis: {addr: 'redis+sentinel://s:26379'}}",
+                "needs the master's name",
+            ),
+            (
+                "gateway: {redis: {addr: 'redis+sentinel://s/mymaster'}}",
+                "has no port",
+            ),
+            (
+                "gateway: {redis: {addr: 'redis+sentinel://s:1/m/x'}}",
+                "not a database number",
             ),
         ] {
             let e = err_text(yaml);

@@ -51,6 +51,56 @@ pub(super) fn positive(key: &str, v: u64) -> Result<u64, ConfigError> {
     }
 }
 
+/// `redis+sentinel://[pass@]h1:26379,h2:26379/<master>[/db]`.
+pub fn parse_sentinel(addr: &str) -> Result<SentinelConfig, String> {
+    let rest = addr
+        .strip_prefix("redis+sentinel://")
+        .ok_or("not a redis+sentinel:// address")?;
+    let (hosts, path) = rest
+        .split_once('/')
+        .ok_or("needs the master's name: redis+sentinel://h1:26379,h2:26379/<master>")?;
+    let (password, hosts) = match hosts.rsplit_once('@') {
+        Some((auth, h)) => {
+            let pass = auth.rsplit(':').next().unwrap_or(auth);
+            (Some(pass.to_string()).filter(|p| !p.is_empty()), h)
+        }
+        None => (None, hosts),
+    };
+    let mut nodes = Vec::new();
+    for h in hosts.split(',').map(str::trim) {
+        let url = normalise_redis_addr(h).map_err(|e| format!("sentinel `{h}`: {e}"))?;
+        if !url.starts_with("redis://") {
+            return Err(format!("sentinel `{h}` is not host:port"));
+        }
+        nodes.push(url);
+    }
+    let mut parts = path.split('/');
+    let master = parts.next().unwrap_or_default().to_string();
+    if master.is_empty()
+        || !master
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!("`{master}` is not a master name ([A-Za-z0-9._-]+)"));
+    }
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(d) => d
+            .parse::<u8>()
+            .map_err(|_| format!("`{d}` is not a database number"))?
+            .into(),
+    };
+    if parts.next().is_some() {
+        return Err("expected /<master>[/db] after the sentinels".into());
+    }
+    Ok(SentinelConfig {
+        nodes,
+        master,
+        password,
+        db,
+    })
+}
+
 /// Accepts `host:port`, `redis://…` and `rediss://…`, returning a URL the redis crate takes.
 pub fn normalise_redis_addr(addr: &str) -> Result<String, String> {
     let addr = addr.trim();
@@ -211,21 +261,19 @@ impl RedisFile {
                 format!("set either {key} (one Redis) or the cluster's seed nodes, not both"),
             ));
         }
-        if addr
-            .as_deref()
-            .is_some_and(|a| a.trim_start().starts_with("redis+sentinel://"))
-        {
-            return Err(invalid(
-                key,
-                "redis+sentinel:// is not supported yet: point it at the master (host:port) or \
-                 use a cluster (gateway.redis.cluster / REDIS_CLUSTER_NODES)",
-            ));
-        }
+        let (addr, sentinel) = match addr {
+            Some(a) if a.trim_start().starts_with("redis+sentinel://") => (
+                None,
+                Some(parse_sentinel(a.trim()).map_err(|m| invalid(key, m))?),
+            ),
+            other => (other, None),
+        };
         Ok(RedisConfig {
             url: addr
                 .map(|a| normalise_redis_addr(&a).map_err(|m| invalid(key, m)))
                 .transpose()?,
             cluster,
+            sentinel,
             connect_timeout: millis("gateway.redis.connect_timeout_ms", self.connect_timeout_ms)?,
             command_timeout: millis("gateway.redis.command_timeout_ms", self.command_timeout_ms)?,
         })

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
@@ -53,6 +53,79 @@ enum Target {
     Single(Client),
     /// A Redis Cluster, reached through its seed nodes.
     Cluster(ClusterClient),
+    /// The master a set of sentinels names.
+    Sentinel(std::sync::Arc<SentinelConn>),
+}
+
+/// A connection to the master the sentinels name, asked again whenever the connection fails
+/// or the server says it is no longer a master (`READONLY`): a failover is followed by the
+/// next command after it.
+pub(crate) struct SentinelConn {
+    /// Asked by one refresh task at a time: a failure seen by many requests leads to one
+    /// question to the sentinels.
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    current: arc_swap::ArcSwapOption<MultiplexedConnection>,
+    refreshing: std::sync::atomic::AtomicBool,
+    ready: tokio::sync::Notify,
+    config: redis::AsyncConnectionConfig,
+    /// Bound on one refresh (sentinels asked, master connected).
+    refresh_timeout: Duration,
+    db: i64,
+}
+
+impl SentinelConn {
+    /// The master's connection, or a wait for the refresh that finds it. The refresh runs as
+    /// a task of its own: a command's timeout (100 ms by default) must not cancel it halfway,
+    /// or a reconnection slower than one command would never finish.
+    async fn connection(self: &std::sync::Arc<Self>) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = self.current.load_full() {
+            return Ok((*c).clone());
+        }
+        let ready = self.ready.notified();
+        if let Some(c) = self.current.load_full() {
+            return Ok((*c).clone());
+        }
+        if !self.refreshing.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let found = tokio::time::timeout(me.refresh_timeout, async {
+                    let mut client = me.client.lock().await;
+                    client.get_async_connection_with_config(&me.config).await
+                })
+                .await;
+                if let Ok(Ok(conn)) = found {
+                    me.current.store(Some(std::sync::Arc::new(conn)));
+                }
+                me.refreshing.store(false, Ordering::Release);
+                me.ready.notify_waiters();
+            });
+        }
+        ready.await;
+        self.current
+            .load_full()
+            .map(|c| (*c).clone())
+            .ok_or_else(|| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "no master from the sentinels yet",
+                ))
+            })
+    }
+
+    /// Drops the connection after `e` if it says the master may have moved.
+    fn check<T>(&self, r: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &r {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+                || e.code() == Some("READONLY")
+            {
+                self.current.store(None);
+            }
+        }
+        r
+    }
 }
 
 /// A connection to either: both reconnect (and the cluster one follows slot moves) by itself.
@@ -62,6 +135,8 @@ pub(crate) enum Conn {
     Single(ConnectionManager),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
+    /// The sentinels' master.
+    Sentinel(std::sync::Arc<SentinelConn>),
 }
 
 impl ConnectionLike for Conn {
@@ -69,6 +144,10 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(s) => Box::pin(async move {
+                let mut c = s.check(s.connection().await)?;
+                s.check(c.req_packed_command(cmd).await)
+            }),
         }
     }
 
@@ -81,6 +160,10 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(s) => Box::pin(async move {
+                let mut c = s.check(s.connection().await)?;
+                s.check(c.req_packed_commands(cmd, offset, count).await)
+            }),
         }
     }
 
@@ -88,6 +171,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(s) => s.db,
         }
     }
 }
@@ -138,6 +222,37 @@ impl RedisStore {
                 config.clone(),
             )));
         }
+        if let Some(sc) = &config.sentinel {
+            let mut info = redis::RedisConnectionInfo::default().set_db(sc.db);
+            if let Some(p) = &sc.password {
+                info = info.set_password(p);
+            }
+            let client = redis::sentinel::SentinelClient::build(
+                sc.nodes.clone(),
+                sc.master.clone(),
+                Some(
+                    redis::sentinel::SentinelNodeConnectionInfo::default()
+                        .set_redis_connection_info(info),
+                ),
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(|e| format!("REDIS_ADDR (redis+sentinel://) is not usable: {e}"))?;
+            let conn = SentinelConn {
+                client: tokio::sync::Mutex::new(client),
+                current: arc_swap::ArcSwapOption::empty(),
+                refreshing: std::sync::atomic::AtomicBool::new(false),
+                ready: tokio::sync::Notify::new(),
+                refresh_timeout: config.connect_timeout * 2,
+                config: redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.command_timeout)),
+                db: sc.db,
+            };
+            return Ok(Some(RedisStore::with_target(
+                Target::Sentinel(std::sync::Arc::new(conn)),
+                config.clone(),
+            )));
+        }
         match &config.url {
             Some(url) => RedisStore::new(url, config.clone())
                 .map(Some)
@@ -183,6 +298,7 @@ impl RedisStore {
             Target::Cluster(client) => Conn::Cluster(
                 client.get_pending_async_connection_with_config(ClusterConfig::default()),
             ),
+            Target::Sentinel(s) => Conn::Sentinel(s.clone()),
         };
         Ok(self.conn.get_or_init(|| c).clone())
     }

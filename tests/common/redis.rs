@@ -94,6 +94,26 @@ pub struct RedisCluster {
     pub dir: tempfile::TempDir,
 }
 
+/// A reply as text: strings as they are, arrays and maps flattened with spaces.
+fn value_text(v: &redis::Value) -> String {
+    use redis::Value;
+    match v {
+        Value::SimpleString(s) => s.clone(),
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().map(value_text).collect::<Vec<_>>().join(" ")
+        }
+        Value::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| format!("{} {}", value_text(k), value_text(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => format!("{other:?}"),
+    }
+}
+
 fn bindable(port: u32) -> bool {
     port < 65536 && std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok()
 }
@@ -159,7 +179,7 @@ impl RedisCluster {
         c
     }
 
-    fn query(port: u16, command: &str) -> Option<String> {
+    pub fn query(port: u16, command: &str) -> Option<String> {
         let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
             .ok()?
             .get_connection_with_timeout(Duration::from_secs(1))
@@ -168,16 +188,16 @@ impl RedisCluster {
         for a in command.split(' ').skip(1) {
             cmd.arg(a);
         }
-        match cmd.query::<redis::Value>(&mut conn).ok()? {
-            redis::Value::SimpleString(s) => Some(s),
-            redis::Value::BulkString(b) => Some(String::from_utf8_lossy(&b).into_owned()),
-            redis::Value::VerbatimString { text, .. } => Some(text),
-            other => Some(format!("{other:?}")),
-        }
+        Some(value_text(&cmd.query::<redis::Value>(&mut conn).ok()?))
     }
 
     /// Polls `command` on `port` until `ok` holds for its answer (20 s at most).
     pub fn wait(&self, port: u16, command: &str, ok: impl Fn(&str) -> bool) {
+        RedisCluster::poll(port, command, ok)
+    }
+
+    /// See [`RedisCluster::wait`].
+    pub fn poll(port: u16, command: &str, ok: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if RedisCluster::query(port, command).is_some_and(|r| ok(&r)) {
@@ -246,5 +266,114 @@ impl RedisCluster {
             }
         }
         out
+    }
+}
+
+/// A master, its replica and three sentinels (`redis-server --sentinel`) watching it as
+/// `mymaster`, with a 1 s down-after: a killed master fails over within a few seconds.
+pub struct RedisSentinels {
+    pub master: Redis,
+    pub replica: Proc,
+    pub replica_port: u16,
+    pub sentinels: Vec<(u16, Proc)>,
+    pub dir: tempfile::TempDir,
+}
+
+impl RedisSentinels {
+    /// Starts them and waits until the replica is in sync and every sentinel knows the
+    /// replica and the other sentinels.
+    pub fn start() -> RedisSentinels {
+        let master = Redis::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let replica_port = free_port();
+        let replica = Command::new("redis-server")
+            .args(["--port", &replica_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server is installed");
+        let replica = Proc {
+            name: "redis replica".into(),
+            child: replica,
+        };
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.path().join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor mymaster 127.0.0.1 {m} 2\n\
+                     sentinel down-after-milliseconds mymaster 1000\n\
+                     sentinel failover-timeout mymaster 3000\n\
+                     sentinel parallel-syncs mymaster 1\n",
+                    dir = dir.path().display(),
+                    m = master.port
+                ),
+            )
+            .expect("sentinel conf");
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("redis-server --sentinel");
+            sentinels.push((
+                port,
+                Proc {
+                    name: format!("redis sentinel {port}"),
+                    child,
+                },
+            ));
+        }
+        let s = RedisSentinels {
+            master,
+            replica,
+            replica_port,
+            sentinels,
+            dir,
+        };
+        RedisCluster::poll(replica_port, "INFO replication", |r| {
+            r.contains("master_link_status:up")
+        });
+        for (port, _) in &s.sentinels {
+            RedisCluster::poll(*port, "SENTINEL replicas mymaster", |r| {
+                r.contains(&replica_port.to_string())
+            });
+            RedisCluster::poll(*port, "SENTINEL sentinels mymaster", |r| {
+                s.sentinels
+                    .iter()
+                    .filter(|(p, _)| p != port)
+                    .all(|(p, _)| r.contains(&p.to_string()))
+            });
+        }
+        s
+    }
+
+    /// `REDIS_ADDR` for the gateway.
+    pub fn addr(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+sentinel://{}/mymaster", hosts.join(","))
+    }
+
+    /// The master's port as the first sentinel names it now.
+    pub fn current_master(&self) -> Option<u16> {
+        let r = RedisCluster::query(
+            self.sentinels[0].0,
+            "SENTINEL get-master-addr-by-name mymaster",
+        )?;
+        r.split(|c: char| !c.is_ascii_digit())
+            .filter(|t| t.len() >= 4)
+            .find_map(|t| t.parse().ok())
     }
 }

@@ -1,0 +1,81 @@
+//! Redis Sentinel: the gateway asks three real sentinels (`redis-server --sentinel`) for the
+//! master, and follows it when the master is killed and its replica promoted.
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    client, eventually, profile_aggregate, service_env, token_with_roles, Gateway, Mocks,
+    RedisCluster, RedisSentinels,
+};
+
+fn sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_gateway_follows_the_master_the_sentinels_promote() {
+    let mut redis = RedisSentinels::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let mut env = service_env(&mocks);
+    env.push(("REDIS_ADDR", redis.addr()));
+    let section = format!(
+        "rate_limit: {{ per_minute: 1000000, window_seconds: 3600 }}\n{}",
+        profile_aggregate(60, 2000)
+    );
+    let gw = Gateway::start(&section, &env).await;
+    let bearer = token_with_roles("admin-1", &["admin"]);
+    let get = async |i: u64| {
+        client()
+            .get(gw.url(&format!("/api/profile/{i}")))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let on_redis = async || {
+        sum(
+            &gw.metrics().await,
+            "rate_limit_decisions_total{backend=\"redis\",result=\"allowed\"}",
+        )
+    };
+    for i in 0..20 {
+        assert_eq!(get(i % 5 + 1).await, 200);
+    }
+    assert!(on_redis().await >= 20.0, "decided on the sentinels' master");
+    let old = redis.master.port;
+    assert_eq!(redis.current_master(), Some(old));
+
+    redis.master.proc.kill();
+    let killed = Instant::now();
+    // Requests keep being answered during the failover (the local limiter decides, the cache
+    // is bypassed), and once the sentinels name the replica the gateway writes to it: each
+    // round asks for an aggregate never asked before and looks for its entry there.
+    let mut n = 100u64;
+    eventually(
+        "writes on the promoted replica",
+        Duration::from_secs(30),
+        async || {
+            n += 1;
+            assert_eq!(get(n).await, 200, "request {n} during the failover");
+            redis.current_master() == Some(redis.replica_port)
+                && RedisCluster::query(redis.replica_port, &format!("KEYS profile:{n}#*"))
+                    .is_some_and(|k| !k.is_empty())
+        },
+    )
+    .await;
+    eprintln!(
+        "sentinel failover followed after {:?} ({} requests meanwhile)",
+        killed.elapsed(),
+        n - 100
+    );
+    assert!(on_redis().await > 20.0);
+}
