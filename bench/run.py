@@ -322,7 +322,7 @@ def main():
     ports = {k: free_port() for k in ("origin", "nginx", "haproxy", "gw", "gw_redis", "gw_idle", "redis",
                                       "m_user", "m_order", "m_product", "m_rec", "m_idp", "gw_tls", "nginx_tls",
                                       "metrics1", "metrics2", "metrics3", "m_otlp", "gw_t0", "gw_t10",
-                                      "gw_t100", "metrics4", "metrics5", "metrics6")}
+                                      "gw_t100", "metrics4", "metrics5", "metrics6", "gw_cluster", "metrics7")}
     small = '{"id":"1","name":"User 1","email":"user1@example.com","ok":true}'
     # One P-256 certificate and key for the gateway's and nginx's HTTPS listeners.
     cert, key = os.path.join(WORK, "bench.crt"), os.path.join(WORK, "bench.key")
@@ -469,7 +469,11 @@ gateway:
     traced = {name: start(name, [GATEWAY, "-c", gw_conf(name, ports[name], ports[f"metrics{4 + i}"], 0)], PROXY_CPU,
                           svc_env)
               for i, name in enumerate(TRACED)}
-    for p in ("gw", "gw_redis") + tuple(TRACED):
+    # A Redis Cluster (3 masters, 3 replicas) on the generator core, for the edge checks' row 3c.
+    cluster_ports = start_cluster()
+    gw_cluster = start("gateway-cluster", [GATEWAY, "-c", gw_conf("gw_cluster", ports["gw_cluster"], ports["metrics7"], 30)],
+                       PROXY_CPU, dict(svc_env, REDIS_CLUSTER_NODES=",".join(f"127.0.0.1:{p}" for p in cluster_ports)))
+    for p in ("gw", "gw_redis", "gw_cluster") + tuple(TRACED):
         wait_http(f"http://127.0.0.1:{ports[p]}/readyz")
     wait_http(f"http://127.0.0.1:{ports['origin']}/json")
     wait_http(f"http://127.0.0.1:{ports['nginx']}/json")
@@ -561,6 +565,11 @@ gateway:
     s3m = abba("edge-memory", runner(ports["gw"], "/edge/json", gw.pid, (auth,)), "plain", plain)
     s3r = abba("edge-redis", runner(ports["gw_redis"], "/edge/json", gw_redis.pid, (auth,)), "plain", plain)
     results["edge"] = {"memory": strip_pairs(s3m), "redis": strip_pairs(s3r)}
+    # 3c. The same edge checks with the counters on a Redis Cluster, against one Redis.
+    log("bench: 3c edge checks on a Redis Cluster vs one Redis")
+    s3c = abba("edge-cluster", runner(ports["gw_cluster"], "/edge/json", gw_cluster.pid, (auth,)),
+               "edge-redis", runner(ports["gw_redis"], "/edge/json", gw_redis.pid, (auth,)))
+    results["edge"]["cluster"] = strip_pairs(s3c)
 
     # 3b. The same edge checks with an RS256 token from an identity provider, against HS256.
     log("bench: 3b RS256 tokens from the provider (verified-token cache) vs HS256, and uncached costs")
@@ -667,6 +676,42 @@ def span_metrics(metrics_url):
             key = name.split("{")[0] + ("{" + name.split("{", 1)[1] if "{" in name else "")
             out[key] = float(value)
     return out
+
+
+def redis_cli(port, *args):
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True).stdout
+
+
+def start_cluster():
+    """Six cluster-enabled redis-servers (bus ports +10000 free too) joined with redis-cli."""
+    ports = []
+    while len(ports) < 6:
+        p = free_port()
+        if p + 10000 >= 65536:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                continue
+        start(f"redis-cluster-{p}", ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+                                     "--appendonly", "no", "--cluster-enabled", "yes", "--dir", WORK,
+                                     "--cluster-config-file", f"nodes-{p}.conf"], LOAD_CPU)
+        ports.append(p)
+    deadline = time.time() + 20
+    while not all(redis_cli(p, "PING").strip() == "PONG" for p in ports):
+        if time.time() > deadline:
+            raise SystemExit("bench: redis cluster nodes did not start")
+        time.sleep(0.05)
+    r = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench: redis-cli --cluster create failed: {r.stdout[-400:]}{r.stderr[-400:]}")
+    while not all("cluster_state:ok" in redis_cli(p, "CLUSTER", "INFO") for p in ports):
+        if time.time() > deadline + 20:
+            raise SystemExit("bench: the redis cluster did not become ready")
+        time.sleep(0.05)
+    return ports
 
 
 def mint(idp_port, alg, sub):
@@ -792,6 +837,10 @@ def report(r):
         ">= 0.85x plain", clean(e["redis"]) and e["redis"]["ratio_median"] >= 0.85, detail(e["redis"]))
     row("3 edge checks, embedded", f"{e['memory']['ratio_median']:.2f}x (min {e['memory']['ratio_min']:.2f}, max {e['memory']['ratio_max']:.2f})",
         ">= 0.95x plain", clean(e["memory"]) and e["memory"]["ratio_median"] >= 0.95, detail(e["memory"]))
+    c3 = e.get("cluster")
+    if c3:
+        row("3 edge checks, Redis Cluster vs one Redis", f"{c3['ratio_median']:.2f}x (min {c3['ratio_min']:.2f}, max {c3['ratio_max']:.2f})",
+            ">= 0.95x one Redis", clean(c3) and c3["ratio_median"] >= 0.95, detail(c3))
     k = e.get("rs256")
     if k:
         row("3 edge checks, RS256 (cached) vs HS256", f"{k['ratio_median']:.2f}x (min {k['ratio_min']:.2f}, max {k['ratio_max']:.2f})",
