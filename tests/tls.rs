@@ -391,10 +391,18 @@ async fn start_up_and_check_refuse_a_key_that_is_not_the_certificates() {
 
 /// nginx serving TLS (h2 and HTTP/1.1) with `leaf`, logging each request's connection number.
 struct Nginx {
-    // Kept for its drop: stops nginx.
-    _proc: common::Proc,
+    proc: common::Proc,
     port: u16,
     log: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    /// SIGTERM, so the master stops its worker too: the harness's SIGKILL (`Proc`'s drop, the
+    /// fallback) would leave the worker running with no parent.
+    fn drop(&mut self) {
+        self.proc.terminate();
+        let _ = self.proc.wait_exit(Duration::from_secs(5));
+    }
 }
 
 impl Nginx {
@@ -438,7 +446,7 @@ http {{
             .expect("nginx (Debian package nginx-light)");
         common::wait_for_port(port, Duration::from_secs(10));
         Nginx {
-            _proc: common::Proc {
+            proc: common::Proc {
                 name: "nginx".into(),
                 child,
             },
