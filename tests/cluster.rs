@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, eventually, profile_aggregate, service_env, token_with_roles, x_cache, Gateway, Mocks,
-    RedisCluster,
+    client, eventually, metric_sum as sum, profile_aggregate, service_env, token_with_roles,
+    x_cache, Gateway, Mocks, RedisCluster,
 };
 
 async fn gateway(cluster: &RedisCluster, mocks: &Mocks, per_window: u64) -> Gateway {
@@ -23,14 +23,6 @@ async fn gateway(cluster: &RedisCluster, mocks: &Mocks, per_window: u64) -> Gate
         profile_aggregate(60, 2000)
     );
     Gateway::start(&section, &env).await
-}
-
-fn sum(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

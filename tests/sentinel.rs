@@ -7,17 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, eventually, profile_aggregate, service_env, token_with_roles, Gateway, Mocks,
-    RedisCluster, RedisSentinels,
+    client, eventually, metric_sum as sum, profile_aggregate, service_env, token_with_roles,
+    Gateway, Mocks, RedisCluster, RedisSentinels,
 };
-
-fn sum(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 #[tokio::test]
 async fn the_gateway_follows_the_master_the_sentinels_promote() {

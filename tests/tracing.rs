@@ -127,6 +127,18 @@ aggregates:
     )
 }
 
+/// A public `/echo/` route to one echo upstream, for `section`'s `extra`.
+fn echo_route(port: u16) -> String {
+    format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/echo/"] }}
+upstreams:
+  echo: {{ backends: ["127.0.0.1:{port}"] }}
+routes:
+  - {{ prefix: "/echo/", upstream: echo }}
+"#
+    )
+}
+
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -371,15 +383,7 @@ async fn concurrent_misses_share_one_set_of_leg_spans_and_followers_link_to_the_
 async fn a_malformed_traceparent_starts_a_new_trace_and_the_access_log_names_it() {
     let collector = Collector::start().await;
     let echo = EchoServer::start().await;
-    let extra = format!(
-        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/echo/"] }}
-upstreams:
-  echo: {{ backends: ["127.0.0.1:{}"] }}
-routes:
-  - {{ prefix: "/echo/", upstream: echo }}
-"#,
-        echo.port
-    );
+    let extra = echo_route(echo.port);
     let mut gw = Gateway::start_piped(
         &section(&collector.endpoint(), 1.0, 1, &extra),
         &[("RUST_LOG", "warn,access=info".into())],
@@ -431,15 +435,7 @@ routes:
 async fn sampling_at_zero_exports_nothing_yet_propagates_unsampled_context() {
     let collector = Collector::start().await;
     let echo = EchoServer::start().await;
-    let extra = format!(
-        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/echo/"] }}
-upstreams:
-  echo: {{ backends: ["127.0.0.1:{}"] }}
-routes:
-  - {{ prefix: "/echo/", upstream: echo }}
-"#,
-        echo.port
-    );
+    let extra = echo_route(echo.port);
     let gw = Gateway::start(&section(&collector.endpoint(), 0.0, 1, &extra), &[]).await;
     for _ in 0..20 {
         let r = client().get(gw.url("/echo/u")).send().await.unwrap();
@@ -484,15 +480,7 @@ async fn a_collector_down_or_stalled_costs_no_request_and_the_drops_are_counted(
     let down_endpoint = format!("http://127.0.0.1:{}", down.local_addr().unwrap().port());
     drop(down);
     let stalled = Collector::start_stalled().await;
-    let extra = format!(
-        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/echo/"] }}
-upstreams:
-  echo: {{ backends: ["127.0.0.1:{}"] }}
-routes:
-  - {{ prefix: "/echo/", upstream: echo }}
-"#,
-        echo.port
-    );
+    let extra = echo_route(echo.port);
     for (what, endpoint) in [("down", down_endpoint), ("stalled", stalled.endpoint())] {
         let conf = section(&endpoint, 1.0, 1, &extra).replace(
             "service_name: traced-gw",
@@ -521,13 +509,7 @@ routes:
             &format!("{what}: dropped spans counted"),
             Duration::from_secs(15),
             async || {
-                let m = gw.metrics().await;
-                let dropped: f64 = m
-                    .lines()
-                    .filter(|l| l.starts_with("tracing_spans_dropped_total{"))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum();
-                dropped >= 1000.0
+                common::metric_sum(&gw.metrics().await, "tracing_spans_dropped_total{") >= 1000.0
             },
         )
         .await;

@@ -11,7 +11,7 @@
 //! - [`compress`]: response compression (negotiation, encoders, cached aggregates' copies).
 //! - `snapshot`: one configuration, built; what a request reads from start to end.
 //!
-//! About 650 lines because every phase carries its contract below (fourteen hooks, each a
+//! About 700 lines because every phase carries its contract below (fourteen hooks, each a
 //! few lines of code under its contract); splitting phases across files would hide the order. This is the only module
 //! that knows Pingora's phases. It may use every other module; none
 //! uses it except `lib.rs`, which builds the server around [`Gateway`].

@@ -239,6 +239,16 @@ fn indent(section: &str) -> String {
 }
 
 /// A shared HTTP client with no proxy from the environment and a generous timeout.
+/// The sum of every sample in a metrics text whose line starts with `prefix` (a series name
+/// and, optionally, the start of its labels).
+pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
