@@ -27,11 +27,13 @@ pub enum GatewayError {
     /// The route exists but not for this method.
     #[error("{0}")]
     MethodNotAllowed(Cow<'static, str>),
-    /// Over the per-IP limit.
-    #[error("rate limit exceeded, retry in {retry_after_secs} s")]
+    /// Over a rate-limit policy.
+    #[error("rate limit exceeded (policy `{policy}`), retry in {retry_after_secs} s")]
     RateLimited {
-        /// Seconds until the window ends (the `Retry-After` value).
+        /// Seconds until a request may be admitted again (the `Retry-After` value).
         retry_after_secs: u64,
+        /// The policy that refused.
+        policy: std::sync::Arc<str>,
     },
     /// The client did not send its request body in time.
     #[error("{0}")]
@@ -106,7 +108,9 @@ impl GatewayError {
                 };
                 vec![(headers::WWW_AUTHENTICATE, v.to_string())]
             }
-            GatewayError::RateLimited { retry_after_secs } => {
+            GatewayError::RateLimited {
+                retry_after_secs, ..
+            } => {
                 vec![(headers::RETRY_AFTER, retry_after_secs.to_string())]
             }
             GatewayError::MethodNotAllowed(_) => vec![(headers::ALLOW, "GET, HEAD".to_string())],
@@ -149,7 +153,9 @@ mod tests {
         );
         let e = GatewayError::RateLimited {
             retry_after_secs: 7,
+            policy: "default".into(),
         };
+        assert!(e.to_string().contains("policy `default`"), "{e}");
         assert_eq!(e.extra_headers(), vec![("Retry-After", "7".to_string())]);
         assert_eq!(e.status(), 429);
     }

@@ -18,6 +18,8 @@ pub const RATELIMIT_LIMIT: &str = "RateLimit-Limit";
 pub const RATELIMIT_REMAINING: &str = "RateLimit-Remaining";
 /// Seconds until the window ends.
 pub const RATELIMIT_RESET: &str = "RateLimit-Reset";
+/// Every policy that counted the request (draft-06 quota policies, with a `name` parameter).
+pub const RATELIMIT_POLICY: &str = "RateLimit-Policy";
 /// Seconds to wait before retrying (on 429).
 pub const RETRY_AFTER: &str = "Retry-After";
 /// The challenge on 401 (RFC 6750).

@@ -63,8 +63,9 @@ pub static BACKEND_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static RATE_LIMIT_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "rate_limit_decisions_total",
-        "Rate limit decisions, by result (allowed|limited) and backend (redis|memory|fallback)",
-        &["result", "backend"],
+        "Rate limit decisions, by policy, result (allowed|limited|denied) and backend \
+         (redis|memory|fallback|unavailable)",
+        &["policy", "result", "backend"],
     )
 });
 

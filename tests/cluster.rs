@@ -76,10 +76,10 @@ async fn two_gateways_share_one_limit_and_one_cache_on_a_cluster() {
     let mb = b.metrics().await;
     let allowed = sum(
         &ma,
-        "rate_limit_decisions_total{backend=\"redis\",result=\"allowed\"}",
+        "rate_limit_decisions_total{backend=\"redis\",policy=\"default\",result=\"allowed\"}",
     ) + sum(
         &mb,
-        "rate_limit_decisions_total{backend=\"redis\",result=\"allowed\"}",
+        "rate_limit_decisions_total{backend=\"redis\",policy=\"default\",result=\"allowed\"}",
     );
     assert_eq!(
         allowed, 30.0,
@@ -144,7 +144,7 @@ async fn a_master_killed_under_load_costs_no_request_and_state_resumes_on_its_re
     let redis_decisions = async || {
         sum(
             &gw.metrics().await,
-            "rate_limit_decisions_total{backend=\"redis\",result=\"allowed\"}",
+            "rate_limit_decisions_total{backend=\"redis\",policy=\"default\",result=\"allowed\"}",
         )
     };
     eventually(

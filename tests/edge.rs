@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, eventually, token, EchoServer, Gateway, Redis, SECRET};
+use common::{align_to_window, client, eventually, token, EchoServer, Gateway, Redis, SECRET};
 use gateway::clock::unix_now;
 use gateway::testing::{b64, sign};
 use jsonwebtoken::Algorithm;
@@ -23,15 +23,6 @@ routes:
   - {{ prefix: "/echo/", upstream: echo }}
 "#
     )
-}
-
-/// Windows are aligned to the clock; a burst must not straddle a boundary, so when the current
-/// window of `window` seconds ends within `margin`, start in the next one.
-async fn align_to_window(window: u64, margin: u64) {
-    let into = unix_now() % window;
-    if window - into <= margin {
-        tokio::time::sleep(Duration::from_secs(window - into)).await;
-    }
 }
 
 async fn get(gw: &Gateway, bearer: &str, xff: Option<&str>) -> reqwest::Response {
@@ -73,7 +64,9 @@ async fn eleventh_request_is_limited_with_headers_on_the_embedded_store() {
     assert_eq!(gw.health_status().await, 200);
     let m = gw.metrics().await;
     assert!(
-        m.contains(r#"rate_limit_decisions_total{backend="memory",result="limited"} 1"#),
+        m.contains(
+            r#"rate_limit_decisions_total{backend="memory",policy="default",result="limited"} 1"#
+        ),
         "{m}"
     );
 }
@@ -123,10 +116,9 @@ async fn two_gateways_on_one_redis_enforce_one_limit_and_keys_expire() {
         let ttl = redis.ttl(&k);
         assert!(ttl > 0, "{k} has TTL {ttl}");
     }
-    assert!(a
-        .metrics()
-        .await
-        .contains(r#"rate_limit_decisions_total{backend="redis",result="allowed"}"#));
+    assert!(a.metrics().await.contains(
+        r#"rate_limit_decisions_total{backend="redis",policy="default",result="allowed"}"#
+    ));
 }
 
 async fn burst(gw: &Gateway, n: usize) -> usize {
@@ -179,7 +171,9 @@ async fn redis_outage_falls_back_to_memory_and_recovers() {
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
     let m = gw.metrics().await;
     assert!(
-        m.contains(r#"rate_limit_decisions_total{backend="fallback",result="limited"}"#),
+        m.contains(
+            r#"rate_limit_decisions_total{backend="fallback",policy="default",result="limited"}"#
+        ),
         "{m}"
     );
     assert!(m.contains("store_errors_total{backend=\"redis\""));

@@ -24,6 +24,7 @@ fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLim
             limit,
             window: Duration::from_secs(60),
             trusted_proxies: vec![],
+            policies: vec![],
         },
         Some(std::sync::Arc::new(store)),
     )

@@ -36,7 +36,7 @@ async fn the_gateway_follows_the_master_the_sentinels_promote() {
     let on_redis = async || {
         sum(
             &gw.metrics().await,
-            "rate_limit_decisions_total{backend=\"redis\",result=\"allowed\"}",
+            "rate_limit_decisions_total{backend=\"redis\",policy=\"default\",result=\"allowed\"}",
         )
     };
     for i in 0..20 {

@@ -826,6 +826,7 @@ mod tests {
             sub: sub.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             forwarded: Box::default(),
+            limit_claims: Box::default(),
         }
     }
 

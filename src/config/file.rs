@@ -139,6 +139,7 @@ pub(super) struct RateLimitFile {
     pub(super) per_minute: u64,
     pub(super) window_seconds: u64,
     pub(super) trusted_proxies: Vec<String>,
+    pub(super) policies: Vec<super::ratelimit::PolicyFile>,
 }
 
 impl Default for RateLimitFile {
@@ -147,6 +148,7 @@ impl Default for RateLimitFile {
             per_minute: 10,
             window_seconds: 60,
             trusted_proxies: Vec::new(),
+            policies: Vec::new(),
         }
     }
 }

@@ -38,9 +38,11 @@ mod tls;
 pub use tls::{CertPaths, TlsConfig, TlsVersion, UpstreamTls};
 mod compression;
 mod cors;
+mod ratelimit;
 mod tracing;
 pub use compression::{Coding, CompressionConfig, Level};
 pub use cors::CorsPolicy;
+pub use ratelimit::{Algorithm, OnStoreError, PolicyConfig, PolicyKey, DEFAULT_POLICY};
 pub use tracing::TracingConfig;
 
 /// A start-up configuration problem, naming the offending key.
@@ -234,6 +236,8 @@ pub struct RateLimitConfig {
     pub window: Duration,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Named policies applied beside the default per-IP one, in conf order.
+    pub policies: Vec<PolicyConfig>,
 }
 
 /// Request size caps.

@@ -381,6 +381,7 @@ impl RateLimitFile {
             limit,
             window: Duration::from_secs(window_seconds),
             trusted_proxies,
+            policies: super::ratelimit::resolve_policies(self.policies)?,
         })
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! - [`hygiene`]: framing and target-form rules, header caps, hop-by-hop removal, request ids.
 //! - [`client`]: the client address, trusting `X-Forwarded-For` only from our own proxies.
-//! - [`ratelimit`]: per-client fixed windows on Redis or in memory.
+//! - [`ratelimit`]: the rate-limit policies (per IP, user, claim or header; fixed window or
+//!   GCRA) on Redis or in memory.
 //! - [`auth`]: JWT verification into an [`auth::Identity`].
 //! - [`cors`]: cross-origin policies: preflights and the headers of answers.
 //!
-//! [`Edge::check`] fixes the order: limit, then authenticate, so that floods of bad tokens are
-//! limited too. Everything here decides and returns values; `proxy` writes the answers. This
+//! [`Edge::check`] fixes the order: the address and header policies, then authenticate (so that
+//! floods of bad tokens are limited too), then the user and claim policies. Everything here decides and returns values; `proxy` writes the answers. This
 //! module may use `config`, `store`, `metrics`, `error`, `clock` and `sharded`.
 
 use std::net::IpAddr;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::clock::unix_now;
+use crate::clock::unix_now_micros;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics;
@@ -28,11 +29,11 @@ pub(crate) mod hygiene;
 pub mod ratelimit;
 
 use self::auth::{Authenticator, Identity};
-use self::ratelimit::{Decision, RateLimiter};
+use self::ratelimit::{Limits, RateVerdict};
 
 /// The limiter and the verifier, shared by every request.
 pub(crate) struct Edge {
-    limiter: RateLimiter,
+    limits: Limits,
     auth: Authenticator,
     /// Cross-origin policies (preflights and answer headers).
     pub(crate) cors: cors::Cors,
@@ -40,9 +41,9 @@ pub(crate) struct Edge {
 
 /// What the edge decided for one request.
 pub(crate) struct EdgeVerdict {
-    /// The limiter's decision, reported in `RateLimit-*` headers on every answer, a 401
-    /// included (`None` when there was no client address to count).
-    pub(crate) rate: Option<Decision>,
+    /// The limits' verdict, reported in `RateLimit-*` headers on every answer, a 401
+    /// included (`None` when no policy counted the request).
+    pub(crate) rate: Option<RateVerdict>,
     /// The verified caller, or the answer that refuses the request.
     pub(crate) identity: Result<Arc<Identity>, GatewayError>,
     /// How authentication went, for the request's span: `ok`, `not_checked` (limited first)
@@ -59,28 +60,34 @@ impl Edge {
         redis: Option<Arc<RedisStore>>,
         previous: Option<&Edge>,
     ) -> Edge {
-        let mut limiter = RateLimiter::new(&config.rate_limit, redis);
+        let mut limits = Limits::new(&config.rate_limit, redis);
         if let Some(p) = previous {
-            limiter = limiter.continuing(&p.limiter);
+            limits = limits.continuing(&p.limits);
         }
         let providers = previous.map(|p| p.auth.providers()).unwrap_or_default();
         Edge {
-            limiter,
+            limits,
             auth: Authenticator::new(
                 &config.auth,
                 config.limits.max_authorization_bytes,
                 &providers,
+                Limits::claim_paths(&config.rate_limit),
             ),
             cors: cors::Cors::new(config.cors.clone()),
         }
     }
 
-    /// The per-client limit alone: preflights carry no token, yet a flood of them is limited.
-    pub(crate) async fn limit(&self, client: Option<IpAddr>) -> Option<Decision> {
-        match client {
-            Some(ip) => Some(self.limiter.check(ip, unix_now()).await),
-            None => None,
-        }
+    /// The policies counted before authentication alone: preflights carry no token, yet a
+    /// flood of them is limited.
+    pub(crate) async fn limit(
+        &self,
+        client: Option<IpAddr>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<RateVerdict> {
+        self.limits
+            .before_auth(client, path, headers, unix_now_micros())
+            .await
     }
 
     /// Whether the edge can serve: every identity provider's keys are loaded.
@@ -96,15 +103,20 @@ impl Edge {
         }
     }
 
-    /// Rate limit, then authenticate.
-    pub(crate) async fn check(&self, client: Option<IpAddr>, headers: &HeaderMap) -> EdgeVerdict {
-        let rate = self.limit(client).await;
-        if let Some(d) = rate.filter(|d| !d.allowed) {
+    /// The address and header policies, then authentication, then the user and claim
+    /// policies.
+    pub(crate) async fn check(
+        &self,
+        client: Option<IpAddr>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> EdgeVerdict {
+        let now = unix_now_micros();
+        let mut rate = self.limits.before_auth(client, path, headers, now).await;
+        if let Some(refusal) = rate.as_ref().and_then(RateVerdict::refusal) {
             return EdgeVerdict {
                 rate,
-                identity: Err(GatewayError::RateLimited {
-                    retry_after_secs: d.reset_secs,
-                }),
+                identity: Err(refusal),
                 auth: "not_checked",
             };
         }
@@ -119,6 +131,18 @@ impl Edge {
                 token_given: e.token_given(),
             }
         });
+        let identity = match identity {
+            Ok(who) if self.limits.counts_callers() => {
+                self.limits
+                    .after_auth(&mut rate, client, path, &who, now)
+                    .await;
+                match rate.as_ref().and_then(RateVerdict::refusal) {
+                    Some(refusal) => Err(refusal),
+                    None => Ok(who),
+                }
+            }
+            other => other,
+        };
         EdgeVerdict {
             rate,
             identity,

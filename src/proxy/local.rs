@@ -12,6 +12,7 @@ use super::routes::Route;
 use super::{respond, Ctx, Gateway};
 use crate::aggregate::Aggregate;
 use crate::edge::cors::Preflight;
+use crate::edge::ratelimit::RateVerdict;
 use crate::error::GatewayError;
 use crate::headers;
 
@@ -45,12 +46,17 @@ impl Gateway {
         ctx: &mut Ctx,
         preflight: Preflight,
     ) -> Result<bool> {
-        let rate = ctx.snap.edge.limit(ctx.client.as_ref().map(|c| c.ip)).await;
-        ctx.rate = rate;
-        if let Some(d) = rate.filter(|d| !d.allowed) {
-            let e = GatewayError::RateLimited {
-                retry_after_secs: d.reset_secs,
-            };
+        let req = session.req_header();
+        ctx.rate = ctx
+            .snap
+            .edge
+            .limit(
+                ctx.client.as_ref().map(|c| c.ip),
+                req.uri.path(),
+                &req.headers,
+            )
+            .await;
+        if let Some(e) = ctx.rate.as_ref().and_then(RateVerdict::refusal) {
             respond::error(session, &e, &ctx.local_headers()).await?;
             return Ok(true);
         }

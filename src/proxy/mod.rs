@@ -52,7 +52,7 @@ use crate::conn::report::report;
 use crate::edge::auth::Identity;
 use crate::edge::client::ClientAddr;
 use crate::edge::hygiene;
-use crate::edge::ratelimit::Decision;
+use crate::edge::ratelimit::RateVerdict;
 use crate::error::GatewayError;
 use crate::headers;
 use crate::metrics;
@@ -99,8 +99,8 @@ pub struct Ctx {
     request_id: String,
     /// request_filter: the client, on every route (public ones included).
     client: Option<ClientAddr>,
-    /// request_filter: the limiter's decision, reported in `RateLimit-*` headers.
-    rate: Option<Decision>,
+    /// request_filter: the limits' verdict, reported in `RateLimit-*` headers.
+    rate: Option<RateVerdict>,
     /// request_filter: the verified caller, forwarded as `X-User-Id`.
     identity: Option<Arc<Identity>>,
     /// request_filter: how an aggregate's answer relates to the cache, for the access log.
@@ -130,7 +130,7 @@ impl Ctx {
     fn local_headers(&self) -> Vec<(&'static str, String)> {
         let mut h = vec![(headers::X_REQUEST_ID, self.request_id.clone())];
         if let Some(d) = &self.rate {
-            // Digits only, so always text.
+            // Digits and policy names of [a-z0-9_-], so always text.
             h.extend(
                 d.headers()
                     .map(|(n, v)| (n, v.to_str().unwrap_or_default().to_owned())),
@@ -283,7 +283,11 @@ impl ProxyHttp for Gateway {
             let req = session.req_header();
             let verdict = snap
                 .edge
-                .check(ctx.client.as_ref().map(|c| c.ip), &req.headers)
+                .check(
+                    ctx.client.as_ref().map(|c| c.ip),
+                    req.uri.path(),
+                    &req.headers,
+                )
                 .await;
             ctx.rate = verdict.rate;
             spans::edge(ctx, verdict.auth);

@@ -52,7 +52,8 @@ pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> Box<Reques
 /// or on a public route) and authentication (`ok`, `public` or the failure's reason).
 pub(super) fn edge(ctx: &mut Ctx, auth: &'static str) {
     let rate = match &ctx.rate {
-        Some(d) if d.allowed => "allowed",
+        Some(d) if d.allowed() => "allowed",
+        Some(d) if d.shown.backend == crate::edge::ratelimit::LimitBackend::Unavailable => "denied",
         Some(_) => "limited",
         None => "none",
     };

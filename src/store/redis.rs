@@ -186,6 +186,7 @@ pub struct RedisStore {
     breaker: CircuitBreaker,
     warn: WarnLimiter,
     incr_script: Script,
+    gcra_script: Script,
 }
 
 // INCRBY and EXPIRE … NX in one script: atomic, one round trip, and the key can never be left
@@ -194,6 +195,27 @@ const INCR_WINDOW: &str = r"
 local n = redis.call('INCRBY', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
 return n
+";
+
+// GCRA on Redis's own clock, so that replicas with skewed clocks still share one schedule.
+// KEYS[1] holds the theoretical arrival time (TAT, microseconds); ARGV: the emission interval
+// and the burst tolerance (both microseconds). Answers {1, TAT - now} when admitted (the new
+// TAT is stored with a TTL that ends when it is in the past, so idle keys vanish), or
+// {0, microseconds until a request would be admitted}. Numbers stay exact in Lua's doubles
+// (microsecond timestamps are below 2^53).
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < now then tat = now end
+local new = tat + interval
+if new - now > tolerance then
+  return {0, new - tolerance - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000) + 1000)
+return {1, new - now}
 ";
 
 impl RedisStore {
@@ -269,6 +291,7 @@ impl RedisStore {
             breaker: CircuitBreaker::new(REDIS_FAILURES, REDIS_PAUSE, Instant::now()),
             warn: WarnLimiter::default(),
             incr_script: Script::new(INCR_WINDOW),
+            gcra_script: Script::new(GCRA),
         }
     }
 
@@ -357,6 +380,29 @@ impl RedisStore {
                 .await
         })
         .await
+    }
+
+    /// One GCRA decision on `key` (interval and tolerance in microseconds): `Ok((true, TAT
+    /// minus now))` when admitted, `Ok((false, wait))` with the microseconds until the next
+    /// admission otherwise.
+    pub async fn gcra(
+        &self,
+        key: &str,
+        interval_us: u64,
+        tolerance_us: u64,
+    ) -> Result<(bool, u64), StoreError> {
+        let script = &self.gcra_script;
+        let (admitted, us): (i64, i64) = self
+            .run("gcra", |mut c| async move {
+                script
+                    .key(key)
+                    .arg(interval_us)
+                    .arg(tolerance_us)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok((admitted == 1, us.max(0) as u64))
     }
 
     /// Reads a key.

@@ -47,6 +47,15 @@ fn conf_text(dir: &std::path::Path, port: u16, metrics_port: u16, section: &str)
     )
 }
 
+/// Fixed windows are aligned to the clock; a burst must not straddle a boundary, so when the
+/// current window of `window` seconds ends within `margin`, start in the next one.
+pub async fn align_to_window(window: u64, margin: u64) {
+    let into = gateway::clock::unix_now() % window;
+    if window - into <= margin {
+        tokio::time::sleep(Duration::from_secs(window - into)).await;
+    }
+}
+
 /// A valid token for `sub`, one hour.
 pub fn token(sub: &str) -> String {
     gateway::edge::auth::issue_token(SECRET.as_bytes(), sub, Duration::from_secs(3600), &[])
@@ -238,7 +247,6 @@ fn indent(section: &str) -> String {
         .collect::<String>()
 }
 
-/// A shared HTTP client with no proxy from the environment and a generous timeout.
 /// The sum of every sample in a metrics text whose line starts with `prefix` (a series name
 /// and, optionally, the start of its labels).
 pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
@@ -249,6 +257,7 @@ pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// A shared HTTP client with no proxy from the environment and a generous timeout.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()

@@ -8,18 +8,32 @@ use serde_json::Value;
 pub(crate) struct ClaimReader {
     roles: Vec<String>,
     forward: Vec<Vec<String>>,
+    /// Paths of the claims rate-limit policies count by.
+    limits: Vec<Vec<String>>,
 }
 
 impl ClaimReader {
-    /// A reader for the configured roles path and forwarded claim paths (in conf order).
-    pub(crate) fn new(roles: Vec<String>, forward: Vec<Vec<String>>) -> Self {
-        ClaimReader { roles, forward }
+    /// A reader for the configured roles path, forwarded claim paths (in conf order) and the
+    /// claim paths of rate-limit policies.
+    pub(crate) fn new(
+        roles: Vec<String>,
+        forward: Vec<Vec<String>>,
+        limits: Vec<Vec<String>>,
+    ) -> Self {
+        ClaimReader {
+            roles,
+            forward,
+            limits,
+        }
     }
 
     /// Whether HS256 tokens can skip the generic JSON read: roles at the top-level `roles`
     /// and nothing forwarded, which the typed claims already cover.
     pub(crate) fn is_plain(&self) -> bool {
-        self.forward.is_empty() && self.roles.len() == 1 && self.roles[0] == "roles"
+        self.forward.is_empty()
+            && self.limits.is_empty()
+            && self.roles.len() == 1
+            && self.roles[0] == "roles"
     }
 
     /// The roles: strings of the array at the roles path (none when absent or not an array).
@@ -44,6 +58,21 @@ impl ClaimReader {
     }
 }
 
+impl ClaimReader {
+    /// One value per rate-limit claim path: the claim's text (an array's items joined by
+    /// commas), `None` where the token has none.
+    pub(crate) fn limit_values(&self, claims: &Value) -> Box<[Option<String>]> {
+        self.limits
+            .iter()
+            .map(|path| {
+                lookup(claims, path)
+                    .and_then(text)
+                    .filter(|t| !t.is_empty())
+            })
+            .collect()
+    }
+}
+
 fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
     path.iter().try_fold(claims, |v, step| v.get(step))
 }
@@ -51,6 +80,15 @@ fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
 /// Scalars as their text; an array of scalars as a comma-separated list (how HTTP folds a
 /// repeated header), so `groups: [a, b]` arrives as `a,b`.
 fn header_value(v: &Value) -> Option<HeaderValue> {
+    let text = text(v)?;
+    if text.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&text).ok()
+}
+
+/// A claim's text: scalars as they read, arrays of scalars joined by commas; objects have none.
+fn text(v: &Value) -> Option<String> {
     fn scalar(v: &Value) -> Option<String> {
         match v {
             Value::String(s) => Some(s.clone()),
@@ -59,18 +97,16 @@ fn header_value(v: &Value) -> Option<HeaderValue> {
             _ => None,
         }
     }
-    let text = match v {
-        Value::Array(items) => items
-            .iter()
-            .map(scalar)
-            .collect::<Option<Vec<_>>>()?
-            .join(","),
-        other => scalar(other)?,
-    };
-    if text.is_empty() {
-        return None;
+    match v {
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .map(scalar)
+                .collect::<Option<Vec<_>>>()?
+                .join(","),
+        ),
+        other => scalar(other),
     }
-    HeaderValue::from_str(&text).ok()
 }
 
 #[cfg(test)]
@@ -84,14 +120,14 @@ mod tests {
 
     #[test]
     fn roles_follow_the_dotted_path() {
-        let r = ClaimReader::new(path("realm_access.roles"), vec![]);
+        let r = ClaimReader::new(path("realm_access.roles"), vec![], vec![]);
         let c = json!({"realm_access": {"roles": ["admin", 7, "ops"]}, "roles": ["x"]});
         assert_eq!(r.roles(&c), ["admin", "ops"]);
         assert!(r
             .roles(&json!({"realm_access": {"roles": "admin"}}))
             .is_empty());
         assert!(!r.is_plain());
-        assert!(ClaimReader::new(path("roles"), vec![]).is_plain());
+        assert!(ClaimReader::new(path("roles"), vec![], vec![]).is_plain());
     }
 
     #[test]
@@ -103,6 +139,7 @@ mod tests {
             ]
             .map(path)
             .to_vec(),
+            vec![],
         );
         let c = json!({"tenant": "acme", "org": {"id": 42}, "groups": ["a", "b"], "admin": true,
                        "obj": {"x": 1}, "bad": "line\nbreak", "empty": ""});
@@ -122,5 +159,28 @@ mod tests {
             None,
         ];
         assert_eq!(got, want.map(|s| s.map(String::from)));
+    }
+
+    #[test]
+    fn limit_claims_are_text_or_nothing() {
+        let r = ClaimReader::new(
+            path("roles"),
+            vec![],
+            ["tenant", "org.id", "obj", "missing", "empty"]
+                .map(path)
+                .to_vec(),
+        );
+        assert!(!r.is_plain());
+        let c = json!({"tenant": "acme", "org": {"id": 42}, "obj": {"x": 1}, "empty": ""});
+        assert_eq!(
+            &*r.limit_values(&c),
+            &[
+                Some("acme".to_string()),
+                Some("42".to_string()),
+                None,
+                None,
+                None
+            ]
+        );
     }
 }

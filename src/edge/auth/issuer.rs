@@ -110,6 +110,7 @@ impl IssuerVerifier {
         };
         let roles = self.claims.roles(&claims);
         let forwarded = self.claims.forwarded(&claims);
+        let limit_claims = self.claims.limit_values(&claims);
         let exp = claims
             .get("exp")
             .and_then(|v| v.as_f64())
@@ -119,6 +120,7 @@ impl IssuerVerifier {
                 sub,
                 roles,
                 forwarded,
+                limit_claims,
             }),
             exp,
             nbf: claims.get("nbf").and_then(|v| v.as_f64()),
@@ -190,7 +192,7 @@ mod tests {
             cfg.auth.issuers[0].clone(),
             reqwest::Client::new(),
         ));
-        let claims = ClaimReader::new(cfg.auth.roles_claim.clone(), vec![]);
+        let claims = ClaimReader::new(cfg.auth.roles_claim.clone(), vec![], vec![]);
         IssuerVerifier::new(provider, 0, Arc::new(claims))
     }
 

@@ -45,6 +45,9 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// The `auth.forward_claims` values in conf order; `None` where the token has none.
     pub forwarded: Box<[Option<http::HeaderValue>]>,
+    /// The values of the claims rate-limit policies count by (`claim:` keys, in the order of
+    /// `Limits::claim_paths`); `None` where the token has none.
+    pub limit_claims: Box<[Option<String>]>,
 }
 
 impl Identity {
@@ -94,6 +97,7 @@ impl Authenticator {
         cfg: &AuthConfig,
         max_token_bytes: usize,
         keep: &[Arc<provider::Provider>],
+        limit_claims: Vec<Vec<String>>,
     ) -> Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
@@ -121,6 +125,7 @@ impl Authenticator {
         let claims = Arc::new(ClaimReader::new(
             cfg.roles_claim.clone(),
             cfg.forward_claims.iter().map(|(p, _)| p.clone()).collect(),
+            limit_claims,
         ));
         let issuers = cfg
             .issuers
@@ -331,18 +336,23 @@ impl Authenticator {
             .as_ref()
             .and_then(|v| v.as_f64())
             .ok_or_else(|| AuthError::ClaimFormat("exp".into()))?;
-        let (roles, forwarded) = if self.claims.is_plain() {
-            (claims.roles, Box::default())
+        let (roles, forwarded, limit_claims) = if self.claims.is_plain() {
+            (claims.roles, Box::default(), Box::default())
         } else {
             // Verified already: reading the payload again is only a parse, once per token.
             let all = error::payload(token).unwrap_or(serde_json::Value::Null);
-            (self.claims.roles(&all), self.claims.forwarded(&all))
+            (
+                self.claims.roles(&all),
+                self.claims.forwarded(&all),
+                self.claims.limit_values(&all),
+            )
         };
         Ok(Verified {
             identity: Arc::new(Identity {
                 sub: claims.sub,
                 roles,
                 forwarded,
+                limit_claims,
             }),
             exp,
             nbf: claims.nbf.as_ref().and_then(|v| v.as_f64()),
@@ -403,7 +413,7 @@ mod tests {
             roles_claim: vec!["roles".into()],
             forward_claims: vec![],
         };
-        Authenticator::new(&cfg, 8192, &[])
+        Authenticator::new(&cfg, 8192, &[], vec![])
     }
 
     #[test]
@@ -498,6 +508,7 @@ mod tests {
             sub: "42".into(),
             roles,
             forwarded: Box::default(),
+            limit_claims: Box::default(),
         };
         assert_eq!(a.verify(&t).as_deref(), Ok(&want));
         assert_eq!(a.verify(&t).as_deref(), Ok(&want), "again, from the cache");

@@ -1,11 +1,11 @@
 //! In-process fixed windows with bounded memory: the limiter without Redis, and its fallback.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora_limits::estimator::Estimator;
 
+use super::Subject;
 use crate::sharded::Sharded;
 
 /// Shards of the exact counters (and of the Redis leases): enough that two worker threads
@@ -18,7 +18,7 @@ const EXACT_PER_SHARD: usize = 4096;
 #[derive(Default)]
 struct Shard {
     window: u64,
-    counts: HashMap<IpAddr, u64>,
+    counts: HashMap<Subject, u64>,
 }
 
 /// In-process fixed windows with bounded memory: exact counts for up to
@@ -41,7 +41,7 @@ impl Default for MemoryWindows {
 
 impl MemoryWindows {
     /// Counts one hit of `ip` in `window` and returns the window's count so far.
-    pub(crate) fn hit(&self, ip: IpAddr, window: u64) -> u64 {
+    pub(crate) fn hit(&self, ip: Subject, window: u64) -> u64 {
         {
             let mut shard = self.shards.lock(&ip);
             if shard.window != window {
@@ -81,22 +81,23 @@ impl MemoryWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn memory_stays_bounded_under_a_flood_of_addresses() {
         let m = MemoryWindows::default();
         for i in 0..1_000_000u32 {
-            m.hit(IpAddr::from(i.to_be_bytes()), 60);
+            m.hit(Subject::Ip(IpAddr::from(i.to_be_bytes())), 60);
         }
         assert!(m.exact_entries() <= SHARDS * EXACT_PER_SHARD);
         // Past the exact counters, a new client is still counted (by the sketch), so a flood of
         // addresses cannot buy anyone an unlimited budget.
-        let late = IpAddr::from([250, 1, 2, 3]);
+        let late = Subject::Ip(IpAddr::from([250, 1, 2, 3]));
         let counts: Vec<u64> = (0..20).map(|_| m.hit(late, 60)).collect();
         assert!(counts.windows(2).all(|w| w[1] > w[0]), "{counts:?}");
         assert!(counts[19] >= 20, "the sketch never undercounts: {counts:?}");
         // The next window starts from nothing.
-        m.hit(IpAddr::from([1, 2, 3, 4]), 120);
+        m.hit(Subject::Ip(IpAddr::from([1, 2, 3, 4])), 120);
         assert!(m.exact_entries() < SHARDS * EXACT_PER_SHARD);
     }
 }

@@ -1,27 +1,63 @@
-//! Per-client-IP fixed-window rate limiting: on Redis (shared by every replica) or in memory,
-//! falling back to memory whenever Redis does not answer in time.
+//! Rate limiting: the default per-client-IP policy (`per_minute`) and the named policies of
+//! `gateway.rate_limit.policies`, each counted on Redis (shared by every replica) or in memory,
+//! falling back to memory whenever Redis does not answer in time (unless the policy says
+//! `allow` or `deny`).
 //!
-//! Windows are aligned to the Unix clock (`window_start = now - now % window`), so every client
-//! gets a fresh budget when a window starts, on every replica alike.
+//! Fixed windows are aligned to the Unix clock (`window_start = now - now % window`), so every
+//! client gets a fresh budget when a window starts, on every replica alike.
 //!
-//! - [`memory`]: exact in-process counters with a bounded sketch past 262,144 clients.
-//! - [`redis`]: the shared counters, taken from Redis in blocks.
+//! - [`memory`]: exact in-process windows with a bounded sketch past 262,144 clients.
+//! - [`redis`]: the shared window counters, taken from Redis in blocks.
+//! - [`gcra`]: the smooth-rate algorithm, one Lua script per decision on Redis.
+//! - [`policy`]: which policies apply to a request, what they count it by, and the verdict.
 //!
-//! This module decides; `proxy` turns a [`Decision`] into headers or a 429.
+//! This module decides; `proxy` turns a [`RateVerdict`] into headers, a 429 or a 503.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::RateLimitConfig;
 use crate::headers;
-use crate::metrics;
 use crate::store::RedisStore;
 
+mod gcra;
 mod memory;
+mod policy;
 mod redis;
 
 use self::memory::MemoryWindows;
+pub use self::policy::{Limits, RateVerdict};
 use self::redis::RedisCounters;
+
+/// What a policy counts a request by: the client address, or a digest of a user, claim or
+/// header value (fixed size whatever the value, and never the value itself in Redis keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A client address.
+    Ip(IpAddr),
+    /// The first 128 bits of the SHA-256 of a value.
+    Digest([u8; 16]),
+}
+
+impl Subject {
+    /// The subject of a value (a `sub`, a claim, a header).
+    pub fn of(value: &[u8]) -> Subject {
+        let full = openssl::sha::sha256(value);
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&full[..16]);
+        Subject::Digest(d)
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Ip(ip) => ip.fmt(f),
+            Subject::Digest(d) => d.iter().try_for_each(|b| write!(f, "{b:02x}")),
+        }
+    }
+}
 
 /// Which counter decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +68,8 @@ pub enum LimitBackend {
     Memory = 1,
     /// The embedded counter because Redis failed or timed out.
     Fallback = 2,
+    /// Redis failed and the policy admits (`allow`) or refuses (`deny`) without counting.
+    Unavailable = 3,
 }
 
 impl LimitBackend {
@@ -41,6 +79,7 @@ impl LimitBackend {
             LimitBackend::Redis => "redis",
             LimitBackend::Memory => "memory",
             LimitBackend::Fallback => "fallback",
+            LimitBackend::Unavailable => "unavailable",
         }
     }
 }
@@ -72,66 +111,58 @@ impl Decision {
     }
 }
 
-/// The limiter: Redis when configured, memory otherwise and as the fallback.
+/// A fixed-window limiter for one policy: Redis when configured, memory otherwise and as the
+/// fallback.
 pub struct RateLimiter {
     limit: u64,
     window_secs: u64,
     /// Shared with the limiter a reload replaces, so that counts survive it.
     memory: Arc<MemoryWindows>,
     redis: Option<Arc<RedisCounters>>,
-    /// `rate_limit_decisions_total` children resolved once: [allowed, limited] × backend, so
-    /// the per-request cost is an atomic add rather than a labelled lookup.
-    decisions: [[prometheus::IntCounter; 3]; 2],
 }
 
 impl RateLimiter {
-    /// Builds the limiter; `redis: None` selects the embedded backend.
+    /// The default per-IP limiter; `redis: None` selects the embedded backend.
     pub fn new(cfg: &RateLimitConfig, redis: Option<Arc<RedisStore>>) -> RateLimiter {
-        let child = |result: &str, backend: LimitBackend| {
-            metrics::RATE_LIMIT_DECISIONS.with_label_values(&[result, backend.as_str()])
-        };
-        let backends = [
-            LimitBackend::Redis,
-            LimitBackend::Memory,
-            LimitBackend::Fallback,
-        ];
-        RateLimiter {
-            limit: cfg.limit,
-            window_secs: cfg.window.as_secs().max(1),
-            memory: Arc::default(),
-            redis: redis.map(|r| RedisCounters::new(r, cfg.limit)),
-            decisions: [
-                backends.map(|b| child("allowed", b)),
-                backends.map(|b| child("limited", b)),
-            ],
-        }
+        RateLimiter::windows(cfg.limit, cfg.window.as_secs(), redis, "ratelimit:".into())
     }
 
-    /// This limiter counting on `previous`'s in-memory windows: a reload that changes the
-    /// limit applies it to the current window's count instead of starting from zero.
-    pub(crate) fn continuing(mut self, previous: &RateLimiter) -> RateLimiter {
-        self.memory = previous.memory.clone();
-        self
+    /// `limit` per window of `window_secs`, with Redis keys under `prefix`.
+    pub(crate) fn windows(
+        limit: u64,
+        window_secs: u64,
+        redis: Option<Arc<RedisStore>>,
+        prefix: String,
+    ) -> RateLimiter {
+        RateLimiter {
+            limit,
+            window_secs: window_secs.max(1),
+            memory: Arc::default(),
+            redis: redis.map(|r| RedisCounters::new(r, limit, prefix)),
+        }
     }
 
     /// Counts a request from `ip` at Unix time `now` and decides.
     pub async fn check(&self, ip: IpAddr, now: u64) -> Decision {
+        self.count(Subject::Ip(ip), now).await
+    }
+
+    /// Counts a request of `who` at Unix time `now` and decides.
+    pub(crate) async fn count(&self, who: Subject, now: u64) -> Decision {
         let window = now - now % self.window_secs;
         let reset_secs = (window + self.window_secs).saturating_sub(now).max(1);
         // The local count runs alongside Redis so that a fallback starts from what this
         // replica has already seen in the window rather than from zero.
-        let local = self.memory.hit(ip, window);
+        let local = self.memory.hit(who, window);
         let (count, backend) = match &self.redis {
             None => (local, LimitBackend::Memory),
-            Some(redis) => match redis.hit(ip, window, reset_secs + 1).await {
+            Some(redis) => match redis.hit(who, window, reset_secs + 1).await {
                 Some(n) => (n, LimitBackend::Redis),
                 None => (local, LimitBackend::Fallback),
             },
         };
-        let allowed = count <= self.limit;
-        self.decisions[usize::from(!allowed)][backend as usize].inc();
         Decision {
-            allowed,
+            allowed: count <= self.limit,
             limit: self.limit,
             remaining: self.limit.saturating_sub(count),
             reset_secs,
@@ -151,6 +182,7 @@ mod tests {
                 limit,
                 window: Duration::from_secs(window),
                 trusted_proxies: vec![],
+                policies: vec![],
             },
             None,
         )

@@ -1,13 +1,13 @@
 //! The Redis side of the limiter: one shared counter per client and window, taken in blocks.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use parking_lot::MutexGuard;
 use tokio::sync::oneshot;
 
 use super::memory::SHARDS;
+use super::Subject;
 use crate::sharded::Sharded;
 use crate::store::RedisStore;
 
@@ -70,7 +70,7 @@ impl Lease {
 #[derive(Default)]
 struct LeaseShard {
     window: u64,
-    leases: HashMap<(IpAddr, u64), Lease>,
+    leases: HashMap<(Subject, u64), Lease>,
 }
 
 /// What a hit does after looking at its lease.
@@ -98,21 +98,30 @@ enum Step {
 /// (docs/BENCHMARKS.md).
 pub(crate) struct RedisCounters {
     redis: Arc<RedisStore>,
+    /// `ratelimit:` for the default policy, `ratelimit:<policy>:` for named ones.
+    prefix: String,
     block: u64,
     shards: Sharded<LeaseShard>,
 }
 
 impl RedisCounters {
-    /// Counters on `redis` for a limit of `limit` requests per window.
-    pub(crate) fn new(redis: Arc<RedisStore>, limit: u64) -> Arc<RedisCounters> {
+    /// Counters on `redis` for a limit of `limit` requests per window, under keys starting
+    /// with `prefix`.
+    pub(crate) fn new(redis: Arc<RedisStore>, limit: u64, prefix: String) -> Arc<RedisCounters> {
         Arc::new(RedisCounters {
             redis,
+            prefix,
             block: (limit / 1024).clamp(1, MAX_BLOCK),
             shards: Sharded::new(SHARDS, LeaseShard::default),
         })
     }
 
-    fn shard(&self, ip: IpAddr) -> MutexGuard<'_, LeaseShard> {
+    /// The Redis key of `ip`'s counter for `window`.
+    fn key(&self, ip: Subject, window: u64) -> String {
+        format!("{}{ip}:{window}", self.prefix)
+    }
+
+    fn shard(&self, ip: Subject) -> MutexGuard<'_, LeaseShard> {
         self.shards.lock(&ip)
     }
 
@@ -120,7 +129,7 @@ impl RedisCounters {
     /// `None` when Redis did not answer (the caller falls back).
     pub(crate) async fn hit(
         self: &Arc<Self>,
-        ip: IpAddr,
+        ip: Subject,
         window: u64,
         ttl_secs: u64,
     ) -> Option<u64> {
@@ -169,7 +178,7 @@ impl RedisCounters {
                 .and_then(|r| r.ok().flatten()),
             Step::Alone => self
                 .redis
-                .incr_window(&redis_key(ip, window), 1, ttl_secs)
+                .incr_window(&self.key(ip, window), 1, ttl_secs)
                 .await
                 .ok(),
             Step::Refill => {
@@ -181,7 +190,7 @@ impl RedisCounters {
                 };
                 let total = self
                     .redis
-                    .incr_window(&redis_key(ip, window), self.block, ttl_secs)
+                    .incr_window(&self.key(ip, window), self.block, ttl_secs)
                     .await
                     .ok();
                 refill.pending = false;
@@ -204,7 +213,7 @@ impl RedisCounters {
     }
 
     /// After a refill: done when nobody waits, else the waiters get a refill of their own.
-    fn settle(self: &Arc<Self>, lease: &mut Lease, slot: (IpAddr, u64), ttl_secs: u64) {
+    fn settle(self: &Arc<Self>, lease: &mut Lease, slot: (Subject, u64), ttl_secs: u64) {
         if lease.queue.is_empty() {
             lease.refilling = false;
             return;
@@ -219,7 +228,7 @@ impl RedisCounters {
     }
 
     /// Fetches counts for the hits queued on `slot` until none wait.
-    async fn refill_for_queue(self: Arc<Self>, slot: (IpAddr, u64), ttl_secs: u64) {
+    async fn refill_for_queue(self: Arc<Self>, slot: (Subject, u64), ttl_secs: u64) {
         loop {
             let want = {
                 let mut shard = self.shard(slot.0);
@@ -234,7 +243,7 @@ impl RedisCounters {
             };
             let total = self
                 .redis
-                .incr_window(&redis_key(slot.0, slot.1), want, ttl_secs)
+                .incr_window(&self.key(slot.0, slot.1), want, ttl_secs)
                 .await
                 .ok();
             let mut shard = self.shard(slot.0);
@@ -247,16 +256,11 @@ impl RedisCounters {
     }
 }
 
-/// The Redis key of `ip`'s counter for `window`.
-fn redis_key(ip: IpAddr, window: u64) -> String {
-    format!("ratelimit:{ip}:{window}")
-}
-
 /// A refill led by a request; if that request is dropped mid-flight, the hits queued behind
 /// it are handed to a task so that none of them waits on a future nobody polls.
 struct Refill {
     counters: Arc<RedisCounters>,
-    slot: (IpAddr, u64),
+    slot: (Subject, u64),
     ttl_secs: u64,
     pending: bool,
 }
