@@ -215,3 +215,73 @@ async fn a_master_killed_under_load_costs_no_request_and_state_resumes_on_its_re
     )
     .await;
 }
+
+/// Sequential requests of `bearer` on `gw` for `run`, each answered 200 or 429; the admitted
+/// count.
+async fn admitted_during(gw: &Gateway, bearer: &str, run: Duration) -> u64 {
+    let c = client();
+    let started = Instant::now();
+    let mut admitted = 0;
+    // Bounded in count as well as time.
+    for _ in 0..50_000 {
+        if started.elapsed() >= run {
+            break;
+        }
+        let r = c.get(gw.url("/echo/g")).bearer_auth(bearer).send().await;
+        match r.map(|r| r.status().as_u16()) {
+            Ok(200) => admitted += 1,
+            Ok(429) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    admitted
+}
+
+#[tokio::test]
+async fn gcra_on_a_cluster_holds_the_rate_across_two_gateways() {
+    let cluster = RedisCluster::start();
+    let echo = common::EchoServer::start().await;
+    let section = format!(
+        "rate_limit:\n  per_minute: 1000000\n  policies:\n    - {{ name: smooth, key: sub, limit: 50, window_seconds: 1, algorithm: gcra, burst: 5 }}\n\
+         upstreams:\n  echo: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 60000 }} }}\n\
+         routes:\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
+        echo.port
+    );
+    let env = [("REDIS_CLUSTER_NODES", cluster.seeds())];
+    let a = Gateway::start(&section, &env).await;
+    let b = Gateway::start(&section, &env).await;
+    let bearer = common::token("smooth-user");
+    // Both replicas offer far more than 50 a second for 10 s; together they admit the burst
+    // and then 50 a second.
+    let run = Duration::from_secs(10);
+    let started = Instant::now();
+    let (na, nb) = tokio::join!(
+        admitted_during(&a, &bearer, run),
+        admitted_during(&b, &bearer, run)
+    );
+    let secs = started.elapsed().as_secs_f64();
+    let expected = 5.0 + 50.0 * secs;
+    let admitted = (na + nb) as f64;
+    eprintln!("gcra on the cluster: {na} + {nb} admitted in {secs:.2} s (expected {expected:.0})");
+    assert!(
+        (admitted - expected).abs() <= expected * 0.05,
+        "{admitted} admitted in {secs:.2} s, expected {expected:.0} ± 5%"
+    );
+    assert!(na > 0 && nb > 0, "both replicas admitted some: {na} {nb}");
+    for gw in [&a, &b] {
+        let m = gw.metrics().await;
+        assert_eq!(
+            sum(&m, "rate_limit_decisions_total{backend=\"fallback\""),
+            0.0
+        );
+        assert!(
+            sum(
+                &m,
+                "rate_limit_decisions_total{backend=\"redis\",policy=\"smooth\",result=\"limited\"}"
+            ) > 0.0
+        );
+    }
+    let keys = cluster.keys_with_ttl("ratelimit:smooth:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].1 > 0, "{keys:?}");
+}
