@@ -198,11 +198,11 @@ return n
 ";
 
 // GCRA on Redis's own clock, so that replicas with skewed clocks still share one schedule.
-// KEYS[1] holds the theoretical arrival time (TAT, microseconds); ARGV: the emission interval
-// and the burst tolerance (both microseconds). Answers {1, TAT - now} when admitted (the new
-// TAT is stored with a TTL that ends when it is in the past, so idle keys vanish), or
-// {0, microseconds until a request would be admitted}. Numbers stay exact in Lua's doubles
-// (microsecond timestamps are below 2^53).
+// KEYS[1] holds the theoretical arrival time (TAT, microseconds); ARGV: the emission interval,
+// the burst tolerance (both microseconds) and how many admissions are asked for at once. Grants
+// as many of them as fit in the tolerance: {granted, TAT - now} (the new TAT is stored with a
+// TTL that ends when it is in the past, so idle keys vanish), or {0, microseconds until one
+// would fit}. Numbers stay exact in Lua's doubles (microsecond timestamps are below 2^53).
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -210,12 +210,14 @@ local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if tat < now then tat = now end
-local new = tat + interval
-if new - now > tolerance then
-  return {0, new - tolerance - now}
+local room = math.floor((tolerance - (tat - now)) / interval)
+local granted = math.min(tonumber(ARGV[3]), room)
+if granted < 1 then
+  return {0, tat + interval - tolerance - now}
 end
+local new = tat + granted * interval
 redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000) + 1000)
-return {1, new - now}
+return {granted, new - now}
 ";
 
 impl RedisStore {
@@ -382,27 +384,29 @@ impl RedisStore {
         .await
     }
 
-    /// One GCRA decision on `key` (interval and tolerance in microseconds): `Ok((true, TAT
-    /// minus now))` when admitted, `Ok((false, wait))` with the microseconds until the next
-    /// admission otherwise.
+    /// GCRA on `key` (interval and tolerance in microseconds) for up to `want` admissions at
+    /// once: `Ok((granted, TAT minus now))` when at least one fits, `Ok((0, wait))` with the
+    /// microseconds until one would otherwise.
     pub async fn gcra(
         &self,
         key: &str,
         interval_us: u64,
         tolerance_us: u64,
-    ) -> Result<(bool, u64), StoreError> {
+        want: u64,
+    ) -> Result<(u64, u64), StoreError> {
         let script = &self.gcra_script;
-        let (admitted, us): (i64, i64) = self
+        let (granted, us): (i64, i64) = self
             .run("gcra", |mut c| async move {
                 script
                     .key(key)
                     .arg(interval_us)
                     .arg(tolerance_us)
+                    .arg(want.max(1))
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        Ok((admitted == 1, us.max(0) as u64))
+        Ok((granted.max(0) as u64, us.max(0) as u64))
     }
 
     /// Reads a key.

@@ -68,14 +68,43 @@ impl MemoryGcra {
     }
 }
 
+/// Leases kept per shard; past this (after dropping expired ones) a grant's leftover is not
+/// kept.
+const LEASES_PER_SHARD: usize = 1024;
+/// How long admissions granted by Redis but not yet used stay usable: after a pause this long
+/// the leftover is dropped, so it cannot add to a fresh burst.
+const LEASE_US: u64 = 1_000_000;
+
+/// What this replica knows of one client's schedule on Redis: admissions granted ahead of use
+/// (a block), or a refusal that holds until a known time.
+struct Lease {
+    left: u64,
+    /// The client's TAT as Redis reported it with the grant (local clock).
+    tat_us: u64,
+    expires_us: u64,
+    /// Redis said nothing fits before this (local clock). A TAT only moves forward, so every
+    /// request until then is refused here without a round trip — a flood of refused requests
+    /// costs Redis nothing.
+    refused_until_us: u64,
+}
+
 /// One GCRA policy: on Redis when configured, in memory otherwise and as the fallback.
+///
+/// Like the fixed window's blocks, a policy of 2,048 or more per window asks Redis for
+/// `limit / 1024` admissions at once (at most 64, at most the burst) and hands them out
+/// locally: one script per block instead of per request. Redis grants only what fits the
+/// schedule, so replicas together never admit more than the rate allows; what a replica was
+/// granted and did not use within a second is lost (under 0.1% of the limit per replica). A
+/// refusal is remembered until the time Redis named, so refused floods cost no round trips.
 pub(crate) struct Gcra {
     limit: u64,
     interval_us: u64,
     tolerance_us: u64,
+    block: u64,
     /// Shared with the policy a reload replaces, so that schedules survive it.
     pub(super) memory: Arc<MemoryGcra>,
     redis: Option<Arc<RedisStore>>,
+    leases: Sharded<HashMap<Subject, Lease>>,
     /// `ratelimit:<policy>:`
     prefix: String,
 }
@@ -90,13 +119,69 @@ impl Gcra {
         prefix: String,
     ) -> Gcra {
         let interval_us = (window_secs.saturating_mul(1_000_000) / limit.max(1)).max(1);
+        let block = if limit >= 2048 {
+            (limit / 1024).clamp(1, 64).min(burst.max(1))
+        } else {
+            1
+        };
         Gcra {
             limit,
             interval_us,
             tolerance_us: interval_us.saturating_mul(burst.max(1)),
+            block,
             memory: Arc::default(),
             redis,
+            leases: Sharded::new(SHARDS, HashMap::new),
             prefix,
+        }
+    }
+
+    /// A decision from what this replica knows for `who`: an admission from its lease, or a
+    /// refusal Redis already gave; `None`: ask Redis.
+    fn leased(&self, who: Subject, now_us: u64) -> Option<Decision> {
+        let mut shard = self.leases.lock(&who);
+        let lease = shard.get_mut(&who)?;
+        if now_us < lease.refused_until_us {
+            let wait = lease.refused_until_us - now_us;
+            return Some(self.decision(Err(wait), LimitBackend::Redis));
+        }
+        if lease.left == 0 || now_us >= lease.expires_us {
+            shard.remove(&who);
+            return None;
+        }
+        lease.left -= 1;
+        let ahead = lease.tat_us.saturating_sub(now_us);
+        let mut d = self.decision(Ok(ahead), LimitBackend::Redis);
+        d.remaining += lease.left;
+        Some(d)
+    }
+
+    /// Remembers what Redis answered for `who`: `Ok((left, ahead))` keeps `left` admissions
+    /// of a grant for the next requests, `Err(wait)` a refusal until `now + wait`.
+    fn keep(&self, who: Subject, now_us: u64, answer: Result<(u64, u64), u64>) {
+        let mut shard = self.leases.lock(&who);
+        if shard.len() >= LEASES_PER_SHARD && !shard.contains_key(&who) {
+            shard.retain(|_, l| {
+                (l.expires_us > now_us && l.left > 0) || l.refused_until_us > now_us
+            });
+            if shard.len() >= LEASES_PER_SHARD {
+                return;
+            }
+        }
+        let lease = shard.entry(who).or_insert(Lease {
+            left: 0,
+            tat_us: 0,
+            expires_us: 0,
+            refused_until_us: 0,
+        });
+        match answer {
+            Ok((left, ahead)) => {
+                // Concurrent grants for one client add up; each was granted by Redis.
+                lease.left += left;
+                lease.tat_us = lease.tat_us.max(now_us + ahead);
+                lease.expires_us = now_us + LEASE_US;
+            }
+            Err(wait) => lease.refused_until_us = lease.refused_until_us.max(now_us + wait),
         }
     }
 
@@ -105,10 +190,24 @@ impl Gcra {
         let (outcome, backend) = match &self.redis {
             None => (self.local(who, now_us), LimitBackend::Memory),
             Some(redis) => {
+                if let Some(d) = self.leased(who, now_us) {
+                    return d;
+                }
                 let key = format!("{}{who}:gcra", self.prefix);
-                match redis.gcra(&key, self.interval_us, self.tolerance_us).await {
-                    Ok((true, ahead)) => (Ok(ahead), LimitBackend::Redis),
-                    Ok((false, wait)) => (Err(wait), LimitBackend::Redis),
+                match redis
+                    .gcra(&key, self.interval_us, self.tolerance_us, self.block)
+                    .await
+                {
+                    Ok((0, wait)) => {
+                        self.keep(who, now_us, Err(wait));
+                        (Err(wait), LimitBackend::Redis)
+                    }
+                    Ok((granted, ahead)) => {
+                        if granted > 1 {
+                            self.keep(who, now_us, Ok((granted - 1, ahead)));
+                        }
+                        (Ok(ahead), LimitBackend::Redis)
+                    }
                     Err(_) => (self.local(who, now_us), LimitBackend::Fallback),
                 }
             }
