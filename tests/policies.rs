@@ -286,6 +286,45 @@ async fn gcra_on_redis_admits_the_burst_then_the_rate() {
     );
 }
 
+#[tokio::test]
+async fn a_reload_adds_a_policy_and_keeps_the_counts_of_the_ones_that_stay() {
+    let echo = EchoServer::start().await;
+    let per_user = "- { name: per-user, key: sub, limit: 3, window_seconds: 3600 }";
+    let gw = Gateway::start(&section(echo.port, per_user), &[]).await;
+    align_to_window(3600, 15).await;
+    let alice = token("alice");
+    for _ in 0..2 {
+        assert_eq!(status(&gw, "/echo/a", &alice, None).await, 200);
+    }
+    let generation = metric_sum(&gw.metrics().await, "config_generation");
+    // The same policy with a new limit, and a new API-key policy.
+    gw.rewrite(&section(
+        echo.port,
+        "- { name: per-user, key: sub, limit: 4, window_seconds: 3600 }\n\
+         - { name: api-key, key: 'header:X-Api-Key', limit: 1, window_seconds: 3600 }",
+    ));
+    gw.proc.signal("HUP");
+    eventually(
+        "the reload is applied",
+        Duration::from_secs(5),
+        async || metric_sum(&gw.metrics().await, "config_generation") == generation + 1.0,
+    )
+    .await;
+    // Two counted before the reload: two more under the new limit of 4, then refused.
+    // Each request with a key of its own, so only `per-user` can refuse.
+    for key in ["k1", "k2"] {
+        assert_eq!(status(&gw, "/echo/a", &alice, Some(key)).await, 200);
+    }
+    let r = get(&gw, "/echo/a", &alice, None).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.text().await.unwrap().contains("per-user"));
+    // The new policy is in force.
+    let bob = token("bob");
+    let r = get(&gw, "/echo/b", &bob, Some("k1")).await;
+    assert_eq!(r.status(), 429, "key `k1` was used once above");
+    assert!(r.text().await.unwrap().contains("api-key"));
+}
+
 #[test]
 fn gateway_t_refuses_a_bad_policy_naming_its_key() {
     let dir = tempfile::tempdir().unwrap();

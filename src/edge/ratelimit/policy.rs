@@ -141,19 +141,21 @@ impl Policy {
         d
     }
 
-    /// The same policy with `previous`'s in-memory state, when both count the same way.
+    /// The same policy with `previous`'s in-memory state when both count the same things the
+    /// same way (key and algorithm): a new limit, burst or routes apply to the counts so far,
+    /// as they do on Redis, whose keys carry over by name.
     fn continuing(mut self, previous: &Policy) -> Policy {
-        if self.config != previous.config {
-            // A default policy's new limit applies to the current window's count; a named
-            // policy whose settings changed starts afresh.
-            if self.config.is_some() {
-                return self;
+        let same = match (&self.config, &previous.config) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.key == b.key && a.algorithm == b.algorithm,
+            _ => false,
+        };
+        if same {
+            match (&mut self.engine, &previous.engine) {
+                (Engine::Window(new), Engine::Window(old)) => new.memory = old.memory.clone(),
+                (Engine::Gcra(new), Engine::Gcra(old)) => new.memory = old.memory.clone(),
+                _ => {}
             }
-        }
-        match (&mut self.engine, &previous.engine) {
-            (Engine::Window(new), Engine::Window(old)) => new.memory = old.memory.clone(),
-            (Engine::Gcra(new), Engine::Gcra(old)) => new.memory = old.memory.clone(),
-            _ => {}
         }
         self
     }
@@ -303,8 +305,8 @@ impl Limits {
         paths
     }
 
-    /// These limits with `previous`'s in-memory counts for every policy that kept its name and
-    /// settings (the default policy always), so a reload does not hand out fresh budgets.
+    /// These limits with `previous`'s in-memory counts for every policy that kept its name, key
+    /// and algorithm (the default policy always), so a reload does not hand out fresh budgets.
     pub fn continuing(mut self, previous: &Limits) -> Limits {
         self.default = self.default.continuing(&previous.default);
         let carry = |list: Vec<Policy>, old: &[Policy]| -> Vec<Policy> {
