@@ -12,6 +12,8 @@ pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
 pub const X_USER_ID: &str = "X-User-Id";
 /// How an aggregate answer relates to the cache (`HIT`, `MISS`, `BYPASS`).
 pub const X_CACHE: &str = "X-Cache";
+/// Seconds since a cached answer was built (RFC 9111).
+pub const AGE: &str = "Age";
 /// Requests per window (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT_LIMIT: &str = "RateLimit-Limit";
 /// Requests left in the window.

@@ -75,6 +75,14 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     let gateway = Gateway::new((*config).clone(), hash, redis, tracer)
         .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
     let (live, shared) = gateway.live();
+    let admin = config.admin.as_ref().map(|a| {
+        let mut service = pingora::services::listening::Service::new(
+            "admin".to_string(),
+            gateway.admin_api(a.token.clone()),
+        );
+        service.add_tcp(&a.listen.to_string());
+        service
+    });
     let reloader = reload::Reloader::new(live, shared, conf_path, conf_text);
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
@@ -142,6 +150,9 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
 
     server.add_service(proxy);
     server.add_service(prometheus);
+    if let Some(admin) = admin {
+        server.add_service(admin);
+    }
     // Also starts the health checks and key refresh of every snapshot, the first included.
     server.add_service(pingora::services::background::background_service(
         "live configuration",

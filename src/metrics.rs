@@ -78,6 +78,15 @@ pub static AUTH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Cache entries purged through the admin API, by kind.
+pub static CACHE_INVALIDATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cache_invalidations_total",
+        "Cached aggregate entries purged through the admin API, by kind (key|tag)",
+        &["kind"],
+    )
+});
+
 /// Store operations that failed or timed out, by backend and operation.
 pub static STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
@@ -369,6 +378,7 @@ pub fn init() {
     LazyLock::force(&RATE_LIMIT_DECISIONS);
     LazyLock::force(&AUTH_FAILURES);
     LazyLock::force(&STORE_ERRORS);
+    LazyLock::force(&CACHE_INVALIDATIONS);
     LazyLock::force(&UPSTREAM_REQUESTS);
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&UPSTREAM_RETRIES);
@@ -452,8 +462,11 @@ pub fn prime(config: &crate::config::Config) {
     for reason in crate::edge::auth::AuthError::REASONS {
         AUTH_FAILURES.with_label_values(&[reason]);
     }
+    for kind in ["key", "tag"] {
+        CACHE_INVALIDATIONS.with_label_values(&[kind]);
+    }
     if redis_configured {
-        for op in ["incr", "get", "set"] {
+        for op in ["incr", "gcra", "get", "set", "tag", "del"] {
             STORE_ERRORS.with_label_values(&["redis", op]);
         }
     }

@@ -168,6 +168,7 @@ fn keep_process_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!(redis, "gateway.redis");
     keep!(reload, "gateway.reload");
     keep!(tracing, "gateway.tracing");
+    keep!(admin, "gateway.admin");
     keep!(
         limits.header_read_timeout,
         "gateway.limits.header_read_timeout_ms"

@@ -37,7 +37,10 @@ use opentelemetry::trace::SpanContext;
 use opentelemetry::KeyValue;
 
 pub(crate) mod client;
+mod entry;
 mod template;
+
+use self::entry::Entry;
 
 use self::client::{has_shape, CallError, CallTrace, ServiceClient};
 
@@ -86,6 +89,8 @@ pub struct Answer {
     pub cache_control: String,
     /// The cache key of a document that is (or would be) cached; `None` for one that is not.
     pub key: Option<String>,
+    /// Seconds since a cached document was built (the `Age` header); `None` unless a hit.
+    pub age: Option<u64>,
 }
 
 /// A document built from the upstreams, shared by every coalesced request.
@@ -209,6 +214,13 @@ impl Aggregates {
                     needs_json[v.leg] = true;
                 }
             }
+            for t in a.cache.iter().flat_map(|c| &c.tags) {
+                for p in &t.parts {
+                    if let crate::config::Part::Value(v) = p {
+                        needs_json[v.leg] = true;
+                    }
+                }
+            }
             let mut prefix = String::new();
             for seg in &a.path.segments {
                 prefix.push('/');
@@ -240,6 +252,38 @@ impl Aggregates {
     pub fn route(&self, path: &str) -> Option<&Arc<Aggregate>> {
         self.list.iter().find(|a| a.claims(path))
     }
+
+    /// The aggregate called `name`.
+    pub fn named(&self, name: &str) -> Option<&Arc<Aggregate>> {
+        self.list.iter().find(|a| a.config.name == name)
+    }
+}
+
+/// What the admin API shows of a cached entry.
+#[derive(Debug, serde::Serialize)]
+pub struct EntryInfo {
+    /// The key as the conf's template renders it.
+    pub key: String,
+    /// Seconds since it was built.
+    pub age_seconds: u64,
+    /// Seconds it stays fresh.
+    pub ttl_seconds: u64,
+    /// Whether it is past its freshness.
+    pub stale: bool,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Size of the document.
+    pub bytes: usize,
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    crate::clock::unix_now_micros() / 1000
+}
+
+/// Whether a stored entry carries one of `tags` (the embedded store has no tag index).
+pub(crate) fn entry_carries(raw: &Bytes, tags: &[String]) -> bool {
+    Entry::decode(raw).is_some_and(|e| e.tags.iter().any(|t| tags.contains(t)))
 }
 
 impl std::fmt::Debug for Aggregate {
@@ -312,6 +356,36 @@ impl LegOutcome {
 }
 
 impl Aggregate {
+    /// The store key of the entry whose rendered key is `key` (the declaration's fingerprint
+    /// appended, as every entry of this declaration carries).
+    fn stored_key(&self, key: &str) -> String {
+        format!("{key}#{}", self.fingerprint)
+    }
+
+    /// Whether the aggregate is cached at all.
+    pub fn cached(&self) -> bool {
+        self.config.cache.as_ref().is_some_and(|c| !c.ttl.is_zero())
+    }
+
+    /// Purges the entry `key` (as the key template renders it); whether it was there.
+    pub async fn purge(&self, key: &str) -> Result<bool, crate::store::StoreError> {
+        self.store.delete(&self.stored_key(key)).await
+    }
+
+    /// The entry `key` (as the key template renders it), if cached.
+    pub async fn inspect(&self, key: &str) -> Result<Option<EntryInfo>, crate::store::StoreError> {
+        let raw = self.store.get(&self.stored_key(key)).await?;
+        let now = now_ms();
+        Ok(raw.as_ref().and_then(Entry::decode).map(|e| EntryInfo {
+            key: key.to_string(),
+            age_seconds: e.age_secs(now),
+            ttl_seconds: e.remaining_secs(now),
+            stale: !e.is_fresh(now),
+            tags: e.tags,
+            bytes: e.body.len(),
+        }))
+    }
+
     /// The aggregate's name (metric label, log field).
     pub fn name(&self) -> &str {
         &self.config.name
@@ -410,18 +484,25 @@ impl Aggregate {
         };
         let mut status = CacheStatus::Miss;
         if cache.is_some() {
+            let now = now_ms();
             match self.store.get(&key).await {
-                // A value that is not JSON is corrupt: a miss, overwritten below.
-                Ok(Some(v)) if has_shape(&v, Expect::Any) => {
-                    cache_metric(name, CacheStatus::Hit);
-                    return Ok(Answer {
-                        body: v,
-                        cache: CacheStatus::Hit,
-                        cache_control: self.cache_control(false),
-                        key: Some(key),
-                    });
+                // Anything but a fresh entry holding JSON (an older gateway's bare document, a
+                // corrupt value) is a miss, overwritten below.
+                Ok(Some(v)) => {
+                    if let Some(e) = Entry::decode(&v)
+                        .filter(|e| e.is_fresh(now) && has_shape(&e.body, Expect::Any))
+                    {
+                        cache_metric(name, CacheStatus::Hit);
+                        return Ok(Answer {
+                            cache_control: format!("private, max-age={}", e.remaining_secs(now)),
+                            age: Some(e.age_secs(now)),
+                            body: e.body,
+                            cache: CacheStatus::Hit,
+                            key: Some(key),
+                        });
+                    }
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(_) => status = CacheStatus::Bypass,
             }
         }
@@ -446,6 +527,7 @@ impl Aggregate {
             key: memo_key.filter(|_| !built.degraded),
             body: built.body,
             cache: status,
+            age: None,
         })
     }
 
@@ -563,12 +645,29 @@ impl Aggregate {
         let (body, degraded) = self.document(&outcomes);
         if !degraded {
             if let Some(c) = self.config.cache.as_ref().filter(|c| !c.ttl.is_zero()) {
+                let values: Vec<(usize, &serde_json::Value)> = outcomes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, o)| Some((i, o.json()?)))
+                    .collect();
+                let mut tags: Vec<String> = c
+                    .tags
+                    .iter()
+                    .filter_map(|t| template::render(t, &params, &values, None))
+                    .collect();
+                tags.dedup();
+                let entry = Entry {
+                    built_ms: now_ms(),
+                    fresh_ms: c.ttl.as_millis() as u64,
+                    tags,
+                    body: body.clone(),
+                };
                 // The response does not wait for the write; a failed write only costs a miss.
                 let store = self.store.clone();
-                let value = body.clone();
                 let ttl = c.ttl;
                 tokio::spawn(async move {
-                    if let Err(e) = store.set(&key, value, ttl).await {
+                    let value = entry.encode();
+                    if let Err(e) = store.set_tagged(&key, value, ttl, &entry.tags).await {
                         tracing::debug!(error = %e, "aggregate cache write failed");
                     }
                 });

@@ -64,6 +64,8 @@ struct CacheFile {
     #[serde(default)]
     ttl_seconds: u64,
     key: String,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +151,9 @@ pub struct CacheSpec {
     pub ttl: Duration,
     /// The key, over path params only.
     pub key: Template,
+    /// Tags the entry carries (over params and leg values), for invalidation by tag; a tag
+    /// that cannot be rendered (a missing value) is left off.
+    pub tags: Vec<Template>,
 }
 
 /// One service call of an aggregate.
@@ -545,9 +550,20 @@ impl AggregateFile {
                     item: false,
                     values: false,
                 };
+                let with_values = Scope {
+                    values: true,
+                    ..scope
+                };
+                let tags = c
+                    .tags
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| parse_template(&k(&format!("cache.tags[{i}]")), t, &with_values))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Some(CacheSpec {
                     ttl: Duration::from_secs(c.ttl_seconds),
                     key: parse_template(&k("cache.key"), &c.key, &scope)?,
+                    tags,
                 })
             }
         };

@@ -42,6 +42,7 @@ pub(super) struct GatewayFile {
     pub(super) compression: Option<CompressionFile>,
     pub(super) reload: ReloadFile,
     pub(super) tracing: TracingFile,
+    pub(super) admin: super::admin::AdminFile,
 }
 
 impl Default for GatewayFile {
@@ -64,6 +65,7 @@ impl Default for GatewayFile {
             compression: None,
             reload: ReloadFile::default(),
             tracing: TracingFile::default(),
+            admin: super::admin::AdminFile::default(),
         }
     }
 }

@@ -36,10 +36,12 @@ mod services;
 pub use services::{ServiceConfig, Services};
 mod tls;
 pub use tls::{CertPaths, TlsConfig, TlsVersion, UpstreamTls};
+mod admin;
 mod compression;
 mod cors;
 mod ratelimit;
 mod tracing;
+pub use admin::AdminConfig;
 pub use compression::{Coding, CompressionConfig, Level};
 pub use cors::CorsPolicy;
 pub use ratelimit::{Algorithm, OnStoreError, PolicyConfig, PolicyKey, DEFAULT_POLICY};
@@ -137,6 +139,8 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// OpenTelemetry tracing; `None`: no spans, `traceparent` passed through untouched.
     pub tracing: Option<TracingConfig>,
+    /// The admin API (cache purge and inspection); `None`: no admin listener.
+    pub admin: Option<AdminConfig>,
 }
 
 /// `gateway.reload`.
@@ -332,7 +336,7 @@ pub struct RouteConfig {
 }
 
 /// Every environment variable the gateway reads (deployment files are checked against this).
-pub const ENV_VARS: [&str; 15] = [
+pub const ENV_VARS: [&str; 17] = [
     "HTTP_PORT",
     "METRICS_PORT",
     "REDIS_ADDR",
@@ -348,6 +352,8 @@ pub const ENV_VARS: [&str; 15] = [
     "OTEL_SERVICE_NAME",
     "OTEL_SDK_DISABLED",
     "REDIS_CLUSTER_NODES",
+    "ADMIN_PORT",
+    "ADMIN_TOKEN",
 ];
 
 /// Source of environment variables, injectable for tests.

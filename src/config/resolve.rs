@@ -20,7 +20,7 @@ use super::issuers::{claim_path, resolve_issuers};
 use super::services::resolve_services;
 use super::*;
 
-fn parse_listen(
+pub(super) fn parse_listen(
     key: &str,
     value: &str,
     port_env: Option<(&str, String)>,
@@ -168,6 +168,9 @@ impl GatewayFile {
                 ));
             }
         }
+        let mut taken = vec![listen, metrics_listen];
+        taken.extend(tls.as_ref().map(|t| t.listen));
+        let admin = super::admin::resolve_admin(self.admin, env, &taken)?;
         if self.redirect_http && tls.is_none() {
             return Err(invalid(
                 "gateway.redirect_http",
@@ -194,6 +197,7 @@ impl GatewayFile {
                 interval: Duration::from_millis(self.reload.interval_ms.max(100)),
             },
             tracing: super::tracing::resolve_tracing(self.tracing, env)?,
+            admin,
         })
     }
 }

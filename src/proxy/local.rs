@@ -113,6 +113,9 @@ impl Gateway {
             Ok(answer) => {
                 ctx.cache = Some(answer.cache);
                 headers.push((headers::X_CACHE, answer.cache.header_value().to_string()));
+                if let Some(age) = answer.age {
+                    headers.push((headers::AGE, age.to_string()));
+                }
                 // Named only when there is something to compress: no allocation otherwise.
                 let compress = ctx.snap.compress.as_deref();
                 let memo_key = compress

@@ -10,6 +10,7 @@
 //! - [`access`]: the one-line-per-request access log.
 //! - [`compress`]: response compression (negotiation, encoders, cached aggregates' copies).
 //! - `snapshot`: one configuration, built; what a request reads from start to end.
+//! - [`admin`]: the admin API (cache purge and inspection) on a listener of its own.
 //!
 //! About 700 lines because every phase carries its contract below (fourteen hooks, each a
 //! few lines of code under its contract); splitting phases across files would hide the order. This is the only module
@@ -59,6 +60,7 @@ use crate::metrics;
 use crate::store::{MemoryKv, RedisStore, Store};
 
 pub(crate) mod access;
+pub(crate) mod admin;
 pub(crate) mod body;
 pub(crate) mod compress;
 pub(crate) mod health;
@@ -152,6 +154,11 @@ impl Gateway {
     /// The live snapshot and what a reload needs to build the next one.
     pub(crate) fn live(&self) -> (Arc<ArcSwap<Snapshot>>, Arc<Shared>) {
         (self.live.clone(), self.shared.clone())
+    }
+
+    /// The admin API over this gateway's live configuration and store, behind `token`.
+    pub(crate) fn admin_api(&self, token: String) -> admin::AdminApi {
+        admin::AdminApi::new(self.live.clone(), self.shared.store.clone(), token)
     }
 
     /// Answers `err` and closes the connection: the request's body was not (fully) read, so

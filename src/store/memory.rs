@@ -53,6 +53,29 @@ impl MemoryKv {
         map.insert(key.to_string(), (now + ttl, value));
     }
 
+    /// Removes `key`; whether it was there (and live).
+    pub fn remove(&self, key: &str) -> bool {
+        self.lock()
+            .remove(key)
+            .is_some_and(|(exp, _)| exp > Instant::now())
+    }
+
+    /// Removes every live entry whose value `matches`; how many.
+    pub fn remove_where(&self, matches: impl Fn(&Bytes) -> bool) -> usize {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let before = map.len();
+        let mut expired = 0;
+        map.retain(|_, (exp, v)| {
+            if *exp <= now {
+                expired += 1;
+                return false;
+            }
+            !matches(v)
+        });
+        before - map.len() - expired
+    }
+
     /// Number of entries held (for the bounded-memory test).
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -65,4 +65,61 @@ impl Store {
             }
         }
     }
+
+    /// Writes `key` with a TTL, first adding it to each of `tags` (so that an entry is never
+    /// in the store without being reachable from its tags).
+    pub(crate) async fn set_tagged(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        if let Store::Redis(r) = self {
+            let keys: Vec<String> = tags.iter().map(|t| tag_key(t)).collect();
+            let adds = keys.iter().map(|k| r.tag(k, key, ttl));
+            for added in futures::future::join_all(adds).await {
+                added?;
+            }
+        }
+        self.set(key, value, ttl).await
+    }
+
+    /// Deletes `key`; whether it existed.
+    pub(crate) async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Redis(r) => r.del(key).await,
+            Store::Memory(m) => Ok(m.remove(key)),
+        }
+    }
+
+    /// Deletes every entry carrying one of `tags` and returns how many there were. In memory,
+    /// where there is no tag index, `carries(value, tags)` reads an entry's own tags.
+    pub(crate) async fn invalidate_tags(
+        &self,
+        tags: &[String],
+        carries: impl Fn(&Bytes, &[String]) -> bool,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Redis(r) => {
+                let mut purged = 0;
+                for t in tags {
+                    let key = tag_key(t);
+                    let members = r.tag_members(&key).await?;
+                    let dels = members.iter().map(|m| r.del(m));
+                    for gone in futures::future::join_all(dels).await {
+                        purged += u64::from(gone?);
+                    }
+                    r.del(&key).await?;
+                }
+                Ok(purged)
+            }
+            Store::Memory(m) => Ok(m.remove_where(|v| carries(v, tags)) as u64),
+        }
+    }
+}
+
+/// The Redis key of a tag's set of entries.
+fn tag_key(tag: &str) -> String {
+    format!("cachetag:{tag}")
 }

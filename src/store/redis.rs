@@ -187,6 +187,7 @@ pub struct RedisStore {
     warn: WarnLimiter,
     incr_script: Script,
     gcra_script: Script,
+    tag_script: Script,
 }
 
 // INCRBY and EXPIRE … NX in one script: atomic, one round trip, and the key can never be left
@@ -218,6 +219,19 @@ end
 local new = tat + granted * interval
 redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000) + 1000)
 return {granted, new - now}
+";
+
+// A tag's entries as a sorted set scored by each entry's expiry (ms, Redis's clock): adding one
+// drops those already expired and sets the set's own TTL past its last entry's, so a tag set
+// never outlives its entries and never grows past the entries alive.
+const TAG: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(last[2]) - now, 1) + 1000)
+return 1
 ";
 
 impl RedisStore {
@@ -294,6 +308,7 @@ impl RedisStore {
             warn: WarnLimiter::default(),
             incr_script: Script::new(INCR_WINDOW),
             gcra_script: Script::new(GCRA),
+            tag_script: Script::new(TAG),
         }
     }
 
@@ -407,6 +422,47 @@ impl RedisStore {
             })
             .await?;
         Ok((granted.max(0) as u64, us.max(0) as u64))
+    }
+
+    /// Adds `member` (expiring in `ttl`) to the tag set `key`.
+    pub async fn tag(&self, key: &str, member: &str, ttl: Duration) -> Result<(), StoreError> {
+        let script = &self.tag_script;
+        let ms = ttl.as_millis().max(1) as u64;
+        let _: i64 = self
+            .run("tag", |mut c| async move {
+                script
+                    .key(key)
+                    .arg(ms)
+                    .arg(member)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The members of the tag set `key`.
+    pub async fn tag_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.run("tag", |mut c| async move {
+            redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Deletes `key`; whether it existed. One key per command, so that on a Cluster each
+    /// goes to its own slot's node.
+    pub async fn del(&self, key: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .run("del", |mut c| async move {
+                redis::cmd("DEL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(n > 0)
     }
 
     /// Reads a key.

@@ -1,0 +1,249 @@
+//! The admin API against real gateways: an entry cached through one replica, inspected and
+//! purged by tag through the other's admin listener (one real redis-server), purged by key,
+//! `Age` and the remaining `max-age` on hits; tag sets that always carry a TTL; the token and
+//! path checks; the embedded store's tags.
+#![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    client, eventually, free_port, metric_sum, service_env, token_with_roles, x_cache, Gateway,
+    Mocks, Redis,
+};
+use serde_json::{json, Value};
+
+const ADMIN_TOKEN: &str = "admin-token-for-the-tests-0123456789";
+
+fn section(admin_port: u16) -> String {
+    format!(
+        r#"admin: {{ listen: "127.0.0.1:{admin_port}" }}
+rate_limit: {{ per_minute: 100000 }}
+aggregates:
+  - name: profile
+    path: "/api/profile/{{id}}"
+    authorize: {{ param: id, claim: sub, bypass_roles: [admin], me: true }}
+    cache: {{ ttl_seconds: 60, key: "profile:{{id}}", tags: ["user:{{id}}", "account:{{user.id}}"] }}
+    legs:
+      user:            {{ service: user,  path: "/users/{{id}}", required: true, expect: object }}
+      orders:          {{ service: order, path: "/orders/user/{{user.id}}", default: [], expect: array }}
+      products:        {{ service: product, path: "/products", after: [user], default: [], expect: array }}
+      recommendations: {{ service: recommendation, path: "/recommendations/{{id}}", after: [user], default: [], expect: array }}
+"#
+    )
+}
+
+/// A gateway with its admin API on a port of its own.
+async fn gateway(mocks: &Mocks, redis: Option<&Redis>) -> (Gateway, u16) {
+    let admin = free_port();
+    let mut env = service_env(mocks);
+    env.push(("ADMIN_TOKEN", ADMIN_TOKEN.to_string()));
+    if let Some(r) = redis {
+        env.push(("REDIS_ADDR", r.addr()));
+    }
+    (Gateway::start(&section(admin), &env).await, admin)
+}
+
+async fn profile(gw: &Gateway, id: u32) -> reqwest::Response {
+    client()
+        .get(gw.url(&format!("/api/profile/{id}")))
+        .bearer_auth(token_with_roles("admin-1", &["admin"]))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// An admin call: status and JSON body.
+async fn admin(
+    port: u16,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = client().request(method, format!("http://127.0.0.1:{port}{path}"));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn cached_hit(gw: &Gateway, id: u32) -> reqwest::Response {
+    let mut hit = None;
+    eventually("the entry is cached", Duration::from_secs(5), async || {
+        let r = profile(gw, id).await;
+        if x_cache(&r) == "HIT" {
+            hit = Some(r);
+            true
+        } else {
+            false
+        }
+    })
+    .await;
+    hit.unwrap()
+}
+
+#[tokio::test]
+async fn a_tag_purged_through_one_replica_is_a_miss_on_the_other() {
+    let redis = Redis::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let (a, _) = gateway(&mocks, Some(&redis)).await;
+    let (b, b_admin) = gateway(&mocks, Some(&redis)).await;
+
+    assert_eq!(x_cache(&profile(&a, 7).await), "MISS");
+    let hit = cached_hit(&a, 7).await;
+    let age: u64 = hit.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!(age <= 5, "age {age}");
+    let cc = hit.headers()["cache-control"].to_str().unwrap().to_string();
+    let max_age: u64 = cc
+        .strip_prefix("private, max-age=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((55..=60).contains(&max_age), "{cc}");
+
+    // B sees the entry A wrote, with its tags (one of them from the user leg's value).
+    let (s, v) = admin(
+        b_admin,
+        reqwest::Method::GET,
+        "/cache/profile/profile:7",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["entry"]["tags"], json!(["user:7", "account:7"]));
+    assert_eq!(v["entry"]["stale"], false);
+    assert!(v["entry"]["ttl_seconds"].as_u64().unwrap() <= 60);
+
+    // Purged by tag through B: A's next read is a miss.
+    let (s, v) = admin(
+        b_admin,
+        reqwest::Method::POST,
+        "/cache/invalidate",
+        Some(ADMIN_TOKEN),
+        Some(json!({"tags": ["account:7", "account:999"]})),
+    )
+    .await;
+    assert_eq!((s, &v["invalidated"]), (200, &json!(1)), "{v}");
+    assert_eq!(x_cache(&profile(&a, 7).await), "MISS");
+    let m = b.metrics().await;
+    assert_eq!(
+        metric_sum(&m, r#"cache_invalidations_total{kind="tag"}"#),
+        1.0
+    );
+
+    // Purged by key: once there, then nothing left to purge.
+    cached_hit(&a, 7).await;
+    let (s, v) = admin(
+        b_admin,
+        reqwest::Method::DELETE,
+        "/cache/profile/profile:7",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!((s, &v["invalidated"]), (200, &json!(1)), "{v}");
+    assert_eq!(x_cache(&profile(&a, 7).await), "MISS");
+    let (_, v) = admin(
+        b_admin,
+        reqwest::Method::DELETE,
+        "/cache/profile/profile:8",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(v["invalidated"], 0);
+
+    // Every key written — entries and tag sets — expires.
+    cached_hit(&a, 7).await;
+    let tags = redis.keys("cachetag:*");
+    assert!(tags.contains(&"cachetag:user:7".to_string()), "{tags:?}");
+    for k in tags.iter().chain(redis.keys("profile:*").iter()) {
+        let ttl = redis.ttl(k);
+        assert!(ttl > 0 && ttl <= 62, "{k} has TTL {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_wants_its_token_and_plain_paths_and_works_on_the_embedded_store() {
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let (gw, port) = gateway(&mocks, None).await;
+    let get = reqwest::Method::GET;
+    for (token, why) in [
+        (None, "no token"),
+        (Some("wrong-token-wrong-token-wrong-token!"), "wrong token"),
+        (Some("short"), "short token"),
+    ] {
+        let (s, v) = admin(port, get.clone(), "/cache/profile/profile:1", token, None).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{why}"
+        );
+    }
+    // The admin API is not on the client port, token or not.
+    let r = client()
+        .delete(gw.url("/cache/profile/profile:1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 200);
+    for path in [
+        "/cache/profile/../../etc/passwd",
+        "/cache/nope/x",
+        "/cache/profile",
+        "/elsewhere",
+    ] {
+        let (s, v) = admin(port, get.clone(), path, Some(ADMIN_TOKEN), None).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {v}"
+        );
+    }
+    let (s, _) = admin(
+        port,
+        get.clone(),
+        "/cache/invalidate",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 405);
+    for body in [json!({"tag": "x"}), json!({"tags": []}), json!("x")] {
+        let (s, v) = admin(
+            port,
+            reqwest::Method::POST,
+            "/cache/invalidate",
+            Some(ADMIN_TOKEN),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (400, Some("bad_request")),
+            "{body}"
+        );
+    }
+    // Tags on the embedded store: the entry is found by its own tags.
+    assert_eq!(x_cache(&profile(&gw, 3).await), "MISS");
+    cached_hit(&gw, 3).await;
+    let (s, v) = admin(
+        port,
+        reqwest::Method::POST,
+        "/cache/invalidate",
+        Some(ADMIN_TOKEN),
+        Some(json!({"tags": ["user:3"]})),
+    )
+    .await;
+    assert_eq!((s, &v["invalidated"]), (200, &json!(1)), "{v}");
+    assert_eq!(x_cache(&profile(&gw, 3).await), "MISS");
+}
