@@ -10,7 +10,8 @@ pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
 pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
 /// The verified caller's `sub`, for upstreams; a client-sent one is always removed.
 pub const X_USER_ID: &str = "X-User-Id";
-/// How an aggregate answer relates to the cache (`HIT`, `MISS`, `BYPASS`).
+/// How an aggregate answer relates to the cache (`HIT`, `MISS`, `BYPASS`, `STALE`,
+/// `STALE-ERROR`).
 pub const X_CACHE: &str = "X-Cache";
 /// Seconds since a cached answer was built (RFC 9111).
 pub const AGE: &str = "Age";

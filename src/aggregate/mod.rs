@@ -53,6 +53,10 @@ pub enum CacheStatus {
     Miss,
     /// The store failed or was too slow; built from the upstreams.
     Bypass,
+    /// A stale entry, served at once while one rebuild runs in the background.
+    Stale,
+    /// A stale entry, served because the rebuild failed or degraded.
+    StaleError,
 }
 
 impl CacheStatus {
@@ -62,6 +66,8 @@ impl CacheStatus {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
             CacheStatus::Bypass => "BYPASS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::StaleError => "STALE-ERROR",
         }
     }
 
@@ -71,11 +77,19 @@ impl CacheStatus {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Bypass => "bypass",
+            CacheStatus::Stale => "stale",
+            CacheStatus::StaleError => "stale_error",
         }
     }
 
     /// Every status, for priming the metric.
-    pub const ALL: [CacheStatus; 3] = [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Bypass];
+    pub const ALL: [CacheStatus; 5] = [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Bypass,
+        CacheStatus::Stale,
+        CacheStatus::StaleError,
+    ];
 }
 
 /// A finished aggregate answer.
@@ -483,30 +497,39 @@ impl Aggregate {
             None => params.join("/"),
         };
         let mut status = CacheStatus::Miss;
-        if cache.is_some() {
+        // A stale entry kept for when the rebuild fails or degrades (stale-if-error).
+        let mut fallback: Option<Entry> = None;
+        if let Some(c) = cache {
             let now = now_ms();
             match self.store.get(&key).await {
-                // Anything but a fresh entry holding JSON (an older gateway's bare document, a
+                // Anything but an entry holding JSON (an older gateway's bare document, a
                 // corrupt value) is a miss, overwritten below.
                 Ok(Some(v)) => {
-                    if let Some(e) = Entry::decode(&v)
-                        .filter(|e| e.is_fresh(now) && has_shape(&e.body, Expect::Any))
-                    {
-                        cache_metric(name, CacheStatus::Hit);
-                        return Ok(Answer {
-                            cache_control: format!("private, max-age={}", e.remaining_secs(now)),
-                            age: Some(e.age_secs(now)),
-                            body: e.body,
-                            cache: CacheStatus::Hit,
-                            key: Some(key),
-                        });
+                    if let Some(e) = Entry::decode(&v).filter(|e| has_shape(&e.body, Expect::Any)) {
+                        let stale_for = now.saturating_sub(e.built_ms + e.fresh_ms);
+                        if e.is_fresh(now) {
+                            cache_metric(name, CacheStatus::Hit);
+                            return Ok(cached_answer(e, CacheStatus::Hit, key, now));
+                        }
+                        if stale_for < c.stale_while_revalidate.as_millis() as u64 {
+                            // Answered now; one rebuild (shared with any other in flight for
+                            // this key) refreshes the entry for the next reads.
+                            let (flight, _) = self.flight(key.clone(), params, request_id, None);
+                            tokio::spawn(async move {
+                                let _ = flight.await;
+                            });
+                            cache_metric(name, CacheStatus::Stale);
+                            return Ok(cached_answer(e, CacheStatus::Stale, key, now));
+                        }
+                        if stale_for < c.stale_if_error.as_millis() as u64 {
+                            fallback = Some(e);
+                        }
                     }
                 }
                 Ok(None) => {}
                 Err(_) => status = CacheStatus::Bypass,
             }
         }
-        cache_metric(name, status);
         let memo_key = cache.is_some().then(|| key.clone());
         let parent = trace.as_deref().map(RequestTrace::parent);
         let (flight, leader) = self.flight(key, params, request_id, parent);
@@ -521,7 +544,18 @@ impl Aggregate {
                 t.link(leader);
             }
         }
-        let built = flight.await?;
+        let built = flight.await;
+        if let Some(e) = fallback {
+            if built.as_ref().map_or(true, |b| b.degraded) {
+                // The good entry stands in for a failed or degraded rebuild (which is never
+                // written over it).
+                cache_metric(name, CacheStatus::StaleError);
+                let key = memo_key.unwrap_or_default();
+                return Ok(cached_answer(e, CacheStatus::StaleError, key, now_ms()));
+            }
+        }
+        cache_metric(name, status);
+        let built = built?;
         Ok(Answer {
             cache_control: self.cache_control(built.degraded),
             key: memo_key.filter(|_| !built.degraded),
@@ -663,8 +697,9 @@ impl Aggregate {
                     body: body.clone(),
                 };
                 // The response does not wait for the write; a failed write only costs a miss.
+                // The store keeps the entry through its stale windows too.
                 let store = self.store.clone();
-                let ttl = c.ttl;
+                let ttl = c.keep();
                 tokio::spawn(async move {
                     let value = entry.encode();
                     if let Err(e) = store.set_tagged(&key, value, ttl, &entry.tags).await {
@@ -907,6 +942,18 @@ fn put_json_string(body: &mut BytesMut, s: &str) {
             .unwrap_or_else(|_| "\"\"".into())
             .as_bytes(),
     );
+}
+
+/// The answer for a cached entry: a fresh one says how long it stays fresh, a stale one
+/// `max-age=0`; both carry their age.
+fn cached_answer(e: Entry, cache: CacheStatus, key: String, now: u64) -> Answer {
+    Answer {
+        cache_control: format!("private, max-age={}", e.remaining_secs(now)),
+        age: Some(e.age_secs(now)),
+        body: e.body,
+        cache,
+        key: Some(key),
+    }
 }
 
 fn cache_metric(aggregate: &str, status: CacheStatus) {

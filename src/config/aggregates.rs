@@ -66,6 +66,10 @@ struct CacheFile {
     key: String,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    stale_while_revalidate_seconds: u64,
+    #[serde(default)]
+    stale_if_error_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +158,17 @@ pub struct CacheSpec {
     /// Tags the entry carries (over params and leg values), for invalidation by tag; a tag
     /// that cannot be rendered (a missing value) is left off.
     pub tags: Vec<Template>,
+    /// After `ttl`, how long a stale entry is served while one rebuild runs in the background.
+    pub stale_while_revalidate: Duration,
+    /// After `ttl`, how long a stale entry is served when a rebuild fails or degrades.
+    pub stale_if_error: Duration,
+}
+
+impl CacheSpec {
+    /// How long an entry is kept in the store: its TTL plus the longer stale window.
+    pub fn keep(&self) -> Duration {
+        self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
+    }
 }
 
 /// One service call of an aggregate.
@@ -560,10 +575,28 @@ impl AggregateFile {
                     .enumerate()
                     .map(|(i, t)| parse_template(&k(&format!("cache.tags[{i}]")), t, &with_values))
                     .collect::<Result<Vec<_>, _>>()?;
+                // A day at most: a stale window is a bridge over a refresh or an outage, not
+                // a second TTL.
+                for (field, v) in [
+                    (
+                        "stale_while_revalidate_seconds",
+                        c.stale_while_revalidate_seconds,
+                    ),
+                    ("stale_if_error_seconds", c.stale_if_error_seconds),
+                ] {
+                    if v > 86_400 {
+                        return Err(invalid(
+                            k(&format!("cache.{field}")),
+                            "at most 86400 (a day)",
+                        ));
+                    }
+                }
                 Some(CacheSpec {
                     ttl: Duration::from_secs(c.ttl_seconds),
                     key: parse_template(&k("cache.key"), &c.key, &scope)?,
                     tags,
+                    stale_while_revalidate: Duration::from_secs(c.stale_while_revalidate_seconds),
+                    stale_if_error: Duration::from_secs(c.stale_if_error_seconds),
                 })
             }
         };

@@ -1,7 +1,7 @@
-//! The admin API against real gateways: an entry cached through one replica, inspected and
-//! purged by tag through the other's admin listener (one real redis-server), purged by key,
+//! The aggregate cache against real gateways: an entry cached through one replica, inspected
+//! and purged by tag through the other's admin listener (one real redis-server), purged by key,
 //! `Age` and the remaining `max-age` on hits; tag sets that always carry a TTL; the token and
-//! path checks; the embedded store's tags.
+//! path checks; the embedded store's tags; stale-while-revalidate and stale-if-error.
 #![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
 
 mod common;
@@ -17,6 +17,14 @@ use serde_json::{json, Value};
 const ADMIN_TOKEN: &str = "admin-token-for-the-tests-0123456789";
 
 fn section(admin_port: u16) -> String {
+    section_with(
+        admin_port,
+        r#"ttl_seconds: 60, key: "profile:{id}", tags: ["user:{id}", "account:{user.id}"]"#,
+    )
+}
+
+/// The profile aggregate with `cache` (the inside of its `cache: {…}`).
+fn section_with(admin_port: u16, cache: &str) -> String {
     format!(
         r#"admin: {{ listen: "127.0.0.1:{admin_port}" }}
 rate_limit: {{ per_minute: 100000 }}
@@ -24,7 +32,7 @@ aggregates:
   - name: profile
     path: "/api/profile/{{id}}"
     authorize: {{ param: id, claim: sub, bypass_roles: [admin], me: true }}
-    cache: {{ ttl_seconds: 60, key: "profile:{{id}}", tags: ["user:{{id}}", "account:{{user.id}}"] }}
+    cache: {{ {cache} }}
     legs:
       user:            {{ service: user,  path: "/users/{{id}}", required: true, expect: object }}
       orders:          {{ service: order, path: "/orders/user/{{user.id}}", default: [], expect: array }}
@@ -37,12 +45,16 @@ aggregates:
 /// A gateway with its admin API on a port of its own.
 async fn gateway(mocks: &Mocks, redis: Option<&Redis>) -> (Gateway, u16) {
     let admin = free_port();
+    (start(mocks, redis, &section(admin)).await, admin)
+}
+
+async fn start(mocks: &Mocks, redis: Option<&Redis>, section: &str) -> Gateway {
     let mut env = service_env(mocks);
     env.push(("ADMIN_TOKEN", ADMIN_TOKEN.to_string()));
     if let Some(r) = redis {
         env.push(("REDIS_ADDR", r.addr()));
     }
-    (Gateway::start(&section(admin), &env).await, admin)
+    Gateway::start(section, &env).await
 }
 
 async fn profile(gw: &Gateway, id: u32) -> reqwest::Response {
@@ -246,4 +258,118 @@ async fn the_admin_api_wants_its_token_and_plain_paths_and_works_on_the_embedded
     .await;
     assert_eq!((s, &v["invalidated"]), (200, &json!(1)), "{v}");
     assert_eq!(x_cache(&profile(&gw, 3).await), "MISS");
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_served_at_once_while_one_rebuild_refreshes_it() {
+    let redis = Redis::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let gw = start(
+        &mocks,
+        Some(&redis),
+        &section_with(
+            free_port(),
+            r#"ttl_seconds: 1, key: "profile:{id}", stale_while_revalidate_seconds: 30"#,
+        ),
+    )
+    .await;
+    let first = profile(&gw, 5).await;
+    assert_eq!(x_cache(&first), "MISS");
+    let document: Value = first.json().await.unwrap();
+    cached_hit(&gw, 5).await;
+    // From now on a rebuild takes 500 ms.
+    mocks.faults("user", json!({"delay_ms": 500})).await;
+    let builds = mocks.count("user", "/users/{id}").await;
+    let mut stale = None;
+    eventually("the entry goes stale", Duration::from_secs(5), async || {
+        let started = std::time::Instant::now();
+        let r = profile(&gw, 5).await;
+        let took = started.elapsed();
+        match x_cache(&r).as_str() {
+            "HIT" => false,
+            "STALE" => {
+                stale = Some((took, r));
+                true
+            }
+            other => panic!("unexpected {other}"),
+        }
+    })
+    .await;
+    let (took, r) = stale.unwrap();
+    // Answered without waiting for the 500 ms rebuild.
+    assert!(
+        took < Duration::from_millis(300),
+        "a stale answer took {took:?}"
+    );
+    assert_eq!(r.headers()["cache-control"], "private, max-age=0");
+    assert!(r.headers().contains_key("age"));
+    assert_eq!(r.json::<Value>().await.unwrap(), document);
+    // More stale reads while the rebuild runs join it rather than starting their own.
+    for _ in 0..5 {
+        let r = profile(&gw, 5).await;
+        assert!(["STALE", "HIT"].contains(&x_cache(&r).as_str()));
+    }
+    let fresh = cached_hit(&gw, 5).await;
+    let age: u64 = fresh.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!(age <= 1, "a fresh entry, age {age}");
+    assert_eq!(
+        mocks.count("user", "/users/{id}").await - builds,
+        1,
+        "exactly one rebuild"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        metric_sum(
+            &m,
+            r#"cache_requests_total{aggregate="profile",result="stale"}"#
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_failed_rebuild_serves_the_stale_entry_until_its_window_ends() {
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let gw = start(
+        &mocks,
+        None,
+        &section_with(
+            free_port(),
+            r#"ttl_seconds: 1, key: "profile:{id}", stale_if_error_seconds: 3"#,
+        ),
+    )
+    .await;
+    let document: Value = profile(&gw, 6).await.json().await.unwrap();
+    cached_hit(&gw, 6).await;
+    mocks.faults("user", json!({"status": 500})).await;
+    let mut served = None;
+    eventually(
+        "the stale entry stands in",
+        Duration::from_secs(5),
+        async || {
+            let r = profile(&gw, 6).await;
+            if x_cache(&r) == "STALE-ERROR" {
+                served = Some(r);
+                true
+            } else {
+                assert_eq!(r.status(), 200, "fresh, then stale-if-error");
+                false
+            }
+        },
+    )
+    .await;
+    let r = served.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), document);
+    // Past the window: the failure as it is.
+    eventually("the window ends", Duration::from_secs(10), async || {
+        profile(&gw, 6).await.status().is_server_error()
+    })
+    .await;
+    let m = gw.metrics().await;
+    assert!(
+        metric_sum(
+            &m,
+            r#"cache_requests_total{aggregate="profile",result="stale_error"}"#
+        ) >= 1.0
+    );
 }
