@@ -373,3 +373,80 @@ async fn a_failed_rebuild_serves_the_stale_entry_until_its_window_ends() {
         ) >= 1.0
     );
 }
+
+#[tokio::test]
+async fn the_services_cache_control_caps_the_ttl_or_forbids_caching() {
+    let echo = common::EchoServer::start().await;
+    let section = format!(
+        r#"rate_limit: {{ per_minute: 100000 }}
+services:
+  docs: {{ url: "http://127.0.0.1:{}" }}
+aggregates:
+  - name: capped
+    path: "/capped/{{id}}"
+    cache: {{ ttl_seconds: 60, key: "capped:{{id}}", ttl_from_services: true }}
+    legs:
+      doc: {{ service: docs, path: "/cc/max-age=5/{{id}}", required: true, expect: object }}
+  - name: unstored
+    path: "/unstored/{{id}}"
+    cache: {{ ttl_seconds: 60, key: "unstored:{{id}}", ttl_from_services: true }}
+    legs:
+      doc: {{ service: docs, path: "/cc/no-store/{{id}}", required: true, expect: object }}
+  - name: deaf
+    path: "/deaf/{{id}}"
+    cache: {{ ttl_seconds: 60, key: "deaf:{{id}}" }}
+    legs:
+      doc: {{ service: docs, path: "/cc/no-store/{{id}}", required: true, expect: object }}
+"#,
+        echo.port
+    );
+    let gw = Gateway::start(&section, &[]).await;
+    let get = async |path: &str| {
+        client()
+            .get(gw.url(path))
+            .bearer_auth(token_with_roles("u", &[]))
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = get("/capped/1").await;
+    assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "MISS".into()));
+    assert_eq!(r.headers()["cache-control"], "private, max-age=5");
+    eventually("capped entry cached", Duration::from_secs(5), async || {
+        let r = get("/capped/1").await;
+        x_cache(&r) == "HIT" && {
+            let cc = r.headers()["cache-control"].to_str().unwrap().to_string();
+            let left: u64 = cc
+                .strip_prefix("private, max-age=")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(left <= 5, "{cc}");
+            true
+        }
+    })
+    .await;
+    // `no-store` from a leg: answered, never cached.
+    for _ in 0..3 {
+        let r = get("/unstored/1").await;
+        assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "MISS".into()));
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    }
+    // Without ttl_from_services the declared TTL stands.
+    let r = get("/deaf/1").await;
+    assert_eq!(r.headers()["cache-control"], "private, max-age=60");
+    cached_hit_at(&gw, "/deaf/1").await;
+}
+
+async fn cached_hit_at(gw: &Gateway, path: &str) {
+    eventually("cached", Duration::from_secs(5), async || {
+        let r = client()
+            .get(gw.url(path))
+            .bearer_auth(token_with_roles("u", &[]))
+            .send()
+            .await
+            .unwrap();
+        x_cache(&r) == "HIT"
+    })
+    .await;
+}

@@ -148,7 +148,8 @@ impl ServiceClient {
 
     /// Fetches `path` from the service, checks its shape is `expect`, retrying within the service's call budget
     /// (`timeout_ms`, every try and pause included) and the request's `deadline`, whichever
-    /// ends first.
+    /// ends first. The answer's freshness (`Cache-Control`, in seconds: 0 for `no-store`,
+    /// `private` or `no-cache`) lowers `fresh` when lower.
     pub async fn fetch(
         &self,
         path: &str,
@@ -156,6 +157,7 @@ impl ServiceClient {
         request_id: &str,
         deadline: Instant,
         trace: Option<&CallTrace<'_>>,
+        fresh: &std::sync::atomic::AtomicU64,
     ) -> Result<Bytes, CallError> {
         let url = self.url(path);
         let started = Instant::now();
@@ -197,7 +199,8 @@ impl ServiceClient {
                 .with_label_values(&[service])
                 .observe((done - now).as_secs_f64());
             let kind = match result {
-                Ok(body) => {
+                Ok((body, secs)) => {
+                    fresh.fetch_min(secs, std::sync::atomic::Ordering::Relaxed);
                     self.note(self.breaker.on_success(done));
                     metrics::UPSTREAM_REQUESTS
                         .with_label_values(&[service, "success"])
@@ -264,7 +267,7 @@ impl ServiceClient {
         expect: Expect,
         request_id: &str,
         trace: Option<&Propagated>,
-    ) -> Result<Bytes, AttemptError> {
+    ) -> Result<(Bytes, u64), AttemptError> {
         let mut req = self
             .http
             .get(url)
@@ -290,6 +293,11 @@ impl ServiceClient {
         if !status.is_success() {
             return Err(AttemptError::Failed(FailureKind::ClientError));
         }
+        let secs = resp
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map_or(u64::MAX, freshness);
         let max = self.config.max_body_bytes;
         if resp.content_length().is_some_and(|n| n as usize > max) {
             return Err(AttemptError::Failed(FailureKind::BadBody));
@@ -311,7 +319,7 @@ impl ServiceClient {
         }
         let body = body.freeze();
         if has_shape(&body, expect) {
-            Ok(body)
+            Ok((body, secs))
         } else {
             Err(AttemptError::Failed(FailureKind::BadBody))
         }
@@ -330,6 +338,24 @@ pub fn has_shape(body: &[u8], expect: Expect) -> bool {
     )
 }
 
+/// How long a `Cache-Control` value lets the gateway keep an answer, in seconds: 0 for
+/// `no-store`, `private` or `no-cache`; `s-maxage` (a shared cache's) over `max-age`;
+/// `u64::MAX` when it says nothing about it.
+pub(crate) fn freshness(cache_control: &str) -> u64 {
+    let (mut max_age, mut s_maxage) = (None, None);
+    for d in cache_control.split(',') {
+        let d = d.trim().to_ascii_lowercase();
+        match d.split_once('=') {
+            None if ["no-store", "private", "no-cache"].contains(&d.as_str()) => return 0,
+            Some(("max-age", v)) => max_age = v.trim_matches('"').parse::<u64>().ok(),
+            Some(("s-maxage", v)) => s_maxage = v.trim_matches('"').parse::<u64>().ok(),
+            Some(("private" | "no-cache", _)) => return 0,
+            _ => {}
+        }
+    }
+    s_maxage.or(max_age).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +369,23 @@ mod tests {
         assert!(!has_shape(br#"{"id": 1, oops"#, Expect::Object));
         assert!(!has_shape(b"<html></html>", Expect::Array));
         assert!(!has_shape(b"", Expect::Any));
+    }
+
+    #[test]
+    fn services_say_how_long_their_answers_keep() {
+        assert_eq!(freshness("max-age=5"), 5);
+        assert_eq!(freshness("public, max-age=60, s-maxage=10"), 10);
+        assert_eq!(freshness("Max-Age=\"7\""), 7);
+        for none in [
+            "no-store",
+            "private",
+            "no-cache",
+            "private=\"x\", max-age=60",
+            "max-age=60, NO-STORE",
+        ] {
+            assert_eq!(freshness(none), 0, "{none}");
+        }
+        assert_eq!(freshness("public"), u64::MAX);
+        assert_eq!(freshness("max-age=soon"), u64::MAX);
     }
 }

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
@@ -112,6 +112,8 @@ pub struct Answer {
 struct Built {
     body: Bytes,
     degraded: bool,
+    /// How long the document may be cached (zero: not at all).
+    ttl: std::time::Duration,
 }
 
 type BuildFuture = BoxFuture<'static, Result<Built, GatewayError>>;
@@ -556,22 +558,18 @@ impl Aggregate {
         }
         cache_metric(name, status);
         let built = built?;
+        let cacheable = !built.degraded && !built.ttl.is_zero();
         Ok(Answer {
-            cache_control: self.cache_control(built.degraded),
-            key: memo_key.filter(|_| !built.degraded),
+            cache_control: if cacheable {
+                format!("private, max-age={}", built.ttl.as_secs())
+            } else {
+                "no-store".into()
+            },
+            key: memo_key.filter(|_| cacheable),
             body: built.body,
             cache: status,
             age: None,
         })
-    }
-
-    fn cache_control(&self, degraded: bool) -> String {
-        match self.config.cache.as_ref() {
-            Some(c) if !c.ttl.is_zero() && !degraded => {
-                format!("private, max-age={}", c.ttl.as_secs())
-            }
-            _ => "no-store".into(),
-        }
     }
 
     /// Joins the in-flight build for `key` (with the span context of the request that started
@@ -622,6 +620,9 @@ impl Aggregate {
         trace: Option<&Parent>,
     ) -> Result<Built, GatewayError> {
         let deadline = Instant::now() + self.config.deadline;
+        // The lowest freshness the services' answers allow, in seconds (read only with
+        // `ttl_from_services`).
+        let fresh = &AtomicU64::new(u64::MAX);
         let legs = &self.config.legs;
         let mut done: Vec<Option<LegOutcome>> = vec![None; legs.len()];
         let mut started = vec![false; legs.len()];
@@ -660,7 +661,7 @@ impl Aggregate {
                     running.push(async move {
                         (
                             i,
-                            me.run_leg(i, params, &inputs, request_id, deadline, trace)
+                            me.run_leg(i, params, &inputs, request_id, deadline, trace, fresh)
                                 .await,
                         )
                     });
@@ -677,38 +678,49 @@ impl Aggregate {
             .map(|(i, o)| o.unwrap_or_else(|| self.fallback(i)))
             .collect();
         let (body, degraded) = self.document(&outcomes);
-        if !degraded {
-            if let Some(c) = self.config.cache.as_ref().filter(|c| !c.ttl.is_zero()) {
-                let values: Vec<(usize, &serde_json::Value)> = outcomes
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, o)| Some((i, o.json()?)))
-                    .collect();
-                let mut tags: Vec<String> = c
-                    .tags
-                    .iter()
-                    .filter_map(|t| template::render(t, &params, &values, None))
-                    .collect();
-                tags.dedup();
-                let entry = Entry {
-                    built_ms: now_ms(),
-                    fresh_ms: c.ttl.as_millis() as u64,
-                    tags,
-                    body: body.clone(),
-                };
-                // The response does not wait for the write; a failed write only costs a miss.
-                // The store keeps the entry through its stale windows too.
-                let store = self.store.clone();
-                let ttl = c.keep();
-                tokio::spawn(async move {
-                    let value = entry.encode();
-                    if let Err(e) = store.set_tagged(&key, value, ttl, &entry.tags).await {
-                        tracing::debug!(error = %e, "aggregate cache write failed");
-                    }
-                });
-            }
+        let cache = self.config.cache.as_ref().filter(|c| !c.ttl.is_zero());
+        // The declared TTL, lowered to what the services allow when told to listen to them.
+        let ttl = match cache {
+            Some(c) if c.ttl_from_services => c
+                .ttl
+                .min(Duration::from_secs(fresh.load(Ordering::Relaxed))),
+            Some(c) => c.ttl,
+            None => Duration::ZERO,
+        };
+        if let Some(c) = cache.filter(|_| !degraded && !ttl.is_zero()) {
+            let values: Vec<(usize, &serde_json::Value)> = outcomes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, o)| Some((i, o.json()?)))
+                .collect();
+            let mut tags: Vec<String> = c
+                .tags
+                .iter()
+                .filter_map(|t| template::render(t, &params, &values, None))
+                .collect();
+            tags.dedup();
+            let entry = Entry {
+                built_ms: now_ms(),
+                fresh_ms: ttl.as_millis() as u64,
+                tags,
+                body: body.clone(),
+            };
+            // The response does not wait for the write; a failed write only costs a miss.
+            // The store keeps the entry through its stale windows too.
+            let store = self.store.clone();
+            let keep = ttl + (c.keep() - c.ttl);
+            tokio::spawn(async move {
+                let value = entry.encode();
+                if let Err(e) = store.set_tagged(&key, value, keep, &entry.tags).await {
+                    tracing::debug!(error = %e, "aggregate cache write failed");
+                }
+            });
         }
-        Ok(Built { body, degraded })
+        Ok(Built {
+            body,
+            degraded,
+            ttl,
+        })
     }
 
     /// An optional leg's stand-in: its default, degraded.
@@ -736,6 +748,7 @@ impl Aggregate {
 
     /// One leg: its calls, and what the aggregate makes of their outcome. `Err` only for a
     /// required leg that failed (the whole answer is that error).
+    #[allow(clippy::too_many_arguments)]
     async fn run_leg(
         &self,
         i: usize,
@@ -744,6 +757,7 @@ impl Aggregate {
         request_id: &str,
         deadline: Instant,
         trace: Option<&Parent>,
+        fresh: &AtomicU64,
     ) -> Result<LegOutcome, GatewayError> {
         let leg = &self.config.legs[i];
         let values: Vec<(usize, &serde_json::Value)> = leg
@@ -754,11 +768,11 @@ impl Aggregate {
             .collect();
         let result = match &leg.for_each {
             None => {
-                self.call(i, params, &values, None, request_id, deadline, trace)
+                self.call(i, params, &values, None, request_id, deadline, trace, fresh)
                     .await
             }
             Some(_) => {
-                let out = self.fan_out(i, params, &values, request_id, deadline, trace);
+                let out = self.fan_out(i, params, &values, request_id, deadline, trace, fresh);
                 return Ok(out.await);
             }
         };
@@ -778,6 +792,7 @@ impl Aggregate {
 
     /// A `for_each` leg: one call per item (at most `max_items`, `concurrency` at once), the
     /// results in the items' order; failed items dropped and the key degraded.
+    #[allow(clippy::too_many_arguments)]
     async fn fan_out(
         &self,
         i: usize,
@@ -786,6 +801,7 @@ impl Aggregate {
         request_id: &str,
         deadline: Instant,
         trace: Option<&Parent>,
+        fresh: &AtomicU64,
     ) -> LegOutcome {
         let leg = &self.config.legs[i];
         let Some(source) = leg.for_each.as_ref() else {
@@ -804,7 +820,18 @@ impl Aggregate {
             .iter()
             .take(leg.max_items)
             .enumerate()
-            .map(|item| self.call(i, params, values, Some(item), request_id, deadline, trace))
+            .map(|item| {
+                self.call(
+                    i,
+                    params,
+                    values,
+                    Some(item),
+                    request_id,
+                    deadline,
+                    trace,
+                    fresh,
+                )
+            })
             .collect();
         let results: Vec<Result<Bytes, CallError>> = futures::stream::iter(calls)
             .buffered(leg.concurrency)
@@ -859,6 +886,7 @@ impl Aggregate {
         request_id: &str,
         deadline: Instant,
         trace: Option<&Parent>,
+        fresh: &AtomicU64,
     ) -> Result<Bytes, CallError> {
         let leg = &self.config.legs[i];
         let path = template::render(&leg.path, params, values, item.map(|(_, v)| v))
@@ -869,7 +897,14 @@ impl Aggregate {
             item: item.map(|(n, _)| n),
         });
         self.clients[i]
-            .fetch(&path, leg.expect, request_id, deadline, trace.as_ref())
+            .fetch(
+                &path,
+                leg.expect,
+                request_id,
+                deadline,
+                trace.as_ref(),
+                fresh,
+            )
             .await
     }
 

@@ -70,6 +70,8 @@ struct CacheFile {
     stale_while_revalidate_seconds: u64,
     #[serde(default)]
     stale_if_error_seconds: u64,
+    #[serde(default)]
+    ttl_from_services: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +164,9 @@ pub struct CacheSpec {
     pub stale_while_revalidate: Duration,
     /// After `ttl`, how long a stale entry is served when a rebuild fails or degrades.
     pub stale_if_error: Duration,
+    /// The TTL is at most every leg's `Cache-Control` max-age; `no-store`/`private`/`no-cache`
+    /// from any leg → not cached.
+    pub ttl_from_services: bool,
 }
 
 impl CacheSpec {
@@ -597,6 +602,7 @@ impl AggregateFile {
                     tags,
                     stale_while_revalidate: Duration::from_secs(c.stale_while_revalidate_seconds),
                     stale_if_error: Duration::from_secs(c.stale_if_error_seconds),
+                    ttl_from_services: c.ttl_from_services,
                 })
             }
         };

@@ -106,6 +106,21 @@ async fn echo(req: Request, rec: Arc<Mutex<Vec<Seen>>>) -> Response {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return Response::new(Body::from("slow done"));
     }
+    // `/cc/<cache-control>/<id>`: a JSON document with that `Cache-Control` (a service saying
+    // how long its answer keeps).
+    if let Some(rest) = path.strip_prefix("/cc/") {
+        if let Some((cc, id)) = rest.split_once('/') {
+            let mut resp = Response::new(Body::from(format!(r#"{{"id":"{id}"}}"#)));
+            resp.headers_mut().insert(
+                "content-type",
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(cc) {
+                resp.headers_mut().insert("cache-control", v);
+            }
+            return resp;
+        }
+    }
     // `X-Echo-Response-Header: name: value` → that header on the answer (a service's own).
     let extra: Vec<(String, String)> = req
         .headers()
