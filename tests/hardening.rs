@@ -510,8 +510,15 @@ async fn pingora_tears_down_a_tunnel_whose_101_comes_at_once() {
     // Pingora upgrade fixes it this test fails: then drop the pause and this test.
     let rec = Recorder::start(RecorderMode::InstantUpgrade).await;
     let gw = Gateway::start(&section(rec.port), &[]).await;
-    let broken = broken_tunnels(gw.port, 60).await;
-    println!("{broken} of 60 tunnels torn down after an instant 101");
+    // The race shows in a few tunnels of 60 on a quiet machine, but a busy one (the whole
+    // suite running) can go 60 without it: up to five rounds before concluding it is gone.
+    let mut tried = 0;
+    let mut broken = 0;
+    while broken == 0 && tried < 300 {
+        broken += broken_tunnels(gw.port, 60).await;
+        tried += 60;
+    }
+    println!("{broken} of {tried} tunnels torn down after an instant 101");
     assert!(
         broken > 0,
         "the race no longer shows: Pingora may have fixed #946"

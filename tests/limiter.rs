@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::Redis;
-/// A limiter on `redis` as one replica builds it.
-fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLimiter {
+/// A client of `redis` as one replica builds it.
+fn store(redis: &Redis) -> std::sync::Arc<gateway::store::RedisStore> {
     let url = format!("redis://{}", redis.addr());
     let cfg = gateway::config::RedisConfig {
         url: Some(url.clone()),
@@ -18,7 +18,11 @@ fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLim
         connect_timeout: Duration::from_secs(1),
         command_timeout: Duration::from_secs(2),
     };
-    let store = gateway::store::RedisStore::new(&url, cfg).expect("redis client");
+    std::sync::Arc::new(gateway::store::RedisStore::new(&url, cfg).expect("redis client"))
+}
+
+/// A limiter on `redis` as one replica builds it.
+fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLimiter {
     gateway::edge::ratelimit::RateLimiter::new(
         &gateway::config::RateLimitConfig {
             limit,
@@ -26,7 +30,7 @@ fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLim
             trusted_proxies: vec![],
             policies: vec![],
         },
-        Some(std::sync::Arc::new(store)),
+        Some(store(redis)),
     )
 }
 
@@ -152,15 +156,6 @@ fn evalsha_calls(redis: &Redis) -> u64 {
 
 /// Limits with one GCRA policy by client address on `redis`, as two replicas build them.
 fn gcra_limits(redis: &Redis, limit: u64, burst: u64) -> gateway::edge::ratelimit::Limits {
-    let url = format!("redis://{}", redis.addr());
-    let cfg = gateway::config::RedisConfig {
-        url: Some(url.clone()),
-        cluster: vec![],
-        sentinel: None,
-        connect_timeout: Duration::from_secs(1),
-        command_timeout: Duration::from_secs(2),
-    };
-    let store = gateway::store::RedisStore::new(&url, cfg).expect("redis client");
     gateway::edge::ratelimit::Limits::new(
         &gateway::config::RateLimitConfig {
             limit: u64::MAX / 2,
@@ -177,7 +172,7 @@ fn gcra_limits(redis: &Redis, limit: u64, burst: u64) -> gateway::edge::ratelimi
                 on_store_error: gateway::config::OnStoreError::Local,
             }],
         },
-        Some(std::sync::Arc::new(store)),
+        Some(store(redis)),
     )
 }
 

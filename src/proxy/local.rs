@@ -33,7 +33,14 @@ impl Gateway {
         };
         let body = Bytes::from(serde_json::json!({ "location": location }).to_string());
         let mut headers = ctx.local_headers();
-        headers.push(("Location", location));
+        match http::HeaderValue::try_from(location) {
+            Ok(v) => headers.push(("Location", v)),
+            Err(_) => {
+                let e = GatewayError::BadRequest("the request's host cannot be redirected".into());
+                respond::error(session, &e, &ctx.local_headers()).await?;
+                return Ok(true);
+            }
+        }
         respond::json(session, 308, body, &headers).await?;
         Ok(true)
     }
@@ -112,9 +119,12 @@ impl Gateway {
         match result {
             Ok(answer) => {
                 ctx.cache = Some(answer.cache);
-                headers.push((headers::X_CACHE, answer.cache.header_value().to_string()));
+                headers.push((
+                    headers::X_CACHE,
+                    http::HeaderValue::from_static(answer.cache.header_value()),
+                ));
                 if let Some(age) = answer.age {
-                    headers.push((headers::AGE, age.to_string()));
+                    headers.push((headers::AGE, age.into()));
                 }
                 // Named only when there is something to compress: no allocation otherwise.
                 let compress = ctx.snap.compress.as_deref();

@@ -129,16 +129,20 @@ pub struct Ctx {
 
 impl Ctx {
     /// Request id and rate-limit headers that every local answer carries.
-    fn local_headers(&self) -> Vec<(&'static str, String)> {
-        let mut h = vec![(headers::X_REQUEST_ID, self.request_id.clone())];
-        if let Some(d) = &self.rate {
-            // Digits and policy names of [a-z0-9_-], so always text.
-            h.extend(
-                d.headers()
-                    .map(|(n, v)| (n, v.to_str().unwrap_or_default().to_owned())),
-            );
+    fn local_headers(&self) -> Vec<(&'static str, http::HeaderValue)> {
+        let mut h = Vec::with_capacity(8);
+        if let Ok(id) = http::HeaderValue::from_str(&self.request_id) {
+            h.push((headers::X_REQUEST_ID, id));
         }
-        h.extend(self.cors.iter().flatten().cloned());
+        if let Some(d) = &self.rate {
+            h.extend(d.headers());
+        }
+        h.extend(
+            self.cors
+                .iter()
+                .flatten()
+                .filter_map(|(n, v)| Some((*n, http::HeaderValue::from_str(v).ok()?))),
+        );
         h
     }
 }

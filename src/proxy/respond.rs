@@ -10,8 +10,9 @@ use super::compress::{Compressor, Negotiated};
 use crate::conn::report::{ClientEvent, Phase};
 use crate::error::GatewayError;
 
-/// Headers every locally produced answer carries besides content type and length.
-pub(crate) type ExtraHeaders<'a> = &'a [(&'static str, String)];
+/// Headers every locally produced answer carries besides content type and length: values, not
+/// strings, so that a number or a static text reaches the answer without a copy.
+pub(crate) type ExtraHeaders<'a> = &'a [(&'static str, http::HeaderValue)];
 
 /// Writes a complete JSON answer (`Cache-Control: no-store`).
 pub(crate) async fn json(
@@ -41,9 +42,9 @@ pub(crate) async fn json_cached(
     resp.insert_header(http::header::CACHE_CONTROL, cache_control)?;
     for (name, value) in headers {
         if name.eq_ignore_ascii_case("vary") {
-            resp.append_header(*name, value.as_str())?;
+            resp.append_header(*name, value.clone())?;
         } else {
-            resp.insert_header(*name, value.as_str())?;
+            resp.insert_header(*name, value.clone())?;
         }
     }
     let head_only = session.req_header().method == http::Method::HEAD;
@@ -75,7 +76,11 @@ pub(crate) async fn error(
     err: &GatewayError,
     headers: ExtraHeaders<'_>,
 ) -> Result<()> {
-    let mut all = err.extra_headers();
+    let mut all: Vec<(&'static str, http::HeaderValue)> = err
+        .extra_headers()
+        .into_iter()
+        .filter_map(|(n, v)| Some((n, http::HeaderValue::try_from(v).ok()?)))
+        .collect();
     all.extend(headers.iter().cloned());
     json(session, err.status(), Bytes::from(err.body()), &all).await
 }
