@@ -211,6 +211,7 @@ async fn the_admin_api_wants_its_token_and_plain_paths_and_works_on_the_embedded
     for path in [
         "/cache/profile/../../etc/passwd",
         "/cache/nope/x",
+        "/cache/Profile/x",
         "/cache/profile",
         "/elsewhere",
     ] {

@@ -36,13 +36,19 @@ fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLim
 
 /// `INCRBY` commands Redis has run, scripts included.
 fn incrby_calls(redis: &Redis) -> u64 {
+    command_calls(redis, "incrby")
+}
+
+/// How many times Redis has run `command` (INFO commandstats).
+fn command_calls(redis: &Redis, command: &str) -> u64 {
     let mut c = redis.conn().expect("redis connection");
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut c)
         .expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_incrby:calls="))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().expect("a count"))
 }
@@ -141,19 +147,6 @@ async fn hits_queued_behind_a_dropped_refill_are_still_answered() {
         .all(|d| d.allowed && d.backend == gateway::edge::ratelimit::LimitBackend::Redis));
 }
 
-/// `EVALSHA` commands Redis has run (the GCRA script).
-fn evalsha_calls(redis: &Redis) -> u64 {
-    let mut c = redis.conn().expect("redis connection");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut c)
-        .expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("a count"))
-}
-
 /// Limits with one GCRA policy by client address on `redis`, as two replicas build them.
 fn gcra_limits(redis: &Redis, limit: u64, burst: u64) -> gateway::edge::ratelimit::Limits {
     gateway::edge::ratelimit::Limits::new(
@@ -210,7 +203,7 @@ async fn gcra_blocks_keep_replicas_within_the_schedule_in_few_round_trips() {
         "{admitted} admitted in {ms} ms"
     );
     // Admissions come in blocks and refusals are remembered until Redis's named time.
-    let scripts = evalsha_calls(&redis);
+    let scripts = command_calls(&redis, "evalsha");
     eprintln!("{admitted} admitted in {ms} ms with {scripts} scripts for 800 decisions");
     assert!(scripts < 80, "{scripts} scripts for 800 decisions");
 }

@@ -7,8 +7,9 @@
 //! - [`client`]: the service clients (timeouts, retries, breakers, body checks).
 //! - [`template`]: filling path templates and reading values out of legs' JSON.
 //!
-//! About 750 lines before its tests, one concern: running a declared aggregate (route match,
-//! params, authorization, cache and single flight, the graph runner, fan-out, the document),
+//! About 1,000 lines before its tests, one concern: running a declared aggregate (route match,
+//! params, authorization, cache (fresh, stale, tagged) and single flight, the graph runner,
+//! fan-out, the document),
 //! and building the aggregates from the config (on a reload, keeping what did not change).
 //! Filling templates is split out; the rest shares the per-request state and would only be
 //! passed back and forth between files.
@@ -708,7 +709,7 @@ impl Aggregate {
             // The response does not wait for the write; a failed write only costs a miss.
             // The store keeps the entry through its stale windows too.
             let store = self.store.clone();
-            let keep = ttl + (c.keep() - c.ttl);
+            let keep = ttl + c.stale_window();
             tokio::spawn(async move {
                 let value = entry.encode();
                 if let Err(e) = store.set_tagged(&key, value, keep, &entry.tags).await {

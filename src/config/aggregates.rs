@@ -170,9 +170,9 @@ pub struct CacheSpec {
 }
 
 impl CacheSpec {
-    /// How long an entry is kept in the store: its TTL plus the longer stale window.
-    pub fn keep(&self) -> Duration {
-        self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
+    /// How long the store keeps an entry past its TTL: the longer stale window.
+    pub fn stale_window(&self) -> Duration {
+        self.stale_while_revalidate.max(self.stale_if_error)
     }
 }
 

@@ -53,7 +53,7 @@ pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> Box<Reques
 pub(super) fn edge(ctx: &mut Ctx, auth: &'static str) {
     let rate = match &ctx.rate {
         Some(d) if d.allowed() => "allowed",
-        Some(d) if d.shown.backend == crate::edge::ratelimit::LimitBackend::Unavailable => "denied",
+        Some(d) if d.denied() => "denied",
         Some(_) => "limited",
         None => "none",
     };

@@ -6,6 +6,9 @@
 //! only for a verified caller (a bad token never consumes a user's budget). A request must pass
 //! every policy that applies; the first refusal stops the count, so a refused request does not
 //! use the budgets of the policies after it.
+//!
+//! Just over 500 lines, about 400 before the tests, one concern: turning the conf's policies
+//! into one verdict per request (the engines themselves are in `memory`, `redis`, `gcra`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -179,6 +182,11 @@ impl RateVerdict {
         self.shown.allowed
     }
 
+    /// Refused because the store did not answer and the policy denies meanwhile.
+    pub fn denied(&self) -> bool {
+        !self.shown.allowed && self.shown.backend == LimitBackend::Unavailable
+    }
+
     /// `RateLimit-Limit`, `-Remaining`, `-Reset` and `-Policy` header pairs.
     pub fn headers(&self) -> [(&'static str, HeaderValue); 4] {
         let [a, b, c] = self.shown.headers();
@@ -191,7 +199,7 @@ impl RateVerdict {
         if self.shown.allowed {
             return None;
         }
-        Some(if self.shown.backend == LimitBackend::Unavailable {
+        Some(if self.denied() {
             GatewayError::Unavailable(
                 format!(
                     "rate limit store unavailable and policy `{}` denies meanwhile",
