@@ -83,6 +83,7 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
         service.add_tcp(&a.listen.to_string());
         service
     });
+    let feed = gateway.invalidation_feed();
     let reloader = reload::Reloader::new(live, shared, conf_path, conf_text);
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
@@ -166,6 +167,12 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
         server.add_service(pingora::services::background::background_service(
             "redis cluster topology",
             store::TopologyWatch(store),
+        ));
+    }
+    if let Some(feed) = feed {
+        server.add_service(pingora::services::background::background_service(
+            "cache invalidation feed",
+            feed,
         ));
     }
     if let Some(exporter) = exporter {

@@ -87,6 +87,35 @@ pub static CACHE_INVALIDATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Entries held in each aggregate's in-process cache tier.
+pub static CACHE_LOCAL_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "cache_local_entries",
+        "Entries held in the in-process cache tier (cache.local), by aggregate",
+        &["aggregate"],
+    )
+});
+
+/// Whether this replica hears cache invalidations from the others (Redis pub/sub).
+pub static CACHE_INVALIDATION_FEED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "cache_invalidation_feed_up",
+        "1 while subscribed to the other replicas' cache invalidations (Redis pub/sub); \
+         while 0 the in-process tier is not read"
+    )
+    .unwrap_or_else(|e| panic!("metric cannot be registered: {e}"))
+});
+
+/// Invalidation messages between replicas, by direction.
+pub static CACHE_INVALIDATION_MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "cache_invalidation_messages_total",
+        "Cache invalidation messages published to or received from the replicas, by direction \
+         (sent|received|bad)",
+        &["direction"],
+    )
+});
+
 /// Store operations that failed or timed out, by backend and operation.
 pub static STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
@@ -379,6 +408,9 @@ pub fn init() {
     LazyLock::force(&AUTH_FAILURES);
     LazyLock::force(&STORE_ERRORS);
     LazyLock::force(&CACHE_INVALIDATIONS);
+    LazyLock::force(&CACHE_LOCAL_ENTRIES);
+    LazyLock::force(&CACHE_INVALIDATION_FEED);
+    LazyLock::force(&CACHE_INVALIDATION_MESSAGES);
     LazyLock::force(&UPSTREAM_REQUESTS);
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&UPSTREAM_RETRIES);
@@ -466,8 +498,20 @@ pub fn prime(config: &crate::config::Config) {
         CACHE_INVALIDATIONS.with_label_values(&[kind]);
     }
     if redis_configured {
-        for op in ["incr", "gcra", "get", "set", "tag", "del"] {
+        for op in [
+            "incr",
+            "gcra",
+            "get",
+            "set",
+            "tag",
+            "del",
+            "publish",
+            "subscribe",
+        ] {
             STORE_ERRORS.with_label_values(&["redis", op]);
+        }
+        for direction in ["sent", "received", "bad"] {
+            CACHE_INVALIDATION_MESSAGES.with_label_values(&[direction]);
         }
     }
     for i in &config.auth.issuers {
@@ -481,6 +525,9 @@ pub fn prime(config: &crate::config::Config) {
         if a.cache.as_ref().is_some_and(|c| !c.ttl.is_zero()) {
             for status in crate::aggregate::CacheStatus::ALL {
                 CACHE_REQUESTS.with_label_values(&[a.name.as_str(), status.label()]);
+            }
+            if a.cache.as_ref().is_some_and(|c| c.local.is_some()) {
+                CACHE_LOCAL_ENTRIES.with_label_values(&[a.name.as_str()]);
             }
         }
         for leg in &a.legs {

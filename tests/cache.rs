@@ -1,7 +1,9 @@
 //! The aggregate cache against real gateways: an entry cached through one replica, inspected
 //! and purged by tag through the other's admin listener (one real redis-server), purged by key,
 //! `Age` and the remaining `max-age` on hits; tag sets that always carry a TTL; the token and
-//! path checks; the embedded store's tags; stale-while-revalidate and stale-if-error.
+//! path checks; the embedded store's tags; stale-while-revalidate and stale-if-error; the
+//! in-process tiers told of purges through Redis pub/sub (and unused while they cannot be), a
+//! purge racing a build, and a mixed minute after which every key still expires.
 #![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
 
 mod common;
@@ -450,4 +452,252 @@ async fn cached_hit_at(gw: &Gateway, path: &str) {
         x_cache(&r) == "HIT"
     })
     .await;
+}
+
+/// The profile's cache with tags and an in-process tier that would keep a copy 30 s.
+const LOCAL: &str = r#"ttl_seconds: 60, key: "profile:{id}", tags: ["user:{id}"], local: { max_entries: 1000, ttl_seconds: 30 }"#;
+
+/// Waits until `gw` hears the replicas' invalidations.
+async fn subscribed(gw: &Gateway) {
+    eventually(
+        "the invalidation feed is up",
+        Duration::from_secs(10),
+        async || metric_sum(&gw.metrics().await, "cache_invalidation_feed_up") == 1.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_purge_through_one_replica_reaches_the_others_in_process_copies_at_once() {
+    let redis = Redis::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let b_admin = free_port();
+    let a = start(&mocks, Some(&redis), &section_with(free_port(), LOCAL)).await;
+    let b = start(&mocks, Some(&redis), &section_with(b_admin, LOCAL)).await;
+    subscribed(&a).await;
+    subscribed(&b).await;
+    for round in 0..6u32 {
+        let id = 20 + round;
+        assert_eq!(x_cache(&profile(&a, id).await), "MISS");
+        cached_hit(&a, id).await;
+        // A's copy answers now: Redis is not asked.
+        let gets = redis.calls("get");
+        for _ in 0..3 {
+            assert_eq!(x_cache(&profile(&a, id).await), "HIT");
+        }
+        assert_eq!(redis.calls("get"), gets, "hits from A's memory");
+        assert!(
+            metric_sum(
+                &a.metrics().await,
+                r#"cache_local_entries{aggregate="profile"}"#
+            ) >= 1.0
+        );
+        // Purged through B, by tag or by key: A's next read, sent the moment the purge
+        // returns (well within 100 ms), is not served from its copy.
+        let (s, v) = if round % 2 == 0 {
+            admin(
+                b_admin,
+                reqwest::Method::POST,
+                "/cache/invalidate",
+                Some(ADMIN_TOKEN),
+                Some(json!({"tags": [format!("user:{id}")]})),
+            )
+            .await
+        } else {
+            admin(
+                b_admin,
+                reqwest::Method::DELETE,
+                &format!("/cache/profile/profile:{id}"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await
+        };
+        let returned = std::time::Instant::now();
+        assert_eq!(
+            (s, &v["invalidated"], &v["announced"]),
+            (200, &json!(1), &json!(true)),
+            "{v}"
+        );
+        let r = profile(&a, id).await;
+        assert!(returned.elapsed() < Duration::from_millis(100));
+        assert_eq!(x_cache(&r), "MISS", "round {round}");
+    }
+    let m = a.metrics().await;
+    assert!(
+        metric_sum(
+            &m,
+            r#"cache_invalidation_messages_total{direction="received"}"#
+        ) >= 6.0
+    );
+    let m = b.metrics().await;
+    assert_eq!(
+        metric_sum(&m, r#"cache_invalidation_messages_total{direction="sent"}"#),
+        6.0
+    );
+    // The subscriptions held all along (the keep-alive pings are answered).
+    for gw in [&a, &b] {
+        let m = gw.metrics().await;
+        assert_eq!(
+            metric_sum(&m, r#"store_errors_total{backend="redis",op="subscribe"}"#),
+            0.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_purge_during_a_build_on_another_replica_keeps_that_build_out_of_the_cache() {
+    let redis = Redis::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let b_admin = free_port();
+    let a = start(&mocks, Some(&redis), &section_with(free_port(), LOCAL)).await;
+    let b = start(&mocks, Some(&redis), &section_with(b_admin, LOCAL)).await;
+    subscribed(&a).await;
+    subscribed(&b).await;
+    // A builds profile 40 from a user answer that takes 800 ms …
+    mocks.faults("user", json!({"delay_ms": 800})).await;
+    let before = mocks.count("user", "/users/{id}").await;
+    let building = tokio::spawn({
+        let url = a.url("/api/profile/40");
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(token_with_roles("admin-1", &["admin"]))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    eventually(
+        "A's build has asked the user service",
+        Duration::from_secs(5),
+        async || mocks.count("user", "/users/{id}").await > before,
+    )
+    .await;
+    // … and the user's data changes meanwhile: purged through B.
+    let (s, v) = admin(
+        b_admin,
+        reqwest::Method::POST,
+        "/cache/invalidate",
+        Some(ADMIN_TOKEN),
+        Some(json!({"tags": ["user:40"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let built = building.await.unwrap();
+    assert_eq!(
+        (built.status().as_u16(), x_cache(&built)),
+        (200, "MISS".into())
+    );
+    mocks.faults("user", json!({})).await;
+    // What A built from before the purge is in neither A's memory nor Redis.
+    assert_eq!(x_cache(&profile(&a, 40).await), "MISS");
+    assert!(redis.keys("profile:40#*").len() <= 1);
+    let b_read = profile(&b, 40).await;
+    assert_ne!(
+        x_cache(&b_read),
+        "MISS",
+        "the rebuild after the purge is cached"
+    );
+}
+
+#[tokio::test]
+async fn without_the_invalidation_feed_no_in_process_copy_is_served() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let a = start(&mocks, Some(&redis), &section_with(free_port(), LOCAL)).await;
+    subscribed(&a).await;
+    profile(&a, 50).await;
+    cached_hit(&a, 50).await;
+    assert_eq!(x_cache(&profile(&a, 50).await), "HIT");
+    // Redis goes: the copy cannot be told of purges any more, so it is not used.
+    redis.proc.kill();
+    eventually(
+        "the feed is seen down",
+        Duration::from_secs(10),
+        async || {
+            let m = a.metrics().await;
+            metric_sum(&m, "cache_invalidation_feed_up") == 0.0
+                && metric_sum(&m, r#"store_errors_total{backend="redis",op="subscribe"}"#) >= 1.0
+        },
+    )
+    .await;
+    let r = profile(&a, 50).await;
+    assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "BYPASS".into()));
+    // Redis is back: subscribed again, and cached as before.
+    let _redis = Redis::start_on(port);
+    subscribed(&a).await;
+    cached_hit(&a, 50).await;
+}
+
+#[tokio::test]
+async fn after_a_mixed_minute_every_key_in_redis_expires() {
+    let redis = Redis::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let cache = r#"ttl_seconds: 2, key: "profile:{id}", tags: ["user:{id}", "account:{user.id}"], stale_while_revalidate_seconds: 2, stale_if_error_seconds: 4, local: { max_entries: 20, ttl_seconds: 1 }"#;
+    let a_admin = free_port();
+    let a = start(&mocks, Some(&redis), &section_with(a_admin, cache)).await;
+    let b = start(&mocks, Some(&redis), &section_with(free_port(), cache)).await;
+    subscribed(&a).await;
+    // A minute of reads on both replicas over 50 users, purges by tag and by key through A,
+    // and a few seconds of a failing optional leg (degraded builds, not written) — paced, and
+    // bounded in count as well as time.
+    let started = std::time::Instant::now();
+    let mut statuses = std::collections::BTreeMap::<String, u32>::new();
+    let mut i = 0u32;
+    while started.elapsed() < Duration::from_secs(60) && i < 6_000 {
+        i += 1;
+        let id = 1 + i * 7 % 50;
+        let gw = if i.is_multiple_of(2) { &a } else { &b };
+        match i % 200 {
+            50 => mocks.faults("order", json!({"status": 500})).await,
+            80 => mocks.faults("order", json!({})).await,
+            _ => {}
+        }
+        if i.is_multiple_of(25) {
+            let (s, _) = if i.is_multiple_of(50) {
+                admin(
+                    a_admin,
+                    reqwest::Method::POST,
+                    "/cache/invalidate",
+                    Some(ADMIN_TOKEN),
+                    Some(json!({"tags": [format!("account:{id}")]})),
+                )
+                .await
+            } else {
+                admin(
+                    a_admin,
+                    reqwest::Method::DELETE,
+                    &format!("/cache/profile/profile:{id}"),
+                    Some(ADMIN_TOKEN),
+                    None,
+                )
+                .await
+            };
+            assert_eq!(s, 200);
+        }
+        let r = profile(gw, id).await;
+        assert_eq!(r.status(), 200);
+        *statuses.entry(x_cache(&r)).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for kind in ["HIT", "MISS", "STALE"] {
+        assert!(statuses.contains_key(kind), "{statuses:?}");
+    }
+    let keys = redis.scan_ttls();
+    assert!(
+        keys.iter().any(|(k, _)| k.starts_with("cachetag:")),
+        "{keys:?}"
+    );
+    let forever: Vec<_> = keys.iter().filter(|(_, ttl)| *ttl == -1).collect();
+    assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
+    for gw in [&a, &b] {
+        let m = gw.metrics().await;
+        assert_eq!(metric_sum(&m, "cache_invalidation_feed_up"), 1.0);
+        assert_eq!(
+            metric_sum(&m, r#"store_errors_total{backend="redis",op="subscribe"}"#),
+            0.0
+        );
+    }
 }

@@ -10,17 +10,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, eventually, metric_sum as sum, profile_aggregate, service_env, token_with_roles,
-    x_cache, Gateway, Mocks, RedisCluster,
+    client, eventually, free_port, metric_sum as sum, profile_aggregate, service_env,
+    token_with_roles, x_cache, Gateway, Mocks, RedisCluster,
 };
 
-async fn gateway(cluster: &RedisCluster, mocks: &Mocks, per_window: u64) -> Gateway {
+const ADMIN_TOKEN: &str = "admin-token-for-the-cluster-tests-0123";
+
+/// A gateway on the cluster, with in-process cache copies and its admin API on `admin`.
+async fn gateway(cluster: &RedisCluster, mocks: &Mocks, per_window: u64, admin: u16) -> Gateway {
     let mut env = service_env(mocks);
     env.push(("REDIS_CLUSTER_NODES", cluster.seeds()));
+    env.push(("ADMIN_TOKEN", ADMIN_TOKEN.to_string()));
+    let aggregate = profile_aggregate(60, 2000).replace(
+        r#"key: "profile:{id}" }"#,
+        r#"key: "profile:{id}", tags: ["user:{id}"], local: { ttl_seconds: 30 } }"#,
+    );
     // An hour-long window: no window edge falls inside a test.
     let section = format!(
-        "rate_limit: {{ per_minute: {per_window}, window_seconds: 3600 }}\n{}",
-        profile_aggregate(60, 2000)
+        "admin: {{ listen: \"127.0.0.1:{admin}\" }}\n\
+         rate_limit: {{ per_minute: {per_window}, window_seconds: 3600 }}\n{aggregate}"
     );
     Gateway::start(&section, &env).await
 }
@@ -29,8 +37,9 @@ async fn gateway(cluster: &RedisCluster, mocks: &Mocks, per_window: u64) -> Gate
 async fn two_gateways_share_one_limit_and_one_cache_on_a_cluster() {
     let cluster = RedisCluster::start();
     let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
-    let a = gateway(&cluster, &mocks, 30).await;
-    let b = gateway(&cluster, &mocks, 30).await;
+    let a_admin = free_port();
+    let a = gateway(&cluster, &mocks, 30, a_admin).await;
+    let b = gateway(&cluster, &mocks, 30, free_port()).await;
     let bearer = token_with_roles("admin-1", &["admin"]);
 
     // Built through A, served from the cluster through B.
@@ -53,6 +62,38 @@ async fn two_gateways_share_one_limit_and_one_cache_on_a_cluster() {
         hit == "HIT"
     })
     .await;
+
+    // Purged by tag through A: B's copy in memory goes with it (the announcement reaches B
+    // through whichever node it subscribed to).
+    eventually(
+        "both hear invalidations",
+        Duration::from_secs(10),
+        async || {
+            sum(&a.metrics().await, "cache_invalidation_feed_up") == 1.0
+                && sum(&b.metrics().await, "cache_invalidation_feed_up") == 1.0
+        },
+    )
+    .await;
+    let purge = client()
+        .post(format!("http://127.0.0.1:{a_admin}/cache/invalidate"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"tags": ["user:7"]}))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = purge.json().await.unwrap();
+    assert_eq!(
+        (&v["invalidated"], &v["announced"]),
+        (&1.into(), &true.into()),
+        "{v}"
+    );
+    let r = client()
+        .get(b.url("/api/profile/7"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "MISS");
 
     // One budget of 30 for this client across both replicas, whatever it already used above.
     let mut admitted = 0;
@@ -110,7 +151,7 @@ async fn two_gateways_share_one_limit_and_one_cache_on_a_cluster() {
 async fn a_master_killed_under_load_costs_no_request_and_state_resumes_on_its_replica() {
     let mut cluster = RedisCluster::start();
     let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
-    let gw = Arc::new(gateway(&cluster, &mocks, 1_000_000).await);
+    let gw = Arc::new(gateway(&cluster, &mocks, 1_000_000, free_port()).await);
     let bearer = token_with_roles("admin-1", &["admin"]);
 
     // ~200 requests a second (20 workers, one every 100 ms each) until told to stop.

@@ -36,21 +36,7 @@ fn redis_limiter(redis: &Redis, limit: u64) -> gateway::edge::ratelimit::RateLim
 
 /// `INCRBY` commands Redis has run, scripts included.
 fn incrby_calls(redis: &Redis) -> u64 {
-    command_calls(redis, "incrby")
-}
-
-/// How many times Redis has run `command` (INFO commandstats).
-fn command_calls(redis: &Redis, command: &str) -> u64 {
-    let mut c = redis.conn().expect("redis connection");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut c)
-        .expect("INFO");
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("a count"))
+    redis.calls("incrby")
 }
 
 fn redis_count(redis: &Redis, ip: &str, now: u64) -> u64 {
@@ -203,7 +189,7 @@ async fn gcra_blocks_keep_replicas_within_the_schedule_in_few_round_trips() {
         "{admitted} admitted in {ms} ms"
     );
     // Admissions come in blocks and refusals are remembered until Redis's named time.
-    let scripts = command_calls(&redis, "evalsha");
+    let scripts = redis.calls("evalsha");
     eprintln!("{admitted} admitted in {ms} ms with {scripts} scripts for 800 decisions");
     assert!(scripts < 80, "{scripts} scripts for 800 decisions");
 }

@@ -1,5 +1,6 @@
 //! Redis Sentinel: the gateway asks three real sentinels (`redis-server --sentinel`) for the
-//! master, and follows it when the master is killed and its replica promoted.
+//! master, and follows it when the master is killed and its replica promoted (the cache
+//! invalidation feed included).
 #![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
 
 mod common;
@@ -45,6 +46,13 @@ async fn the_gateway_follows_the_master_the_sentinels_promote() {
     assert!(on_redis().await >= 20.0, "decided on the sentinels' master");
     let old = redis.master.port;
     assert_eq!(redis.current_master(), Some(old));
+    let feed_up = async || sum(&gw.metrics().await, "cache_invalidation_feed_up") == 1.0;
+    eventually(
+        "subscribed to invalidations on the master",
+        Duration::from_secs(10),
+        feed_up,
+    )
+    .await;
 
     redis.master.proc.kill();
     let killed = Instant::now();
@@ -70,4 +78,17 @@ async fn the_gateway_follows_the_master_the_sentinels_promote() {
         n - 100
     );
     assert!(on_redis().await > 20.0);
+    // The invalidation feed lost its master too, and subscribed again on the promoted one.
+    eventually(
+        "subscribed on the promoted master",
+        Duration::from_secs(20),
+        feed_up,
+    )
+    .await;
+    assert!(
+        sum(
+            &gw.metrics().await,
+            r#"store_errors_total{backend="redis",op="subscribe"}"#
+        ) >= 1.0
+    );
 }

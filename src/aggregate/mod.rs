@@ -6,6 +6,7 @@
 //!
 //! - [`client`]: the service clients (timeouts, retries, breakers, body checks).
 //! - [`template`]: filling path templates and reading values out of legs' JSON.
+//! - [`local`]: the in-process tier in front of the shared store.
 //!
 //! About 1,000 lines before its tests, one concern: running a declared aggregate (route match,
 //! params, authorization, cache (fresh, stale, tagged) and single flight, the graph runner,
@@ -17,7 +18,7 @@
 //! This module returns documents and [`GatewayError`]s; `proxy` writes them. It may use
 //! `config`, `store`, `resilience`, `metrics`, `error` and the caller's `Identity`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,16 +33,18 @@ use crate::edge::auth::Identity;
 use crate::error::GatewayError;
 use crate::metrics;
 use crate::resilience::FailureKind;
-use crate::store::Store;
+use crate::store::{FeedEvent, Store, StoreError};
 use crate::trace::{Parent, RequestTrace};
 use opentelemetry::trace::SpanContext;
 use opentelemetry::KeyValue;
 
 pub(crate) mod client;
 mod entry;
+mod local;
 mod template;
 
 use self::entry::Entry;
+use self::local::LocalTier;
 
 use self::client::{has_shape, CallError, CallTrace, ServiceClient};
 
@@ -130,7 +133,36 @@ pub struct Aggregates {
     clients: HashMap<String, Arc<ServiceClient>>,
     /// The pooled HTTP client every service client shares.
     http: reqwest::Client,
+    store: Arc<Store>,
 }
+
+/// A purge as announced to every replica: entries by store key, and by tag.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Invalidation {
+    /// Store keys (the rendered key and the declaration's fingerprint).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Tags: every entry carrying one is purged.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// What a purge did.
+#[derive(Debug, Clone, Copy)]
+pub struct Purged {
+    /// Entries removed from the shared store.
+    pub count: u64,
+    /// Whether the other replicas were told (false: no Redis, or the announcement failed and
+    /// their in-process copies live out their few seconds).
+    pub announced: bool,
+}
+
+/// How long this process remembers the entries it wrote, for a purge heard from another
+/// replica to delete again: a write that landed in Redis just after that purge carries data
+/// from before it. Announcements take milliseconds; this is ample.
+const RECENT_MS: u64 = 2_000;
+/// Most writes remembered (beyond it the oldest are forgotten).
+const RECENT_MAX: usize = 4_096;
 
 /// One declared aggregate with its clients, cache and in-flight builds.
 pub struct Aggregate {
@@ -150,6 +182,13 @@ pub struct Aggregate {
     /// dropped (its upstream calls cancelled) rather than kept alive by this map.
     inflight: Inflight,
     next_flight: AtomicU64,
+    /// The in-process tier (`cache.local`), if declared.
+    local: Option<LocalTier>,
+    /// Moves on every purge this process hears of: a build or a copy that began before one
+    /// is not kept, since its data may be what was purged.
+    epoch: AtomicU64,
+    /// Entries written lately: (when, store key, tags), see [`RECENT_MS`].
+    recent: Mutex<VecDeque<(u64, String, Vec<String>)>>,
 }
 
 impl Aggregates {
@@ -246,7 +285,15 @@ impl Aggregates {
                     Segment::Param(_) => break,
                 }
             }
+            let local = a
+                .cache
+                .as_ref()
+                .and_then(|c| c.local.as_ref())
+                .map(|l| LocalTier::new(&a.name, l));
             list.push(Arc::new(Aggregate {
+                local,
+                epoch: AtomicU64::new(0),
+                recent: Mutex::new(VecDeque::new()),
                 fingerprint: crate::config::fingerprint(a),
                 config: a.clone(),
                 prefix,
@@ -261,7 +308,58 @@ impl Aggregates {
             list,
             clients,
             http,
+            store,
         })
+    }
+
+    /// Purges every entry carrying one of `tags`: here first (copies, and builds under way),
+    /// then in the shared store, then announced to the other replicas.
+    pub async fn invalidate_tags(&self, tags: Vec<String>) -> Result<Purged, StoreError> {
+        let inv = Invalidation {
+            keys: Vec::new(),
+            tags,
+        };
+        self.forget(&inv, false);
+        let count = self.store.invalidate_tags(&inv.tags, entry_carries).await?;
+        let announced = announce(&self.store, &inv).await;
+        Ok(Purged { count, announced })
+    }
+
+    /// Applies a purge to this process: in-process copies dropped, builds under way not kept,
+    /// and (`heard`: announced by a replica) recent writes it names deleted again.
+    fn forget(&self, inv: &Invalidation, heard: bool) {
+        for a in &self.list {
+            a.forget(inv, heard);
+        }
+    }
+
+    /// Handles an event of the invalidation feed.
+    pub fn on_feed(&self, event: FeedEvent<'_>) {
+        match event {
+            FeedEvent::Message(raw) => match serde_json::from_slice::<Invalidation>(raw) {
+                Ok(inv) => {
+                    metrics::CACHE_INVALIDATION_MESSAGES
+                        .with_label_values(&["received"])
+                        .inc();
+                    self.forget(&inv, true);
+                }
+                Err(e) => {
+                    metrics::CACHE_INVALIDATION_MESSAGES
+                        .with_label_values(&["bad"])
+                        .inc();
+                    tracing::warn!(error = %e, "ignored a malformed cache invalidation message");
+                }
+            },
+            // Whatever was announced while not subscribed is unknown: start empty.
+            FeedEvent::Joined | FeedEvent::Lost => {
+                for a in &self.list {
+                    a.epoch.fetch_add(1, Ordering::AcqRel);
+                    if let Some(l) = &a.local {
+                        l.clear();
+                    }
+                }
+            }
+        }
     }
 
     /// The aggregate a path belongs to: every path under its literal start (so that a bad
@@ -291,6 +389,18 @@ pub struct EntryInfo {
     pub tags: Vec<String>,
     /// Size of the document.
     pub bytes: usize,
+}
+
+/// Tells the other replicas of `inv`; whether they were told.
+async fn announce(store: &Store, inv: &Invalidation) -> bool {
+    let payload = serde_json::to_vec(inv).unwrap_or_default();
+    match store.announce(&payload).await {
+        Ok(told) => told,
+        Err(e) => {
+            tracing::warn!(error = %e, "a cache purge could not be announced to the other replicas; their in-process copies live out their ttl");
+            false
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -384,9 +494,98 @@ impl Aggregate {
         self.config.cache.as_ref().is_some_and(|c| !c.ttl.is_zero())
     }
 
-    /// Purges the entry `key` (as the key template renders it); whether it was there.
-    pub async fn purge(&self, key: &str) -> Result<bool, crate::store::StoreError> {
-        self.store.delete(&self.stored_key(key)).await
+    /// Purges the entry `key` (as the key template renders it) here, in the shared store and
+    /// at every replica.
+    pub async fn purge(&self, key: &str) -> Result<Purged, StoreError> {
+        let inv = Invalidation {
+            keys: vec![self.stored_key(key)],
+            tags: Vec::new(),
+        };
+        self.forget(&inv, false);
+        let existed = self.store.delete(&inv.keys[0]).await?;
+        let announced = announce(&self.store, &inv).await;
+        Ok(Purged {
+            count: u64::from(existed),
+            announced,
+        })
+    }
+
+    /// See [`Aggregates::forget`].
+    fn forget(&self, inv: &Invalidation, heard: bool) {
+        let suffix = format!("#{}", self.fingerprint);
+        let keys: Vec<String> = inv
+            .keys
+            .iter()
+            .filter(|k| k.ends_with(&suffix))
+            .cloned()
+            .collect();
+        if keys.is_empty() && inv.tags.is_empty() {
+            return;
+        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(l) = &self.local {
+            l.forget(&keys, &inv.tags);
+        }
+        if !heard {
+            return;
+        }
+        let now = now_ms();
+        let again: Vec<String> = {
+            let mut recent = self.recent.lock();
+            while recent.front().is_some_and(|(at, ..)| at + RECENT_MS < now) {
+                recent.pop_front();
+            }
+            recent
+                .iter()
+                .filter(|(_, k, tags)| {
+                    keys.contains(k) || tags.iter().any(|t| inv.tags.contains(t))
+                })
+                .map(|(_, k, _)| k.clone())
+                .collect()
+        };
+        if !again.is_empty() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                for k in again {
+                    let _ = store.delete(&k).await;
+                }
+            });
+        }
+    }
+
+    /// Keeps a copy of `entry` here unless a purge came after `epoch` (checked again after,
+    /// for a purge that ran between the check and the copy).
+    fn keep_local(&self, local: &LocalTier, key: &str, entry: Entry, epoch: u64, now: u64) {
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        local.put(key.to_string(), entry, now);
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            local.forget(&[key.to_string()], &[]);
+        }
+    }
+
+    /// Writes `entry` to the shared store (a failed write only costs a miss), unless a purge
+    /// came after `epoch`; a purge arriving while the write is under way deletes it again once
+    /// it lands.
+    async fn write(self: Arc<Self>, key: String, entry: Entry, keep: Duration, epoch: u64) {
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            tracing::debug!(key, "purged while building: not cached");
+            return;
+        }
+        {
+            let mut recent = self.recent.lock();
+            if recent.len() >= RECENT_MAX {
+                recent.pop_front();
+            }
+            recent.push_back((now_ms(), key.clone(), entry.tags.clone()));
+        }
+        let value = entry.encode();
+        if let Err(e) = self.store.set_tagged(&key, value, keep, &entry.tags).await {
+            tracing::debug!(error = %e, "aggregate cache write failed");
+        } else if self.epoch.load(Ordering::Acquire) != epoch {
+            let _ = self.store.delete(&key).await;
+        }
     }
 
     /// The entry `key` (as the key template renders it), if cached.
@@ -504,6 +703,12 @@ impl Aggregate {
         let mut fallback: Option<Entry> = None;
         if let Some(c) = cache {
             let now = now_ms();
+            let local = self.local.as_ref().filter(|_| self.store.feeds_local());
+            if let Some(held) = local.and_then(|l| l.get(&key, now)) {
+                cache_metric(name, CacheStatus::Hit);
+                return Ok(cached_answer(&held.entry, CacheStatus::Hit, key, now));
+            }
+            let epoch = self.epoch.load(Ordering::Acquire);
             match self.store.get(&key).await {
                 // Anything but an entry holding JSON (an older gateway's bare document, a
                 // corrupt value) is a miss, overwritten below.
@@ -512,17 +717,22 @@ impl Aggregate {
                         let stale_for = now.saturating_sub(e.built_ms + e.fresh_ms);
                         if e.is_fresh(now) {
                             cache_metric(name, CacheStatus::Hit);
-                            return Ok(cached_answer(e, CacheStatus::Hit, key, now));
+                            let answer = cached_answer(&e, CacheStatus::Hit, key, now);
+                            if let (Some(l), Some(k)) = (local, &answer.key) {
+                                self.keep_local(l, k, e, epoch, now);
+                            }
+                            return Ok(answer);
                         }
                         if stale_for < c.stale_while_revalidate.as_millis() as u64 {
                             // Answered now; one rebuild (shared with any other in flight for
                             // this key) refreshes the entry for the next reads.
-                            let (flight, _) = self.flight(key.clone(), params, request_id, None);
+                            let (flight, _) =
+                                self.flight(key.clone(), params, request_id, None, true);
                             tokio::spawn(async move {
                                 let _ = flight.await;
                             });
                             cache_metric(name, CacheStatus::Stale);
-                            return Ok(cached_answer(e, CacheStatus::Stale, key, now));
+                            return Ok(cached_answer(&e, CacheStatus::Stale, key, now));
                         }
                         if stale_for < c.stale_if_error.as_millis() as u64 {
                             fallback = Some(e);
@@ -535,7 +745,7 @@ impl Aggregate {
         }
         let memo_key = cache.is_some().then(|| key.clone());
         let parent = trace.as_deref().map(RequestTrace::parent);
-        let (flight, leader) = self.flight(key, params, request_id, parent);
+        let (flight, leader) = self.flight(key, params, request_id, parent, false);
         if let Some(t) = trace {
             let role = if leader.is_some() {
                 "follower"
@@ -554,7 +764,7 @@ impl Aggregate {
                 // written over it).
                 cache_metric(name, CacheStatus::StaleError);
                 let key = memo_key.unwrap_or_default();
-                return Ok(cached_answer(e, CacheStatus::StaleError, key, now_ms()));
+                return Ok(cached_answer(&e, CacheStatus::StaleError, key, now_ms()));
             }
         }
         cache_metric(name, status);
@@ -574,13 +784,16 @@ impl Aggregate {
     }
 
     /// Joins the in-flight build for `key` (with the span context of the request that started
-    /// it, when traced), or starts one.
+    /// it, when traced), or starts one. A `revalidate` build (a stale entry's, in the
+    /// background) stays in flight until its entry is written, so a stale read meanwhile joins
+    /// it instead of starting a second rebuild; others answer without waiting for the write.
     fn flight(
         self: &Arc<Self>,
         key: String,
         params: Vec<String>,
         request_id: &str,
         parent: Option<Parent>,
+        revalidate: bool,
     ) -> (Flight, Option<SpanContext>) {
         let mut map = self.inflight.lock();
         if let Some((_, w, leader)) = map.get(&key) {
@@ -601,7 +814,7 @@ impl Aggregate {
         let cache_key = key.clone();
         let fut: Flight = async move {
             let _guard = guard;
-            me.build(cache_key, params, &request_id, parent.as_ref())
+            me.build(cache_key, params, &request_id, parent.as_ref(), revalidate)
                 .await
         }
         .boxed()
@@ -619,8 +832,11 @@ impl Aggregate {
         params: Vec<String>,
         request_id: &str,
         trace: Option<&Parent>,
+        revalidate: bool,
     ) -> Result<Built, GatewayError> {
         let deadline = Instant::now() + self.config.deadline;
+        // A purge heard while building means the legs' answers may be what it purged.
+        let epoch = self.epoch.load(Ordering::Acquire);
         // The lowest freshness the services' answers allow, in seconds (read only with
         // `ttl_from_services`).
         let fresh = &AtomicU64::new(u64::MAX);
@@ -700,22 +916,25 @@ impl Aggregate {
                 .filter_map(|t| template::render(t, &params, &values, None))
                 .collect();
             tags.dedup();
+            let now = now_ms();
             let entry = Entry {
-                built_ms: now_ms(),
+                built_ms: now,
                 fresh_ms: ttl.as_millis() as u64,
                 tags,
                 body: body.clone(),
             };
-            // The response does not wait for the write; a failed write only costs a miss.
+            if let Some(l) = self.local.as_ref().filter(|_| self.store.feeds_local()) {
+                self.keep_local(l, &key, entry.clone(), epoch, now);
+            }
             // The store keeps the entry through its stale windows too.
-            let store = self.store.clone();
-            let keep = ttl + c.stale_window();
-            tokio::spawn(async move {
-                let value = entry.encode();
-                if let Err(e) = store.set_tagged(&key, value, keep, &entry.tags).await {
-                    tracing::debug!(error = %e, "aggregate cache write failed");
-                }
-            });
+            let write = self
+                .clone()
+                .write(key, entry, ttl + c.stale_window(), epoch);
+            if revalidate {
+                write.await;
+            } else {
+                tokio::spawn(write);
+            }
         }
         Ok(Built {
             body,
@@ -982,11 +1201,11 @@ fn put_json_string(body: &mut BytesMut, s: &str) {
 
 /// The answer for a cached entry: a fresh one says how long it stays fresh, a stale one
 /// `max-age=0`; both carry their age.
-fn cached_answer(e: Entry, cache: CacheStatus, key: String, now: u64) -> Answer {
+fn cached_answer(e: &Entry, cache: CacheStatus, key: String, now: u64) -> Answer {
     Answer {
         cache_control: format!("private, max-age={}", e.remaining_secs(now)),
         age: Some(e.age_secs(now)),
-        body: e.body,
+        body: e.body.clone(),
         cache,
         key: Some(key),
     }

@@ -72,6 +72,25 @@ struct CacheFile {
     stale_if_error_seconds: u64,
     #[serde(default)]
     ttl_from_services: bool,
+    #[serde(default)]
+    local: Option<LocalFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocalFile {
+    #[serde(default = "default_local_entries")]
+    max_entries: u64,
+    #[serde(default = "default_local_ttl")]
+    ttl_seconds: u64,
+}
+
+fn default_local_entries() -> u64 {
+    10_000
+}
+
+fn default_local_ttl() -> u64 {
+    2
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +186,18 @@ pub struct CacheSpec {
     /// The TTL is at most every leg's `Cache-Control` max-age; `no-store`/`private`/`no-cache`
     /// from any leg → not cached.
     pub ttl_from_services: bool,
+    /// The in-process tier in front of the shared store, if any.
+    pub local: Option<LocalSpec>,
+}
+
+/// `cache.local`: fresh entries kept in this process for a short while, so a hit costs no
+/// round trip to Redis; invalidations reach it through Redis pub/sub.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalSpec {
+    /// Entries kept at most (per aggregate).
+    pub max_entries: usize,
+    /// How long an entry is kept here at most (never past its freshness).
+    pub ttl: Duration,
 }
 
 impl CacheSpec {
@@ -596,7 +627,28 @@ impl AggregateFile {
                         ));
                     }
                 }
+                let local = match c.local {
+                    None => None,
+                    Some(l) => {
+                        if !(1..=1_000_000).contains(&l.max_entries) {
+                            return Err(invalid(
+                                k("cache.local.max_entries"),
+                                "1 to 1000000 entries",
+                            ));
+                        }
+                        // Short by design: it bounds how long a replica that missed an
+                        // invalidation (its subscription down) can go on answering an entry.
+                        if !(1..=300).contains(&l.ttl_seconds) {
+                            return Err(invalid(k("cache.local.ttl_seconds"), "1 to 300 seconds"));
+                        }
+                        Some(LocalSpec {
+                            max_entries: l.max_entries as usize,
+                            ttl: Duration::from_secs(l.ttl_seconds),
+                        })
+                    }
+                };
                 Some(CacheSpec {
+                    local,
                     ttl: Duration::from_secs(c.ttl_seconds),
                     key: parse_template(&k("cache.key"), &c.key, &scope)?,
                     tags,
@@ -882,6 +934,14 @@ mod tests {
                 "gateway.aggregates[0].cache.key",
             ),
             (
+                "- { name: a, path: '/x/{id}', cache: { ttl_seconds: 5, key: 'k:{id}', local: { max_entries: 0 } }, legs: { a: { service: user, path: '/y' } } }",
+                "gateway.aggregates[0].cache.local.max_entries",
+            ),
+            (
+                "- { name: a, path: '/x/{id}', cache: { ttl_seconds: 5, key: 'k:{id}', local: { ttl_seconds: 301 } }, legs: { a: { service: user, path: '/y' } } }",
+                "gateway.aggregates[0].cache.local.ttl_seconds",
+            ),
+            (
                 "- { name: A, path: /x, legs: { a: { service: user, path: '/y' } } }",
                 "gateway.aggregates[0].name",
             ),
@@ -894,6 +954,19 @@ mod tests {
             let e = err(yaml);
             assert!(e.contains(want), "{yaml}\n→ {e}\nwanted {want}");
         }
+    }
+
+    #[test]
+    fn a_local_tier_takes_its_defaults() {
+        let a = check("- { name: a, path: '/x/{id}', cache: { ttl_seconds: 5, key: 'k:{id}', local: {} }, legs: { a: { service: user, path: '/y' } } }").unwrap();
+        let local = a[0].cache.as_ref().and_then(|c| c.local.clone());
+        assert_eq!(
+            local,
+            Some(LocalSpec {
+                max_entries: 10_000,
+                ttl: Duration::from_secs(2)
+            })
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub use resolve::normalise_redis_addr;
 mod aggregates;
 mod issuers;
 pub use aggregates::{
-    AggregateConfig, Authorize, CacheSpec, Expect, LegConfig, Part, PathPattern, Segment, Step,
-    Template, ValueRef,
+    AggregateConfig, Authorize, CacheSpec, Expect, LegConfig, LocalSpec, Part, PathPattern,
+    Segment, Step, Template, ValueRef,
 };
 pub use issuers::{IssuerConfig, KeySource};
 mod services;

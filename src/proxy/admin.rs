@@ -5,7 +5,8 @@
 //! - `DELETE /cache/{aggregate}/{key…}`: purges one entry (`key` as the aggregate's key
 //!   template renders it, e.g. `profile:42`).
 //! - `POST /cache/invalidate` with `{"tags":["user:42"]}`: purges every entry carrying any of
-//!   the tags, across replicas (the tags live in the shared store).
+//!   the tags, across replicas (the tags live in the shared store; in-process copies are
+//!   dropped through the invalidation feed).
 //! - `GET /cache/{aggregate}/{key…}`: the entry's age, remaining TTL, tags and staleness.
 
 use std::sync::Arc;
@@ -17,10 +18,8 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use super::snapshot::Snapshot;
-use crate::aggregate::entry_carries;
 use crate::error::GatewayError;
 use crate::metrics;
-use crate::store::Store;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -30,14 +29,13 @@ const MAX_TAGS: usize = 1000;
 /// The admin API's HTTP application.
 pub struct AdminApi {
     live: Arc<ArcSwap<Snapshot>>,
-    store: Arc<Store>,
     token: String,
 }
 
 impl AdminApi {
     /// The admin API over the gateway's live configuration and shared store.
-    pub(crate) fn new(live: Arc<ArcSwap<Snapshot>>, store: Arc<Store>, token: String) -> Self {
-        AdminApi { live, store, token }
+    pub(crate) fn new(live: Arc<ArcSwap<Snapshot>>, token: String) -> Self {
+        AdminApi { live, token }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -74,17 +72,18 @@ impl AdminApi {
                 return Err(GatewayError::MethodNotAllowed("use POST".into()));
             }
             let tags = read_tags(session).await?;
-            let purged = self
-                .store
-                .invalidate_tags(&tags, entry_carries)
+            let snap = self.live.load_full();
+            let purged = snap
+                .aggregates
+                .invalidate_tags(tags.clone())
                 .await
                 .map_err(unavailable)?;
             metrics::CACHE_INVALIDATIONS
                 .with_label_values(&["tag"])
-                .inc_by(purged);
+                .inc_by(purged.count);
             return Ok((
                 200,
-                serde_json::json!({ "tags": tags, "invalidated": purged }),
+                serde_json::json!({ "tags": tags, "invalidated": purged.count, "announced": purged.announced }),
             ));
         }
         let (name, key) =
@@ -102,10 +101,10 @@ impl AdminApi {
                 let purged = aggregate.purge(key).await.map_err(unavailable)?;
                 metrics::CACHE_INVALIDATIONS
                     .with_label_values(&["key"])
-                    .inc_by(u64::from(purged));
+                    .inc_by(purged.count);
                 Ok((
                     200,
-                    serde_json::json!({ "aggregate": name, "key": key, "invalidated": u64::from(purged) }),
+                    serde_json::json!({ "aggregate": name, "key": key, "invalidated": purged.count, "announced": purged.announced }),
                 ))
             }
             Method::GET => match aggregate.inspect(key).await.map_err(unavailable)? {

@@ -162,7 +162,20 @@ impl Gateway {
 
     /// The admin API over this gateway's live configuration and store, behind `token`.
     pub(crate) fn admin_api(&self, token: String) -> admin::AdminApi {
-        admin::AdminApi::new(self.live.clone(), self.shared.store.clone(), token)
+        admin::AdminApi::new(self.live.clone(), token)
+    }
+
+    /// The subscription through which purges made on other replicas reach this one's
+    /// aggregates (with Redis only).
+    pub(crate) fn invalidation_feed(
+        &self,
+    ) -> Option<crate::store::InvalidationFeed<impl Fn(crate::store::FeedEvent<'_>) + Send + Sync>>
+    {
+        let redis = self.shared.redis.clone()?;
+        let live = self.live.clone();
+        Some(crate::store::InvalidationFeed::new(redis, move |event| {
+            live.load().aggregates.on_feed(event)
+        }))
     }
 
     /// Answers `err` and closes the connection: the request's body was not (fully) read, so

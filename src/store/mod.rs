@@ -4,6 +4,7 @@
 //! - [`redis`]: the Redis connection with a command timeout, a breaker that stops waiting on a
 //!   dead server, and rate-limited warnings.
 //! - [`memory`]: the embedded key-value map with per-entry expiry.
+//! - [`feed`]: purges announced to, and heard from, the other replicas (Redis pub/sub).
 //!
 //! This module may use `config`, `metrics`, `resilience` and `clock`; nothing on the request
 //! path above it talks to Redis except through it.
@@ -13,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+pub mod feed;
 pub(crate) mod memory;
 pub mod redis;
 
+pub use self::feed::{FeedEvent, InvalidationFeed};
 pub(crate) use self::memory::MemoryKv;
 pub use self::redis::{RedisStore, TopologyWatch};
 
@@ -83,6 +86,30 @@ impl Store {
             }
         }
         self.set(key, value, ttl).await
+    }
+
+    /// Whether copies of entries may be kept in this process: only while the other replicas'
+    /// purges are heard (never with the embedded store, which is in this process already).
+    pub(crate) fn feeds_local(&self) -> bool {
+        match self {
+            Store::Redis(r) => r.subscribed(),
+            Store::Memory(_) => false,
+        }
+    }
+
+    /// Tells every replica about a purge (`payload`, as the aggregates encode it); `Ok(false)`
+    /// when there are no other replicas to tell (the embedded store).
+    pub(crate) async fn announce(&self, payload: &[u8]) -> Result<bool, StoreError> {
+        match self {
+            Store::Redis(r) => {
+                r.publish(feed::CHANNEL, payload).await?;
+                crate::metrics::CACHE_INVALIDATION_MESSAGES
+                    .with_label_values(&["sent"])
+                    .inc();
+                Ok(true)
+            }
+            Store::Memory(_) => Ok(false),
+        }
     }
 
     /// Deletes `key`; whether it existed.

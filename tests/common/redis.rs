@@ -79,6 +79,34 @@ impl Redis {
         redis::cmd("KEYS").arg(pattern).query(&mut c).expect("KEYS")
     }
 
+    /// How many times Redis has run `command` (INFO commandstats).
+    pub fn calls(&self, command: &str) -> u64 {
+        let mut c = self.conn().expect("redis connection");
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut c)
+            .expect("INFO");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a count"))
+    }
+
+    /// Every key (as `redis-cli --scan` lists them) with its TTL in seconds (-1: none; -2: gone
+    /// since the scan).
+    pub fn scan_ttls(&self) -> Vec<(String, i64)> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--scan"])
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        assert!(out.status.success(), "redis-cli --scan failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|k| (k.to_string(), self.ttl(k)))
+            .collect()
+    }
+
     /// TTL of `key` in seconds (-1 none, -2 missing).
     pub fn ttl(&self, key: &str) -> i64 {
         let mut c = self.conn().expect("redis connection");
