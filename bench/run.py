@@ -125,6 +125,21 @@ def wait_http(url, timeout=30, token=None):
     raise SystemExit(f"bench: {url} did not answer 200 within {timeout}s{errs}")
 
 
+def wait_metric(url, name, value, timeout=30):
+    """Polls a Prometheus page until the unlabelled series `name` reads `value`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            text = urllib.request.urlopen(url, timeout=2).read().decode()
+            if any(line.split() == [name, str(int(value))] or line.split() == [name, str(value)]
+                   for line in text.splitlines()):
+                return
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"bench: {name} did not reach {value} at {url} within {timeout}s")
+
+
 def tree(pid):
     """pid and its descendants (nginx does its work in a worker child)."""
     out = [pid]
@@ -327,7 +342,7 @@ def main():
                                       "m_user", "m_order", "m_product", "m_rec", "m_idp", "gw_tls", "nginx_tls",
                                       "metrics1", "metrics2", "metrics3", "m_otlp", "gw_t0", "gw_t10",
                                       "gw_t100", "metrics4", "metrics5", "metrics6", "gw_cluster", "metrics7",
-                                      "gw_gcra", "metrics8", "gw_fixed", "metrics9",
+                                      "gw_gcra", "metrics8", "gw_fixed", "metrics9", "gw_local", "metrics10",
                                       "bare", "traefik", "caddy")}
     small = '{"id":"1","name":"User 1","email":"user1@example.com","ok":true}'
     # One P-256 certificate and key for the gateway's and nginx's HTTPS listeners.
@@ -398,6 +413,8 @@ backend b
                             f'sample_ratio: {ratio} }}\n')
         # Row 3g: one per-user policy on one Redis, GCRA against the fixed window (1 per us: the
         # finest rate GCRA spaces, never reached here).
+        # Row 5b: the profile's in-process tier (defaults: 10,000 entries, 2 s).
+        local = ", local: {}" if name == "gw_local" else ""
         algorithm = POLICY_ALGORITHMS.get(name)
         policies = (f"\n    policies: [{{ name: per-user, key: sub, limit: 60000000, window_seconds: 60, "
                     f"algorithm: {algorithm} }}]" if algorithm else "")
@@ -424,7 +441,7 @@ gateway:
     - name: profile
       path: "/api/profile/{{id}}"
       authorize: {{ param: id, claim: sub, bypass_roles: [admin], me: true }}
-      cache: {{ ttl_seconds: {cache_ttl}, key: "profile:{{id}}" }}
+      cache: {{ ttl_seconds: {cache_ttl}, key: "profile:{{id}}"{local} }}
       legs:
         user:            {{ service: user,  path: "/users/{{id}}", required: true, expect: object }}
         orders:          {{ service: order, path: "/orders/user/{{user.id}}", default: [], expect: array }}
@@ -490,7 +507,9 @@ gateway:
     policy_gws = {name: start(name, [GATEWAY, "-c", gw_conf(name, ports[name], ports[f"metrics{8 + i}"], 30)],
                               PROXY_CPU, dict(svc_env, REDIS_ADDR=f"127.0.0.1:{ports['redis']}"))
                   for i, name in enumerate(POLICY_ALGORITHMS)}
-    for p in ("gw", "gw_redis", "gw_cluster") + tuple(TRACED) + tuple(POLICY_ALGORITHMS):
+    gw_local = start("gateway-local", [GATEWAY, "-c", gw_conf("gw_local", ports["gw_local"], ports["metrics10"], 30)],
+                     PROXY_CPU, dict(svc_env, REDIS_ADDR=f"127.0.0.1:{ports['redis']}"))
+    for p in ("gw", "gw_redis", "gw_cluster", "gw_local") + tuple(TRACED) + tuple(POLICY_ALGORITHMS):
         wait_http(f"http://127.0.0.1:{ports[p]}/readyz")
     wait_http(f"http://127.0.0.1:{ports['origin']}/json")
     wait_http(f"http://127.0.0.1:{ports['nginx']}/json")
@@ -643,6 +662,14 @@ gateway:
     s5 = abba("profile-hit", runner(ports["gw_redis"], "/api/profile/1", gw_redis.pid, (auth,)),
               "plain-sized", runner(ports["gw"], "/bench/sized", gw.pid))
     results["cache_hit"] = strip_pairs(s5)
+    # 5b. The same hits with the in-process tier in front of Redis (read only while subscribed
+    # to invalidations: wait for that first).
+    log("bench: 5b profile cache hits, in-process tier on vs off (Redis behind both)")
+    wait_metric(url(ports["metrics10"], "/metrics"), "cache_invalidation_feed_up", 1.0)
+    wait_http(url(ports["gw_local"], "/api/profile/1"), token=user1)
+    s5b = abba("local-on", runner(ports["gw_local"], "/api/profile/1", gw_local.pid, (auth,)),
+               "local-off", runner(ports["gw_redis"], "/api/profile/1", gw_redis.pid, (auth,)))
+    results["cache_local"] = strip_pairs(s5b)
 
     # 11. Compression of a cached 20 KB aggregate (Redis hits): each coding vs the same hit sent
     # as is, and the bytes each sends.
@@ -949,6 +976,10 @@ def report(r):
     ch = r["cache_hit"]
     row("5 profile cache hits (Redis)", f"{ch['ratio_median']:.2f}x (min {ch['ratio_min']:.2f}, max {ch['ratio_max']:.2f})",
         ">= 0.8x plain (same body size)", clean(ch) and ch["ratio_median"] >= 0.8, detail(ch))
+    cl = r.get("cache_local")
+    if cl:
+        row("5b profile cache hits, in-process tier on vs off", f"{cl['ratio_median']:.2f}x (min {cl['ratio_min']:.2f}, max {cl['ratio_max']:.2f})",
+            ">= 1.3x off", clean(cl) and cl["ratio_median"] >= 1.3, detail(cl))
     m = r["memory"]
     row("6 idle RSS", f"{m['idle_rss_kib']/1024:.1f} MiB", "<= 20 MB", m["idle_rss_kib"] <= 20 * 1000)
     row("6 per idle keep-alive connection", f"{m['kib_per_connection']:.2f} KiB ({m['connections']} conns)", "<= 4 KB",

@@ -43,6 +43,11 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// The port of a `host:port` listen value.
+fn listen_port(v: &Value) -> u16 {
+    s(v).rsplit(':').next().unwrap().parse().unwrap()
+}
+
 /// Runs `gateway -t` on a conf text; returns the conf's gateway listen ports on success.
 fn check_conf(text: &str) -> (u16, u16) {
     let dir = tempfile::tempdir().unwrap();
@@ -60,15 +65,10 @@ fn check_conf(text: &str) -> (u16, u16) {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_yaml::from_str(text).unwrap();
-    let port = |k: &str| -> u16 {
-        s(&v["gateway"][k])
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    (port("listen"), port("metrics_listen"))
+    (
+        listen_port(&v["gateway"]["listen"]),
+        listen_port(&v["gateway"]["metrics_listen"]),
+    )
 }
 
 #[test]
@@ -192,6 +192,15 @@ fn compose_and_dockerfile_agree_with_the_code() {
     );
     assert!(ports("gateway").contains(&format!("{http}:{http}")));
     assert!(ports("gateway").contains(&format!("{metrics}:{metrics}")));
+    // The admin API: published on the host's loopback only, on the port the conf names.
+    let conf: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join(host)).unwrap()).unwrap();
+    let admin = listen_port(&conf["gateway"]["admin"]["listen"]);
+    assert_eq!(
+        s(&svc("gateway")["environment"]["ADMIN_PORT"]),
+        admin.to_string()
+    );
+    assert!(ports("gateway").contains(&format!("127.0.0.1:{admin}:{admin}")));
     assert_eq!(ports("prometheus"), vec!["9090:9090"]);
     assert_eq!(ports("grafana"), vec!["3000:3000"]);
     assert_eq!(
@@ -377,20 +386,35 @@ fn kubernetes_manifests_validate_and_agree_with_the_code() {
             s(&e["name"])
         );
     }
-    let secret_ref = c["env"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|e| s(&e["name"]) == "JWT_SECRET")
-        .expect("JWT_SECRET env");
-    let secret = find(
-        "Secret",
-        &s(&secret_ref["valueFrom"]["secretKeyRef"]["name"]),
-    );
-    assert!(
-        secret["stringData"][s(&secret_ref["valueFrom"]["secretKeyRef"]["key"]).as_str()]
-            .is_string()
-    );
+    for var in ["JWT_SECRET", "ADMIN_TOKEN"] {
+        let secret_ref = c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| s(&e["name"]) == var)
+            .unwrap_or_else(|| panic!("{var} env"));
+        let secret = find(
+            "Secret",
+            &s(&secret_ref["valueFrom"]["secretKeyRef"]["name"]),
+        );
+        assert!(
+            secret["stringData"][s(&secret_ref["valueFrom"]["secretKeyRef"]["key"]).as_str()]
+                .is_string()
+        );
+    }
+    // The admin API: on the port the conf names, behind its own Service, never the client one.
+    let admin_port = listen_port(&conf["gateway"]["admin"]["listen"]);
+    assert_eq!(ports["admin"], admin_port);
+    let service_ports = |name: &str| -> Vec<String> {
+        find("Service", name)["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| s(&p["targetPort"]))
+            .collect()
+    };
+    assert_eq!(service_ports("gateway-admin"), ["admin"]);
+    assert!(!service_ports("gateway").contains(&"admin".to_string()));
     // The collector's address comes from an optional ConfigMap key: absent, tracing is off.
     let otel = c["env"]
         .as_sequence()
@@ -563,8 +587,13 @@ async fn dashboard_queries_work_against_a_live_gateway() {
     // With an HTTPS listener, so the certificate panel has its series.
     let ca = common::TestCa::new();
     let leaf = ca.leaf("site", &["site.test"], 30);
+    // The profile with an in-process tier, so the cache panel's series exist.
+    let aggregate = common::profile_aggregate(30, 10_000).replace(
+        r#"key: "profile:{id}" }"#,
+        r#"key: "profile:{id}", local: {} }"#,
+    );
     let section = format!(
-        "rate_limit: {{ per_minute: 1000 }}\nupstreams:\n  users:\n    backends: [\"{}\"]\nroutes:\n  - {{ prefix: \"/users/\", upstream: users }}\ntls:\n  listen: \"127.0.0.1:{}\"\n  certificates: [{{ cert: \"{}\", key: \"{}\" }}]\n",
+        "rate_limit: {{ per_minute: 1000 }}\nupstreams:\n  users:\n    backends: [\"{}\"]\nroutes:\n  - {{ prefix: \"/users/\", upstream: users }}\ntls:\n  listen: \"127.0.0.1:{}\"\n  certificates: [{{ cert: \"{}\", key: \"{}\" }}]\n{aggregate}",
         mocks.addr("user"),
         free_port(),
         leaf.cert.display(),

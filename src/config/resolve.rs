@@ -170,7 +170,7 @@ impl GatewayFile {
         }
         let mut taken = vec![listen, metrics_listen];
         taken.extend(tls.as_ref().map(|t| t.listen));
-        let admin = super::admin::resolve_admin(self.admin, env, &taken)?;
+        let admin = super::admin::resolve_admin(self.admin, env, &taken, mode)?;
         if self.redirect_http && tls.is_none() {
             return Err(invalid(
                 "gateway.redirect_http",
