@@ -42,10 +42,34 @@ pub(crate) mod trace;
 use std::sync::Arc;
 
 use pingora::prelude::Opt;
+use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
 use crate::config::Config;
 use crate::proxy::Gateway;
+
+/// Pingora's settings from the conf file, with one default of our own: `work_stealing: false`
+/// unless the file says otherwise. Each worker thread then runs its own runtime, and a
+/// connection's tasks (the upstream pool's idle watcher included) stay on its thread: plain
+/// proxying measured +6–9% req/s and -8–10% CPU per request on one pinned core (issue 19).
+fn server_conf(conf_text: &str) -> pingora::Result<ServerConf> {
+    let mut conf = ServerConf::from_yaml(conf_text)?;
+    let says = serde_yaml::from_str::<serde_yaml::Value>(conf_text)
+        .ok()
+        .and_then(|v| v.get("work_stealing").cloned())
+        .is_some();
+    if !says {
+        conf.work_stealing = false;
+    }
+    Ok(conf)
+}
+
+/// `opt` without the conf path: the conf was read already (and Pingora would warn that it
+/// ignores the path).
+fn opt_without_conf(mut opt: Opt) -> Opt {
+    opt.conf = None;
+    opt
+}
 
 /// Builds a ready-to-run Pingora server: the proxy service, the metrics service and the
 /// background services (live configuration with health checks and key refresh, certificate
@@ -58,7 +82,7 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     let hash = config::fingerprint_text(&conf_text);
     metrics::CONFIG_INFO.with_label_values(&[&hash]).set(1);
     let config = Arc::new(config);
-    let mut server = Server::new(Some(opt))?;
+    let mut server = Server::new_with_opt_and_conf(opt_without_conf(opt), server_conf(&conf_text)?);
 
     let redis = store::RedisStore::from_config(&config.redis)
         .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?
@@ -188,4 +212,16 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
         ));
     }
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn work_stealing_is_off_unless_the_file_turns_it_on() {
+        let conf = |text: &str| super::server_conf(text).expect("a valid conf");
+        assert!(!conf("version: 1\nthreads: 2\n").work_stealing);
+        assert!(conf("version: 1\nwork_stealing: true\n").work_stealing);
+        assert!(!conf("version: 1\nwork_stealing: false\n").work_stealing);
+        assert_eq!(conf("version: 1\nthreads: 3\n").threads, 3);
+    }
 }

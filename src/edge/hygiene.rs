@@ -102,8 +102,10 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
         if is_upgrade && name == "upgrade" {
             continue;
         }
-        // Framing is Pingora's business: it re-frames the body for the upstream itself.
-        if name == "transfer-encoding" || name == "content-length" {
+        // Framing is Pingora's business: it re-frames the body for the upstream itself. And
+        // `Connection: host` must not strip the backend's virtual host (set after this, the
+        // forwarding and identity headers are ours whatever the client nominated).
+        if name == "transfer-encoding" || name == "content-length" || name == "host" {
             continue;
         }
         req.remove_header(name.as_str());
@@ -187,7 +189,8 @@ mod tests {
         let mut r = req(
             b"/",
             &[
-                ("connection", "keep-alive, X-Secret"),
+                ("connection", "keep-alive, X-Secret, Host"),
+                ("host", "api.example"),
                 ("x-secret", "1"),
                 ("keep-alive", "timeout=5"),
                 ("te", "trailers"),
@@ -208,5 +211,6 @@ mod tests {
             assert!(r.headers.get(h).is_none(), "{h} should be gone");
         }
         assert!(r.headers.get("x-kept").is_some());
+        assert_eq!(r.headers["host"], "api.example", "a nominated Host stays");
     }
 }
