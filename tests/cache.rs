@@ -88,6 +88,30 @@ async fn admin(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Purges every entry tagged `tag` through the admin API on `port`: status and answer.
+async fn purge_tag(port: u16, tag: &str) -> (u16, Value) {
+    admin(
+        port,
+        reqwest::Method::POST,
+        "/cache/invalidate",
+        Some(ADMIN_TOKEN),
+        Some(json!({ "tags": [tag] })),
+    )
+    .await
+}
+
+/// Purges the profile entry of `id` through the admin API on `port`: status and answer.
+async fn purge_key(port: u16, id: u32) -> (u16, Value) {
+    admin(
+        port,
+        reqwest::Method::DELETE,
+        &format!("/cache/profile/profile:{id}"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await
+}
+
 async fn cached_hit(gw: &Gateway, id: u32) -> reqwest::Response {
     let mut hit = None;
     eventually("the entry is cached", Duration::from_secs(5), async || {
@@ -495,23 +519,9 @@ async fn a_purge_through_one_replica_reaches_the_others_in_process_copies_at_onc
         // Purged through B, by tag or by key: A's next read, sent the moment the purge
         // returns (well within 100 ms), is not served from its copy.
         let (s, v) = if round % 2 == 0 {
-            admin(
-                b_admin,
-                reqwest::Method::POST,
-                "/cache/invalidate",
-                Some(ADMIN_TOKEN),
-                Some(json!({"tags": [format!("user:{id}")]})),
-            )
-            .await
+            purge_tag(b_admin, &format!("user:{id}")).await
         } else {
-            admin(
-                b_admin,
-                reqwest::Method::DELETE,
-                &format!("/cache/profile/profile:{id}"),
-                Some(ADMIN_TOKEN),
-                None,
-            )
-            .await
+            purge_key(b_admin, id).await
         };
         let returned = std::time::Instant::now();
         assert_eq!(
@@ -575,14 +585,7 @@ async fn a_purge_during_a_build_on_another_replica_keeps_that_build_out_of_the_c
     )
     .await;
     // … and the user's data changes meanwhile: purged through B.
-    let (s, v) = admin(
-        b_admin,
-        reqwest::Method::POST,
-        "/cache/invalidate",
-        Some(ADMIN_TOKEN),
-        Some(json!({"tags": ["user:40"]})),
-    )
-    .await;
+    let (s, v) = purge_tag(b_admin, "user:40").await;
     assert_eq!(s, 200, "{v}");
     let built = building.await.unwrap();
     assert_eq!(
@@ -657,23 +660,9 @@ async fn after_a_mixed_minute_every_key_in_redis_expires() {
         }
         if i.is_multiple_of(25) {
             let (s, _) = if i.is_multiple_of(50) {
-                admin(
-                    a_admin,
-                    reqwest::Method::POST,
-                    "/cache/invalidate",
-                    Some(ADMIN_TOKEN),
-                    Some(json!({"tags": [format!("account:{id}")]})),
-                )
-                .await
+                purge_tag(a_admin, &format!("account:{id}")).await
             } else {
-                admin(
-                    a_admin,
-                    reqwest::Method::DELETE,
-                    &format!("/cache/profile/profile:{id}"),
-                    Some(ADMIN_TOKEN),
-                    None,
-                )
-                .await
+                purge_key(a_admin, id).await
             };
             assert_eq!(s, 200);
         }

@@ -8,8 +8,9 @@
 //! - [`template`]: filling path templates and reading values out of legs' JSON.
 //! - [`local`]: the in-process tier in front of the shared store.
 //!
-//! About 1,000 lines before its tests, one concern: running a declared aggregate (route match,
-//! params, authorization, cache (fresh, stale, tagged) and single flight, the graph runner,
+//! About 1,200 lines before its tests, one concern: running a declared aggregate (route match,
+//! params, authorization, cache (fresh, stale, tagged, copies in memory, purges racing builds)
+//! and single flight, the graph runner,
 //! fan-out, the document),
 //! and building the aggregates from the config (on a reload, keeping what did not change).
 //! Filling templates is split out; the rest shares the per-request state and would only be
