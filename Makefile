@@ -18,7 +18,7 @@ help:
 	@echo "make test   run every test (unit + integration with real redis-server and mocks)"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 	@echo "make soak   mixed traffic with Redis/backend chaos for SOAK_SECONDS (default 300)"
-	@echo "make bench  the gateway side by side with nginx and HAProxy (BENCH_SECONDS per run, default 5)"
+	@echo "make bench  the gateway side by side with nginx and HAProxy (BENCH_SECONDS per run, default 3; about 10 minutes)"
 
 # apt-get update runs once, and only when something is missing.
 define apt_install
@@ -108,7 +108,7 @@ soak: test-deps
 	$(CARGO) build --release --workspace
 	$(CARGO) test --release --test soak -- --ignored --nocapture
 
-BENCH_SECONDS ?= 5
+BENCH_SECONDS ?= 3
 export BENCH_SECONDS
 
 bench: deps
