@@ -1116,8 +1116,8 @@ def machine():
         "cpu": model, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
         "nginx": ver(["nginx", "-v"]), "haproxy": ver(["haproxy", "-v"]), "wrk": ver(["wrk", "-v"]),
         "oha": ver([OHA, "--version"]) if OHA and os.path.exists(OHA) else "missing",
-        "traefik": ver([os.path.join(PEERS_BIN, "traefik"), "version"]),
-        "caddy": ver([os.path.join(PEERS_BIN, "caddy"), "version"]),
+        "traefik": ver([os.path.join(PEERS_BIN, "traefik"), "version"]).split()[-1],
+        "caddy": ver([os.path.join(PEERS_BIN, "caddy"), "version"]).split()[0],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
