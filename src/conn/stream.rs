@@ -182,8 +182,6 @@ impl DeadlineStream {
             self.phase = Phase::Header;
             self.tail = [0; 3];
             self.read_ahead = false;
-            let limit = Duration::from_millis(u64::from(self.limit_ms));
-            self.timer = Some(Box::pin(tokio::time::sleep(limit)));
         }
         // The blank line may straddle two reads: check the seam, then the new bytes. `end` is
         // where the header ends within `data`.
@@ -195,16 +193,18 @@ impl DeadlineStream {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .map(|w| w + 1)
-            .or_else(|| {
-                data.windows(4)
-                    .position(|w| w == b"\r\n\r\n")
-                    .map(|p| p + 4)
-            });
+            .or_else(|| memchr::memmem::find(data, b"\r\n\r\n").map(|p| p + 4));
         if let Some(end) = end {
             self.phase = Phase::Body;
             self.timer = None;
             self.read_ahead = end < data.len();
             return;
+        }
+        // Armed only when the header did not come whole with its first read (the usual case
+        // does): its clock starts at that read, where the request's first bytes were seen.
+        if self.timer.is_none() {
+            let limit = Duration::from_millis(u64::from(self.limit_ms));
+            self.timer = Some(Box::pin(tokio::time::sleep(limit)));
         }
         if data.len() >= 3 {
             self.tail.copy_from_slice(&data[data.len() - 3..]);

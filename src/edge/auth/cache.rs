@@ -1,11 +1,10 @@
 //! Verified tokens by their exact text, so that a client presenting the same token again skips
 //! the HMAC and the JSON; only the time-dependent checks are repeated.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Identity;
-use crate::sharded::Sharded;
+use crate::sharded::{ClientMap, Sharded};
 
 /// A verified token's identity and validity window, kept so that a client presenting the same
 /// token again skips the HMAC and the JSON (the edge-check cost on every request otherwise).
@@ -25,17 +24,17 @@ const CACHE_PER_SHARD: usize = 1024;
 
 /// Verified tokens by their exact text.
 pub(super) struct TokenCache {
-    shards: Sharded<HashMap<Box<str>, Verified>>,
+    shards: Sharded<ClientMap<Box<str>, Verified>>,
 }
 
 impl TokenCache {
     pub(super) fn new() -> Self {
         TokenCache {
-            shards: Sharded::new(CACHE_SHARDS, HashMap::new),
+            shards: Sharded::new(CACHE_SHARDS, ClientMap::default),
         }
     }
 
-    fn shard(&self, token: &str) -> parking_lot::MutexGuard<'_, HashMap<Box<str>, Verified>> {
+    fn shard(&self, token: &str) -> parking_lot::MutexGuard<'_, ClientMap<Box<str>, Verified>> {
         // Only verified tokens are stored, and their last characters are HMAC output: already
         // uniform, so they pick the shard without hashing the whole token a second time.
         let hash = token

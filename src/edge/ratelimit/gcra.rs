@@ -5,12 +5,11 @@
 //! decision is one Lua script on Redis's own clock (replicas with skewed clocks share one
 //! schedule); in memory it is the same arithmetic on a clock the caller passes in.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::memory::SHARDS;
 use super::{Decision, LimitBackend, Subject};
-use crate::sharded::Sharded;
+use crate::sharded::{ClientMap, Sharded};
 use crate::store::RedisStore;
 
 /// Schedules kept per shard; past this, expired ones are swept and, if that is not enough, a
@@ -20,13 +19,13 @@ const PER_SHARD: usize = 4096;
 
 /// In-process GCRA schedules: the limiter without Redis, and its fallback.
 pub(crate) struct MemoryGcra {
-    shards: Sharded<HashMap<Subject, u64>>,
+    shards: Sharded<ClientMap<Subject, u64>>,
 }
 
 impl Default for MemoryGcra {
     fn default() -> Self {
         MemoryGcra {
-            shards: Sharded::new(SHARDS, HashMap::new),
+            shards: Sharded::new(SHARDS, ClientMap::default),
         }
     }
 }
@@ -104,7 +103,7 @@ pub(crate) struct Gcra {
     /// Shared with the policy a reload replaces, so that schedules survive it.
     pub(super) memory: Arc<MemoryGcra>,
     redis: Option<Arc<RedisStore>>,
-    leases: Sharded<HashMap<Subject, Lease>>,
+    leases: Sharded<ClientMap<Subject, Lease>>,
     /// `ratelimit:<policy>:`
     prefix: String,
 }
@@ -131,7 +130,7 @@ impl Gcra {
             block,
             memory: Arc::default(),
             redis,
-            leases: Sharded::new(SHARDS, HashMap::new),
+            leases: Sharded::new(SHARDS, ClientMap::default),
             prefix,
         }
     }

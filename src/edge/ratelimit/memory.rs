@@ -1,12 +1,11 @@
 //! In-process fixed windows with bounded memory: the limiter without Redis, and its fallback.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora_limits::estimator::Estimator;
 
 use super::Subject;
-use crate::sharded::Sharded;
+use crate::sharded::{ClientMap, Sharded};
 
 /// Shards of the exact counters (and of the Redis leases): enough that two worker threads
 /// rarely meet on one lock.
@@ -18,7 +17,7 @@ const EXACT_PER_SHARD: usize = 4096;
 #[derive(Default)]
 struct Shard {
     window: u64,
-    counts: HashMap<Subject, u64>,
+    counts: ClientMap<Subject, u64>,
 }
 
 /// In-process fixed windows with bounded memory: exact counts for up to

@@ -1,6 +1,5 @@
 //! The Redis side of the limiter: one shared counter per client and window, taken in blocks.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::MutexGuard;
@@ -8,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::memory::SHARDS;
 use super::Subject;
-use crate::sharded::Sharded;
+use crate::sharded::{ClientMap, Sharded};
 use crate::store::RedisStore;
 
 type Waiter = oneshot::Sender<Option<u64>>;
@@ -70,7 +69,7 @@ impl Lease {
 #[derive(Default)]
 struct LeaseShard {
     window: u64,
-    leases: HashMap<(Subject, u64), Lease>,
+    leases: ClientMap<(Subject, u64), Lease>,
 }
 
 /// What a hit does after looking at its lease.
