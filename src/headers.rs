@@ -10,6 +10,8 @@ pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
 pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
 /// The verified caller's `sub`, for upstreams; a client-sent one is always removed.
 pub const X_USER_ID: &str = "X-User-Id";
+/// [`X_USER_ID`] parsed once, for the per-request check that a client sent none.
+pub static X_USER_ID_NAME: http::HeaderName = http::HeaderName::from_static("x-user-id");
 /// How an aggregate answer relates to the cache (`HIT`, `MISS`, `BYPASS`, `STALE`,
 /// `STALE-ERROR`).
 pub const X_CACHE: &str = "X-Cache";

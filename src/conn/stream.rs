@@ -193,7 +193,7 @@ impl DeadlineStream {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .map(|w| w + 1)
-            .or_else(|| memchr::memmem::find(data, b"\r\n\r\n").map(|p| p + 4));
+            .or_else(|| BLANK_LINE.find(data).map(|p| p + 4));
         if let Some(end) = end {
             self.phase = Phase::Body;
             self.timer = None;
@@ -243,6 +243,11 @@ fn is_interim(data: &[u8]) -> bool {
         && data[9] == b'1'
         && !data[9..].starts_with(b"101")
 }
+
+/// The end of a request header, searched for in every read (the searcher is built once: its
+/// set-up costs more than a short header's search).
+static BLANK_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
 
 impl AsyncRead for DeadlineStream {
     fn poll_read(

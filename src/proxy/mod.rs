@@ -479,7 +479,10 @@ impl ProxyHttp for Gateway {
         req.insert_header(headers::X_FORWARDED_PROTO, proto)?;
         req.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         // The identity header is ours alone: a client-sent one is dropped before ours is set.
-        req.remove_header(headers::X_USER_ID);
+        // (Checked first: a removal parses and hashes the name even when it is absent.)
+        if req.headers.contains_key(&headers::X_USER_ID_NAME) {
+            req.remove_header(&headers::X_USER_ID_NAME);
+        }
         let auth = &ctx.snap.config.auth;
         for (_, name) in &auth.forward_claims {
             req.remove_header(name);
@@ -493,7 +496,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if !auth.forward_authorization {
+        if !auth.forward_authorization && req.headers.contains_key(http::header::AUTHORIZATION) {
             req.remove_header(&http::header::AUTHORIZATION);
         }
         if let Some(t) = &ctx.trace {
