@@ -199,9 +199,21 @@ impl RedisCluster {
                 r.contains("cluster_state:ok") && r.contains("cluster_slots_ok:16384")
             });
         }
-        for port in c.masters() {
-            c.wait(port, "INFO replication", |r| {
-                r.contains("connected_slaves:1")
+        // Each node's view of the roles must have settled before anyone asks who the masters
+        // are: right after `--cluster create` a node can still list a new replica as a master
+        // (seen once on CI), and waiting for that "master" to get a replica never ends.
+        let half = c.nodes.len() / 2;
+        for (port, _) in &c.nodes {
+            c.wait(*port, "CLUSTER NODES", |r| {
+                let flags = || r.lines().filter_map(|l| l.split(' ').nth(2));
+                flags().filter(|f| f.contains("master")).count() == half
+                    && flags().filter(|f| f.contains("slave")).count() == half
+            });
+        }
+        for (port, _) in &c.nodes {
+            c.wait(*port, "INFO replication", |r| {
+                r.contains("role:master") && r.contains("connected_slaves:1")
+                    || r.contains("role:slave") && r.contains("master_link_status:up")
             });
         }
         c
