@@ -282,6 +282,11 @@ async fn corrupt_cached_value_is_a_miss_that_gets_overwritten() {
     let gw = start(&mocks, &section(30, 100), Some(&redis)).await;
     // The key carries the declaration's fingerprint: learn it from a first fill.
     assert_eq!(profile(&gw, "9", "9").await.1, "MISS");
+    // The entry is written after the answer goes out: wait for it to land.
+    eventually("the entry is written", Duration::from_secs(5), async || {
+        !redis.keys("profile:9#*").is_empty()
+    })
+    .await;
     let key = redis
         .keys("profile:9#*")
         .pop()
