@@ -29,7 +29,7 @@ ROUTES = (("plain", "/bench/json"), ("edge", "/edge/json"))
 OUT = os.path.join(R.ROOT, "target", "callgrind")
 
 
-def conf(name, port, metrics, origin):
+def conf(name, port, metrics, origin, tracing=""):
     return R.write(os.path.join(R.WORK, f"{name}.yaml"), f"""
 version: 1
 threads: 1
@@ -45,7 +45,7 @@ gateway:
   routes:
     - {{ prefix: "/bench/", upstream: origin, strip_prefix: "/bench" }}
     - {{ prefix: "/edge/", upstream: origin, strip_prefix: "/edge" }}
-""")
+{tracing}""")
 
 
 def requests(port, path, headers, n):
@@ -59,16 +59,19 @@ def requests(port, path, headers, n):
     conn.close()
 
 
-def count(binary, path, origin, headers):
+def count(binary, path, origin, headers, tracing="", tag=""):
     port, metrics = R.free_port(), R.free_port()
-    out = os.path.join(OUT, f"{os.path.basename(binary)}-{path.strip('/').split('/')[0]}.out")
+    out = os.path.join(OUT, f"{os.path.basename(binary)}-{path.strip('/').split('/')[0]}{tag}.out")
     gw = R.start("gateway", ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-                             binary, "-c", conf("cg", port, metrics, origin)], R.PROXY_CPU,
+                             binary, "-c", conf("cg", port, metrics, origin, tracing)], R.PROXY_CPU,
                  {"JWT_SECRET": R.SECRET, "RUST_LOG": "warn"})
     R.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
     requests(port, path, headers, 200)
     subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], capture_output=True, check=True)
     requests(port, path, headers, N)
+    if tracing:
+        # Let the last batch go out inside the counted window: export is part of the cost.
+        time.sleep(1.5)
     subprocess.run(["callgrind_control", "-i", "off", str(gw.pid)], capture_output=True, check=True)
     subprocess.run(["callgrind_control", "-d", str(gw.pid)], capture_output=True, check=True)
     gw.kill()
@@ -99,11 +102,21 @@ http {{ access_log off;
             R.LOAD_CPU)
     R.wait_http(f"http://127.0.0.1:{origin}/json")
     auth = {"Authorization": f"Bearer {R.token('1')}"}
+    # BENCH_TRACING="0,0.1,1": also count each route with tracing on at these sample ratios,
+    # spans exported to the mocks' OTLP collector (its own instructions are not counted).
+    ratios = [r for r in os.environ.get("BENCH_TRACING", "").split(",") if r]
+    collector = R.free_port()
+    if ratios:
+        R.start("collector", [R.MOCKS, "--services", "collector", "--collector-port", str(collector)], R.LOAD_CPU)
+        R.wait_http(f"http://127.0.0.1:{collector}/healthz")
+    variants = [("", "")] + [(f'  tracing: {{ enabled: true, endpoint: "http://127.0.0.1:{collector}", '
+                              f'sample_ratio: {r} }}\n', f"-traced{r}") for r in ratios]
     for binary in binaries:
-        for name, path in ROUTES:
-            per, dump = count(binary, path, origin, auth if name == "edge" else {})
-            print(f"{binary}: {name:5s} {per:9.0f} instructions per request ({dump})", flush=True)
-            time.sleep(0.2)
+        for tracing, tag in variants:
+            for name, path in ROUTES:
+                per, dump = count(binary, path, origin, auth if name == "edge" else {}, tracing, tag)
+                print(f"{binary}: {name + tag:16s} {per:9.0f} instructions per request ({dump})", flush=True)
+                time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ pub(crate) struct CallTrace<'a> {
 
 impl CallTrace<'_> {
     fn attempt(&self, service: &str, url: &str, attempt: u32, breaker: &'static str) -> Attempt {
-        self.parent.client(format!("GET {}", self.leg), || {
+        self.parent.client(|| format!("GET {}", self.leg), || {
             let mut v = vec![
                 KeyValue::new("http.request.method", "GET"),
                 KeyValue::new("url.full", url.to_string()),

@@ -958,7 +958,7 @@ impl Aggregate {
     fn skipped_span(&self, parent: &Parent, i: usize) {
         let leg = &self.config.legs[i];
         parent
-            .client(format!("GET {}", leg.name), || {
+            .client(|| format!("GET {}", leg.name), || {
                 vec![
                     KeyValue::new("gateway.leg", leg.name.clone()),
                     KeyValue::new("gateway.service", leg.service.clone()),

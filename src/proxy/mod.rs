@@ -396,8 +396,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.tried.push(addr);
         ctx.backend.start(backend);
-        let method = session.req_header().method.as_str();
-        spans::try_started(ctx, method, addr, ctx.tried.len());
+        spans::try_started(ctx, &session.req_header().method, addr, ctx.tried.len());
         let Route::Proxy(route) = &ctx.route else {
             return Err(Error::explain(ErrorType::InternalError, "route changed"));
         };
@@ -501,11 +500,13 @@ impl ProxyHttp for Gateway {
         }
         if let Some(t) = &ctx.trace {
             // The backend's span is a child of this try's, never of the client's span.
-            req.remove_header(crate::trace::TRACEPARENT);
-            req.remove_header(crate::trace::TRACESTATE);
+            if t.from_client() {
+                req.remove_header(crate::trace::TRACEPARENT);
+                req.remove_header(crate::trace::TRACESTATE);
+            }
             if let Some(a) = t.try_ref() {
                 for (name, value) in a.propagated().pairs() {
-                    req.insert_header(name, value)?;
+                    req.append_header(name, value.clone())?;
                 }
             }
         }

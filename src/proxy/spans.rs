@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, StringValue, Value};
 use pingora::proxy::Session;
 
 use super::routes::Route;
@@ -13,20 +13,20 @@ use crate::trace::{self, RequestTrace, Tracer};
 pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> Box<RequestTrace> {
     let req = session.req_header();
     let start = SystemTime::now() - ctx.started.elapsed();
-    let mut t = Box::new(tracer.server(&req.headers, start));
-    if !t.sampled() {
-        return t;
-    }
-    let method = req.method.as_str();
-    let (template, name): (Option<&str>, &str) = match &ctx.route {
-        Route::Aggregate(a) => (Some(a.pattern()), a.name()),
-        Route::Proxy(r) => (Some(r.prefix.as_str()), r.group.name.as_ref()),
-        Route::Healthz => (Some("/healthz"), "healthz"),
-        Route::Readyz => (Some("/readyz"), "readyz"),
-        Route::NotFound => (None, "not_found"),
-    };
-    t.name(method, template);
-    t.set(|| {
+    Box::new(tracer.server(&req.headers, start, || {
+        let method = &req.method;
+        let (template, name): (Option<&str>, Value) = match &ctx.route {
+            Route::Aggregate(a) => (Some(a.pattern()), a.name().to_string().into()),
+            Route::Proxy(r) => (Some(r.prefix.as_str()), r.group.name.clone().into()),
+            Route::Healthz => (Some("/healthz"), "healthz".into()),
+            Route::Readyz => (Some("/readyz"), "readyz".into()),
+            Route::NotFound => (None, "not_found".into()),
+        };
+        let span_name = match template {
+            Some(t) => format!("{method} {t}"),
+            None => method.to_string(),
+        };
+        // Room for what the phases add: route (2-3), request id, edge (2), cache, status, error.
         let mut v = trace::server_attributes(
             method,
             req.uri.path(),
@@ -34,18 +34,18 @@ pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> Box<Reques
             if session.is_http2() { "2" } else { "1.1" },
             ctx.client.as_ref().map(|c| c.ip),
             req.headers.get(http::header::USER_AGENT),
+            9,
         );
         if let Some(tpl) = template {
             v.push(KeyValue::new("http.route", tpl.to_string()));
         }
-        v.push(KeyValue::new("gateway.route", name.to_string()));
         if let Route::Aggregate(_) = &ctx.route {
-            v.push(KeyValue::new("gateway.aggregate", name.to_string()));
+            v.push(KeyValue::new("gateway.aggregate", name.clone()));
         }
+        v.push(KeyValue::new("gateway.route", name));
         v.push(KeyValue::new("gateway.request_id", ctx.request_id.clone()));
-        v
-    });
-    t
+        (span_name.into(), v)
+    }))
 }
 
 /// The edge's decisions: the limit (`allowed`, `limited`, or `none` without a client address
@@ -68,18 +68,23 @@ pub(super) fn edge(ctx: &mut Ctx, auth: &'static str) {
 }
 
 /// A proxied try starts on `addr` (the `n`th of this request).
-pub(super) fn try_started(ctx: &mut Ctx, method: &str, addr: std::net::SocketAddr, n: usize) {
+pub(super) fn try_started(
+    ctx: &mut Ctx,
+    method: &http::Method,
+    addr: std::net::SocketAddr,
+    n: usize,
+) {
     let Route::Proxy(route) = &ctx.route else {
         return;
     };
     let Some(t) = &mut ctx.trace else { return };
-    let group = route.group.name.clone();
-    t.start_try(format!("{method} {}", route.prefix), || {
+    let group = &route.group.name;
+    t.start_try(|| format!("{method} {}", route.prefix), || {
         vec![
-            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("http.request.method", trace::method_value(method)),
             KeyValue::new("server.address", addr.ip().to_string()),
             KeyValue::new("server.port", i64::from(addr.port())),
-            KeyValue::new("gateway.upstream.group", group.to_string()),
+            KeyValue::new("gateway.upstream.group", StringValue::from(group.clone())),
             KeyValue::new("gateway.attempt", n as i64),
             KeyValue::new("http.request.resend_count", n as i64 - 1),
         ]

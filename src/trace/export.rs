@@ -4,23 +4,24 @@
 //! Not the SDK's `BatchSpanProcessor`: it keeps its dropped-span count to itself (we must
 //! show it as `tracing_spans_dropped_total`) and runs its own thread with a blocking client.
 //! Here the queue is a `tokio` channel (`try_send` never waits), the task is a Pingora
-//! background service, and the exporter is `opentelemetry-otlp`'s.
+//! background service, and a batch is encoded by [`super::otlp`] and POSTed with the
+//! `reqwest` client the gateway already has (one kept-alive connection to the collector).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use opentelemetry::Context;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{mpsc, Notify};
 
+use super::otlp::Encoder;
 use crate::config::TracingConfig;
 use crate::metrics;
 
@@ -78,7 +79,8 @@ impl SpanProcessor for Queue {
 pub struct ExportService {
     rx: Mutex<Option<mpsc::Receiver<SpanData>>>,
     pending: Arc<Pending>,
-    exporter: Mutex<Option<opentelemetry_otlp::SpanExporter>>,
+    http: reqwest::Client,
+    encoder: Mutex<Option<Encoder>>,
     resource: Resource,
     endpoint: String,
     timeout: Duration,
@@ -97,14 +99,19 @@ impl ExportService {
                 env!("CARGO_PKG_VERSION"),
             ))
             .build();
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(config.endpoint.clone())
-            .with_timeout(config.export_timeout)
+        let attributes: Vec<KeyValue> = resource
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+            .collect();
+        let encoder = Encoder::new(&attributes, "gateway", env!("CARGO_PKG_VERSION"));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .connect_timeout(config.export_timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("gateway.tracing.endpoint: {e}"))?;
-        exporter.set_resource(&resource);
+            .map_err(|e| format!("gateway.tracing: the export client: {e}"))?;
         Ok((
             Queue {
                 tx,
@@ -113,7 +120,8 @@ impl ExportService {
             ExportService {
                 rx: Mutex::new(Some(rx)),
                 pending,
-                exporter: Mutex::new(Some(exporter)),
+                http,
+                encoder: Mutex::new(Some(encoder)),
                 resource,
                 endpoint: config.endpoint.clone(),
                 timeout: config.export_timeout,
@@ -148,16 +156,22 @@ struct Health {
 }
 
 impl ExportService {
-    async fn send(
-        &self,
-        exporter: &opentelemetry_otlp::SpanExporter,
-        batch: Vec<SpanData>,
-        timeout: Duration,
-        health: &mut Health,
-    ) {
-        let n = batch.len() as u64;
-        let result = match tokio::time::timeout(timeout, exporter.export(batch)).await {
-            Ok(Ok(())) => Ok(()),
+    /// One POST of `body` (`n` spans); its outcome counted, a change of health logged.
+    async fn send(&self, body: Vec<u8>, n: usize, timeout: Duration, health: &mut Health) {
+        let n = n as u64;
+        let post = self
+            .http
+            .post(&self.endpoint)
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(body)
+            .send();
+        let result = match tokio::time::timeout(timeout, post).await {
+            Ok(Ok(r)) if r.status().is_success() => {
+                // Read the (small) answer so the connection goes back to the pool.
+                let _ = r.bytes().await;
+                Ok(())
+            }
+            Ok(Ok(r)) => Err(format!("the collector answered {}", r.status())),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
         };
@@ -187,7 +201,7 @@ impl ExportService {
 #[async_trait]
 impl BackgroundService for ExportService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (Some(mut rx), Some(exporter)) = (self.rx.lock().take(), self.exporter.lock().take())
+        let (Some(mut rx), Some(mut encoder)) = (self.rx.lock().take(), self.encoder.lock().take())
         else {
             return;
         };
@@ -205,8 +219,11 @@ impl BackgroundService for ExportService {
                 let open = take(&mut rx, &mut batch);
                 let taken = batch.len();
                 if taken > 0 {
-                    let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    self.send(&exporter, spans, self.timeout, &mut health).await;
+                    let mut body = Vec::new();
+                    encoder.encode(&batch, &mut body);
+                    // Spans are dropped here, before the wait for the collector.
+                    batch.clear();
+                    self.send(body, taken, self.timeout, &mut health).await;
                 }
                 if !open {
                     return;
@@ -224,8 +241,9 @@ impl BackgroundService for ExportService {
         if !batch.is_empty() {
             let timeout = self.timeout.min(SHUTDOWN_FLUSH);
             for chunk in batch.chunks(BATCH) {
-                self.send(&exporter, chunk.to_vec(), timeout, &mut health)
-                    .await;
+                let mut body = Vec::new();
+                encoder.encode(chunk, &mut body);
+                self.send(body, chunk.len(), timeout, &mut health).await;
             }
         }
     }
