@@ -3,16 +3,20 @@
 //!
 //! - `export`: the bounded queue every finished span goes to, and the task that sends it.
 //!
-//! Spans are built directly on the OpenTelemetry SDK and carried explicitly (in the proxy's
-//! `Ctx`, and as a [`Parent`] into aggregate builds): no thread-local "current span", so a
-//! span started in one Pingora phase ends in another, and a single-flight build polled by a
-//! follower still hangs under the leader's request.
+//! Spans are carried explicitly (in the proxy's `Ctx`, and as a [`Parent`] into aggregate
+//! builds): no thread-local "current span", so a span started in one Pingora phase ends in
+//! another, and a single-flight build polled by a follower still hangs under the leader's
+//! request.
 //!
-//! The sampling decision is taken here, before the SDK is asked for anything: an unsampled
-//! request (nine in ten at the default ratio) gets bare ids for the `traceparent` it sends on
-//! and never builds an SDK span, a `Context` or a span builder. Measured with callgrind, the
-//! SDK's non-recording spans cost ~4,600 instructions per proxied request (4% of it); this
-//! path costs about a third of that. Sampled requests are built by the SDK as before.
+//! The sampling decision is taken first: an unsampled request (nine in ten at the default
+//! ratio) gets bare ids for the `traceparent` it sends on and records nothing. A sampled span
+//! is recorded straight into its OTLP encoding (`otlp`), each attribute the moment it is set,
+//! and copied into the export queue when it ends. The `opentelemetry` crate gives the types
+//! (ids, trace state, attribute values, status) and `opentelemetry_sdk` the W3C propagator;
+//! the SDK's spans and processors are not used: measured with callgrind, they and the OTLP
+//! exporter cost ~61,000 instructions per proxied request at 100% sampling and ~9,000 for an
+//! unsampled one (the proxying itself is ~109,000); see docs/BENCHMARKS.md for what this
+//! path costs.
 //!
 //! This module may use `config` and `metrics`; `proxy` and `aggregate` use it.
 
@@ -22,18 +26,21 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use std::sync::Arc;
+
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    Tracer as _, TracerProvider,
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 
 use crate::config::TracingConfig;
 
 pub(crate) mod export;
 mod otlp;
+
+use export::Sink;
+use otlp::Record;
 
 /// The header names of W3C trace context.
 pub(crate) const TRACEPARENT: &str = "traceparent";
@@ -56,9 +63,7 @@ fn hex(bytes: &[u8], out: &mut [u8]) {
 
 /// The process's tracer: sampling, ids, and the queue finished spans go to.
 pub struct Tracer {
-    tracer: SdkTracer,
-    /// Kept so the queue processor lives as long as the tracer.
-    _provider: SdkTracerProvider,
+    sink: Arc<Sink>,
     propagator: TraceContextPropagator,
     /// A new trace is sampled when a random `u64` falls below this (`sample_ratio` of the
     /// range; `u64::MAX` with ratio 1 keeps every one).
@@ -117,19 +122,10 @@ impl Propagated {
 impl Tracer {
     /// The tracer for `config`, and the export task its spans go to.
     pub(crate) fn new(config: &TracingConfig) -> Result<(Tracer, export::ExportService), String> {
-        let (queue, service) = export::ExportService::new(config)?;
-        // The SDK only sees requests already sampled here (a sampled parent, or a new trace
-        // that won the draw): it must keep every one.
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
-            .with_span_processor(queue)
-            .with_resource(service.resource().clone())
-            .build();
-        let tracer = provider.tracer("gateway");
+        let (sink, service) = export::ExportService::new(config)?;
         Ok((
             Tracer {
-                tracer,
-                _provider: provider,
+                sink,
                 propagator: TraceContextPropagator::new(),
                 threshold: if config.sample_ratio >= 1.0 {
                     u64::MAX
@@ -169,35 +165,36 @@ impl Tracer {
             None => self.threshold == u64::MAX || rand::random::<u64>() < self.threshold,
         };
         let from_client = parent || state;
-        if !sampled {
-            let (trace, state) = match &incoming {
-                Some(cx) => {
-                    let sc = cx.span().span_context().clone();
-                    (sc.trace_id(), sc.trace_state().clone())
-                }
-                None => (trace_id(), Default::default()),
-            };
-            return RequestTrace {
-                tracer: self.tracer.clone(),
-                sc: SpanContext::new(trace, span_id(), TraceFlags::default(), false, state),
-                server: None,
-                attempt: None,
-                try_status: 0,
-                from_client,
-            };
-        }
-        let (name, attributes) = describe();
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_start_time(start)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, incoming.as_ref().unwrap_or(&Context::new()));
+        let (trace, state, parent) = match &incoming {
+            Some(cx) => {
+                let sc = cx.span().span_context().clone();
+                (sc.trace_id(), sc.trace_state().clone(), Some(sc.span_id()))
+            }
+            None => (trace_id(), Default::default(), None),
+        };
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let sc = SpanContext::new(trace, span_id(), flags, false, state);
+        let server = sampled.then(|| {
+            let (name, attributes) = describe();
+            let mut rec = Record::new(
+                &sc,
+                parent.unwrap_or(SpanId::INVALID),
+                parent.is_some(),
+                SpanKind::Server,
+                name,
+                start,
+            );
+            rec.attributes(&attributes);
+            Live::new(rec, &self.sink)
+        });
         RequestTrace {
-            tracer: self.tracer.clone(),
-            sc: span.span_context().clone(),
-            server: Some(span),
+            sink: self.sink.clone(),
+            sc,
+            server,
             attempt: None,
             try_status: 0,
             from_client,
@@ -205,12 +202,32 @@ impl Tracer {
     }
 }
 
+/// A sampled span in progress: it goes to the export queue when it ends or is dropped (a
+/// request cut short still reports what it did).
+struct Live {
+    rec: Record,
+    sink: Arc<Sink>,
+}
+
+impl Live {
+    fn new(rec: Record, sink: &Arc<Sink>) -> Live {
+        Live {
+            rec,
+            sink: sink.clone(),
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.sink.finish(&self.rec);
+    }
+}
+
 /// Where an aggregate build's spans hang: the SERVER span of the request that started it.
 #[derive(Clone)]
 pub(crate) struct Parent {
-    tracer: SdkTracer,
-    /// The context SDK children start from: only for a sampled request.
-    cx: Option<Context>,
+    sink: Arc<Sink>,
     span: SpanContext,
 }
 
@@ -231,33 +248,27 @@ impl Parent {
         name: impl FnOnce() -> N,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Attempt {
-        let Some(cx) = &self.cx else {
-            let sc = &self.span;
-            return Attempt {
-                sc: SpanContext::new(
-                    sc.trace_id(),
-                    span_id(),
-                    TraceFlags::default(),
-                    false,
-                    sc.trace_state().clone(),
-                ),
-                span: None,
-            };
-        };
-        // Room for what the attempt adds later (status, health, outcome, error): a span's
-        // attributes are one `Vec`, and growing it is a reallocation each time.
-        let mut a = attributes();
-        a.reserve(4);
-        let span = self
-            .tracer
-            .span_builder(name())
-            .with_kind(SpanKind::Client)
-            .with_attributes(a)
-            .start_with_context(&self.tracer, cx);
-        Attempt {
-            sc: span.span_context().clone(),
-            span: Some(span),
-        }
+        let p = &self.span;
+        let sc = SpanContext::new(
+            p.trace_id(),
+            span_id(),
+            p.trace_flags(),
+            false,
+            p.trace_state().clone(),
+        );
+        let span = p.is_sampled().then(|| {
+            let mut rec = Record::new(
+                &sc,
+                p.span_id(),
+                false,
+                SpanKind::Client,
+                name().into(),
+                SystemTime::now(),
+            );
+            rec.attributes(&attributes());
+            Live::new(rec, &self.sink)
+        });
+        Attempt { sc, span }
     }
 
     /// The span context a follower links to.
@@ -269,7 +280,7 @@ impl Parent {
 /// One upstream attempt's CLIENT span (recorded only for a sampled request).
 pub(crate) struct Attempt {
     sc: SpanContext,
-    span: Option<Span>,
+    span: Option<Live>,
 }
 
 impl Attempt {
@@ -294,14 +305,14 @@ impl Attempt {
     /// Adds attributes (only recorded for a sampled trace).
     pub(crate) fn set(&mut self, attributes: impl FnOnce() -> Vec<KeyValue>) {
         if let Some(span) = &mut self.span {
-            span.set_attributes(attributes());
+            span.rec.attributes(&attributes());
         }
     }
 
     /// Adds an event (e.g. a retry's backoff) at this moment.
     pub(crate) fn event(&mut self, name: &'static str, attributes: impl FnOnce() -> Vec<KeyValue>) {
         if let Some(span) = &mut self.span {
-            span.add_event(name, attributes());
+            span.rec.event(name, SystemTime::now(), &attributes());
         }
     }
 
@@ -309,22 +320,21 @@ impl Attempt {
     /// `success` (or `not_found`, an answer).
     pub(crate) fn end(self, outcome: &'static str) {
         let Some(mut span) = self.span else { return };
-        span.set_attribute(KeyValue::new("gateway.outcome", outcome));
+        span.rec.attribute(&KeyValue::new("gateway.outcome", outcome));
         if !matches!(outcome, "success" | "not_found") {
-            span.set_attribute(KeyValue::new("error.type", outcome));
-            span.set_status(Status::error(outcome));
+            span.rec.attribute(&KeyValue::new("error.type", outcome));
+            span.rec.status(Status::error(outcome));
         }
-        span.end();
     }
 }
 
 /// A request's spans: the SERVER span and the proxied try in progress.
 pub(crate) struct RequestTrace {
-    tracer: SdkTracer,
+    sink: Arc<Sink>,
     /// The SERVER span's context (its ids also when unsampled).
     sc: SpanContext,
     /// The SERVER span, for a sampled request.
-    server: Option<Span>,
+    server: Option<Live>,
     attempt: Option<Attempt>,
     /// The status the try in progress answered (0: none yet).
     try_status: u16,
@@ -348,29 +358,24 @@ impl RequestTrace {
     /// Adds attributes to the SERVER span (only built for a sampled trace).
     pub(crate) fn set(&mut self, attributes: impl FnOnce() -> Vec<KeyValue>) {
         if let Some(server) = &mut self.server {
-            server.set_attributes(attributes());
+            server.rec.attributes(&attributes());
         }
     }
 
     /// The parent an aggregate build's spans hang under.
     pub(crate) fn parent(&self) -> Parent {
-        let span = self.sc.clone();
         Parent {
-            tracer: self.tracer.clone(),
-            cx: self
-                .server
-                .is_some()
-                .then(|| Context::new().with_remote_span_context(span.clone())),
-            span,
+            sink: self.sink.clone(),
+            span: self.sc.clone(),
         }
     }
 
     /// This request joined another's build: a link to the leader's span, no leg spans here.
     pub(crate) fn link(&mut self, leader: SpanContext) {
         if let Some(server) = &mut self.server {
-            server.add_link(
-                leader,
-                vec![KeyValue::new("gateway.link", "single_flight_leader")],
+            server.rec.link(
+                &leader,
+                &[KeyValue::new("gateway.link", "single_flight_leader")],
             );
         }
     }
@@ -434,7 +439,7 @@ impl RequestTrace {
             return;
         };
         if status != 0 {
-            server.set_attribute(KeyValue::new(
+            server.rec.attribute(&KeyValue::new(
                 "http.response.status_code",
                 i64::from(status),
             ));
@@ -445,10 +450,9 @@ impl RequestTrace {
             } else {
                 status.to_string()
             };
-            server.set_attribute(KeyValue::new("error.type", why.clone()));
-            server.set_status(Status::error(why));
+            server.rec.attribute(&KeyValue::new("error.type", why.clone()));
+            server.rec.status(Status::error(why));
         }
-        server.end();
     }
 }
 
