@@ -472,7 +472,10 @@ async fn sampling_at_zero_exports_nothing_yet_propagates_unsampled_context() {
         let (trace, span, flags) = parse_traceparent(tp).unwrap_or_else(|| panic!("{tp}"));
         assert_eq!(flags, "00", "propagated, not sampled: {tp}");
         assert!(trace.len() == 32 && span.len() == 16, "{tp}");
-        assert!(trace != "0".repeat(32) && span != "0".repeat(16), "valid ids: {tp}");
+        assert!(
+            trace != "0".repeat(32) && span != "0".repeat(16),
+            "valid ids: {tp}"
+        );
         assert!(ids.insert(trace), "a new trace per request: {tp}");
     }
     // A client's unsampled trace is continued unsampled: its trace id and `tracestate` go on,
@@ -486,12 +489,25 @@ async fn sampling_at_zero_exports_nothing_yet_propagates_unsampled_context() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let seen = echo.requests();
-    let continued = seen.iter().find(|s| s.uri.ends_with("/c")).expect("the echo saw it");
+    let continued = seen
+        .iter()
+        .find(|s| s.uri.ends_with("/c"))
+        .expect("the echo saw it");
     let tp = continued.header("traceparent").join(",");
     let (trace, span, flags) = parse_traceparent(&tp).unwrap_or_else(|| panic!("{tp}"));
-    assert_eq!((trace.as_str(), flags.as_str()), (CLIENT_TRACE, "00"), "{tp}");
-    assert_ne!(span, CLIENT_SPAN, "the gateway's span id, not the client's: {tp}");
-    assert_eq!(continued.header("tracestate"), vec!["vendor=abc".to_string()]);
+    assert_eq!(
+        (trace.as_str(), flags.as_str()),
+        (CLIENT_TRACE, "00"),
+        "{tp}"
+    );
+    assert_ne!(
+        span, CLIENT_SPAN,
+        "the gateway's span id, not the client's: {tp}"
+    );
+    assert_eq!(
+        continued.header("tracestate"),
+        vec!["vendor=abc".to_string()]
+    );
 }
 
 #[tokio::test]

@@ -65,21 +65,24 @@ pub(crate) struct CallTrace<'a> {
 
 impl CallTrace<'_> {
     fn attempt(&self, service: &str, url: &str, attempt: u32, breaker: &'static str) -> Attempt {
-        self.parent.client(|| format!("GET {}", self.leg), || {
-            let mut v = vec![
-                KeyValue::new("http.request.method", "GET"),
-                KeyValue::new("url.full", url.to_string()),
-                KeyValue::new("gateway.leg", self.leg.to_string()),
-                KeyValue::new("gateway.service", service.to_string()),
-                KeyValue::new("gateway.attempt", i64::from(attempt)),
-                KeyValue::new("http.request.resend_count", i64::from(attempt - 1)),
-                KeyValue::new("gateway.breaker.state", breaker),
-            ];
-            if let Some(i) = self.item {
-                v.push(KeyValue::new("gateway.item", i as i64));
-            }
-            v
-        })
+        self.parent.client(
+            || format!("GET {}", self.leg),
+            || {
+                let mut v = vec![
+                    KeyValue::new("http.request.method", "GET"),
+                    KeyValue::new("url.full", url.to_string()),
+                    KeyValue::new("gateway.leg", self.leg.to_string()),
+                    KeyValue::new("gateway.service", service.to_string()),
+                    KeyValue::new("gateway.attempt", i64::from(attempt)),
+                    KeyValue::new("http.request.resend_count", i64::from(attempt - 1)),
+                    KeyValue::new("gateway.breaker.state", breaker),
+                ];
+                if let Some(i) = self.item {
+                    v.push(KeyValue::new("gateway.item", i as i64));
+                }
+                v
+            },
+        )
     }
 }
 

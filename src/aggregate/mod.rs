@@ -958,12 +958,15 @@ impl Aggregate {
     fn skipped_span(&self, parent: &Parent, i: usize) {
         let leg = &self.config.legs[i];
         parent
-            .client(|| format!("GET {}", leg.name), || {
-                vec![
-                    KeyValue::new("gateway.leg", leg.name.clone()),
-                    KeyValue::new("gateway.service", leg.service.clone()),
-                ]
-            })
+            .client(
+                || format!("GET {}", leg.name),
+                || {
+                    vec![
+                        KeyValue::new("gateway.leg", leg.name.clone()),
+                        KeyValue::new("gateway.service", leg.service.clone()),
+                    ]
+                },
+            )
             .end("skipped");
     }
 

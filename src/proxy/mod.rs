@@ -500,7 +500,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(t) = &ctx.trace {
             // The backend's span is a child of this try's, never of the client's span.
-            if t.from_client() {
+            if t.client_sent_context() {
                 req.remove_header(crate::trace::TRACEPARENT);
                 req.remove_header(crate::trace::TRACESTATE);
             }

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use opentelemetry::{KeyValue, StringValue, Value};
+use opentelemetry::KeyValue;
 use pingora::proxy::Session;
 
 use super::routes::Route;
@@ -13,38 +13,36 @@ use crate::trace::{self, RequestTrace, Tracer};
 pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> Box<RequestTrace> {
     let req = session.req_header();
     let start = SystemTime::now() - ctx.started.elapsed();
-    Box::new(tracer.server(&req.headers, start, || {
+    Box::new(tracer.server(&req.headers, start, |rec| {
         let method = &req.method;
-        let (template, name): (Option<&str>, Value) = match &ctx.route {
-            Route::Aggregate(a) => (Some(a.pattern()), a.name().to_string().into()),
-            Route::Proxy(r) => (Some(r.prefix.as_str()), r.group.name.clone().into()),
-            Route::Healthz => (Some("/healthz"), "healthz".into()),
-            Route::Readyz => (Some("/readyz"), "readyz".into()),
-            Route::NotFound => (None, "not_found".into()),
+        let (template, name): (Option<&str>, &str) = match &ctx.route {
+            Route::Aggregate(a) => (Some(a.pattern()), a.name()),
+            Route::Proxy(r) => (Some(r.prefix.as_str()), &r.group.name),
+            Route::Healthz => (Some("/healthz"), "healthz"),
+            Route::Readyz => (Some("/readyz"), "readyz"),
+            Route::NotFound => (None, "not_found"),
         };
-        let span_name = match template {
-            Some(t) => format!("{method} {t}"),
-            None => method.to_string(),
-        };
-        // Room for what the phases add: route (2-3), request id, edge (2), cache, status, error.
-        let mut v = trace::server_attributes(
+        rec.name(match template {
+            Some(t) => format!("{method} {t}").into(),
+            None => method.to_string().into(),
+        });
+        trace::server_attributes(
+            rec,
             method,
             req.uri.path(),
             if is_tls(session) { "https" } else { "http" },
             if session.is_http2() { "2" } else { "1.1" },
             ctx.client.as_ref().map(|c| c.ip),
             req.headers.get(http::header::USER_AGENT),
-            9,
         );
         if let Some(tpl) = template {
-            v.push(KeyValue::new("http.route", tpl.to_string()));
+            rec.str("http.route", tpl);
         }
         if let Route::Aggregate(_) = &ctx.route {
-            v.push(KeyValue::new("gateway.aggregate", name.clone()));
+            rec.str("gateway.aggregate", name);
         }
-        v.push(KeyValue::new("gateway.route", name));
-        v.push(KeyValue::new("gateway.request_id", ctx.request_id.clone()));
-        (span_name.into(), v)
+        rec.str("gateway.route", name);
+        rec.str("gateway.request_id", &ctx.request_id);
     }))
 }
 
@@ -78,16 +76,18 @@ pub(super) fn try_started(
         return;
     };
     let Some(t) = &mut ctx.trace else { return };
-    let group = &route.group.name;
-    t.start_try(|| format!("{method} {}", route.prefix), || {
-        vec![
-            KeyValue::new("http.request.method", trace::method_value(method)),
-            KeyValue::new("server.address", addr.ip().to_string()),
-            KeyValue::new("server.port", i64::from(addr.port())),
-            KeyValue::new("gateway.upstream.group", StringValue::from(group.clone())),
-            KeyValue::new("gateway.attempt", n as i64),
-            KeyValue::new("http.request.resend_count", n as i64 - 1),
-        ]
+    t.start_try(|rec| {
+        rec.name(format!("{method} {}", route.prefix).into());
+        rec.attribute(&KeyValue::new(
+            "http.request.method",
+            trace::method_value(method),
+        ));
+        let mut buf = [0u8; 48];
+        rec.str("server.address", trace::ip_str(addr.ip(), &mut buf));
+        rec.attribute(&KeyValue::new("server.port", i64::from(addr.port())));
+        rec.str("gateway.upstream.group", &route.group.name);
+        rec.attribute(&KeyValue::new("gateway.attempt", n as i64));
+        rec.attribute(&KeyValue::new("http.request.resend_count", n as i64 - 1));
     });
 }
 

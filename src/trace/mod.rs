@@ -40,7 +40,7 @@ pub(crate) mod export;
 mod otlp;
 
 use export::Sink;
-use otlp::Record;
+pub(crate) use otlp::Record;
 
 /// The header names of W3C trace context.
 pub(crate) const TRACEPARENT: &str = "traceparent";
@@ -141,12 +141,12 @@ impl Tracer {
     /// valid, a new one otherwise (a malformed header is ignored, never an error). Parent
     /// based: a client's sampled flag is followed either way; a new trace is sampled with
     /// probability `sample_ratio` (a draw per request, like the SDK's ratio sampler).
-    /// `describe` names the span and gives its attributes; it runs only for a sampled request.
+    /// `describe` names the span and writes its attributes; it runs only for a sampled request.
     pub(crate) fn server(
         &self,
         req: &HeaderMap,
         start: SystemTime,
-        describe: impl FnOnce() -> (Cow<'static, str>, Vec<KeyValue>),
+        describe: impl FnOnce(&mut Record),
     ) -> RequestTrace {
         // One pass over the few names a client sends finds both headers (two lookups would
         // hash both names for every request); most requests carry neither, and then no
@@ -179,16 +179,15 @@ impl Tracer {
         };
         let sc = SpanContext::new(trace, span_id(), flags, false, state);
         let server = sampled.then(|| {
-            let (name, attributes) = describe();
             let mut rec = Record::new(
                 &sc,
                 parent.unwrap_or(SpanId::INVALID),
                 parent.is_some(),
                 SpanKind::Server,
-                name,
+                Cow::Borrowed("request"),
                 start,
             );
-            rec.attributes(&attributes);
+            describe(&mut rec);
             Live::new(rec, &self.sink)
         });
         RequestTrace {
@@ -248,6 +247,14 @@ impl Parent {
         name: impl FnOnce() -> N,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Attempt {
+        self.client_with(|rec| {
+            rec.name(name().into());
+            rec.attributes(&attributes());
+        })
+    }
+
+    /// [`Parent::client`] with the span named and its attributes written by `describe`.
+    pub(crate) fn client_with(&self, describe: impl FnOnce(&mut Record)) -> Attempt {
         let p = &self.span;
         let sc = SpanContext::new(
             p.trace_id(),
@@ -262,10 +269,10 @@ impl Parent {
                 p.span_id(),
                 false,
                 SpanKind::Client,
-                name().into(),
+                Cow::Borrowed("attempt"),
                 SystemTime::now(),
             );
-            rec.attributes(&attributes());
+            describe(&mut rec);
             Live::new(rec, &self.sink)
         });
         Attempt { sc, span }
@@ -320,7 +327,8 @@ impl Attempt {
     /// `success` (or `not_found`, an answer).
     pub(crate) fn end(self, outcome: &'static str) {
         let Some(mut span) = self.span else { return };
-        span.rec.attribute(&KeyValue::new("gateway.outcome", outcome));
+        span.rec
+            .attribute(&KeyValue::new("gateway.outcome", outcome));
         if !matches!(outcome, "success" | "not_found") {
             span.rec.attribute(&KeyValue::new("error.type", outcome));
             span.rec.status(Status::error(outcome));
@@ -351,7 +359,7 @@ impl RequestTrace {
     }
 
     /// Whether the client sent `traceparent` or `tracestate` (which must not reach upstream).
-    pub(crate) fn from_client(&self) -> bool {
+    pub(crate) fn client_sent_context(&self) -> bool {
         self.from_client
     }
 
@@ -380,16 +388,13 @@ impl RequestTrace {
         }
     }
 
-    /// Starts a proxied try (ending the previous one, already reported).
-    pub(crate) fn start_try<N: Into<Cow<'static, str>>>(
-        &mut self,
-        name: impl FnOnce() -> N,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
-    ) {
+    /// Starts a proxied try (ending the previous one, already reported); `describe` names it
+    /// and writes its attributes (only for a sampled request).
+    pub(crate) fn start_try(&mut self, describe: impl FnOnce(&mut Record)) {
         if let Some(a) = self.attempt.take() {
             a.end("retried");
         }
-        self.attempt = Some(self.parent().client(name, attributes));
+        self.attempt = Some(self.parent().client_with(describe));
         self.try_status = 0;
     }
 
@@ -450,7 +455,9 @@ impl RequestTrace {
             } else {
                 status.to_string()
             };
-            server.rec.attribute(&KeyValue::new("error.type", why.clone()));
+            server
+                .rec
+                .attribute(&KeyValue::new("error.type", why.clone()));
             server.rec.status(Status::error(why));
         }
     }
@@ -472,28 +479,34 @@ pub(crate) fn method_value(method: &http::Method) -> opentelemetry::Value {
     opentelemetry::Value::from(known)
 }
 
-/// `client.address` etc. for the SERVER span, in a `Vec` with room for `more`.
+/// An address as text, written into `buf` (no `String` for an attribute encoded at once).
+pub(crate) fn ip_str(ip: IpAddr, buf: &mut [u8; 48]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let n = cursor.position() as usize;
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
+/// `http.request.method`, `url.path`, `client.address` etc. for the SERVER span.
 pub(crate) fn server_attributes(
+    rec: &mut Record,
     method: &http::Method,
     path: &str,
     scheme: &'static str,
     protocol: &'static str,
     client: Option<IpAddr>,
     user_agent: Option<&HeaderValue>,
-    more: usize,
-) -> Vec<KeyValue> {
-    let mut v = Vec::with_capacity(6 + more);
-    v.extend([
-        KeyValue::new("http.request.method", method_value(method)),
-        KeyValue::new("url.path", path.to_string()),
-        KeyValue::new("url.scheme", scheme),
-        KeyValue::new("network.protocol.version", protocol),
-    ]);
+) {
+    rec.attribute(&KeyValue::new("http.request.method", method_value(method)));
+    rec.str("url.path", path);
+    rec.str("url.scheme", scheme);
+    rec.str("network.protocol.version", protocol);
     if let Some(ip) = client {
-        v.push(KeyValue::new("client.address", ip.to_string()));
+        let mut buf = [0u8; 48];
+        rec.str("client.address", ip_str(ip, &mut buf));
     }
     if let Some(ua) = user_agent.and_then(|u| u.to_str().ok()) {
-        v.push(KeyValue::new("user_agent.original", ua.to_string()));
+        rec.str("user_agent.original", ua);
     }
-    v
 }

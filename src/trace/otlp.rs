@@ -280,6 +280,27 @@ impl Record {
         }
     }
 
+    /// Adds a string attribute borrowed from the request: encoded at once, never copied into
+    /// a `String` of its own.
+    pub(crate) fn str(&mut self, key: &str, value: &str) {
+        if self.room(0) {
+            let any = len_field(value.len());
+            let kv = string_len(key) + len_field(any);
+            let buf = &mut self.attributes;
+            self::key(9, LEN, buf);
+            encode_varint(kv as u64, buf);
+            string(1, key, buf);
+            self::key(2, LEN, buf);
+            encode_varint(any as u64, buf);
+            bytes(1, value.as_bytes(), buf);
+        }
+    }
+
+    /// Names the span.
+    pub(crate) fn name(&mut self, name: Cow<'static, str>) {
+        self.name = name;
+    }
+
     /// Adds each of `attributes`.
     pub(crate) fn attributes(&mut self, attributes: &[KeyValue]) {
         for kv in attributes {
@@ -494,18 +515,28 @@ mod tests {
             true,
             TraceState::from_key_value([("vendor", "x")]).expect("state"),
         );
-        r.link(&leader, &[KeyValue::new("gateway.link", "single_flight_leader")]);
+        r.link(
+            &leader,
+            &[KeyValue::new("gateway.link", "single_flight_leader")],
+        );
         r.status(status);
         r
     }
 
     #[test]
     fn a_batch_decodes_back_field_by_field_with_the_generated_types() {
-        let enc = Encoder::new(&[KeyValue::new("service.name", "gateway")], "gateway", "1.2.3");
+        let enc = Encoder::new(
+            &[KeyValue::new("service.name", "gateway")],
+            "gateway",
+            "1.2.3",
+        );
         let mut spans = Vec::new();
-        record("GET /api/", 0x0a0b, Status::error("503")).write(at(2000), &mut spans);
+        let mut first = record("GET /api/", 0x0a0b, Status::error("503"));
+        first.str("url.path", "/api/x");
+        first.write(at(2000), &mut spans);
         record("request", 0, Status::Unset).write(at(2000), &mut spans);
-        let req = ExportTraceServiceRequest::decode(enc.request(&spans).as_slice()).expect("decodes");
+        let req =
+            ExportTraceServiceRequest::decode(enc.request(&spans).as_slice()).expect("decodes");
         assert_eq!(req.resource_spans.len(), 1);
         let rs = &req.resource_spans[0];
         let attrs = &rs.resource.as_ref().expect("resource").attributes;
@@ -513,7 +544,10 @@ mod tests {
         assert_eq!(rs.scope_spans.len(), 1);
         let ss = &rs.scope_spans[0];
         let scope = ss.scope.as_ref().expect("scope");
-        assert_eq!((scope.name.as_str(), scope.version.as_str()), ("gateway", "1.2.3"));
+        assert_eq!(
+            (scope.name.as_str(), scope.version.as_str()),
+            ("gateway", "1.2.3")
+        );
         assert_eq!(ss.spans.len(), 2);
         let s = &ss.spans[0];
         assert_eq!(s.trace_id, vec![7; 16]);
@@ -543,11 +577,16 @@ mod tests {
             ]
         );
         assert_eq!(v(6), Some(Any::StringValue(String::new())));
+        assert_eq!(s.attributes[7].key, "url.path");
+        assert_eq!(v(7), Some(Any::StringValue("/api/x".into())));
         let e = &s.events[0];
         assert_eq!((e.name.as_str(), e.time_unix_nano), ("backoff", 5_000_000));
         assert_eq!(e.attributes[0].key, "gateway.backoff_ms");
         let l = &s.links[0];
-        assert_eq!((l.trace_id.clone(), l.span_id.clone()), (vec![9; 16], vec![3; 8]));
+        assert_eq!(
+            (l.trace_id.clone(), l.span_id.clone()),
+            (vec![9; 16], vec![3; 8])
+        );
         assert_eq!(l.trace_state, "vendor=x");
         assert_eq!(l.flags, 0x301);
         assert_eq!(l.attributes[0].key, "gateway.link");
@@ -568,7 +607,8 @@ mod tests {
         let mut spans = Vec::new();
         r.write(at(2000), &mut spans);
         let enc = Encoder::new(&[], "gateway", "");
-        let req = ExportTraceServiceRequest::decode(enc.request(&spans).as_slice()).expect("decodes");
+        let req =
+            ExportTraceServiceRequest::decode(enc.request(&spans).as_slice()).expect("decodes");
         let s = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(s.attributes.len(), 128);
         assert_eq!(s.dropped_attributes_count, 7 + 200 - 128);
