@@ -10,12 +10,19 @@ against a static nginx origin; 200 sequential requests warm it up, then instrume
 switched on for N (BENCH_REQUESTS, default 2000) more. Prints instructions per request and
 keeps each profile under target/callgrind (`callgrind_annotate <file>` shows where they go). Kernel time is not
 counted: syscalls per request are compared with `strace -c` instead (docs/BENCHMARKS.md).
-Needs `valgrind` (Debian package) and nginx.
+
+BENCH_TRACING="0,0.1,1" also counts both routes with tracing on at those sample ratios.
+BENCH_HANDSHAKES=1 (or `only`) also counts a new TLS connection carrying one proxied request
+(`Connection: close`, TLS 1.3, P-256 certificate), the gateway beside nginx proxying to the same
+origin (the handshake-rate row of `make bench`, without this VM's noise).
+Needs `valgrind` (Debian package), nginx and the openssl CLI.
 """
 
 import http.client
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,7 +36,7 @@ ROUTES = (("plain", "/bench/json"), ("edge", "/edge/json"))
 OUT = os.path.join(R.ROOT, "target", "callgrind")
 
 
-def conf(name, port, metrics, origin, tracing=""):
+def conf(name, port, metrics, origin, tracing="", tls=""):
     return R.write(os.path.join(R.WORK, f"{name}.yaml"), f"""
 version: 1
 threads: 1
@@ -38,7 +45,7 @@ upgrade_sock: {R.WORK}/{name}.sock
 gateway:
   listen: "127.0.0.1:{port}"
   metrics_listen: "127.0.0.1:{metrics}"
-  auth: {{ public_paths: ["/healthz", "/readyz", "/bench/"] }}
+{tls}  auth: {{ public_paths: ["/healthz", "/readyz", "/bench/"] }}
   rate_limit: {{ per_minute: 1000000000 }}
   upstreams:
     origin: {{ backends: ["127.0.0.1:{origin}"], health_check: {{ kind: tcp, interval_ms: 60000 }} }}
@@ -83,6 +90,75 @@ def count(binary, path, origin, headers, tracing="", tag=""):
     return total / N, os.path.join(OUT, dump)
 
 
+def handshakes(port, path, n):
+    """n new TLS connections, one request each (the server closes after answering)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for _ in range(n):
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            if b" 200 " not in data.split(b"\r\n", 1)[0]:
+                raise SystemExit(f"instructions: {path} over TLS answered {data[:60]!r}")
+
+
+def counted(name, argv, pid_of, url_port, path, env=None):
+    """Instructions per new TLS connection of the server `argv` (run under callgrind)."""
+    n = max(100, N // 10)
+    out = os.path.join(OUT, f"{name}-handshake.out")
+    p = R.start(name, ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"] + argv,
+                R.PROXY_CPU, env)
+    deadline = time.time() + 120
+    while True:
+        try:
+            handshakes(url_port, path, 1)
+            break
+        except (OSError, SystemExit):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+    handshakes(url_port, path, 20)
+    pid = str(pid_of(p))
+    subprocess.run(["callgrind_control", "-i", "on", pid], capture_output=True, check=True)
+    handshakes(url_port, path, n)
+    subprocess.run(["callgrind_control", "-i", "off", pid], capture_output=True, check=True)
+    subprocess.run(["callgrind_control", "-d", pid], capture_output=True, check=True)
+    p.kill()
+    p.wait()
+    dump = next(f for f in sorted(os.listdir(OUT), reverse=True) if f.startswith(os.path.basename(out) + "."))
+    with open(os.path.join(OUT, dump)) as f:
+        total = next(int(line.split()[1]) for line in f if line.startswith("totals:"))
+    return total / n
+
+
+def tls_counts(binary, origin):
+    cert, key = os.path.join(R.WORK, "hs.crt"), os.path.join(R.WORK, "hs.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], capture_output=True, check=True)
+    port, metrics, tls = R.free_port(), R.free_port(), R.free_port()
+    gw_conf = conf("hs", port, metrics, origin,
+                   tls=f'  tls: {{ listen: "127.0.0.1:{tls}", certificates: [{{ cert: "{cert}", key: "{key}" }}] }}\n')
+    gw = counted("gateway", [binary, "-c", gw_conf], lambda p: p.pid, tls, "/bench/json",
+                 {"JWT_SECRET": R.SECRET, "RUST_LOG": "warn"})
+    nginx_port = R.free_port()
+    nginx_conf = R.write(os.path.join(R.WORK, "hs-nginx.conf"), f"""
+worker_processes 1; daemon off; master_process off; pid {R.WORK}/hs-nginx.pid; error_log {R.WORK}/hs-nginx.log error;
+events {{ worker_connections 1024; }}
+http {{ access_log off;
+  upstream origin {{ server 127.0.0.1:{origin}; keepalive 16; }}
+  server {{ listen 127.0.0.1:{nginx_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+    ngx = counted("nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-c", nginx_conf], lambda p: p.pid,
+                  nginx_port, "/json")
+    return gw, ngx
+
+
 def main():
     if not shutil.which("valgrind"):
         raise SystemExit("instructions: valgrind is missing (apt-get install valgrind)")
@@ -111,12 +187,19 @@ http {{ access_log off;
         R.wait_http(f"http://127.0.0.1:{collector}/healthz")
     variants = [("", "")] + [(f'  tracing: {{ enabled: true, endpoint: "http://127.0.0.1:{collector}", '
                               f'sample_ratio: {r} }}\n', f"-traced{r}") for r in ratios]
+    # BENCH_HANDSHAKES=only: the TLS count alone.
+    if os.environ.get("BENCH_HANDSHAKES") == "only":
+        variants = []
     for binary in binaries:
         for tracing, tag in variants:
             for name, path in ROUTES:
                 per, dump = count(binary, path, origin, auth if name == "edge" else {}, tracing, tag)
                 print(f"{binary}: {name + tag:16s} {per:9.0f} instructions per request ({dump})", flush=True)
                 time.sleep(0.2)
+        if os.environ.get("BENCH_HANDSHAKES"):
+            gw, ngx = tls_counts(binary, origin)
+            print(f"{binary}: new TLS connection + request: gateway {gw:,.0f}, nginx {ngx:,.0f} instructions "
+                  f"(nginx/gateway {ngx / gw:.3f}: the handshake-rate ratio the instructions allow)", flush=True)
 
 
 if __name__ == "__main__":

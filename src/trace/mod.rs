@@ -209,11 +209,13 @@ struct Live {
 }
 
 impl Live {
-    fn new(rec: Record, sink: &Arc<Sink>) -> Live {
-        Live {
+    /// Boxed: the record is large, and the unsampled path (most requests) should move
+    /// only a pointer's worth of it.
+    fn new(rec: Record, sink: &Arc<Sink>) -> Box<Live> {
+        Box::new(Live {
             rec,
             sink: sink.clone(),
-        }
+        })
     }
 }
 
@@ -287,7 +289,7 @@ impl Parent {
 /// One upstream attempt's CLIENT span (recorded only for a sampled request).
 pub(crate) struct Attempt {
     sc: SpanContext,
-    span: Option<Live>,
+    span: Option<Box<Live>>,
 }
 
 impl Attempt {
@@ -342,7 +344,7 @@ pub(crate) struct RequestTrace {
     /// The SERVER span's context (its ids also when unsampled).
     sc: SpanContext,
     /// The SERVER span, for a sampled request.
-    server: Option<Live>,
+    server: Option<Box<Live>>,
     attempt: Option<Attempt>,
     /// The status the try in progress answered (0: none yet).
     try_status: u16,
