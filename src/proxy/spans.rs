@@ -1,7 +1,5 @@
 //! What the request's spans say, phase by phase: the proxy calls these with tracing on.
 
-use std::time::SystemTime;
-
 use opentelemetry::KeyValue;
 use pingora::proxy::Session;
 
@@ -12,8 +10,7 @@ use crate::trace::{self, RequestTrace, Tracer};
 /// The SERVER span, started when the request did, named after its route (never its path).
 pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> Box<RequestTrace> {
     let req = session.req_header();
-    let start = SystemTime::now() - ctx.started.elapsed();
-    Box::new(tracer.server(&req.headers, start, |rec| {
+    Box::new(tracer.server(&req.headers, ctx.started, |rec| {
         let method = &req.method;
         let (template, name): (Option<&str>, &str) = match &ctx.route {
             Route::Aggregate(a) => (Some(a.pattern()), a.name()),

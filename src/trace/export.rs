@@ -34,7 +34,8 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 static QUEUE_FULL: std::sync::LazyLock<prometheus::IntCounter> =
     std::sync::LazyLock::new(|| metrics::TRACING_SPANS_DROPPED.with_label_values(&["queue_full"]));
 
-/// Finished spans waiting for export, already encoded, one after another.
+/// Finished spans waiting for export, already encoded, one after another behind the room
+/// the request's header will take.
 #[derive(Debug, Default)]
 struct Waiting {
     bytes: Vec<u8>,
@@ -49,34 +50,52 @@ pub(crate) struct Sink {
     waiting: Mutex<Waiting>,
     wake: Notify,
     capacity: usize,
+    /// Free bytes at the front of each batch, for the request header.
+    room: usize,
+}
+
+thread_local! {
+    /// Where a span is written before its copy into the queue (one buffer per thread, reused:
+    /// no allocation per span, and the lock is held for the copy only).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Sink {
-    /// Queues `span`, ended now, or counts it dropped when the queue is full. The span is
-    /// written outside the lock; only the copy into the queue is under it.
+    /// Queues `span`, ended now, or counts it dropped when the queue is full.
     pub(crate) fn finish(&self, span: &Record) {
-        let mut one = Vec::new();
-        span.write(SystemTime::now(), &mut one);
-        let mut w = self.waiting.lock();
-        if w.spans >= self.capacity {
+        SCRATCH.with_borrow_mut(|one| {
+            one.clear();
+            span.write(SystemTime::now(), one);
+            let mut w = self.waiting.lock();
+            if w.spans >= self.capacity {
+                drop(w);
+                QUEUE_FULL.inc();
+                return;
+            }
+            if w.bytes.is_empty() {
+                w.bytes.resize(self.room, 0);
+            }
+            w.bytes.extend_from_slice(one);
+            w.spans += 1;
+            let full = w.spans == BATCH;
             drop(w);
-            QUEUE_FULL.inc();
-            return;
-        }
-        w.bytes.extend_from_slice(&one);
-        w.spans += 1;
-        let full = w.spans == BATCH;
-        drop(w);
-        if full {
-            self.wake.notify_one();
-        }
+            if full {
+                self.wake.notify_one();
+            }
+        });
     }
 
-    /// Everything waiting: its bytes and how many spans they hold.
+    /// Everything waiting: its bytes and how many spans they hold. The next batch starts in
+    /// a buffer as large as this one was (growing one from empty again copied each batch
+    /// about twice over).
     fn take(&self) -> (Vec<u8>, usize) {
         let mut w = self.waiting.lock();
         let n = std::mem::take(&mut w.spans);
-        (std::mem::take(&mut w.bytes), n)
+        let capacity = w.bytes.capacity();
+        (
+            std::mem::replace(&mut w.bytes, Vec::with_capacity(capacity)),
+            n,
+        )
     }
 }
 
@@ -92,16 +111,17 @@ pub struct ExportService {
 impl ExportService {
     /// The queue (for the tracer) and the task that drains it.
     pub(crate) fn new(config: &TracingConfig) -> Result<(Arc<Sink>, ExportService), String> {
-        let sink = Arc::new(Sink {
-            waiting: Mutex::new(Waiting::default()),
-            wake: Notify::new(),
-            capacity: config.max_queue,
-        });
         let resource = [
             KeyValue::new("service.name", config.service_name.clone()),
             KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         ];
         let encoder = Encoder::new(&resource, "gateway", env!("CARGO_PKG_VERSION"));
+        let sink = Arc::new(Sink {
+            waiting: Mutex::new(Waiting::default()),
+            wake: Notify::new(),
+            capacity: config.max_queue,
+            room: encoder.header_room(),
+        });
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(1)
@@ -131,7 +151,7 @@ struct Health {
 
 impl ExportService {
     /// One POST of `body` (`n` spans); its outcome counted, a change of health logged.
-    async fn send(&self, body: Vec<u8>, n: usize, timeout: Duration, health: &mut Health) {
+    async fn send(&self, body: bytes::Bytes, n: usize, timeout: Duration, health: &mut Health) {
         let n = n as u64;
         let post = self
             .http
@@ -185,15 +205,14 @@ impl BackgroundService for ExportService {
             let (spans, n) = self.sink.take();
             metrics::TRACING_QUEUE.set(n as i64);
             if n > 0 {
-                let body = self.encoder.request(&spans);
-                drop(spans);
+                let body = self.encoder.request(spans);
                 self.send(body, n, self.timeout, &mut health).await;
             }
         }
         // What was queued before the shutdown goes out in one last, short, attempt.
         let (spans, n) = self.sink.take();
         if n > 0 {
-            let body = self.encoder.request(&spans);
+            let body = self.encoder.request(spans);
             self.send(body, n, self.timeout.min(SHUTDOWN_FLUSH), &mut health)
                 .await;
         }

@@ -145,7 +145,7 @@ impl Tracer {
     pub(crate) fn server(
         &self,
         req: &HeaderMap,
-        start: SystemTime,
+        started: std::time::Instant,
         describe: impl FnOnce(&mut Record),
     ) -> RequestTrace {
         // One pass over the few names a client sends finds both headers (two lookups would
@@ -185,7 +185,8 @@ impl Tracer {
                 parent.is_some(),
                 SpanKind::Server,
                 Cow::Borrowed("request"),
-                start,
+                // The wall-clock start, read only for a span that is kept.
+                SystemTime::now() - started.elapsed(),
             );
             describe(&mut rec);
             Live::new(rec, &self.sink)

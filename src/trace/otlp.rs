@@ -447,20 +447,30 @@ impl Encoder {
         }
     }
 
-    /// One `ExportTraceServiceRequest` of `spans` (entries written by [`Record::write`]).
-    pub(crate) fn request(&self, spans: &[u8]) -> Vec<u8> {
+    /// Bytes to leave free at the front of a batch buffer for [`Encoder::request`]'s header
+    /// (two lengths of at most five bytes each, with their keys, and the two messages).
+    pub(crate) fn header_room(&self) -> usize {
+        2 * (KEY + 5) + len_field(self.resource.len()) + len_field(self.scope.len())
+    }
+
+    /// One `ExportTraceServiceRequest` of the spans in `batch` after its first
+    /// [`Encoder::header_room`] bytes (entries written by [`Record::write`]): the header is
+    /// written into that room, so the spans are sent where they lie, never copied again.
+    pub(crate) fn request(&self, mut batch: Vec<u8>) -> bytes::Bytes {
+        let room = self.header_room();
         // ScopeSpans { scope 1, spans 2 }; ResourceSpans { resource 1, scope_spans 2 }.
-        let scope_spans = len_field(self.scope.len()) + spans.len();
+        let scope_spans = len_field(self.scope.len()) + batch.len() - room;
         let resource_spans = len_field(self.resource.len()) + len_field(scope_spans);
-        let mut out = Vec::with_capacity(len_field(resource_spans));
-        key(1, LEN, &mut out);
-        encode_varint(resource_spans as u64, &mut out);
-        bytes(1, &self.resource, &mut out);
-        key(2, LEN, &mut out);
-        encode_varint(scope_spans as u64, &mut out);
-        bytes(1, &self.scope, &mut out);
-        out.extend_from_slice(spans);
-        out
+        let mut head = Vec::with_capacity(room);
+        key(1, LEN, &mut head);
+        encode_varint(resource_spans as u64, &mut head);
+        bytes(1, &self.resource, &mut head);
+        key(2, LEN, &mut head);
+        encode_varint(scope_spans as u64, &mut head);
+        bytes(1, &self.scope, &mut head);
+        let at = room - head.len();
+        batch[at..room].copy_from_slice(&head);
+        bytes::Bytes::from(batch).slice(at..)
     }
 }
 
@@ -530,13 +540,12 @@ mod tests {
             "gateway",
             "1.2.3",
         );
-        let mut spans = Vec::new();
+        let mut spans = vec![0; enc.header_room()];
         let mut first = record("GET /api/", 0x0a0b, Status::error("503"));
         first.str("url.path", "/api/x");
         first.write(at(2000), &mut spans);
         record("request", 0, Status::Unset).write(at(2000), &mut spans);
-        let req =
-            ExportTraceServiceRequest::decode(enc.request(&spans).as_slice()).expect("decodes");
+        let req = ExportTraceServiceRequest::decode(enc.request(spans)).expect("decodes");
         assert_eq!(req.resource_spans.len(), 1);
         let rs = &req.resource_spans[0];
         let attrs = &rs.resource.as_ref().expect("resource").attributes;
@@ -604,13 +613,33 @@ mod tests {
         for i in 0..200 {
             r.attribute(&KeyValue::new("n", i64::from(i)));
         }
-        let mut spans = Vec::new();
-        r.write(at(2000), &mut spans);
         let enc = Encoder::new(&[], "gateway", "");
-        let req =
-            ExportTraceServiceRequest::decode(enc.request(&spans).as_slice()).expect("decodes");
+        let mut spans = vec![0; enc.header_room()];
+        r.write(at(2000), &mut spans);
+        let req = ExportTraceServiceRequest::decode(enc.request(spans)).expect("decodes");
         let s = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(s.attributes.len(), 128);
         assert_eq!(s.dropped_attributes_count, 7 + 200 - 128);
+    }
+
+    #[test]
+    fn a_large_batch_and_a_long_resource_fit_the_room_left_for_the_header() {
+        let name = "s".repeat(300);
+        let enc = Encoder::new(
+            &[KeyValue::new("service.name", name.clone())],
+            "gateway",
+            "9",
+        );
+        let mut spans = vec![0; enc.header_room()];
+        for _ in 0..600 {
+            record("GET /api/", 7, Status::Unset).write(at(2000), &mut spans);
+        }
+        let req = ExportTraceServiceRequest::decode(enc.request(spans)).expect("decodes");
+        let rs = &req.resource_spans[0];
+        assert_eq!(rs.scope_spans[0].spans.len(), 600);
+        let service = rs.resource.as_ref().expect("resource").attributes[0]
+            .value
+            .clone();
+        assert_eq!(service.and_then(|v| v.value), Some(Any::StringValue(name)));
     }
 }
