@@ -106,7 +106,7 @@ impl Gateway {
         };
         let result = match target {
             Ok(params) => {
-                let got = aggregate.get(params, &ctx.request_id, ctx.trace.as_deref_mut());
+                let got = aggregate.get(params, &ctx.request_id, ctx.trace.as_mut());
                 match until_client_gone(session, got).await {
                     Some(r) => r,
                     // The dropped future cancelled its upstream calls; there is nobody to answer.

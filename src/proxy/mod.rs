@@ -124,7 +124,7 @@ pub struct Ctx {
     /// response_filter: the encoder of a proxied answer being compressed.
     encoder: Option<compress::Encoder>,
     /// request_filter: the request's spans (tracing on), ended by logging.
-    trace: Option<Box<crate::trace::RequestTrace>>,
+    trace: Option<crate::trace::RequestTrace>,
 }
 
 impl Ctx {

@@ -8,9 +8,9 @@ use super::{is_tls, Ctx};
 use crate::trace::{self, RequestTrace, Tracer};
 
 /// The SERVER span, started when the request did, named after its route (never its path).
-pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> Box<RequestTrace> {
+pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> RequestTrace {
     let req = session.req_header();
-    Box::new(tracer.server(&req.headers, ctx.started, |rec| {
+    tracer.server(&req.headers, ctx.started, |rec| {
         let method = &req.method;
         let (template, name): (Option<&str>, &str) = match &ctx.route {
             Route::Aggregate(a) => (Some(a.pattern()), a.name()),
@@ -40,7 +40,7 @@ pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> Box<Reques
         }
         rec.str("gateway.route", name);
         rec.str("gateway.request_id", &ctx.request_id);
-    }))
+    })
 }
 
 /// The edge's decisions: the limit (`allowed`, `limited`, or `none` without a client address
