@@ -1,5 +1,6 @@
 //! Header names the gateway sets or reads beyond the standard ones in [`http::header`], each
-//! spelled once. Written as they go on the wire; lookups are case-insensitive.
+//! spelled once, and the 128-bit ids some of them carry. Written as they go on the wire; lookups
+//! are case-insensitive.
 
 /// Request id: kept from the client when well-formed, else generated; echoed on every answer
 /// and sent to every upstream.
@@ -31,3 +32,13 @@ pub const RETRY_AFTER: &str = "Retry-After";
 pub const WWW_AUTHENTICATE: &str = "WWW-Authenticate";
 /// The methods a route accepts (on 405).
 pub const ALLOW: &str = "Allow";
+
+/// A 128-bit id (request id, trace id) as the 32 lower-case hex digits headers and logs carry.
+/// Written by table into a stack buffer (`hex::encode` collects `char` by `char`: half again
+/// as many instructions, on every request).
+pub fn hex_id(id: [u8; 16]) -> String {
+    let mut buf = [0u8; 32];
+    // The buffer is exactly twice the id's length: the write cannot fail.
+    let _ = hex::encode_to_slice(id, &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}

@@ -73,14 +73,7 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 
 /// A fresh random request id (128 bits, hex).
 pub fn new_request_id() -> String {
-    // Every request pays this: a table lookup per nibble instead of the formatting machinery.
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = rand::random::<u128>();
-    let mut id = String::with_capacity(32);
-    for shift in (0..32).rev() {
-        id.push(HEX[((n >> (shift * 4)) & 0xf) as usize] as char);
-    }
-    id
+    crate::headers::hex_id(rand::random::<u128>().to_be_bytes())
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).

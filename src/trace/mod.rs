@@ -18,16 +18,18 @@
 //! unsampled one (the proxying itself is ~109,000); see docs/BENCHMARKS.md for what this
 //! path costs.
 //!
-//! This module may use `config` and `metrics`; `proxy` and `aggregate` use it.
+//! One concern: a request's trace, from the sampling decision to its last span (the queue and
+//! its task are `export`, the wire format `otlp`).
+//!
+//! This module may use `config`, `headers` and `metrics`; `proxy` and `aggregate` use it.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use std::sync::Arc;
-
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
 };
@@ -50,16 +52,6 @@ pub(crate) const TRACESTATE: &str = "tracestate";
 static TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
 /// See [`TRACEPARENT_NAME`].
 static TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
-
-/// Lower-case hex of `bytes` into `out` (twice as long). Every traced request writes ids:
-/// a table lookup per nibble instead of the formatting machinery.
-fn hex(bytes: &[u8], out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (b, o) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        o[0] = HEX[usize::from(b >> 4)];
-        o[1] = HEX[usize::from(b & 0xf)];
-    }
-}
 
 /// The process's tracer: sampling, ids, and the queue finished spans go to.
 pub struct Tracer {
@@ -163,25 +155,21 @@ impl Tracer {
         // One pass over the few names a client sends finds both headers (two lookups would
         // hash both names for every request); most requests carry neither, and then no
         // propagator runs and no `Context` is built.
-        let (mut parent, mut state) = (false, false);
+        let (mut sent_parent, mut sent_state) = (false, false);
         for name in req.keys() {
-            parent |= *name == TRACEPARENT_NAME;
-            state |= *name == TRACESTATE_NAME;
+            sent_parent |= *name == TRACEPARENT_NAME;
+            sent_state |= *name == TRACESTATE_NAME;
         }
-        let from_client = parent;
-        let incoming = from_client
+        let incoming = sent_parent
             .then(|| self.propagator.extract(&Headers(req)))
-            .filter(|cx| cx.span().span_context().is_valid());
+            .map(|cx| cx.span().span_context().clone())
+            .filter(SpanContext::is_valid);
         let sampled = match &incoming {
-            Some(cx) => cx.span().span_context().is_sampled(),
+            Some(sc) => sc.is_sampled(),
             None => self.threshold == u64::MAX || random_u64() < self.threshold,
         };
-        let from_client = parent || state;
-        let (trace, state, parent) = match &incoming {
-            Some(cx) => {
-                let sc = cx.span().span_context().clone();
-                (sc.trace_id(), sc.trace_state().clone(), Some(sc.span_id()))
-            }
+        let (trace, state, parent) = match incoming {
+            Some(sc) => (sc.trace_id(), sc.trace_state().clone(), Some(sc.span_id())),
             None => (trace_id(), Default::default(), None),
         };
         let flags = if sampled {
@@ -209,7 +197,7 @@ impl Tracer {
             server,
             attempt: None,
             try_status: 0,
-            from_client,
+            from_client: sent_parent || sent_state,
         }
     }
 }
@@ -308,12 +296,13 @@ pub(crate) struct Attempt {
 impl Attempt {
     /// The headers that make the upstream's span a child of this one (W3C trace context,
     /// written directly: the propagator would build a `Context` and format ids per request
-    /// to say the same).
+    /// to say the same; `hex` writes them by table).
     pub(crate) fn propagated(&self) -> Propagated {
         let sc = &self.sc;
         let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        hex(&sc.trace_id().to_bytes(), &mut v[3..35]);
-        hex(&sc.span_id().to_bytes(), &mut v[36..52]);
+        // The slices are exactly twice the ids' lengths: the writes cannot fail.
+        let _ = hex::encode_to_slice(sc.trace_id().to_bytes(), &mut v[3..35]);
+        let _ = hex::encode_to_slice(sc.span_id().to_bytes(), &mut v[36..52]);
         v[54] = b'0' + (sc.trace_flags().to_u8() & 1);
         let state = sc.trace_state().header();
         Propagated {
@@ -368,9 +357,7 @@ pub(crate) struct RequestTrace {
 impl RequestTrace {
     /// The trace id for the access log (also for unsampled requests: the services see it).
     pub(crate) fn trace_id(&self) -> String {
-        let mut v = [0u8; 32];
-        hex(&self.sc.trace_id().to_bytes(), &mut v);
-        String::from_utf8_lossy(&v).into_owned()
+        crate::headers::hex_id(self.sc.trace_id().to_bytes())
     }
 
     /// Whether the client sent `traceparent` or `tracestate` (which must not reach upstream).

@@ -9,6 +9,9 @@
 //! itself. Here an attribute is encoded the moment it is set, into the span's own buffer; a
 //! span is written whole when it ends; a batch is those bytes behind one resource and scope
 //! header. `opentelemetry-proto`'s generated types decode it back in the tests.
+//!
+//! One concern, the wire format: the protobuf primitives, the span record and the batch header
+//! change together (about half the file is the tests that decode them).
 
 use std::borrow::Cow;
 use std::time::SystemTime;
@@ -182,13 +185,33 @@ fn kv_len(kv: &KeyValue) -> usize {
     string_len(kv.key.as_str()) + len_field(any_len(&kv.value))
 }
 
+/// A `KeyValue` message as field `field`: `key`, then an `AnyValue` of `value_len` bytes
+/// that `value` writes.
+#[inline]
+fn write_kv(
+    field: u32,
+    key: &str,
+    value_len: usize,
+    value: impl FnOnce(&mut Vec<u8>),
+    buf: &mut Vec<u8>,
+) {
+    self::key(field, LEN, buf);
+    encode_varint((string_len(key) + len_field(value_len)) as u64, buf);
+    string(1, key, buf);
+    self::key(2, LEN, buf);
+    encode_varint(value_len as u64, buf);
+    value(buf);
+}
+
 fn write_attribute(field: u32, kv: &KeyValue, buf: &mut Vec<u8>) {
-    key(field, LEN, buf);
-    encode_varint(kv_len(kv) as u64, buf);
-    string(1, kv.key.as_str(), buf);
-    key(2, LEN, buf);
-    encode_varint(any_len(&kv.value) as u64, buf);
-    write_any(&kv.value, buf);
+    let value = &kv.value;
+    write_kv(
+        field,
+        kv.key.as_str(),
+        any_len(value),
+        |b| write_any(value, b),
+        buf,
+    );
 }
 
 fn write_attributes(field: u32, attributes: &[KeyValue], buf: &mut Vec<u8>) {
@@ -284,15 +307,15 @@ impl Record {
     /// a `String` of its own.
     pub(crate) fn str(&mut self, key: &str, value: &str) {
         if self.room(0) {
+            // AnyValue { string_value 1 }.
             let any = len_field(value.len());
-            let kv = string_len(key) + len_field(any);
-            let buf = &mut self.attributes;
-            self::key(9, LEN, buf);
-            encode_varint(kv as u64, buf);
-            string(1, key, buf);
-            self::key(2, LEN, buf);
-            encode_varint(any as u64, buf);
-            bytes(1, value.as_bytes(), buf);
+            write_kv(
+                9,
+                key,
+                any,
+                |b| bytes(1, value.as_bytes(), b),
+                &mut self.attributes,
+            );
         }
     }
 
