@@ -22,7 +22,8 @@ use super::otlp::{Encoder, Record};
 use crate::config::TracingConfig;
 use crate::metrics;
 
-/// Spans per export request, at most: the export task is woken when this many wait.
+/// The export task is woken when this many spans wait; it sends everything waiting as one
+/// request (more than this when spans queued while it was sending, never over `max_queue`).
 const BATCH: usize = 512;
 /// The longest a finished span waits for a batch to fill.
 const LINGER: Duration = Duration::from_millis(500);
