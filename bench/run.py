@@ -9,7 +9,7 @@ ratios (min and max beside it): on this 2-core machine raw throughput moves +-25
 ratios much less. Sharing rounds is also what keeps the whole run near 10 minutes.
 
 Environment: BENCH_SECONDS (per run, default 3), BENCH_PAIRS (default 4),
-BENCH_CONNECTIONS (default 64), OHA (path to oha).
+BENCH_TRACING_PAIRS (scenario 12's rounds, default max(8, BENCH_PAIRS)), BENCH_CONNECTIONS (default 64), OHA (path to oha).
 """
 
 import atexit
@@ -31,6 +31,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
 PAIRS = int(os.environ.get("BENCH_PAIRS", "4"))
+# Scenario 12 judges a 3% difference: more rounds than the others.
+TRACING_PAIRS = int(os.environ.get("BENCH_TRACING_PAIRS", str(max(PAIRS, 8))))
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 # BENCH_GATEWAY: another build of the gateway (e.g. the previous commit) for a before/after run.
 GATEWAY = os.environ.get("BENCH_GATEWAY") or os.path.join(ROOT, "target", "release", "gateway")
@@ -306,14 +308,14 @@ def settle(limit=3.0):
             return
 
 
-def rounds(members):
-    """Every member once per round, PAIRS rounds, order reversed every other round (A B C, C B A)
+def rounds(members, pairs=None):
+    """Every member once per round, `pairs` (default PAIRS) rounds, order reversed every other round (A B C, C B A)
     so that drift hits each side alike; one warm-up run each first. Returns each member's runs."""
     for _, run in members:
         settle()
         run(max(1, SECONDS // 2))
     runs = {name: [] for name, _ in members}
-    for i in range(PAIRS):
+    for i in range(pairs or PAIRS):
         for name, run in (members if i % 2 == 0 else members[::-1]):
             settle()
             runs[name].append(run(SECONDS))
@@ -365,7 +367,7 @@ def main():
     ports = {k: free_port() for k in ("origin", "nginx", "haproxy", "gw", "gw_redis", "gw_idle", "redis",
                                       "m_user", "m_order", "m_product", "m_rec", "m_idp", "gw_tls", "nginx_tls",
                                       "metrics1", "metrics2", "metrics3", "m_otlp", "gw_t0", "gw_t10",
-                                      "gw_t100", "metrics4", "metrics5", "metrics6", "gw_cluster", "metrics7",
+                                      "gw_t100", "gw_toff", "metrics11", "metrics4", "metrics5", "metrics6", "gw_cluster", "metrics7",
                                       "gw_gcra", "metrics8", "gw_fixed", "metrics9", "gw_local", "metrics10",
                                       "bare", "traefik", "caddy")}
     small = '{"id":"1","name":"User 1","email":"user1@example.com","ok":true}'
@@ -524,6 +526,9 @@ gateway:
     traced = {name: start(name, [GATEWAY, "-c", gw_conf(name, ports[name], ports[f"metrics{4 + i}"], 0)], PROXY_CPU,
                           svc_env)
               for i, name in enumerate(TRACED)}
+    # Scenario 12's baseline: the traced gateways' conf without the tracing block, its own process.
+    twin = start("gw_toff", [GATEWAY, "-c", gw_conf("gw_toff", ports["gw_toff"], ports["metrics11"], 0)], PROXY_CPU,
+                 svc_env)
     # A Redis Cluster (3 masters, 3 replicas) on the generator core, for the edge checks' row 3c.
     cluster_ports = start_cluster()
     gw_cluster = start("gateway-cluster", [GATEWAY, "-c", gw_conf("gw_cluster", ports["gw_cluster"], ports["metrics7"], 30)],
@@ -533,7 +538,7 @@ gateway:
                   for i, name in enumerate(POLICY_ALGORITHMS)}
     gw_local = start("gateway-local", [GATEWAY, "-c", gw_conf("gw_local", ports["gw_local"], ports["metrics10"], 30)],
                      PROXY_CPU, dict(svc_env, REDIS_ADDR=f"127.0.0.1:{ports['redis']}"))
-    for p in ("gw", "gw_redis", "gw_cluster", "gw_local") + tuple(TRACED) + tuple(POLICY_ALGORITHMS):
+    for p in ("gw", "gw_redis", "gw_cluster", "gw_local") + tuple(TRACED) + ("gw_toff",) + tuple(POLICY_ALGORITHMS):
         wait_http(f"http://127.0.0.1:{ports[p]}/readyz")
     wait_http(f"http://127.0.0.1:{ports['origin']}/json")
     wait_http(f"http://127.0.0.1:{ports['nginx']}/json")
@@ -553,14 +558,12 @@ gateway:
     def runner(port, path, pid, headers=()):
         return lambda s: wrk(url(port, path), CONNS, s, headers, (pid, origin.pid))
 
-    # 1. Plain proxying: the gateway, its peers and the framework's floor in the same rounds,
-    # with the traced gateways (scenario 12, plain side) beside the untraced one.
-    log("bench: 1/7 plain proxying: gateway, nginx, HAProxy, bare Pingora, Traefik, Caddy; tracing 0/10/100%")
+    # 1. Plain proxying: the gateway, its peers and the framework's floor in the same rounds.
+    log("bench: 1/7 plain proxying: gateway, nginx, HAProxy, bare Pingora, Traefik, Caddy")
     plain_members = [("gateway", runner(ports["gw"], "/bench/json", gw.pid)),
                      ("nginx", runner(ports["nginx"], "/json", nginx_p.pid)),
                      ("haproxy", runner(ports["haproxy"], "/json", haproxy_p.pid))]
     plain_members += [(name, runner(ports[name], "/json", p.pid)) for name, p in peers.items()]
-    plain_members += [(f"traced-{pct(r)}", runner(ports[n], "/bench/json", traced[n].pid)) for n, r in TRACED.items()]
     pr = rounds(plain_members)
     s1n, s1h = compare(pr, "gateway", "nginx"), compare(pr, "gateway", "haproxy")
 
@@ -579,10 +582,6 @@ gateway:
     for name, p in peers.items():
         x = compare(pr, "gateway", name)
         results["plain"][f"vs_{name}"] = dict(strip_pairs(x), cpu_us=pair_cpu_us(x, gw.pid, p.pid))
-    tr = {}
-    for name, ratio in TRACED.items():
-        x = compare(pr, f"traced-{pct(ratio)}", "gateway", name_b="untraced")
-        tr[f"plain_{pct(ratio)}"] = dict(strip_pairs(x), cpu_us=pair_cpu_us(x, traced[name].pid, gw.pid))
 
     # 10. HTTPS, same certificate (P-256) for both: keep-alive HTTP/1.1, h2, new handshakes.
     log("bench: HTTPS (keep-alive HTTP/1.1, h2, a new handshake per request) gateway vs nginx")
@@ -638,8 +637,6 @@ gateway:
                     ("edge-rs256", runner(ports["gw"], "/edge/json", gw.pid, (rs,))),
                     ("edge-gcra", runner(ports["gw_gcra"], "/edge/json", policy_gws["gw_gcra"].pid, (auth,))),
                     ("edge-fixed", runner(ports["gw_fixed"], "/edge/json", policy_gws["gw_fixed"].pid, (auth,)))]
-    edge_members += [(f"traced-{pct(r)}", runner(ports[n], "/edge/json", traced[n].pid, (auth,)))
-                     for n, r in TRACED.items() if r > 0]
     if "traefik" in peers:
         t = peers["traefik"].pid
         edge_members += [("traefik-plain", runner(ports["traefik"], "/json", t)),
@@ -655,10 +652,22 @@ gateway:
                                       "gateway_vs_traefik": strip_pairs(compare(er, "edge-memory", "traefik-limit"))}
     results["edge"]["uncached_us"] = {alg: per_token_cost(ports["gw"], gw.pid, toks)
                                       for alg, toks in fresh_tokens(ports["m_idp"]).items()}
-    for name, ratio in TRACED.items():
-        if ratio > 0:
-            x = compare(er, f"traced-{pct(ratio)}", "edge-memory", name_b="untraced")
-            tr[f"edge_{pct(ratio)}"] = dict(strip_pairs(x), cpu_us=pair_cpu_us(x, traced[name].pid, gw.pid))
+
+    # 12. Tracing: each route's traced gateways against their untraced twin (the same conf
+    # without the tracing block), in rounds of their own so that the pairs run back to back:
+    # spread over a long round of peers, this machine's drift buried a 3% effect.
+    log(f"bench: 12 tracing 0/10/100% vs untraced, plain and edge routes ({TRACING_PAIRS} rounds each)")
+    tr = {}
+    for route, path, headers, ratios in (("plain", "/bench/json", (), TRACED.values()),
+                                         ("edge", "/edge/json", (auth,), [r for r in TRACED.values() if r > 0])):
+        members = [("untraced", runner(ports["gw_toff"], path, twin.pid, headers))]
+        members += [(f"traced-{pct(r)}", runner(ports[n], path, traced[n].pid, headers))
+                    for n, r in TRACED.items() if r in ratios]
+        tround = rounds(members, TRACING_PAIRS)
+        for name, ratio in TRACED.items():
+            if ratio in ratios:
+                x = compare(tround, f"traced-{pct(ratio)}", "untraced")
+                tr[f"{route}_{pct(ratio)}"] = dict(strip_pairs(x), cpu_us=pair_cpu_us(x, traced[name].pid, twin.pid))
     tr["collector"] = json.load(urllib.request.urlopen(url(ports["m_otlp"], "/__stats")))
     tr["gateway_100"] = span_metrics(url(ports["metrics6"], "/metrics"))
     results["tracing"] = tr
@@ -1135,8 +1144,9 @@ Peers: {m['nginx']}; {m['haproxy']}; load: {m['wrk']}; fixed-rate latency: oha (
 Method: every process on 127.0.0.1, one worker/thread each, access logs off. The proxy under
 test runs alone on CPU 1 (taskset); wrk/oha, the origins (nginx static, the mocks) and Redis on
 CPU 0. Each scenario's members (the gateway's variants and its peers: plain proxying runs the
-gateway, nginx, HAProxy, bare Pingora, Traefik, Caddy and the traced gateways together) run
-once each per round after a warm-up, {PAIRS} rounds, the order reversed every other round; a
+gateway, nginx, HAProxy, bare Pingora, Traefik and Caddy together) run once each per round
+after a warm-up, {PAIRS} rounds ({TRACING_PAIRS} for tracing, whose gateways run against an
+untraced twin in rounds of their own), the order reversed every other round; a
 ratio is the median of the per-round ratios (min and max shown). A run whose generator core
 was saturated while the proxy core was not is counted as invalid. Absolute figures move +-25%
 between runs on this 2-core machine and are reported, not judged.
