@@ -505,8 +505,14 @@ impl ProxyHttp for Gateway {
                 req.remove_header(crate::trace::TRACESTATE);
             }
             if let Some(a) = t.try_ref() {
-                for (name, value) in a.propagated().pairs() {
-                    req.append_header(name, value.clone())?;
+                let p = a.propagated();
+                for (name, value) in [
+                    (crate::trace::TRACEPARENT, p.traceparent),
+                    (crate::trace::TRACESTATE, p.tracestate),
+                ] {
+                    if let Some(value) = value {
+                        req.append_header(name, value)?;
+                    }
                 }
             }
         }

@@ -20,8 +20,8 @@ pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> RequestTra
             Route::NotFound => (None, "not_found"),
         };
         rec.name(match template {
-            Some(t) => format!("{method} {t}").into(),
-            None => method.to_string().into(),
+            Some(t) => trace::span_name(method.as_str(), t),
+            None => method.as_str().to_string().into(),
         });
         trace::server_attributes(
             rec,
@@ -74,7 +74,7 @@ pub(super) fn try_started(
     };
     let Some(t) = &mut ctx.trace else { return };
     t.start_try(|rec| {
-        rec.name(format!("{method} {}", route.prefix).into());
+        rec.name(trace::span_name(method.as_str(), &route.prefix));
         rec.attribute(&KeyValue::new(
             "http.request.method",
             trace::method_value(method),
