@@ -369,7 +369,7 @@ def main():
                                       "metrics1", "metrics2", "metrics3", "m_otlp", "gw_t0", "gw_t10",
                                       "gw_t100", "gw_toff", "metrics11", "metrics4", "metrics5", "metrics6", "gw_cluster", "metrics7",
                                       "gw_gcra", "metrics8", "gw_fixed", "metrics9", "gw_local", "metrics10",
-                                      "bare", "traefik", "caddy")}
+                                      "bare", "bare_tls", "traefik", "caddy")}
     small = '{"id":"1","name":"User 1","email":"user1@example.com","ok":true}'
     # One P-256 certificate and key for the gateway's and nginx's HTTPS listeners.
     cert, key = os.path.join(WORK, "bench.crt"), os.path.join(WORK, "bench.key")
@@ -515,7 +515,7 @@ gateway:
     redis = start("redis", ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
                             "--appendonly", "no"], LOAD_CPU)
     nginx_p = start("nginx", [nginx, "-c", os.path.join(WORK, "nginx.conf")], PROXY_CPU)
-    peers = start_peers(ports)
+    peers = start_peers(ports, cert, key)
     haproxy_p = start("haproxy", [haproxy, "-f", os.path.join(WORK, "haproxy.cfg")], PROXY_CPU)
     gw = start("gateway", [GATEWAY, "-c", gw_conf("gw", ports["gw"], ports["metrics1"], 0)], PROXY_CPU, svc_env)
     gw_redis = start("gateway-redis", [GATEWAY, "-c", gw_conf("gw_redis", ports["gw_redis"], ports["metrics2"], 30)],
@@ -593,9 +593,15 @@ gateway:
                  ("gateway-h2", lambda s: h2load(g_tls, CONNS, s, g_pids)),
                  ("nginx-h2", lambda s: h2load(n_tls, CONNS, s, n_pids)),
                  ("gateway-hs", lambda s: wrk(g_tls, CONNS, s, ("Connection: close",), g_pids)),
-                 ("nginx-hs", lambda s: wrk(n_tls, CONNS, s, ("Connection: close",), n_pids))])
+                 ("nginx-hs", lambda s: wrk(n_tls, CONNS, s, ("Connection: close",), n_pids))]
+                + ([("bare-hs", lambda s: wrk(tls_url(ports["bare_tls"], "/json"), CONNS, s, ("Connection: close",),
+                                              (peers["bare"].pid, origin.pid)))] if "bare" in peers else []))
     results["https"] = {key: strip_pairs(compare(hr, f"gateway-{m}", f"nginx-{m}", "gateway", "nginx"))
                         for key, m in (("http1", "h1"), ("h2", "h2"), ("handshakes", "hs"))}
+    if "bare" in peers:
+        # The framework's floor for a new connection: Pingora's own TLS listener, no filters.
+        results["https"]["handshakes_bare"] = strip_pairs(compare(hr, "bare-hs", "nginx-hs", "bare", "nginx"))
+        results["https"]["handshakes_vs_bare"] = strip_pairs(compare(hr, "gateway-hs", "bare-hs", "gateway", "bare"))
 
     # 8 and 9. Pipelined (8 GETs per write) and POST with a 1 KiB body (buffered, the default,
     # vs streamed, and vs nginx), the same route as 1.
@@ -761,13 +767,15 @@ def span_metrics(metrics_url):
     return out
 
 
-def start_peers(ports):
-    """Bare Pingora, Traefik and Caddy on the proxy core, one thread each, access logs off;
-    each one only if its binary is there."""
+def start_peers(ports, cert, key):
+    """Bare Pingora (with a TLS listener on `cert`, the handshake row's floor), Traefik and
+    Caddy on the proxy core, one thread each, access logs off; each one only if its binary is
+    there."""
     out = {}
     origin = f"127.0.0.1:{ports['origin']}"
     if os.path.exists(BARE):
-        out["bare"] = start("bare-pingora", [BARE, f"127.0.0.1:{ports['bare']}", origin], PROXY_CPU)
+        out["bare"] = start("bare-pingora", [BARE, f"127.0.0.1:{ports['bare']}", origin,
+                                             f"127.0.0.1:{ports['bare_tls']}", cert, key], PROXY_CPU)
     go = {"GOMAXPROCS": "1"}
     traefik = os.path.join(PEERS_BIN, "traefik")
     if os.path.exists(traefik):
@@ -1045,6 +1053,14 @@ def report(r):
         row("10 new TLS handshakes per second vs nginx", f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})",
             ">= 0.9x nginx", clean(x) and x["ratio_median"] >= 0.9,
             f"gateway {x['a_rps_median']:.0f}/s, nginx {x['b_rps_median']:.0f}/s; invalid runs {x['invalid_runs']}, errors {x['errors']}")
+        for key, label in (("handshakes_bare", "bare Pingora's vs nginx (the floor)"),
+                           ("handshakes_vs_bare", "gateway's vs bare Pingora's")):
+            x = hs.get(key)
+            if x:
+                row(f"10 new TLS handshakes, {label}",
+                    f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})", "reported", None,
+                    f"{x['a']} {x['a_rps_median']:.0f}/s, {x['b']} {x['b_rps_median']:.0f}/s; "
+                    f"invalid runs {x['invalid_runs']}, errors {x['errors']}")
     cz = r.get("compression")
     if cz:
         b = cz["bytes"]

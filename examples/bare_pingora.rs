@@ -1,7 +1,8 @@
 //! The framework's floor, for `make bench`: a Pingora proxy with `upstream_peer` only and
 //! Pingora's default settings — no filters, no limits, no metrics — in front of one origin.
 //!
-//! `bare_pingora <listen ip:port> <origin ip:port>`
+//! `bare_pingora <listen ip:port> <origin ip:port> [<tls ip:port> <cert.pem> <key.pem>]`: the
+//! optional TLS listener is `add_tls`'s defaults (the floor of the new-handshake row).
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -41,6 +42,12 @@ fn main() {
         },
     );
     proxy.add_tcp(listen);
+    if let (Some(tls), Some(cert), Some(key)) = (args.get(3), args.get(4), args.get(5)) {
+        if let Err(e) = proxy.add_tls(tls, cert, key) {
+            eprintln!("bare_pingora: TLS listener {tls}: {e}");
+            std::process::exit(2);
+        }
+    }
     server.add_service(proxy);
     server.run_forever();
 }
