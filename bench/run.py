@@ -456,7 +456,7 @@ gateway:
 {tls}{compression}  services:
     docs: {{ url: "http://127.0.0.1:{ports['origin']}" }}
   auth:
-    public_paths: ["/healthz", "/readyz", "/bench/"]
+    public_paths: ["/healthz", "/readyz", "/bench/", "/stream/"]
     issuers:
       - {{ issuer: "http://127.0.0.1:{ports['m_idp']}", discovery: true, allow_insecure_http: true,
           audiences: [gateway], algorithms: [RS256, ES256, EdDSA] }}
