@@ -31,7 +31,7 @@ use std::time::SystemTime;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -65,11 +65,6 @@ pub struct Tracer {
 /// A fresh span id (never the invalid zero id).
 fn span_id() -> SpanId {
     SpanId::from(random_u64() | 1)
-}
-
-/// A fresh trace id (never the invalid zero id).
-fn trace_id() -> TraceId {
-    TraceId::from((u128::from(random_u64()) << 64 | u128::from(random_u64())) | 1)
 }
 
 thread_local! {
@@ -164,13 +159,23 @@ impl Tracer {
             .then(|| self.propagator.extract(&Headers(req)))
             .map(|cx| cx.span().span_context().clone())
             .filter(SpanContext::is_valid);
-        let sampled = match &incoming {
-            Some(sc) => sc.is_sampled(),
-            None => self.threshold == u64::MAX || random_u64() < self.threshold,
-        };
-        let (trace, state, parent) = match incoming {
-            Some(sc) => (sc.trace_id(), sc.trace_state().clone(), Some(sc.span_id())),
-            None => (trace_id(), Default::default(), None),
+        let (sampled, trace, state, parent) = match incoming {
+            Some(sc) => (
+                sc.is_sampled(),
+                sc.trace_id(),
+                sc.trace_state().clone(),
+                Some(sc.span_id()),
+            ),
+            None => {
+                // The draw and the trace id from one borrow of the generator.
+                let [draw, hi, lo] = IDS.with_borrow_mut(|r| {
+                    use rand::RngCore;
+                    [r.next_u64(), r.next_u64(), r.next_u64()]
+                });
+                let sampled = self.threshold == u64::MAX || draw < self.threshold;
+                let trace = TraceId::from((u128::from(hi) << 64 | u128::from(lo)) | 1);
+                (sampled, trace, TraceState::NONE, None)
+            }
         };
         let flags = if sampled {
             TraceFlags::SAMPLED
@@ -304,17 +309,25 @@ impl Attempt {
     /// to say the same; `const_hex` writes them, SIMD where the CPU has it).
     pub(crate) fn propagated(&self) -> Propagated {
         let sc = &self.sc;
+        // Both ids in one encoding pass, then placed between the dashes.
+        let mut ids = [0u8; 24];
+        ids[..16].copy_from_slice(&sc.trace_id().to_bytes());
+        ids[16..].copy_from_slice(&sc.span_id().to_bytes());
+        let mut hex = [0u8; 48];
+        // The buffer is exactly twice the input's length: the write cannot fail.
+        let _ = const_hex::encode_to_slice(ids, &mut hex);
         let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        // The slices are exactly twice the ids' lengths: the writes cannot fail.
-        let _ = const_hex::encode_to_slice(sc.trace_id().to_bytes(), &mut v[3..35]);
-        let _ = const_hex::encode_to_slice(sc.span_id().to_bytes(), &mut v[36..52]);
+        v[3..35].copy_from_slice(&hex[..32]);
+        v[36..52].copy_from_slice(&hex[32..]);
         v[54] = b'0' + (sc.trace_flags().to_u8() & 1);
-        let state = sc.trace_state().header();
+        // Most traces carry no state: no `String` is built for them.
+        let tracestate = (*sc.trace_state() != TraceState::NONE)
+            .then(|| sc.trace_state().header())
+            .filter(|s| !s.is_empty())
+            .and_then(|s| HeaderValue::from_str(&s).ok());
         Propagated {
             traceparent: HeaderValue::from_bytes(&v).ok(),
-            tracestate: (!state.is_empty())
-                .then(|| HeaderValue::from_str(&state).ok())
-                .flatten(),
+            tracestate,
         }
     }
 
