@@ -594,7 +594,9 @@ gateway:
                  ("nginx-h2", lambda s: h2load(n_tls, CONNS, s, n_pids)),
                  ("gateway-hs", lambda s: wrk(g_tls, CONNS, s, ("Connection: close",), g_pids)),
                  ("nginx-hs", lambda s: wrk(n_tls, CONNS, s, ("Connection: close",), n_pids))]
-                + ([("bare-hs", lambda s: wrk(tls_url(ports["bare_tls"], "/json"), CONNS, s, ("Connection: close",),
+                + ([("bare-h2", lambda s: h2load(tls_url(ports["bare_tls"], "/json"), CONNS, s,
+                                                 (peers["bare"].pid, origin.pid))),
+                    ("bare-hs", lambda s: wrk(tls_url(ports["bare_tls"], "/json"), CONNS, s, ("Connection: close",),
                                               (peers["bare"].pid, origin.pid)))] if "bare" in peers else []))
     results["https"] = {key: strip_pairs(compare(hr, f"gateway-{m}", f"nginx-{m}", "gateway", "nginx"))
                         for key, m in (("http1", "h1"), ("h2", "h2"), ("handshakes", "hs"))}
@@ -602,6 +604,8 @@ gateway:
         # The framework's floor for a new connection: Pingora's own TLS listener, no filters.
         results["https"]["handshakes_bare"] = strip_pairs(compare(hr, "bare-hs", "nginx-hs", "bare", "nginx"))
         results["https"]["handshakes_vs_bare"] = strip_pairs(compare(hr, "gateway-hs", "bare-hs", "gateway", "bare"))
+        results["https"]["h2_bare"] = strip_pairs(compare(hr, "bare-h2", "nginx-h2", "bare", "nginx"))
+        results["https"]["h2_vs_bare"] = strip_pairs(compare(hr, "gateway-h2", "bare-h2", "gateway", "bare"))
 
     # 8 and 9. Pipelined (8 GETs per write) and POST with a 1 KiB body (buffered, the default,
     # vs streamed, and vs nginx), the same route as 1.
@@ -1053,11 +1057,13 @@ def report(r):
         row("10 new TLS handshakes per second vs nginx", f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})",
             ">= 0.9x nginx", clean(x) and x["ratio_median"] >= 0.9,
             f"gateway {x['a_rps_median']:.0f}/s, nginx {x['b_rps_median']:.0f}/s; invalid runs {x['invalid_runs']}, errors {x['errors']}")
-        for key, label in (("handshakes_bare", "bare Pingora's vs nginx (the floor)"),
-                           ("handshakes_vs_bare", "gateway's vs bare Pingora's")):
+        for key, label in (("handshakes_bare", "new TLS handshakes, bare Pingora's vs nginx (the floor)"),
+                           ("handshakes_vs_bare", "new TLS handshakes, gateway's vs bare Pingora's"),
+                           ("h2_bare", "HTTPS h2, bare Pingora vs nginx (the floor)"),
+                           ("h2_vs_bare", "HTTPS h2, gateway vs bare Pingora")):
             x = hs.get(key)
             if x:
-                row(f"10 new TLS handshakes, {label}",
+                row(f"10 {label}",
                     f"{x['ratio_median']:.2f}x (min {x['ratio_min']:.2f}, max {x['ratio_max']:.2f})", "reported", None,
                     f"{x['a']} {x['a_rps_median']:.0f}/s, {x['b']} {x['b_rps_median']:.0f}/s; "
                     f"invalid runs {x['invalid_runs']}, errors {x['errors']}")

@@ -2,9 +2,11 @@
 //! Pingora's default settings — no filters, no limits, no metrics — in front of one origin.
 //!
 //! `bare_pingora <listen ip:port> <origin ip:port> [<tls ip:port> <cert.pem> <key.pem>]`: the
-//! optional TLS listener is `add_tls`'s defaults (the floor of the new-handshake row).
+//! optional TLS listener is Pingora's intermediate settings with h2 offered by ALPN (the floor
+//! of the HTTPS rows).
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 
 /// Sends every request to the one origin.
@@ -43,9 +45,16 @@ fn main() {
     );
     proxy.add_tcp(listen);
     if let (Some(tls), Some(cert), Some(key)) = (args.get(3), args.get(4), args.get(5)) {
-        if let Err(e) = proxy.add_tls(tls, cert, key) {
-            eprintln!("bare_pingora: TLS listener {tls}: {e}");
-            std::process::exit(2);
+        match TlsSettings::intermediate(cert, key) {
+            Ok(mut settings) => {
+                // ALPN offers h2 as the gateway's and nginx's listeners do.
+                settings.enable_h2();
+                proxy.add_tls_with_settings(tls, None, settings);
+            }
+            Err(e) => {
+                eprintln!("bare_pingora: TLS listener {tls}: {e}");
+                std::process::exit(2);
+            }
         }
     }
     server.add_service(proxy);
