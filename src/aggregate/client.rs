@@ -192,7 +192,7 @@ impl ServiceClient {
                 Err(AttemptError::Failed(FailureKind::Timeout))
             } else {
                 let propagated = span.as_ref().map(Attempt::propagated);
-                let call = self.attempt(&url, expect, request_id, propagated.as_ref());
+                let call = self.attempt(&url, expect, request_id, propagated);
                 tokio::time::timeout(budget, call)
                     .await
                     .unwrap_or(Err(AttemptError::Failed(FailureKind::Timeout)))
@@ -269,14 +269,14 @@ impl ServiceClient {
         url: &str,
         expect: Expect,
         request_id: &str,
-        trace: Option<&Propagated>,
+        trace: Option<Propagated>,
     ) -> Result<(Bytes, u64), AttemptError> {
         let mut req = self
             .http
             .get(url)
             .header(headers::X_REQUEST_ID, request_id)
             .header("Accept", "application/json");
-        for (name, value) in trace.iter().flat_map(|t| t.pairs()) {
+        for (name, value) in trace.into_iter().flat_map(Propagated::into_pairs) {
             req = req.header(name, value);
         }
         let mut resp = req.send().await.map_err(|e| {

@@ -13,9 +13,9 @@
 //! - [`admin`]: the admin API (cache purge and inspection) on a listener of its own.
 //!
 //! About 700 lines because every phase carries its contract below (fourteen hooks, each a
-//! few lines of code under its contract); splitting phases across files would hide the order. This is the only module
-//! that knows Pingora's phases. It may use every other module; none
-//! uses it except `lib.rs`, which builds the server around [`Gateway`].
+//! few lines of code under its contract); splitting phases across files would hide the
+//! order. This is the only module that knows Pingora's phases. It may use every other
+//! module; none uses it except `lib.rs`, which builds the server around [`Gateway`].
 //!
 //! # Phases, in the order Pingora runs them
 //! 1. [`new_ctx`](ProxyHttp::new_ctx): a fresh [`Ctx`].
@@ -505,14 +505,8 @@ impl ProxyHttp for Gateway {
                 req.remove_header(crate::trace::TRACESTATE);
             }
             if let Some(a) = t.try_ref() {
-                let p = a.propagated();
-                for (name, value) in [
-                    (crate::trace::TRACEPARENT, p.traceparent),
-                    (crate::trace::TRACESTATE, p.tracestate),
-                ] {
-                    if let Some(value) = value {
-                        req.append_header(name, value)?;
-                    }
+                for (name, value) in a.propagated().into_pairs() {
+                    req.append_header(name, value)?;
                 }
             }
         }

@@ -107,14 +107,15 @@ pub(crate) struct Propagated {
 }
 
 impl Propagated {
-    /// The pairs to set on an outgoing request (replacing whatever the client sent).
-    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> {
+    /// The pairs to set on an outgoing request (replacing whatever the client sent), moved
+    /// out: cloning a value would promote its bytes to shared storage, an allocation each.
+    pub(crate) fn into_pairs(self) -> impl Iterator<Item = (&'static str, HeaderValue)> {
         [
-            (TRACEPARENT, &self.traceparent),
-            (TRACESTATE, &self.tracestate),
+            (TRACEPARENT, self.traceparent),
+            (TRACESTATE, self.tracestate),
         ]
         .into_iter()
-        .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
+        .filter_map(|(n, v)| v.map(|v| (n, v)))
     }
 }
 
