@@ -449,7 +449,6 @@ version: 1
 threads: 1
 pid_file: {WORK}/{name}.pid
 upgrade_sock: {WORK}/{name}.sock
-upstream_keepalive_pool_size: 256
 gateway:
   listen: "127.0.0.1:{port}"
   metrics_listen: "127.0.0.1:{metrics}"

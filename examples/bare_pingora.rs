@@ -1,5 +1,7 @@
 //! The framework's floor, for `make bench`: a Pingora proxy with `upstream_peer` only and
 //! Pingora's default settings — no filters, no limits, no metrics — in front of one origin.
+//! One setting follows the gateway's default instead: an upstream pool of 1024 idle
+//! connections, so that the h2 row compares the request path, not two pool sizes.
 //!
 //! `bare_pingora <listen ip:port> <origin ip:port> [<tls ip:port> <cert.pem> <key.pem>]`: the
 //! optional TLS listener is Pingora's intermediate settings with h2 offered by ALPN (the floor
@@ -35,7 +37,11 @@ fn main() {
         eprintln!("usage: bare_pingora <listen ip:port> <origin ip:port>");
         std::process::exit(2);
     };
-    let mut server = Server::new(None).expect("a server with default settings");
+    let conf = pingora::server::configuration::ServerConf {
+        upstream_keepalive_pool_size: 1024,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = http_proxy_service(
         &server.configuration,

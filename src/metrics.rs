@@ -125,6 +125,16 @@ pub static STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Connections proxied requests got to a group's backends: reused from the keep-alive pool
+/// or opened anew.
+pub static UPSTREAM_CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "upstream_connections_total",
+        "Connections to an upstream group for proxied requests, by whether the keep-alive pool had one (reused) or one was opened",
+        &["group", "reused"],
+    )
+});
+
 /// Calls to the aggregates' services, by service and outcome.
 pub static UPSTREAM_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
@@ -404,6 +414,7 @@ pub fn init() {
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);
     LazyLock::force(&BACKEND_HEALTHY);
+    LazyLock::force(&UPSTREAM_CONNECTIONS);
     LazyLock::force(&RATE_LIMIT_DECISIONS);
     LazyLock::force(&AUTH_FAILURES);
     LazyLock::force(&STORE_ERRORS);

@@ -304,6 +304,44 @@ async fn metrics_have_both_families_with_route_labels() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_counted_as_reused_or_opened() {
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(
+        &echo_section(&[format!("127.0.0.1:{}", echo.port)], ""),
+        &[],
+    )
+    .await;
+    let series =
+        |reused: &str| format!(r#"upstream_connections_total{{group="echo",reused="{reused}"}}"#);
+    let count = |m: &str, reused: &str| -> u64 {
+        let name = series(reused);
+        m.lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(count(&gw.metrics().await, "false"), 0);
+    // One after another: the first opens a connection, the others find it in the pool.
+    for _ in 0..5 {
+        let r = client().get(gw.url("/echo/a")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let m = gw.metrics().await;
+    assert_eq!((count(&m, "false"), count(&m, "true")), (1, 4), "{m}");
+    // Eight at once: one finds the pooled connection, seven must open their own.
+    let slow = (0..8).map(|_| async {
+        let r = client()
+            .get(gw.url("/echo/slow?ms=300"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    futures::future::join_all(slow).await;
+    let m = gw.metrics().await;
+    assert_eq!((count(&m, "false"), count(&m, "true")), (8, 5), "{m}");
+}
+
+#[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let echo = EchoServer::start().await;
     let mut gw = Gateway::start(

@@ -420,6 +420,24 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
+    /// Counts the connection the try got: a steady stream of new ones under load means the
+    /// keep-alive pool is smaller than the requests in flight.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Route::Proxy(route) = &ctx.route {
+            route.group.connections[usize::from(reused)].inc();
+        }
+        Ok(())
+    }
+
     /// Runs when connecting to the picked backend failed. Reports the try as failed; marks the
     /// error retryable (Pingora then calls `upstream_peer` again) while the group allows
     /// another backend. Nothing was sent yet, so any method may be retried.

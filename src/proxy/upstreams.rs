@@ -13,6 +13,7 @@ use pingora::lb::discovery::Static;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use prometheus::IntCounter;
 
 use super::health::{active_check, PassiveHealth};
 use super::routes::{ProxyRoute, RouteTable};
@@ -31,6 +32,8 @@ pub(crate) struct UpstreamGroup {
     stop: tokio::sync::watch::Sender<bool>,
     /// Whether the health-check task runs (it starts once there is a runtime).
     checking: AtomicBool,
+    /// `upstream_connections_total` for this group: opened (0), reused from the pool (1).
+    pub(crate) connections: [IntCounter; 2],
 }
 
 impl std::fmt::Debug for UpstreamGroup {
@@ -108,12 +111,15 @@ fn build_group(name: &str, up: &UpstreamConfig) -> Arc<UpstreamGroup> {
     }
     lb.health_check_frequency = Some(up.health_check.interval);
     lb.parallel_health_check = true;
+    let connections = ["false", "true"]
+        .map(|reused| metrics::UPSTREAM_CONNECTIONS.with_label_values(&[&*name, reused]));
     Arc::new(UpstreamGroup {
         name,
         config: up.clone(),
         lb: Arc::new(lb),
         stop: tokio::sync::watch::channel(false).0,
         checking: AtomicBool::new(false),
+        connections,
     })
 }
 
