@@ -120,6 +120,7 @@ bench: deps
 	@$(call apt_install,redis-server,redis-server)
 	@$(call apt_install,h2load,nghttp2-client)
 	@$(call apt_install,openssl,openssl)
+	@$(call apt_install,valgrind,valgrind)
 	@$(call apt_install,taskset,util-linux)
 	@$(call apt_install,python3,python3)
 	@if [ -z "$${OHA:-}" ] && ! command -v oha >/dev/null 2>&1 && [ ! -x "$$HOME/.cargo/bin/oha" ]; then
