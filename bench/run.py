@@ -1224,7 +1224,9 @@ after a warm-up, {PAIRS} rounds ({TRACING_PAIRS} for tracing, whose gateways run
 untraced twin in rounds of their own), the order reversed every other round; a
 ratio is the median of the per-round ratios (min and max shown). A run whose generator core
 was saturated while the proxy core was not is counted as invalid. Absolute figures move +-25%
-between runs on this 2-core machine and are reported, not judged.
+between runs on this 2-core machine and are reported, not judged. Scenario 12 is also counted
+in instructions per request (callgrind, `bench/instructions.py`'s count, the median of three
+processes per configuration): tracing's 3% margin is inside this VM's throughput noise.
 Peers from PyPI: Traefik ({m.get('traefik', 'not installed')}), Caddy ({m.get('caddy', 'not installed')}), GOMAXPROCS=1.
 
 {table}
