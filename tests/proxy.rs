@@ -327,10 +327,11 @@ async fn upstream_connections_are_counted_as_reused_or_opened() {
     }
     let m = gw.metrics().await;
     assert_eq!((count(&m, "false"), count(&m, "true")), (1, 4), "{m}");
-    // Eight at once: one finds the pooled connection, seven must open their own.
+    // Eight at once, each held for a second: one finds the pooled connection, seven must open
+    // their own.
     let slow = (0..8).map(|_| async {
         let r = client()
-            .get(gw.url("/echo/slow?ms=300"))
+            .get(gw.url("/echo/slow?ms=1000"))
             .send()
             .await
             .unwrap();
