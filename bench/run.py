@@ -752,6 +752,10 @@ def pct(ratio):
     return f"{round(ratio * 100)}%"
 
 
+# Scenario 12's rows (route_ratio) and their targets against untraced (None: reported only),
+# judged both by throughput and by instruction count.
+TRACING_TARGETS = (("plain_0%", None), ("plain_10%", 0.97), ("plain_100%", 0.85),
+                   ("edge_10%", 0.97), ("edge_100%", 0.85))
 # Scenario 12's gateways (plain conf plus tracing) and their sample ratios.
 TRACED = {"gw_t0": 0.0, "gw_t10": 0.1, "gw_t100": 1.0}
 # The gateways of row 3g and the algorithm of their one per-user policy.
@@ -1118,8 +1122,7 @@ def report(r):
                 f"{b[coding]} bytes vs {b['identity']} ({100 * (1 - b[coding] / b['identity']):.0f}% saved)")
     tr = r.get("tracing")
     if tr:
-        for key, target in (("plain_0%", None), ("plain_10%", 0.97), ("plain_100%", 0.85),
-                            ("edge_10%", 0.97), ("edge_100%", 0.85)):
+        for key, target in TRACING_TARGETS:
             x = tr.get(key)
             if not x:
                 continue
@@ -1132,8 +1135,7 @@ def report(r):
                 (clean(x) and x["ratio_median"] >= target) if target else None,
                 f"{detail(x)}; CPU {a_us:.1f} vs {b_us:.1f} us/req")
         ins = tr.get("instructions") or {}
-        for key, target in (("plain_0%", None), ("plain_10%", 0.97), ("plain_100%", 0.85),
-                            ("edge_10%", 0.97), ("edge_100%", 0.85)):
+        for key, target in TRACING_TARGETS:
             scenario, pct_ = key.split("_")
             base, traced = ins.get(f"{scenario}_untraced"), ins.get(key)
             if not (base and traced):

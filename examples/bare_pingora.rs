@@ -34,7 +34,9 @@ impl ProxyHttp for Bare {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(origin)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: bare_pingora <listen ip:port> <origin ip:port>");
+        eprintln!(
+            "usage: bare_pingora <listen ip:port> <origin ip:port> [<tls ip:port> <cert.pem> <key.pem>]"
+        );
         std::process::exit(2);
     };
     let conf = pingora::server::configuration::ServerConf {
