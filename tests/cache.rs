@@ -516,8 +516,7 @@ async fn a_purge_through_one_replica_reaches_the_others_in_process_copies_at_onc
                 r#"cache_local_entries{aggregate="profile"}"#
             ) >= 1.0
         );
-        // Purged through B, by tag or by key: A's next read, sent the moment the purge
-        // returns (well within 100 ms), is not served from its copy.
+        // Purged through B, by tag or by key: A stops serving its copy within 100 ms.
         let (s, v) = if round % 2 == 0 {
             purge_tag(b_admin, &format!("user:{id}")).await
         } else {
@@ -529,9 +528,19 @@ async fn a_purge_through_one_replica_reaches_the_others_in_process_copies_at_onc
             (200, &json!(1), &json!(true)),
             "{v}"
         );
-        let r = profile(&a, id).await;
-        assert!(returned.elapsed() < Duration::from_millis(100));
+        // Pub/sub delivers the announcement to A on its own schedule, so a read sent at once
+        // can still win the race on a loaded machine: A is read until its copy is gone.
+        let (r, took) = loop {
+            let r = profile(&a, id).await;
+            let took = returned.elapsed();
+            if x_cache(&r) != "HIT" || took > Duration::from_secs(2) {
+                break (r, took);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        eprintln!("round {round}: A dropped its copy {took:?} after the purge returned");
         assert_eq!(x_cache(&r), "MISS", "round {round}");
+        assert!(took < Duration::from_millis(100), "round {round}: {took:?}");
     }
     let m = a.metrics().await;
     assert!(
@@ -595,12 +604,18 @@ async fn a_purge_during_a_build_on_another_replica_keeps_that_build_out_of_the_c
     mocks.faults("user", json!({})).await;
     // What A built from before the purge is in neither A's memory nor Redis.
     assert_eq!(x_cache(&profile(&a, 40).await), "MISS");
-    assert!(redis.keys("profile:40#*").len() <= 1);
-    let b_read = profile(&b, 40).await;
-    assert_ne!(
-        x_cache(&b_read),
-        "MISS",
-        "the rebuild after the purge is cached"
+    // That rebuild is written to Redis after its answer has gone (off the request path),
+    // so B's read waits for the write to land.
+    eventually(
+        "A's rebuild after the purge is in Redis",
+        Duration::from_secs(5),
+        async || redis.keys("profile:40#*").len() == 1,
+    )
+    .await;
+    assert_eq!(
+        x_cache(&profile(&b, 40).await),
+        "HIT",
+        "B serves the rebuild after the purge from Redis"
     );
 }
 
