@@ -134,6 +134,20 @@ impl Gateway {
             async || matches!(client().get(&url).send().await, Ok(r) if r.status() == 200),
         )
         .await;
+        // Pingora binds each service's listener on that service's own runtime, so the metrics
+        // and admin listeners may still be starting when the main one answers.
+        for p in std::iter::once(metrics_port).chain(admin_port(gateway_section)) {
+            eventually(
+                &format!("a listener on port {p}"),
+                Duration::from_secs(20),
+                async || {
+                    tokio::net::TcpStream::connect(("127.0.0.1", p))
+                        .await
+                        .is_ok()
+                },
+            )
+            .await;
+        }
         gw
     }
 
@@ -238,6 +252,23 @@ fn spawn_gateway(
         cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
     }
     cmd.spawn().expect("gateway starts")
+}
+
+/// The loopback port of the admin listener a `gateway:` section declares inline
+/// (`admin: { listen: "127.0.0.1:N" }`). Only the admin port: a bare TCP probe of a TLS port
+/// would count as a failed handshake.
+fn admin_port(section: &str) -> Option<u16> {
+    section.lines().find_map(|line| {
+        let value = line.trim_start().strip_prefix("admin:")?;
+        let value = value.split_once("listen:")?.1.trim_start();
+        let port: String = value
+            .trim_start_matches('"')
+            .strip_prefix("127.0.0.1:")?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        port.parse().ok()
+    })
 }
 
 fn indent(section: &str) -> String {

@@ -77,6 +77,15 @@ impl Proc {
 
     /// Kills the process now and waits for it.
     pub fn kill(&mut self) {
+        // A process that died before the test meant it to (a crash prints nothing) is named
+        // in the failing test's output.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            eprintln!(
+                "{} (pid {}) had exited by itself: {status}",
+                self.name,
+                self.child.id()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,11 +1,12 @@
 //! Small real HTTP upstreams in the test process: an echo server that records what it saw, and
 //! a raw-socket recorder for what an HTTP library would hide (framing, upgrades).
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use axum::Router;
 
@@ -15,6 +16,8 @@ pub struct Seen {
     pub method: String,
     pub uri: String,
     pub headers: Vec<(String, String)>,
+    /// The connection it came on (the gateway's end), to count connections exactly.
+    pub peer: Option<SocketAddr>,
 }
 
 impl Seen {
@@ -49,6 +52,7 @@ impl EchoServer {
             .expect("bind echo");
         let port = listener.local_addr().expect("addr").port();
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app).await;
         });
         EchoServer { port, seen, task }
@@ -88,6 +92,10 @@ async fn echo(req: Request, rec: Arc<Mutex<Vec<Seen>>>) -> Response {
                 )
             })
             .collect(),
+        peer: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
     };
     if let Ok(mut v) = rec.lock() {
         v.push(seen);
