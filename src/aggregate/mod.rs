@@ -815,6 +815,11 @@ impl Aggregate {
         let cache_key = key.clone();
         let fut: Flight = async move {
             let _guard = guard;
+            if revalidate {
+                if let Some(built) = me.refreshed(&cache_key).await {
+                    return Ok(built);
+                }
+            }
             me.build(cache_key, params, &request_id, parent.as_ref(), revalidate)
                 .await
         }
@@ -824,6 +829,20 @@ impl Aggregate {
             map.insert(key, (flight, weak, leader));
         }
         (fut, None)
+    }
+
+    /// The stored entry for `key` if it is fresh now. A stale read whose `GET` was answered
+    /// just before another rebuild's write landed, but which reaches `flight` after that
+    /// rebuild ended, would otherwise repeat the rebuild (one extra `GET` per revalidation).
+    async fn refreshed(&self, key: &str) -> Option<Built> {
+        let raw = self.store.get(key).await.ok()??;
+        let e = Entry::decode(&raw)?;
+        let now = now_ms();
+        e.is_fresh(now).then(|| Built {
+            ttl: Duration::from_millis(e.built_ms + e.fresh_ms - now),
+            body: e.body,
+            degraded: false,
+        })
     }
 
     /// Runs the legs as their dependencies finish, then writes the document.
