@@ -1255,7 +1255,12 @@ mod tests {
     }
 
     fn profile() -> Arc<Aggregate> {
-        let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
+        // No service answers on port 1: a leg that is called fails.
+        let env = |k: &str| match k {
+            "JWT_SECRET" => Some("s".to_string()),
+            k if k.ends_with("_SERVICE_URL") => Some("http://127.0.0.1:1".to_string()),
+            _ => None,
+        };
         let cfg = Config::from_yaml("gateway: {}", &env, LoadMode::Run).expect("config");
         let store = Arc::new(Store::Memory(crate::store::MemoryKv::default()));
         let all = Aggregates::new(&cfg, store).expect("aggregates");
@@ -1303,5 +1308,30 @@ mod tests {
         assert!(p.authorize(&mut ps, Some(&who("1", &["admin"]))).is_ok());
         let mut ps = vec!["me".to_string()];
         assert_eq!(p.authorize(&mut ps, None).map_err(|e| e.status()), Err(401));
+    }
+
+    #[tokio::test]
+    async fn a_revalidation_that_finds_the_entry_fresh_again_calls_no_service() {
+        let p = profile();
+        let key = p.stored_key("profile:1");
+        let entry = Entry {
+            built_ms: now_ms(),
+            fresh_ms: 30_000,
+            tags: vec![],
+            body: Bytes::from_static(br#"{"user":{"id":"1"}}"#),
+        };
+        // Written by the rebuild that ended just before this stale read reached `flight`.
+        p.store
+            .set_tagged(&key, entry.encode(), Duration::from_secs(30), &[])
+            .await
+            .expect("stored");
+        let (flight, _) = p.flight(key, vec!["1".into()], "r-1", None, true);
+        // A rebuild would fail: its user leg cannot connect.
+        let built = flight
+            .await
+            .expect("answered from the entry, no leg called");
+        assert_eq!(built.body, entry.body);
+        assert!(!built.degraded);
+        assert!(built.ttl > Duration::from_secs(28) && built.ttl <= Duration::from_secs(30));
     }
 }
