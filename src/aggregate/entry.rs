@@ -81,9 +81,14 @@ impl Entry {
         now_ms < self.built_ms + self.fresh_ms
     }
 
+    /// How long it stays fresh after `now_ms` (zero once stale).
+    pub(crate) fn remaining(&self, now_ms: u64) -> std::time::Duration {
+        std::time::Duration::from_millis((self.built_ms + self.fresh_ms).saturating_sub(now_ms))
+    }
+
     /// Whole seconds it stays fresh after `now_ms` (0 in its last second and once stale).
     pub(crate) fn remaining_secs(&self, now_ms: u64) -> u64 {
-        (self.built_ms + self.fresh_ms).saturating_sub(now_ms) / 1000
+        self.remaining(now_ms).as_secs()
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`template`]: filling path templates and reading values out of legs' JSON.
 //! - [`local`]: the in-process tier in front of the shared store.
 //!
-//! About 1,200 lines before its tests, one concern: running a declared aggregate (route match,
+//! About 1,250 lines before its tests, one concern: running a declared aggregate (route match,
 //! params, authorization, cache (fresh, stale, tagged, copies in memory, purges racing builds)
 //! and single flight, the graph runner,
 //! fan-out, the document),
@@ -409,6 +409,12 @@ fn now_ms() -> u64 {
     crate::clock::unix_now_micros() / 1000
 }
 
+/// A stored value as an entry to answer with. Anything but an entry holding JSON (an older
+/// gateway's bare document, a corrupt value) is treated as absent, and overwritten.
+fn servable(raw: &Bytes) -> Option<Entry> {
+    Entry::decode(raw).filter(|e| has_shape(&e.body, Expect::Any))
+}
+
 /// Whether a stored entry carries one of `tags` (the embedded store has no tag index).
 pub(crate) fn entry_carries(raw: &Bytes, tags: &[String]) -> bool {
     Entry::decode(raw).is_some_and(|e| e.tags.iter().any(|t| tags.contains(t)))
@@ -711,10 +717,8 @@ impl Aggregate {
             }
             let epoch = self.epoch.load(Ordering::Acquire);
             match self.store.get(&key).await {
-                // Anything but an entry holding JSON (an older gateway's bare document, a
-                // corrupt value) is a miss, overwritten below.
                 Ok(Some(v)) => {
-                    if let Some(e) = Entry::decode(&v).filter(|e| has_shape(&e.body, Expect::Any)) {
+                    if let Some(e) = servable(&v) {
                         let stale_for = now.saturating_sub(e.built_ms + e.fresh_ms);
                         if e.is_fresh(now) {
                             cache_metric(name, CacheStatus::Hit);
@@ -835,11 +839,10 @@ impl Aggregate {
     /// just before another rebuild's write landed, but which reaches `flight` after that
     /// rebuild ended, would otherwise repeat the rebuild (one extra `GET` per revalidation).
     async fn refreshed(&self, key: &str) -> Option<Built> {
-        let raw = self.store.get(key).await.ok()??;
-        let e = Entry::decode(&raw)?;
+        let e = servable(&self.store.get(key).await.ok()??)?;
         let now = now_ms();
         e.is_fresh(now).then(|| Built {
-            ttl: Duration::from_millis(e.built_ms + e.fresh_ms - now),
+            ttl: e.remaining(now),
             body: e.body,
             degraded: false,
         })

@@ -254,21 +254,12 @@ fn spawn_gateway(
     cmd.spawn().expect("gateway starts")
 }
 
-/// The loopback port of the admin listener a `gateway:` section declares inline
-/// (`admin: { listen: "127.0.0.1:N" }`). Only the admin port: a bare TCP probe of a TLS port
-/// would count as a failed handshake.
+/// The port of the admin listener a `gateway:` section declares. Only the admin port: a bare
+/// TCP probe of a TLS port would count as a failed handshake.
 fn admin_port(section: &str) -> Option<u16> {
-    section.lines().find_map(|line| {
-        let value = line.trim_start().strip_prefix("admin:")?;
-        let value = value.split_once("listen:")?.1.trim_start();
-        let port: String = value
-            .trim_start_matches('"')
-            .strip_prefix("127.0.0.1:")?
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        port.parse().ok()
-    })
+    let yaml: serde_yaml::Value = serde_yaml::from_str(section).ok()?;
+    let listen = yaml.get("admin")?.get("listen")?.as_str()?;
+    listen.rsplit_once(':')?.1.parse().ok()
 }
 
 fn indent(section: &str) -> String {
