@@ -16,7 +16,7 @@ APT_UPDATED := /tmp/.gateway-apt-updated
 help:
 	@echo "make run    build (release), start the mocks and the gateway on the embedded store"
 	@echo "make test   run every test (unit + integration with real redis-server and mocks)"
-	@echo "make lint   cargo fmt --check and clippy -D warnings"
+	@echo "make lint   cargo fmt --check, clippy -D warnings, and no import cycle among src/ files"
 	@echo "make soak   mixed traffic with Redis/backend chaos for SOAK_SECONDS (default 300)"
 	@echo "make bench  the gateway side by side with nginx and HAProxy (BENCH_SECONDS per run, default 3; about 10 minutes)"
 
@@ -138,6 +138,7 @@ bench: deps
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	python3 scripts/import_cycles.py src
 
 fmt:
 	$(CARGO) fmt --all

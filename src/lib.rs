@@ -30,9 +30,11 @@ pub(crate) mod headers;
 pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod proxy;
+pub(crate) mod rebuild;
 pub mod reload;
 pub(crate) mod resilience;
 pub(crate) mod sharded;
+pub(crate) mod snapshot;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;
@@ -74,6 +76,28 @@ fn server_conf(conf_text: &str) -> pingora::Result<ServerConf> {
     Ok(conf)
 }
 
+/// Creates every series `config` can move at 0, so dashboards and alerts see a flat line
+/// instead of "no data" until the first event. Each module primes its own; rate-limit
+/// decisions are primed by the limiter, which resolves its counters once.
+fn prime(config: &Config) {
+    logging::prime();
+    conn::report::prime(config.tls.is_some());
+    proxy::body::BodyMode::prime();
+    edge::auth::prime(&config.auth);
+    aggregate::prime(&config.aggregates);
+    store::prime(&config.redis);
+    reload::prime();
+    if config.tls.is_some() {
+        tls::prime();
+    }
+    if config.tracing.is_some() {
+        trace::export::prime();
+    }
+    if let Some(c) = &config.compression {
+        proxy::compress::prime(c);
+    }
+}
+
 /// `opt` without the conf path: the conf was read already (and Pingora would warn that it
 /// ignores the path).
 fn opt_without_conf(mut opt: Opt) -> Opt {
@@ -87,7 +111,7 @@ fn opt_without_conf(mut opt: Opt) -> Opt {
 /// the reloader compares its next reads with). Call `bootstrap` and `run` on it.
 pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Result<Server> {
     metrics::init();
-    metrics::prime(&config);
+    prime(&config);
     let conf_path = opt.conf.clone();
     let hash = config::fingerprint_text(&conf_text);
     metrics::CONFIG_INFO.with_label_values(&[&hash]).set(1);

@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use tracing_subscriber::filter::FilterExt as _;
-use tracing_subscriber::layer::{Context, Filter, SubscriberExt as _};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
 
+use crate::conn::report::{CountClientErrors, QuietClientErrors};
 use crate::metrics;
 
 /// Lines a stream may have queued; past this a line is dropped. At a few hundred bytes a
@@ -40,6 +41,9 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Every stream, for priming the metric.
+    pub const ALL: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
+
     /// The `stream` label.
     pub fn label(self) -> &'static str {
         match self {
@@ -327,114 +331,11 @@ pub fn init() {
     }
 }
 
-/// Drops Pingora's per-connection ERROR line for a client that stalled or went away before
-/// its request header was complete (Pingora offers no hook for that one): such clients are
-/// counted in `client_timeouts_total` / `client_aborts_total` and summarised once per interval
-/// (`conn::report`), so a slowloris attack cannot flood the log. Failed TLS handshakes are
-/// counted in `tls_handshake_errors_total` instead of logged. Every other line passes.
-struct QuietClientErrors;
-
-/// A line about a client that is counted instead of written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ClientLine {
-    /// h2's line for a connection it cut for resetting streams in a loop (rapid reset).
-    RapidReset,
-    /// Pingora's one trace of a failed or timed-out TLS handshake (it offers no hook).
-    Handshake,
-    /// Pingora's per-request line for a client that was too slow or went away (counted by
-    /// the connection wrapper and `fail_to_proxy`, not here).
-    ClientFailure,
-}
-
-impl ClientLine {
-    fn of(event: &tracing::Event<'_>) -> Option<ClientLine> {
-        let meta = event.metadata();
-        if *meta.level() == tracing::Level::WARN && meta.target().starts_with("h2::") {
-            let mut seen = PingoraLine::default();
-            event.record(&mut seen);
-            let cut = seen.message.contains("reset") && seen.message.contains("reached limit");
-            return cut.then_some(ClientLine::RapidReset);
-        }
-        if *meta.level() != tracing::Level::ERROR {
-            return None;
-        }
-        let mut seen = PingoraLine::default();
-        event.record(&mut seen);
-        if seen.from_listener && seen.message.starts_with("Downstream handshake") {
-            Some(ClientLine::Handshake)
-        } else if seen.from_proxy && is_client_failure(&seen.message) {
-            Some(ClientLine::ClientFailure)
-        } else {
-            None
-        }
+/// Creates `log_lines_dropped_total` for both streams at 0.
+pub fn prime() {
+    for stream in Stream::ALL {
+        metrics::LOG_LINES_DROPPED.with_label_values(&[stream.label()]);
     }
-}
-
-impl<S> Filter<S> for QuietClientErrors {
-    fn enabled(&self, _meta: &tracing::Metadata<'_>, _cx: &Context<'_, S>) -> bool {
-        true
-    }
-
-    /// No level is refused here. Without a hint, `RUST_LOG.and(this)` would have none either
-    /// and the process-wide maximum would become TRACE: `log` records below `RUST_LOG`'s level
-    /// (Pingora's `debug!`s) would be built only to be dropped.
-    fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
-        Some(tracing_subscriber::filter::LevelFilter::TRACE)
-    }
-
-    fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
-        // One line per scanner, attacking connection or slow client would flood the log.
-        ClientLine::of(event).is_none()
-    }
-}
-
-/// Counts what `QuietClientErrors` keeps out of the log. A layer of its own, beside the
-/// writer and not under `RUST_LOG`, so that `RUST_LOG=error` or `off` does not stop the
-/// metrics.
-struct CountClientErrors;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountClientErrors {
-    fn on_event(&self, event: &tracing::Event<'_>, _cx: Context<'_, S>) {
-        match ClientLine::of(event) {
-            Some(ClientLine::RapidReset) => metrics::H2_CONNECTIONS_CUT
-                .with_label_values(&["rapid_reset"])
-                .inc(),
-            Some(ClientLine::Handshake) => metrics::TLS_HANDSHAKE_ERRORS.inc(),
-            Some(ClientLine::ClientFailure) | None => {}
-        }
-    }
-}
-
-/// The message and origin of a line bridged from Pingora's `log` records.
-#[derive(Default)]
-struct PingoraLine {
-    message: String,
-    from_proxy: bool,
-    /// From Pingora's accept loop (`services::listening`), where TLS handshakes fail.
-    from_listener: bool,
-}
-
-impl tracing::field::Visit for PingoraLine {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        if field.name() == "log.target" {
-            self.from_proxy = value.starts_with("pingora_proxy");
-            self.from_listener = value.starts_with("pingora_core::services::listening");
-        }
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            use std::fmt::Write as _;
-            let _ = write!(self.message, "{value:?}");
-        }
-    }
-}
-
-/// Pingora's lines for a request header that failed to arrive, or an error answer the
-/// client was no longer there to read.
-fn is_client_failure(message: &str) -> bool {
-    (message.starts_with("Fail to proxy: ") && message.contains("downstream session type"))
-        || message.starts_with("failed to send error response to downstream")
 }
 
 /// Writes out what both queues hold, waiting at most `timeout` each (at exit).
@@ -454,30 +355,6 @@ mod tests {
             quiet_redis_client("warn,redis=debug".into()),
             "warn,redis=debug"
         );
-    }
-
-    #[test]
-    fn only_pingoras_client_failure_lines_are_quiet() {
-        assert!(is_client_failure(
-            "Fail to proxy: Downstream ReadError context: request header not received within the deadline, downstream session type: HTTP/1.1"
-        ));
-        assert!(is_client_failure(
-            "failed to send error response to downstream: Downstream WriteError"
-        ));
-        assert!(!is_client_failure(
-            "Fail to proxy: Upstream ConnectRefused, status: 502, tries: 1"
-        ));
-    }
-
-    #[test]
-    fn the_written_lines_keep_rust_logs_level_as_the_maximum() {
-        use tracing_subscriber::filter::LevelFilter;
-        let hint = |directives: &str| {
-            let f = tracing_subscriber::EnvFilter::new(directives).and(QuietClientErrors);
-            Filter::<tracing_subscriber::Registry>::max_level_hint(&f)
-        };
-        assert_eq!(hint("info"), Some(LevelFilter::INFO));
-        assert_eq!(hint("warn,pingora=error"), Some(LevelFilter::WARN));
     }
 
     #[test]

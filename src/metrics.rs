@@ -2,8 +2,9 @@
 //!
 //! Labels are route names, services, groups and status codes: never raw paths, ids, IPs or tokens.
 //!
-//! Over 500 lines, one concern: every instrument the gateway exports, each with its help text,
-//! in one place so names and labels can be reviewed (and primed) together.
+//! Only the instruments live here, each with its help text, so names and labels can be reviewed
+//! together. Each module that moves a series primes it at 0 itself (its `prime`, next to its
+//! label enum), and `lib.rs` calls them all at start.
 
 use std::sync::LazyLock;
 
@@ -306,9 +307,6 @@ pub static H2_CONNECTIONS_CUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Forces registration so every family shows on `/metrics` from the first scrape. Process
-/// metrics (CPU seconds, resident memory, open fds) come with the default registry itself,
-/// through the `prometheus` crate's `process` feature.
 /// Bytes through the response compressor, by coding and stage (`in`: as the service or the
 /// aggregate made them, `out`: as sent).
 pub static COMPRESSION_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -410,6 +408,9 @@ pub static REDIS_CLUSTER_MASTERS: LazyLock<IntGauge> = LazyLock::new(|| {
     .unwrap_or_else(|e| panic!("metric cannot be registered: {e}"))
 });
 
+/// Forces registration so every family shows on `/metrics` from the first scrape. Process
+/// metrics (CPU seconds, resident memory, open fds) come with the default registry itself,
+/// through the `prometheus` crate's `process` feature.
 pub fn init() {
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_DURATION);
@@ -454,100 +455,34 @@ pub fn init() {
     LazyLock::force(&REDIS_CLUSTER_MASTERS);
 }
 
-/// Creates every expected series at 0, so dashboards and alerts see a flat line instead of
-/// "no data" until the first event (a counter vector otherwise appears only once incremented).
-pub fn prime(config: &crate::config::Config) {
-    let redis_configured = config.redis.url.is_some()
-        || !config.redis.cluster.is_empty()
-        || config.redis.sentinel.is_some();
-    // rate_limit_decisions_total is primed by the limiter, which resolves its children once.
-    for stream in [
-        crate::logging::Stream::Stdout,
-        crate::logging::Stream::Stderr,
-    ] {
-        LOG_LINES_DROPPED.with_label_values(&[stream.label()]);
-    }
-    for phase in crate::conn::report::Phase::ALL {
-        CLIENT_TIMEOUTS.with_label_values(&[phase.label()]);
-        CLIENT_ABORTS.with_label_values(&[phase.label()]);
-    }
-    CONNECTIONS_REFUSED.with_label_values(&["per_ip"]);
-    if config.tls.is_some() {
-        TLS_RELOAD.with_label_values(&["ok"]);
-        TLS_RELOAD.with_label_values(&["error"]);
-        H2_CONNECTIONS_CUT.with_label_values(&["rapid_reset"]);
-    }
-    for result in ["ok", "unchanged", "error"] {
-        CONFIG_RELOADS.with_label_values(&[result]);
-    }
-    CONFIG_GENERATION.set(1);
-    if config.tracing.is_some() {
-        for reason in ["queue_full", "export_failed"] {
-            TRACING_SPANS_DROPPED.with_label_values(&[reason]);
-        }
-        for result in ["ok", "error"] {
-            TRACING_EXPORTS.with_label_values(&[result]);
+/// The `result` label of an attempt that either worked or did not (certificate reloads, key
+/// set fetches, trace exports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It worked.
+    Ok,
+    /// It failed; what was there before stays.
+    Error,
+}
+
+impl Outcome {
+    /// Both outcomes, for priming.
+    pub(crate) const ALL: [Outcome; 2] = [Outcome::Ok, Outcome::Error];
+
+    /// The `result` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
         }
     }
-    if let Some(c) = &config.compression {
-        for coding in &c.algorithms {
-            for stage in ["in", "out"] {
-                COMPRESSION_BYTES.with_label_values(&[coding.token(), stage]);
-            }
-            for how in ["stream", "whole", "memo"] {
-                COMPRESSED_RESPONSES.with_label_values(&[coding.token(), how]);
-            }
-        }
-    }
-    for mode in crate::proxy::body::BodyMode::ALL {
-        REQUEST_BODIES.with_label_values(&[mode.label()]);
-    }
-    for reason in crate::edge::auth::AuthError::REASONS {
-        AUTH_FAILURES.with_label_values(&[reason]);
-    }
-    for kind in ["key", "tag"] {
-        CACHE_INVALIDATIONS.with_label_values(&[kind]);
-    }
-    if redis_configured {
-        for op in [
-            "incr",
-            "gcra",
-            "get",
-            "set",
-            "tag",
-            "del",
-            "publish",
-            "subscribe",
-        ] {
-            STORE_ERRORS.with_label_values(&["redis", op]);
-        }
-        for direction in ["sent", "received", "bad"] {
-            CACHE_INVALIDATION_MESSAGES.with_label_values(&[direction]);
-        }
-    }
-    for i in &config.auth.issuers {
-        let issuer = i.issuer.as_str();
-        JWKS_REFRESH.with_label_values(&[issuer, "ok"]);
-        JWKS_REFRESH.with_label_values(&[issuer, "error"]);
-        JWKS_KEYS.with_label_values(&[issuer]).set(0);
-        JWKS_AGE.with_label_values(&[issuer]).set(-1);
-    }
-    for a in &config.aggregates {
-        if a.cache.as_ref().is_some_and(|c| !c.ttl.is_zero()) {
-            for status in crate::aggregate::CacheStatus::ALL {
-                CACHE_REQUESTS.with_label_values(&[a.name.as_str(), status.label()]);
-            }
-            if a.cache.as_ref().is_some_and(|c| c.local.is_some()) {
-                CACHE_LOCAL_ENTRIES.with_label_values(&[a.name.as_str()]);
-            }
-        }
-        for leg in &a.legs {
-            let s = leg.service.as_str();
-            UPSTREAM_RETRIES.with_label_values(&[s]);
-            UPSTREAM_REQUESTS.with_label_values(&[s, "success"]);
-            if !leg.required {
-                AGGREGATE_DEGRADED.with_label_values(&[a.name.as_str(), leg.name.as_str()]);
-            }
+
+    /// `Ok` for a success, `Error` otherwise.
+    pub(crate) fn of<T, E>(result: &std::result::Result<T, E>) -> Outcome {
+        if result.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
         }
     }
 }

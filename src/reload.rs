@@ -12,9 +12,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::config::{fingerprint_text, same, Config, LoadMode, ProcessEnv};
+use crate::config::{fingerprint_text, Config, LoadMode, ProcessEnv};
 use crate::metrics;
-use crate::proxy::{Shared, Snapshot};
+use crate::snapshot::{Shared, Snapshot};
 
 /// What one reload attempt did (`config_reload_total{result}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, for priming.
+    pub(crate) const ALL: [Outcome; 3] = [Outcome::Applied, Outcome::Unchanged, Outcome::Error];
+
     /// The metric label.
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -36,6 +39,14 @@ impl Outcome {
             Outcome::Error => "error",
         }
     }
+}
+
+/// Creates the reload series at 0 and marks the first configuration as generation 1.
+pub(crate) fn prime() {
+    for outcome in Outcome::ALL {
+        metrics::CONFIG_RELOADS.with_label_values(&[outcome.label()]);
+    }
+    metrics::CONFIG_GENERATION.set(1);
 }
 
 /// The background service that reloads the configuration.
@@ -156,7 +167,7 @@ fn keep_process_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
     let mut pending = Vec::new();
     macro_rules! keep {
         ($($field:ident).+, $name:expr) => {
-            if !same(&old.$($field).+, &new.$($field).+) {
+            if old.$($field).+ != new.$($field).+ {
                 new.$($field).+ = old.$($field).+.clone();
                 pending.push($name);
             }
@@ -232,5 +243,38 @@ impl pingora::services::background::BackgroundService for Reloader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(admin_token: &str) -> Config {
+        let yaml = r#"
+gateway:
+  admin: { listen: "127.0.0.1:9092" }
+  upstreams:
+    users: { backends: ["127.0.0.1:1"] }
+  routes:
+    - { prefix: "/api/users/", upstream: users }
+"#;
+        let token = admin_token.to_string();
+        let env = move |k: &str| match k {
+            "JWT_SECRET" => Some("s".to_string()),
+            "ADMIN_TOKEN" => Some(token.clone()),
+            _ => None,
+        };
+        Config::from_yaml(yaml, &env, LoadMode::Run).expect("test config")
+    }
+
+    #[test]
+    fn a_changed_admin_token_is_named_as_needing_a_restart_and_the_running_one_stays() {
+        let old = config("first-token-0123456789");
+        let mut new = config("second-token-0123456789");
+        assert_eq!(keep_process_keys(&old, &mut new), vec!["gateway.admin"]);
+        assert_eq!(new.admin, old.admin, "the running token stays");
+        let mut same = config("first-token-0123456789");
+        assert!(keep_process_keys(&old, &mut same).is_empty());
     }
 }

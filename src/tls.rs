@@ -16,6 +16,7 @@ use pingora::tls::ssl::NameType;
 use pingora::tls::x509::X509;
 
 use crate::config::{CertPaths, TlsConfig};
+use crate::metrics::Outcome;
 
 /// One checked certificate chain and key.
 pub struct Pair {
@@ -290,16 +291,23 @@ impl pingora::services::background::BackgroundService for Reloader {
             };
             if replaced > 0 {
                 crate::metrics::TLS_RELOAD
-                    .with_label_values(&["ok"])
+                    .with_label_values(&[Outcome::Ok.label()])
                     .inc_by(replaced as u64);
                 tracing::info!(replaced, "TLS certificates reloaded");
             }
             for e in refused {
                 crate::metrics::TLS_RELOAD
-                    .with_label_values(&["error"])
+                    .with_label_values(&[Outcome::Error.label()])
                     .inc();
                 tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use");
             }
         }
+    }
+}
+
+/// Creates `tls_reload_total` at 0 for both results.
+pub(crate) fn prime() {
+    for result in Outcome::ALL {
+        crate::metrics::TLS_RELOAD.with_label_values(&[result.label()]);
     }
 }

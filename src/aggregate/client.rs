@@ -359,6 +359,20 @@ pub(crate) fn freshness(cache_control: &str) -> u64 {
     s_maxage.or(max_age).unwrap_or(u64::MAX)
 }
 
+impl crate::rebuild::Rebuild for ServiceClient {
+    type Settings = ServiceConfig;
+    fn settings(&self) -> &ServiceConfig {
+        self.config()
+    }
+}
+
+/// Creates a service's call series at 0: its retries and its successful attempts (the
+/// failure outcomes appear with their first occurrence).
+pub(crate) fn prime(service: &str) {
+    metrics::UPSTREAM_RETRIES.with_label_values(&[service]);
+    metrics::UPSTREAM_REQUESTS.with_label_values(&[service, "success"]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

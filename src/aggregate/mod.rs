@@ -33,7 +33,9 @@ use crate::config::{AggregateConfig, Config, Expect, LegConfig, Segment};
 use crate::edge::auth::Identity;
 use crate::error::GatewayError;
 use crate::metrics;
+use crate::rebuild::Rebuild;
 use crate::resilience::FailureKind;
+use crate::store::feed::Direction;
 use crate::store::{FeedEvent, Store, StoreError};
 use crate::trace::{Parent, RequestTrace};
 use opentelemetry::trace::SpanContext;
@@ -48,6 +50,60 @@ use self::entry::Entry;
 use self::local::LocalTier;
 
 use self::client::{has_shape, CallError, CallTrace, ServiceClient};
+
+/// What an operator purged through the admin API (`cache_invalidations_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PurgeKind {
+    /// One entry, by its key.
+    Key,
+    /// Every entry carrying a tag.
+    Tag,
+}
+
+impl PurgeKind {
+    /// Both kinds, for priming.
+    pub(crate) const ALL: [PurgeKind; 2] = [PurgeKind::Key, PurgeKind::Tag];
+
+    /// The `kind` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            PurgeKind::Key => "key",
+            PurgeKind::Tag => "tag",
+        }
+    }
+
+    /// Counts `n` entries purged.
+    pub(crate) fn count(self, n: u64) {
+        metrics::CACHE_INVALIDATIONS
+            .with_label_values(&[self.label()])
+            .inc_by(n);
+    }
+}
+
+/// Creates the aggregates' series at 0: purges, and per aggregate its cache results, its
+/// in-process tier, and per leg its service's calls and the degraded answers it may cause.
+pub(crate) fn prime(aggregates: &[AggregateConfig]) {
+    for kind in PurgeKind::ALL {
+        metrics::CACHE_INVALIDATIONS.with_label_values(&[kind.label()]);
+    }
+    for a in aggregates {
+        let name = a.name.as_str();
+        if let Some(cache) = a.cache.as_ref().filter(|c| !c.ttl.is_zero()) {
+            for status in CacheStatus::ALL {
+                metrics::CACHE_REQUESTS.with_label_values(&[name, status.label()]);
+            }
+            if cache.local.is_some() {
+                metrics::CACHE_LOCAL_ENTRIES.with_label_values(&[name]);
+            }
+        }
+        for leg in &a.legs {
+            client::prime(leg.service.as_str());
+            if !leg.required {
+                metrics::AGGREGATE_DEGRADED.with_label_values(&[name, leg.name.as_str()]);
+            }
+        }
+    }
+}
 
 /// How the answer relates to the cache (the `X-Cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,82 +283,27 @@ impl Aggregates {
                                 a.name, leg.name, leg.service
                             )
                         })?;
-                        let kept = previous
-                            .and_then(|p| p.clients.get(&leg.service))
-                            .filter(|c| crate::config::same(c.config(), svc))
-                            .cloned();
-                        let c = kept.unwrap_or_else(|| {
-                            Arc::new(ServiceClient::new(svc.clone(), http.clone(), now))
-                        });
+                        let c = ServiceClient::rebuild(
+                            svc,
+                            previous.and_then(|p| p.clients.get(&leg.service)),
+                            || ServiceClient::new(svc.clone(), http.clone(), now),
+                        );
                         clients.insert(leg.service.clone(), c.clone());
                         c
                     }
                 };
                 legs.push(c);
             }
-            let kept = previous
+            let previous = previous
                 .and_then(|p| p.list.iter().find(|old| old.config.name == a.name))
                 .filter(|old| {
-                    crate::config::same(&old.config, a)
-                        && old
-                            .clients
-                            .iter()
-                            .zip(&legs)
-                            .all(|(o, n)| Arc::ptr_eq(o, n))
-                })
-                .cloned();
-            if let Some(old) = kept {
-                list.push(old);
-                continue;
-            }
-            let mut needs_json = vec![false; a.legs.len()];
-            for leg in &a.legs {
-                for p in &leg.path.parts {
-                    if let crate::config::Part::Value(v) = p {
-                        needs_json[v.leg] = true;
-                    }
-                }
-                if let Some(f) = &leg.for_each {
-                    needs_json[f.leg] = true;
-                }
-            }
-            for (_, v) in &a.response {
-                if !v.path.is_empty() {
-                    needs_json[v.leg] = true;
-                }
-            }
-            for t in a.cache.iter().flat_map(|c| &c.tags) {
-                for p in &t.parts {
-                    if let crate::config::Part::Value(v) = p {
-                        needs_json[v.leg] = true;
-                    }
-                }
-            }
-            let mut prefix = String::new();
-            for seg in &a.path.segments {
-                prefix.push('/');
-                match seg {
-                    Segment::Literal(l) => prefix.push_str(l),
-                    Segment::Param(_) => break,
-                }
-            }
-            let local = a
-                .cache
-                .as_ref()
-                .and_then(|c| c.local.as_ref())
-                .map(|l| LocalTier::new(&a.name, l));
-            list.push(Arc::new(Aggregate {
-                local,
-                epoch: AtomicU64::new(0),
-                recent: Mutex::new(VecDeque::new()),
-                fingerprint: crate::config::fingerprint(a),
-                config: a.clone(),
-                prefix,
-                clients: legs,
-                needs_json,
-                store: store.clone(),
-                inflight: Mutex::new(HashMap::new()),
-                next_flight: AtomicU64::new(0),
+                    old.clients
+                        .iter()
+                        .zip(&legs)
+                        .all(|(o, n)| Arc::ptr_eq(o, n))
+                });
+            list.push(Aggregate::rebuild(a, previous, || {
+                Aggregate::new(a, legs, store.clone())
             }));
         }
         Ok(Aggregates {
@@ -339,15 +340,11 @@ impl Aggregates {
         match event {
             FeedEvent::Message(raw) => match serde_json::from_slice::<Invalidation>(raw) {
                 Ok(inv) => {
-                    metrics::CACHE_INVALIDATION_MESSAGES
-                        .with_label_values(&["received"])
-                        .inc();
+                    Direction::Received.count();
                     self.forget(&inv, true);
                 }
                 Err(e) => {
-                    metrics::CACHE_INVALIDATION_MESSAGES
-                        .with_label_values(&["bad"])
-                        .inc();
+                    Direction::Bad.count();
                     tracing::warn!(error = %e, "ignored a malformed cache invalidation message");
                 }
             },
@@ -429,6 +426,59 @@ impl std::fmt::Debug for Aggregate {
 }
 
 impl Aggregate {
+    /// An aggregate over its service clients `legs` (one per leg, in order).
+    fn new(a: &AggregateConfig, legs: Vec<Arc<ServiceClient>>, store: Arc<Store>) -> Aggregate {
+        let mut needs_json = vec![false; a.legs.len()];
+        for leg in &a.legs {
+            for p in &leg.path.parts {
+                if let crate::config::Part::Value(v) = p {
+                    needs_json[v.leg] = true;
+                }
+            }
+            if let Some(f) = &leg.for_each {
+                needs_json[f.leg] = true;
+            }
+        }
+        for (_, v) in &a.response {
+            if !v.path.is_empty() {
+                needs_json[v.leg] = true;
+            }
+        }
+        for t in a.cache.iter().flat_map(|c| &c.tags) {
+            for p in &t.parts {
+                if let crate::config::Part::Value(v) = p {
+                    needs_json[v.leg] = true;
+                }
+            }
+        }
+        let mut prefix = String::new();
+        for seg in &a.path.segments {
+            prefix.push('/');
+            match seg {
+                Segment::Literal(l) => prefix.push_str(l),
+                Segment::Param(_) => break,
+            }
+        }
+        let local = a
+            .cache
+            .as_ref()
+            .and_then(|c| c.local.as_ref())
+            .map(|l| LocalTier::new(&a.name, l));
+        Aggregate {
+            local,
+            epoch: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
+            fingerprint: crate::config::fingerprint(a),
+            config: a.clone(),
+            prefix,
+            clients: legs,
+            needs_json,
+            store,
+            inflight: Mutex::new(HashMap::new()),
+            next_flight: AtomicU64::new(0),
+        }
+    }
+
     fn claims(&self, path: &str) -> bool {
         let p = self.prefix.as_str();
         if let Some(base) = p.strip_suffix('/') {
@@ -1241,6 +1291,13 @@ fn cache_metric(aggregate: &str, status: CacheStatus) {
     metrics::CACHE_REQUESTS
         .with_label_values(&[aggregate, status.label()])
         .inc();
+}
+
+impl Rebuild for Aggregate {
+    type Settings = AggregateConfig;
+    fn settings(&self) -> &AggregateConfig {
+        &self.config
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::{invalid, ConfigError, Env, LoadMode};
+use super::check::{invalid, ConfigError, Env, LoadMode};
 
 /// `gateway.admin` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -55,7 +55,7 @@ pub(super) fn resolve_admin(
         return Ok(None);
     };
     let port = env.var("ADMIN_PORT").filter(|v| !v.trim().is_empty());
-    let listen = super::resolve::parse_listen(
+    let listen = super::check::parse_listen(
         "gateway.admin.listen",
         &listen,
         port.map(|p| ("ADMIN_PORT", p)),

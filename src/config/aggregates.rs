@@ -16,8 +16,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::resolve::{millis, positive};
-use super::{invalid, ConfigError};
+use super::check::{invalid, ConfigError};
+use super::check::{millis, positive};
 
 /// One aggregate as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -136,7 +136,7 @@ pub(super) const DEFAULT_AGGREGATES: &str = r#"
 // The checked plan.
 
 /// A declared composite endpoint, checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AggregateConfig {
     /// Metric label and log field: `[a-z0-9_]+`, unique.
     pub name: String,
@@ -157,7 +157,7 @@ pub struct AggregateConfig {
 }
 
 /// `authorize`: the path param must equal the caller's claim, unless a role bypasses.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Authorize {
     /// Index of the param in [`PathPattern::params`].
     pub param: usize,
@@ -170,7 +170,7 @@ pub struct Authorize {
 }
 
 /// Cache-aside for one aggregate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheSpec {
     /// How long an entry lives; zero turns the cache off.
     pub ttl: Duration,
@@ -208,7 +208,7 @@ impl CacheSpec {
 }
 
 /// One service call of an aggregate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LegConfig {
     /// The leg's name (its default output key, and the `leg` metric label).
     pub name: String,

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{invalid, ConfigError};
+use super::check::{invalid, ConfigError};
 
 /// `gateway.compression` as written.
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{invalid, ConfigError};
+use super::check::{invalid, ConfigError};
 
 /// One `gateway.cors` entry as written.
 #[derive(Debug, Deserialize)]
@@ -36,7 +36,7 @@ fn default_max_age() -> u64 {
 }
 
 /// Which origins a browser may call these routes from, and with what.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CorsPolicy {
     /// Path prefixes the policy covers (the first policy whose prefix matches applies).
     pub routes: Vec<String>,

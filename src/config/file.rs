@@ -9,7 +9,7 @@ use super::aggregates::AggregateFile;
 use super::compression::CompressionFile;
 use super::cors::CorsFile;
 use super::issuers::IssuerFile;
-use super::tls::TlsFile;
+use super::tls::{TlsFile, UpstreamTlsFile};
 use super::tracing::TracingFile;
 
 /// The whole conf file as far as the gateway is concerned: Pingora's keys are ignored here.
@@ -255,22 +255,6 @@ pub(super) struct UpstreamFile {
     pub(super) tls: Option<UpstreamTlsFile>,
     #[serde(default)]
     pub(super) http2: Option<UpstreamH2File>,
-}
-
-/// `upstreams.<name>.tls` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UpstreamTlsFile {
-    #[serde(default)]
-    pub(super) sni: Option<String>,
-    #[serde(default = "default_true")]
-    pub(super) verify: bool,
-    #[serde(default)]
-    pub(super) ca: Option<String>,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// `upstreams.<name>.http2` as written.

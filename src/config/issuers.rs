@@ -8,7 +8,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use url::Url;
 
-use super::{invalid, ConfigError};
+use super::check::{invalid, ConfigError};
 
 /// One issuer as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,7 +58,7 @@ pub enum KeySource {
 }
 
 /// One identity provider, checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IssuerConfig {
     /// Must equal the token's `iss`; also the metric label.
     pub issuer: String,

@@ -37,46 +37,17 @@ pub use services::{ServiceConfig, Services};
 mod tls;
 pub use tls::{CertPaths, TlsConfig, TlsVersion, UpstreamTls};
 mod admin;
+mod check;
 mod compression;
 mod cors;
 mod ratelimit;
 mod tracing;
 pub use admin::AdminConfig;
+pub use check::{ConfigError, Env, LoadMode, ProcessEnv};
 pub use compression::{Coding, CompressionConfig, Level};
 pub use cors::CorsPolicy;
 pub use ratelimit::{Algorithm, OnStoreError, PolicyConfig, PolicyKey, DEFAULT_POLICY};
 pub use tracing::TracingConfig;
-
-/// A start-up configuration problem, naming the offending key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// Path as given on the command line.
-        path: String,
-        /// Underlying I/O error.
-        source: std::io::Error,
-    },
-    /// The YAML did not match the schema (serde names the key and line).
-    #[error("invalid config: {0}")]
-    Parse(String),
-    /// A value was well-formed YAML but not acceptable.
-    #[error("invalid config: {key}: {message}")]
-    Invalid {
-        /// Dotted path of the key, e.g. `gateway.routes[0].upstream`.
-        key: String,
-        /// What is wrong with it.
-        message: String,
-    },
-}
-
-/// Whether two checked settings are the same, for a reload deciding what to keep. Compared
-/// through `Debug` because the settings hold types without `PartialEq` (Pingora's, `Duration`
-/// in maps); every settings type derives `Debug`, and it prints every field.
-pub fn same<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
-    format!("{a:?}") == format!("{b:?}")
-}
 
 /// A short, stable fingerprint of checked settings (FNV-1a over `Debug`): the same on every
 /// replica and across restarts, unlike `std`'s randomly seeded hasher.
@@ -94,18 +65,11 @@ pub fn fingerprint_text(text: &str) -> String {
     format!("{h:016x}")
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The typed configuration used by the rest of the gateway.
 
 /// The validated gateway configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Client listener.
     pub listen: SocketAddr,
@@ -144,7 +108,7 @@ pub struct Config {
 }
 
 /// `gateway.reload`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReloadConfig {
     /// Poll the conf file's content and apply it when it changes.
     pub watch: bool,
@@ -153,7 +117,7 @@ pub struct ReloadConfig {
 }
 
 /// Redis settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RedisConfig {
     /// `redis://` / `rediss://` URL, normalised from a bare `host:port`; `None` (and no
     /// `cluster`) = embedded store.
@@ -182,7 +146,7 @@ pub struct SentinelConfig {
 }
 
 /// JWT verification settings.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct AuthConfig {
     /// HS256 secret from `JWT_SECRET`; empty only in `-t` mode.
     pub secret: Vec<u8>,
@@ -232,7 +196,7 @@ impl AuthConfig {
 }
 
 /// Rate limiter settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitConfig {
     /// Requests admitted per window and client IP.
     pub limit: u64,
@@ -245,7 +209,7 @@ pub struct RateLimitConfig {
 }
 
 /// Request size caps.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     /// Sum of request header names and values.
     pub max_request_header_bytes: usize,
@@ -283,7 +247,7 @@ pub struct BodyPolicy {
 }
 
 /// One upstream group.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Resolved backend addresses.
     pub backends: Vec<SocketAddr>,
@@ -306,7 +270,7 @@ pub struct UpstreamConfig {
 }
 
 /// Active health check of a group.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheckConfig {
     /// HTTP or TCP.
     pub kind: HealthCheckKind,
@@ -323,7 +287,7 @@ pub struct HealthCheckConfig {
 }
 
 /// One route table entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// Path prefix matched against the request path.
     pub prefix: String,
@@ -355,37 +319,6 @@ pub const ENV_VARS: [&str; 17] = [
     "ADMIN_PORT",
     "ADMIN_TOKEN",
 ];
-
-/// Source of environment variables, injectable for tests.
-pub trait Env {
-    /// The variable's value, if set.
-    fn var(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl<F: Fn(&str) -> Option<String>> Env for F {
-    fn var(&self, key: &str) -> Option<String> {
-        self(key)
-    }
-}
-
-/// What loading is for: starting the gateway, or `-t` checking a file on another machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadMode {
-    /// Start-up: `JWT_SECRET` is required and backend host names are resolved.
-    Run,
-    /// `-t`: the file alone is checked; no secret needed, host names only checked for form
-    /// (a compose or Kubernetes service name does not resolve on the build machine).
-    Check,
-}
 
 impl Config {
     /// The conf file's text (for [`Config::from_yaml`], and kept by the reloader).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{invalid, ConfigError};
+use super::check::{invalid, ConfigError};
 
 /// One policy as written.
 #[derive(Debug, Deserialize)]

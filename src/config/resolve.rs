@@ -13,43 +13,13 @@ use ipnet::IpNet;
 use url::Url;
 
 use super::aggregates::{default_files, resolve_aggregates};
+use super::check::{invalid, millis, parse_listen, parse_port, positive};
 use super::file::{
     AuthFile, GatewayFile, LimitsFile, RateLimitFile, RedisFile, RouteFile, StripFile, UpstreamFile,
 };
 use super::issuers::{claim_path, resolve_issuers};
 use super::services::resolve_services;
 use super::*;
-
-pub(super) fn parse_listen(
-    key: &str,
-    value: &str,
-    port_env: Option<(&str, String)>,
-) -> Result<SocketAddr, ConfigError> {
-    let mut addr: SocketAddr = value
-        .parse()
-        .map_err(|_| invalid(key, format!("`{value}` is not an ip:port address")))?;
-    if let Some((var, port)) = port_env {
-        let port = parse_port(&port)
-            .ok_or_else(|| invalid(var, format!("`{port}` is not a port (1-65535)")))?;
-        addr.set_port(port);
-    }
-    if addr.port() == 0 {
-        return Err(invalid(key, "port 0 is not allowed"));
-    }
-    Ok(addr)
-}
-
-fn parse_port(s: &str) -> Option<u16> {
-    s.trim().parse::<u16>().ok().filter(|p| *p != 0)
-}
-
-pub(super) fn positive(key: &str, v: u64) -> Result<u64, ConfigError> {
-    if v == 0 {
-        Err(invalid(key, "must be greater than 0"))
-    } else {
-        Ok(v)
-    }
-}
 
 /// `redis+sentinel://[pass@]h1:26379,h2:26379/<master>[/db]`.
 pub fn parse_sentinel(addr: &str) -> Result<SentinelConfig, String> {
@@ -525,11 +495,6 @@ fn resolve_routes(
         });
     }
     Ok(resolved)
-}
-
-/// A positive number of milliseconds as a duration.
-pub(super) fn millis(key: &str, v: u64) -> Result<Duration, ConfigError> {
-    positive(key, v).map(Duration::from_millis)
 }
 
 fn parse_cidr(s: &str) -> Option<IpNet> {

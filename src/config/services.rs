@@ -7,9 +7,9 @@ use url::Url;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::check::{invalid, ConfigError, Env};
+use super::check::{millis, positive};
 use super::file::ServiceFile;
-use super::resolve::{millis, positive};
-use super::{invalid, ConfigError, Env};
 
 /// The services every conf has unless it says otherwise: the mocks' four, on their ports.
 const DEFAULTS: [(&str, &str); 4] = [
@@ -35,7 +35,7 @@ pub fn url_var(name: &str) -> String {
 }
 
 /// The aggregates' services, by name.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Services {
     by_name: BTreeMap<String, ServiceConfig>,
 }
@@ -53,7 +53,7 @@ impl Services {
 }
 
 /// One service the aggregates call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     /// Its name under `gateway.services` (the `service` metric label).
     pub name: String,

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::file::UpstreamTlsFile;
-use super::{invalid, ConfigError};
+use super::check::{invalid, ConfigError};
 
 /// `gateway.tls` as written.
 #[derive(Debug, Deserialize)]
@@ -78,7 +77,7 @@ pub struct CertPaths {
 }
 
 /// The HTTPS listener, checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// Address of the TLS listener (`HTTPS_PORT` replaces the port).
     pub listen: SocketAddr,
@@ -165,7 +164,7 @@ impl TlsFile {
 }
 
 /// TLS to a group's backends.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamTls {
     /// Server name sent and, with `verify`, checked against the certificate.
     pub sni: String,
@@ -261,6 +260,18 @@ pub(super) fn upstream_tls(
         ca,
         pool_key,
     })
+}
+
+/// `upstreams.<name>.tls` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamTlsFile {
+    #[serde(default)]
+    pub(super) sni: Option<String>,
+    #[serde(default = "default_true")]
+    pub(super) verify: bool,
+    #[serde(default)]
+    pub(super) ca: Option<String>,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::{invalid, ConfigError, Env};
+use super::check::{invalid, ConfigError, Env};
 
 /// `gateway.tracing` as written.
 #[derive(Debug, Deserialize)]

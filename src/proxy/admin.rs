@@ -17,9 +17,9 @@ use http::{Method, Response};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use super::snapshot::Snapshot;
+use crate::aggregate::PurgeKind;
 use crate::error::GatewayError;
-use crate::metrics;
+use crate::snapshot::Snapshot;
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -78,9 +78,7 @@ impl AdminApi {
                 .invalidate_tags(tags.clone())
                 .await
                 .map_err(unavailable)?;
-            metrics::CACHE_INVALIDATIONS
-                .with_label_values(&["tag"])
-                .inc_by(purged.count);
+            PurgeKind::Tag.count(purged.count);
             return Ok((
                 200,
                 serde_json::json!({ "tags": tags, "invalidated": purged.count, "announced": purged.announced }),
@@ -99,9 +97,7 @@ impl AdminApi {
         match method {
             Method::DELETE => {
                 let purged = aggregate.purge(key).await.map_err(unavailable)?;
-                metrics::CACHE_INVALIDATIONS
-                    .with_label_values(&["key"])
-                    .inc_by(purged.count);
+                PurgeKind::Key.count(purged.count);
                 Ok((
                     200,
                     serde_json::json!({ "aggregate": name, "key": key, "invalidated": purged.count, "announced": purged.announced }),

@@ -64,6 +64,13 @@ impl BodyMode {
         }
     }
 
+    /// Creates `request_bodies_total` at 0 for every mode.
+    pub(crate) fn prime() {
+        for mode in BodyMode::ALL {
+            metrics::REQUEST_BODIES.with_label_values(&[mode.label()]);
+        }
+    }
+
     fn count(self) {
         // Resolved once: this runs for every request with a body.
         static COUNTERS: std::sync::LazyLock<[prometheus::IntCounter; 4]> =

@@ -303,7 +303,7 @@ impl Compressor {
     pub(crate) fn encoder(&self, coding: Coding) -> Option<Encoder> {
         let inner = compressor(coding, self.config.level.for_coding(coding))?;
         metrics::COMPRESSED_RESPONSES
-            .with_label_values(&[coding.token(), "stream"])
+            .with_label_values(&[coding.token(), How::Stream.label()])
             .inc();
         Some(Encoder { coding, inner })
     }
@@ -326,7 +326,7 @@ impl Compressor {
         let Some(key) = memo_key else {
             let out = self.compress(coding, body)?;
             metrics::COMPRESSED_RESPONSES
-                .with_label_values(&[coding.token(), "whole"])
+                .with_label_values(&[coding.token(), How::Whole.label()])
                 .inc();
             return Some(out);
         };
@@ -335,7 +335,7 @@ impl Compressor {
             if src == body {
                 record(coding, body.len(), out.len());
                 metrics::COMPRESSED_RESPONSES
-                    .with_label_values(&[coding.token(), "memo"])
+                    .with_label_values(&[coding.token(), How::Memo.label()])
                     .inc();
                 return Some(out.clone());
             }
@@ -344,7 +344,7 @@ impl Compressor {
         // one more compression and nothing else.
         let out = self.compress(coding, body)?;
         metrics::COMPRESSED_RESPONSES
-            .with_label_values(&[coding.token(), "whole"])
+            .with_label_values(&[coding.token(), How::Whole.label()])
             .inc();
         let weight = body.len() + out.len();
         if weight <= MEMO_BYTES / 4 {
@@ -364,13 +364,58 @@ impl Compressor {
     }
 }
 
+impl crate::rebuild::Rebuild for Compressor {
+    type Settings = CompressionConfig;
+    fn settings(&self) -> &CompressionConfig {
+        self.config()
+    }
+}
+
 fn record(coding: Coding, input: usize, output: usize) {
     metrics::COMPRESSION_BYTES
-        .with_label_values(&[coding.token(), "in"])
+        .with_label_values(&[coding.token(), STAGES[0]])
         .inc_by(input as u64);
     metrics::COMPRESSION_BYTES
-        .with_label_values(&[coding.token(), "out"])
+        .with_label_values(&[coding.token(), STAGES[1]])
         .inc_by(output as u64);
+}
+
+/// The `stage` labels of `compression_bytes_total`: bytes as made, then as sent.
+const STAGES: [&str; 2] = ["in", "out"];
+
+/// How an answer came to be compressed (`compressed_responses_total{how}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// A proxied answer, compressed as it streams.
+    Stream,
+    /// An aggregate's document, compressed for this request.
+    Whole,
+    /// A cached aggregate's compressed copy, reused.
+    Memo,
+}
+
+impl How {
+    const ALL: [How; 3] = [How::Stream, How::Whole, How::Memo];
+
+    fn label(self) -> &'static str {
+        match self {
+            How::Stream => "stream",
+            How::Whole => "whole",
+            How::Memo => "memo",
+        }
+    }
+}
+
+/// Creates the compression series at 0 for every configured algorithm.
+pub(crate) fn prime(config: &crate::config::CompressionConfig) {
+    for coding in &config.algorithms {
+        for stage in STAGES {
+            metrics::COMPRESSION_BYTES.with_label_values(&[coding.token(), stage]);
+        }
+        for how in How::ALL {
+            metrics::COMPRESSED_RESPONSES.with_label_values(&[coding.token(), how.label()]);
+        }
+    }
 }
 
 impl Encoder {

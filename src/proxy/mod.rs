@@ -36,7 +36,6 @@
 //!    answer for any error that ends the request.
 //! 8. [`logging`](ProxyHttp::logging): always, once per request: metrics and the access log.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,10 +49,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::aggregate::CacheStatus;
 use crate::config::Config;
 use crate::conn::report::report;
-use crate::edge::auth::Identity;
 use crate::edge::client::ClientAddr;
 use crate::edge::hygiene;
-use crate::edge::ratelimit::RateVerdict;
 use crate::error::GatewayError;
 use crate::headers;
 use crate::metrics;
@@ -63,17 +60,19 @@ pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod body;
 pub(crate) mod compress;
+mod ctx;
 pub(crate) mod health;
 mod local;
 pub(crate) mod respond;
 pub(crate) mod routes;
-mod snapshot;
 mod spans;
 pub(crate) mod upstreams;
 
+use self::ctx::is_tls;
+pub use self::ctx::Ctx;
 use self::health::BackendTry;
 use self::routes::Route;
-pub(crate) use self::snapshot::{Shared, Snapshot};
+use crate::snapshot::{Shared, Snapshot};
 use arc_swap::ArcSwap;
 
 /// How long an unused upstream connection stays in Pingora's pool.
@@ -87,64 +86,6 @@ pub struct Gateway {
     shared: Arc<Shared>,
     /// Bytes all buffered request bodies may hold together.
     body_budget: Arc<body::BodyBudget>,
-}
-
-/// Per-request state, filled as the phases run; each field names the phase that writes it.
-pub struct Ctx {
-    /// new_ctx: when the request started, for the duration metric.
-    started: Instant,
-    /// new_ctx: the configuration this request runs on, start to end.
-    snap: Arc<Snapshot>,
-    /// request_filter: where the request goes.
-    route: Route,
-    /// request_filter: the client's id, or a fresh one.
-    request_id: String,
-    /// request_filter: the client, on every route (public ones included).
-    client: Option<ClientAddr>,
-    /// request_filter: the limits' verdict, reported in `RateLimit-*` headers.
-    rate: Option<RateVerdict>,
-    /// request_filter: the verified caller, forwarded as `X-User-Id`.
-    identity: Option<Arc<Identity>>,
-    /// request_filter: how an aggregate's answer relates to the cache, for the access log.
-    cache: Option<CacheStatus>,
-    /// upstream_peer: backends already tried, so a retry goes elsewhere.
-    tried: Vec<SocketAddr>,
-    /// upstream_peer starts a try; the phases that learn its outcome report it.
-    backend: BackendTry,
-    /// upstream_peer: an error decided before proxying (no healthy backend), answered by
-    /// fail_to_proxy.
-    local_error: Option<GatewayError>,
-    /// request_filter: how the body was read (buffered bytes, budget held until the end).
-    body: body::Prepared,
-    /// request_filter: CORS headers for this request's answers (`None`: no policy covers the
-    /// route, and the service's own CORS headers stand).
-    cors: Option<Vec<(&'static str, String)>>,
-    /// request_filter: the coding `Accept-Encoding` allows (read only with compression on).
-    accept: compress::Negotiated,
-    /// response_filter: the encoder of a proxied answer being compressed.
-    encoder: Option<compress::Encoder>,
-    /// request_filter: the request's spans (tracing on), ended by logging.
-    trace: Option<crate::trace::RequestTrace>,
-}
-
-impl Ctx {
-    /// Request id and rate-limit headers that every local answer carries.
-    fn local_headers(&self) -> Vec<(&'static str, http::HeaderValue)> {
-        let mut h = Vec::with_capacity(8);
-        if let Ok(id) = http::HeaderValue::from_str(&self.request_id) {
-            h.push((headers::X_REQUEST_ID, id));
-        }
-        if let Some(d) = &self.rate {
-            h.extend(d.headers());
-        }
-        h.extend(
-            self.cors
-                .iter()
-                .flatten()
-                .filter_map(|(n, v)| Some((*n, http::HeaderValue::from_str(v).ok()?))),
-        );
-        h
-    }
 }
 
 /// Whether the final response header went out (a `100 Continue` is not an answer).
@@ -744,9 +685,4 @@ impl ProxyHttp for Gateway {
             });
         }
     }
-}
-
-/// Whether the client's connection is TLS (the HTTPS listener).
-fn is_tls(session: &Session) -> bool {
-    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::upstreams::UpstreamGroup;
+use super::upstreams::{self, UpstreamGroup};
 use crate::aggregate::{Aggregate, Aggregates};
-use crate::config::BodyPolicy;
+use crate::config::{BodyPolicy, Config};
 
 /// Where a request goes, decided from its path alone.
 #[derive(Debug, Clone)]
@@ -95,6 +95,27 @@ impl RouteTable {
         RouteTable { routes, groups }
     }
 
+    /// Builds the table of `config`: its upstream groups (keeping those of `previous` whose
+    /// settings did not change) and its routes over them, in conf order.
+    pub(crate) fn build(config: &Config, previous: Option<&RouteTable>) -> RouteTable {
+        let groups = upstreams::groups(config, previous.map(|p| &p.groups));
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                groups.get(&r.upstream).map(|g| {
+                    Arc::new(ProxyRoute {
+                        prefix: r.prefix.clone(),
+                        strip_prefix: r.strip_prefix.clone(),
+                        group: g.clone(),
+                        body: r.body,
+                    })
+                })
+            })
+            .collect();
+        RouteTable::new(routes, groups)
+    }
+
     /// Starts the health checks of groups that have none running yet (new ones).
     pub(crate) fn start_checks(&self) {
         for g in self.groups.values() {
@@ -146,7 +167,7 @@ gateway:
 "#;
         let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
         let cfg = Config::from_yaml(yaml, &env, LoadMode::Run).expect("test config");
-        super::super::upstreams::build(&cfg, None)
+        RouteTable::build(&cfg, None)
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use opentelemetry::KeyValue;
 use pingora::proxy::Session;
 
+use super::ctx::{is_tls, Ctx};
 use super::routes::Route;
-use super::{is_tls, Ctx};
 use crate::trace::{self, RequestTrace, Tracer};
 
 /// The SERVER span, started when the request did, named after its route (never its path).

@@ -16,9 +16,9 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use prometheus::IntCounter;
 
 use super::health::{active_check, PassiveHealth};
-use super::routes::{ProxyRoute, RouteTable};
 use crate::config::{Config, UpstreamConfig};
 use crate::metrics;
+use crate::rebuild::Rebuild;
 
 /// One load-balanced group of backends.
 pub(crate) struct UpstreamGroup {
@@ -85,7 +85,7 @@ impl UpstreamGroup {
     }
 }
 
-fn build_group(name: &str, up: &UpstreamConfig) -> Arc<UpstreamGroup> {
+fn build_group(name: &str, up: &UpstreamConfig) -> UpstreamGroup {
     let now = Instant::now();
     let name: Arc<str> = Arc::from(name);
     let mut set = BTreeSet::new();
@@ -113,30 +113,30 @@ fn build_group(name: &str, up: &UpstreamConfig) -> Arc<UpstreamGroup> {
     lb.parallel_health_check = true;
     let connections = ["false", "true"]
         .map(|reused| metrics::UPSTREAM_CONNECTIONS.with_label_values(&[&*name, reused]));
-    Arc::new(UpstreamGroup {
+    UpstreamGroup {
         name,
         config: up.clone(),
         lb: Arc::new(lb),
         stop: tokio::sync::watch::channel(false).0,
         checking: AtomicBool::new(false),
         connections,
-    })
+    }
 }
 
-/// Builds the route table. Groups of `previous` whose settings did not change are kept as
-/// they are (health state, passive breakers, running checks); the others are new.
-pub(crate) fn build(config: &Config, previous: Option<&RouteTable>) -> RouteTable {
+/// Builds every upstream group of `config`. Groups of `previous` whose settings did not
+/// change are kept as they are (health state, passive breakers, running checks); the others
+/// are new, and the health series of backends that left are removed.
+pub(crate) fn groups(config: &Config, previous: Option<&Groups>) -> Groups {
     let mut groups = BTreeMap::new();
     for (name, up) in &config.upstreams {
-        let kept = previous
-            .and_then(|p| p.groups.get(name))
-            .filter(|g| crate::config::same(&g.config, up))
-            .cloned();
-        let group = kept.unwrap_or_else(|| build_group(name, up));
-        groups.insert(name.clone(), group);
+        let old = previous.and_then(|p| p.get(name));
+        groups.insert(
+            name.clone(),
+            UpstreamGroup::rebuild(up, old, || build_group(name, up)),
+        );
     }
     if let Some(p) = previous {
-        for (name, old) in &p.groups {
+        for (name, old) in p {
             let replaced = groups.get(name).is_none_or(|g| !Arc::ptr_eq(g, old));
             if replaced {
                 for addr in &old.config.backends {
@@ -151,21 +151,17 @@ pub(crate) fn build(config: &Config, previous: Option<&RouteTable>) -> RouteTabl
             }
         }
     }
-    let routes = config
-        .routes
-        .iter()
-        .filter_map(|r| {
-            groups.get(&r.upstream).map(|g| {
-                Arc::new(ProxyRoute {
-                    prefix: r.prefix.clone(),
-                    strip_prefix: r.strip_prefix.clone(),
-                    group: g.clone(),
-                    body: r.body,
-                })
-            })
-        })
-        .collect();
-    RouteTable::new(routes, groups)
+    groups
+}
+
+/// Every upstream group by name.
+pub(crate) type Groups = BTreeMap<String, Arc<UpstreamGroup>>;
+
+impl Rebuild for UpstreamGroup {
+    type Settings = UpstreamConfig;
+    fn settings(&self) -> &UpstreamConfig {
+        &self.config
+    }
 }
 
 #[cfg(test)]
@@ -183,7 +179,7 @@ mod tests {
         let cfg = Config::from_yaml(&yaml, &env, LoadMode::Run).expect("test config");
         let store = Arc::new(crate::store::Store::Memory(Default::default()));
         let aggregates = crate::aggregate::Aggregates::new(&cfg, store).expect("aggregates");
-        match build(&cfg, None).route("/x", &aggregates) {
+        match crate::proxy::routes::RouteTable::build(&cfg, None).route("/x", &aggregates) {
             Route::Proxy(r) => r.group.clone(),
             other => panic!("expected a proxy route, got {other:?}"),
         }

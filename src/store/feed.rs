@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::RedisStore;
+use super::redis::RedisStore;
 use crate::metrics;
 
 /// The channel every replica publishes purges on and listens to.
@@ -19,6 +19,38 @@ pub const CHANNEL: &str = "gateway:cache:invalidate";
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// Longest pause between attempts to subscribe again.
 const MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// Which way an invalidation message went (`cache_invalidation_messages_total{direction}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Published to the other replicas.
+    Sent,
+    /// Heard from another replica and applied.
+    Received,
+    /// Heard, but not a message this gateway can read.
+    Bad,
+}
+
+impl Direction {
+    /// Every direction, for priming the metric.
+    pub(crate) const ALL: [Direction; 3] = [Direction::Sent, Direction::Received, Direction::Bad];
+
+    /// The `direction` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+            Direction::Bad => "bad",
+        }
+    }
+
+    /// Counts one message.
+    pub(crate) fn count(self) {
+        crate::metrics::CACHE_INVALIDATION_MESSAGES
+            .with_label_values(&[self.label()])
+            .inc();
+    }
+}
 
 /// What the feed tells its listener.
 #[derive(Debug)]
@@ -105,7 +137,7 @@ impl<F: Fn(FeedEvent<'_>) + Send + Sync> pingora::services::background::Backgrou
                 Ok(ps) => ps,
                 Err(e) => {
                     metrics::STORE_ERRORS
-                        .with_label_values(&["redis", "subscribe"])
+                        .with_label_values(&["redis", super::redis::Op::Subscribe.label()])
                         .inc();
                     if !warned {
                         tracing::warn!(error = %e, "cannot subscribe to cache invalidations; in-process cache copies are not used until it can (retrying)");
@@ -128,7 +160,7 @@ impl<F: Fn(FeedEvent<'_>) + Send + Sync> pingora::services::background::Backgrou
                 return;
             }
             metrics::STORE_ERRORS
-                .with_label_values(&["redis", "subscribe"])
+                .with_label_values(&["redis", super::redis::Op::Subscribe.label()])
                 .inc();
             tracing::warn!("the cache invalidation subscription was lost; resubscribing");
             warned = true;

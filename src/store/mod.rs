@@ -14,27 +14,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+mod error;
 pub mod feed;
 pub(crate) mod memory;
 pub mod redis;
 
+pub use self::error::StoreError;
 pub use self::feed::{FeedEvent, InvalidationFeed};
 pub(crate) use self::memory::MemoryKv;
 pub use self::redis::{RedisStore, TopologyWatch};
-
-/// Why a store operation did not produce a value.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No answer within the command timeout.
-    #[error("redis command timed out")]
-    Timeout,
-    /// Recent failures opened the breaker: not even tried.
-    #[error("redis is unavailable (breaker open)")]
-    Unavailable,
-    /// Redis answered with an error or the connection failed.
-    #[error("redis error: {0}")]
-    Redis(#[from] ::redis::RedisError),
-}
 
 /// Where cached values live: Redis when configured, else the embedded map.
 pub(crate) enum Store {
@@ -103,9 +91,7 @@ impl Store {
         match self {
             Store::Redis(r) => {
                 r.publish(feed::CHANNEL, payload).await?;
-                crate::metrics::CACHE_INVALIDATION_MESSAGES
-                    .with_label_values(&["sent"])
-                    .inc();
+                feed::Direction::Sent.count();
                 Ok(true)
             }
             Store::Memory(_) => Ok(false),
@@ -149,4 +135,18 @@ impl Store {
 /// The Redis key of a tag's set of entries.
 fn tag_key(tag: &str) -> String {
     format!("cachetag:{tag}")
+}
+
+/// Creates the shared store's series at 0: Redis errors by operation and the replicas'
+/// invalidation messages. Nothing to count without Redis.
+pub(crate) fn prime(config: &crate::config::RedisConfig) {
+    if config.url.is_none() && config.cluster.is_empty() && config.sentinel.is_none() {
+        return;
+    }
+    for op in redis::Op::ALL {
+        crate::metrics::STORE_ERRORS.with_label_values(&["redis", op.label()]);
+    }
+    for direction in feed::Direction::ALL {
+        crate::metrics::CACHE_INVALIDATION_MESSAGES.with_label_values(&[direction.label()]);
+    }
 }

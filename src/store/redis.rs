@@ -18,7 +18,7 @@ use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::clock::unix_now;
 use crate::config::RedisConfig;
 use crate::metrics;
@@ -177,6 +177,59 @@ impl ConnectionLike for Conn {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
             Conn::Sentinel(s) => s.db,
+        }
+    }
+}
+
+/// A Redis operation, as `store_errors_total{op}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// A fixed-window counter's increment.
+    Incr,
+    /// A GCRA decision.
+    Gcra,
+    /// A cache entry read.
+    Get,
+    /// A cache entry write.
+    Set,
+    /// A tag index read or write.
+    Tag,
+    /// A purge.
+    Del,
+    /// An invalidation announced to the replicas.
+    Publish,
+    /// The invalidation feed's subscription.
+    Subscribe,
+    /// A Redis Cluster's topology read.
+    ClusterNodes,
+}
+
+impl Op {
+    /// Every operation, for priming the metric.
+    pub(crate) const ALL: [Op; 9] = [
+        Op::Incr,
+        Op::Gcra,
+        Op::Get,
+        Op::Set,
+        Op::Tag,
+        Op::Del,
+        Op::Publish,
+        Op::Subscribe,
+        Op::ClusterNodes,
+    ];
+
+    /// The `op` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Op::Incr => "incr",
+            Op::Gcra => "gcra",
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Tag => "tag",
+            Op::Del => "del",
+            Op::Publish => "publish",
+            Op::Subscribe => "subscribe",
+            Op::ClusterNodes => "cluster_nodes",
         }
     }
 }
@@ -353,13 +406,13 @@ impl RedisStore {
     }
 
     /// Runs `op` under the breaker and the command timeout, recording failures.
-    async fn run<T, F>(&self, op: &'static str, f: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
+    async fn run<T, F>(&self, op: Op, f: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if !self.breaker.admit(Instant::now()).0.is_allowed() {
             metrics::STORE_ERRORS
-                .with_label_values(&["redis", op])
+                .with_label_values(&["redis", op.label()])
                 .inc();
             return Err(StoreError::Unavailable);
         }
@@ -378,11 +431,11 @@ impl RedisStore {
             }
             Err(e) => {
                 metrics::STORE_ERRORS
-                    .with_label_values(&["redis", op])
+                    .with_label_values(&["redis", op.label()])
                     .inc();
                 self.breaker.on_failure(now);
                 if self.warn.allow() {
-                    tracing::warn!(op, error = %e, "redis failed; falling back (this warning repeats at most every 10 s)");
+                    tracing::warn!(op = op.label(), error = %e, "redis failed; falling back (this warning repeats at most every 10 s)");
                 }
             }
         }
@@ -397,7 +450,7 @@ impl RedisStore {
     /// Adds `by` to a fixed-window counter and returns the new count.
     pub async fn incr_window(&self, key: &str, by: u64, ttl_secs: u64) -> Result<u64, StoreError> {
         let script = &self.incr_script;
-        self.run("incr", |mut c| async move {
+        self.run(Op::Incr, |mut c| async move {
             script
                 .key(key)
                 .arg(ttl_secs.max(1))
@@ -420,7 +473,7 @@ impl RedisStore {
     ) -> Result<(u64, u64), StoreError> {
         let script = &self.gcra_script;
         let (granted, us): (i64, i64) = self
-            .run("gcra", |mut c| async move {
+            .run(Op::Gcra, |mut c| async move {
                 script
                     .key(key)
                     .arg(interval_us)
@@ -438,7 +491,7 @@ impl RedisStore {
         let script = &self.tag_script;
         let ms = ttl.as_millis().max(1) as u64;
         let _: i64 = self
-            .run("tag", |mut c| async move {
+            .run(Op::Tag, |mut c| async move {
                 script
                     .key(key)
                     .arg(ms)
@@ -452,7 +505,7 @@ impl RedisStore {
 
     /// The members of the tag set `key`.
     pub async fn tag_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.run("tag", |mut c| async move {
+        self.run(Op::Tag, |mut c| async move {
             redis::cmd("ZRANGE")
                 .arg(key)
                 .arg(0)
@@ -467,7 +520,7 @@ impl RedisStore {
     /// goes to its own slot's node.
     pub async fn del(&self, key: &str) -> Result<bool, StoreError> {
         let n: i64 = self
-            .run("del", |mut c| async move {
+            .run(Op::Del, |mut c| async move {
                 redis::cmd("DEL").arg(key).query_async(&mut c).await
             })
             .await?;
@@ -476,7 +529,7 @@ impl RedisStore {
 
     /// Reads a key.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run("get", |mut c| async move {
+        self.run(Op::Get, |mut c| async move {
             redis::cmd("GET").arg(key).query_async(&mut c).await
         })
         .await
@@ -485,7 +538,7 @@ impl RedisStore {
     /// Publishes `payload` on `channel` (classic pub/sub: on a Cluster it reaches every node).
     pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError> {
         let _: i64 = self
-            .run("publish", |mut c| async move {
+            .run(Op::Publish, |mut c| async move {
                 redis::cmd("PUBLISH")
                     .arg(channel)
                     .arg(payload)
@@ -532,7 +585,7 @@ impl RedisStore {
     /// Writes a key with a TTL.
     pub async fn set_ex(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
         let secs = ttl.as_secs().max(1);
-        self.run("set", |mut c| async move {
+        self.run(Op::Set, |mut c| async move {
             redis::cmd("SET")
                 .arg(key)
                 .arg(value)
@@ -557,7 +610,7 @@ impl RedisStore {
     /// The cluster's masters (`host:port`, sorted), as one node sees them.
     async fn masters(&self) -> Result<Vec<String>, StoreError> {
         let nodes: String = self
-            .run("cluster_nodes", |mut c| async move {
+            .run(Op::ClusterNodes, |mut c| async move {
                 redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await
             })
             .await?;

@@ -32,8 +32,41 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 /// `tracing_spans_dropped_total{reason="queue_full"}`, resolved once: a full queue drops
 /// spans at the request rate.
-static QUEUE_FULL: std::sync::LazyLock<prometheus::IntCounter> =
-    std::sync::LazyLock::new(|| metrics::TRACING_SPANS_DROPPED.with_label_values(&["queue_full"]));
+static QUEUE_FULL: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    metrics::TRACING_SPANS_DROPPED.with_label_values(&[Dropped::QueueFull.label()])
+});
+
+/// Why a finished span was not exported (`tracing_spans_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// The export queue was full.
+    QueueFull,
+    /// The collector did not take its batch.
+    ExportFailed,
+}
+
+impl Dropped {
+    /// Every reason, for priming.
+    pub(crate) const ALL: [Dropped; 2] = [Dropped::QueueFull, Dropped::ExportFailed];
+
+    /// The `reason` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Dropped::QueueFull => "queue_full",
+            Dropped::ExportFailed => "export_failed",
+        }
+    }
+}
+
+/// Creates the export's series at 0.
+pub(crate) fn prime() {
+    for reason in Dropped::ALL {
+        metrics::TRACING_SPANS_DROPPED.with_label_values(&[reason.label()]);
+    }
+    for result in metrics::Outcome::ALL {
+        metrics::TRACING_EXPORTS.with_label_values(&[result.label()]);
+    }
+}
 
 /// Finished spans waiting for export, already encoded, one after another behind the room
 /// the request's header will take.
@@ -173,7 +206,9 @@ impl ExportService {
         match result {
             Ok(()) => {
                 metrics::TRACING_SPANS_EXPORTED.inc_by(n);
-                metrics::TRACING_EXPORTS.with_label_values(&["ok"]).inc();
+                metrics::TRACING_EXPORTS
+                    .with_label_values(&[metrics::Outcome::Ok.label()])
+                    .inc();
                 if health.failing {
                     tracing::info!(endpoint = %self.endpoint, "trace export recovered");
                     health.failing = false;
@@ -181,9 +216,11 @@ impl ExportService {
             }
             Err(e) => {
                 metrics::TRACING_SPANS_DROPPED
-                    .with_label_values(&["export_failed"])
+                    .with_label_values(&[Dropped::ExportFailed.label()])
                     .inc_by(n);
-                metrics::TRACING_EXPORTS.with_label_values(&["error"]).inc();
+                metrics::TRACING_EXPORTS
+                    .with_label_values(&[metrics::Outcome::Error.label()])
+                    .inc();
                 if !health.failing {
                     tracing::warn!(endpoint = %self.endpoint, error = %e, "trace export failed: spans are dropped (and counted) until the collector answers");
                     health.failing = true;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::Identity;
+use super::identity::Identity;
 use crate::sharded::{ClientMap, Sharded};
 
 /// A verified token's identity and validity window, kept so that a client presenting the same

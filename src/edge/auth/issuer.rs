@@ -10,9 +10,9 @@ use jsonwebtoken::{Algorithm, Validation};
 use super::cache::Verified;
 use super::claims::ClaimReader;
 use super::error::{map_jwt_error, AuthError};
+use super::identity::Identity;
 use super::jwks::NoKey;
 use super::provider::Provider;
-use super::Identity;
 
 /// Verifies the tokens of one issuer.
 pub(crate) struct IssuerVerifier {

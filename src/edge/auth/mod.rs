@@ -22,10 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_now;
 use crate::config::AuthConfig;
+use crate::rebuild::Rebuild;
 
 mod cache;
 mod claims;
 mod error;
+mod identity;
 mod issuer;
 mod jwks;
 pub(crate) mod provider;
@@ -35,27 +37,7 @@ use self::cache::{TokenCache, Verified};
 use self::claims::ClaimReader;
 pub use self::error::AuthError;
 use self::error::{map_jwt_error, refine};
-
-/// Who the caller is, as proven by a verified token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The `sub` claim.
-    pub sub: String,
-    /// The roles at `auth.roles_claim` (empty when absent).
-    pub roles: Vec<String>,
-    /// The `auth.forward_claims` values in conf order; `None` where the token has none.
-    pub forwarded: Box<[Option<http::HeaderValue>]>,
-    /// The values of the claims rate-limit policies count by (`claim:` keys, in the order of
-    /// `Limits::claim_paths`); `None` where the token has none.
-    pub limit_claims: Box<[Option<String>]>,
-}
-
-impl Identity {
-    /// Whether the caller has role `role`.
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
-    }
-}
+pub use self::identity::Identity;
 
 /// Claims the gateway reads; `exp`/`nbf`/`iss`/`aud` are checked by `jsonwebtoken` itself.
 #[derive(Debug, Deserialize)]
@@ -131,12 +113,10 @@ impl Authenticator {
             .issuers
             .iter()
             .map(|i| {
-                let kept = keep
-                    .iter()
-                    .find(|p| crate::config::same(p.config(), i))
-                    .cloned();
-                let p = kept
-                    .unwrap_or_else(|| Arc::new(provider::Provider::new(i.clone(), http.clone())));
+                let previous = keep.iter().find(|p| p.config().issuer == i.issuer);
+                let p = provider::Provider::rebuild(i, previous, || {
+                    provider::Provider::new(i.clone(), http.clone())
+                });
                 issuer::IssuerVerifier::new(p, cfg.leeway_seconds, claims.clone())
             })
             .collect();
@@ -389,6 +369,16 @@ pub fn issue_token(
         &claims,
         &EncodingKey::from_secret(secret),
     )
+}
+
+/// Creates authentication's series at 0: failures by reason, and each issuer's key set.
+pub(crate) fn prime(config: &AuthConfig) {
+    for reason in AuthError::REASONS {
+        crate::metrics::AUTH_FAILURES.with_label_values(&[reason]);
+    }
+    for issuer in &config.issuers {
+        provider::prime(issuer);
+    }
 }
 
 #[cfg(test)]

@@ -190,9 +190,8 @@ impl Provider {
             .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
         scopeguard::ScopeGuard::into_inner(ended);
         let issuer = self.config.issuer.as_str();
-        let result = if fetched.is_ok() { "ok" } else { "error" };
         crate::metrics::JWKS_REFRESH
-            .with_label_values(&[issuer, result])
+            .with_label_values(&[issuer, crate::metrics::Outcome::of(&fetched).label()])
             .inc();
         let was_failing = self.failing.load(std::sync::atomic::Ordering::Relaxed);
         let (set, provider_max_age) = match fetched {
@@ -293,6 +292,27 @@ impl Provider {
         }
         Ok((body, cache_control))
     }
+}
+
+impl crate::rebuild::Rebuild for Provider {
+    type Settings = IssuerConfig;
+    fn settings(&self) -> &IssuerConfig {
+        self.config()
+    }
+}
+
+/// Creates an issuer's key-set series: no fetch yet, no keys, never fetched (-1).
+pub(crate) fn prime(config: &IssuerConfig) {
+    let issuer = config.issuer.as_str();
+    for result in crate::metrics::Outcome::ALL {
+        crate::metrics::JWKS_REFRESH.with_label_values(&[issuer, result.label()]);
+    }
+    crate::metrics::JWKS_KEYS
+        .with_label_values(&[issuer])
+        .set(0);
+    crate::metrics::JWKS_AGE
+        .with_label_values(&[issuer])
+        .set(-1);
 }
 
 #[cfg(test)]

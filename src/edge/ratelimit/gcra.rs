@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
+use super::decision::{Decision, LimitBackend, Subject};
 use super::memory::SHARDS;
-use super::{Decision, LimitBackend, Subject};
 use crate::sharded::{ClientMap, Sharded};
 use crate::store::RedisStore;
 

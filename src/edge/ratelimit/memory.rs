@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora_limits::estimator::Estimator;
 
-use super::Subject;
+use super::decision::Subject;
 use crate::sharded::{ClientMap, Sharded};
 
 /// Shards of the exact counters (and of the Redis leases): enough that two worker threads

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 
+use super::decision::{Decision, LimitBackend, Subject};
 use super::gcra::Gcra;
-use super::{Decision, LimitBackend, RateLimiter, Subject};
+use super::limiter::RateLimiter;
 use crate::config::{
     Algorithm, OnStoreError, PolicyConfig, PolicyKey, RateLimitConfig, DEFAULT_POLICY,
 };

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use parking_lot::MutexGuard;
 use tokio::sync::oneshot;
 
+use super::decision::Subject;
 use super::memory::SHARDS;
-use super::Subject;
 use crate::sharded::{ClientMap, Sharded};
 use crate::store::RedisStore;
 

@@ -1,23 +1,23 @@
-//! A configuration snapshot: everything built from one conf file that requests read. The
+//! The composition root: a configuration snapshot, everything built from one conf file that requests read. The
 //! gateway holds the current one; each request keeps the one it started with (`Ctx`), and a
 //! reload (`crate::reload`) builds the next from the previous, keeping what did not change.
 
 use std::sync::Arc;
 
-use super::compress::Compressor;
-use super::routes::RouteTable;
-use super::upstreams;
 use crate::aggregate::Aggregates;
 use crate::config::Config;
 use crate::edge::Edge;
+use crate::proxy::compress::Compressor;
+use crate::proxy::routes::RouteTable;
+use crate::rebuild::Rebuild;
 use crate::store::{RedisStore, Store};
 
 /// What every snapshot shares: they outlive reloads (a changed Redis address needs a restart).
 pub(crate) struct Shared {
-    pub(super) store: Arc<Store>,
-    pub(super) redis: Option<Arc<RedisStore>>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) redis: Option<Arc<RedisStore>>,
     /// The process's tracer (`gateway.tracing` is a process key: a reload keeps it).
-    pub(super) tracer: Option<Arc<crate::trace::Tracer>>,
+    pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 /// One configuration, built: a request reads the snapshot it started with until it ends.
@@ -27,11 +27,11 @@ pub(crate) struct Snapshot {
     /// Fingerprint of the conf file's text (the `config_hash` label).
     pub(crate) hash: String,
     pub(crate) config: Arc<Config>,
-    pub(super) routes: RouteTable,
-    pub(super) edge: Edge,
-    pub(super) aggregates: Aggregates,
+    pub(crate) routes: RouteTable,
+    pub(crate) edge: Edge,
+    pub(crate) aggregates: Aggregates,
     /// Response compression (`None`: answers go out as they are).
-    pub(super) compress: Option<Arc<Compressor>>,
+    pub(crate) compress: Option<Arc<Compressor>>,
 }
 
 impl Snapshot {
@@ -46,21 +46,17 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> std::result::Result<Snapshot, String> {
         let config = Arc::new(config);
-        let routes = upstreams::build(&config, previous.map(|p| &p.routes));
+        let routes = RouteTable::build(&config, previous.map(|p| &p.routes));
         let edge = Edge::new(&config, shared.redis.clone(), previous.map(|p| &p.edge));
         let aggregates = Aggregates::build(
             &config,
             shared.store.clone(),
             previous.map(|p| &p.aggregates),
         )?;
-        let compress = match (
-            &config.compression,
-            previous.and_then(|p| p.compress.as_ref()),
-        ) {
-            (Some(c), Some(old)) if old.config() == c => Some(old.clone()),
-            (Some(c), _) => Some(Arc::new(Compressor::new(c.clone()))),
-            (None, _) => None,
-        };
+        let compress = config.compression.as_ref().map(|c| {
+            let old = previous.and_then(|p| p.compress.as_ref());
+            Compressor::rebuild(c, old, || Compressor::new(c.clone()))
+        });
         Ok(Snapshot {
             generation,
             hash,

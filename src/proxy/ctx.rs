@@ -1,0 +1,82 @@
+//! Per-request state: one [`Ctx`] per request, filled as the phases run.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::proxy::Session;
+
+use super::body;
+use super::compress;
+use super::health::BackendTry;
+use super::routes::Route;
+use crate::aggregate::CacheStatus;
+use crate::edge::auth::Identity;
+use crate::edge::client::ClientAddr;
+use crate::edge::ratelimit::RateVerdict;
+use crate::error::GatewayError;
+use crate::headers;
+use crate::snapshot::Snapshot;
+
+/// Per-request state, filled as the phases run; each field names the phase that writes it.
+pub struct Ctx {
+    /// new_ctx: when the request started, for the duration metric.
+    pub(super) started: Instant,
+    /// new_ctx: the configuration this request runs on, start to end.
+    pub(super) snap: Arc<Snapshot>,
+    /// request_filter: where the request goes.
+    pub(super) route: Route,
+    /// request_filter: the client's id, or a fresh one.
+    pub(super) request_id: String,
+    /// request_filter: the client, on every route (public ones included).
+    pub(super) client: Option<ClientAddr>,
+    /// request_filter: the limits' verdict, reported in `RateLimit-*` headers.
+    pub(super) rate: Option<RateVerdict>,
+    /// request_filter: the verified caller, forwarded as `X-User-Id`.
+    pub(super) identity: Option<Arc<Identity>>,
+    /// request_filter: how an aggregate's answer relates to the cache, for the access log.
+    pub(super) cache: Option<CacheStatus>,
+    /// upstream_peer: backends already tried, so a retry goes elsewhere.
+    pub(super) tried: Vec<SocketAddr>,
+    /// upstream_peer starts a try; the phases that learn its outcome report it.
+    pub(super) backend: BackendTry,
+    /// upstream_peer: an error decided before proxying (no healthy backend), answered by
+    /// fail_to_proxy.
+    pub(super) local_error: Option<GatewayError>,
+    /// request_filter: how the body was read (buffered bytes, budget held until the end).
+    pub(super) body: body::Prepared,
+    /// request_filter: CORS headers for this request's answers (`None`: no policy covers the
+    /// route, and the service's own CORS headers stand).
+    pub(super) cors: Option<Vec<(&'static str, String)>>,
+    /// request_filter: the coding `Accept-Encoding` allows (read only with compression on).
+    pub(super) accept: compress::Negotiated,
+    /// response_filter: the encoder of a proxied answer being compressed.
+    pub(super) encoder: Option<compress::Encoder>,
+    /// request_filter: the request's spans (tracing on), ended by logging.
+    pub(super) trace: Option<crate::trace::RequestTrace>,
+}
+
+impl Ctx {
+    /// Request id and rate-limit headers that every local answer carries.
+    pub(super) fn local_headers(&self) -> Vec<(&'static str, http::HeaderValue)> {
+        let mut h = Vec::with_capacity(8);
+        if let Ok(id) = http::HeaderValue::from_str(&self.request_id) {
+            h.push((headers::X_REQUEST_ID, id));
+        }
+        if let Some(d) = &self.rate {
+            h.extend(d.headers());
+        }
+        h.extend(
+            self.cors
+                .iter()
+                .flatten()
+                .filter_map(|(n, v)| Some((*n, http::HeaderValue::from_str(v).ok()?))),
+        );
+        h
+    }
+}
+
+/// Whether the client's connection is TLS (the HTTPS listener).
+pub(super) fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
