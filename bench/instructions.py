@@ -28,20 +28,20 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run as R  # noqa: E402  (the bench's process helpers, tokens and ports)
+import harness as H  # noqa: E402  (the bench's process helpers, tokens and ports)
 
 N = int(os.environ.get("BENCH_REQUESTS", "2000"))
 ROUTES = (("plain", "/bench/json"), ("edge", "/edge/json"))
 # Where the profiles go (replaced on every run).
-OUT = os.path.join(R.ROOT, "target", "callgrind")
+OUT = os.path.join(H.ROOT, "target", "callgrind")
 
 
 def conf(name, port, metrics, origin, tracing="", tls=""):
-    return R.write(os.path.join(R.WORK, f"{name}.yaml"), f"""
+    return H.write(os.path.join(H.WORK, f"{name}.yaml"), f"""
 version: 1
 threads: 1
-pid_file: {R.WORK}/{name}.pid
-upgrade_sock: {R.WORK}/{name}.sock
+pid_file: {H.WORK}/{name}.pid
+upgrade_sock: {H.WORK}/{name}.sock
 gateway:
   listen: "127.0.0.1:{port}"
   metrics_listen: "127.0.0.1:{metrics}"
@@ -67,12 +67,12 @@ def requests(port, path, headers, n):
 
 
 def count(binary, path, origin, headers, tracing="", tag=""):
-    port, metrics = R.free_port(), R.free_port()
+    port, metrics = H.PORTS.free(), H.PORTS.free()
     out = os.path.join(OUT, f"{os.path.basename(binary)}-{path.strip('/').split('/')[0]}{tag}.out")
-    gw = R.start("gateway", ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-                             binary, "-c", conf("cg", port, metrics, origin, tracing)], R.PROXY_CPU,
-                 {"JWT_SECRET": R.SECRET, "RUST_LOG": "warn"})
-    R.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
+    gw = H.start("gateway", ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+                             binary, "-c", conf("cg", port, metrics, origin, tracing)], H.PROXY_CPU,
+                 {"JWT_SECRET": H.SECRET, "RUST_LOG": "warn"})
+    H.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
     requests(port, path, headers, 200)
     subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], capture_output=True, check=True)
     requests(port, path, headers, N)
@@ -109,8 +109,8 @@ def counted(name, argv, pid_of, url_port, path, env=None):
     """Instructions per new TLS connection of the server `argv` (run under callgrind)."""
     n = max(100, N // 10)
     out = os.path.join(OUT, f"{name}-handshake.out")
-    p = R.start(name, ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"] + argv,
-                R.PROXY_CPU, env)
+    p = H.start(name, ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"] + argv,
+                H.PROXY_CPU, env)
     deadline = time.time() + 120
     while True:
         try:
@@ -135,18 +135,18 @@ def counted(name, argv, pid_of, url_port, path, env=None):
 
 
 def tls_counts(binary, origin):
-    cert, key = os.path.join(R.WORK, "hs.crt"), os.path.join(R.WORK, "hs.key")
+    cert, key = os.path.join(H.WORK, "hs.crt"), os.path.join(H.WORK, "hs.key")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost"], capture_output=True, check=True)
-    port, metrics, tls = R.free_port(), R.free_port(), R.free_port()
+    port, metrics, tls = H.PORTS.free(), H.PORTS.free(), H.PORTS.free()
     gw_conf = conf("hs", port, metrics, origin,
                    tls=f'  tls: {{ listen: "127.0.0.1:{tls}", certificates: [{{ cert: "{cert}", key: "{key}" }}] }}\n')
     gw = counted("gateway", [binary, "-c", gw_conf], lambda p: p.pid, tls, "/bench/json",
-                 {"JWT_SECRET": R.SECRET, "RUST_LOG": "warn"})
-    nginx_port = R.free_port()
-    nginx_conf = R.write(os.path.join(R.WORK, "hs-nginx.conf"), f"""
-worker_processes 1; daemon off; master_process off; pid {R.WORK}/hs-nginx.pid; error_log {R.WORK}/hs-nginx.log error;
+                 {"JWT_SECRET": H.SECRET, "RUST_LOG": "warn"})
+    nginx_port = H.PORTS.free()
+    nginx_conf = H.write(os.path.join(H.WORK, "hs-nginx.conf"), f"""
+worker_processes 1; daemon off; master_process off; pid {H.WORK}/hs-nginx.pid; error_log {H.WORK}/hs-nginx.log error;
 events {{ worker_connections 1024; }}
 http {{ access_log off;
   upstream origin {{ server 127.0.0.1:{origin}; keepalive 16; }}
@@ -165,26 +165,26 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     for f in os.listdir(OUT):
         os.remove(os.path.join(OUT, f))
-    binaries = sys.argv[1:] or [R.GATEWAY]
-    origin = R.free_port()
-    R.write(os.path.join(R.WORK, "origin.conf"), f"""
-worker_processes 1; daemon off; pid {R.WORK}/origin.pid; error_log {R.WORK}/origin.log error;
+    binaries = sys.argv[1:] or [H.GATEWAY]
+    origin = H.PORTS.free()
+    H.write(os.path.join(H.WORK, "origin.conf"), f"""
+worker_processes 1; daemon off; pid {H.WORK}/origin.pid; error_log {H.WORK}/origin.log error;
 events {{ worker_connections 1024; }}
 http {{ access_log off;
   server {{ listen 127.0.0.1:{origin};
     location = /json {{ default_type application/json; return 200 '{{"id":"1","ok":true}}'; }} }} }}
 """)
-    R.start("origin", [shutil.which("nginx") or "/usr/sbin/nginx", "-c", os.path.join(R.WORK, "origin.conf")],
-            R.LOAD_CPU)
-    R.wait_http(f"http://127.0.0.1:{origin}/json")
-    auth = {"Authorization": f"Bearer {R.token('1')}"}
+    H.start("origin", [shutil.which("nginx") or "/usr/sbin/nginx", "-c", os.path.join(H.WORK, "origin.conf")],
+            H.LOAD_CPU)
+    H.wait_http(f"http://127.0.0.1:{origin}/json")
+    auth = {"Authorization": f"Bearer {H.token('1')}"}
     # BENCH_TRACING="0,0.1,1": also count each route with tracing on at these sample ratios,
     # spans exported to the mocks' OTLP collector (its own instructions are not counted).
     ratios = [r for r in os.environ.get("BENCH_TRACING", "").split(",") if r]
-    collector = R.free_port()
+    collector = H.PORTS.free()
     if ratios:
-        R.start("collector", [R.MOCKS, "--services", "collector", "--collector-port", str(collector)], R.LOAD_CPU)
-        R.wait_http(f"http://127.0.0.1:{collector}/healthz")
+        H.start("collector", [H.MOCKS, "--services", "collector", "--collector-port", str(collector)], H.LOAD_CPU)
+        H.wait_http(f"http://127.0.0.1:{collector}/healthz")
     variants = [("", "")] + [(f'  tracing: {{ enabled: true, endpoint: "http://127.0.0.1:{collector}", '
                               f'sample_ratio: {r} }}\n', f"-traced{r}") for r in ratios]
     # BENCH_HANDSHAKES=only: the TLS count alone.
