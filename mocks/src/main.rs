@@ -1,6 +1,6 @@
 //! The four mock microservices behind the gateway (user, order, product, recommendation), in one
 //! process, for tests and demos: `GET /users/{id}` (an object), `/orders/user/{id}`, `/products`, `/products/{id}`
-//! and `/recommendations/{id}` (arrays), the defaults README's service table lists, plus fault
+//! and `/recommendations/{id}` (arrays), the defaults docs/AGGREGATES.md's service table lists, plus fault
 //! injection.
 //!
 //! Every service answers:
