@@ -1,20 +1,23 @@
 //! An edge gateway / BFF on Cloudflare Pingora.
 //!
 //! # Layout
-//! A folder per capability; each `mod.rs` says what lives there and what it may use.
+//! A folder per capability; each `mod.rs` says what lives there. No file imports one that
+//! imports it back (`scripts/import_cycles.py`, run by `make lint`).
 //! - [`proxy`]: the `ProxyHttp` phases and the per-request `Ctx`; routes, upstream groups,
 //!   health, local answers, the access log.
 //! - [`edge`]: what every request passes first: hygiene, the client address, rate limiting,
 //!   authentication (limit, then authenticate).
-//! - [`aggregate`]: declared composite endpoints (`gateway.aggregates`; `/api/profile/{id}` by default) and the
-//!   service clients behind them.
+//! - [`aggregate`]: declared composite endpoints (`gateway.aggregates`) and the service clients
+//!   behind them.
 //! - [`store`]: shared state on Redis, or the embedded map.
 //! - [`conn`]: client connections: the whole-header deadline and the keep-alive loop.
 //! - [`config`]: the `gateway:` section of the conf file, env overrides, validation.
 //! - [`logging`]: non-blocking log writers, JSON or text.
 //! - [`error`]: every locally produced error → status + JSON body.
 //! - [`resilience`]: circuit breaker, retry policy and retry budget over an injected clock.
-//! - [`metrics`]: Prometheus instruments.
+//! - [`metrics`]: Prometheus instruments; each module primes its own series.
+//! - `snapshot`: the composition root, one configuration built; `rebuild`: what a reload keeps.
+//! - [`reload`], [`tls`]: live configuration, and the HTTPS listener's certificates.
 //! - `trace`: OpenTelemetry spans (W3C trace context in and out) and their OTLP export.
 //! - [`headers`], [`clock`], `sharded`: header names, wall-clock seconds, sharded locks.
 //!
@@ -53,16 +56,15 @@ use crate::proxy::Gateway;
 /// Idle upstream connections kept for reuse, over all backends, unless the conf file sets
 /// `upstream_keepalive_pool_size`. Each request in flight to an HTTP/1 backend holds a
 /// connection of its own, and h2 clients put many in flight at once: below that peak every
-/// release past the pool's size closes a connection the next request reopens. Pingora's 128
-/// did so 150–300 times per 1,000 requests at 640 streams in flight (64 h2 connections of 10),
-/// and served 0.73x the requests of this size on the same core.
+/// release past the pool's size closes a connection the next request reopens (Pingora's
+/// default of 128 is far below what h2 clients put in flight; docs/BENCHMARKS.md).
 const UPSTREAM_POOL: usize = 1024;
 
 /// Pingora's settings from the conf file, with two defaults of our own where the file is
 /// silent: `work_stealing: false`, so each worker thread runs its own runtime and a
-/// connection's tasks (the upstream pool's idle watcher included) stay on its thread (plain
-/// proxying measured +6–9% req/s and -8–10% CPU per request on one pinned core, issue 19); and
-/// an upstream pool of [`UPSTREAM_POOL`].
+/// connection's tasks (the upstream pool's idle watcher included) stay on its thread, which
+/// saves the cross-thread wake-ups of plain proxying (docs/BENCHMARKS.md); and an upstream
+/// pool of [`UPSTREAM_POOL`].
 fn server_conf(conf_text: &str) -> pingora::Result<ServerConf> {
     let mut conf = ServerConf::from_yaml(conf_text)?;
     let file = serde_yaml::from_str::<serde_yaml::Value>(conf_text).ok();

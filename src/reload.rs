@@ -4,7 +4,7 @@
 //!
 //! Keys that need new sockets or a new process (listeners, TLS listener settings, Redis, the
 //! connection-level limits, Pingora's own keys) are reported as "needs an upgrade" and keep
-//! their running values until one happens. This module may use `config`, `proxy` and `metrics`.
+//! their running values until one happens.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,8 +3,7 @@
 //! Callers pass `now` into every method, so the same code runs on the real clock in the gateway
 //! and on hand-made instants in the tests, which are exact and take no wall time.
 //!
-//! Over 400 lines because the exact tests of the three machines (breaker, retry policy, retry
-//! budget) are half of it.
+//! Three machines: the breaker, the retry policy and the retry budget.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};

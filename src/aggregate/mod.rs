@@ -4,20 +4,17 @@
 //! finished, legs with nothing to wait for start at once, and `for_each` legs fan out per
 //! item. Object-level authorization, cache-aside and single flight per cache key come first.
 //!
+//! This file is the front: the declared aggregates built from the config (on a reload, keeping
+//! what did not change), route matching, params and authorization.
+//! - `cache`: the lookup in front of every build, the writes after it, purges by key or tag.
+//! - `flight`: single flight per key.
+//! - `graph`: running the plan, fan-out and the document.
+//! - `key`: cache keys and the declaration's fingerprint.
 //! - [`client`]: the service clients (timeouts, retries, breakers, body checks).
-//! - [`template`]: filling path templates and reading values out of legs' JSON.
-//! - [`local`]: the in-process tier in front of the shared store.
+//! - `template`: filling path templates and reading values out of legs' JSON.
+//! - `entry`, `local`: the cached entry's format and the in-process tier.
 //!
-//! About 1,250 lines before its tests, one concern: running a declared aggregate (route match,
-//! params, authorization, cache (fresh, stale, tagged, copies in memory, purges racing builds)
-//! and single flight, the graph runner,
-//! fan-out, the document),
-//! and building the aggregates from the config (on a reload, keeping what did not change).
-//! Filling templates is split out; the rest shares the per-request state and would only be
-//! passed back and forth between files.
-//!
-//! This module returns documents and [`GatewayError`]s; `proxy` writes them. It may use
-//! `config`, `store`, `resilience`, `metrics`, `error` and the caller's `Identity`.
+//! This module returns documents and [`GatewayError`]s; `proxy` writes them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

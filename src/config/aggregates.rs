@@ -5,10 +5,8 @@
 //!
 //! Every error names its key, e.g. `gateway.aggregates[1].legs.items.for_each`.
 //!
-//! Over 700 lines before its tests, one concern: the aggregate schema as written, the checked
-//! plan the engine runs, and the checks between them (about half of it doc comments on the
-//! plan's public types). The graph checks read the file structs and write the plan in one
-//! pass, which is why they are not split from either.
+//! The aggregate schema as written, the checked plan the engine runs, and the checks between
+//! them: the graph checks read the file structs and write the plan in one pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -7,11 +7,11 @@
 //! - `resolve`: env overrides and validation, one function per section.
 //! - `services`: the aggregates' services.
 //! - `aggregates`: the declared composite endpoints, checked into plans.
+//! - `check`: what every section's checks share (the error naming a key, the environment).
+//! - `admin`, `compression`, `cors`, `issuers`, `ratelimit`, `tls`, `tracing`: one section
+//!   each, its file struct beside its typed result.
 //!
-//! This module uses nothing else of the gateway; every other module reads the typed config.
-//!
-//! Over 500 lines because it holds the typed `Config` itself (one documented struct per
-//! section) and its tests; sections with schemas of their own live in the files above.
+//! Here: the typed `Config` itself, one documented struct per remaining section.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,9 +1,9 @@
 //! From the file format to the typed [`Config`]: env overrides and every validation, each
 //! failure naming its key.
 //!
-//! Over 500 lines, one concern: one `resolve` per section of the file, in the order of the
-//! file. The sections with schemas of their own (aggregates, issuers, services, TLS, CORS) are
-//! checked in their own modules and only called from here.
+//! One `resolve` per section of the file, in the order of the file. The sections with schemas
+//! of their own (aggregates, issuers, services, TLS, CORS, compression, tracing, rate-limit
+//! policies, admin) are checked in their own files and only called from here.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -15,7 +15,9 @@
 //! protocols still go through Pingora's own loop. Pipelined requests (sent before the previous
 //! answer) start without waiting; [`pipeline`] reads the bytes Pingora kept for them.
 //!
-//! This module uses only Pingora; nothing else in the gateway depends on it but `lib.rs`.
+//! - `report`: slow and vanished clients counted, and Pingora's log lines about them
+//!   classified (so `logging` can keep them out of the log).
+//! - `per_ip`: the per-address connection cap.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -6,9 +6,8 @@
 //! boundaries are seen from the bytes themselves: a request starts with the first byte read
 //! after a response was written. Upgraded connections (101) are left alone.
 //!
-//! Over 500 lines (about 420 before the tests) because Pingora's `Stream` asks for a dozen small
-//! delegating trait impls and the phase machine's tests need real sockets; the logic is one
-//! concern, the client stream: the phase machine, the write buffer and the per-read cap.
+//! Pingora's `Stream` asks for a dozen small delegating trait impls; the logic is the phase
+//! machine, the write buffer and the per-read cap.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -8,8 +8,8 @@
 //! - [`cors`]: cross-origin policies: preflights and the headers of answers.
 //!
 //! [`Edge::check`] fixes the order: the address and header policies, then authenticate (so that
-//! floods of bad tokens are limited too), then the user and claim policies. Everything here decides and returns values; `proxy` writes the answers. This
-//! module may use `config`, `store`, `metrics`, `error`, `clock` and `sharded`.
+//! floods of bad tokens are limited too), then the user and claim policies. Everything here
+//! decides and returns values; `proxy` writes the answers.
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -5,9 +5,8 @@
 //! the client's first coding, and has a fixed 20-byte threshold and type list. Its encoders are
 //! what it does well, so they are reused through `Algorithm::compressor` (brotli aside, below).
 //!
-//! Over 500 lines with its tests (about 400 before them), one concern: deciding and applying
-//! a content coding; negotiation, the header rules, the encoders and the memo of cached
-//! aggregates' compressed copies share the policy and would only be split to be re-joined.
+//! Negotiation, the header rules, the encoders and the memo of cached aggregates' compressed
+//! copies share one policy.
 
 use bytes::Bytes;
 use http::header::{

@@ -9,13 +9,11 @@
 //! - [`respond`]: the gateway's own answers on the session, and proxy-error mapping.
 //! - [`access`]: the one-line-per-request access log.
 //! - [`compress`]: response compression (negotiation, encoders, cached aggregates' copies).
-//! - `snapshot`: one configuration, built; what a request reads from start to end.
+//! - `ctx`: the per-request state, each field naming the phase that writes it.
 //! - [`admin`]: the admin API (cache purge and inspection) on a listener of its own.
 //!
-//! About 700 lines because every phase carries its contract below (fourteen hooks, each a
-//! few lines of code under its contract); splitting phases across files would hide the
-//! order. This is the only module that knows Pingora's phases. It may use every other
-//! module; none uses it except `lib.rs`, which builds the server around [`Gateway`].
+//! Every phase carries its contract below, in the order Pingora runs them; this is the only
+//! module that knows Pingora's phases. `lib.rs` builds the server around [`Gateway`].
 //!
 //! # Phases, in the order Pingora runs them
 //! 1. [`new_ctx`](ProxyHttp::new_ctx): a fresh [`Ctx`].

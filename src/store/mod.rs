@@ -5,9 +5,9 @@
 //!   dead server, and rate-limited warnings.
 //! - [`memory`]: the embedded key-value map with per-entry expiry.
 //! - [`feed`]: purges announced to, and heard from, the other replicas (Redis pub/sub).
+//! - `error`: how a store operation fails.
 //!
-//! This module may use `config`, `metrics`, `resilience` and `clock`; nothing on the request
-//! path above it talks to Redis except through it.
+//! Nothing on the request path above it talks to Redis except through it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,10 +4,9 @@
 //! the command timeout, and a breaker that skips Redis for a second after three failures so an
 //! outage costs requests no waiting.
 //!
-//! Over 500 lines (about 600 before its tests), one concern: talking to Redis. The three
-//! targets (one node, Cluster, Sentinel with its own refresh task) and the scripts every
-//! caller runs (window counts, GCRA, tag sets, each atomic and single-key) share the one
-//! `run` wrapper with its timeout, breaker and warnings; split apart, each would need it.
+//! The three targets (one node, Cluster, Sentinel with its own refresh task) and the scripts
+//! every caller runs (window counts, GCRA, tag sets, each atomic and single-key) share the one
+//! `run` wrapper with its timeout, breaker and warnings.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -14,14 +14,11 @@
 //! and copied into the export queue when it ends. The `opentelemetry` crate gives the types
 //! (ids, trace state, attribute values, status) and `opentelemetry_sdk` the W3C propagator;
 //! the SDK's spans and processors are not used: measured with callgrind, they and the OTLP
-//! exporter cost ~61,000 instructions per proxied request at 100% sampling and ~9,000 for an
-//! unsampled one (the proxying itself is ~109,000); see docs/BENCHMARKS.md for what this
-//! path costs.
+//! exporter cost several times this path per sampled request (docs/BENCHMARKS.md has the
+//! counts).
 //!
-//! One concern: a request's trace, from the sampling decision to its last span (the queue and
-//! its task are `export`, the wire format `otlp`).
-//!
-//! This module may use `config`, `headers` and `metrics`; `proxy` and `aggregate` use it.
+//! Here: a request's trace, from the sampling decision to its last span (the queue and its
+//! task are `export`, the wire format `otlp`).
 
 use std::borrow::Cow;
 use std::net::IpAddr;

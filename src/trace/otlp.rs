@@ -1,17 +1,15 @@
 //! Spans recorded straight into OTLP protobuf (`opentelemetry.proto.trace.v1.Span`), and a
 //! batch of them wrapped as one OTLP/HTTP body (`ExportTraceServiceRequest`).
 //!
-//! Neither the SDK's spans nor `opentelemetry-otlp`'s encoder: measured with callgrind at
-//! 100% sampling, the SDK (span builders, `SpanData`, every attribute kept as a `KeyValue`
-//! until export and dropped after) plus the exporter (each span converted into the generated
-//! message types, grouped through a hash map, each nested length recomputed by prost at every
-//! level) cost ~52,000 instructions per proxied request of two spans, half the proxying
-//! itself. Here an attribute is encoded the moment it is set, into the span's own buffer; a
+//! Neither the SDK's spans nor `opentelemetry-otlp`'s encoder: the SDK (span builders,
+//! `SpanData`, every attribute kept as a `KeyValue` until export and dropped after) plus the
+//! exporter (each span converted into the generated message types, grouped through a hash
+//! map, each nested length recomputed by prost at every level) cost about half the proxying
+//! itself per sampled request (docs/BENCHMARKS.md). Here an attribute is encoded the moment it is set, into the span's own buffer; a
 //! span is written whole when it ends; a batch is those bytes behind one resource and scope
 //! header. `opentelemetry-proto`'s generated types decode it back in the tests.
 //!
-//! One concern, the wire format: the protobuf primitives, the span record and the batch header
-//! change together (about half the file is the tests that decode them).
+//! The protobuf primitives, the span record and the batch header change together.
 
 use std::borrow::Cow;
 use std::time::SystemTime;

@@ -7,9 +7,9 @@
 //! - `claims`: roles and forwarded claims read from verified claims.
 //! - `jwks`, `refresh`, `provider`, `issuer`: key sets, when to fetch them, fetching them,
 //!   and verifying one issuer's tokens.
+//! - `identity`: the verified caller.
 //!
-//! Over 600 lines, half of them tests: what stays here is one concern, choosing the verifier
-//! for a token (its `iss`, the cache, HS256) and the HS256 path itself.
+//! Here: choosing the verifier for a token (its `iss`, the cache, HS256) and the HS256 path.
 
 use std::collections::HashSet;
 use std::sync::Arc;

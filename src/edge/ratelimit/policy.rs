@@ -7,8 +7,7 @@
 //! every policy that applies; the first refusal stops the count, so a refused request does not
 //! use the budgets of the policies after it.
 //!
-//! Just over 500 lines, about 400 before the tests, one concern: turning the conf's policies
-//! into one verdict per request (the engines themselves are in `memory`, `redis`, `gcra`).
+//! The engines that count are `limiter` (fixed windows over `memory` and `redis`) and `gcra`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
