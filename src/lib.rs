@@ -39,7 +39,7 @@ pub(crate) mod resilience;
 pub(crate) mod sharded;
 pub(crate) mod snapshot;
 pub mod store;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
 pub(crate) mod trace;

@@ -1,6 +1,6 @@
 //! Token minting for the unit and integration tests alike: any algorithm, any claims, so that
-//! tests can build the malformed and hostile tokens the gateway must refuse. Not part of the
-//! gateway's API (hidden from its docs); the binary never calls it.
+//! tests can build the malformed and hostile tokens the gateway must refuse. Built only for
+//! tests (the `testing` feature, which the integration tests turn on): never in a release.
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

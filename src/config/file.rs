@@ -29,8 +29,6 @@ pub(super) struct GatewayFile {
     pub(super) auth: AuthFile,
     pub(super) rate_limit: RateLimitFile,
     pub(super) services: BTreeMap<String, ServiceFile>,
-    /// Gone: the profile endpoint is declared under `aggregates` now (kept to say so).
-    pub(super) profile: Option<serde::de::IgnoredAny>,
     /// `None` (the key absent): the built-in profile declaration.
     pub(super) aggregates: Option<Vec<AggregateFile>>,
     pub(super) limits: LimitsFile,
@@ -54,7 +52,6 @@ impl Default for GatewayFile {
             auth: AuthFile::default(),
             rate_limit: RateLimitFile::default(),
             services: BTreeMap::new(),
-            profile: None,
             aggregates: None,
             limits: LimitsFile::default(),
             upstreams: BTreeMap::new(),
@@ -160,7 +157,6 @@ impl Default for RateLimitFile {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct ServiceFile {
     pub(super) url: Option<String>,
-    pub(super) path: Option<String>,
     pub(super) timeout_ms: Option<u64>,
     pub(super) max_body_bytes: Option<usize>,
     pub(super) retry: Option<RetryFile>,

@@ -471,12 +471,11 @@ mod tests {
     }
 
     #[test]
-    fn the_old_profile_key_says_where_it_moved() {
+    fn an_unknown_key_is_named() {
         let e = err_text("gateway: {profile: {cache_ttl_seconds: 5}}");
-        assert!(
-            e.contains("gateway.profile") && e.contains("gateway.aggregates"),
-            "{e}"
-        );
+        assert!(e.contains("unknown field `profile`"), "{e}");
+        let e = err_text("gateway: {services: {user: {url: 'http://u:1', path: /x}}}");
+        assert!(e.contains("unknown field `path`"), "{e}");
     }
 
     #[test]

@@ -100,14 +100,6 @@ impl GatewayFile {
     pub(super) fn resolve(self, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
         let (listen, metrics_listen) = resolve_listeners(&self.listen, &self.metrics_listen, env)?;
         let upstreams = resolve_upstreams(self.upstreams, mode)?;
-        if self.profile.is_some() {
-            return Err(invalid(
-                "gateway.profile",
-                "moved: the profile endpoint is declared under gateway.aggregates (see \
-                 conf/gateway.yaml); cache_ttl_seconds is its cache.ttl_seconds, deadline_ms its \
-                 deadline_ms, owner_only its authorize",
-            ));
-        }
         let limits = self.limits.resolve()?;
         let routes = resolve_routes(self.routes, &upstreams, &limits.body)?;
         let services = resolve_services(self.services, env)?;

@@ -132,12 +132,6 @@ impl ServiceFile {
                 format!("`{url}` must be an http(s) URL with a host"),
             ));
         }
-        if self.path.is_some() {
-            return Err(invalid(
-                key("path"),
-                "moved: each aggregate leg has its own `path` (gateway.aggregates[].legs)",
-            ));
-        }
         let retry = self.retry.unwrap_or_default();
         let breaker = self.breaker.unwrap_or_default();
         Ok(ServiceConfig {
