@@ -46,9 +46,33 @@ pub(crate) struct EdgeVerdict {
     pub(crate) rate: Option<RateVerdict>,
     /// The verified caller, or the answer that refuses the request.
     pub(crate) identity: Result<Arc<Identity>, GatewayError>,
-    /// How authentication went, for the request's span: `ok`, `not_checked` (limited first)
-    /// or the failure's reason label (never the token).
-    pub(crate) auth: &'static str,
+    /// How authentication went, for the request's span.
+    pub(crate) auth: AuthOutcome,
+}
+
+/// How authentication went for one request (the span's `gateway.auth.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthOutcome {
+    /// A token was verified.
+    Ok,
+    /// Not tried: a limit refused the request first.
+    NotChecked,
+    /// Not asked for: the route is public.
+    Public,
+    /// Refused, for this reason (never the token).
+    Refused(&'static str),
+}
+
+impl AuthOutcome {
+    /// The attribute's value: `ok`, `not_checked` or the failure's reason label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            AuthOutcome::Ok => "ok",
+            AuthOutcome::NotChecked => "not_checked",
+            AuthOutcome::Public => "public",
+            AuthOutcome::Refused(reason) => reason,
+        }
+    }
 }
 
 impl Edge {
@@ -117,12 +141,12 @@ impl Edge {
             return EdgeVerdict {
                 rate,
                 identity: Err(refusal),
-                auth: "not_checked",
+                auth: AuthOutcome::NotChecked,
             };
         }
-        let mut auth = "ok";
+        let mut auth = AuthOutcome::Ok;
         let identity = self.auth.authenticate(headers).await.map_err(|e| {
-            auth = e.reason();
+            auth = AuthOutcome::Refused(e.reason());
             metrics::AUTH_FAILURES
                 .with_label_values(&[e.reason()])
                 .inc();

@@ -42,6 +42,32 @@ impl PassiveHealth {
     }
 }
 
+/// What one proxied try did to its backend's passive health (the span's
+/// `gateway.upstream.health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Passive {
+    /// The try worked; the backend's state did not change.
+    Success,
+    /// The try failed; the backend's state did not change.
+    Failure,
+    /// This failure took the backend out.
+    Ejected,
+    /// This success brought the backend back.
+    Restored,
+}
+
+impl Passive {
+    /// The span attribute's value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Passive::Success => "success",
+            Passive::Failure => "failure",
+            Passive::Ejected => "ejected",
+            Passive::Restored => "restored",
+        }
+    }
+}
+
 /// The outcome of one proxied try, reported to its backend's passive health exactly once.
 ///
 /// Pingora may learn a try's fate in several phases (connect failure, upstream response,
@@ -74,18 +100,18 @@ impl BackendTry {
 
     /// The try worked (a response below 500, or a request that ended without error).
     /// Returns the passive-health outcome (`None`: this try was already reported).
-    pub(crate) fn succeeded(&mut self, now: Instant) -> Option<&'static str> {
+    pub(crate) fn succeeded(&mut self, now: Instant) -> Option<Passive> {
         self.report(true, now)
     }
 
     /// The try failed (connect error, a 5xx, an upstream error mid-request); see
     /// [`succeeded`](Self::succeeded).
-    pub(crate) fn failed(&mut self, now: Instant) -> Option<&'static str> {
+    pub(crate) fn failed(&mut self, now: Instant) -> Option<Passive> {
         self.report(false, now)
     }
 
-    /// `success`/`failure`, or `restored`/`ejected` when this report flipped the backend.
-    fn report(&mut self, ok: bool, now: Instant) -> Option<&'static str> {
+    /// Success or failure, or restored or ejected when this report flipped the backend.
+    fn report(&mut self, ok: bool, now: Instant) -> Option<Passive> {
         let backend = match std::mem::take(self) {
             BackendTry::Pending(backend) => backend,
             done => {
@@ -93,7 +119,11 @@ impl BackendTry {
                 return None;
             }
         };
-        let mut outcome = if ok { "success" } else { "failure" };
+        let mut outcome = if ok {
+            Passive::Success
+        } else {
+            Passive::Failure
+        };
         if let Some(p) = backend.ext.get::<PassiveHealth>() {
             let transition = if ok {
                 p.0.on_success(now)
@@ -103,8 +133,8 @@ impl BackendTry {
             if let Some(t) = transition {
                 tracing::warn!(backend = %backend.addr, from = ?t.from, to = ?t.to, "passive health state changed");
                 outcome = match t.to {
-                    crate::resilience::BreakerState::Open => "ejected",
-                    crate::resilience::BreakerState::Closed => "restored",
+                    crate::resilience::BreakerState::Open => Passive::Ejected,
+                    crate::resilience::BreakerState::Closed => Passive::Restored,
                     crate::resilience::BreakerState::HalfOpen => outcome,
                 };
             }

@@ -49,6 +49,7 @@ use crate::config::Config;
 use crate::conn::report::report;
 use crate::edge::client::ClientAddr;
 use crate::edge::hygiene;
+use crate::edge::AuthOutcome;
 use crate::error::GatewayError;
 use crate::headers;
 use crate::metrics;
@@ -241,7 +242,7 @@ impl ProxyHttp for Gateway {
             return self.refuse(session, ctx, &refusal.error).await;
         }
         if public {
-            spans::edge(ctx, "public");
+            spans::edge(ctx, AuthOutcome::Public);
         } else {
             let req = session.req_header();
             let verdict = snap

@@ -4,7 +4,9 @@ use opentelemetry::KeyValue;
 use pingora::proxy::Session;
 
 use super::ctx::{is_tls, Ctx};
+use super::health::Passive;
 use super::routes::Route;
+use crate::edge::AuthOutcome;
 use crate::trace::{self, RequestTrace, Tracer};
 
 /// The SERVER span, started when the request did, named after its route (never its path).
@@ -45,7 +47,7 @@ pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> RequestTra
 
 /// The edge's decisions: the limit (`allowed`, `limited`, or `none` without a client address
 /// or on a public route) and authentication (`ok`, `public` or the failure's reason).
-pub(super) fn edge(ctx: &mut Ctx, auth: &'static str) {
+pub(super) fn edge(ctx: &mut Ctx, auth: AuthOutcome) {
     let rate = match &ctx.rate {
         Some(d) if d.allowed() => "allowed",
         Some(d) if d.denied() => "denied",
@@ -56,7 +58,7 @@ pub(super) fn edge(ctx: &mut Ctx, auth: &'static str) {
         t.set(|| {
             vec![
                 KeyValue::new("gateway.rate_limit.decision", rate),
-                KeyValue::new("gateway.auth.outcome", auth),
+                KeyValue::new("gateway.auth.outcome", auth.label()),
             ]
         });
     }
@@ -89,12 +91,12 @@ pub(super) fn try_started(
 }
 
 /// The try's passive-health report (`success`, `failure`, `ejected`, `restored`).
-pub(super) fn health(ctx: &mut Ctx, outcome: Option<&'static str>) {
+pub(super) fn health(ctx: &mut Ctx, outcome: Option<Passive>) {
     let (Some(t), Some(outcome)) = (&mut ctx.trace, outcome) else {
         return;
     };
     if let Some(a) = t.try_mut() {
-        a.set(|| vec![KeyValue::new("gateway.upstream.health", outcome)]);
+        a.set(|| vec![KeyValue::new("gateway.upstream.health", outcome.label())]);
     }
 }
 
