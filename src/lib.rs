@@ -121,19 +121,17 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     let mut server = Server::new_with_opt_and_conf(opt_without_conf(opt), server_conf(&conf_text)?);
 
     let redis = store::RedisStore::from_config(&config.redis)
-        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?
+        .map_err(internal)?
         .map(Arc::new);
     let redis_for_watch = redis.clone().filter(|r| r.is_cluster());
     let (tracer, exporter) = match &config.tracing {
         Some(t) => {
-            let (tracer, exporter) = trace::Tracer::new(t)
-                .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
+            let (tracer, exporter) = trace::Tracer::new(t).map_err(internal)?;
             (Some(Arc::new(tracer)), Some(exporter))
         }
         None => (None, None),
     };
-    let gateway = Gateway::new((*config).clone(), hash, redis, tracer)
-        .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?;
+    let gateway = Gateway::new((*config).clone(), hash, redis, tracer).map_err(internal)?;
     let (live, shared) = gateway.live();
     let admin = config.admin.as_ref().map(|a| {
         let mut service = pingora::services::listening::Service::new(
@@ -145,6 +143,64 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     });
     let feed = gateway.invalidation_feed();
     let reloader = reload::Reloader::new(live, shared, conf_path, conf_text);
+    let (proxy, tls_reloader) = proxy_service(&config, gateway, &server)?;
+
+    let mut prometheus = pingora_prometheus::prometheus_http_service();
+    prometheus.add_tcp(&config.metrics_listen.to_string());
+
+    server.add_service(proxy);
+    server.add_service(prometheus);
+    if let Some(admin) = admin {
+        server.add_service(admin);
+    }
+    // Also starts the health checks and key refresh of every snapshot, the first included.
+    add_background(&mut server, "live configuration", reloader);
+    add_background(&mut server, "client report", conn::report::SummaryService);
+    if let Some(store) = redis_for_watch {
+        add_background(
+            &mut server,
+            "redis cluster topology",
+            store::TopologyWatch(store),
+        );
+    }
+    if let Some(feed) = feed {
+        add_background(&mut server, "cache invalidation feed", feed);
+    }
+    if let Some(exporter) = exporter {
+        add_background(&mut server, "trace export", exporter);
+    }
+    if let Some(reloader) = tls_reloader {
+        add_background(&mut server, "certificate reload", reloader);
+    }
+    Ok(server)
+}
+
+/// A start-up failure as Pingora's error.
+fn internal(e: impl Into<pingora::ImmutStr>) -> Box<pingora::Error> {
+    pingora::Error::explain(pingora::ErrorType::InternalError, e)
+}
+
+fn add_background<S>(server: &mut Server, name: &str, service: S)
+where
+    S: pingora::services::background::BackgroundService + Send + Sync + 'static,
+{
+    server.add_service(pingora::services::background::background_service(
+        name, service,
+    ));
+}
+
+/// The listening service that serves clients.
+type ProxyService = pingora::services::listening::Service<
+    conn::WithHeaderDeadline<pingora::proxy::HttpProxy<Gateway>>,
+>;
+
+/// The client-facing service: the proxy behind the whole-header deadline on the plain
+/// listener, and the TLS listener (with its certificate reloader) when configured.
+fn proxy_service(
+    config: &Config,
+    gateway: Gateway,
+    server: &Server,
+) -> pingora::Result<(ProxyService, Option<tls::Reloader>)> {
     let mut http = pingora::proxy::HttpProxy::new(gateway, server.configuration.clone());
     http.handle_init_modules();
     if let Some(tls) = &config.tls {
@@ -177,77 +233,25 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
                 .write(0),
         ),
     );
-
-    let tls_reloader = match &config.tls {
-        Some(tls) => {
-            let certs = Arc::new(
-                tls::Certificates::load(tls)
-                    .map_err(|e| pingora::Error::explain(pingora::ErrorType::InternalError, e))?,
-            );
-            let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(
-                tls::SniResolver(certs.clone()),
-            ))?;
-            if tls.http2 {
-                settings.enable_h2();
-            }
-            let min = match tls.min_version {
-                config::TlsVersion::V1_2 => pingora::tls::ssl::SslVersion::TLS1_2,
-                config::TlsVersion::V1_3 => pingora::tls::ssl::SslVersion::TLS1_3,
-            };
-            settings.set_min_proto_version(Some(min)).map_err(|e| {
-                pingora::Error::explain(
-                    pingora::ErrorType::InternalError,
-                    format!("gateway.tls.min_version: {e}"),
-                )
-            })?;
-            proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
-            Some(tls::Reloader::new(certs, tls.reload_interval))
-        }
-        None => None,
+    let Some(tls) = &config.tls else {
+        return Ok((proxy, None));
     };
-
-    let mut prometheus = pingora_prometheus::prometheus_http_service();
-    prometheus.add_tcp(&config.metrics_listen.to_string());
-
-    server.add_service(proxy);
-    server.add_service(prometheus);
-    if let Some(admin) = admin {
-        server.add_service(admin);
+    let certs = Arc::new(tls::Certificates::load(tls).map_err(internal)?);
+    let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(
+        tls::SniResolver(certs.clone()),
+    ))?;
+    if tls.http2 {
+        settings.enable_h2();
     }
-    // Also starts the health checks and key refresh of every snapshot, the first included.
-    server.add_service(pingora::services::background::background_service(
-        "live configuration",
-        reloader,
-    ));
-    server.add_service(pingora::services::background::background_service(
-        "client report",
-        conn::report::SummaryService,
-    ));
-    if let Some(store) = redis_for_watch {
-        server.add_service(pingora::services::background::background_service(
-            "redis cluster topology",
-            store::TopologyWatch(store),
-        ));
-    }
-    if let Some(feed) = feed {
-        server.add_service(pingora::services::background::background_service(
-            "cache invalidation feed",
-            feed,
-        ));
-    }
-    if let Some(exporter) = exporter {
-        server.add_service(pingora::services::background::background_service(
-            "trace export",
-            exporter,
-        ));
-    }
-    if let Some(reloader) = tls_reloader {
-        server.add_service(pingora::services::background::background_service(
-            "certificate reload",
-            reloader,
-        ));
-    }
-    Ok(server)
+    let min = match tls.min_version {
+        config::TlsVersion::V1_2 => pingora::tls::ssl::SslVersion::TLS1_2,
+        config::TlsVersion::V1_3 => pingora::tls::ssl::SslVersion::TLS1_3,
+    };
+    settings
+        .set_min_proto_version(Some(min))
+        .map_err(|e| internal(format!("gateway.tls.min_version: {e}")))?;
+    proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+    Ok((proxy, Some(tls::Reloader::new(certs, tls.reload_interval))))
 }
 
 #[cfg(test)]
