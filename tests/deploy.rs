@@ -670,21 +670,17 @@ async fn dashboard_queries_work_against_a_live_gateway() {
         ),
     )
     .unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", conf.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus is installed (make test installs it)");
-    let _prom = Proc {
-        name: "prometheus".into(),
-        child,
-    };
+    // Installed by `make test`.
+    let _prom = Proc::spawn(
+        "prometheus",
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+    );
     let query = async |q: &str| -> serde_json::Value {
         match client()
             .get(format!("http://127.0.0.1:{port}/api/v1/query"))

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -53,7 +53,7 @@ async fn setup(limits: &str) -> Setup {
     let pool = PoolServer::start(16, 0);
     let big = PoolServer::start(64, 1 << 20);
     let echo = EchoServer::start().await;
-    let gw = Gateway::start_piped(&section(pool.port, big.port, echo.port, limits), &[]).await;
+    let gw = Gateway::start(&section(pool.port, big.port, echo.port, limits), &[]).await;
     Setup {
         gw,
         pool,
@@ -73,17 +73,13 @@ fn metric(scrape: &str, series: &str) -> f64 {
 
 /// Runs `slowhttptest` with `args` for `seconds` (bounded: killed if it overstays).
 fn slowhttptest(args: &[&str], url: &str, seconds: u64) -> Proc {
-    let child = Command::new("slowhttptest")
-        .args(args)
-        .args(["-l", &seconds.to_string(), "-u", url])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("slowhttptest is installed by `make test-deps`");
-    Proc {
-        name: "slowhttptest".into(),
-        child,
-    }
+    // Installed by `make test-deps`.
+    Proc::spawn(
+        "slowhttptest",
+        Command::new("slowhttptest")
+            .args(args)
+            .args(["-l", &seconds.to_string(), "-u", url]),
+    )
 }
 
 /// A client on another loopback address than the attack's (127.0.0.1): another user, not
