@@ -11,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    client, eventually, free_port, metric_sum, service_env, token_with_roles, x_cache, Gateway,
-    Mocks, Redis,
+    client, eventually, free_port, metric_sum, profile_aggregate_with, service_env,
+    token_with_roles, x_cache, Gateway, Mocks, Redis,
 };
 use serde_json::{json, Value};
 
@@ -28,19 +28,8 @@ fn section(admin_port: u16) -> String {
 /// The profile aggregate with `cache` (the inside of its `cache: {…}`).
 fn section_with(admin_port: u16, cache: &str) -> String {
     format!(
-        r#"admin: {{ listen: "127.0.0.1:{admin_port}" }}
-rate_limit: {{ per_minute: 100000 }}
-aggregates:
-  - name: profile
-    path: "/api/profile/{{id}}"
-    authorize: {{ param: id, claim: sub, bypass_roles: [admin], me: true }}
-    cache: {{ {cache} }}
-    legs:
-      user:            {{ service: user,  path: "/users/{{id}}", required: true, expect: object }}
-      orders:          {{ service: order, path: "/orders/user/{{user.id}}", default: [], expect: array }}
-      products:        {{ service: product, path: "/products", after: [user], default: [], expect: array }}
-      recommendations: {{ service: recommendation, path: "/recommendations/{{id}}", after: [user], default: [], expect: array }}
-"#
+        "admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\nrate_limit: {{ per_minute: 100000 }}\n{}",
+        profile_aggregate_with(10_000, cache)
     )
 }
 

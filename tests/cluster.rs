@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, eventually, free_port, metric_sum as sum, profile_aggregate, service_env,
+    client, eventually, free_port, metric_sum as sum, profile_aggregate_with, service_env,
     token_with_roles, x_cache, Gateway, Mocks, RedisCluster,
 };
 
@@ -21,9 +21,9 @@ async fn gateway(cluster: &RedisCluster, mocks: &Mocks, per_window: u64, admin: 
     let mut env = service_env(mocks);
     env.push(("REDIS_CLUSTER_NODES", cluster.seeds()));
     env.push(("ADMIN_TOKEN", ADMIN_TOKEN.to_string()));
-    let aggregate = profile_aggregate(60, 2000).replace(
-        r#"key: "profile:{id}" }"#,
-        r#"key: "profile:{id}", tags: ["user:{id}"], local: { ttl_seconds: 30 } }"#,
+    let aggregate = profile_aggregate_with(
+        2000,
+        r#"ttl_seconds: 60, key: "profile:{id}", tags: ["user:{id}"], local: { ttl_seconds: 30 }"#,
     );
     // An hour-long window: no window edge falls inside a test.
     let section = format!(

@@ -588,9 +588,9 @@ async fn dashboard_queries_work_against_a_live_gateway() {
     let ca = common::TestCa::new();
     let leaf = ca.leaf("site", &["site.test"], 30);
     // The profile with an in-process tier, so the cache panel's series exist.
-    let aggregate = common::profile_aggregate(30, 10_000).replace(
-        r#"key: "profile:{id}" }"#,
-        r#"key: "profile:{id}", local: {} }"#,
+    let aggregate = common::profile_aggregate_with(
+        10_000,
+        r#"ttl_seconds: 30, key: "profile:{id}", local: {}"#,
     );
     let section = format!(
         "rate_limit: {{ per_minute: 1000 }}\nupstreams:\n  users:\n    backends: [\"{}\"]\nroutes:\n  - {{ prefix: \"/users/\", upstream: users }}\ntls:\n  listen: \"127.0.0.1:{}\"\n  certificates: [{{ cert: \"{}\", key: \"{}\" }}]\n{aggregate}",

@@ -16,12 +16,17 @@ const ALL: [&str; 4] = ["user", "order", "product", "recommendation"];
 
 /// Fast retries, a breaker that does not open unless `breaker_failures` says so, and the TTL.
 fn section(ttl: u64, breaker_failures: u32) -> String {
+    section_with(ttl, breaker_failures, 10_000, 2000)
+}
+
+/// As [`section`], with the aggregate's deadline and each call's timeout.
+fn section_with(ttl: u64, breaker_failures: u32, deadline_ms: u64, timeout_ms: u64) -> String {
     let svc = format!(
-        "{{ retry: {{ attempts: 3, backoff_ms: 20 }}, breaker: {{ failures: {breaker_failures}, open_ms: 500 }}, timeout_ms: 2000 }}"
+        "{{ retry: {{ attempts: 3, backoff_ms: 20 }}, breaker: {{ failures: {breaker_failures}, open_ms: 500 }}, timeout_ms: {timeout_ms} }}"
     );
     format!(
         "rate_limit: {{ per_minute: 100000 }}\n{}services:\n  user: {svc}\n  order: {svc}\n  product: {svc}\n  recommendation: {svc}\n",
-        profile_aggregate(ttl, 10_000)
+        profile_aggregate(ttl, deadline_ms)
     )
 }
 
@@ -396,9 +401,7 @@ async fn client_disconnect_cancels_the_build_and_caches_nothing() {
 async fn the_deadline_bounds_the_whole_request() {
     let mocks = Mocks::start(&ALL);
     // A per-call timeout far above the deadline, so that only the deadline can answer early.
-    let section = section(0, 100)
-        .replace("deadline_ms: 10000", "deadline_ms: 600")
-        .replace("timeout_ms: 2000", "timeout_ms: 5000");
+    let section = section_with(0, 100, 600, 5000);
     let gw = start(&mocks, &section, None).await;
     // A dependency slower than the deadline: answered at the deadline with what there is.
     mocks.faults("product", json!({"delay_ms": 8000})).await;

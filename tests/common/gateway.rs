@@ -21,13 +21,22 @@ pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 /// The profile aggregate as conf/gateway.yaml declares it, with this cache TTL and deadline:
 /// an `aggregates:` key for a test's `gateway:` section.
 pub fn profile_aggregate(ttl_seconds: u64, deadline_ms: u64) -> String {
+    profile_aggregate_with(
+        deadline_ms,
+        &format!(r#"ttl_seconds: {ttl_seconds}, key: "profile:{{id}}""#),
+    )
+}
+
+/// As [`profile_aggregate`], with `cache` as the inside of its `cache: {…}` (tags, an
+/// in-process tier, stale serving).
+pub fn profile_aggregate_with(deadline_ms: u64, cache: &str) -> String {
     format!(
         r#"aggregates:
   - name: profile
     path: "/api/profile/{{id}}"
     deadline_ms: {deadline_ms}
     authorize: {{ param: id, claim: sub, bypass_roles: [admin], me: true }}
-    cache: {{ ttl_seconds: {ttl_seconds}, key: "profile:{{id}}" }}
+    cache: {{ {cache} }}
     legs:
       user:            {{ service: user,  path: "/users/{{id}}", required: true, expect: object }}
       orders:          {{ service: order, path: "/orders/user/{{user.id}}", default: [], expect: array }}
