@@ -99,6 +99,13 @@ impl Redis {
             .collect()
     }
 
+    /// Redis's own clock (`TIME`), in microseconds: what its scripts see as now.
+    pub fn time_us(&self) -> u64 {
+        let mut c = self.conn().expect("redis connection");
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut c).expect("TIME");
+        secs * 1_000_000 + micros
+    }
+
     /// TTL of `key` in seconds (-1 none, -2 missing).
     pub fn ttl(&self, key: &str) -> i64 {
         let mut c = self.conn().expect("redis connection");
