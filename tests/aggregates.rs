@@ -24,6 +24,9 @@ struct Seen {
     /// `/item/…` calls in flight now, and the most at once.
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// The same for `/echo/…` calls.
+    echo_in_flight: AtomicUsize,
+    echo_max_in_flight: AtomicUsize,
     /// Raw request targets, in arrival order.
     targets: Mutex<Vec<String>>,
 }
@@ -35,7 +38,8 @@ struct Delay {
     delay: Option<u64>,
 }
 
-/// `/echo/{v}?delay=ms` → `{"value": v, "code": "a/../b", "n": 3}`; `/status/{code}` answers that
+/// `/echo/{v}?delay=ms` → `{"value": v, "code": "a/../b", "n": 3}` (counts concurrency);
+/// `/status/{code}` answers that
 /// status (`slow`: after 2 s); `/items/{n}` → `n` items; `/item/{pid}` → the item (counts
 /// concurrency); `/raw/{…}` → the raw target it was asked for.
 async fn service() -> (u16, Shared) {
@@ -43,10 +47,15 @@ async fn service() -> (u16, Shared) {
     let app = Router::new()
         .route(
             "/echo/{v}",
-            get(|Path(v): Path<String>, Query(d): Query<Delay>| async move {
-                tokio::time::sleep(Duration::from_millis(d.delay.unwrap_or(0))).await;
-                Json(json!({"value": v, "code": "a/../b", "n": 3}))
-            }),
+            get(
+                |State(s): State<Shared>, Path(v): Path<String>, Query(d): Query<Delay>| async move {
+                    let now = s.echo_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    s.echo_max_in_flight.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(d.delay.unwrap_or(0))).await;
+                    s.echo_in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Json(json!({"value": v, "code": "a/../b", "n": 3}))
+                },
+            ),
         )
         .route(
             "/status/{code}",
@@ -104,15 +113,16 @@ services:
   t: {{ url: "http://127.0.0.1:{port}", timeout_ms: 500, retry: {{ attempts: 1 }}, breaker: {{ failures: 1000, open_ms: 1000 }} }}
   fragile: {{ url: "http://127.0.0.1:{port}", timeout_ms: 500, retry: {{ attempts: 1 }}, breaker: {{ failures: 1, open_ms: 60000 }} }}
   small: {{ url: "http://127.0.0.1:{port}", max_body_bytes: 40 }}
+  patient: {{ url: "http://127.0.0.1:{port}", timeout_ms: 5000, retry: {{ attempts: 1 }} }}
 aggregates:
   - name: stages
     path: "/t/stages/{{id}}"
     legs:
-      slow:   {{ service: t, path: "/echo/{{id}}?delay=300", expect: object }}
-      middle: {{ service: t, path: "/echo/m?delay=200", expect: object }}
-      fast:   {{ service: t, path: "/echo/f?delay=100", expect: object }}
-      second: {{ service: t, path: "/echo/{{slow.value}}-2", expect: object }}
-      third:  {{ service: t, path: "/echo/{{second.value}}-3", expect: object }}
+      slow:   {{ service: patient, path: "/echo/{{id}}?delay=1000", expect: object }}
+      middle: {{ service: patient, path: "/echo/m?delay=800", expect: object }}
+      fast:   {{ service: patient, path: "/echo/f?delay=600", expect: object }}
+      second: {{ service: patient, path: "/echo/{{slow.value}}-2", expect: object }}
+      third:  {{ service: patient, path: "/echo/{{second.value}}-3", expect: object }}
     response: {{ first: slow.value, last: third.value, fast: fast }}
   - name: required
     path: "/t/required/{{code}}"
@@ -159,16 +169,22 @@ async fn get_json(gw: &Gateway, path: &str) -> (u16, Value, Duration) {
 
 #[tokio::test]
 async fn stages_pass_values_and_independent_legs_overlap() {
-    let (port, _) = service().await;
+    let (port, seen) = service().await;
     let gw = Gateway::start(&section(port), &[]).await;
-    let (status, body, took) = get_json(&gw, "/t/stages/a1").await;
+    let (status, body, _) = get_json(&gw, "/t/stages/a1").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
         json!({"first": "a1", "last": "a1-2-3", "fast": {"value": "f", "code": "a/../b", "n": 3}, "degraded": []})
     );
-    // 300, 200 and 100 ms at once, then two quick stages: well under their 600 ms sum.
-    assert!(took < Duration::from_millis(550), "took {took:?}");
+    // The three legs that wait for nothing were at the service at the same time: held 1000, 800
+    // and 600 ms, they overlap unless the gateway sends one only after another has answered
+    // (or sends them 600 ms apart). `second` and `third` wait for `slow`, so never more than 3.
+    assert_eq!(
+        seen.echo_max_in_flight.load(Ordering::SeqCst),
+        3,
+        "slow, middle and fast in flight at once"
+    );
     // Keys in `response` order, `degraded` last.
     let text = client()
         .get(gw.url("/t/stages/a1"))

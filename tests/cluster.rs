@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    client, eventually, free_port, metric_sum as sum, profile_aggregate, service_env,
+    client, eventually, free_port, metric_sum as sum, profile_aggregate_with, service_env,
     token_with_roles, x_cache, Gateway, Mocks, RedisCluster,
 };
 
@@ -21,9 +21,9 @@ async fn gateway(cluster: &RedisCluster, mocks: &Mocks, per_window: u64, admin: 
     let mut env = service_env(mocks);
     env.push(("REDIS_CLUSTER_NODES", cluster.seeds()));
     env.push(("ADMIN_TOKEN", ADMIN_TOKEN.to_string()));
-    let aggregate = profile_aggregate(60, 2000).replace(
-        r#"key: "profile:{id}" }"#,
-        r#"key: "profile:{id}", tags: ["user:{id}"], local: { ttl_seconds: 30 } }"#,
+    let aggregate = profile_aggregate_with(
+        2000,
+        r#"ttl_seconds: 60, key: "profile:{id}", tags: ["user:{id}"], local: { ttl_seconds: 30 }"#,
     );
     // An hour-long window: no window edge falls inside a test.
     let section = format!(
@@ -257,25 +257,40 @@ async fn a_master_killed_under_load_costs_no_request_and_state_resumes_on_its_re
     .await;
 }
 
-/// Sequential requests of `bearer` on `gw` for `run`, each answered 200 or 429; the admitted
-/// count.
-async fn admitted_during(gw: &Gateway, bearer: &str, run: Duration) -> u64 {
+/// Requests one after another to `gw` for `run`: how many were admitted, and the longest from
+/// sending one request to the answer of the next.
+async fn admitted_during(gw: &Gateway, bearer: &str, run: Duration) -> (u64, Duration) {
     let c = client();
     let started = Instant::now();
     let mut admitted = 0;
+    let mut gap = Duration::ZERO;
+    let mut previous: Option<Instant> = None;
     // Bounded in count as well as time.
     for _ in 0..50_000 {
         if started.elapsed() >= run {
             break;
         }
+        let sent = Instant::now();
         let r = c.get(gw.url("/echo/g")).bearer_auth(bearer).send().await;
         match r.map(|r| r.status().as_u16()) {
             Ok(200) => admitted += 1,
             Ok(429) => {}
             other => panic!("unexpected {other:?}"),
         }
+        if let Some(p) = previous {
+            gap = gap.max(p.elapsed());
+        }
+        previous = Some(sent);
     }
-    admitted
+    (admitted, gap)
+}
+
+/// A node's clock (`TIME`), in microseconds: what the GCRA script sees as now (every node runs on
+/// this machine's clock).
+fn redis_time_us(port: u16) -> u64 {
+    let t = RedisCluster::query(port, "TIME").expect("TIME");
+    let (secs, micros) = t.split_once(' ').expect("seconds and microseconds");
+    secs.parse::<u64>().unwrap() * 1_000_000 + micros.parse::<u64>().unwrap()
 }
 
 #[tokio::test]
@@ -295,18 +310,39 @@ async fn gcra_on_a_cluster_holds_the_rate_across_two_gateways() {
     // Both replicas offer far more than 50 a second for 10 s; together they admit the burst
     // and then 50 a second.
     let run = Duration::from_secs(10);
+    let clock = cluster.nodes[0].0;
+    let from = redis_time_us(clock);
     let started = Instant::now();
-    let (na, nb) = tokio::join!(
+    let ((na, gap_a), (nb, gap_b)) = tokio::join!(
         admitted_during(&a, &bearer, run),
         admitted_during(&b, &bearer, run)
     );
-    let secs = started.elapsed().as_secs_f64();
-    let expected = 5.0 + 50.0 * secs;
-    let admitted = (na + nb) as f64;
-    eprintln!("gcra on the cluster: {na} + {nb} admitted in {secs:.2} s (expected {expected:.0})");
+    let took = started.elapsed();
+    let span_us = redis_time_us(clock) - from;
+    let admitted = na + nb;
+    // One admission per 20 ms, 5 at once, on one schedule in the cluster. From a fresh schedule
+    // that admits at most 5 plus one per whole 20 ms of Redis's clock, however the requests
+    // are spread: exact. From below: after an admission, a request decided 20 ms later is
+    // admitted; a replica may refuse without asking Redis for one request's time longer (it
+    // remembers the wait Redis named from when the answer arrived), and each replica decides
+    // its next request within its `gap` (the longest from sending one request to the answer of
+    // the next). So admissions are at most 20 ms + 2 × gap apart, the smaller replica's gap.
+    let most = 5 + span_us / 20_000;
+    let gap = gap_a.min(gap_b);
+    let step = Duration::from_millis(20) + 2 * gap;
+    // Each replica sends until `run` has passed.
+    let least = (run.saturating_sub(2 * gap).as_micros() / step.as_micros()) as u64;
+    eprintln!(
+        "gcra on the cluster: {na} + {nb} admitted in {took:?} (Redis: {span_us} µs), requests \
+         at most {gap:?} apart: between {least} and {most}"
+    );
     assert!(
-        (admitted - expected).abs() <= expected * 0.05,
-        "{admitted} admitted in {secs:.2} s, expected {expected:.0} ± 5%"
+        admitted <= most,
+        "{admitted} admitted in {span_us} µs of Redis's clock: at most {most}"
+    );
+    assert!(
+        admitted >= least,
+        "{admitted} admitted in {took:?} with requests at most {gap:?} apart: at least {least}"
     );
     assert!(na > 0 && nb > 0, "both replicas admitted some: {na} {nb}");
     for gw in [&a, &b] {

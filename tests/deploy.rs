@@ -588,9 +588,9 @@ async fn dashboard_queries_work_against_a_live_gateway() {
     let ca = common::TestCa::new();
     let leaf = ca.leaf("site", &["site.test"], 30);
     // The profile with an in-process tier, so the cache panel's series exist.
-    let aggregate = common::profile_aggregate(30, 10_000).replace(
-        r#"key: "profile:{id}" }"#,
-        r#"key: "profile:{id}", local: {} }"#,
+    let aggregate = common::profile_aggregate_with(
+        10_000,
+        r#"ttl_seconds: 30, key: "profile:{id}", local: {}"#,
     );
     let section = format!(
         "rate_limit: {{ per_minute: 1000 }}\nupstreams:\n  users:\n    backends: [\"{}\"]\nroutes:\n  - {{ prefix: \"/users/\", upstream: users }}\ntls:\n  listen: \"127.0.0.1:{}\"\n  certificates: [{{ cert: \"{}\", key: \"{}\" }}]\n{aggregate}",
@@ -670,21 +670,17 @@ async fn dashboard_queries_work_against_a_live_gateway() {
         ),
     )
     .unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", conf.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus is installed (make test installs it)");
-    let _prom = Proc {
-        name: "prometheus".into(),
-        child,
-    };
+    // Installed by `make test`.
+    let _prom = Proc::spawn(
+        "prometheus",
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+    );
     let query = async |q: &str| -> serde_json::Value {
         match client()
             .get(format!("http://127.0.0.1:{port}/api/v1/query"))

@@ -53,13 +53,14 @@ async fn redis_faults_cost_at_most_the_command_timeout_and_never_a_5xx() {
     )
     .await;
 
-    // The command timeout (100 ms) plus room for a loaded 2-core machine; the bug this guards
-    // against (waiting on Redis) costs the 2 s delay or a hang.
-    let budget = Duration::from_millis(100 + 400);
+    // A request that waits on Redis costs the 5 s delay or a hang; one that gives up at the
+    // command timeout (100 ms, a few times at most) takes well under a second. 1.5 s is room for
+    // any loaded machine between the two. (What it costs exactly is `make bench`'s to measure.)
+    let budget = Duration::from_millis(1500);
     for fault in [
         Fault::Refuse,
         Fault::Stall,
-        Fault::Delay(2000),
+        Fault::Delay(5000),
         Fault::Reset,
     ] {
         proxy.set(fault);
@@ -401,10 +402,10 @@ async fn a_stalled_redis_costs_nothing_while_skipped_and_is_used_again_soon_afte
     let redis = Redis::start();
     let proxy = FaultProxy::start(redis.port).await;
     let echo = common::EchoServer::start().await;
-    // Limits under 2,048 a window send every hit to Redis; a 500 ms command timeout makes a
+    // Limits under 2,048 a window send every hit to Redis; a 3 s command timeout makes a
     // request that waits on Redis unmistakable.
     let section = format!(
-        "redis: {{ command_timeout_ms: 500 }}\nrate_limit: {{ per_minute: 1000 }}\nupstreams:\n  echo: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 60000 }} }}\nroutes:\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
+        "redis: {{ command_timeout_ms: 3000 }}\nrate_limit: {{ per_minute: 1000 }}\nupstreams:\n  echo: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 60000 }} }}\nroutes:\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
         echo.port
     );
     let gw = Gateway::start(&section, &[("REDIS_ADDR", proxy.addr())]).await;
@@ -416,7 +417,8 @@ async fn a_stalled_redis_costs_nothing_while_skipped_and_is_used_again_soon_afte
         assert_eq!(r.status(), 200, "never a failure because of Redis");
         started.elapsed()
     };
-    assert!(redis_decisions(&gw.metrics().await) == 0 && timed().await < Duration::from_secs(1));
+    // Answered before a wait on Redis (3 s) could end.
+    assert!(redis_decisions(&gw.metrics().await) == 0 && timed().await < Duration::from_secs(2));
     assert_eq!(redis_decisions(&gw.metrics().await), 1, "decided on Redis");
 
     // Setting the fault cuts the open connection (a fast failure); the reconnected one stalls
@@ -437,22 +439,33 @@ async fn a_stalled_redis_costs_nothing_while_skipped_and_is_used_again_soon_afte
         );
     }
     assert!(
-        waited.iter().any(|t| *t >= Duration::from_millis(450)),
+        waited.iter().any(|t| *t >= Duration::from_millis(2900)),
         "a stalled Redis is waited for up to the command timeout: {waited:?}"
     );
-    // Three failures in a row: Redis is skipped for a second, so requests pay nothing for it.
-    let skipped_from = Instant::now();
-    let mut fast = 0;
+    // Three failures in a row: Redis is skipped for a second, so requests pay nothing for it;
+    // then one request probes it, waits out the command timeout (Redis still stalls), and the
+    // skip starts again. So of requests sent one after another for the next 1.5 s, all but that
+    // probe are answered without waiting on Redis: in milliseconds, where waiting costs 3 s.
     // Bounded in count too: past 1,000 in the window, the local fallback would limit them.
-    while skipped_from.elapsed() < Duration::from_millis(700) && fast < 200 {
+    let from = Instant::now();
+    let (mut fast, mut slow) = (Vec::new(), Vec::new());
+    while from.elapsed() < Duration::from_millis(1500) && fast.len() < 200 {
         let took = timed().await;
-        assert!(
-            took < Duration::from_millis(250),
-            "a skipped Redis cost {took:?}"
-        );
-        fast += 1;
+        if took < Duration::from_millis(1500) {
+            fast.push(took);
+        } else {
+            slow.push(took);
+        }
     }
-    assert!(fast >= 5, "{fast} requests while Redis was skipped");
+    assert!(
+        slow.len() <= 1,
+        "only the probe waits on a stalled Redis: {slow:?}"
+    );
+    assert!(
+        fast.len() >= 5,
+        "{} requests while Redis was skipped: {fast:?}",
+        fast.len()
+    );
 
     proxy.set(Fault::Pass);
     let back = Instant::now();

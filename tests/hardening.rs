@@ -353,11 +353,9 @@ async fn two_hundred_slow_clients_do_not_stop_normal_traffic() {
     let p99 = common::quantile(&mut latencies, 0.99);
     let p50 = common::quantile(&mut latencies, 0.50);
     println!("normal traffic during the slow-client attack: p50 {p50:?}, p99 {p99:?}");
-    // Normal requests take a few ms; a gateway stuck behind the attackers would take seconds.
-    assert!(
-        p99 < Duration::from_millis(1000),
-        "p99 {p99:?} under attack"
-    );
+    // Normal requests take a few ms; a gateway stuck behind the attackers would wait until
+    // they finish or are cut, about 5 s. 2 s is room for any loaded machine between the two.
+    assert!(p99 < Duration::from_secs(2), "p99 {p99:?} under attack");
     let mut open = 0;
     for a in attackers {
         open += usize::from(a.await.expect("attacker ran") > 0);

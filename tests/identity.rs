@@ -247,7 +247,10 @@ async fn readiness_waits_for_the_keys_and_a_mismatched_issuer_never_gets_them() 
     let echo = EchoServer::start().await;
     // Discovery and key set each answer late (together still within the 2 s fetch timeout).
     idp.faults("idp", json!({"delay_ms": 700})).await;
-    let gw = Gateway::start_unready(&section(&idp.url("idp"), echo.port), &[]).await;
+    let gw = Gateway::builder(&section(&idp.url("idp"), echo.port))
+        .unready()
+        .start()
+        .await;
     let ready = || async {
         client()
             .get(gw.url("/readyz"))
@@ -278,7 +281,10 @@ async fn readiness_waits_for_the_keys_and_a_mismatched_issuer_never_gets_them() 
     let discovery = || async { idp.count("idp", "/.well-known/openid-configuration").await };
     let before = discovery().await;
     let other = idp.url("idp").replace("127.0.0.1", "localhost");
-    let mut gw2 = Gateway::start_unready_piped(&section(&other, echo.port), &[]).await;
+    let mut gw2 = Gateway::builder(&section(&other, echo.port))
+        .unready()
+        .start()
+        .await;
     eventually(
         "the second gateway asked",
         Duration::from_secs(10),
@@ -448,7 +454,10 @@ async fn the_last_keys_serve_while_the_provider_is_down_until_max_stale() {
         "min_interval_seconds: 1, max_stale_seconds: 4",
         "",
     );
-    let mut gw = Gateway::start_piped(&conf, &[("RUST_LOG", "info".to_string())]).await;
+    let mut gw = Gateway::builder(&conf)
+        .env("RUST_LOG", "info")
+        .start()
+        .await;
     let used = mint(&idp, json!({"sub": "7"})).await;
     let unused = mint(&idp, json!({"sub": "8", "alg": "ES256"})).await;
     assert_eq!(status(&gw, &used).await, 200);

@@ -23,7 +23,11 @@ fn dropped(metrics: &str, stream: &str) -> u64 {
 async fn a_reader_that_stops_reading_never_holds_a_request() {
     // Both pipes are left unread: after the pipe buffers and the queues fill, every line is
     // dropped. Before the queues, the 305th request hung on a stdout write.
-    let gw = Gateway::start_piped("", &[("RUST_LOG", "info".into())]).await;
+    let gw = Gateway::builder("")
+        .env("RUST_LOG", "info")
+        .unread_pipes()
+        .start()
+        .await;
     let url = gw.url("/healthz");
     let started = Instant::now();
     let tasks: Vec<_> = (0..32)
@@ -70,7 +74,10 @@ async fn the_access_log_has_one_json_line_per_request_without_query_values() {
         "rate_limit: {{ per_minute: 4, window_seconds: 86400 }}\nupstreams:\n  dead: {{ backends: [\"127.0.0.1:{dead}\"], connect_retries: 0, health_check: {{ kind: tcp, interval_ms: 60000 }} }}\n  echo: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 60000 }} }}\nroutes:\n  - {{ prefix: \"/dead/\", upstream: dead }}\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
         echo.port
     );
-    let mut gw = Gateway::start_piped(&section, &[("RUST_LOG", "warn,access=info".into())]).await;
+    let mut gw = Gateway::builder(&section)
+        .env("RUST_LOG", "warn,access=info")
+        .start()
+        .await;
     let c = client();
     let t = token("7");
     // (path, token, status in the log; 0 = the client left before an answer)
@@ -164,7 +171,7 @@ async fn log_format_follows_log_format_and_text_hides_pingora_chatter() {
         ("JWT_SECRET", "short".to_string()),
         ("RUST_LOG", String::new()),
     ];
-    let mut json = Gateway::start_piped("", &short).await;
+    let mut json = Gateway::start("", &short).await;
     let (_, err) = json.stop_and_read();
     let events: Vec<serde_json::Value> = err
         .lines()
@@ -188,7 +195,7 @@ async fn log_format_follows_log_format_and_text_hides_pingora_chatter() {
 
     let mut env = short.to_vec();
     env.push(("LOG_FORMAT", "text".into()));
-    let mut text = Gateway::start_piped("", &env).await;
+    let mut text = Gateway::start("", &env).await;
     let (_, err) = text.stop_and_read();
     assert!(
         !err.lines().any(|l| l.starts_with('{')),

@@ -240,20 +240,44 @@ async fn gcra_on_redis_admits_the_burst_then_the_rate() {
         &[("REDIS_ADDR", redis.addr())],
     )
     .await;
+    // One request per 50 ms, 5 at once. Redis's script admits a request when, after it, the
+    // schedule is at most 250 ms (5 × 50) ahead of Redis's clock. So from a fresh schedule,
+    // however the requests are spread, any 5 are admitted, and over a span of Redis's clock at
+    // most 5 plus one per whole 50 ms of it: both exact, whatever the machine's load.
+    const INTERVAL_US: u64 = 50_000;
     let t = token("gcra");
-    let start = Instant::now();
-    let mut admitted = Vec::new();
-    let mut refused = 0;
-    // Sequential requests for 2 s (bounded in count too): the burst, then one per 50 ms.
-    for _ in 0..5000 {
-        if start.elapsed() > Duration::from_secs(2) {
-            break;
-        }
+    let url = gw.url("/echo/g");
+
+    // The burst: 40 requests at once on a fresh schedule.
+    let from = redis.time_us();
+    let statuses = common::concurrent_gets(vec![url.clone(); 40], &t).await;
+    let span_us = redis.time_us() - from;
+    assert!(
+        statuses.iter().all(|s| [200, 429].contains(s)),
+        "{statuses:?}"
+    );
+    let admitted = statuses.iter().filter(|&&s| s == 200).count() as u64;
+    let most = 5 + span_us / INTERVAL_US;
+    assert!(
+        (5..=most).contains(&admitted),
+        "{admitted} of 40 at once admitted in {span_us} µs: the burst of 5, at most {most}"
+    );
+    assert!(admitted < 40, "the burst was exceeded");
+
+    // Past the 250 ms tolerance without requests, the schedule is fresh again. Then sequential
+    // requests for 2 s: the burst, then the rate.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let from = redis.time_us();
+    let started = Instant::now();
+    // (status, sent, answered) per request.
+    let mut sent: Vec<(u16, Instant, Instant)> = Vec::new();
+    while started.elapsed() < Duration::from_secs(2) && sent.len() < 5000 {
+        let at = Instant::now();
         let r = get(&gw, "/echo/g", &t, None).await;
-        match r.status().as_u16() {
-            200 => admitted.push(start.elapsed()),
+        let status = r.status().as_u16();
+        match status {
+            200 => {}
             429 => {
-                refused += 1;
                 let retry: u64 = r.headers()["retry-after"]
                     .to_str()
                     .unwrap()
@@ -263,14 +287,43 @@ async fn gcra_on_redis_admits_the_burst_then_the_rate() {
             }
             s => panic!("status {s}"),
         }
+        sent.push((status, at, Instant::now()));
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let expected = 5.0 + elapsed * 20.0;
+    let span_us = redis.time_us() - from;
+    let admitted = sent.iter().filter(|r| r.0 == 200).count() as u64;
+    let refused = sent.len() as u64 - admitted;
     assert!(refused > 0, "the rate was exceeded");
     assert!(
-        (admitted.len() as f64 - expected).abs() <= 3.0,
-        "admitted {} in {elapsed:.2} s, expected ~{expected:.0}",
-        admitted.len()
+        sent.iter().take(5).all(|r| r.0 == 200),
+        "the first 5 after the pause are the burst"
+    );
+    let most = 5 + span_us / INTERVAL_US;
+    assert!(
+        admitted <= most,
+        "{admitted} admitted in {span_us} µs of Redis's clock: at most {most}"
+    );
+    // The rate, from below. After an admission, a request decided 50 ms later is admitted;
+    // the gateway may refuse without asking Redis for one request's time longer (it remembers
+    // the wait Redis named from when the answer arrived), and the next request is decided
+    // within `gap` (the longest from sending one request to the answer of the next). So
+    // admissions are at most 50 ms + 2 × gap apart over the whole run, however slow the machine
+    // made the requests.
+    let gap = sent
+        .windows(2)
+        .map(|w| w[1].2 - w[0].1)
+        .max()
+        .unwrap_or_default();
+    let run = sent.last().unwrap().2 - sent[0].1;
+    let step = Duration::from_micros(INTERVAL_US) + 2 * gap;
+    let least = (run.saturating_sub(2 * gap)).as_micros() / step.as_micros();
+    eprintln!(
+        "{admitted} of {} admitted in {run:?} (Redis: {span_us} µs), requests at most {gap:?} \
+         apart: between {least} and {most}",
+        sent.len()
+    );
+    assert!(
+        u128::from(admitted) >= least,
+        "{admitted} admitted in {run:?} with requests at most {gap:?} apart: at least {least}"
     );
     // The schedule lives in Redis under the policy's prefix, with a TTL.
     let keys = redis.keys("ratelimit:smooth:*");

@@ -436,23 +436,17 @@ http {{
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or("nginx");
-        let child = std::process::Command::new(nginx)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("nginx (Debian package nginx-light)");
+        // Debian package nginx-light.
+        let proc = common::Proc::spawn(
+            "nginx",
+            std::process::Command::new(nginx)
+                .arg("-c")
+                .arg(&conf)
+                .arg("-p")
+                .arg(dir),
+        );
         common::wait_for_port(port, Duration::from_secs(10));
-        Nginx {
-            proc: common::Proc {
-                name: "nginx".into(),
-                child,
-            },
-            port,
-            log,
-        }
+        Nginx { proc, port, log }
     }
 
     /// (distinct connections, requests) seen in the access log.
@@ -485,7 +479,10 @@ async fn backends_are_reached_over_verified_tls_and_multiplexed_h2() {
         group("wrongname", &format!("sni: other.test, ca: \"{ca_path}\""), ""),
         group("untrusted", "sni: backend.test", ""),
     );
-    let mut gw = Gateway::start_piped(&section, &[("RUST_LOG", "warn".to_string())]).await;
+    let mut gw = Gateway::builder(&section)
+        .env("RUST_LOG", "warn")
+        .start()
+        .await;
     let r = client().get(gw.url("/h1/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("HTTP/1.1"));
@@ -660,7 +657,7 @@ async fn a_client_that_opens_and_resets_streams_in_a_loop_is_cut_off() {
         tls_section(port, &[&a], ""),
         echo.port
     );
-    let mut gw = Gateway::start_piped(&section, &[]).await;
+    let mut gw = Gateway::start(&section, &[]).await;
     let pid = gw.proc.child.id();
     let (cpu0, rss0) = (common::cpu_seconds(pid), common::rss_kib(pid));
     let (send, conn) = h2_connect(&ca.cert, port).await;
@@ -721,7 +718,7 @@ async fn failed_handshakes_are_counted_not_logged() {
     for (rust_log, tries) in [("info", 50), ("off", 10)] {
         let port = free_port();
         let env = [("RUST_LOG", rust_log.to_string())];
-        let mut gw = Gateway::start_piped(&tls_section(port, &[&a], ""), &env).await;
+        let mut gw = Gateway::start(&tls_section(port, &[&a], ""), &env).await;
         // Plain HTTP to the HTTPS port (what scanners and misconfigured clients do).
         for _ in 0..tries {
             let reply = common::raw_request(

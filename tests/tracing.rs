@@ -384,7 +384,7 @@ async fn a_malformed_traceparent_starts_a_new_trace_and_the_access_log_names_it(
     let collector = Collector::start().await;
     let echo = EchoServer::start().await;
     let extra = echo_route(echo.port);
-    let mut gw = Gateway::start_piped(
+    let mut gw = Gateway::start(
         &section(&collector.endpoint(), 1.0, 1, &extra),
         &[("RUST_LOG", "warn,access=info".into())],
     )

@@ -1,6 +1,6 @@
 //! The real gateway binary on free ports, tokens for it, and the HTTP clients tests use on it.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::{eventually, free_port, gateway_bin, Proc};
@@ -21,13 +21,22 @@ pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 /// The profile aggregate as conf/gateway.yaml declares it, with this cache TTL and deadline:
 /// an `aggregates:` key for a test's `gateway:` section.
 pub fn profile_aggregate(ttl_seconds: u64, deadline_ms: u64) -> String {
+    profile_aggregate_with(
+        deadline_ms,
+        &format!(r#"ttl_seconds: {ttl_seconds}, key: "profile:{{id}}""#),
+    )
+}
+
+/// As [`profile_aggregate`], with `cache` as the inside of its `cache: {…}` (tags, an
+/// in-process tier, stale serving).
+pub fn profile_aggregate_with(deadline_ms: u64, cache: &str) -> String {
     format!(
         r#"aggregates:
   - name: profile
     path: "/api/profile/{{id}}"
     deadline_ms: {deadline_ms}
     authorize: {{ param: id, claim: sub, bypass_roles: [admin], me: true }}
-    cache: {{ ttl_seconds: {ttl_seconds}, key: "profile:{{id}}" }}
+    cache: {{ {cache} }}
     legs:
       user:            {{ service: user,  path: "/users/{{id}}", required: true, expect: object }}
       orders:          {{ service: order, path: "/orders/user/{{user.id}}", default: [], expect: array }}
@@ -69,61 +78,60 @@ pub fn token_with_roles(sub: &str, roles: &[&str]) -> String {
         .expect("sign")
 }
 
-impl Gateway {
-    /// Writes `gateway_section` (YAML under `gateway:`, without listen keys) to a conf file and
-    /// starts the gateway with `env`, waiting for `/readyz`.
-    pub async fn start(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
-        Gateway::start_with(gateway_section, env, false).await
+/// How to start a gateway: [`Gateway::builder`], then what differs from the usual start, then
+/// [`GatewayBuilder::start`].
+pub struct GatewayBuilder {
+    section: String,
+    env: Vec<(String, String)>,
+    ready: bool,
+    unread_pipes: bool,
+}
+
+impl GatewayBuilder {
+    /// Adds one environment variable (after the harness's own, so it can replace them).
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
     }
 
-    /// As [`Gateway::start`], with stdout and stderr on pipes the test reads, or never reads
-    /// (`proc.child.stdout` / `stderr`).
-    pub async fn start_piped(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
-        Gateway::start_with(gateway_section, env, true).await
+    /// Adds environment variables, as [`GatewayBuilder::env`].
+    pub fn envs(mut self, env: &[(&str, String)]) -> Self {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        self
     }
 
-    /// As [`Gateway::start`], waiting only for the port, not for `/readyz` (to test readiness).
-    pub async fn start_unready(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
-        Gateway::start_inner(gateway_section, env, false, false).await
+    /// Waits only for the client port to accept, not for `/readyz` (to test readiness).
+    pub fn unready(mut self) -> Self {
+        self.ready = false;
+        self
     }
 
-    /// As [`Gateway::start_unready`], with stdout and stderr on pipes (see `start_piped`).
-    pub async fn start_unready_piped(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
-        Gateway::start_inner(gateway_section, env, true, false).await
+    /// Puts stdout and stderr on pipes that nobody reads (to test a reader that stops
+    /// reading), instead of the log files every other gateway writes.
+    pub fn unread_pipes(mut self) -> Self {
+        self.unread_pipes = true;
+        self
     }
 
-    async fn start_with(gateway_section: &str, env: &[(&str, String)], piped: bool) -> Gateway {
-        Gateway::start_inner(gateway_section, env, piped, true).await
-    }
-
-    async fn start_inner(
-        gateway_section: &str,
-        env: &[(&str, String)],
-        piped: bool,
-        ready: bool,
-    ) -> Gateway {
+    /// Writes the conf file, starts the gateway and waits until it is ready: `/readyz`
+    /// answers 200 and the metrics and admin listeners accept.
+    pub async fn start(self) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let metrics_port = free_port();
-        let conf = conf_text(dir.path(), port, metrics_port, gateway_section);
+        let conf = conf_text(dir.path(), port, metrics_port, &self.section);
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, conf).expect("write conf");
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        let child = spawn_gateway(&path, &env, &[], piped);
+        let proc = spawn_gateway("gateway", &path, &self.env, &[], self.unread_pipes);
         let gw = Gateway {
-            proc: Proc {
-                name: "gateway".into(),
-                child,
-            },
+            proc,
             port,
             metrics_port,
             dir,
-            env,
+            env: self.env,
         };
-        if !ready {
+        if !self.ready {
             super::wait_for_port(port, Duration::from_secs(20));
             return gw;
         }
@@ -136,7 +144,7 @@ impl Gateway {
         .await;
         // Pingora binds each service's listener on that service's own runtime, so the metrics
         // and admin listeners may still be starting when the main one answers.
-        for p in std::iter::once(metrics_port).chain(admin_port(gateway_section)) {
+        for p in std::iter::once(metrics_port).chain(admin_port(&self.section)) {
             eventually(
                 &format!("a listener on port {p}"),
                 Duration::from_secs(20),
@@ -150,40 +158,49 @@ impl Gateway {
         }
         gw
     }
+}
+
+impl Gateway {
+    /// A gateway whose conf file's `gateway:` section is `gateway_section` (YAML, without the
+    /// listen keys, which the harness adds on free ports).
+    pub fn builder(gateway_section: &str) -> GatewayBuilder {
+        GatewayBuilder {
+            section: gateway_section.to_string(),
+            env: Vec::new(),
+            ready: true,
+            unread_pipes: false,
+        }
+    }
+
+    /// `Gateway::builder(gateway_section).envs(env).start()`: the usual start.
+    pub async fn start(gateway_section: &str, env: &[(&str, String)]) -> Gateway {
+        Gateway::builder(gateway_section).envs(env).start().await
+    }
 
     /// Starts a second gateway on the same conf with Pingora's `-u`: it takes the listening
     /// sockets over once this one gets SIGQUIT.
     pub fn spawn_upgrade(&self) -> Proc {
-        let child = spawn_gateway(
+        spawn_gateway(
+            "gateway (upgrade)",
             &self.dir.path().join("gateway.yaml"),
             &self.env,
             &["-u"],
             false,
-        );
-        Proc {
-            name: "gateway (upgrade)".into(),
-            child,
-        }
+        )
     }
 
-    /// Stops the gateway (SIGTERM) and returns everything it wrote on stdout and stderr
-    /// (a gateway started with [`Gateway::start_piped`]).
+    /// Stops the gateway (SIGTERM) and returns everything it wrote on stdout and stderr.
     pub fn stop_and_read(&mut self) -> (String, String) {
-        use std::io::Read;
         self.proc.terminate();
         assert!(
             self.proc.wait_exit(Duration::from_secs(15)).is_some(),
             "the gateway exits on SIGTERM"
         );
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(mut s) = self.proc.child.stdout.take() {
-            s.read_to_string(&mut out).expect("stdout");
-        }
-        if let Some(mut s) = self.proc.child.stderr.take() {
-            s.read_to_string(&mut err).expect("stderr");
-        }
-        (out, err)
+        self.proc
+            .logs
+            .as_ref()
+            .expect("a gateway with log files (not `unread_pipes`)")
+            .read()
     }
 
     /// Replaces the conf file's `gateway:` section (listen keys kept), atomically (written
@@ -229,11 +246,12 @@ impl Gateway {
 }
 
 fn spawn_gateway(
+    name: &str,
     conf: &std::path::Path,
     env: &[(String, String)],
     extra: &[&str],
-    piped: bool,
-) -> Child {
+    unread_pipes: bool,
+) -> Proc {
     let mut cmd = Command::new(gateway_bin());
     cmd.args(extra).arg("-c").arg(conf);
     cmd.env_clear()
@@ -246,12 +264,11 @@ fn spawn_gateway(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    if piped {
+    if unread_pipes {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+        return Proc::new(name, cmd.spawn().expect("gateway starts"));
     }
-    cmd.spawn().expect("gateway starts")
+    Proc::spawn(name, &mut cmd)
 }
 
 /// The port of the admin listener a `gateway:` section declares. Only the admin port: a bare

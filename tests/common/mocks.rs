@@ -1,7 +1,7 @@
 //! The mocks binary (user, order, product and recommendation services) as a test fixture.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use super::{client, free_port, mocks_bin, wait_for_port, Proc};
@@ -28,12 +28,7 @@ impl Mocks {
         for (name, port) in &ports {
             cmd.arg(format!("--{name}-port")).arg(port.to_string());
         }
-        cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
-        let child = cmd.spawn().expect("mocks start");
-        let proc = Proc {
-            name: "mocks".into(),
-            child,
-        };
+        let proc = Proc::spawn("mocks", &mut cmd);
         for port in ports.values() {
             wait_for_port(*port, Duration::from_secs(10));
         }

@@ -21,6 +21,10 @@ pub struct PoolStats {
     pub posts: AtomicU64,
     /// POST bodies whose bytes took longer than 200 ms to arrive after their header.
     pub slow_bodies: AtomicU64,
+    /// Workers inside a request now (from its request line to its answer or its end), and the
+    /// most at once: a request that finds every worker busy waits in the accept queue.
+    pub busy: AtomicU64,
+    pub max_busy: AtomicU64,
 }
 
 /// A running worker pool.
@@ -79,7 +83,24 @@ fn serve(conn: TcpStream, stats: &PoolStats, big_bytes: usize) -> std::io::Resul
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(()); // a bare connect (a TCP health check): no request
+    }
+    let now = stats.busy.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.max_busy.fetch_max(now, Ordering::SeqCst);
+    let answered = request(reader, line, conn, stats, big_bytes);
+    stats.busy.fetch_sub(1, Ordering::SeqCst);
+    answered
+}
+
+/// Reads the rest of the request that starts with `line` and answers it.
+fn request(
+    mut reader: BufReader<TcpStream>,
+    line: String,
+    conn: TcpStream,
+    stats: &PoolStats,
+    big_bytes: usize,
+) -> std::io::Result<()> {
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();

@@ -59,12 +59,127 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMu
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
+///
+/// A process started with [`Proc::spawn`] writes its stdout and stderr to two files under
+/// `target/tmp/test-logs/` instead of the terminal: a suite of real processes would otherwise
+/// print hundreds of lines no one reads. When the test fails (the guard is dropped while the
+/// thread panics), the tail of each file and its path are printed with the test's output and the
+/// files are kept; when it passes, they are deleted.
 pub struct Proc {
     pub name: String,
     pub child: Child,
+    /// The files its stdout and stderr go to (none for a process with outputs of its own).
+    pub logs: Option<Logs>,
+    /// Reaped already: by [`Proc::kill`] or by [`Proc::wait_exit`] seeing it exit.
+    reaped: bool,
+}
+
+/// Where a [`Proc`]'s stdout and stderr go.
+pub struct Logs {
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Lines of each log printed when a test fails.
+const TAIL_LINES: usize = 200;
+
+impl Logs {
+    /// Two new files for a process called `name`, named after the running test (libtest names
+    /// each test's thread after the test).
+    fn create(name: &str) -> Logs {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
+        std::fs::create_dir_all(&dir).expect("create target/tmp/test-logs");
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect()
+        };
+        let test = std::thread::current()
+            .name()
+            .filter(|n| *n != "main")
+            .map(clean)
+            .unwrap_or_else(|| "test".into());
+        let stem = format!(
+            "{}.{test}.{}.{}-{}",
+            env!("CARGO_CRATE_NAME"),
+            clean(name),
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        Logs {
+            stdout: dir.join(format!("{stem}.stdout.log")),
+            stderr: dir.join(format!("{stem}.stderr.log")),
+        }
+    }
+
+    /// Both files, whole (what the process wrote so far; "" for a file it never wrote).
+    pub fn read(&self) -> (String, String) {
+        let read = |p: &PathBuf| {
+            std::fs::read(p)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        (read(&self.stdout), read(&self.stderr))
+    }
+
+    /// Prints the last lines of each non-empty file and where the whole file is.
+    fn print_tail(&self, name: &str, pid: u32) {
+        for path in [&self.stdout, &self.stderr] {
+            let text = std::fs::read(path)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            if text.is_empty() {
+                continue;
+            }
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(TAIL_LINES);
+            eprintln!(
+                "---- {name} (pid {pid}): last {} of {} lines of {} ----",
+                lines.len() - from,
+                lines.len(),
+                path.display()
+            );
+            for l in &lines[from..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.stdout);
+        let _ = std::fs::remove_file(&self.stderr);
+    }
 }
 
 impl Proc {
+    /// Starts `cmd` with its stdout and stderr on log files (see [`Proc`]).
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let logs = Logs::create(name);
+        let file = |p: &PathBuf| std::fs::File::create(p).expect("create a log file");
+        cmd.stdout(file(&logs.stdout)).stderr(file(&logs.stderr));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts ({:?}): {e}", cmd.get_program()));
+        Proc {
+            name: name.into(),
+            child,
+            logs: Some(logs),
+            reaped: false,
+        }
+    }
+
+    /// Guards a child the caller started with outputs of its own choosing.
+    pub fn new(name: &str, child: Child) -> Proc {
+        Proc {
+            name: name.into(),
+            child,
+            logs: None,
+            reaped: false,
+        }
+    }
+
     /// Sends SIGTERM (graceful shutdown) without waiting.
     pub fn terminate(&self) {
         signal(self.child.id(), "TERM");
@@ -77,6 +192,9 @@ impl Proc {
 
     /// Kills the process now and waits for it.
     pub fn kill(&mut self) {
+        if self.reaped {
+            return;
+        }
         // A process that died before the test meant it to (a crash prints nothing) is named
         // in the failing test's output.
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -88,6 +206,7 @@ impl Proc {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.reaped = true;
     }
 
     /// Waits up to `timeout` for the process to exit by itself.
@@ -95,6 +214,7 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.reaped = true;
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -106,6 +226,13 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        if let Some(logs) = &self.logs {
+            if std::thread::panicking() {
+                logs.print_tail(&self.name, self.child.id());
+            } else {
+                logs.remove();
+            }
+        }
     }
 }
 

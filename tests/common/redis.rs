@@ -1,6 +1,6 @@
 //! A real `redis-server` on a free port, without persistence.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::{free_port, Proc};
@@ -21,31 +21,23 @@ impl Redis {
     /// Starts redis-server on `port` (used to restart it where the gateway expects it).
     pub fn start_on(port: u16) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("redis-server is installed (make test installs it)");
-        let r = Redis {
-            proc: Proc {
-                name: "redis".into(),
-                child,
-            },
-            port,
-            dir,
-        };
+        let proc = Proc::spawn(
+            "redis",
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path()),
+        );
+        let r = Redis { proc, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut c) = r.conn() {
@@ -107,6 +99,13 @@ impl Redis {
             .collect()
     }
 
+    /// Redis's own clock (`TIME`), in microseconds: what its scripts see as now.
+    pub fn time_us(&self) -> u64 {
+        let mut c = self.conn().expect("redis connection");
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut c).expect("TIME");
+        secs * 1_000_000 + micros
+    }
+
     /// TTL of `key` in seconds (-1 none, -2 missing).
     pub fn ttl(&self, key: &str) -> i64 {
         let mut c = self.conn().expect("redis connection");
@@ -157,26 +156,19 @@ impl RedisCluster {
             if !bindable(u32::from(port) + 10000) {
                 continue;
             }
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                // A replica takes over whatever the age of its copy (test data only).
-                .args(["--cluster-replica-validity-factor", "0"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("redis-server is installed (make test installs it)");
-            nodes.push((
-                port,
-                Proc {
-                    name: format!("redis cluster node {port}"),
-                    child,
-                },
-            ));
+            let proc = Proc::spawn(
+                &format!("redis cluster node {port}"),
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    // A replica takes over whatever the age of its copy (test data only).
+                    .args(["--cluster-replica-validity-factor", "0"])
+                    .arg("--dir")
+                    .arg(dir.path()),
+            );
+            nodes.push((port, proc));
         }
         let c = RedisCluster { nodes, dir };
         for (port, _) in &c.nodes {
@@ -326,20 +318,15 @@ impl RedisSentinels {
         let master = Redis::start();
         let dir = tempfile::tempdir().expect("tempdir");
         let replica_port = free_port();
-        let replica = Command::new("redis-server")
-            .args(["--port", &replica_port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("redis-server is installed");
-        let replica = Proc {
-            name: "redis replica".into(),
-            child: replica,
-        };
+        let replica = Proc::spawn(
+            "redis replica",
+            Command::new("redis-server")
+                .args(["--port", &replica_port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
+                .arg("--dir")
+                .arg(dir.path()),
+        );
         let mut sentinels = Vec::new();
         for i in 0..3 {
             let port = free_port();
@@ -357,20 +344,11 @@ impl RedisSentinels {
                 ),
             )
             .expect("sentinel conf");
-            let child = Command::new("redis-server")
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("redis-server --sentinel");
-            sentinels.push((
-                port,
-                Proc {
-                    name: format!("redis sentinel {port}"),
-                    child,
-                },
-            ));
+            let proc = Proc::spawn(
+                &format!("redis sentinel {port}"),
+                Command::new("redis-server").arg(&conf).arg("--sentinel"),
+            );
+            sentinels.push((port, proc));
         }
         let s = RedisSentinels {
             master,
