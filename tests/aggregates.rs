@@ -323,7 +323,12 @@ fn gateway_t_refuses_a_broken_graph_naming_it() {
         ),
     ] {
         let path = dir.path().join("gateway.yaml");
-        std::fs::write(&path, format!("gateway:\n  aggregates:\n{aggregates}\n")).unwrap();
+        let services = "  services: { user: { url: 'http://127.0.0.1:1' } }\n";
+        std::fs::write(
+            &path,
+            format!("gateway:\n{services}  aggregates:\n{aggregates}\n"),
+        )
+        .unwrap();
         let out = std::process::Command::new(common::gateway_bin())
             .args(["-t", "-c"])
             .arg(&path)

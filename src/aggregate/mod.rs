@@ -546,7 +546,8 @@ mod tests {
             k if k.ends_with("_SERVICE_URL") => Some("http://127.0.0.1:1".to_string()),
             _ => None,
         };
-        let cfg = Config::from_yaml("gateway: {}", &env, LoadMode::Run).expect("config");
+        let yaml = format!("gateway: {{{}}}", crate::testing::profile_section());
+        let cfg = Config::from_yaml(&yaml, &env, LoadMode::Run).expect("config");
         let store = Arc::new(Store::Memory(crate::store::MemoryKv::default()));
         let all = Aggregates::new(&cfg, store).expect("aggregates");
         all.route("/api/profile/1").expect("profile").clone()

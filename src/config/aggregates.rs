@@ -112,24 +112,6 @@ struct LegFile {
     max_items: Option<u64>,
 }
 
-/// The profile endpoint as it was before aggregates were declarable: what a conf without an
-/// `aggregates` key gets.
-pub(super) const DEFAULT_AGGREGATES: &str = r#"
-- name: profile
-  path: "/api/profile/{id}"
-  methods: [GET]
-  deadline_ms: 10000
-  authorize: { param: id, claim: sub, bypass_roles: [admin], me: true }
-  cache: { ttl_seconds: 30, key: "profile:{id}" }
-  legs:
-    user:            { service: user,  path: "/users/{id}", required: true, expect: object }
-    orders:          { service: order, path: "/orders/user/{user.id}", default: [], expect: array }
-    products:        { service: product, path: "/products", after: [user], default: [], expect: array }
-    recommendations: { service: recommendation, path: "/recommendations/{id}", after: [user],
-                       default: [], expect: array }
-  response: { user: user, orders: orders, products: products, recommendations: recommendations }
-"#;
-
 // ---------------------------------------------------------------------------------------------
 // The checked plan.
 
@@ -888,11 +870,6 @@ pub(super) fn resolve_aggregates(
     Ok(out)
 }
 
-/// Parses [`DEFAULT_AGGREGATES`].
-pub(super) fn default_files() -> Vec<AggregateFile> {
-    serde_yaml::from_str(DEFAULT_AGGREGATES).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -914,7 +891,12 @@ mod tests {
 
     #[test]
     fn the_default_profile_declaration_is_valid() {
-        let a = resolve_aggregates(default_files(), &services(), &[]).unwrap();
+        let a = resolve_aggregates(
+            serde_yaml::from_str(crate::testing::PROFILE_AGGREGATE).unwrap(),
+            &services(),
+            &[],
+        )
+        .unwrap();
         let p = &a[0];
         assert_eq!(p.name, "profile");
         assert_eq!(p.legs.len(), 4);

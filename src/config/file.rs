@@ -29,8 +29,8 @@ pub(super) struct GatewayFile {
     pub(super) auth: AuthFile,
     pub(super) rate_limit: RateLimitFile,
     pub(super) services: BTreeMap<String, ServiceFile>,
-    /// `None` (the key absent): the built-in profile declaration.
-    pub(super) aggregates: Option<Vec<AggregateFile>>,
+    /// None unless declared.
+    pub(super) aggregates: Vec<AggregateFile>,
     pub(super) limits: LimitsFile,
     pub(super) upstreams: BTreeMap<String, UpstreamFile>,
     pub(super) routes: Vec<RouteFile>,
@@ -52,7 +52,7 @@ impl Default for GatewayFile {
             auth: AuthFile::default(),
             rate_limit: RateLimitFile::default(),
             services: BTreeMap::new(),
-            aggregates: None,
+            aggregates: Vec::new(),
             limits: LimitsFile::default(),
             upstreams: BTreeMap::new(),
             routes: Vec::new(),

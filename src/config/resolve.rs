@@ -12,7 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use url::Url;
 
-use super::aggregates::{default_files, resolve_aggregates};
+use super::aggregates::resolve_aggregates;
 use super::check::{invalid, millis, parse_listen, parse_port, positive};
 use super::file::{
     AuthFile, GatewayFile, LimitsFile, RateLimitFile, RedisFile, RouteFile, StripFile, UpstreamFile,
@@ -105,11 +105,7 @@ impl GatewayFile {
         let services = resolve_services(self.services, env)?;
         let names = services.names();
         let prefixes: Vec<String> = routes.iter().map(|r| r.prefix.clone()).collect();
-        let aggregates = resolve_aggregates(
-            self.aggregates.unwrap_or_else(default_files),
-            &names,
-            &prefixes,
-        )?;
+        let aggregates = resolve_aggregates(self.aggregates, &names, &prefixes)?;
         let tls = self
             .tls
             .map(|t| {

@@ -11,14 +11,6 @@ use super::check::{invalid, ConfigError, Env};
 use super::check::{millis, positive};
 use super::file::ServiceFile;
 
-/// The services every conf has unless it says otherwise: the mocks' four, on their ports.
-const DEFAULTS: [(&str, &str); 4] = [
-    ("user", "http://127.0.0.1:8081"),
-    ("order", "http://127.0.0.1:8082"),
-    ("product", "http://127.0.0.1:8083"),
-    ("recommendation", "http://127.0.0.1:8084"),
-];
-
 /// The variable that overrides a service's `url`: `<NAME>_SERVICE_URL`.
 pub fn url_var(name: &str) -> String {
     let upper: String = name
@@ -77,34 +69,21 @@ pub struct ServiceConfig {
     pub breaker_open: Duration,
 }
 
-/// The declared services over the four defaults; `<NAME>_SERVICE_URL` overrides any `url`.
+/// The declared services; `<NAME>_SERVICE_URL` overrides any `url`.
 pub(super) fn resolve_services(
     files: BTreeMap<String, ServiceFile>,
     env: &dyn Env,
 ) -> Result<Services, ConfigError> {
-    let mut all: BTreeMap<String, (Option<&str>, ServiceFile)> = DEFAULTS
-        .iter()
-        .map(|(n, url)| (n.to_string(), (Some(*url), ServiceFile::default())))
-        .collect();
-    for (name, f) in files {
-        let default_url = DEFAULTS.iter().find(|(n, _)| *n == name).map(|(_, u)| *u);
-        all.insert(name, (default_url, f));
-    }
     let mut by_name = BTreeMap::new();
-    for (name, (default_url, f)) in all {
-        let c = f.resolve(&name, default_url, env)?;
+    for (name, f) in files {
+        let c = f.resolve(&name, env)?;
         by_name.insert(name, c);
     }
     Ok(Services { by_name })
 }
 
 impl ServiceFile {
-    fn resolve(
-        self,
-        name: &str,
-        default_url: Option<&str>,
-        env: &dyn Env,
-    ) -> Result<ServiceConfig, ConfigError> {
+    fn resolve(self, name: &str, env: &dyn Env) -> Result<ServiceConfig, ConfigError> {
         let var = url_var(name);
         let key = |k: &str| format!("gateway.services.{name}.{k}");
         if name.is_empty()
@@ -119,7 +98,7 @@ impl ServiceFile {
         }
         let (url_key, url) = match env.var(&var).filter(|v| !v.trim().is_empty()) {
             Some(v) => (var.clone(), v),
-            None => match self.url.or_else(|| default_url.map(str::to_string)) {
+            None => match self.url {
                 Some(u) => (key("url"), u),
                 None => return Err(invalid(key("url"), format!("required (or set {var})"))),
             },

@@ -150,7 +150,8 @@ mod tests {
 
     fn aggregates() -> Aggregates {
         let env = |k: &str| (k == "JWT_SECRET").then(|| "s".to_string());
-        let cfg = Config::from_yaml("gateway: {}", &env, LoadMode::Run).expect("config");
+        let yaml = format!("gateway: {{{}}}", crate::testing::profile_section());
+        let cfg = Config::from_yaml(&yaml, &env, LoadMode::Run).expect("config");
         let store = std::sync::Arc::new(crate::store::Store::Memory(Default::default()));
         Aggregates::new(&cfg, store).expect("aggregates")
     }

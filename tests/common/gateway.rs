@@ -52,8 +52,42 @@ fn conf_text(dir: &std::path::Path, port: u16, metrics_port: u16, section: &str)
          grace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 10\n\
          gateway:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n{section}",
         dir = dir.display(),
-        section = indent(section),
+        section = indent(&with_demo(section)),
     )
+}
+
+/// The demo's four services, on the mocks' default ports (`*_SERVICE_URL` moves them).
+const DEMO_SERVICES: &str =
+    "{user: {url: 'http://127.0.0.1:8081'}, order: {url: 'http://127.0.0.1:8082'}, \
+     product: {url: 'http://127.0.0.1:8083'}, recommendation: {url: 'http://127.0.0.1:8084'}}";
+
+/// A test gateway runs the demo as `make run` does unless its section says otherwise: the
+/// demo's services when it declares none, and the profile aggregate over them when it
+/// declares neither services nor aggregates.
+fn with_demo(section: &str) -> String {
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(section).expect("a test's gateway section is YAML");
+    if value.is_null() {
+        value = serde_yaml::Value::Mapping(Default::default());
+    }
+    let Some(map) = value.as_mapping_mut() else {
+        return section.to_string();
+    };
+    let (services, aggregates) = (map.contains_key("services"), map.contains_key("aggregates"));
+    if services {
+        return section.to_string();
+    }
+    map.insert(
+        "services".into(),
+        serde_yaml::from_str(DEMO_SERVICES).expect("demo services"),
+    );
+    if !aggregates {
+        map.insert(
+            "aggregates".into(),
+            serde_yaml::from_str(gateway::testing::PROFILE_AGGREGATE).expect("demo aggregate"),
+        );
+    }
+    serde_yaml::to_string(&value).expect("a YAML mapping")
 }
 
 /// Fixed windows are aligned to the clock; a burst must not straddle a boundary, so when the
