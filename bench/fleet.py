@@ -123,6 +123,10 @@ gateway:
   metrics_listen: "127.0.0.1:{metrics}"
 {tls}{compression}  services:
     docs: {{ url: "http://127.0.0.1:{ports['origin']}" }}
+    user: {{ url: "http://127.0.0.1:{ports['m_user']}" }}
+    order: {{ url: "http://127.0.0.1:{ports['m_order']}" }}
+    product: {{ url: "http://127.0.0.1:{ports['m_product']}" }}
+    recommendation: {{ url: "http://127.0.0.1:{ports['m_rec']}" }}
   auth:
     public_paths: ["/healthz", "/readyz", "/bench/", "/stream/"]
     issuers:
