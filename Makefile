@@ -18,7 +18,7 @@ help:
 	@echo "make test   run every test (unit + integration with real redis-server and mocks)"
 	@echo "make lint   cargo fmt --check, clippy -D warnings, and no import cycle among src/ files"
 	@echo "make soak   mixed traffic with Redis/backend chaos for SOAK_SECONDS (default 300)"
-	@echo "make bench  the gateway side by side with nginx and HAProxy (BENCH_SECONDS per run, default 3; about 10 minutes)"
+	@echo "make bench  the gateway beside nginx, HAProxy, bare Pingora, Traefik and Caddy (BENCH_SECONDS per run, default 3; about 15 minutes)"
 
 # apt-get update runs once, and only when something is missing.
 define apt_install

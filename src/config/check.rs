@@ -106,3 +106,8 @@ pub(super) fn positive(key: &str, v: u64) -> Result<u64, ConfigError> {
 pub(super) fn millis(key: &str, v: u64) -> Result<Duration, ConfigError> {
     positive(key, v).map(Duration::from_millis)
 }
+
+/// A variable's value, unless unset or blank (`VAR=` in a compose file counts as unset).
+pub(super) fn nonempty(env: &dyn Env, key: &str) -> Option<String> {
+    env.var(key).filter(|v| !v.trim().is_empty())
+}

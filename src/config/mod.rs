@@ -3,30 +3,25 @@
 //! The file format (`*File` structs, serde, `deny_unknown_fields`) is converted once into the
 //! typed [`Config`] that the rest of the gateway uses; every check names the key it rejects.
 //!
-//! - `file`: the YAML exactly as written, with defaults.
-//! - `resolve`: env overrides and validation, one function per section.
-//! - `services`: the aggregates' services.
-//! - `aggregates`: the declared composite endpoints, checked into plans.
+//! One file per section, each holding its file struct, its checks and its typed result:
+//! `redis`, `auth`, `issuers`, `ratelimit`, `limits`, `upstreams`, `routes`, `services`,
+//! `aggregates`, `admin`, `cors`, `compression`, `tls`, `tracing`.
 //! - `check`: what every section's checks share (the error naming a key, the environment).
-//! - `admin`, `compression`, `cors`, `issuers`, `ratelimit`, `tls`, `tracing`: one section
-//!   each, its file struct beside its typed result.
+//! - `file`: the root of the YAML (`gateway:`), one key per section.
+//! - `resolve`: the listeners, each section's resolve in file order, the cross-section checks.
 //!
-//! Here: the typed `Config` itself, one documented struct per remaining section.
+//! Here: the typed `Config` itself, the reload settings, and the list of variables read.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ipnet::IpNet;
-
 mod file;
 
 use file::FileRoot;
-pub use file::HealthCheckKind;
-mod resolve;
-pub use resolve::normalise_redis_addr;
 mod aggregates;
 mod issuers;
+mod resolve;
 pub use aggregates::{
     AggregateConfig, Authorize, CacheSpec, Expect, LegConfig, LocalSpec, Part, PathPattern,
     Segment, Step, Template, ValueRef,
@@ -37,17 +32,29 @@ pub use services::{ServiceConfig, Services};
 mod tls;
 pub use tls::{CertPaths, TlsConfig, TlsVersion, UpstreamTls};
 mod admin;
+mod auth;
 mod check;
 mod compression;
 mod cors;
+mod limits;
 mod ratelimit;
+mod redis;
+mod routes;
 mod tracing;
+mod upstreams;
 pub use admin::AdminConfig;
+pub use auth::AuthConfig;
 pub use check::{ConfigError, Env, LoadMode, ProcessEnv};
 pub use compression::{Coding, CompressionConfig, Level};
 pub use cors::CorsPolicy;
-pub use ratelimit::{Algorithm, OnStoreError, PolicyConfig, PolicyKey, DEFAULT_POLICY};
+pub use limits::{BodyPolicy, LimitsConfig, MAX_BODY_BUFFER};
+pub use ratelimit::{
+    Algorithm, OnStoreError, PolicyConfig, PolicyKey, RateLimitConfig, DEFAULT_POLICY,
+};
+pub use redis::{normalise_redis_addr, RedisConfig, SentinelConfig};
+pub use routes::RouteConfig;
 pub use tracing::TracingConfig;
+pub use upstreams::{HealthCheckConfig, HealthCheckKind, UpstreamConfig};
 
 /// A short, stable fingerprint of checked settings (FNV-1a over `Debug`): the same on every
 /// replica and across restarts, unlike `std`'s randomly seeded hasher.
@@ -116,192 +123,11 @@ pub struct ReloadConfig {
     pub interval: Duration,
 }
 
-/// Redis settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RedisConfig {
-    /// `redis://` / `rediss://` URL, normalised from a bare `host:port`; `None` (and no
-    /// `cluster`) = embedded store.
-    pub url: Option<String>,
-    /// Redis Cluster seed nodes as `redis://` URLs (`REDIS_CLUSTER_NODES`); empty: not a cluster.
-    pub cluster: Vec<String>,
-    /// Redis Sentinel (`redis+sentinel://…` in `REDIS_ADDR`): the master is asked of them.
-    pub sentinel: Option<SentinelConfig>,
-    /// Bound on establishing a connection.
-    pub connect_timeout: Duration,
-    /// Bound on each command; past it the caller falls back.
-    pub command_timeout: Duration,
-}
-
-/// Where the sentinels are and which master they watch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SentinelConfig {
-    /// The sentinels, as `redis://host:port`.
-    pub nodes: Vec<String>,
-    /// The master's name as the sentinels know it.
-    pub master: String,
-    /// The master's password (`redis+sentinel://pass@…`).
-    pub password: Option<String>,
-    /// The database number on the master.
-    pub db: i64,
-}
-
-/// JWT verification settings.
-#[derive(Clone, PartialEq)]
-pub struct AuthConfig {
-    /// HS256 secret from `JWT_SECRET`; empty only in `-t` mode.
-    pub secret: Vec<u8>,
-    /// Clock skew tolerated on `exp`/`nbf`.
-    pub leeway_seconds: u64,
-    /// Paths that skip auth and rate limiting: exact, or prefix when ending in `/`.
-    pub public_paths: Vec<String>,
-    /// Required `iss` when set.
-    pub issuer: Option<String>,
-    /// Required `aud` when set.
-    pub audience: Option<String>,
-    /// Whether the client's `Authorization` header is passed to upstreams.
-    pub forward_authorization: bool,
-    /// Identity providers whose tokens are accepted (JWKS / OIDC).
-    pub issuers: Vec<IssuerConfig>,
-    /// Where roles are in a token: a dotted claim path.
-    pub roles_claim: Vec<String>,
-    /// Claims copied into headers on proxied requests (the header is stripped from the client's
-    /// request first).
-    pub forward_claims: Vec<(Vec<String>, http::HeaderName)>,
-}
-
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The secret must never reach a log line.
-        f.debug_struct("AuthConfig")
-            .field("secret", &"<redacted>")
-            .field("leeway_seconds", &self.leeway_seconds)
-            .field("public_paths", &self.public_paths)
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .finish()
-    }
-}
-
-impl AuthConfig {
-    /// Whether `path` is exempt from auth and rate limiting.
-    pub fn is_public(&self, path: &str) -> bool {
-        self.public_paths.iter().any(|p| {
-            if p.ends_with('/') {
-                path.starts_with(p.as_str())
-            } else {
-                path == p
-            }
-        })
-    }
-}
-
-/// Rate limiter settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateLimitConfig {
-    /// Requests admitted per window and client IP.
-    pub limit: u64,
-    /// Window length; windows are aligned to the Unix clock.
-    pub window: Duration,
-    /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Named policies applied beside the default per-IP one, in conf order.
-    pub policies: Vec<PolicyConfig>,
-}
-
-/// Request size caps.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LimitsConfig {
-    /// Sum of request header names and values.
-    pub max_request_header_bytes: usize,
-    /// Length of the Authorization header value.
-    pub max_authorization_bytes: usize,
-    /// Time from a request's first byte to the end of its header.
-    pub header_read_timeout: Duration,
-    /// How long a client connection may sit idle between requests.
-    pub keepalive_timeout: Duration,
-    /// Pipelined requests answered in a row on one connection before it is closed.
-    pub pipeline_depth: usize,
-    /// How request bodies are read, unless a route says otherwise.
-    pub body: BodyPolicy,
-    /// Bytes all buffered request bodies together may hold; past it, bodies stream.
-    pub body_buffer_total: usize,
-    /// Concurrent client connections per address (IPv6: per /64); 0 = no cap.
-    pub max_connections_per_ip: u32,
-    /// Longest a response write may wait on a client that does not read.
-    pub response_write_timeout: Duration,
-}
-
-/// The most a request body can be buffered: Pingora's retry buffer, which holds the body
-/// until it is sent, keeps 64 KiB.
-pub const MAX_BODY_BUFFER: usize = 64 * 1024;
-
-/// How one route reads request bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyPolicy {
-    /// Bodies up to this size are read whole before a backend is chosen; 0 = always stream.
-    pub buffer_bytes: usize,
-    /// Larger bodies are refused with 413.
-    pub max_bytes: u64,
-    /// Whole-body deadline when buffered; longest pause between two reads when streamed.
-    pub read_timeout: Duration,
-}
-
-/// One upstream group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamConfig {
-    /// Resolved backend addresses.
-    pub backends: Vec<SocketAddr>,
-    /// Active health check.
-    pub health_check: HealthCheckConfig,
-    /// TCP connect timeout per try.
-    pub connect_timeout: Duration,
-    /// Timeout on each read from the backend.
-    pub read_timeout: Duration,
-    /// Consecutive failures that take a backend out (passive health).
-    pub passive_failures: u32,
-    /// How long a passively failed backend is skipped.
-    pub passive_open: Duration,
-    /// Extra tries on another backend after a connect failure.
-    pub connect_retries: usize,
-    /// TLS to the backends; `None`: plain TCP.
-    pub tls: Option<UpstreamTls>,
-    /// h2 to the backends (offered by ALPN), with this many streams per connection.
-    pub h2_streams: Option<usize>,
-}
-
-/// Active health check of a group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthCheckConfig {
-    /// HTTP or TCP.
-    pub kind: HealthCheckKind,
-    /// Path for HTTP checks.
-    pub path: String,
-    /// Pause between rounds.
-    pub interval: Duration,
-    /// Connect/read timeout of one check.
-    pub timeout: Duration,
-    /// Successes in a row to mark a backend up.
-    pub consecutive_success: usize,
-    /// Failures in a row to mark a backend down.
-    pub consecutive_failure: usize,
-}
-
-/// One route table entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteConfig {
-    /// Path prefix matched against the request path.
-    pub prefix: String,
-    /// Name of the upstream group.
-    pub upstream: String,
-    /// Leading part of the path removed before forwarding (a leading `/` is kept).
-    pub strip_prefix: Option<String>,
-    /// How this route reads request bodies (`limits` unless overridden).
-    pub body: BodyPolicy,
-}
-
-/// Every environment variable the gateway reads (deployment files are checked against this).
-pub const ENV_VARS: [&str; 17] = [
+/// Every environment variable the gateway reads (deployment files are checked against this);
+/// `<NAME>_SERVICE_URL` is read for every declared service, the demo's four listed here.
+pub const ENV_VARS: [&str; 18] = [
     "HTTP_PORT",
+    "HTTPS_PORT",
     "METRICS_PORT",
     "REDIS_ADDR",
     "JWT_SECRET",

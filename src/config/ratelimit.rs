@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::{invalid, ConfigError};
+use ipnet::IpNet;
+
+use super::check::{invalid, nonempty, positive, ConfigError, Env};
 
 /// One policy as written.
 #[derive(Debug, Deserialize)]
@@ -219,6 +221,85 @@ fn parse_key(s: &str) -> Result<PolicyKey, String> {
             "`{s}` is not ip, sub, claim:<dotted.path> or header:<Name>"
         )),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RateLimitFile {
+    pub(super) per_minute: u64,
+    pub(super) window_seconds: u64,
+    pub(super) trusted_proxies: Vec<String>,
+    pub(super) policies: Vec<super::ratelimit::PolicyFile>,
+}
+
+impl Default for RateLimitFile {
+    fn default() -> Self {
+        RateLimitFile {
+            per_minute: 10,
+            window_seconds: 60,
+            trusted_proxies: Vec::new(),
+            policies: Vec::new(),
+        }
+    }
+}
+
+/// Rate limiter settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// Requests admitted per window and client IP.
+    pub limit: u64,
+    /// Window length; windows are aligned to the Unix clock.
+    pub window: Duration,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Named policies applied beside the default per-IP one, in conf order.
+    pub policies: Vec<PolicyConfig>,
+}
+
+impl RateLimitFile {
+    pub(super) fn resolve(self, env: &dyn Env) -> Result<RateLimitConfig, ConfigError> {
+        let limit = match nonempty(env, "RATE_LIMIT_PER_MINUTE") {
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "RATE_LIMIT_PER_MINUTE",
+                        format!("`{v}` is not a positive integer"),
+                    )
+                })?,
+            None => positive("gateway.rate_limit.per_minute", self.per_minute)?,
+        };
+        let window_seconds = positive("gateway.rate_limit.window_seconds", self.window_seconds)?;
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                parse_cidr(s).ok_or_else(|| {
+                    invalid(
+                        format!("gateway.rate_limit.trusted_proxies[{i}]"),
+                        format!("`{s}` is not an IP address or CIDR"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RateLimitConfig {
+            limit,
+            window: Duration::from_secs(window_seconds),
+            trusted_proxies,
+            policies: super::ratelimit::resolve_policies(self.policies)?,
+        })
+    }
+}
+
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use url::Url;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::check::{invalid, ConfigError, Env};
 use super::check::{millis, positive};
-use super::file::ServiceFile;
 
 /// The variable that overrides a service's `url`: `<NAME>_SERVICE_URL`.
 pub fn url_var(name: &str) -> String {
@@ -147,5 +147,51 @@ fn non_negative(key: &str, v: f64) -> Result<f64, ConfigError> {
         Ok(v)
     } else {
         Err(invalid(key, "must be a number >= 0"))
+    }
+}
+/// One service of the aggregates; absent keys take the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ServiceFile {
+    pub(super) url: Option<String>,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) max_body_bytes: Option<usize>,
+    pub(super) retry: Option<RetryFile>,
+    pub(super) breaker: Option<BreakerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RetryFile {
+    pub(super) attempts: u32,
+    pub(super) backoff_ms: u64,
+    pub(super) budget_ratio: f64,
+    pub(super) budget_min_per_second: f64,
+}
+
+impl Default for RetryFile {
+    fn default() -> Self {
+        RetryFile {
+            attempts: 3,
+            backoff_ms: 500,
+            budget_ratio: 0.2,
+            budget_min_per_second: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct BreakerFile {
+    pub(super) failures: u32,
+    pub(super) open_ms: u64,
+}
+
+impl Default for BreakerFile {
+    fn default() -> Self {
+        BreakerFile {
+            failures: 3,
+            open_ms: 10_000,
+        }
     }
 }
