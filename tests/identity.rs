@@ -59,6 +59,27 @@ fn forge(header: Value, payload: Value, signature: &str) -> String {
 }
 
 /// How many times the provider served its key set.
+/// The `kid` in a token's header.
+fn kid(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().expect("a JWS");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("base64url header");
+    let v: Value = serde_json::from_slice(&json).expect("JSON header");
+    v["kid"].as_str().expect("a kid").to_string()
+}
+
+/// Rotates the provider's signing key; the rotation must succeed.
+async fn rotate(base: &str) {
+    let r = client()
+        .post(format!("{base}/__rotate"))
+        .send()
+        .await
+        .expect("rotate");
+    assert!(r.status().is_success(), "rotation refused: {}", r.status());
+}
+
 async fn jwks_fetches(idp: &Mocks) -> u64 {
     idp.count("idp", "/jwks").await
 }
@@ -209,14 +230,16 @@ async fn each_algorithm_is_accepted_and_each_wrong_token_refused_with_its_reason
 #[tokio::test]
 async fn a_rotated_key_is_accepted_without_a_restart() {
     let (idp, _echo, gw) = start().await;
+    let fetched = jwks_fetches(&idp).await;
     let before = mint(&idp, json!({"sub": "7"})).await;
     assert_eq!(status(&gw, &before).await, 200);
-    client()
-        .post(format!("{}/__rotate", idp.url("idp")))
-        .send()
-        .await
-        .unwrap();
+    rotate(&idp.url("idp")).await;
     let after = mint(&idp, json!({"sub": "7"})).await;
+    assert_ne!(
+        kid(&before),
+        kid(&after),
+        "the provider signs with a new key"
+    );
     // Refused only while the last fetch is younger than min_interval (1 s).
     eventually(
         "the rotated key accepted",
@@ -237,8 +260,11 @@ async fn a_rotated_key_is_accepted_without_a_restart() {
         .json()
         .await
         .unwrap();
-    let fetches = stats["requests"]["/jwks"].as_u64().unwrap();
-    assert!(fetches <= 3, "{fetches} key set fetches");
+    let fetches = stats["requests"]["/jwks"].as_u64().unwrap() - fetched;
+    assert!(
+        (1..=2).contains(&fetches),
+        "the new kid costs a fetch (one more at most, past min_interval): {fetches}"
+    );
 }
 
 #[tokio::test]
@@ -341,7 +367,8 @@ async fn claims_are_forwarded_as_headers_and_client_copies_are_dropped() {
 }
 
 /// Sends one request per tick (`period`) for `ticks` ticks, each from its own task, and
-/// returns every status; `make` builds the token for tick `i` (it may call the provider).
+/// returns every tick's status; `make` builds the token for tick `i` (it may call the
+/// provider). A tick whose token or request failed reads 0, so nothing goes missing.
 async fn paced<F, Fut>(gw: &Gateway, ticks: usize, period: Duration, make: F) -> Vec<(usize, u16)>
 where
     F: Fn(usize) -> Fut,
@@ -356,16 +383,18 @@ where
         let token = make(i);
         let (url, http) = (url.clone(), http.clone());
         tasks.push(tokio::spawn(async move {
-            let token = token.await?;
-            let r = http.get(url).bearer_auth(token).send().await.ok()?;
-            Some((i, r.status().as_u16()))
+            let Some(token) = token.await else {
+                return (i, 0);
+            };
+            match http.get(url).bearer_auth(token).send().await {
+                Ok(r) => (i, r.status().as_u16()),
+                Err(_) => (i, 0),
+            }
         }));
     }
     let mut out = Vec::with_capacity(ticks);
     for t in tasks {
-        if let Some(s) = t.await.unwrap() {
-            out.push(s);
-        }
+        out.push(t.await.unwrap());
     }
     out
 }
@@ -382,7 +411,7 @@ async fn two_rotations_under_load_refuse_nothing_and_cost_one_fetch_each() {
         async move {
             let http = client();
             if rotations.contains(&i) {
-                http.post(format!("{base}/__rotate")).send().await.ok()?;
+                rotate(&base).await;
             }
             let alg = ["RS256", "ES256", "EdDSA"][i % 3];
             let r: Value = http
@@ -398,15 +427,10 @@ async fn two_rotations_under_load_refuse_nothing_and_cost_one_fetch_each() {
         }
     })
     .await;
-    assert!(
-        statuses.len() >= 1990,
-        "{} of 2000 answered",
-        statuses.len()
-    );
     let refused: Vec<_> = statuses.iter().filter(|(_, s)| *s != 200).collect();
-    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert!(refused.is_empty(), "refused or failed (0): {refused:?}");
     let fetches = jwks_fetches(&idp).await - before;
-    assert!(fetches <= 2, "{fetches} key set fetches for two rotations");
+    assert_eq!(fetches, 2, "one key set fetch per rotation");
 }
 
 #[tokio::test]
@@ -431,12 +455,9 @@ async fn a_flood_of_random_kids_costs_a_fetch_per_interval_and_valid_tokens_pass
     })
     .await;
     let fetches = jwks_fetches(&idp).await - before;
-    assert!(fetches <= 4, "{fetches} key set fetches");
-    assert!(
-        statuses.len() >= 4990,
-        "{} of 5000 answered",
-        statuses.len()
-    );
+    // Unknown kids arrive the whole time (at least 5 s): a fetch at the start and once per
+    // 2 s interval after, never one per token.
+    assert!((2..=4).contains(&fetches), "{fetches} key set fetches");
     for (i, s) in statuses {
         let want = if i % 50 == 0 { 200 } else { 401 };
         assert_eq!(s, want, "request {i}");
