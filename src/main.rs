@@ -77,7 +77,6 @@ fn main() {
         tracing::warn!(
             "JWT_SECRET is shorter than 32 bytes: HS256 secrets that short can be brute-forced"
         );
-        eprintln!("gateway: WARNING: JWT_SECRET is shorter than 32 bytes");
     }
     if opt.test {
         // `-t` checks the certificate files too (key matches, not expired).

@@ -601,7 +601,31 @@ mod tests {
             .whole(Coding::Zstd, &changed, Some("profile\0/7"))
             .unwrap();
         assert_ne!(zstd, other);
-        assert!(c.memo.lock().bytes <= MEMO_BYTES);
+    }
+
+    #[test]
+    fn the_memo_stays_within_its_bound_and_forgets_the_least_recent() {
+        let c = compressor(10);
+        let body = Bytes::from(vec![b'a'; 1 << 20]);
+        let keys: Vec<String> = (0..40).map(|i| format!("doc\0/{i}")).collect();
+        let oldest = c.whole(Coding::Gzip, &body, Some(&keys[0])).unwrap();
+        for k in &keys[1..] {
+            c.whole(Coding::Gzip, &body, Some(k)).unwrap();
+        }
+        let held = c.memo.lock().bytes;
+        assert!(
+            held > MEMO_BYTES / 2 && held <= MEMO_BYTES,
+            "40 MiB of documents went in, {held} bytes are held"
+        );
+        let newest = c.whole(Coding::Gzip, &body, Some(&keys[39])).unwrap();
+        let newest_again = c.whole(Coding::Gzip, &body, Some(&keys[39])).unwrap();
+        assert_eq!(newest.as_ptr(), newest_again.as_ptr(), "the newest is kept");
+        let oldest_again = c.whole(Coding::Gzip, &body, Some(&keys[0])).unwrap();
+        assert_ne!(
+            oldest.as_ptr(),
+            oldest_again.as_ptr(),
+            "the oldest was forgotten"
+        );
     }
 
     fn decode(coding: Coding, data: &[u8]) -> Vec<u8> {
