@@ -309,6 +309,42 @@ async fn a_value_with_slashes_or_dots_is_one_encoded_segment() {
     );
 }
 
+/// A port whose accept queue is full: the kernel drops every new SYN, so a connect hangs until
+/// the connector gives up (a host that is down behind a firewall). Keep the guard alive.
+fn a_port_that_drops_syns() -> (u16, tokio::net::TcpListener, std::net::TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The one connection the queue holds, never accepted.
+    let held = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    (port, listener, held)
+}
+
+#[tokio::test]
+async fn a_services_connect_timeout_is_its_own() {
+    let (port, _listener, _held) = a_port_that_drops_syns();
+    let section = format!(
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/t/"] }}
+services:
+  down: {{ url: "http://127.0.0.1:{port}", connect_timeout_ms: 3500, timeout_ms: 9000, retry: {{ attempts: 1 }} }}
+aggregates:
+  - name: down
+    path: "/t/down/{{id}}"
+    legs:
+      only: {{ service: down, path: "/x/{{id}}", required: true }}
+"#
+    );
+    let gw = Gateway::start(&section, &[]).await;
+    let (status, body, took) = get_json(&gw, "/t/down/1").await;
+    assert!(status >= 500, "{status} {body}");
+    // Past the old fixed 2 s connect timeout, and ended by this one, not by the 9 s budget.
+    assert!(
+        took >= Duration::from_millis(3000) && took < Duration::from_millis(8500),
+        "answered after {took:?}"
+    );
+}
+
 #[test]
 fn gateway_t_refuses_a_broken_graph_naming_it() {
     let dir = tempfile::tempdir().unwrap();

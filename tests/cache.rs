@@ -185,7 +185,11 @@ async fn a_tag_purged_through_one_replica_is_a_miss_on_the_other() {
         None,
     )
     .await;
-    assert_eq!((s, &v["invalidated"]), (200, &json!(0)), "nothing left: {v}");
+    assert_eq!(
+        (s, &v["invalidated"]),
+        (200, &json!(0)),
+        "nothing left: {v}"
+    );
     assert_eq!(x_cache(&profile(&a, 7).await), "MISS");
 
     // Every key written — entries and tag sets — expires.

@@ -41,14 +41,15 @@ impl ServiceClient {
     }
 }
 
-/// Builds the pooled HTTP client shared by every service.
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+/// Builds a pooled HTTP client, shared by every service with this connect timeout (reqwest
+/// sets it per client, not per request).
+pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .no_proxy()
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
 }

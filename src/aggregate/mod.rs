@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared, WeakShared};
@@ -184,8 +184,8 @@ pub struct Aggregates {
     list: Vec<Arc<Aggregate>>,
     /// One client per service the aggregates call, for the next reload to keep.
     clients: HashMap<String, Arc<ServiceClient>>,
-    /// The pooled HTTP client every service client shares.
-    http: reqwest::Client,
+    /// The pooled HTTP clients the service clients share, one per connect timeout.
+    http: HashMap<Duration, reqwest::Client>,
     store: Arc<Store>,
 }
 
@@ -252,11 +252,15 @@ impl Aggregates {
         store: Arc<Store>,
         previous: Option<&Aggregates>,
     ) -> Result<Aggregates, String> {
-        let http = match previous {
-            Some(p) => p.http.clone(),
-            None => client::http_client()
-                .map_err(|e| format!("cannot build the service HTTP client: {e}"))?,
-        };
+        let mut http = previous.map(|p| p.http.clone()).unwrap_or_default();
+        for svc in config.services.iter() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = http.entry(svc.connect_timeout)
+            {
+                let c = client::http_client(svc.connect_timeout)
+                    .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
+                slot.insert(c);
+            }
+        }
         let now = Instant::now();
         let mut clients: HashMap<String, Arc<ServiceClient>> = HashMap::new();
         let mut list = Vec::new();
@@ -275,7 +279,10 @@ impl Aggregates {
                         let c = ServiceClient::rebuild(
                             svc,
                             previous.and_then(|p| p.clients.get(&leg.service)),
-                            || ServiceClient::new(svc.clone(), http.clone(), now),
+                            || {
+                                let pool = http.get(&svc.connect_timeout).cloned();
+                                ServiceClient::new(svc.clone(), pool.unwrap_or_default(), now)
+                            },
                         );
                         clients.insert(leg.service.clone(), c.clone());
                         c

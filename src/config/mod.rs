@@ -218,6 +218,11 @@ mod tests {
             c.services.get("user").and_then(|s| s.url.host_str()),
             Some("users.internal")
         );
+        assert_eq!(
+            c.services.get("user").map(|s| s.connect_timeout),
+            Some(Duration::from_secs(2)),
+            "the default connect timeout"
+        );
         Ok(())
     }
 

@@ -33,6 +33,11 @@ pub struct Services {
 }
 
 impl Services {
+    /// Every service, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &ServiceConfig> {
+        self.by_name.values()
+    }
+
     /// The config of one service.
     pub fn get(&self, name: &str) -> Option<&ServiceConfig> {
         self.by_name.get(name)
@@ -53,6 +58,8 @@ pub struct ServiceConfig {
     pub url: Url,
     /// Budget of one call to the service, every attempt and pause included.
     pub timeout: Duration,
+    /// Longest wait for a new connection to the service (a host that drops SYNs).
+    pub connect_timeout: Duration,
     /// Largest body accepted from the service.
     pub max_body_bytes: usize,
     /// Total tries including the first.
@@ -117,6 +124,10 @@ impl ServiceFile {
             name: name.to_string(),
             url: parsed,
             timeout: millis(&key("timeout_ms"), self.timeout_ms.unwrap_or(5000))?,
+            connect_timeout: millis(
+                &key("connect_timeout_ms"),
+                self.connect_timeout_ms.unwrap_or(2000),
+            )?,
             max_body_bytes: positive(
                 &key("max_body_bytes"),
                 self.max_body_bytes.unwrap_or(1024 * 1024) as u64,
@@ -155,6 +166,7 @@ fn non_negative(key: &str, v: f64) -> Result<f64, ConfigError> {
 pub(super) struct ServiceFile {
     pub(super) url: Option<String>,
     pub(super) timeout_ms: Option<u64>,
+    pub(super) connect_timeout_ms: Option<u64>,
     pub(super) max_body_bytes: Option<usize>,
     pub(super) retry: Option<RetryFile>,
     pub(super) breaker: Option<BreakerFile>,
