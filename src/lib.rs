@@ -85,6 +85,7 @@ fn prime(config: &Config) {
     logging::prime();
     conn::report::prime(config.tls.is_some());
     proxy::body::BodyMode::prime();
+    proxy::local::Unready::prime();
     edge::auth::prime(&config.auth);
     aggregate::prime(&config.aggregates);
     store::prime(&config.redis);

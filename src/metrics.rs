@@ -327,6 +327,15 @@ pub static COMPRESSED_RESPONSES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// `/readyz` answers of 503, by the check that failed.
+pub static READINESS_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "readiness_refusals_total",
+        "Readiness probes answered 503, by the failed check (keys|upstreams|store)",
+        &["check"],
+    )
+});
+
 /// Configuration reloads by result (`ok`, `unchanged`, `error`).
 pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
@@ -445,6 +454,7 @@ pub fn init() {
     LazyLock::force(&COMPRESSION_BYTES);
     LazyLock::force(&COMPRESSED_RESPONSES);
     LazyLock::force(&CONFIG_RELOADS);
+    LazyLock::force(&READINESS_REFUSALS);
     LazyLock::force(&CONFIG_GENERATION);
     LazyLock::force(&CONFIG_INFO);
     LazyLock::force(&TRACING_SPANS_DROPPED);

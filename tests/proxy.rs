@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{client, eventually, metric_sum, EchoServer, Gateway, Mocks};
+use common::{client, eventually, free_port, metric_sum, EchoServer, Gateway, Mocks};
 
 /// A group `echo` on the given backends, public (auth is tested elsewhere), with fast checks.
 fn echo_section(backends: &[String], extra: &str) -> String {
@@ -515,4 +515,84 @@ routes:
             .contains("\r\nconnection: close\r\n"),
         "{resp}"
     );
+}
+
+/// `/readyz`'s status and its `message`.
+async fn readiness(gw: &Gateway) -> (u16, String) {
+    let r = client().get(gw.url("/readyz")).send().await.unwrap();
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    (
+        status,
+        v["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn readiness_waits_for_a_healthy_backend_per_routed_group_and_for_the_store_when_asked() {
+    // A group whose only backend is down: ready anyway unless `readiness` asks.
+    let port = free_port();
+    let dead = [format!("127.0.0.1:{port}")];
+    let plain = Gateway::start(&echo_section(&dead, ""), &[]).await;
+    eventually(
+        "the backend marked down",
+        Duration::from_secs(10),
+        async || {
+            plain.metrics().await.contains(&format!(
+                "upstream_backend_healthy{{backend=\"127.0.0.1:{port}\",group=\"echo\"}} 0"
+            ))
+        },
+    )
+    .await;
+    assert_eq!(readiness(&plain).await.0, 200, "not asked to wait");
+
+    let redis_port = free_port();
+    let strict = "readiness: { require_upstreams: true, require_store: true }";
+    let gw = Gateway::builder(&echo_section(&dead, strict))
+        .env("REDIS_ADDR", format!("127.0.0.1:{redis_port}"))
+        .unready()
+        .start()
+        .await;
+    eventually(
+        "unready: the routed group has no healthy backend",
+        Duration::from_secs(10),
+        async || {
+            readiness(&gw).await == (503, "upstream group `echo` has no healthy backend".into())
+        },
+    )
+    .await;
+    let refusals = |check: &'static str| {
+        let gw = &gw;
+        async move {
+            common::metric_sum(
+                &gw.metrics().await,
+                &format!(r#"readiness_refusals_total{{check="{check}"}}"#),
+            )
+        }
+    };
+    assert!(refusals("upstreams").await >= 1.0);
+
+    // The backend comes up: now the store is what is missing.
+    let _backend = Mocks::start_on(HashMap::from([("user", port)]));
+    eventually(
+        "unready: the store does not answer",
+        Duration::from_secs(10),
+        async || {
+            readiness(&gw)
+                .await
+                .1
+                .starts_with("the shared store is not answering")
+        },
+    )
+    .await;
+    assert!(refusals("store").await >= 1.0);
+
+    let _redis = common::Redis::start_on(redis_port);
+    eventually(
+        "ready once both are up",
+        Duration::from_secs(10),
+        async || readiness(&gw).await.0 == 200,
+    )
+    .await;
+    assert_eq!(refusals("keys").await, 0.0, "no provider keys to wait for");
 }

@@ -12,6 +12,7 @@ use super::compression::CompressionFile;
 use super::cors::CorsFile;
 use super::limits::LimitsFile;
 use super::ratelimit::RateLimitFile;
+use super::readiness::ReadinessFile;
 use super::redis::RedisFile;
 use super::routes::RouteFile;
 use super::services::ServiceFile;
@@ -45,6 +46,7 @@ pub(super) struct GatewayFile {
     pub(super) redirect_http: bool,
     pub(super) cors: Vec<CorsFile>,
     pub(super) compression: Option<CompressionFile>,
+    pub(super) readiness: ReadinessFile,
     pub(super) reload: ReloadFile,
     pub(super) tracing: TracingFile,
     pub(super) admin: AdminFile,
@@ -67,6 +69,7 @@ impl Default for GatewayFile {
             redirect_http: false,
             cors: Vec::new(),
             compression: None,
+            readiness: ReadinessFile::default(),
             reload: ReloadFile::default(),
             tracing: TracingFile::default(),
             admin: AdminFile::default(),

@@ -38,6 +38,7 @@ mod compression;
 mod cors;
 mod limits;
 mod ratelimit;
+mod readiness;
 mod redis;
 mod routes;
 mod tracing;
@@ -51,6 +52,7 @@ pub use limits::{BodyPolicy, LimitsConfig, MAX_BODY_BUFFER};
 pub use ratelimit::{
     Algorithm, OnStoreError, PolicyConfig, PolicyKey, RateLimitConfig, DEFAULT_POLICY,
 };
+pub use readiness::ReadinessConfig;
 pub use redis::{normalise_redis_addr, RedisConfig, SentinelConfig};
 pub use routes::RouteConfig;
 pub use tracing::TracingConfig;
@@ -106,6 +108,8 @@ pub struct Config {
     pub cors: Vec<CorsPolicy>,
     /// Response compression; `None`: answers are sent as they are.
     pub compression: Option<CompressionConfig>,
+    /// What `/readyz` waits for beyond identity providers' keys.
+    pub readiness: ReadinessConfig,
     /// Re-reading the conf file in place (SIGHUP always works).
     pub reload: ReloadConfig,
     /// OpenTelemetry tracing; `None`: no spans, `traceparent` passed through untouched.

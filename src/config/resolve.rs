@@ -68,6 +68,7 @@ impl GatewayFile {
             redirect_http: self.redirect_http,
             cors: super::cors::resolve_cors(self.cors)?,
             compression: super::compression::resolve_compression(self.compression)?,
+            readiness: self.readiness.resolve(),
             reload: ReloadConfig {
                 watch: self.reload.watch,
                 interval: Duration::from_millis(self.reload.interval_ms.max(100)),

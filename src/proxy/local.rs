@@ -146,6 +146,36 @@ impl Gateway {
         }
     }
 
+    /// Why this replica should not get traffic yet, if it should not: identity providers'
+    /// keys not loaded, and (when `readiness` asks) a routed upstream group with no healthy
+    /// backend, or Redis not answering.
+    async fn unready(&self, ctx: &Ctx) -> Option<(Unready, String)> {
+        if !ctx.snap.edge.ready() {
+            return Some((
+                Unready::Keys,
+                "identity provider keys are not loaded yet".into(),
+            ));
+        }
+        let wants = ctx.snap.config.readiness;
+        if wants.require_upstreams {
+            if let Some(group) = ctx.snap.routes.unhealthy_group() {
+                return Some((
+                    Unready::Upstreams,
+                    format!("upstream group `{group}` has no healthy backend"),
+                ));
+            }
+        }
+        if wants.require_store {
+            if let Err(e) = self.shared.store.ping().await {
+                return Some((
+                    Unready::Store,
+                    format!("the shared store is not answering: {e}"),
+                ));
+            }
+        }
+        None
+    }
+
     /// Answers the routes the gateway serves itself; `Ok(false)` for proxied ones.
     pub(super) async fn answer_local(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let body: &'static [u8] = match &ctx.route {
@@ -157,13 +187,15 @@ impl Gateway {
                 return Ok(true);
             }
             Route::Healthz => br#"{"status":"ok"}"#,
-            Route::Readyz if !ctx.snap.edge.ready() => {
-                let e =
-                    GatewayError::Unavailable("identity provider keys are not loaded yet".into());
-                respond::error(session, &e, &ctx.local_headers()).await?;
-                return Ok(true);
-            }
-            Route::Readyz => br#"{"status":"ready"}"#,
+            Route::Readyz => match self.unready(ctx).await {
+                Some((check, why)) => {
+                    check.count();
+                    let e = GatewayError::Unavailable(why.into());
+                    respond::error(session, &e, &ctx.local_headers()).await?;
+                    return Ok(true);
+                }
+                None => br#"{"status":"ready"}"#,
+            },
             Route::NotFound => {
                 let e = GatewayError::NotFound("no route matches this path".into());
                 respond::error(session, &e, &ctx.local_headers()).await?;
@@ -218,4 +250,42 @@ fn https_location(req: &RequestHeader, https_port: u16) -> Option<String> {
     };
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
     Some(format!("https://{host}{port}{target}"))
+}
+
+/// What made `/readyz` answer 503 (`readiness_refusals_total{check}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unready {
+    /// An identity provider's keys are not loaded.
+    Keys,
+    /// A routed upstream group has no healthy backend.
+    Upstreams,
+    /// Redis did not answer.
+    Store,
+}
+
+impl Unready {
+    /// Every check, for priming.
+    pub(crate) const ALL: [Unready; 3] = [Unready::Keys, Unready::Upstreams, Unready::Store];
+
+    /// The `check` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Unready::Keys => "keys",
+            Unready::Upstreams => "upstreams",
+            Unready::Store => "store",
+        }
+    }
+
+    fn count(self) {
+        crate::metrics::READINESS_REFUSALS
+            .with_label_values(&[self.label()])
+            .inc();
+    }
+
+    /// Creates `readiness_refusals_total` at 0 for every check.
+    pub(crate) fn prime() {
+        for check in Unready::ALL {
+            crate::metrics::READINESS_REFUSALS.with_label_values(&[check.label()]);
+        }
+    }
 }

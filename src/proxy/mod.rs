@@ -61,7 +61,7 @@ pub(crate) mod body;
 pub(crate) mod compress;
 mod ctx;
 pub(crate) mod health;
-mod local;
+pub(crate) mod local;
 pub(crate) mod respond;
 pub(crate) mod routes;
 mod spans;

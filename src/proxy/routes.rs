@@ -116,6 +116,14 @@ impl RouteTable {
         RouteTable::new(routes, groups)
     }
 
+    /// The first upstream group a route sends to that has no healthy backend.
+    pub(crate) fn unhealthy_group(&self) -> Option<&str> {
+        self.routes
+            .iter()
+            .find(|r| !r.group.any_healthy())
+            .map(|r| &*r.group.name)
+    }
+
     /// Starts the health checks of groups that have none running yet (new ones).
     pub(crate) fn start_checks(&self) {
         for g in self.groups.values() {

@@ -54,6 +54,12 @@ impl Drop for UpstreamGroup {
 }
 
 impl UpstreamGroup {
+    /// Whether any backend passes the active health check.
+    pub(crate) fn any_healthy(&self) -> bool {
+        let backends = self.lb.backends();
+        backends.get_backend().iter().any(|b| backends.ready(b))
+    }
+
     /// Picks the next healthy backend not in `exclude` whose passive breaker admits a request.
     pub(crate) fn select(&self, exclude: &[SocketAddr], now: Instant) -> Option<Backend> {
         let max = self.config.backends.len().saturating_mul(2).max(8);

@@ -85,6 +85,14 @@ impl Store {
         }
     }
 
+    /// Whether the store answers now (the embedded one always does).
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(r) => r.ping().await,
+            Store::Memory(_) => Ok(()),
+        }
+    }
+
     /// Tells every replica about a purge (`payload`, as the aggregates encode it); `Ok(false)`
     /// when there are no other replicas to tell (the embedded store).
     pub(crate) async fn announce(&self, payload: &[u8]) -> Result<bool, StoreError> {

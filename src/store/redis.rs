@@ -201,11 +201,13 @@ pub(crate) enum Op {
     Subscribe,
     /// A Redis Cluster's topology read.
     ClusterNodes,
+    /// A readiness probe.
+    Ping,
 }
 
 impl Op {
     /// Every operation, for priming the metric.
-    pub(crate) const ALL: [Op; 9] = [
+    pub(crate) const ALL: [Op; 10] = [
         Op::Incr,
         Op::Gcra,
         Op::Get,
@@ -215,6 +217,7 @@ impl Op {
         Op::Publish,
         Op::Subscribe,
         Op::ClusterNodes,
+        Op::Ping,
     ];
 
     /// The `op` label.
@@ -229,6 +232,7 @@ impl Op {
             Op::Publish => "publish",
             Op::Subscribe => "subscribe",
             Op::ClusterNodes => "cluster_nodes",
+            Op::Ping => "ping",
         }
     }
 }
@@ -532,6 +536,16 @@ impl RedisStore {
             redis::cmd("GET").arg(key).query_async(&mut c).await
         })
         .await
+    }
+
+    /// Whether Redis answers a `PING` within the command timeout.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self
+            .run(Op::Ping, |mut c| async move {
+                redis::cmd("PING").query_async(&mut c).await
+            })
+            .await?;
+        Ok(())
     }
 
     /// Publishes `payload` on `channel` (classic pub/sub: on a Cluster it reaches every node).
