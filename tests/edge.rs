@@ -268,6 +268,7 @@ async fn jwt_cases_get_the_right_status_and_never_a_panic() {
             401,
         ),
         ("missing exp", hs(json!({"sub":"1"})), 401),
+        ("missing sub", hs(json!({"exp": future})), 401),
         (
             "exp as a string",
             hs(json!({"sub":"1","exp": future.to_string()})),

@@ -329,6 +329,15 @@ async fn gcra_on_redis_admits_the_burst_then_the_rate() {
     let keys = redis.keys("ratelimit:smooth:*");
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(keys[0].ends_with(":gcra"));
+    // Counted by a digest of the user, never the user itself: 128 bits in hex.
+    let subject = keys[0]
+        .trim_start_matches("ratelimit:smooth:")
+        .trim_end_matches(":gcra");
+    assert!(
+        subject.len() == 32 && subject.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{}",
+        keys[0]
+    );
     assert!(redis.ttl(&keys[0]) > 0);
     let m = gw.metrics().await;
     assert!(

@@ -432,3 +432,39 @@ async fn the_deadline_bounds_the_whole_request() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn head_on_an_aggregate_answers_its_headers_without_a_body() {
+    let mocks = Mocks::start(&ALL);
+    let gw = start(&mocks, &section(30, 100), None).await;
+    let get = client()
+        .get(gw.url("/api/profile/3"))
+        .bearer_auth(token("3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let length = get.headers()["content-length"].clone();
+    let head = client()
+        .head(gw.url("/api/profile/3"))
+        .bearer_auth(token("3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-type"], "application/json");
+    assert_eq!(
+        common::x_cache(&head),
+        "HIT",
+        "HEAD reads the cache like GET"
+    );
+    assert_eq!(head.headers()["content-length"], length, "the GET's length");
+    assert!(head.bytes().await.unwrap().is_empty());
+    let post = client()
+        .post(gw.url("/api/profile/3"))
+        .bearer_auth(token("3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405, "GET and HEAD only");
+}
