@@ -91,11 +91,13 @@ async fn sigterm_under_load_finishes_every_accepted_request() {
     gw.proc.terminate();
     let results = load.await.unwrap();
     let exited = gw.proc.wait_exit(Duration::from_secs(15));
-    assert!(
-        exited.is_some(),
-        "the gateway exits within the grace period"
-    );
     let took = signalled.elapsed();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the gateway exits cleanly: {exited:?}"
+    );
+    // Pingora serves the grace period (1 s here) in full before it shuts down.
+    assert!(took >= Duration::from_secs(1), "exited after {took:?}");
     // Every request the upstream saw was answered to its client, completely and with 200.
     let seen: Vec<String> = echo
         .requests()
