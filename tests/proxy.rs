@@ -491,30 +491,56 @@ routes:
 
 #[tokio::test]
 async fn an_answer_after_which_the_connection_closes_says_so() {
+    // 502: the backend refuses. 503: the active check took every backend out. 504: the backend
+    // accepts and never answers.
     let dead = common::free_port();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
     let section = format!(
-        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/dead/"] }}
+        r#"auth: {{ public_paths: ["/healthz", "/readyz", "/dead/", "/down/", "/silent/"] }}
 upstreams:
   dead: {{ backends: ["127.0.0.1:{dead}"], connect_retries: 0, health_check: {{ kind: tcp, interval_ms: 60000 }} }}
+  down: {{ backends: ["127.0.0.1:{dead}"], health_check: {{ kind: tcp, interval_ms: 200, consecutive_failure: 1 }} }}
+  silent: {{ backends: ["127.0.0.1:{silent_port}"], connect_retries: 0, read_timeout_ms: 300, health_check: {{ kind: tcp, interval_ms: 60000 }} }}
 routes:
   - {{ prefix: "/dead/", upstream: dead }}
+  - {{ prefix: "/down/", upstream: down }}
+  - {{ prefix: "/silent/", upstream: silent }}
 "#
     );
     let gw = Gateway::start(&section, &[]).await;
-    // Keep-alive asked for; a 502 ends the connection, so it must carry `Connection: close`
-    // (a client that pooled it would send its next request into a closing socket).
-    let resp = common::raw_request(
-        gw.port,
-        b"GET /dead/x HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n",
-        Duration::from_secs(2),
+    eventually(
+        "the down group's backend out",
+        Duration::from_secs(10),
+        async || {
+            gw.metrics().await.contains(&format!(
+                "upstream_backend_healthy{{backend=\"127.0.0.1:{dead}\",group=\"down\"}} 0"
+            ))
+        },
     )
     .await;
-    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
-    assert!(
-        resp.to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{resp}"
-    );
+    // Keep-alive asked for; each answer ends the connection, so it must carry
+    // `Connection: close` (a client that pooled it would send its next request into a closing
+    // socket).
+    for (path, status) in [("/dead/x", "502"), ("/down/x", "503"), ("/silent/x", "504")] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n");
+        let resp = common::raw_request(gw.port, request.as_bytes(), Duration::from_secs(2)).await;
+        assert!(
+            resp.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {resp}"
+        );
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{path}: {resp}"
+        );
+    }
 }
 
 /// `/readyz`'s status and its `message`.
