@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{client, eventually, free_port, metric_sum, EchoServer, Gateway, Mocks};
 
@@ -219,15 +219,18 @@ async fn passive_health_skips_a_backend_answering_5xx() {
     let good = Mocks::start(&["user"]);
     let bad = Mocks::start(&["user"]);
     bad.faults("user", serde_json::json!({"status": 500})).await;
-    let section = echo_section(&[good.addr("user"), bad.addr("user")], "")
+    let passive = "    passive: { failures: 3, open_ms: 1500 }";
+    let section = echo_section(&[good.addr("user"), bad.addr("user")], passive)
         .replace("\"/echo/\", \"/api/echo/\"", "\"/users/\"")
         .replace("/echo/\", upstream: echo }", "/users/\", upstream: echo }");
     let gw = Gateway::start(&section, &[]).await;
     let mut errors = 0;
+    let mut ejected = None;
     for _ in 0..40 {
         let r = client().get(gw.url("/users/2")).send().await.unwrap();
         if r.status() == 500 {
             errors += 1;
+            ejected = Some(Instant::now());
         }
     }
     assert_eq!(
@@ -235,6 +238,19 @@ async fn passive_health_skips_a_backend_answering_5xx() {
         "the bad backend is skipped after 3 consecutive 5xx"
     );
     assert_eq!(bad.count("user", "/users/{id}").await, 3);
+
+    // Healthy again: once `open_ms` has passed it is tried, and it takes traffic again.
+    bad.reset_faults("user").await;
+    eventually("the backend back in", Duration::from_secs(15), async || {
+        let _ = client().get(gw.url("/users/2")).send().await;
+        bad.count("user", "/users/{id}").await > 3
+    })
+    .await;
+    let out_for = ejected.unwrap().elapsed();
+    assert!(
+        out_for >= Duration::from_millis(1500),
+        "back after {out_for:?}"
+    );
 }
 
 #[tokio::test]

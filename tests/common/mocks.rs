@@ -45,6 +45,16 @@ impl Mocks {
         format!("127.0.0.1:{}", self.ports[service])
     }
 
+    /// Clears a service's faults (`DELETE /__faults`).
+    pub async fn reset_faults(&self, service: &str) {
+        let r = client()
+            .delete(format!("{}/__faults", self.url(service)))
+            .send()
+            .await
+            .expect("faults cleared");
+        assert!(r.status().is_success());
+    }
+
     /// Sets a service's faults (`PUT /__faults`).
     pub async fn faults(&self, service: &str, faults: serde_json::Value) {
         let r = client()
