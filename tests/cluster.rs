@@ -142,7 +142,14 @@ async fn two_gateways_share_one_limit_and_one_cache_on_a_cluster() {
         keys.iter().any(|(k, _)| k.starts_with("profile:")),
         "{keys:?}"
     );
+    // Every key, not just some: the gateway writes under these prefixes and nowhere else.
     for (k, ttl) in &keys {
+        assert!(
+            ["ratelimit:", "profile:", "cachetag:"]
+                .iter()
+                .any(|p| k.starts_with(p)),
+            "{k} is outside the gateway's namespaces"
+        );
         assert!(*ttl > 0, "{k} has no TTL ({ttl})");
     }
 }
