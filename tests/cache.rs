@@ -755,3 +755,34 @@ async fn after_a_mixed_minute_every_key_in_redis_expires() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_admin_api_answers_503_while_the_store_is_down_and_logs_every_call() {
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let mut redis = Redis::start();
+    let (mut gw, port) = gateway(&mocks, Some(&redis)).await;
+    redis.proc.kill();
+    for (method, path, body) in [
+        (reqwest::Method::DELETE, "/cache/profile/profile:1", None),
+        (reqwest::Method::GET, "/cache/profile/profile:1", None),
+        (
+            reqwest::Method::POST,
+            "/cache/invalidate",
+            Some(json!({"tags": ["user:1"]})),
+        ),
+    ] {
+        let (s, v) = admin(port, method.clone(), path, Some(ADMIN_TOKEN), body).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (503, Some("service_unavailable")),
+            "{method} {path}: {v}"
+        );
+    }
+    let (out, err) = gw.stop_and_read();
+    let logged = out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| l.contains("/cache/"))
+        .count();
+    assert_eq!(logged, 3, "every admin call logged once:\n{out}\n{err}");
+}

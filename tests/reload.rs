@@ -343,7 +343,7 @@ async fn a_watched_file_is_applied_and_an_invalid_one_reported_once() {
     let (a, _) = service("a").await;
     let (b, _) = service("b").await;
     let watch = "reload: { watch: true, interval_ms: 100 }\n";
-    let gw = Gateway::start(&section(a, a, true, false, 1000, watch), &[]).await;
+    let mut gw = Gateway::start(&section(a, a, true, false, 1000, watch), &[]).await;
     assert_eq!(who(&gw, "/p/who", false).await.1["server"], "a");
     gw.rewrite(&section(b, a, true, false, 1000, watch));
     eventually(
@@ -379,4 +379,32 @@ async fn a_watched_file_is_applied_and_an_invalid_one_reported_once() {
         "{m}"
     );
     assert_eq!(metric(&m, "config_generation"), 3.0);
+
+    // A key only a restart can change: applied with its running value kept, and said once.
+    gw.rewrite(&section(
+        a,
+        a,
+        true,
+        false,
+        1000,
+        &format!("{watch}limits: {{ pipeline_depth: 4 }}\n"),
+    ));
+    eventually("applied once more", Duration::from_secs(2), async || {
+        metric(&gw.metrics().await, "config_generation") == 4.0
+    })
+    .await;
+    let (out, err) = gw.stop_and_read();
+    let lines: Vec<&str> = out.lines().chain(err.lines()).collect();
+    let count = |level: &str, text: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!(r#""level":"{level}""#)) && l.contains(text))
+            .count()
+    };
+    assert_eq!(count("ERROR", "bogus_key"), 1, "one ERROR naming the key");
+    assert_eq!(
+        count("WARN", "gateway.limits.pipeline_depth"),
+        1,
+        "one WARN naming the key that needs a restart"
+    );
 }
