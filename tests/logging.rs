@@ -141,6 +141,22 @@ async fn the_access_log_has_one_json_line_per_request_without_query_values() {
             line["client_ip"], "127.0.0.1",
             "client address on every route"
         );
+        assert_eq!(line["config_generation"], 1, "{line}");
+        assert!(
+            line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+            "{line}"
+        );
+        assert!(line["bytes_sent"].is_u64(), "{line}");
+        let upstream = match *path {
+            "/dead/x" => Some(format!("127.0.0.1:{dead}")),
+            p if p.starts_with("/echo/") => Some(format!("127.0.0.1:{}", echo.port)),
+            _ => None,
+        };
+        assert_eq!(
+            line["upstream"].as_str().map(str::to_string),
+            upstream,
+            "the backend tried, on proxied routes only: {line}"
+        );
         let authenticated = bearer.is_some() && *want != 429;
         assert_eq!(
             line["user"].as_str(),
@@ -211,5 +227,28 @@ async fn log_format_follows_log_format_and_text_hides_pingora_chatter() {
         !err.lines()
             .any(|l| l.contains("INFO") && l.contains("Server starting")),
         "Pingora's start-up chatter is below warn in text mode: {err}"
+    );
+}
+
+#[tokio::test]
+async fn access_off_leaves_the_access_log_out_and_the_rest_in() {
+    let mut gw = Gateway::builder("")
+        .env("RUST_LOG", "info,access=off")
+        .start()
+        .await;
+    for _ in 0..3 {
+        let r = client().get(gw.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (out, err) = gw.stop_and_read();
+    assert!(
+        !out.lines()
+            .chain(err.lines())
+            .any(|l| l.contains("\"request_id\"")),
+        "no access line:\n{out}"
+    );
+    assert!(
+        err.lines().any(|l| l.contains(r#""level":"INFO""#)),
+        "other INFO lines still written:\n{err}"
     );
 }
