@@ -485,3 +485,49 @@ async fn a_stalled_redis_costs_nothing_while_skipped_and_is_used_again_soon_afte
         back.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_gateway_started_with_redis_down_serves_and_uses_redis_once_it_answers() {
+    let port = common::free_port();
+    let echo = common::EchoServer::start().await;
+    let section = format!(
+        "rate_limit: {{ per_minute: 1000 }}\nupstreams:\n  echo: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 60000 }} }}\nroutes:\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
+        echo.port
+    );
+    let gw = Gateway::start(&section, &[("REDIS_ADDR", format!("127.0.0.1:{port}"))]).await;
+    let t = token("1");
+    let get = async || {
+        let r = client()
+            .get(gw.url("/echo/x"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "served whether Redis answers or not");
+    };
+    for _ in 0..3 {
+        get().await;
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        redis_decisions(&m),
+        0,
+        "nothing decided on a Redis that is not there"
+    );
+    assert!(
+        m.contains(
+            r#"rate_limit_decisions_total{backend="fallback",policy="default",result="allowed"} 3"#
+        ),
+        "{m}"
+    );
+    let _redis = Redis::start_on(port);
+    eventually(
+        "decisions move to Redis",
+        Duration::from_secs(10),
+        async || {
+            get().await;
+            redis_decisions(&gw.metrics().await) > 0
+        },
+    )
+    .await;
+}
