@@ -5,7 +5,8 @@
 //!
 //! One file per section, each holding its file struct, its checks and its typed result:
 //! `redis`, `auth`, `issuers`, `ratelimit`, `limits`, `upstreams`, `routes`, `services`,
-//! `aggregates`, `admin`, `cors`, `compression`, `tls`, `tracing`.
+//! `aggregates` (a folder: schema, plan, checks, resolve), `admin`, `cors`, `compression`,
+//! `tls`, `tracing`.
 //! - `check`: what every section's checks share (the error naming a key, the environment).
 //! - `file`: the root of the YAML (`gateway:`), one key per section.
 //! - `resolve`: the listeners, each section's resolve in file order, the cross-section checks.
