@@ -38,15 +38,17 @@ pub const PROFILE_AGGREGATE: &str = r#"
   response: { user: user, orders: orders, products: products, recommendations: recommendations }
 "#;
 
-/// The demo's four services (the mocks' ports; `<NAME>_SERVICE_URL` moves them) and the
-/// profile aggregate over them, as keys of a `gateway:` section in flow style.
+/// The demo's four services on the mocks' ports (`<NAME>_SERVICE_URL` moves them), as the
+/// flow-style value of `services:`.
+pub const DEMO_SERVICES: &str = "{user: {url: 'http://127.0.0.1:8081'}, \
+     order: {url: 'http://127.0.0.1:8082'}, product: {url: 'http://127.0.0.1:8083'}, \
+     recommendation: {url: 'http://127.0.0.1:8084'}}";
+
+/// The demo's services and the profile aggregate over them, as keys of a `gateway:` section
+/// in flow style.
 pub fn profile_section() -> String {
     let aggregate: serde_yaml::Value =
         serde_yaml::from_str(PROFILE_AGGREGATE).unwrap_or(serde_yaml::Value::Null);
     let aggregates = serde_json::to_string(&aggregate).unwrap_or_default();
-    format!(
-        "services: {{user: {{url: 'http://127.0.0.1:8081'}}, order: {{url: 'http://127.0.0.1:8082'}}, \
-         product: {{url: 'http://127.0.0.1:8083'}}, recommendation: {{url: 'http://127.0.0.1:8084'}}}}, \
-         aggregates: {aggregates}"
-    )
+    format!("services: {DEMO_SERVICES}, aggregates: {aggregates}")
 }

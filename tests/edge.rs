@@ -121,14 +121,7 @@ async fn two_gateways_on_one_redis_enforce_one_limit_and_keys_expire() {
     }
     // A served the even requests: the first five of them within the limit, the rest over it.
     let m = a.metrics().await;
-    let decisions = |result: &str| {
-        common::metric_sum(
-            &m,
-            &format!(
-                r#"rate_limit_decisions_total{{backend="redis",policy="default",result="{result}"}}"#
-            ),
-        )
-    };
+    let decisions = |result: &str| common::decisions(&m, "redis", "default", result);
     assert_eq!(
         (decisions("allowed"), decisions("limited")),
         (5.0, 5.0),
@@ -185,14 +178,7 @@ async fn redis_outage_falls_back_to_memory_and_recovers() {
     assert_eq!(statuses[..5], [200; 5], "{statuses:?}");
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
     let m = gw.metrics().await;
-    let fallback = |result: &str| {
-        common::metric_sum(
-            &m,
-            &format!(
-                r#"rate_limit_decisions_total{{backend="fallback",policy="default",result="{result}"}}"#
-            ),
-        )
-    };
+    let fallback = |result: &str| common::decisions(&m, "fallback", "default", result);
     assert_eq!(
         (fallback("allowed"), fallback("limited")),
         (5.0, 25.0),

@@ -101,6 +101,20 @@ pub(crate) fn prime(aggregates: &[AggregateConfig]) {
     }
 }
 
+/// The pooled client for `connect_timeout`, built the first time a service asks for it.
+fn pool(
+    pools: &mut HashMap<Duration, reqwest::Client>,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    if let Some(c) = pools.get(&connect_timeout) {
+        return Ok(c.clone());
+    }
+    let c = client::http_client(connect_timeout)
+        .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
+    pools.insert(connect_timeout, c.clone());
+    Ok(c)
+}
+
 /// How the answer relates to the cache (the `X-Cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -253,14 +267,6 @@ impl Aggregates {
         previous: Option<&Aggregates>,
     ) -> Result<Aggregates, String> {
         let mut http = previous.map(|p| p.http.clone()).unwrap_or_default();
-        for svc in config.services.iter() {
-            if let std::collections::hash_map::Entry::Vacant(slot) = http.entry(svc.connect_timeout)
-            {
-                let c = client::http_client(svc.connect_timeout)
-                    .map_err(|e| format!("cannot build the service HTTP client: {e}"))?;
-                slot.insert(c);
-            }
-        }
         let now = Instant::now();
         let mut clients: HashMap<String, Arc<ServiceClient>> = HashMap::new();
         let mut list = Vec::new();
@@ -276,13 +282,11 @@ impl Aggregates {
                                 a.name, leg.name, leg.service
                             )
                         })?;
+                        let pool = pool(&mut http, svc.connect_timeout)?;
                         let c = ServiceClient::rebuild(
                             svc,
                             previous.and_then(|p| p.clients.get(&leg.service)),
-                            || {
-                                let pool = http.get(&svc.connect_timeout).cloned();
-                                ServiceClient::new(svc.clone(), pool.unwrap_or_default(), now)
-                            },
+                            || ServiceClient::new(svc.clone(), pool, now),
                         );
                         clients.insert(leg.service.clone(), c.clone());
                         c

@@ -33,11 +33,6 @@ pub struct Services {
 }
 
 impl Services {
-    /// Every service, by name.
-    pub fn iter(&self) -> impl Iterator<Item = &ServiceConfig> {
-        self.by_name.values()
-    }
-
     /// The config of one service.
     pub fn get(&self, name: &str) -> Option<&ServiceConfig> {
         self.by_name.get(name)

@@ -56,11 +56,6 @@ fn conf_text(dir: &std::path::Path, port: u16, metrics_port: u16, section: &str)
     )
 }
 
-/// The demo's four services, on the mocks' default ports (`*_SERVICE_URL` moves them).
-const DEMO_SERVICES: &str =
-    "{user: {url: 'http://127.0.0.1:8081'}, order: {url: 'http://127.0.0.1:8082'}, \
-     product: {url: 'http://127.0.0.1:8083'}, recommendation: {url: 'http://127.0.0.1:8084'}}";
-
 /// A test gateway runs the demo as `make run` does unless its section says otherwise: the
 /// demo's services when it declares none, and the profile aggregate over them when it
 /// declares neither services nor aggregates.
@@ -79,7 +74,7 @@ fn with_demo(section: &str) -> String {
     }
     map.insert(
         "services".into(),
-        serde_yaml::from_str(DEMO_SERVICES).expect("demo services"),
+        serde_yaml::from_str(gateway::testing::DEMO_SERVICES).expect("demo services"),
     );
     if !aggregates {
         map.insert(
@@ -328,6 +323,16 @@ pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `rate_limit_decisions_total` for one backend, policy and result in a metrics text.
+pub fn decisions(metrics: &str, backend: &str, policy: &str, result: &str) -> f64 {
+    metric_sum(
+        metrics,
+        &format!(
+            r#"rate_limit_decisions_total{{backend="{backend}",policy="{policy}",result="{result}"}}"#
+        ),
+    )
 }
 
 /// A shared HTTP client with no proxy from the environment and a generous timeout.
