@@ -111,6 +111,9 @@ backend b
         # Row 9b: the profile's in-process tier (defaults: 10,000 entries, 2 s).
         local = ", local: {}" if name == "gw_local" else ""
         algorithm = POLICY_ALGORITHMS.get(name)
+        # Scenario 13: the same conf with 1,000 routes more (500 hosts x 2 paths).
+        from scenarios.routing import routes_yaml  # noqa: PLC0415 (scenarios import this module's callers)
+        extra_routes = routes_yaml() if name == "gw_routes" else ""
         policies = (f"\n    policies: [{{ name: per-user, key: sub, limit: 60000000, window_seconds: 60, "
                     f"algorithm: {algorithm} }}]" if algorithm else "")
         return write(os.path.join(WORK, f"{name}.yaml"), f"""
@@ -160,7 +163,7 @@ gateway:
     - {{ prefix: "/bench/", upstream: origin, strip_prefix: "/bench" }}
     - {{ prefix: "/edge/", upstream: origin, strip_prefix: "/edge" }}
     - {{ prefix: "/stream/", upstream: origin, strip_prefix: "/stream", request_body_buffer_bytes: 0 }}
-""")
+{extra_routes}""")
 
     def gateway(self, proc_name, name, cache_ttl, env):
         """Gateway `name` (its conf, its port and metrics port) on the proxy core, as process `proc_name`."""
@@ -219,10 +222,11 @@ gateway:
         self.policy_gws = {name: self.gateway(name, name, 30, redis_env)
                            for name in POLICY_ALGORITHMS}
         self.gw_local = self.gateway("gateway-local", "gw_local", 30, redis_env)
+        self.gw_routes = self.gateway("gateway-routes", "gw_routes", 0, svc_env)
 
     def wait_ready(self):
         ports = self.ports
-        for p in ("gw", "gw_redis", "gw_cluster", "gw_local") + tuple(TRACED) + ("gw_toff",) + tuple(POLICY_ALGORITHMS):
+        for p in ("gw", "gw_redis", "gw_cluster", "gw_local", "gw_routes") + tuple(TRACED) + ("gw_toff",) + tuple(POLICY_ALGORITHMS):
             wait_http(f"http://127.0.0.1:{ports[p]}/readyz")
         wait_http(f"http://127.0.0.1:{ports['origin']}/json")
         wait_http(f"http://127.0.0.1:{ports['nginx']}/json")

@@ -25,8 +25,21 @@ pub enum GatewayError {
     #[error("{0}")]
     NotFound(Cow<'static, str>),
     /// The route exists but not for this method.
-    #[error("{0}")]
-    MethodNotAllowed(Cow<'static, str>),
+    #[error("{message}")]
+    MethodNotAllowed {
+        /// Human-readable reason.
+        message: Cow<'static, str>,
+        /// The methods that are (the `Allow` value).
+        allow: Cow<'static, str>,
+    },
+    /// A valid token without the scopes or roles the route requires.
+    #[error("{message}")]
+    InsufficientScope {
+        /// What is missing.
+        message: Cow<'static, str>,
+        /// The scopes the route requires, space-separated (empty: roles only).
+        scope: Cow<'static, str>,
+    },
     /// Over a rate-limit policy.
     #[error("rate limit exceeded (policy `{policy}`), retry in {retry_after_secs} s")]
     RateLimited {
@@ -66,7 +79,8 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => 401,
             GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound(_) => 404,
-            GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::InsufficientScope { .. } => 403,
             GatewayError::RequestTimeout(_) => 408,
             GatewayError::PayloadTooLarge(_) => 413,
             GatewayError::RateLimited { .. } => 429,
@@ -85,7 +99,8 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } => "unauthorized",
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::NotFound(_) => "not_found",
-            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::InsufficientScope { .. } => "insufficient_scope",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::PayloadTooLarge(_) => "payload_too_large",
@@ -113,7 +128,16 @@ impl GatewayError {
             } => {
                 vec![(headers::RETRY_AFTER, retry_after_secs.to_string())]
             }
-            GatewayError::MethodNotAllowed(_) => vec![(headers::ALLOW, "GET, HEAD".to_string())],
+            GatewayError::MethodNotAllowed { allow, .. } => {
+                vec![(headers::ALLOW, allow.to_string())]
+            }
+            GatewayError::InsufficientScope { scope, .. } => {
+                let mut v = r#"Bearer error="insufficient_scope""#.to_string();
+                if !scope.is_empty() {
+                    v.push_str(&format!(r#", scope="{scope}""#));
+                }
+                vec![(headers::WWW_AUTHENTICATE, v)]
+            }
             _ => Vec::new(),
         }
     }

@@ -108,6 +108,62 @@ fn opt_without_conf(mut opt: Opt) -> Opt {
     opt
 }
 
+/// The route table of `config` in match order as aligned text (`gateway routes`), or, with
+/// `explain` (a method and a URL, plus `Name: value` headers), which route takes that request
+/// and why each other does not.
+pub fn routes_report(
+    config: &Config,
+    explain: Option<(&str, &str)>,
+    headers: &[String],
+) -> Result<String, String> {
+    if let Some((method, url)) = explain {
+        return proxy::routes::explain(config, method, url, headers);
+    }
+    let rows = proxy::routes::table_rows(config);
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "*".to_string()
+                } else {
+                    v.join(",")
+                }
+            };
+            [
+                r.name.clone(),
+                list(&r.hosts),
+                r.path.clone(),
+                list(&r.methods),
+                r.target.clone(),
+                r.auth.to_string(),
+                r.policies.join(","),
+            ]
+        })
+        .collect();
+    let head = [
+        "NAME", "HOSTS", "PATH", "METHODS", "TARGET", "AUTH", "POLICIES",
+    ]
+    .map(String::from);
+    let mut widths = [0usize; 7];
+    for row in std::iter::once(&head).chain(&cells) {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&head).chain(&cells) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Builds a ready-to-run Pingora server: the proxy service, the metrics service and the
 /// background services (live configuration with health checks and key refresh, certificate
 /// reload, the client report) for `config`, parsed from `conf_text` (the file's text, which

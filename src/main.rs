@@ -36,6 +36,18 @@ enum Command {
         #[arg(long = "role")]
         roles: Vec<String>,
     },
+    /// Print the route table in match order, or explain which route takes a request.
+    Routes {
+        /// The configuration file.
+        #[arg(short = 'c', long = "conf")]
+        conf: std::path::PathBuf,
+        /// A request to explain: a method and a URL (`GET https://api.example.com/orders/7`).
+        #[arg(long, num_args = 2, value_names = ["METHOD", "URL"])]
+        explain: Option<Vec<String>>,
+        /// A header of the request explained, `Name: value`; repeat for more.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
 }
 
 fn fail(message: impl std::fmt::Display) -> ! {
@@ -46,6 +58,23 @@ fn fail(message: impl std::fmt::Display) -> ! {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Command::Routes {
+        conf,
+        explain,
+        headers,
+    }) = &cli.command
+    {
+        let path = conf.to_string_lossy();
+        let text = Config::read(&path).unwrap_or_else(|e| fail(e));
+        let config =
+            Config::from_yaml(&text, &ProcessEnv, LoadMode::Check).unwrap_or_else(|e| fail(e));
+        let explain = explain.as_ref().map(|v| (v[0].as_str(), v[1].as_str()));
+        match gateway::routes_report(&config, explain, headers) {
+            Ok(text) => print!("{text}"),
+            Err(e) => fail(e),
+        }
+        return;
+    }
     if let Some(Command::Token { sub, ttl, roles }) = cli.command {
         let secret = std::env::var("JWT_SECRET").unwrap_or_default();
         if secret.is_empty() {

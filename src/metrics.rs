@@ -163,6 +163,26 @@ pub static UPSTREAM_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Proxied requests tried again on another backend, by route and what the try met
+/// (`connect`, or the status).
+pub static ROUTE_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "route_retries_total",
+        "Proxied requests tried again on another backend, by route and cause (connect or status)",
+        &["route", "cause"],
+    )
+});
+
+/// Header values a route's rules would have set but did not: a claim or param holding CR,
+/// LF, NUL or another byte a header cannot carry.
+pub static ROUTE_HEADERS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "route_header_values_dropped_total",
+        "Header values of route rules not sent because they held bytes a header cannot carry",
+        &["route"],
+    )
+});
+
 /// Circuit breaker state per service: 0 closed, 1 open, 2 half-open.
 pub static BREAKER_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(

@@ -46,13 +46,13 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> std::result::Result<Snapshot, String> {
         let config = Arc::new(config);
-        let routes = RouteTable::build(&config, previous.map(|p| &p.routes));
         let edge = Edge::new(&config, shared.redis.clone(), previous.map(|p| &p.edge));
         let aggregates = Aggregates::build(
             &config,
             shared.store.clone(),
             previous.map(|p| &p.aggregates),
         )?;
+        let routes = RouteTable::build(&config, &aggregates, previous.map(|p| &p.routes));
         let compress = config.compression.as_ref().map(|c| {
             let old = previous.and_then(|p| p.compress.as_ref());
             Compressor::rebuild(c, old, || Compressor::new(c.clone()))

@@ -172,7 +172,7 @@ async fn gcra_blocks_keep_replicas_within_the_schedule_in_few_round_trips() {
     for _ in 0..400 {
         for l in [&a, &b] {
             let v = l
-                .before_auth(ip, "/", &headers, 0)
+                .before_auth(ip, gateway::edge::ratelimit::Scope::path("/"), &headers, 0)
                 .await
                 .expect("a verdict");
             assert_eq!(

@@ -428,7 +428,7 @@ async fn a_malformed_traceparent_starts_a_new_trace_and_the_access_log_names_it(
     let (out, _) = gw.stop_and_read();
     let line = out
         .lines()
-        .find(|l| l.contains("\"route\":\"echo\""))
+        .find(|l| l.contains("\"route\":\"/echo/\""))
         .expect("access line");
     assert!(
         line.contains(&format!("\"trace_id\":\"{}\"", server.trace_id)),

@@ -41,7 +41,7 @@ mod limits;
 mod ratelimit;
 mod readiness;
 mod redis;
-mod routes;
+pub(crate) mod routes;
 mod tracing;
 mod upstreams;
 pub use admin::AdminConfig;
@@ -55,7 +55,12 @@ pub use ratelimit::{
 };
 pub use readiness::ReadinessConfig;
 pub use redis::{normalise_redis_addr, RedisConfig, SentinelConfig};
-pub use routes::RouteConfig;
+pub(crate) use resolve::aggregate_routes;
+pub use routes::template::{Part as TemplatePart, PathTemplate, ValueTemplate};
+pub use routes::{
+    Conditions, HeaderRules, HostMatch, PathMatch, Require, Rewrite, RouteAuth, RouteConfig,
+    RouteRetries, RouteTarget, RouteTimeouts, Specificity,
+};
 pub use tracing::TracingConfig;
 pub use upstreams::{HealthCheckConfig, HealthCheckKind, UpstreamConfig};
 

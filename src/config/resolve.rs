@@ -22,8 +22,9 @@ impl GatewayFile {
         let routes = resolve_routes(self.routes, &upstreams, &limits.body)?;
         let services = resolve_services(self.services, env)?;
         let names = services.names();
-        let prefixes: Vec<String> = routes.iter().map(|r| r.prefix.clone()).collect();
-        let aggregates = resolve_aggregates(self.aggregates, &names, &prefixes)?;
+        let aggregates = resolve_aggregates(self.aggregates, &names)?;
+        let rate_limit = self.rate_limit.resolve(env)?;
+        check_table(&routes, &aggregates, &rate_limit, &limits.body)?;
         let tls = self
             .tls
             .map(|t| {
@@ -58,7 +59,7 @@ impl GatewayFile {
             metrics_listen,
             redis: self.redis.resolve(env)?,
             auth: self.auth.resolve(env, mode)?,
-            rate_limit: self.rate_limit.resolve(env)?,
+            rate_limit,
             services,
             aggregates,
             limits,
@@ -77,6 +78,65 @@ impl GatewayFile {
             admin,
         })
     }
+}
+
+/// The whole route table (routes and aggregates): names unique across both, no two routes
+/// in conflict, every listed rate-limit policy declared.
+fn check_table(
+    routes: &[RouteConfig],
+    aggregates: &[AggregateConfig],
+    rate_limit: &RateLimitConfig,
+    body: &BodyPolicy,
+) -> Result<(), ConfigError> {
+    let policies: Vec<&str> = std::iter::once("default")
+        .chain(rate_limit.policies.iter().map(|p| p.name.as_str()))
+        .collect();
+    for (i, r) in routes.iter().enumerate() {
+        for (j, p) in r.rate_limit.iter().flatten().enumerate() {
+            if !policies.contains(&p.as_str()) {
+                return Err(invalid(
+                    format!("gateway.routes[{i}].rate_limit[{j}]"),
+                    format!("`{p}` is not a policy (known: {})", policies.join(", ")),
+                ));
+            }
+        }
+    }
+    let aggregate_routes = aggregate_routes(aggregates, body);
+    let mut all: Vec<(String, &RouteConfig)> = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        all.push((format!("gateway.routes[{i}]"), r));
+    }
+    for (j, r) in aggregate_routes.iter().enumerate() {
+        let where_ = format!("gateway.aggregates[{j}]");
+        if let Some(i) = routes.iter().position(|x| x.name == r.name) {
+            return Err(invalid(
+                format!("gateway.routes[{i}].name"),
+                format!("`{}` is also the name of {where_}", r.name),
+            ));
+        }
+        all.push((where_, r));
+    }
+    super::routes::check_conflicts(&all)
+}
+
+/// The routes the aggregates are, in their order.
+pub(crate) fn aggregate_routes(
+    aggregates: &[AggregateConfig],
+    body: &BodyPolicy,
+) -> Vec<RouteConfig> {
+    aggregates
+        .iter()
+        .map(|a| {
+            let text = &a.path.text;
+            let literal = &text[..text.find('{').unwrap_or(text.len())];
+            RouteConfig::for_aggregate(
+                &a.name,
+                a.hosts.clone(),
+                literal.trim_end_matches('/'),
+                *body,
+            )
+        })
+        .collect()
 }
 
 /// The main and metrics listeners, `HTTP_PORT` / `METRICS_PORT` replacing their ports.

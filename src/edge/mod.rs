@@ -29,7 +29,7 @@ pub(crate) mod hygiene;
 pub mod ratelimit;
 
 use self::auth::{Authenticator, Identity};
-use self::ratelimit::{Limits, RateVerdict};
+use self::ratelimit::{Limits, RateVerdict, Scope};
 
 /// The limiter and the verifier, shared by every request.
 pub(crate) struct Edge {
@@ -44,8 +44,9 @@ pub(crate) struct EdgeVerdict {
     /// The limits' verdict, reported in `RateLimit-*` headers on every answer, a 401
     /// included (`None` when no policy counted the request).
     pub(crate) rate: Option<RateVerdict>,
-    /// The verified caller, or the answer that refuses the request.
-    pub(crate) identity: Result<Arc<Identity>, GatewayError>,
+    /// The verified caller (`None`: anonymous on an `auth: optional` route), or the answer
+    /// that refuses the request.
+    pub(crate) identity: Result<Option<Arc<Identity>>, GatewayError>,
     /// How authentication went, for the request's span.
     pub(crate) auth: AuthOutcome,
 }
@@ -59,6 +60,8 @@ pub(crate) enum AuthOutcome {
     NotChecked,
     /// Not asked for: the route is public.
     Public,
+    /// No token sent on a route where one is optional.
+    Anonymous,
     /// Refused, for this reason (never the token).
     Refused(&'static str),
 }
@@ -70,9 +73,73 @@ impl AuthOutcome {
             AuthOutcome::Ok => "ok",
             AuthOutcome::NotChecked => "not_checked",
             AuthOutcome::Public => "public",
+            AuthOutcome::Anonymous => "anonymous",
             AuthOutcome::Refused(reason) => reason,
         }
     }
+}
+
+/// Whether `identity` holds every scope and role of `require`: 403 `insufficient_scope`
+/// when it does not, 401 when there is no caller at all (an anonymous request).
+pub(crate) fn require(
+    require: &crate::config::Require,
+    identity: Option<&Identity>,
+) -> Result<(), GatewayError> {
+    if require.scopes.is_empty() && require.roles.is_empty() {
+        return Ok(());
+    }
+    let Some(who) = identity else {
+        return Err(GatewayError::Unauthorized {
+            message: "this route needs a token".into(),
+            token_given: false,
+        });
+    };
+    let scopes: Vec<&str> = require
+        .scopes
+        .iter()
+        .filter(|s| !who.has_scope(s))
+        .map(String::as_str)
+        .collect();
+    let roles: Vec<&str> = require
+        .roles
+        .iter()
+        .filter(|r| !who.has_role(r))
+        .map(String::as_str)
+        .collect();
+    if scopes.is_empty() && roles.is_empty() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !scopes.is_empty() {
+        missing.push(format!("scope {}", scopes.join(" ")));
+    }
+    if !roles.is_empty() {
+        missing.push(format!("role {}", roles.join(" ")));
+    }
+    metrics::AUTH_FAILURES
+        .with_label_values(&["insufficient_scope"])
+        .inc();
+    Err(GatewayError::InsufficientScope {
+        message: format!("the token lacks {}", missing.join(" and ")).into(),
+        scope: require.scopes.join(" ").into(),
+    })
+}
+
+/// Every claim the verifier reads beyond roles and forwarded claims, each once: those the
+/// rate-limit policies count by (first, in their order), then those route header rules use.
+pub(crate) fn claim_paths(config: &Config) -> Vec<Vec<String>> {
+    let mut paths = Limits::claim_paths(&config.rate_limit);
+    for r in &config.routes {
+        for (_, t) in r.request_headers.set.iter().chain(&r.response_headers.set) {
+            for c in t.claims() {
+                let path: Vec<String> = c.split('.').map(str::to_string).collect();
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+    }
+    paths
 }
 
 impl Edge {
@@ -95,7 +162,8 @@ impl Edge {
                 &config.auth,
                 config.limits.max_authorization_bytes,
                 &providers,
-                Limits::claim_paths(&config.rate_limit),
+                claim_paths(config),
+                config.routes.iter().any(|r| !r.require.scopes.is_empty()),
             ),
             cors: cors::Cors::new(config.cors.clone()),
         }
@@ -106,11 +174,11 @@ impl Edge {
     pub(crate) async fn limit(
         &self,
         client: Option<IpAddr>,
-        path: &str,
+        scope: Scope<'_>,
         headers: &HeaderMap,
     ) -> Option<RateVerdict> {
         self.limits
-            .before_auth(client, path, headers, unix_now_micros())
+            .before_auth(client, scope, headers, unix_now_micros())
             .await
     }
 
@@ -128,20 +196,29 @@ impl Edge {
     }
 
     /// The address and header policies, then authentication, then the user and claim
-    /// policies.
+    /// policies. With `optional`, a request without `Authorization` goes on anonymously after
+    /// the first policies.
     pub(crate) async fn check(
         &self,
         client: Option<IpAddr>,
-        path: &str,
+        scope: Scope<'_>,
         headers: &HeaderMap,
+        optional: bool,
     ) -> EdgeVerdict {
         let now = unix_now_micros();
-        let mut rate = self.limits.before_auth(client, path, headers, now).await;
+        let mut rate = self.limits.before_auth(client, scope, headers, now).await;
         if let Some(refusal) = rate.as_ref().and_then(RateVerdict::refusal) {
             return EdgeVerdict {
                 rate,
                 identity: Err(refusal),
                 auth: AuthOutcome::NotChecked,
+            };
+        }
+        if optional && !headers.contains_key(http::header::AUTHORIZATION) {
+            return EdgeVerdict {
+                rate,
+                identity: Ok(None),
+                auth: AuthOutcome::Anonymous,
             };
         }
         let mut auth = AuthOutcome::Ok;
@@ -158,14 +235,14 @@ impl Edge {
         let identity = match identity {
             Ok(who) if self.limits.counts_callers() => {
                 self.limits
-                    .after_auth(&mut rate, client, path, &who, now)
+                    .after_auth(&mut rate, client, scope, &who, now)
                     .await;
                 match rate.as_ref().and_then(RateVerdict::refusal) {
                     Some(refusal) => Err(refusal),
-                    None => Ok(who),
+                    None => Ok(Some(who)),
                 }
             }
-            other => other,
+            other => other.map(Some),
         };
         EdgeVerdict {
             rate,

@@ -67,9 +67,26 @@ impl AdminApi {
         }
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if path == "/routes" {
+            if method != Method::GET {
+                return Err(GatewayError::MethodNotAllowed {
+                    message: "use GET".into(),
+                    allow: "GET".into(),
+                });
+            }
+            let snap = self.live.load_full();
+            let rows = super::routes::table_rows(&snap.config);
+            return Ok((
+                200,
+                serde_json::json!({ "generation": snap.generation, "routes": rows }),
+            ));
+        }
         if path == "/cache/invalidate" {
             if method != Method::POST {
-                return Err(GatewayError::MethodNotAllowed("use POST".into()));
+                return Err(GatewayError::MethodNotAllowed {
+                    message: "use POST".into(),
+                    allow: "POST".into(),
+                });
             }
             let tags = read_tags(session).await?;
             let snap = self.live.load_full();
@@ -109,7 +126,10 @@ impl AdminApi {
                     format!("`{key}` is not cached").into(),
                 )),
             },
-            _ => Err(GatewayError::MethodNotAllowed("use GET or DELETE".into())),
+            _ => Err(GatewayError::MethodNotAllowed {
+                message: "use GET or DELETE".into(),
+                allow: "GET, DELETE".into(),
+            }),
         }
     }
 }

@@ -26,6 +26,11 @@ pub struct Ctx {
     pub(super) snap: Arc<Snapshot>,
     /// request_filter: where the request goes.
     pub(super) route: Route,
+    /// request_filter: the matched template's params (empty for other routes).
+    pub(super) params: Vec<(Box<str>, Box<str>)>,
+    /// upstream_response_filter: the backend's status is one the route retries; the error
+    /// raised for it is marked retryable by error_while_proxy.
+    pub(super) retry_status: bool,
     /// request_filter: the client's id, or a fresh one.
     pub(super) request_id: String,
     /// request_filter: the client, on every route (public ones included).

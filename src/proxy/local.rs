@@ -8,11 +8,13 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{ErrorType, Result};
 
-use super::routes::Route;
+use super::routes::{ProxyRoute, Route, Values};
 use super::{respond, Ctx, Gateway};
 use crate::aggregate::Aggregate;
+use crate::config::RouteTarget;
 use crate::edge::cors::Preflight;
 use crate::edge::ratelimit::RateVerdict;
+use crate::edge::ratelimit::Scope;
 use crate::error::GatewayError;
 use crate::headers;
 
@@ -59,7 +61,10 @@ impl Gateway {
             .edge
             .limit(
                 ctx.client.as_ref().map(|c| c.ip),
-                req.uri.path(),
+                Scope {
+                    path: req.uri.path(),
+                    names: ctx.route.config().and_then(|r| r.policies.as_deref()),
+                },
                 &req.headers,
             )
             .await;
@@ -100,9 +105,10 @@ impl Gateway {
                     .map(|()| params)
             })
         } else {
-            Err(GatewayError::MethodNotAllowed(
-                "only GET is allowed here".into(),
-            ))
+            Err(GatewayError::MethodNotAllowed {
+                message: "only GET is allowed here".into(),
+                allow: "GET, HEAD".into(),
+            })
         };
         let result = match target {
             Ok(params) => {
@@ -197,12 +203,90 @@ impl Gateway {
                 None => br#"{"status":"ready"}"#,
             },
             Route::NotFound => {
-                let e = GatewayError::NotFound("no route matches this path".into());
+                let e = GatewayError::NotFound("no route matches this request".into());
                 respond::error(session, &e, &ctx.local_headers()).await?;
                 return Ok(true);
             }
+            Route::NotAllowed(allow) => {
+                let e = GatewayError::MethodNotAllowed {
+                    message: format!("this path takes {allow} only").into(),
+                    allow: allow.to_string().into(),
+                };
+                respond::error(session, &e, &ctx.local_headers()).await?;
+                return Ok(true);
+            }
+            Route::Direct(r) => {
+                let r = r.clone();
+                return self.answer_direct(session, ctx, &r).await;
+            }
         };
         respond::json(session, 200, Bytes::from_static(body), &ctx.local_headers()).await?;
+        Ok(true)
+    }
+}
+
+impl Gateway {
+    /// Answers a route's `redirect` or `respond`, with its response header rules.
+    async fn answer_direct(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &ProxyRoute,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let mut buf = String::new();
+        let host = super::routes::matcher::request_host(&req.uri, &req.headers, &mut buf);
+        let values = Values {
+            route,
+            params: &ctx.params,
+            identity: ctx.identity.as_deref(),
+            request_id: &ctx.request_id,
+            client_ip: ctx.client.as_ref().map(|c| c.ip),
+            host,
+            path: req.uri.path(),
+        };
+        let (status, content_type, body, location) = match &route.config.target {
+            RouteTarget::Redirect { to, status } => {
+                let mut location = values.render(to).unwrap_or_default();
+                if !location.contains('?') {
+                    if let Some(q) = req.uri.query() {
+                        location.push('?');
+                        location.push_str(q);
+                    }
+                }
+                let Ok(value) = http::HeaderValue::from_str(&location) else {
+                    let e = GatewayError::BadRequest("this request cannot be redirected".into());
+                    respond::error(session, &e, &ctx.local_headers()).await?;
+                    return Ok(true);
+                };
+                let body = serde_json::json!({ "location": location }).to_string();
+                (*status, "application/json", Bytes::from(body), Some(value))
+            }
+            RouteTarget::Respond {
+                status,
+                body,
+                content_type,
+            } => (*status, *content_type, body.clone(), None),
+            RouteTarget::Upstream(_) | RouteTarget::Aggregate(_) => return Ok(false),
+        };
+        let mut resp = ResponseHeader::build(status, Some(8))?;
+        resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
+        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        for (name, value) in ctx.local_headers() {
+            resp.insert_header(name, value)?;
+        }
+        if let Some(l) = location {
+            resp.insert_header(http::header::LOCATION, l)?;
+        }
+        super::routes::apply_response_rules(&mut resp, route, &values);
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        let head_only = req.method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
         Ok(true)
     }
 }

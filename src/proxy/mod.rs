@@ -46,9 +46,11 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::aggregate::CacheStatus;
 use crate::config::Config;
+use crate::config::RouteAuth;
 use crate::conn::report::report;
 use crate::edge::client::ClientAddr;
 use crate::edge::hygiene;
+use crate::edge::ratelimit::{RateVerdict, Scope};
 use crate::edge::AuthOutcome;
 use crate::error::GatewayError;
 use crate::headers;
@@ -94,7 +96,58 @@ fn answered(session: &Session) -> bool {
         .is_some_and(|r| !r.status.is_informational())
 }
 
+/// What a request must show before it is served.
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    /// Nothing: a probe, an `auth: public` route, or `auth.public_paths`.
+    Public,
+    /// No route: limited, then answered 404/405 without reading a token.
+    Unrouted,
+    /// A token (verified when sent if `optional`).
+    Token { optional: bool },
+}
+
+impl Access {
+    fn of(route: &Route, auth: &crate::config::AuthConfig, path: &str) -> Access {
+        match route {
+            r if r.is_probe() => Access::Public,
+            Route::NotFound | Route::NotAllowed(_) => Access::Unrouted,
+            _ if auth.is_public(path) => Access::Public,
+            Route::Proxy(r) | Route::Direct(r) => match r.config.auth {
+                RouteAuth::Public => Access::Public,
+                RouteAuth::Optional => Access::Token { optional: true },
+                RouteAuth::Required => Access::Token { optional: false },
+            },
+            _ => Access::Token { optional: false },
+        }
+    }
+}
+
 impl Gateway {
+    /// Whether a backend's `status` is tried again: the route retries it, the method is
+    /// idempotent, the body is still held whole, a try and another backend are left, and
+    /// the group's retry budget allows it (counted when it does).
+    fn retries_status(&self, session: &Session, ctx: &Ctx, status: u16, now: Instant) -> bool {
+        let Route::Proxy(route) = &ctx.route else {
+            return false;
+        };
+        let (Some(r), Some(g)) = (&route.config.retries, &route.group) else {
+            return false;
+        };
+        let ok = r.statuses.contains(&status)
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && ctx.tried.len() <= r.attempts as usize
+            && ctx.tried.len() < g.config.backends.len()
+            && g.retry_budget.try_withdraw(now);
+        if ok {
+            metrics::ROUTE_RETRIES
+                .with_label_values(&[route.config.name.as_str(), &status.to_string()])
+                .inc();
+        }
+        ok
+    }
+
     /// The live snapshot and what a reload needs to build the next one.
     pub(crate) fn live(&self) -> (Arc<ArcSwap<Snapshot>>, Arc<Shared>) {
         (self.live.clone(), self.shared.clone())
@@ -162,6 +215,8 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             snap: self.live.load_full(),
             route: Route::NotFound,
+            params: Vec::new(),
+            retry_status: false,
             request_id: String::new(),
             client: None,
             rate: None,
@@ -199,7 +254,14 @@ impl ProxyHttp for Gateway {
                 &snap.config.rate_limit.trusted_proxies,
             )
         });
-        ctx.route = snap.routes.route(req.uri.path(), &snap.aggregates);
+        ctx.route = snap.routes.route(
+            &routes::Request {
+                uri: &req.uri,
+                method: &req.method,
+                headers: &req.headers,
+            },
+            &mut ctx.params,
+        );
         if let Some(tracer) = &self.shared.tracer {
             // Probes are not traced: a kubelet's every-few-seconds checks would bury the traces.
             if !ctx.route.is_probe() {
@@ -230,42 +292,59 @@ impl ProxyHttp for Gateway {
         if let Some(c) = &snap.compress {
             ctx.accept = c.negotiate(&req.headers);
         }
-        let public = ctx.route.is_probe() || snap.config.auth.is_public(req.uri.path());
+        let mode = Access::of(&ctx.route, &snap.config.auth, req.uri.path());
         // A client that stops reading its answer is cut after this, per write.
         session.set_write_timeout(Some(snap.config.limits.response_write_timeout));
         let max_body = match &ctx.route {
-            Route::Proxy(r) => r.body.max_bytes,
+            Route::Proxy(r) => r.config.body.max_bytes,
             _ => snap.config.limits.body.max_bytes,
         };
         if let Err(refusal) = body::check_declared(session, max_body) {
             // Refused before a byte of the body is read; the connection cannot be reused.
             return self.refuse(session, ctx, &refusal.error).await;
         }
-        if public {
-            spans::edge(ctx, AuthOutcome::Public);
-        } else {
-            let req = session.req_header();
-            let verdict = snap
-                .edge
-                .check(
-                    ctx.client.as_ref().map(|c| c.ip),
-                    req.uri.path(),
-                    &req.headers,
-                )
-                .await;
-            ctx.rate = verdict.rate;
-            spans::edge(ctx, verdict.auth);
-            match verdict.identity {
-                Ok(identity) => ctx.identity = Some(identity),
-                Err(e) => {
+        let req = session.req_header();
+        let client = ctx.client.as_ref().map(|c| c.ip);
+        let scope = Scope {
+            path: req.uri.path(),
+            names: ctx.route.config().and_then(|r| r.policies.as_deref()),
+        };
+        match mode {
+            Access::Public => spans::edge(ctx, AuthOutcome::Public),
+            Access::Unrouted => {
+                // No token is read for a path nobody serves (404 with or without one), but
+                // a scan of them is still limited.
+                ctx.rate = snap.edge.limit(client, scope, &req.headers).await;
+                spans::edge(ctx, AuthOutcome::NotChecked);
+                if let Some(e) = ctx.rate.as_ref().and_then(RateVerdict::refusal) {
                     respond::error(session, &e, &ctx.local_headers()).await?;
                     return Ok(true);
+                }
+            }
+            Access::Token { optional } => {
+                let verdict = snap.edge.check(client, scope, &req.headers, optional).await;
+                ctx.rate = verdict.rate;
+                spans::edge(ctx, verdict.auth);
+                match verdict.identity {
+                    Ok(identity) => ctx.identity = identity,
+                    Err(e) => {
+                        respond::error(session, &e, &ctx.local_headers()).await?;
+                        return Ok(true);
+                    }
+                }
+                if let Some(route) = ctx.route.config() {
+                    if let Err(e) =
+                        crate::edge::require(&route.config.require, ctx.identity.as_deref())
+                    {
+                        respond::error(session, &e, &ctx.local_headers()).await?;
+                        return Ok(true);
+                    }
                 }
             }
         }
         if let Route::Proxy(route) = &ctx.route {
             // After the edge, so that only admitted clients get a buffer.
-            match body::prepare(session, &route.body, &self.body_budget).await {
+            match body::prepare(session, &route.config.body, &self.body_budget).await {
                 Ok(prepared) => ctx.body = prepared,
                 Err(Some(refusal)) => return self.refuse(session, ctx, &refusal.error).await,
                 Err(None) => {
@@ -301,7 +380,7 @@ impl ProxyHttp for Gateway {
             *body = Some(all.freeze());
         }
         if let Route::Proxy(route) = &ctx.route {
-            if session.as_downstream().body_bytes_read() as u64 > route.body.max_bytes {
+            if session.as_downstream().body_bytes_read() as u64 > route.config.body.max_bytes {
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body over the route's maximum",
@@ -321,8 +400,27 @@ impl ProxyHttp for Gateway {
                 "upstream_peer on a local route",
             ));
         };
-        let group = &route.group;
-        let Some(backend) = group.select(&ctx.tried, Instant::now()) else {
+        let Some(group) = &route.group else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "a route without a group",
+            ));
+        };
+        let now = Instant::now();
+        let timeouts = route.config.timeouts;
+        let left = timeouts
+            .total
+            .map(|t| t.saturating_sub(ctx.started.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) {
+            ctx.local_error = Some(GatewayError::Timeout(
+                "the route's total timeout passed".into(),
+            ));
+            return Err(Error::explain(ErrorType::HTTPStatus(504), "total timeout"));
+        }
+        if ctx.tried.is_empty() {
+            group.retry_budget.deposit(now);
+        }
+        let Some(backend) = group.select(&ctx.tried, now) else {
             ctx.local_error = Some(GatewayError::Unavailable(
                 format!("no healthy backend in upstream group `{}`", group.name).into(),
             ));
@@ -340,7 +438,12 @@ impl ProxyHttp for Gateway {
         let Route::Proxy(route) = &ctx.route else {
             return Err(Error::explain(ErrorType::InternalError, "route changed"));
         };
-        let group = &route.group;
+        let Some(group) = &route.group else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "a route without a group",
+            ));
+        };
         let tls = group.config.tls.as_ref();
         let sni = tls.map_or_else(String::new, |t| t.sni.clone());
         let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
@@ -353,9 +456,13 @@ impl ProxyHttp for Gateway {
             peer.options.set_http_version(2, 1);
             peer.options.max_h2_streams = streams;
         }
-        peer.options.connection_timeout = Some(group.config.connect_timeout);
-        peer.options.read_timeout = Some(group.config.read_timeout);
-        peer.options.write_timeout = Some(group.config.read_timeout);
+        let cap = |d: Duration| left.map_or(d, |l| d.min(l));
+        let read = cap(timeouts.read.unwrap_or(group.config.read_timeout));
+        peer.options.connection_timeout = Some(cap(timeouts
+            .connect
+            .unwrap_or(group.config.connect_timeout)));
+        peer.options.read_timeout = Some(read);
+        peer.options.write_timeout = Some(read);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
         Ok(Box::new(peer))
     }
@@ -372,8 +479,8 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Route::Proxy(route) = &ctx.route {
-            route.group.connections[usize::from(reused)].inc();
+        if let Some(g) = ctx.route.config().and_then(|r| r.group.as_ref()) {
+            g.connections[usize::from(reused)].inc();
         }
         Ok(())
     }
@@ -394,7 +501,22 @@ impl ProxyHttp for Gateway {
             t.end_try("connect_error");
         }
         if let Route::Proxy(route) = &ctx.route {
-            if route.group.may_retry_connect(ctx.tried.len()) {
+            let retry = match (&route.config.retries, &route.group) {
+                (Some(r), Some(g)) => {
+                    r.on_connect
+                        && ctx.tried.len() <= r.attempts as usize
+                        && ctx.tried.len() < g.config.backends.len()
+                        && g.retry_budget.try_withdraw(Instant::now())
+                }
+                (None, Some(g)) => g.may_retry_connect(ctx.tried.len()),
+                (_, None) => false,
+            };
+            if retry {
+                if route.config.retries.is_some() {
+                    metrics::ROUTE_RETRIES
+                        .with_label_values(&[route.config.name.as_str(), "connect"])
+                        .inc();
+                }
                 e.set_retry(true);
             }
         }
@@ -421,8 +543,30 @@ impl ProxyHttp for Gateway {
                 .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
             req.set_uri(uri);
         }
-        if let Route::Proxy(route) = &ctx.route {
-            if let Some(target) = route.upstream_target(req.uri.path(), req.uri.query()) {
+        let route = match &ctx.route {
+            Route::Proxy(r) => Some(r.clone()),
+            _ => None,
+        };
+        if let Some(route) = &route {
+            if !route.config.request_headers.is_empty() {
+                let mut buf = String::new();
+                let host = routes::matcher::request_host(&req.uri, &req.headers, &mut buf)
+                    .map(str::to_string);
+                let path = req.uri.path().to_string();
+                let values = routes::Values {
+                    route,
+                    params: &ctx.params,
+                    identity: ctx.identity.as_deref(),
+                    request_id: &ctx.request_id,
+                    client_ip: ctx.client.as_ref().map(|c| c.ip),
+                    host: host.as_deref(),
+                    path: &path,
+                };
+                routes::apply_request_rules(req, route, &values);
+            }
+            if let Some(target) =
+                route.upstream_target(req.uri.path(), req.uri.query(), &ctx.params)
+            {
                 let uri = target.parse::<http::Uri>().map_err(|_| {
                     Error::explain(ErrorType::InvalidHTTPHeader, "bad rewritten path")
                 })?;
@@ -479,17 +623,26 @@ impl ProxyHttp for Gateway {
     /// a successful one.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let health = if resp.status.as_u16() < 500 {
-            ctx.backend.succeeded(Instant::now())
+        let status = resp.status.as_u16();
+        let now = Instant::now();
+        let health = if status < 500 {
+            ctx.backend.succeeded(now)
         } else {
-            ctx.backend.failed(Instant::now())
+            ctx.backend.failed(now)
         };
         spans::health(ctx, health);
-        spans::try_answered(ctx, resp.status.as_u16());
+        spans::try_answered(ctx, status);
+        if status >= 500 && self.retries_status(session, ctx, status, now) {
+            ctx.retry_status = true;
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "the backend's status is retried on another backend",
+            ));
+        }
         Ok(())
     }
 
@@ -511,6 +664,22 @@ impl ProxyHttp for Gateway {
         if let Some(d) = &ctx.rate {
             for (name, value) in d.headers() {
                 resp.insert_header(name, value)?;
+            }
+        }
+        if let Route::Proxy(route) = &ctx.route {
+            if !route.config.response_headers.is_empty() {
+                let req = session.req_header();
+                let mut buf = String::new();
+                let values = routes::Values {
+                    route,
+                    params: &ctx.params,
+                    identity: ctx.identity.as_deref(),
+                    request_id: &ctx.request_id,
+                    client_ip: ctx.client.as_ref().map(|c| c.ip),
+                    host: routes::matcher::request_host(&req.uri, &req.headers, &mut buf),
+                    path: req.uri.path(),
+                };
+                routes::apply_response_rules(resp, route, &values);
             }
         }
         if let Some(cors) = &ctx.cors {
@@ -584,7 +753,11 @@ impl ProxyHttp for Gateway {
             spans::health(ctx, health);
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        if std::mem::take(&mut ctx.retry_status) {
+            // Decided in upstream_response_filter, where the method and budget were checked.
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
         {
             e.set_retry(false);
         } else {

@@ -16,10 +16,10 @@ pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> RequestTra
         let method = &req.method;
         let (template, name): (Option<&str>, &str) = match &ctx.route {
             Route::Aggregate(a) => (Some(a.pattern()), a.name()),
-            Route::Proxy(r) => (Some(r.prefix.as_str()), &r.group.name),
+            Route::Proxy(r) | Route::Direct(r) => (Some(r.config.path.text()), &r.config.name),
             Route::Healthz => (Some("/healthz"), "healthz"),
             Route::Readyz => (Some("/readyz"), "readyz"),
-            Route::NotFound => (None, "not_found"),
+            Route::NotFound | Route::NotAllowed(_) => (None, ctx.route.label()),
         };
         rec.name(match template {
             Some(t) => trace::span_name(method.as_str(), t),
@@ -76,7 +76,7 @@ pub(super) fn try_started(
     };
     let Some(t) = &mut ctx.trace else { return };
     t.start_try(|rec| {
-        rec.name(trace::span_name(method.as_str(), &route.prefix));
+        rec.name(trace::span_name(method.as_str(), route.config.path.text()));
         rec.attribute(&KeyValue::new(
             "http.request.method",
             trace::method_value(method),
@@ -84,7 +84,9 @@ pub(super) fn try_started(
         let mut buf = [0u8; 48];
         rec.str("server.address", trace::ip_str(addr.ip(), &mut buf));
         rec.attribute(&KeyValue::new("server.port", i64::from(addr.port())));
-        rec.str("gateway.upstream.group", &route.group.name);
+        if let Some(g) = &route.group {
+            rec.str("gateway.upstream.group", &g.name);
+        }
         rec.attribute(&KeyValue::new("gateway.attempt", n as i64));
         rec.attribute(&KeyValue::new("http.request.resend_count", n as i64 - 1));
     });

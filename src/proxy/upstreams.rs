@@ -34,6 +34,9 @@ pub(crate) struct UpstreamGroup {
     checking: AtomicBool,
     /// `upstream_connections_total` for this group: opened (0), reused from the pool (1).
     pub(crate) connections: [IntCounter; 2],
+    /// What route retries draw from: a fifth of the group's requests, at least ten a second,
+    /// so that retries cannot multiply the load on a group that is failing.
+    pub(crate) retry_budget: crate::resilience::RetryBudget,
 }
 
 impl std::fmt::Debug for UpstreamGroup {
@@ -126,6 +129,7 @@ fn build_group(name: &str, up: &UpstreamConfig) -> UpstreamGroup {
         stop: tokio::sync::watch::channel(false).0,
         checking: AtomicBool::new(false),
         connections,
+        retry_budget: crate::resilience::RetryBudget::new(0.2, 10.0, std::time::Instant::now()),
     }
 }
 
@@ -185,8 +189,15 @@ mod tests {
         let cfg = Config::from_yaml(&yaml, &env, LoadMode::Run).expect("test config");
         let store = Arc::new(crate::store::Store::Memory(Default::default()));
         let aggregates = crate::aggregate::Aggregates::new(&cfg, store).expect("aggregates");
-        match crate::proxy::routes::RouteTable::build(&cfg, None).route("/x", &aggregates) {
-            Route::Proxy(r) => r.group.clone(),
+        let table = crate::proxy::routes::RouteTable::build(&cfg, &aggregates, None);
+        let uri: http::Uri = "/x".parse().unwrap();
+        let req = crate::proxy::routes::Request {
+            uri: &uri,
+            method: &http::Method::GET,
+            headers: &http::HeaderMap::new(),
+        };
+        match table.route(&req, &mut Vec::new()) {
+            Route::Proxy(r) => r.group.clone().expect("a group"),
             other => panic!("expected a proxy route, got {other:?}"),
         }
     }

@@ -114,6 +114,23 @@ async fn echo(req: Request, rec: Arc<Mutex<Vec<Seen>>>) -> Response {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return Response::new(Body::from("slow done"));
     }
+    // `…/fail-once/<key>`: 503 the first time any echo server of this test process sees the
+    // key, then echoes (a backend that fails once).
+    if let Some((_, key)) = path.split_once("/fail-once/") {
+        static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let first = SEEN.lock().map(|mut v| {
+            let first = !v.iter().any(|k| k == key);
+            if first {
+                v.push(key.to_string());
+            }
+            first
+        });
+        if first.unwrap_or(false) {
+            let mut resp = Response::new(Body::from("failing once"));
+            *resp.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            return resp;
+        }
+    }
     // `/cc/<cache-control>/<id>`: a JSON document with that `Cache-Control` (a service saying
     // how long its answer keeps).
     if let Some(rest) = path.strip_prefix("/cc/") {

@@ -9,6 +9,9 @@ use serde::Deserialize;
 pub(crate) struct AggregateFile {
     pub(super) name: String,
     pub(super) path: String,
+    /// `match: { hosts: [...] }`: the hosts it answers on (any when absent).
+    #[serde(default, rename = "match")]
+    pub(super) matches: Option<AggregateMatchFile>,
     #[serde(default)]
     pub(super) methods: Option<Vec<String>>,
     #[serde(default = "default_deadline_ms")]
@@ -20,6 +23,14 @@ pub(crate) struct AggregateFile {
     pub(super) legs: IndexMap<String, LegFile>,
     #[serde(default)]
     pub(super) response: Option<IndexMap<String, String>>,
+}
+
+/// An aggregate's `match`: its path is its own `path`, so hosts only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AggregateMatchFile {
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
 }
 
 fn default_deadline_ms() -> u64 {

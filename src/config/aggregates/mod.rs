@@ -38,7 +38,7 @@ mod tests {
 
     fn check(yaml: &str) -> Result<Vec<AggregateConfig>, ConfigError> {
         let files: Vec<AggregateFile> = serde_yaml::from_str(yaml).unwrap();
-        resolve_aggregates(files, &services(), &["/api/users/".into()])
+        resolve_aggregates(files, &services())
     }
 
     fn err(yaml: &str) -> String {
@@ -50,7 +50,6 @@ mod tests {
         let a = resolve_aggregates(
             serde_yaml::from_str(crate::testing::PROFILE_AGGREGATE).unwrap(),
             &services(),
-            &[],
         )
         .unwrap();
         let p = &a[0];
@@ -98,8 +97,8 @@ mod tests {
                 "gateway.aggregates[1].path",
             ),
             (
-                "- { name: a, path: '/api/users/{id}/all', legs: { a: { service: user, path: '/y' } } }",
-                "gateway.routes[0].prefix",
+                "- { name: a, path: '/x/{id}', match: { hosts: ['a.*'] }, legs: { a: { service: user, path: '/y' } } }",
+                "gateway.aggregates[0].match.hosts[0]",
             ),
             (
                 "- { name: a, path: '/x/{id}', legs: { a: { service: user, path: '/y' } }, response: { out: nope } }",

@@ -10,6 +10,8 @@ pub struct AggregateConfig {
     pub name: String,
     /// The path pattern, e.g. `/api/profile/{id}`.
     pub path: PathPattern,
+    /// The hosts it answers on (empty: any).
+    pub hosts: Vec<crate::config::routes::types::HostMatch>,
     /// Whether HEAD is answered too (it follows GET).
     pub methods: Vec<http::Method>,
     /// Budget of the whole request, every leg and retry included.
@@ -149,19 +151,6 @@ impl PathPattern {
                     (Segment::Literal(x), Segment::Literal(y)) => x == y,
                     _ => true,
                 })
-    }
-
-    /// A path this pattern matches (params as `x`), to test route prefixes against.
-    pub(super) fn example(&self) -> String {
-        let mut s = String::new();
-        for seg in &self.segments {
-            s.push('/');
-            match seg {
-                Segment::Literal(l) => s.push_str(l),
-                Segment::Param(_) => s.push('x'),
-            }
-        }
-        s
     }
 }
 

@@ -1,5 +1,5 @@
 //! From an aggregate as written to its checked plan, each failure naming its key; then the
-//! checks across aggregates (unique names, no overlapping paths, no route in the way).
+//! checks across aggregates (unique names, no overlapping paths).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -27,6 +27,19 @@ impl AggregateFile {
         let path = parse_pattern(&k("path"), &self.path)?;
         let params: Vec<String> = path.params().map(str::to_string).collect();
         let methods = methods(self.methods, &k)?;
+        let mut hosts = Vec::new();
+        for (j, h) in self
+            .matches
+            .map(|m| m.hosts)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            hosts.push(
+                crate::config::routes::parse_host(h)
+                    .map_err(|e| invalid(k(&format!("match.hosts[{j}]")), e))?,
+            );
+        }
         let deadline = millis(&k("deadline_ms"), self.deadline_ms)?;
         let authorize = authorize(self.authorize, &params, &self.path, &k)?;
         if self.legs.is_empty() {
@@ -52,6 +65,7 @@ impl AggregateFile {
         Ok(AggregateConfig {
             name: self.name,
             path,
+            hosts,
             methods,
             deadline,
             authorize,
@@ -323,12 +337,11 @@ fn response(
     })
 }
 
-/// Checks every aggregate, then the set: unique names, no two on overlapping paths, no route
-/// prefix that would take an aggregate's requests.
+/// Checks every aggregate, then the set: unique names, no two on overlapping paths (which of
+/// an aggregate and a route wins is the route table's specificity).
 pub(crate) fn resolve_aggregates(
     files: Vec<AggregateFile>,
     services: &BTreeSet<String>,
-    route_prefixes: &[String],
 ) -> Result<Vec<AggregateConfig>, ConfigError> {
     let mut out: Vec<AggregateConfig> = Vec::with_capacity(files.len());
     let mut names = BTreeMap::new();
@@ -351,20 +364,6 @@ pub(crate) fn resolve_aggregates(
                 format!(
                     "`{}` overlaps `{}` of gateway.aggregates[{j}]",
                     a.path.text, other.path.text
-                ),
-            ));
-        }
-        let example = a.path.example();
-        if let Some((r, prefix)) = route_prefixes
-            .iter()
-            .enumerate()
-            .find(|(_, p)| example.starts_with(p.as_str()))
-        {
-            return Err(invalid(
-                format!("gateway.routes[{r}].prefix"),
-                format!(
-                    "`{prefix}` would take the requests of aggregate `{}` (`{}`)",
-                    a.name, a.path.text
                 ),
             ));
         }

@@ -8,8 +8,10 @@ use serde_json::Value;
 pub(crate) struct ClaimReader {
     roles: Vec<String>,
     forward: Vec<Vec<String>>,
-    /// Paths of the claims rate-limit policies count by.
+    /// Paths of the claims rate-limit policies count by and header rules read.
     limits: Vec<Vec<String>>,
+    /// Whether scopes are read (some route requires them).
+    scopes: bool,
 }
 
 impl ClaimReader {
@@ -19,11 +21,36 @@ impl ClaimReader {
         roles: Vec<String>,
         forward: Vec<Vec<String>>,
         limits: Vec<Vec<String>>,
+        scopes: bool,
     ) -> Self {
         ClaimReader {
             roles,
             forward,
             limits,
+            scopes,
+        }
+    }
+
+    /// The scopes: `scope` split on spaces, else the strings of `scp` (an array, or a string
+    /// split on spaces); none unless a route requires scopes.
+    pub(crate) fn scopes(&self, claims: &Value) -> Vec<String> {
+        if !self.scopes {
+            return Vec::new();
+        }
+        let split = |s: &str| {
+            s.split(' ')
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        match (claims.get("scope"), claims.get("scp")) {
+            (Some(Value::String(s)), _) => split(s),
+            (_, Some(Value::String(s))) => split(s),
+            (_, Some(Value::Array(a))) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -32,6 +59,7 @@ impl ClaimReader {
     pub(crate) fn is_plain(&self) -> bool {
         self.forward.is_empty()
             && self.limits.is_empty()
+            && !self.scopes
             && self.roles.len() == 1
             && self.roles[0] == "roles"
     }
@@ -120,14 +148,14 @@ mod tests {
 
     #[test]
     fn roles_follow_the_dotted_path() {
-        let r = ClaimReader::new(path("realm_access.roles"), vec![], vec![]);
+        let r = ClaimReader::new(path("realm_access.roles"), vec![], vec![], false);
         let c = json!({"realm_access": {"roles": ["admin", 7, "ops"]}, "roles": ["x"]});
         assert_eq!(r.roles(&c), ["admin", "ops"]);
         assert!(r
             .roles(&json!({"realm_access": {"roles": "admin"}}))
             .is_empty());
         assert!(!r.is_plain());
-        assert!(ClaimReader::new(path("roles"), vec![], vec![]).is_plain());
+        assert!(ClaimReader::new(path("roles"), vec![], vec![], false).is_plain());
     }
 
     #[test]
@@ -140,6 +168,7 @@ mod tests {
             .map(path)
             .to_vec(),
             vec![],
+            false,
         );
         let c = json!({"tenant": "acme", "org": {"id": 42}, "groups": ["a", "b"], "admin": true,
                        "obj": {"x": 1}, "bad": "line\nbreak", "empty": ""});
@@ -162,6 +191,18 @@ mod tests {
     }
 
     #[test]
+    fn scopes_come_from_scope_or_scp_when_asked_for() {
+        let r = ClaimReader::new(path("roles"), vec![], vec![], true);
+        assert!(!r.is_plain());
+        assert_eq!(r.scopes(&json!({"scope": "a  b"})), ["a", "b"]);
+        assert_eq!(r.scopes(&json!({"scp": ["a", 1, "c"]})), ["a", "c"]);
+        assert_eq!(r.scopes(&json!({"scp": "x y"})), ["x", "y"]);
+        assert!(r.scopes(&json!({"scope": 7})).is_empty());
+        let off = ClaimReader::new(path("roles"), vec![], vec![], false);
+        assert!(off.scopes(&json!({"scope": "a"})).is_empty());
+    }
+
+    #[test]
     fn limit_claims_are_text_or_nothing() {
         let r = ClaimReader::new(
             path("roles"),
@@ -169,6 +210,7 @@ mod tests {
             ["tenant", "org.id", "obj", "missing", "empty"]
                 .map(path)
                 .to_vec(),
+            false,
         );
         assert!(!r.is_plain());
         let c = json!({"tenant": "acme", "org": {"id": 42}, "obj": {"x": 1}, "empty": ""});

@@ -9,14 +9,22 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// The `auth.forward_claims` values in conf order; `None` where the token has none.
     pub forwarded: Box<[Option<http::HeaderValue>]>,
-    /// The values of the claims rate-limit policies count by (`claim:` keys, in the order of
-    /// `Limits::claim_paths`); `None` where the token has none.
+    /// The values of the claims rate-limit policies count by and route header rules read (in
+    /// the order of `edge::claim_paths`); `None` where the token has none.
     pub limit_claims: Box<[Option<String>]>,
+    /// The scopes granted: `scope` split on spaces, or the `scp` array (read only when a route
+    /// requires scopes).
+    pub scopes: Vec<String>,
 }
 
 impl Identity {
     /// Whether the caller has role `role`.
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether the caller was granted `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
     }
 }

@@ -111,6 +111,7 @@ impl IssuerVerifier {
         let roles = self.claims.roles(&claims);
         let forwarded = self.claims.forwarded(&claims);
         let limit_claims = self.claims.limit_values(&claims);
+        let scopes = self.claims.scopes(&claims);
         let exp = claims
             .get("exp")
             .and_then(|v| v.as_f64())
@@ -121,6 +122,7 @@ impl IssuerVerifier {
                 roles,
                 forwarded,
                 limit_claims,
+                scopes,
             }),
             exp,
             nbf: claims.get("nbf").and_then(|v| v.as_f64()),
@@ -192,7 +194,7 @@ mod tests {
             cfg.auth.issuers[0].clone(),
             reqwest::Client::new(),
         ));
-        let claims = ClaimReader::new(cfg.auth.roles_claim.clone(), vec![], vec![]);
+        let claims = ClaimReader::new(cfg.auth.roles_claim.clone(), vec![], vec![], false);
         IssuerVerifier::new(provider, 0, Arc::new(claims))
     }
 

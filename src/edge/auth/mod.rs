@@ -80,6 +80,7 @@ impl Authenticator {
         max_token_bytes: usize,
         keep: &[Arc<provider::Provider>],
         limit_claims: Vec<Vec<String>>,
+        scopes: bool,
     ) -> Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
@@ -108,6 +109,7 @@ impl Authenticator {
             cfg.roles_claim.clone(),
             cfg.forward_claims.iter().map(|(p, _)| p.clone()).collect(),
             limit_claims,
+            scopes,
         ));
         let issuers = cfg
             .issuers
@@ -316,8 +318,8 @@ impl Authenticator {
             .as_ref()
             .and_then(|v| v.as_f64())
             .ok_or_else(|| AuthError::ClaimFormat("exp".into()))?;
-        let (roles, forwarded, limit_claims) = if self.claims.is_plain() {
-            (claims.roles, Box::default(), Box::default())
+        let (roles, forwarded, limit_claims, scopes) = if self.claims.is_plain() {
+            (claims.roles, Box::default(), Box::default(), Vec::new())
         } else {
             // Verified already: reading the payload again is only a parse, once per token.
             let all = error::payload(token).unwrap_or(serde_json::Value::Null);
@@ -325,6 +327,7 @@ impl Authenticator {
                 self.claims.roles(&all),
                 self.claims.forwarded(&all),
                 self.claims.limit_values(&all),
+                self.claims.scopes(&all),
             )
         };
         Ok(Verified {
@@ -333,6 +336,7 @@ impl Authenticator {
                 roles,
                 forwarded,
                 limit_claims,
+                scopes,
             }),
             exp,
             nbf: claims.nbf.as_ref().and_then(|v| v.as_f64()),
@@ -376,6 +380,8 @@ pub(crate) fn prime(config: &AuthConfig) {
     for reason in AuthError::REASONS {
         crate::metrics::AUTH_FAILURES.with_label_values(&[reason]);
     }
+    // A route's `require` refused a verified token (`edge::require`).
+    crate::metrics::AUTH_FAILURES.with_label_values(&["insufficient_scope"]);
     for issuer in &config.issuers {
         provider::prime(issuer);
     }
@@ -403,7 +409,7 @@ mod tests {
             roles_claim: vec!["roles".into()],
             forward_claims: vec![],
         };
-        Authenticator::new(&cfg, 8192, &[], vec![])
+        Authenticator::new(&cfg, 8192, &[], vec![], false)
     }
 
     #[test]
@@ -499,6 +505,7 @@ mod tests {
             roles,
             forwarded: Box::default(),
             limit_claims: Box::default(),
+            scopes: Vec::new(),
         };
         assert_eq!(a.verify(&t).as_deref(), Ok(&want));
         assert_eq!(a.verify(&t).as_deref(), Ok(&want), "again, from the cache");

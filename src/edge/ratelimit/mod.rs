@@ -24,4 +24,4 @@ mod redis;
 
 pub use self::decision::{Decision, LimitBackend, Subject};
 pub use self::limiter::RateLimiter;
-pub use self::policy::{Limits, RateVerdict};
+pub use self::policy::{Limits, RateVerdict, Scope};

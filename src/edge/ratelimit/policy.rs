@@ -78,8 +78,11 @@ impl Policy {
         }
     }
 
-    fn applies(&self, path: &str) -> bool {
-        self.config.as_ref().is_none_or(|c| c.covers(path))
+    fn applies(&self, scope: Scope<'_>) -> bool {
+        match scope.names {
+            Some(names) => names.iter().any(|n| **n == *self.name),
+            None => self.config.as_ref().is_none_or(|c| c.covers(scope.path)),
+        }
     }
 
     fn on_store_error(&self) -> OnStoreError {
@@ -243,6 +246,23 @@ impl RateVerdict {
     }
 }
 
+/// Which policies count a request: those whose `routes` cover its path, or exactly those
+/// its route lists.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The request's path.
+    pub path: &'a str,
+    /// The route's `rate_limit` list, when it has one.
+    pub names: Option<&'a [Box<str>]>,
+}
+
+impl<'a> Scope<'a> {
+    /// The policies that cover `path`.
+    pub fn path(path: &'a str) -> Self {
+        Scope { path, names: None }
+    }
+}
+
 /// Every rate-limit policy of the conf.
 pub struct Limits {
     default: Policy,
@@ -341,19 +361,22 @@ impl Limits {
     pub async fn before_auth(
         &self,
         client: Option<IpAddr>,
-        path: &str,
+        scope: Scope<'_>,
         headers: &HeaderMap,
         now_us: u64,
     ) -> Option<RateVerdict> {
         let mut verdict = None;
         if self.before.is_empty() {
             // The common case, kept free of the policy walk: the default policy alone.
+            if !self.default.applies(scope) {
+                return None;
+            }
             let d = self.default.decide(Subject::Ip(client?), now_us).await;
             RateVerdict::add(&mut verdict, &self.default, d);
             return verdict;
         }
         let all = std::iter::once(&self.default).chain(&self.before);
-        Limits::count(&mut verdict, all, client, path, headers, None, now_us).await;
+        Limits::count(&mut verdict, all, client, scope, headers, None, now_us).await;
         verdict
     }
 
@@ -363,7 +386,7 @@ impl Limits {
         &self,
         verdict: &mut Option<RateVerdict>,
         client: Option<IpAddr>,
-        path: &str,
+        scope: Scope<'_>,
         identity: &Identity,
         now_us: u64,
     ) {
@@ -372,7 +395,7 @@ impl Limits {
             verdict,
             self.after.iter(),
             client,
-            path,
+            scope,
             &empty,
             Some(identity),
             now_us,
@@ -384,7 +407,7 @@ impl Limits {
         verdict: &mut Option<RateVerdict>,
         policies: impl Iterator<Item = &'a Policy>,
         client: Option<IpAddr>,
-        path: &str,
+        scope: Scope<'_>,
         headers: &HeaderMap,
         identity: Option<&Identity>,
         now_us: u64,
@@ -393,7 +416,7 @@ impl Limits {
             if verdict.as_ref().is_some_and(|v| !v.allowed()) {
                 return;
             }
-            if !p.applies(path) {
+            if !p.applies(scope) {
                 continue;
             }
             let Some(who) = p.subject(client, headers, identity) else {
@@ -443,6 +466,7 @@ mod tests {
             roles: vec![],
             forwarded: Box::default(),
             limit_claims: vec![tenant.map(str::to_string)].into_boxed_slice(),
+            scopes: Vec::new(),
         }
     }
 
@@ -453,8 +477,9 @@ mod tests {
         let h = HeaderMap::new();
         for user in ["alice", "bob"] {
             for i in 0..3 {
-                let mut v = l.before_auth(ip, "/x", &h, T).await;
-                l.after_auth(&mut v, ip, "/x", &caller(user, None), T).await;
+                let mut v = l.before_auth(ip, Scope::path("/x"), &h, T).await;
+                l.after_auth(&mut v, ip, Scope::path("/x"), &caller(user, None), T)
+                    .await;
                 let v = v.unwrap();
                 assert_eq!(v.allowed(), i < 2, "{user} #{i}");
                 if i == 2 {
@@ -466,8 +491,8 @@ mod tests {
             }
         }
         // The shown decision is the tighter one, and the policy header lists both.
-        let mut v = l.before_auth(ip, "/x", &h, T).await;
-        l.after_auth(&mut v, ip, "/x", &caller("carol", None), T)
+        let mut v = l.before_auth(ip, Scope::path("/x"), &h, T).await;
+        l.after_auth(&mut v, ip, Scope::path("/x"), &caller("carol", None), T)
             .await;
         let v = v.unwrap();
         assert_eq!((v.shown.limit, v.shown.remaining), (2, 1));
@@ -492,17 +517,17 @@ mod tests {
         let mut key_a = HeaderMap::new();
         key_a.insert("x-api-key", HeaderValue::from_static("a"));
         assert!(l
-            .before_auth(ip, "/api/1", &key_a, T)
+            .before_auth(ip, Scope::path("/api/1"), &key_a, T)
             .await
             .unwrap()
             .allowed());
         assert!(!l
-            .before_auth(ip, "/api/1", &key_a, T)
+            .before_auth(ip, Scope::path("/api/1"), &key_a, T)
             .await
             .unwrap()
             .allowed());
         assert!(
-            l.before_auth(ip, "/echo/", &key_a, T)
+            l.before_auth(ip, Scope::path("/echo/"), &key_a, T)
                 .await
                 .unwrap()
                 .allowed(),
@@ -511,12 +536,12 @@ mod tests {
         // No key: counted by the address (once, then limited).
         let none = HeaderMap::new();
         assert!(l
-            .before_auth(ip, "/api/1", &none, T)
+            .before_auth(ip, Scope::path("/api/1"), &none, T)
             .await
             .unwrap()
             .allowed());
         assert!(!l
-            .before_auth(ip, "/api/1", &none, T)
+            .before_auth(ip, Scope::path("/api/1"), &none, T)
             .await
             .unwrap()
             .allowed());
@@ -530,7 +555,7 @@ mod tests {
             ("u5", None, false),
         ] {
             let mut v = None;
-            l.after_auth(&mut v, ip2, "/echo/", &caller(who, tenant), T)
+            l.after_auth(&mut v, ip2, Scope::path("/echo/"), &caller(who, tenant), T)
                 .await;
             assert_eq!(v.unwrap().allowed(), ok, "{who}");
         }
@@ -544,14 +569,21 @@ mod tests {
         ]);
         let ip = Some(IpAddr::from([203, 0, 113, 12]));
         let h = HeaderMap::new();
-        assert!(l.before_auth(ip, "/", &h, T).await.unwrap().allowed());
+        assert!(l
+            .before_auth(ip, Scope::path("/"), &h, T)
+            .await
+            .unwrap()
+            .allowed());
         for _ in 0..3 {
-            let v = l.before_auth(ip, "/", &h, T).await.unwrap();
+            let v = l.before_auth(ip, Scope::path("/"), &h, T).await.unwrap();
             assert_eq!(&*v.policy, "first");
         }
         // `second` saw only the admitted request.
         let fresh = limits(vec![policy("second", PolicyKey::Ip, 5, &[])]).continuing(&l);
-        let v = fresh.before_auth(ip, "/", &h, T).await.unwrap();
+        let v = fresh
+            .before_auth(ip, Scope::path("/"), &h, T)
+            .await
+            .unwrap();
         assert_eq!(v.shown.remaining, 3, "{v:?}");
     }
 }
