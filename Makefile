@@ -68,6 +68,14 @@ test-deps: deps
 		fi
 		$(PYENV)/bin/pip install -q kubernetes-validate
 	fi
+	@$(call apt_install,chromium,chromium)
+	@$(call apt_install,chromedriver,chromium-driver)
+	@# A browser driven by WebDriver, a raw HTTP/2 client and REDbot, for tests/browser.rs,
+	@# tests/strictness.rs and tests/redbot.rs (versions pinned in tests/requirements.txt).
+	@if ! $(PYENV)/bin/python -c 'import selenium, h2, redbot' 2>/dev/null; then
+		echo "installing tests/requirements.txt (PyPI) into $(PYENV) ..."
+		$(PYENV)/bin/pip install -q -r tests/requirements.txt
+	fi
 
 build: deps
 	$(CARGO) build --release --workspace

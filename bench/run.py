@@ -13,6 +13,8 @@ BENCH_TRACING_PAIRS (scenario 7's rounds, default max(8, BENCH_PAIRS)), BENCH_CO
 
     python3 bench/run.py          the whole bench (what `make bench` runs)
     python3 bench/run.py --list   the scenarios, in the order they run, without starting anything
+    python3 bench/run.py 1 13     only the scenarios with these numbers; prints their results as
+                                  JSON and leaves docs/BENCHMARKS.md alone (a quick before/after)
 
 Layout: harness.py (settings, processes, ports, load generators, rounds), fleet.py (the processes
 measured), scenarios/ (one module per scenario, in order), report.py (the table and the docs).
@@ -34,8 +36,12 @@ def main():
         for scenario in scenarios.ALL:
             print(f"{'+'.join(map(str, scenario.NUMBERS)):6s} {scenario.TITLE} ({scenario.__name__})")
         return
-    if sys.argv[1:]:
-        raise SystemExit("usage: bench/run.py [--list]")
+    only = set()
+    for arg in sys.argv[1:]:
+        if not arg.isdigit():
+            raise SystemExit("usage: bench/run.py [--list | N ...]")
+        only.add(int(arg))
+    chosen = [s for s in scenarios.ALL if not only or only & set(s.NUMBERS)]
     raise_nofile()
     for tool in ("wrk", "nginx", "haproxy", "redis-server", "taskset"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
@@ -43,8 +49,12 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
     fleet = Fleet().start()
     results = {"config": {"seconds": SECONDS, "pairs": PAIRS, "connections": CONNS}}
-    for scenario in scenarios.ALL:
+    for scenario in chosen:
         scenario.run(fleet, results)
+    if only:
+        import json
+        print(json.dumps(results, indent=2))
+        return
     report(results, scenarios.ALL)
 
 

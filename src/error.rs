@@ -2,7 +2,22 @@
 
 use std::borrow::Cow;
 
+use std::sync::{Arc, LazyLock};
+
+use arc_swap::ArcSwap;
+
 use crate::headers;
+
+/// The realm of the `WWW-Authenticate` challenges, from `auth.realm` (set by each snapshot).
+static REALM: LazyLock<ArcSwap<String>> =
+    LazyLock::new(|| ArcSwap::from_pointee("gateway".to_string()));
+
+/// Sets the realm challenges name (`auth.realm`).
+pub(crate) fn set_realm(realm: &str) {
+    if **REALM.load() != realm {
+        REALM.store(Arc::new(realm.to_string()));
+    }
+}
 
 /// An answer the gateway gives on its own instead of (or after failing) proxying.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -116,12 +131,13 @@ impl GatewayError {
     pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
         match self {
             GatewayError::Unauthorized { token_given, .. } => {
+                let realm = REALM.load();
                 let v = if *token_given {
-                    r#"Bearer error="invalid_token""#
+                    format!(r#"Bearer realm="{realm}", error="invalid_token""#)
                 } else {
-                    "Bearer"
+                    format!(r#"Bearer realm="{realm}""#)
                 };
-                vec![(headers::WWW_AUTHENTICATE, v.to_string())]
+                vec![(headers::WWW_AUTHENTICATE, v)]
             }
             GatewayError::RateLimited {
                 retry_after_secs, ..
@@ -132,7 +148,10 @@ impl GatewayError {
                 vec![(headers::ALLOW, allow.to_string())]
             }
             GatewayError::InsufficientScope { scope, .. } => {
-                let mut v = r#"Bearer error="insufficient_scope""#.to_string();
+                let mut v = format!(
+                    r#"Bearer realm="{}", error="insufficient_scope""#,
+                    REALM.load()
+                );
                 if !scope.is_empty() {
                     v.push_str(&format!(r#", scope="{scope}""#));
                 }
@@ -172,7 +191,7 @@ mod tests {
             e.extra_headers(),
             vec![(
                 "WWW-Authenticate",
-                r#"Bearer error="invalid_token""#.to_string()
+                r#"Bearer realm="gateway", error="invalid_token""#.to_string()
             )]
         );
         let e = GatewayError::RateLimited {

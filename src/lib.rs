@@ -87,6 +87,7 @@ fn prime(config: &Config) {
     proxy::body::BodyMode::prime();
     proxy::local::Unready::prime();
     edge::auth::prime(&config.auth);
+    edge::hygiene::prime();
     aggregate::prime(&config.aggregates);
     store::prime(&config.redis);
     reload::prime();
@@ -106,6 +107,41 @@ fn prime(config: &Config) {
 fn opt_without_conf(mut opt: Opt) -> Opt {
     opt.conf = None;
     opt
+}
+
+/// The metrics listener's one page: every series in Prometheus' text format, never cached
+/// (a scrape through a caching proxy must see the values of now).
+struct MetricsPage;
+
+#[async_trait::async_trait]
+impl pingora::apps::http_app::ServeHttp for MetricsPage {
+    async fn response(
+        &self,
+        _session: &mut pingora::protocols::http::ServerSession,
+    ) -> http::Response<Vec<u8>> {
+        use pingora_prometheus::prometheus::{Encoder, TextEncoder};
+        let encoder = TextEncoder::new();
+        let mut body = Vec::new();
+        let status = match encoder.encode(&pingora_prometheus::prometheus::gather(), &mut body) {
+            Ok(()) => 200,
+            Err(_) => 500,
+        };
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        h.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        let len = resp.body().len();
+        resp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, len.into());
+        resp
+    }
 }
 
 /// The route table of `config` in match order as aligned text (`gateway routes`), or, with
@@ -202,7 +238,11 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     let reloader = reload::Reloader::new(live, shared, conf_path, conf_text);
     let (proxy, tls_reloader) = proxy_service(&config, gateway, &server)?;
 
-    let mut prometheus = pingora_prometheus::prometheus_http_service();
+    let mut page = pingora::apps::http_app::HttpServer::new_app(MetricsPage);
+    // Scrapes are text a few hundred KiB long: gzip at Pingora's level 7, as Prometheus asks.
+    page.add_module(pingora::modules::http::compression::ResponseCompressionBuilder::enable(7));
+    let mut prometheus =
+        pingora::services::listening::Service::new("Prometheus metric HTTP".to_string(), page);
     prometheus.add_tcp(&config.metrics_listen.to_string());
 
     server.add_service(proxy);

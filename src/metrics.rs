@@ -163,6 +163,24 @@ pub static UPSTREAM_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Requests refused before routing for how they were written, by reason.
+pub static HTTP_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "http_requests_rejected_total",
+        "Requests refused for their framing, target, path or headers before routing, by reason",
+        &["reason"],
+    )
+});
+
+/// Request headers the gateway did not forward, by reason (`underscore`).
+pub static HTTP_HEADERS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "http_request_headers_dropped_total",
+        "Request headers not forwarded, by reason (underscore: a name with `_`)",
+        &["reason"],
+    )
+});
+
 /// Proxied requests tried again on another backend, by route and what the try met
 /// (`connect`, or the status).
 pub static ROUTE_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {

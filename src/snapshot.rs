@@ -46,6 +46,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> std::result::Result<Snapshot, String> {
         let config = Arc::new(config);
+        crate::error::set_realm(&config.auth.realm);
         let edge = Edge::new(&config, shared.redis.clone(), previous.map(|p| &p.edge));
         let aggregates = Aggregates::build(
             &config,

@@ -323,7 +323,10 @@ async fn jwt_cases_get_the_right_status_and_never_a_panic() {
                 .to_str()
                 .unwrap()
                 .to_string();
-            assert_eq!(www, r#"Bearer error="invalid_token""#, "{name}");
+            assert_eq!(
+                www, r#"Bearer realm="gateway", error="invalid_token""#,
+                "{name}"
+            );
             let v: serde_json::Value = r.json().await.unwrap();
             assert_eq!(v["error"], "unauthorized");
             let msg = v["message"].as_str().unwrap();
@@ -336,7 +339,7 @@ async fn jwt_cases_get_the_right_status_and_never_a_panic() {
     let valid = token("1");
     let r = client().get(gw.url("/echo/x")).send().await.unwrap();
     assert_eq!(r.status(), 401, "no token");
-    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(r.headers()["www-authenticate"], r#"Bearer realm="gateway""#);
     let r = client()
         .get(gw.url("/echo/x"))
         .header("Authorization", "Basic dXNlcjpwYXNz")

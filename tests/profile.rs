@@ -343,7 +343,8 @@ async fn bad_ids_are_400() {
     let gw = start(&mocks, &section(0, 100), None).await;
     let t = token_with_roles("ops", &["admin"]);
     let long = "a".repeat(65);
-    for id in ["../1", long.as_str(), "%00", "", "a%2Fb", "a.b"] {
+    // (`../1` is normalised to /api/1 before routing: a 404, not this aggregate's.)
+    for id in [long.as_str(), "%00", "", "a%2Fb", "a.b", "a;b"] {
         let req = format!(
             "GET /api/profile/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
         );

@@ -541,10 +541,10 @@ routes:
         },
     )
     .await;
-    // Keep-alive asked for; each answer ends the connection, so it must carry
-    // `Connection: close` (a client that pooled it would send its next request into a closing
-    // socket).
-    for (path, status) in [("/dead/x", "502"), ("/down/x", "503"), ("/silent/x", "504")] {
+    // Keep-alive asked for; after an error in the proxy phase Pingora closes the connection,
+    // so the answer must carry `Connection: close` (a client that pooled it would send its
+    // next request into a closing socket).
+    for (path, status) in [("/dead/x", "502"), ("/silent/x", "504")] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n");
         let resp = common::raw_request(gw.port, request.as_bytes(), Duration::from_secs(2)).await;
         assert!(
@@ -557,6 +557,15 @@ routes:
             "{path}: {resp}"
         );
     }
+    // A group with no backend to try is answered before proxying: the connection stays, and
+    // the next request on it is answered.
+    let two = b"GET /down/x HTTP/1.1\r\nHost: t\r\n\r\nGET /down/y HTTP/1.1\r\nHost: t\r\n\r\n";
+    let resp = common::raw_request(gw.port, two, Duration::from_secs(2)).await;
+    assert_eq!(resp.matches("HTTP/1.1 503").count(), 2, "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
 }
 
 /// `/readyz`'s status and its `message`.

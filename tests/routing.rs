@@ -253,7 +253,7 @@ async fn no_route_is_404_with_or_without_a_token_and_auth_is_per_route() {
     assert_eq!(r.status(), 403);
     assert_eq!(
         r.headers()["www-authenticate"],
-        r#"Bearer error="insufficient_scope", scope="orders:write""#
+        r#"Bearer realm="gateway", error="insufficient_scope", scope="orders:write""#
     );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "insufficient_scope");

@@ -56,11 +56,17 @@ pub(crate) fn entry_carries(raw: &Bytes, tags: &[String]) -> bool {
     Entry::decode(raw).is_some_and(|e| e.tags.iter().any(|t| tags.contains(t)))
 }
 
-/// The answer for a cached entry: a fresh one says how long it stays fresh, a stale one
-/// `max-age=0`; both carry their age.
+/// The answer for a cached entry: a fresh one carries its declared lifetime, a stale one
+/// `max-age=0`; both carry their `Age`, from which a client counts what is left (RFC 9111
+/// §4.2.3: the lifetime is not shortened by the age as well).
 pub(super) fn cached_answer(e: &Entry, cache: CacheStatus, key: String, now: u64) -> Answer {
+    let lifetime = if e.is_fresh(now) {
+        e.lifetime_secs()
+    } else {
+        0
+    };
     Answer {
-        cache_control: format!("private, max-age={}", e.remaining_secs(now)),
+        cache_control: format!("private, max-age={lifetime}"),
         age: Some(e.age_secs(now)),
         body: e.body.clone(),
         cache,

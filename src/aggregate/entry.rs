@@ -86,6 +86,11 @@ impl Entry {
         std::time::Duration::from_millis((self.built_ms + self.fresh_ms).saturating_sub(now_ms))
     }
 
+    /// Its declared freshness lifetime, in whole seconds.
+    pub(crate) fn lifetime_secs(&self) -> u64 {
+        self.fresh_ms / 1000
+    }
+
     /// Whole seconds it stays fresh after `now_ms` (0 in its last second and once stale).
     pub(crate) fn remaining_secs(&self, now_ms: u64) -> u64 {
         self.remaining(now_ms).as_secs()

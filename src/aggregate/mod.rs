@@ -485,6 +485,15 @@ impl Aggregate {
         Ok(params)
     }
 
+    /// Whether `params` (as sent) name the caller by `me`: the answer then differs by caller
+    /// under one URL.
+    pub fn names_caller(&self, params: &[String]) -> bool {
+        self.config
+            .authorize
+            .as_ref()
+            .is_some_and(|rule| rule.me && params.get(rule.param).is_some_and(|v| v == "me"))
+    }
+
     /// Resolves `me` and applies `authorize` to `params`.
     pub fn authorize(
         &self,

@@ -19,6 +19,7 @@ pub(super) struct AuthFile {
     pub(super) issuers: Vec<IssuerFile>,
     pub(super) roles_claim: String,
     pub(super) forward_claims: BTreeMap<String, String>,
+    pub(super) realm: String,
 }
 
 impl Default for AuthFile {
@@ -32,6 +33,7 @@ impl Default for AuthFile {
             issuers: Vec::new(),
             roles_claim: "roles".into(),
             forward_claims: BTreeMap::new(),
+            realm: "gateway".into(),
         }
     }
 }
@@ -58,6 +60,8 @@ pub struct AuthConfig {
     /// Claims copied into headers on proxied requests (the header is stripped from the client's
     /// request first).
     pub forward_claims: Vec<(Vec<String>, http::HeaderName)>,
+    /// The `realm` of `WWW-Authenticate` challenges (RFC 6750 §3).
+    pub realm: String,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -131,6 +135,17 @@ impl AuthFile {
             }
             forward_claims.push((claim_path(&key, &claim)?, name));
         }
+        if self.realm.is_empty()
+            || self
+                .realm
+                .bytes()
+                .any(|b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b))
+        {
+            return Err(invalid(
+                "gateway.auth.realm",
+                "printable ASCII without `\"` or `\\`, not empty",
+            ));
+        }
         for (i, p) in self.public_paths.iter().enumerate() {
             if !p.starts_with('/') {
                 return Err(invalid(
@@ -149,6 +164,7 @@ impl AuthFile {
             issuers,
             roles_claim,
             forward_claims,
+            realm: self.realm,
         })
     }
 }

@@ -21,6 +21,52 @@ pub(super) struct LimitsFile {
     pub(super) max_request_body_bytes: u64,
     pub(super) max_connections_per_ip: u64,
     pub(super) response_write_timeout_ms: u64,
+    pub(super) path: PathRules,
+    pub(super) underscores_in_headers: bool,
+}
+
+/// `limits.path`: how request paths are normalised before routing (docs/LIMITS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathRules {
+    /// `//` is read as `/`.
+    pub merge_slashes: bool,
+    /// What `%2F` inside a segment is.
+    pub encoded_slash: EncodedSlash,
+    /// What a raw `\` is.
+    pub backslash: Backslash,
+}
+
+impl Default for PathRules {
+    fn default() -> Self {
+        PathRules {
+            merge_slashes: true,
+            encoded_slash: EncodedSlash::Keep,
+            backslash: Backslash::Reject,
+        }
+    }
+}
+
+/// `%2F` in a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlash {
+    /// Stays `%2F`, part of its segment (the backend decides what it means).
+    Keep,
+    /// Becomes `/`, a segment separator, before routing.
+    Decode,
+    /// 400.
+    Reject,
+}
+
+/// A raw backslash in a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backslash {
+    /// 400 (some servers read `\` as `/`, which would undo normalisation behind us).
+    Reject,
+    /// Forwarded as `%5C`, an ordinary byte of its segment.
+    Encode,
 }
 
 impl Default for LimitsFile {
@@ -37,6 +83,8 @@ impl Default for LimitsFile {
             max_request_body_bytes: 10 * 1024 * 1024,
             max_connections_per_ip: 256,
             response_write_timeout_ms: 30_000,
+            path: PathRules::default(),
+            underscores_in_headers: false,
         }
     }
 }
@@ -62,6 +110,10 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: u32,
     /// Longest a response write may wait on a client that does not read.
     pub response_write_timeout: Duration,
+    /// How request paths are normalised.
+    pub path: PathRules,
+    /// Whether header names with `_` are forwarded (else dropped and counted).
+    pub underscores_in_headers: bool,
 }
 
 /// The most a request body can be buffered: Pingora's retry buffer, which holds the body
@@ -132,6 +184,8 @@ impl LimitsFile {
                 "gateway.limits.response_write_timeout_ms",
                 self.response_write_timeout_ms,
             )?,
+            path: self.path,
+            underscores_in_headers: self.underscores_in_headers,
         })
     }
 }

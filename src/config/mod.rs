@@ -49,7 +49,7 @@ pub use auth::AuthConfig;
 pub use check::{ConfigError, Env, LoadMode, ProcessEnv};
 pub use compression::{Coding, CompressionConfig, Level};
 pub use cors::CorsPolicy;
-pub use limits::{BodyPolicy, LimitsConfig, MAX_BODY_BUFFER};
+pub use limits::{Backslash, BodyPolicy, EncodedSlash, LimitsConfig, PathRules, MAX_BODY_BUFFER};
 pub use ratelimit::{
     Algorithm, OnStoreError, PolicyConfig, PolicyKey, RateLimitConfig, DEFAULT_POLICY,
 };

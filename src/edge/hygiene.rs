@@ -7,26 +7,134 @@ use pingora::http::RequestHeader;
 use crate::config::LimitsConfig;
 use crate::error::GatewayError;
 
-/// Rejects what Pingora's parser lets through but an edge must not forward: absolute-form
-/// targets (`GET http://other/`), ambiguous `Transfer-Encoding`, oversized headers.
-/// `http2`: the request came over h2, whose target always carries `:authority` (the h2 form
-/// of `Host`), so only the path is checked.
+/// A request refused before routing: the answer and the `reason` label it is counted under
+/// (`http_requests_rejected_total`).
+#[derive(Debug)]
+pub struct Rejected {
+    /// The metric label.
+    pub reason: &'static str,
+    /// The answer (400 or 431).
+    pub error: GatewayError,
+    /// Whether the connection must close after it: the body's framing cannot be trusted.
+    pub close: bool,
+}
+
+impl Rejected {
+    fn new(reason: &'static str, message: &'static str) -> Self {
+        Rejected {
+            reason,
+            error: GatewayError::BadRequest(message.into()),
+            close: false,
+        }
+    }
+
+    fn framing(reason: &'static str, message: &'static str) -> Self {
+        Rejected {
+            close: true,
+            ..Rejected::new(reason, message)
+        }
+    }
+
+    /// A target that is neither origin form nor a usable absolute URL.
+    pub fn target_form() -> Self {
+        Rejected::new(
+            "target_form",
+            "the request target must be a path (/…) or an absolute http(s) URL",
+        )
+    }
+
+    /// A path that cannot be made canonical.
+    pub(crate) fn path(e: super::path::PathError) -> Self {
+        Rejected::new(e.reason(), e.message())
+    }
+
+    /// Counts the rejection.
+    pub fn count(&self) {
+        crate::metrics::HTTP_REJECTED
+            .with_label_values(&[self.reason])
+            .inc();
+    }
+}
+
+/// Every `reason` a rejection is counted under.
+pub const REASONS: [&str; 13] = [
+    "target_form",
+    "host_missing",
+    "host_repeated",
+    "content_length",
+    "transfer_encoding",
+    "method_case",
+    "header_size",
+    "target_bytes",
+    "path_escape",
+    "path_climbs",
+    "encoded_slash",
+    "backslash",
+    "chunked",
+];
+
+/// Primes `http_requests_rejected_total` and `http_request_headers_dropped_total`.
+pub fn prime() {
+    for r in REASONS {
+        crate::metrics::HTTP_REJECTED.with_label_values(&[r]);
+    }
+    crate::metrics::HTTP_HEADERS_DROPPED.with_label_values(&["underscore"]);
+}
+
+/// Rejects what Pingora's parser lets through but an edge must not forward, as nginx does: a
+/// target that is not origin form (absolute form is made origin form before this), an
+/// HTTP/1.1 request without exactly one `Host`, a `Content-Length` that is not one number,
+/// ambiguous `Transfer-Encoding`, a method not in upper case, oversized headers. `http2`: the
+/// request came over h2, whose target always carries `:authority` (the h2 form of `Host`).
 pub fn check_request(
     req: &RequestHeader,
     limits: &LimitsConfig,
     http2: bool,
-) -> Result<(), GatewayError> {
-    // Origin-form only: `http://other/…` (absolute form) and `*` would let a client address
-    // hosts other than ours, and upstreams may read the raw target differently from our router.
+) -> Result<(), Rejected> {
+    // Origin form only (`*` and authority form would address something other than a path).
     let path_ok = if http2 {
         req.uri.path().starts_with('/')
     } else {
         req.raw_path().first() == Some(&b'/') && req.uri.authority().is_none()
     };
     if !path_ok {
-        return Err(GatewayError::BadRequest(
-            "only origin-form request targets (/path) are accepted".into(),
+        return Err(Rejected::target_form());
+    }
+    if !http2 && req.version >= http::Version::HTTP_11 {
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) => {
+                return Err(Rejected::new(
+                    "host_missing",
+                    "an HTTP/1.1 request needs a Host header",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(Rejected::new(
+                    "host_repeated",
+                    "a request has one Host header",
+                ))
+            }
+            _ => {}
+        }
+    }
+    if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Rejected::new(
+            "method_case",
+            "methods are case-sensitive: GET, not get",
         ));
+    }
+    let mut cl = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(first) = cl.next() {
+        // One header of digits only: a list, even of equal values, is a framing a server
+        // behind us might read differently (request smuggling).
+        let digits = !first.is_empty() && first.as_bytes().iter().all(u8::is_ascii_digit);
+        if cl.next().is_some() || !digits {
+            return Err(Rejected::framing(
+                "content_length",
+                "Content-Length must be one number",
+            ));
+        }
     }
     let mut te = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
     if let Some(first) = te.next() {
@@ -36,8 +144,9 @@ pub fn check_request(
             .to_str()
             .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
         if te.next().is_some() || !only_chunked {
-            return Err(GatewayError::BadRequest(
-                "Transfer-Encoding must be a single `chunked`".into(),
+            return Err(Rejected::framing(
+                "transfer_encoding",
+                "Transfer-Encoding must be a single `chunked`",
             ));
         }
     }
@@ -46,21 +155,64 @@ pub fn check_request(
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
+    let too_large = |message: &'static str| Rejected {
+        reason: "header_size",
+        error: GatewayError::HeadersTooLarge(message.into()),
+        close: false,
+    };
     if header_bytes > limits.max_request_header_bytes {
-        return Err(GatewayError::HeadersTooLarge(
-            "request headers too large".into(),
-        ));
+        return Err(too_large("request headers too large"));
     }
     if req
         .headers
         .get(http::header::AUTHORIZATION)
         .is_some_and(|v| v.len() > limits.max_authorization_bytes)
     {
-        return Err(GatewayError::HeadersTooLarge(
-            "Authorization header too large".into(),
-        ));
+        return Err(too_large("Authorization header too large"));
     }
     Ok(())
+}
+
+/// An absolute-form target (`GET http://api.example.com/x`, which RFC 9112 §3.2.2 says a
+/// server must accept) made origin form, its authority replacing `Host`. `false` when the
+/// scheme is not http(s).
+pub fn to_origin_form(req: &mut RequestHeader) -> bool {
+    // Pingora keeps the target as sent; its `uri` may not carry the authority.
+    let Ok(target) = http::Uri::try_from(req.raw_path()) else {
+        return false;
+    };
+    let Some(authority) = target.authority().map(|a| a.as_str().to_string()) else {
+        return false;
+    };
+    if !matches!(target.scheme_str(), Some("http" | "https")) {
+        return false;
+    }
+    let origin = target
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let Ok(uri) = origin.parse::<http::Uri>() else {
+        return false;
+    };
+    req.set_uri(uri);
+    req.insert_header(http::header::HOST, authority).is_ok()
+}
+
+/// Removes header names with `_` (frameworks that map `_` to `-` would read
+/// `Transfer_Encoding` as a second `Transfer-Encoding`), counting each.
+pub fn drop_underscored(req: &mut RequestHeader) {
+    let names: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in names {
+        req.remove_header(&n);
+        crate::metrics::HTTP_HEADERS_DROPPED
+            .with_label_values(&["underscore"])
+            .inc();
+    }
 }
 
 /// Whether a client-sent request id is safe to keep (and echo into logs and headers).
@@ -146,11 +298,16 @@ mod tests {
             body_buffer_total: 1 << 20,
             max_connections_per_ip: 16,
             response_write_timeout: std::time::Duration::from_secs(30),
+            path: crate::config::PathRules::default(),
+            underscores_in_headers: false,
         }
     }
 
     fn req(target: &[u8], headers: &[(&'static str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("POST", target, None).expect("request");
+        if !headers.iter().any(|(k, _)| *k == "host") {
+            r.append_header("host", "h").expect("host");
+        }
         for (k, v) in headers {
             r.append_header(*k, *v).expect("header");
         }
@@ -171,15 +328,45 @@ mod tests {
             vec![("transfer-encoding", "gzip, chunked")],
             vec![("transfer-encoding", "xchunked")],
         ] {
-            let e = check_request(&req(b"/a", &bad), &l, false).map_err(|e| e.status());
+            let e = check_request(&req(b"/a", &bad), &l, false).map_err(|e| e.error.status());
             assert_eq!(e, Err(400), "{bad:?}");
         }
+        for (bad, reason) in [
+            (vec![("content-length", "5, 5")], "content_length"),
+            (vec![("content-length", "+5")], "content_length"),
+            (
+                vec![("content-length", "5"), ("content-length", "5")],
+                "content_length",
+            ),
+            (vec![("host", "a"), ("host", "b")], "host_repeated"),
+        ] {
+            let e = check_request(&req(b"/a", &bad), &l, false)
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(e.reason, reason, "{bad:?}");
+        }
+        let mut no_host = RequestHeader::build("GET", b"/", None).expect("request");
+        assert_eq!(
+            check_request(&no_host, &l, false).unwrap_err().reason,
+            "host_missing"
+        );
+        no_host.set_version(http::Version::HTTP_10);
+        assert!(
+            check_request(&no_host, &l, false).is_ok(),
+            "HTTP/1.0 needs no Host"
+        );
+        let lower = RequestHeader::build("get", b"/", None).expect("request");
+        assert_eq!(
+            check_request(&lower, &l, true).unwrap_err().reason,
+            "method_case"
+        );
         let big = "a".repeat(2000);
-        let e = check_request(&req(b"/a", &[("x-big", &big)]), &l, false).map_err(|e| e.status());
+        let e =
+            check_request(&req(b"/a", &[("x-big", &big)]), &l, false).map_err(|e| e.error.status());
         assert_eq!(e, Err(431));
         let auth = "a".repeat(100);
         let e = check_request(&req(b"/a", &[("authorization", &auth)]), &l, false)
-            .map_err(|e| e.status());
+            .map_err(|e| e.error.status());
         assert_eq!(e, Err(431));
     }
 

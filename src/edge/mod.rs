@@ -26,6 +26,7 @@ pub mod auth;
 pub(crate) mod client;
 pub(crate) mod cors;
 pub(crate) mod hygiene;
+pub(crate) mod path;
 pub mod ratelimit;
 
 use self::auth::{Authenticator, Identity};

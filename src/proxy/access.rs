@@ -26,6 +26,9 @@ pub(crate) struct AccessRecord<'a> {
     pub(crate) config_generation: u64,
     /// Path with query parameter names but not their values (values may carry secrets).
     pub(crate) path: String,
+    /// The path as the client sent it, when normalisation changed it (query values dropped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) original_path: Option<String>,
     /// Route name.
     pub(crate) route: &'a str,
     /// The aggregate that answered, on aggregate routes.

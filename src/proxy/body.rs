@@ -266,6 +266,7 @@ pub(crate) async fn prepare(
         }
         Ok(Err(ReadStop::TooLarge)) => return Err(Some(too_large(policy.max_bytes))),
         Ok(Err(ReadStop::Gone)) => return Err(None),
+        Ok(Err(ReadStop::Malformed)) => return Err(Some(malformed())),
         Ok(Ok(mode)) => mode,
     };
     mode.count();
@@ -292,6 +293,25 @@ enum ReadStop {
     TooLarge,
     /// The client closed or the read failed.
     Gone,
+    /// The body's framing is broken (bad chunk size, missing CRLF).
+    Malformed,
+}
+
+/// Whether a body read failed on the client's framing (a chunk Pingora's reader refused),
+/// rather than on the connection.
+pub(crate) fn is_malformed(e: &pingora::Error) -> bool {
+    // Pingora's reader raises its own `InvalidChunk` type, from a module it does not export.
+    matches!(e.etype(), pingora::ErrorType::Custom("InvalidChunk"))
+}
+
+/// The refusal of a body whose framing is broken, counted as `chunked`.
+pub(crate) fn malformed() -> Refusal {
+    crate::metrics::HTTP_REJECTED
+        .with_label_values(&["chunked"])
+        .inc();
+    Refusal {
+        error: GatewayError::BadRequest("the request body's chunked framing is malformed".into()),
+    }
 }
 
 /// Reads until the body ends or `limit` bytes are in; the mode says which.
@@ -310,6 +330,7 @@ async fn read_up_to(
         let chunk = match session.read_request_body().await {
             Ok(Some(c)) => c,
             Ok(None) => return Ok(BodyMode::Buffered),
+            Err(e) if is_malformed(&e) => return Err(ReadStop::Malformed),
             Err(_) => return Err(ReadStop::Gone),
         };
         total += chunk.len();

@@ -26,6 +26,11 @@ pub struct Ctx {
     pub(super) snap: Arc<Snapshot>,
     /// request_filter: where the request goes.
     pub(super) route: Route,
+    /// request_filter: the request carried credentials the gateway checked, so its answer
+    /// is the caller's (`Vary: Authorization`).
+    pub(super) credentialed: bool,
+    /// request_filter: the target as sent, when normalisation changed it.
+    pub(super) original_target: Option<String>,
     /// request_filter: the matched template's params (empty for other routes).
     pub(super) params: Vec<(Box<str>, Box<str>)>,
     /// upstream_response_filter: the backend's status is one the route retries; the error

@@ -98,8 +98,10 @@ impl Gateway {
         aggregate: &Arc<Aggregate>,
     ) -> Result<()> {
         let req = session.req_header();
+        let mut by_caller = false;
         let target = if aggregate.allows(&req.method) {
             aggregate.params(req.uri.path()).and_then(|mut params| {
+                by_caller = aggregate.names_caller(&params);
                 aggregate
                     .authorize(&mut params, ctx.identity.as_deref())
                     .map(|()| params)
@@ -122,9 +124,16 @@ impl Gateway {
             Err(e) => Err(e),
         };
         let mut headers = ctx.local_headers();
+        // The answer is the caller's: no shared cache may give it to another caller, and a
+        // browser's own cache must not either when the next request carries another token.
+        headers.push(("Vary", http::HeaderValue::from_static("Authorization")));
         match result {
-            Ok(answer) => {
+            Ok(mut answer) => {
                 ctx.cache = Some(answer.cache);
+                if by_caller {
+                    // One URL, a different document per caller: always asked again.
+                    answer.cache_control = "private, no-cache".into();
+                }
                 headers.push((
                     headers::X_CACHE,
                     http::HeaderValue::from_static(answer.cache.header_value()),
@@ -202,7 +211,7 @@ impl Gateway {
                 }
                 None => br#"{"status":"ready"}"#,
             },
-            Route::NotFound => {
+            Route::NotFound | Route::Invalid => {
                 let e = GatewayError::NotFound("no route matches this request".into());
                 respond::error(session, &e, &ctx.local_headers()).await?;
                 return Ok(true);

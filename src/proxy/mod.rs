@@ -96,6 +96,37 @@ fn answered(session: &Session) -> bool {
         .is_some_and(|r| !r.status.is_informational())
 }
 
+/// Makes the request's head what the rest of the gateway reads: absolute form made origin
+/// form, the framing and header rules checked, underscored header names dropped, the path
+/// normalised (the target as sent kept in `ctx.original_target`).
+fn prepare_head(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    limits: &crate::config::LimitsConfig,
+    http2: bool,
+) -> std::result::Result<(), hygiene::Rejected> {
+    let req = session.req_header_mut();
+    if !http2 && req.raw_path().first() != Some(&b'/') && !hygiene::to_origin_form(req) {
+        return Err(hygiene::Rejected::target_form());
+    }
+    hygiene::check_request(req, limits, http2)?;
+    if !limits.underscores_in_headers {
+        hygiene::drop_underscored(req);
+    }
+    match crate::edge::path::normalise(req.raw_path(), &limits.path) {
+        Ok(None) => Ok(()),
+        Ok(Some(canon)) => {
+            let mut parts = req.uri.clone().into_parts();
+            parts.path_and_query = canon.parse().ok();
+            let uri = http::Uri::from_parts(parts).map_err(|_| hygiene::Rejected::target_form())?;
+            ctx.original_target = Some(String::from_utf8_lossy(req.raw_path()).into_owned());
+            req.set_uri(uri);
+            Ok(())
+        }
+        Err(e) => Err(hygiene::Rejected::path(e)),
+    }
+}
+
 /// What a request must show before it is served.
 #[derive(Debug, Clone, Copy)]
 enum Access {
@@ -111,7 +142,7 @@ impl Access {
     fn of(route: &Route, auth: &crate::config::AuthConfig, path: &str) -> Access {
         match route {
             r if r.is_probe() => Access::Public,
-            Route::NotFound | Route::NotAllowed(_) => Access::Unrouted,
+            Route::NotFound | Route::NotAllowed(_) | Route::Invalid => Access::Unrouted,
             _ if auth.is_public(path) => Access::Public,
             Route::Proxy(r) | Route::Direct(r) => match r.config.auth {
                 RouteAuth::Public => Access::Public,
@@ -215,6 +246,8 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             snap: self.live.load_full(),
             route: Route::NotFound,
+            original_target: None,
+            credentialed: false,
             params: Vec::new(),
             retry_status: false,
             request_id: String::new(),
@@ -254,6 +287,19 @@ impl ProxyHttp for Gateway {
                 &snap.config.rate_limit.trusted_proxies,
             )
         });
+        let http2 = session.is_http2();
+        // Nothing is routed or authenticated before the request is known to be well formed
+        // and its path canonical: what the router and the checks saw is what the backend gets.
+        if let Err(rejected) = prepare_head(session, ctx, &snap.config.limits, http2) {
+            rejected.count();
+            ctx.route = Route::Invalid;
+            if rejected.close {
+                return self.refuse(session, ctx, &rejected.error).await;
+            }
+            respond::error(session, &rejected.error, &ctx.local_headers()).await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
         ctx.route = snap.routes.route(
             &routes::Request {
                 uri: &req.uri,
@@ -267,12 +313,6 @@ impl ProxyHttp for Gateway {
             if !ctx.route.is_probe() {
                 ctx.trace = Some(spans::start(tracer, session, ctx));
             }
-        }
-        let http2 = session.is_http2();
-        let req = session.req_header();
-        if let Err(e) = hygiene::check_request(req, &snap.config.limits, http2) {
-            respond::error(session, &e, &ctx.local_headers()).await?;
-            return Ok(true);
         }
         if snap.config.redirect_http && !ctx.route.is_probe() && !is_tls(session) {
             return self.redirect_to_https(session, ctx).await;
@@ -322,6 +362,7 @@ impl ProxyHttp for Gateway {
                 }
             }
             Access::Token { optional } => {
+                ctx.credentialed = req.headers.contains_key(http::header::AUTHORIZATION);
                 let verdict = snap.edge.check(client, scope, &req.headers, optional).await;
                 ctx.rate = verdict.rate;
                 spans::edge(ctx, verdict.auth);
@@ -340,6 +381,17 @@ impl ProxyHttp for Gateway {
                         return Ok(true);
                     }
                 }
+            }
+        }
+        if let Some(group) = ctx.route.config().and_then(|r| r.group.as_ref()) {
+            if !group.has_candidate(Instant::now()) {
+                // Answered before proxying, so the connection stays open (after an error in
+                // the proxy phase Pingora closes it).
+                let e = GatewayError::Unavailable(
+                    format!("no healthy backend in upstream group `{}`", group.name).into(),
+                );
+                respond::error(session, &e, &ctx.local_headers()).await?;
+                return Ok(true);
             }
         }
         if let Route::Proxy(route) = &ctx.route {
@@ -661,6 +713,10 @@ impl ProxyHttp for Gateway {
             }
         }
         resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        if ctx.credentialed {
+            // An answer to a caller's token is that caller's: no cache may hand it to another.
+            resp.append_header(http::header::VARY, "Authorization")?;
+        }
         if let Some(d) = &ctx.rate {
             for (name, value) in d.headers() {
                 resp.insert_header(name, value)?;
@@ -771,6 +827,11 @@ impl ProxyHttp for Gateway {
     /// the backend's header was already sent (the client then sees a cut stream, never a second
     /// response). The connection is never reused after this.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if body::is_malformed(e) && !answered(session) {
+            // A streamed body whose chunked framing broke: 400 (below), counted like the
+            // refusals made before proxying.
+            metrics::HTTP_REJECTED.with_label_values(&["chunked"]).inc();
+        }
         if let Some(event) = respond::client_event(e, answered(session)) {
             report(event);
         }
@@ -784,8 +845,10 @@ impl ProxyHttp for Gateway {
             tracing::error!(request_id = %ctx.request_id, error = %e, "internal error while proxying");
         }
         if !answered(session) {
-            // The connection is not reused after this answer (below), so the answer says so:
-            // a client must never pool a connection that is about to close.
+            // Pingora closes the connection after an error once proxying began (it reuses the
+            // client's connection only when the upstream exchange completed), so the answer
+            // says so: a client must never pool a connection that is about to close. A group
+            // with no backend to try is answered in request_filter instead, connection kept.
             session.as_downstream_mut().set_keepalive(None);
             if let Err(write_err) = respond::error(session, &err, &ctx.local_headers()).await {
                 tracing::debug!(error = %write_err, "could not write the error response");
@@ -842,6 +905,10 @@ impl ProxyHttp for Gateway {
                 method: req.method.as_str(),
                 protocol,
                 path: access::redact_query(req.uri.path(), req.uri.query()),
+                original_path: ctx.original_target.as_deref().map(|t| {
+                    let (p, q) = t.split_once('?').map_or((t, None), |(p, q)| (p, Some(q)));
+                    access::redact_query(p, q)
+                }),
                 route,
                 aggregate: match &ctx.route {
                     Route::Aggregate(a) => Some(a.name()),

@@ -19,7 +19,7 @@ pub(super) fn start(tracer: &Tracer, session: &Session, ctx: &Ctx) -> RequestTra
             Route::Proxy(r) | Route::Direct(r) => (Some(r.config.path.text()), &r.config.name),
             Route::Healthz => (Some("/healthz"), "healthz"),
             Route::Readyz => (Some("/readyz"), "readyz"),
-            Route::NotFound | Route::NotAllowed(_) => (None, ctx.route.label()),
+            Route::NotFound | Route::NotAllowed(_) | Route::Invalid => (None, ctx.route.label()),
         };
         rec.name(match template {
             Some(t) => trace::span_name(method.as_str(), t),

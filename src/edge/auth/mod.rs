@@ -408,6 +408,7 @@ mod tests {
             issuers: vec![],
             roles_claim: vec!["roles".into()],
             forward_claims: vec![],
+            realm: "gateway".into(),
         };
         Authenticator::new(&cfg, 8192, &[], vec![], false)
     }

@@ -41,6 +41,8 @@ pub(crate) enum Route {
     NotAllowed(Arc<str>),
     /// Nothing matched.
     NotFound,
+    /// Refused before routing: malformed, or a path that cannot be made canonical.
+    Invalid,
 }
 
 impl Route {
@@ -53,6 +55,7 @@ impl Route {
             Route::Proxy(r) | Route::Direct(r) => &r.config.name,
             Route::NotAllowed(_) => "method_not_allowed",
             Route::NotFound => "not_found",
+            Route::Invalid => "invalid",
         }
     }
 
