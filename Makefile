@@ -11,13 +11,14 @@ export JWT_SECRET
 
 APT_UPDATED := /tmp/.gateway-apt-updated
 
-.PHONY: help deps test-deps build run test lint fmt clean soak bench
+.PHONY: help deps test-deps build run test lint fmt clean soak bench fuzz
 
 help:
 	@echo "make run    build (release), start the mocks and the gateway on the embedded store"
 	@echo "make test   run every test (unit + integration with real redis-server and mocks)"
 	@echo "make lint   cargo fmt --check, clippy -D warnings, and no import cycle among src/ files"
 	@echo "make soak   mixed traffic with Redis/backend chaos for SOAK_SECONDS (default 300)"
+	@echo "make fuzz   every fuzz target (fuzz/) for FUZZ_SECONDS each (default 60)"
 	@echo "make bench  the gateway beside nginx, HAProxy, bare Pingora, Traefik and Caddy (BENCH_SECONDS per run, default 3; about 15 minutes)"
 
 # apt-get update runs once, and only when something is missing.
@@ -142,6 +143,23 @@ bench: deps
 	fi
 	$(CARGO) build --release --workspace --bins --examples
 	PEERS_BIN=$(PYENV)/bin python3 bench/run.py
+
+# Coverage-guided fuzzing with cargo-fuzz (libFuzzer), without a sanitizer: the targets are
+# safe Rust and what they look for is a panic or a broken invariant. Stable Rust builds them
+# (`-s none` needs no -Z flag). Each target's corpus grows under target/fuzz-corpus/; the seeds
+# in fuzz/corpus/ are read only. A crash is saved under fuzz/artifacts/ and stops the run.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := path head token key_documents templates route config
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@set -euo pipefail
+	cd fuzz
+	for t in $(FUZZ_TARGETS); do
+		mkdir -p ../target/fuzz-corpus/$$t
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"
+		$(CARGO) fuzz run -s none $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+	done
 
 lint: deps
 	$(CARGO) fmt --all -- --check

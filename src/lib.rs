@@ -29,6 +29,8 @@ pub mod config;
 pub(crate) mod conn;
 pub mod edge;
 pub(crate) mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub(crate) mod headers;
 pub mod logging;
 pub(crate) mod metrics;

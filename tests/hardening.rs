@@ -62,20 +62,22 @@ async fn ambiguous_framing_is_refused_and_nothing_is_smuggled() {
         rec.received()
     );
 
-    // CL + TE: framed by TE, one request upstream, keep-alive off; the smuggled request that
-    // follows in the same bytes never reaches the upstream, least of all unauthenticated.
-    let raw = b"POST /pub/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /priv/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
-    let resp = raw_request(gw.port, raw, QUIET).await;
-    assert_eq!(status(&resp), "200", "{resp}");
-    assert!(
-        resp.to_ascii_lowercase().contains("connection: close"),
-        "{resp}"
-    );
+    // CL + TE (CL.TE / TE.CL): Pingora's parser drops the Content-Length and frames the body
+    // by TE, and the connection closes after the answer: one request upstream, with no framing
+    // header of the client's; the request smuggled behind it never reaches the upstream.
+    for raw in [
+        &b"POST /pub/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /priv/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"POST /pub/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 45\r\n\r\n0\r\n\r\nGET /priv/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let resp = raw_request(gw.port, raw, QUIET).await;
+        assert_eq!(status(&resp), "200", "{resp}");
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{resp}"
+        );
+    }
     let seen = rec.received();
-    assert_eq!(rec.request_count(), 1, "{seen}");
-    // The body (empty, chunked) was read before proxying, so the backend gets a request with
-    // no body and no framing headers; never the client's Content-Length.
-    assert!(seen.contains("POST /pub/a HTTP/1.1"), "{seen}");
+    assert_eq!(rec.request_count(), 2, "{seen}");
     assert!(
         !seen.to_ascii_lowercase().contains("content-length"),
         "{seen}"

@@ -621,3 +621,73 @@ async fn h2_requests_are_routed_by_their_authority() {
         1.0
     );
 }
+
+/// A route's `rate_limit` names the policies it counts (and only those); `total_ms` bounds the
+/// whole request; the admin API lists the table.
+#[tokio::test]
+async fn route_policies_total_timeouts_and_the_admin_table() {
+    let echo = EchoServer::start().await;
+    let admin = common::free_port();
+    let gw = Gateway::start(
+        &format!(
+            r#"services: {{}}
+aggregates: []
+admin: {{ listen: "127.0.0.1:{admin}" }}
+rate_limit:
+  per_minute: 100000
+  policies: [{{ name: tight, key: ip, limit: 2, window_seconds: 86400 }}]
+upstreams:
+  echo: {{ backends: ["127.0.0.1:{port}"] }}
+routes:
+  - {{ name: tight, match: {{ path: {{ prefix: "/tight/" }} }}, upstream: echo, auth: optional, rate_limit: [tight] }}
+  - {{ name: loose, match: {{ path: {{ prefix: "/loose/" }} }}, upstream: echo, auth: optional, rate_limit: [default] }}
+  - {{ name: bounded, match: {{ path: {{ prefix: "/bounded/" }} }}, upstream: echo, auth: optional, rate_limit: [default], timeouts: {{ read_ms: 5000, total_ms: 1000 }} }}
+"#,
+            port = echo.port
+        ),
+        &[("ADMIN_TOKEN", "admin-token-for-the-tests-0123456789".to_string())],
+    )
+    .await;
+    let c = client();
+    let statuses: Vec<u16> = futures_statuses(&c, &gw, "/tight/x", 3).await;
+    assert_eq!(statuses, [200, 200, 429]);
+    // The other route names only the default policy: `tight` does not count it (without a
+    // list, a policy with no `routes:` of its own counts on every route).
+    assert_eq!(
+        futures_statuses(&c, &gw, "/loose/x", 3).await,
+        [200, 200, 200]
+    );
+    let m = gw.metrics().await;
+    assert_eq!(common::decisions(&m, "memory", "tight", "allowed"), 2.0);
+    assert_eq!(common::decisions(&m, "memory", "tight", "limited"), 1.0);
+    // 5 s per read, 1 s in all: a 3 s backend is a 504.
+    let r = c.get(gw.url("/bounded/slow?ms=3000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    let r = c
+        .get(format!("http://127.0.0.1:{admin}/routes"))
+        .bearer_auth("admin-token-for-the-tests-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let names: Vec<&str> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    // Match order: the longer prefix first, then conf order.
+    assert_eq!(names, ["bounded", "tight", "loose"], "{v}");
+    assert_eq!(v["routes"][1]["policies"], json!(["tight"]));
+    assert_eq!(v["routes"][0]["policies"], json!(["default"]));
+}
+
+/// `n` GETs of `path` in a row: their statuses.
+async fn futures_statuses(c: &reqwest::Client, gw: &Gateway, path: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(c.get(gw.url(path)).send().await.unwrap().status().as_u16());
+    }
+    out
+}

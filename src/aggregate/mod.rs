@@ -41,7 +41,7 @@ mod flight;
 mod graph;
 mod key;
 mod local;
-mod template;
+pub(crate) mod template;
 
 use self::client::ServiceClient;
 use self::key::Fingerprint;

@@ -33,7 +33,7 @@ fn push_segment(out: &mut String, v: &serde_json::Value) -> Option<()> {
 
 /// The filled template; `None` when a value it names is missing or not a scalar (the leg
 /// fails). `values` are the legs this one depends on, by leg index.
-pub(super) fn render(
+pub(crate) fn render(
     t: &Template,
     params: &[String],
     values: &[(usize, &serde_json::Value)],

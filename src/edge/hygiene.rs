@@ -90,7 +90,7 @@ pub fn check_request(
     req: &RequestHeader,
     limits: &LimitsConfig,
     http2: bool,
-) -> Result<(), Rejected> {
+) -> Result<Head, Rejected> {
     // Origin form only (`*` and authority form would address something other than a path).
     let path_ok = if http2 {
         req.uri.path().starts_with('/')
@@ -100,77 +100,97 @@ pub fn check_request(
     if !path_ok {
         return Err(Rejected::target_form());
     }
-    if !http2 && req.version >= http::Version::HTTP_11 {
-        let mut hosts = req.headers.get_all(http::header::HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (None, _) => {
-                return Err(Rejected::new(
-                    "host_missing",
-                    "an HTTP/1.1 request needs a Host header",
-                ))
-            }
-            (Some(_), Some(_)) => {
-                return Err(Rejected::new(
-                    "host_repeated",
-                    "a request has one Host header",
-                ))
-            }
-            _ => {}
-        }
-    }
     if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(Rejected::new(
             "method_case",
             "methods are case-sensitive: GET, not get",
         ));
     }
-    let mut cl = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
-    if let Some(first) = cl.next() {
+    // One pass over the headers (each value once) instead of a hashed lookup per rule.
+    let (mut hosts, mut header_bytes, mut underscored) = (0usize, 0usize, false);
+    let mut cl: (usize, Option<&http::HeaderValue>) = (0, None);
+    let mut te: (usize, Option<&http::HeaderValue>) = (0, None);
+    for (k, v) in req.headers.iter() {
+        header_bytes += k.as_str().len() + v.len() + 4;
+        if *k == http::header::HOST {
+            hosts += 1;
+        } else if *k == http::header::CONTENT_LENGTH {
+            cl = (cl.0 + 1, Some(v));
+        } else if *k == http::header::TRANSFER_ENCODING {
+            te = (te.0 + 1, Some(v));
+        } else if *k == http::header::AUTHORIZATION && v.len() > limits.max_authorization_bytes {
+            return Err(too_large("Authorization header too large"));
+        }
+        underscored |= k.as_str().contains('_');
+    }
+    if !http2 && req.version >= http::Version::HTTP_11 {
+        match hosts {
+            0 => {
+                return Err(Rejected::new(
+                    "host_missing",
+                    "an HTTP/1.1 request needs a Host header",
+                ))
+            }
+            1 => {}
+            _ => {
+                return Err(Rejected::new(
+                    "host_repeated",
+                    "a request has one Host header",
+                ))
+            }
+        }
+    }
+    if let (n, Some(first)) = cl {
         // One header of digits only: a list, even of equal values, is a framing a server
         // behind us might read differently (request smuggling).
         let digits = !first.is_empty() && first.as_bytes().iter().all(u8::is_ascii_digit);
-        if cl.next().is_some() || !digits {
+        if n > 1 || !digits {
             return Err(Rejected::framing(
                 "content_length",
                 "Content-Length must be one number",
             ));
         }
     }
-    let mut te = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
-    if let Some(first) = te.next() {
+    if let (n, Some(first)) = te {
+        // Both framings at once: the request a server behind us would see depends on which
+        // one it believes (RFC 9112 §6.1 lets a server refuse it; nothing legitimate sends it).
+        if cl.0 > 0 {
+            return Err(Rejected::framing(
+                "transfer_encoding",
+                "Content-Length and Transfer-Encoding together",
+            ));
+        }
         // Exactly one header whose only coding is `chunked`: anything else is a framing
         // ambiguity that a server behind us might resolve differently (request smuggling).
         let only_chunked = first
             .to_str()
             .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
-        if te.next().is_some() || !only_chunked {
+        if n > 1 || !only_chunked {
             return Err(Rejected::framing(
                 "transfer_encoding",
                 "Transfer-Encoding must be a single `chunked`",
             ));
         }
     }
-    let header_bytes: usize = req
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    let too_large = |message: &'static str| Rejected {
-        reason: "header_size",
-        error: GatewayError::HeadersTooLarge(message.into()),
-        close: false,
-    };
     if header_bytes > limits.max_request_header_bytes {
         return Err(too_large("request headers too large"));
     }
-    if req
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .is_some_and(|v| v.len() > limits.max_authorization_bytes)
-    {
-        return Err(too_large("Authorization header too large"));
+    Ok(Head { underscored })
+}
+
+/// What [`check_request`] learnt of an accepted head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Some header name has a `_` ([`drop_underscored`] has work to do).
+    pub underscored: bool,
+}
+
+fn too_large(message: &'static str) -> Rejected {
+    Rejected {
+        reason: "header_size",
+        error: GatewayError::HeadersTooLarge(message.into()),
+        close: false,
     }
-    Ok(())
 }
 
 /// An absolute-form target (`GET http://api.example.com/x`, which RFC 9112 §3.2.2 says a

@@ -26,6 +26,9 @@ pub struct Ctx {
     pub(super) snap: Arc<Snapshot>,
     /// request_filter: where the request goes.
     pub(super) route: Route,
+    /// request_filter: the backend of the first try, picked before proxying (upstream_peer
+    /// takes it).
+    pub(super) first_pick: Option<pingora::lb::Backend>,
     /// request_filter: the request carried credentials the gateway checked, so its answer
     /// is the caller's (`Vary: Authorization`).
     pub(super) credentialed: bool,

@@ -29,14 +29,6 @@ impl PassiveHealth {
         )))
     }
 
-    /// Whether `backend`'s breaker is open at `now` (a read: no probe is let through).
-    pub(crate) fn is_open(backend: &Backend, now: Instant) -> bool {
-        backend
-            .ext
-            .get::<PassiveHealth>()
-            .is_some_and(|p| p.0.state(now) == crate::resilience::BreakerState::Open)
-    }
-
     /// Whether `backend` may take a request now (always, without passive state).
     pub(crate) fn admits(backend: &Backend, group: &str, now: Instant) -> bool {
         let Some(p) = backend.ext.get::<PassiveHealth>() else {

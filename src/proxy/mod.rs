@@ -109,8 +109,8 @@ fn prepare_head(
     if !http2 && req.raw_path().first() != Some(&b'/') && !hygiene::to_origin_form(req) {
         return Err(hygiene::Rejected::target_form());
     }
-    hygiene::check_request(req, limits, http2)?;
-    if !limits.underscores_in_headers {
+    let head = hygiene::check_request(req, limits, http2)?;
+    if head.underscored && !limits.underscores_in_headers {
         hygiene::drop_underscored(req);
     }
     match crate::edge::path::normalise(req.raw_path(), &limits.path) {
@@ -248,6 +248,7 @@ impl ProxyHttp for Gateway {
             route: Route::NotFound,
             original_target: None,
             credentialed: false,
+            first_pick: None,
             params: Vec::new(),
             retry_status: false,
             request_id: String::new(),
@@ -383,17 +384,6 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if let Some(group) = ctx.route.config().and_then(|r| r.group.as_ref()) {
-            if !group.has_candidate(Instant::now()) {
-                // Answered before proxying, so the connection stays open (after an error in
-                // the proxy phase Pingora closes it).
-                let e = GatewayError::Unavailable(
-                    format!("no healthy backend in upstream group `{}`", group.name).into(),
-                );
-                respond::error(session, &e, &ctx.local_headers()).await?;
-                return Ok(true);
-            }
-        }
         if let Route::Proxy(route) = &ctx.route {
             // After the edge, so that only admitted clients get a buffer.
             match body::prepare(session, &route.config.body, &self.body_budget).await {
@@ -405,6 +395,25 @@ impl ProxyHttp for Gateway {
                         "client went away while its request body was read",
                     )
                     .into_down())
+                }
+            }
+            // The first backend is picked here, last, so that a group with none to try is
+            // answered before proxying and the connection stays open (after an error in the
+            // proxy phase Pingora closes it); upstream_peer takes this pick.
+            let Route::Proxy(route) = &ctx.route else {
+                return self.answer_local(session, ctx).await;
+            };
+            if let Some(group) = &route.group {
+                ctx.first_pick = group.select(&[], Instant::now());
+                if ctx.first_pick.is_none() {
+                    let e = GatewayError::Unavailable(
+                        format!("no healthy backend in upstream group `{}`", group.name).into(),
+                    );
+                    if session.as_downstream_mut().is_body_done() {
+                        respond::error(session, &e, &ctx.local_headers()).await?;
+                        return Ok(true);
+                    }
+                    return self.refuse(session, ctx, &e).await;
                 }
             }
         }
@@ -469,10 +478,15 @@ impl ProxyHttp for Gateway {
             ));
             return Err(Error::explain(ErrorType::HTTPStatus(504), "total timeout"));
         }
-        if ctx.tried.is_empty() {
+        if ctx.tried.is_empty() && route.config.retries.is_some() {
+            // Only routes that retry draw from the budget, so only they fill it.
             group.retry_budget.deposit(now);
         }
-        let Some(backend) = group.select(&ctx.tried, now) else {
+        let pick = match ctx.first_pick.take() {
+            Some(b) if ctx.tried.is_empty() => Some(b),
+            _ => group.select(&ctx.tried, now),
+        };
+        let Some(backend) = pick else {
             ctx.local_error = Some(GatewayError::Unavailable(
                 format!("no healthy backend in upstream group `{}`", group.name).into(),
             ));
@@ -715,7 +729,10 @@ impl ProxyHttp for Gateway {
         resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
         if ctx.credentialed {
             // An answer to a caller's token is that caller's: no cache may hand it to another.
-            resp.append_header(http::header::VARY, "Authorization")?;
+            resp.append_header(
+                http::header::VARY,
+                http::HeaderValue::from_static("Authorization"),
+            )?;
         }
         if let Some(d) = &ctx.rate {
             for (name, value) in d.headers() {

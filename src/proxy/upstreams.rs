@@ -63,15 +63,6 @@ impl UpstreamGroup {
         backends.get_backend().iter().any(|b| backends.ready(b))
     }
 
-    /// Whether some backend could take a request now: healthy, its breaker not open.
-    pub(crate) fn has_candidate(&self, now: Instant) -> bool {
-        let backends = self.lb.backends();
-        backends
-            .get_backend()
-            .iter()
-            .any(|b| backends.ready(b) && !PassiveHealth::is_open(b, now))
-    }
-
     /// Picks the next healthy backend not in `exclude` whose passive breaker admits a request.
     pub(crate) fn select(&self, exclude: &[SocketAddr], now: Instant) -> Option<Backend> {
         let max = self.config.backends.len().saturating_mul(2).max(8);

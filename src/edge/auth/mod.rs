@@ -29,7 +29,7 @@ mod claims;
 mod error;
 mod identity;
 mod issuer;
-mod jwks;
+pub(crate) mod jwks;
 pub(crate) mod provider;
 mod refresh;
 

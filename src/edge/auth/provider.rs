@@ -240,25 +240,7 @@ impl Provider {
             KeySource::Jwks(u) => u.clone(),
             KeySource::Discovery(doc) => {
                 let (body, _) = self.get(doc.as_str()).await?;
-                let doc: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|e| format!("discovery document is not JSON: {e}"))?;
-                let issuer = doc["issuer"].as_str().unwrap_or_default();
-                if issuer != self.config.issuer {
-                    return Err(format!(
-                        "discovery says issuer `{issuer}`, configured `{}`",
-                        self.config.issuer
-                    ));
-                }
-                let uri = doc["jwks_uri"]
-                    .as_str()
-                    .ok_or("discovery document has no jwks_uri")?;
-                let url = url::Url::parse(uri).map_err(|e| format!("jwks_uri `{uri}`: {e}"))?;
-                if url.scheme() != "https"
-                    && !(url.scheme() == "http" && self.config.allow_insecure_http)
-                {
-                    return Err(format!("jwks_uri `{uri}` is not https"));
-                }
-                url
+                jwks_url(&body, &self.config.issuer, self.config.allow_insecure_http)?
             }
         };
         let (body, cache_control) = self.get(jwks_url.as_str()).await?;
@@ -313,6 +295,27 @@ pub(crate) fn prime(config: &IssuerConfig) {
     crate::metrics::JWKS_AGE
         .with_label_values(&[issuer])
         .set(-1);
+}
+
+/// The key set's URL from an OIDC discovery document `body`: it must name `issuer` (the one
+/// configured) and a `jwks_uri` over https (or http when `insecure_http` allows it).
+pub(crate) fn jwks_url(body: &[u8], issuer: &str, insecure_http: bool) -> Result<url::Url, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("discovery document is not JSON: {e}"))?;
+    let named = doc["issuer"].as_str().unwrap_or_default();
+    if named != issuer {
+        return Err(format!(
+            "discovery says issuer `{named}`, configured `{issuer}`"
+        ));
+    }
+    let uri = doc["jwks_uri"]
+        .as_str()
+        .ok_or("discovery document has no jwks_uri")?;
+    let url = url::Url::parse(uri).map_err(|e| format!("jwks_uri `{uri}`: {e}"))?;
+    if url.scheme() != "https" && !(url.scheme() == "http" && insecure_http) {
+        return Err(format!("jwks_uri `{uri}` is not https"));
+    }
+    Ok(url)
 }
 
 #[cfg(test)]

@@ -151,7 +151,13 @@ impl ProxyRoute {
             }
         };
         Some(match query {
-            Some(q) => format!("{new_path}?{q}"),
+            Some(q) => {
+                let mut s = new_path;
+                s.reserve(q.len() + 1);
+                s.push('?');
+                s.push_str(q);
+                s
+            }
             None => new_path,
         })
     }
