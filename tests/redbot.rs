@@ -59,8 +59,20 @@ routes:
     // Warm the cache, so that REDbot's request is a hit.
     let r = client().get(gw.url("/doc/7")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = client().get(gw.url("/doc/7")).send().await.unwrap();
+    // A hit carries the declared lifetime with its age, never the lifetime already reduced
+    // by the age as well (freshness counted twice).
+    let mut aged = None;
+    for _ in 0..40 {
+        let r = client().get(gw.url("/doc/7")).send().await.unwrap();
+        if r.headers().get("age").is_some_and(|a| a != "0") {
+            aged = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let r = aged.expect("a hit at least a second old within 10 s");
     assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(r.headers()["cache-control"], "private, max-age=60");
     for path in ["/doc/7", "/closed/x", "/open/x"] {
         let bad = bad_notes(&gw.url(path)).await;
         assert!(bad.is_empty(), "{path}: {bad:#?}");
