@@ -222,11 +222,10 @@ gateway:
         self.policy_gws = {name: self.gateway(name, name, 30, redis_env)
                            for name in POLICY_ALGORITHMS}
         self.gw_local = self.gateway("gateway-local", "gw_local", 30, redis_env)
-        self.gw_routes = self.gateway("gateway-routes", "gw_routes", 0, svc_env)
 
     def wait_ready(self):
         ports = self.ports
-        for p in ("gw", "gw_redis", "gw_cluster", "gw_local", "gw_routes") + tuple(TRACED) + ("gw_toff",) + tuple(POLICY_ALGORITHMS):
+        for p in ("gw", "gw_redis", "gw_cluster", "gw_local") + tuple(TRACED) + ("gw_toff",) + tuple(POLICY_ALGORITHMS):
             wait_http(f"http://127.0.0.1:{ports[p]}/readyz")
         wait_http(f"http://127.0.0.1:{ports['origin']}/json")
         wait_http(f"http://127.0.0.1:{ports['nginx']}/json")

@@ -259,6 +259,11 @@ async fn jwt_cases_get_the_right_status_and_never_a_panic() {
         ("missing exp", hs(json!({"sub":"1"})), 401),
         ("missing sub", hs(json!({"exp": future})), 401),
         (
+            "sub with CR/LF (it would become X-User-Id)",
+            hs(json!({"sub":"1\r\nX-Admin: yes","exp": future})),
+            401,
+        ),
+        (
             "exp as a string",
             hs(json!({"sub":"1","exp": future.to_string()})),
             401,

@@ -108,6 +108,19 @@ impl IssuerVerifier {
             }
             Some(_) => return Err(AuthError::ClaimFormat("sub".into())),
         };
+        if !super::sendable(&sub) {
+            // It becomes `X-User-Id`: a value that cannot be a header is the token's fault.
+            return Err(AuthError::ClaimFormat("sub".into()));
+        }
+        // A token issued in the future (beyond the leeway) is not valid yet, as for HS256.
+        if let Some(iat) = claims.get("iat") {
+            let iat = iat
+                .as_f64()
+                .ok_or_else(|| AuthError::ClaimFormat("iat".into()))?;
+            if iat > (crate::clock::unix_now() + self.leeway) as f64 {
+                return Err(AuthError::NotYetValid);
+            }
+        }
         let roles = self.claims.roles(&claims);
         let forwarded = self.claims.forwarded(&claims);
         let limit_claims = self.claims.limit_values(&claims);
@@ -280,5 +293,45 @@ mod tests {
                 .err(),
             Some(AuthError::Issuer)
         );
+    }
+
+    #[tokio::test]
+    async fn a_future_iat_or_a_sub_that_cannot_be_a_header_is_refused() {
+        let k1 = key("k1");
+        let (base, _) = serve(Arc::new(Mutex::new(vec![k1.jwk.clone()]))).await;
+        let v = verifier(&base);
+        let signed = |extra: serde_json::Value| {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some("k1".into());
+            let now = crate::clock::unix_now();
+            let mut claims = json!({"iss": base, "aud": "gateway", "sub": "42", "exp": now + 600});
+            for (k, x) in extra.as_object().unwrap() {
+                claims[k] = x.clone();
+            }
+            jsonwebtoken::encode(&h, &claims, &k1.encoding).unwrap()
+        };
+        let day = crate::clock::unix_now() + 86_400;
+        for (extra, want) in [
+            (json!({"iat": day}), AuthError::NotYetValid),
+            (json!({"iat": "soon"}), AuthError::ClaimFormat("iat".into())),
+            (
+                json!({"sub": "4\r\n2"}),
+                AuthError::ClaimFormat("sub".into()),
+            ),
+            (
+                json!({"sub": "4\u{0}2"}),
+                AuthError::ClaimFormat("sub".into()),
+            ),
+        ] {
+            let got = v
+                .verify(&signed(extra.clone()), Algorithm::ES256, Some("k1"))
+                .await;
+            assert_eq!(got.err(), Some(want), "{extra}");
+        }
+        let now = json!({"iat": crate::clock::unix_now()});
+        assert!(v
+            .verify(&signed(now), Algorithm::ES256, Some("k1"))
+            .await
+            .is_ok());
     }
 }

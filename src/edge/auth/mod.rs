@@ -313,6 +313,10 @@ impl Authenticator {
         if claims.sub.is_empty() {
             return Err(AuthError::MissingClaim("sub".into()));
         }
+        if !sendable(&claims.sub) {
+            // It becomes `X-User-Id`: a value that cannot be a header is the token's fault.
+            return Err(AuthError::ClaimFormat("sub".into()));
+        }
         let exp = claims
             .exp
             .as_ref()
@@ -343,6 +347,11 @@ impl Authenticator {
             issuer: None,
         })
     }
+}
+
+/// Whether a claim value can travel as a header value (no control character, no DEL).
+pub(crate) fn sendable(v: &str) -> bool {
+    v.bytes().all(|b| (b >= 0x20 || b == b'\t') && b != 0x7f)
 }
 
 #[derive(Serialize)]
@@ -524,6 +533,10 @@ mod tests {
             (
                 hs(serde_json::json!({"sub":"1","exp": now() + 60, "nbf": now() + 600})),
                 AuthError::NotYetValid,
+            ),
+            (
+                hs(serde_json::json!({"sub":"a\r\nX-Admin: 1","exp": now() + 60})),
+                AuthError::ClaimFormat("sub".into()),
             ),
             (
                 hs(serde_json::json!({"sub":"1"})),
