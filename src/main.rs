@@ -102,7 +102,7 @@ fn main() {
         None => String::new(),
     };
     let config = Config::from_yaml(&text, &ProcessEnv, mode).unwrap_or_else(|e| fail(e));
-    if config.auth.secret.len() < 32 && !opt.test {
+    if !config.auth.secret.is_empty() && config.auth.secret.len() < 32 && !opt.test {
         tracing::warn!(
             "JWT_SECRET is shorter than 32 bytes: HS256 secrets that short can be brute-forced"
         );

@@ -100,6 +100,8 @@ impl Authenticator {
             validation.required_spec_claims.insert("iss".to_string());
         }
         let http = reqwest::Client::builder()
+            // Providers' logs and rate limits tell clients apart by it.
+            .user_agent(concat!("gateway/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
             .connect_timeout(provider::FETCH_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
