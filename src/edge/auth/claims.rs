@@ -101,6 +101,11 @@ impl ClaimReader {
     }
 }
 
+/// Whether a claim value can travel as a header value (no control character, no DEL).
+pub(crate) fn sendable(v: &str) -> bool {
+    v.bytes().all(|b| (b >= 0x20 || b == b'\t') && b != 0x7f)
+}
+
 fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
     path.iter().try_fold(claims, |v, step| v.get(step))
 }

@@ -108,7 +108,7 @@ impl IssuerVerifier {
             }
             Some(_) => return Err(AuthError::ClaimFormat("sub".into())),
         };
-        if !super::sendable(&sub) {
+        if !super::claims::sendable(&sub) {
             // It becomes `X-User-Id`: a value that cannot be a header is the token's fault.
             return Err(AuthError::ClaimFormat("sub".into()));
         }

@@ -315,7 +315,7 @@ impl Authenticator {
         if claims.sub.is_empty() {
             return Err(AuthError::MissingClaim("sub".into()));
         }
-        if !sendable(&claims.sub) {
+        if !claims::sendable(&claims.sub) {
             // It becomes `X-User-Id`: a value that cannot be a header is the token's fault.
             return Err(AuthError::ClaimFormat("sub".into()));
         }
@@ -349,11 +349,6 @@ impl Authenticator {
             issuer: None,
         })
     }
-}
-
-/// Whether a claim value can travel as a header value (no control character, no DEL).
-pub(crate) fn sendable(v: &str) -> bool {
-    v.bytes().all(|b| (b >= 0x20 || b == b'\t') && b != 0x7f)
 }
 
 #[derive(Serialize)]
