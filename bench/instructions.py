@@ -11,6 +11,8 @@ switched on for N (BENCH_REQUESTS, default 2000) more. Prints instructions per r
 keeps each profile under target/callgrind (`callgrind_annotate <file>` shows where they go). Kernel time is not
 counted: syscalls per request are compared with `strace -c` instead (docs/BENCHMARKS.md).
 
+BENCH_ROUTE_TABLE=1 adds scenario 13's 1,000 routes (500 hosts x 2 paths) to the conf and sends
+each request with the Host of the next of those 500 hosts (the routing table's cost).
 BENCH_TRACING="0,0.1,1" also counts both routes with tracing on at those sample ratios.
 BENCH_HANDSHAKES=1 (or `only`) also counts a new TLS connection carrying one proxied request
 (`Connection: close`, TLS 1.3, P-256 certificate), the gateway beside nginx proxying to the same
@@ -52,12 +54,23 @@ gateway:
   routes:
     - {{ prefix: "/bench/", upstream: origin, strip_prefix: "/bench" }}
     - {{ prefix: "/edge/", upstream: origin, strip_prefix: "/edge" }}
-{tracing}""")
+{route_table()}{tracing}""")
+
+
+def route_table():
+    """Scenario 13's routes when BENCH_ROUTE_TABLE is set, else nothing."""
+    if not os.environ.get("BENCH_ROUTE_TABLE"):
+        return ""
+    from scenarios.routing import routes_yaml  # noqa: PLC0415 (only for this option)
+    return routes_yaml()
 
 
 def requests(port, path, headers, n):
     conn = http.client.HTTPConnection("127.0.0.1", port)
-    for _ in range(n):
+    rotate = bool(os.environ.get("BENCH_ROUTE_TABLE"))
+    for i in range(n):
+        if rotate:
+            headers = dict(headers, Host=f"h{i % 500}.example.com")
         conn.request("GET", path, headers=headers)
         r = conn.getresponse()
         r.read()
