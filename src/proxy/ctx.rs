@@ -89,6 +89,27 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Where `route`'s `{…}` values come from for this request (`host` and `path` as the
+    /// caller read them).
+    pub(super) fn values<'a>(
+        &'a self,
+        route: &'a super::routes::ProxyRoute,
+        host: Option<&'a str>,
+        path: &'a str,
+    ) -> super::routes::Values<'a> {
+        super::routes::Values {
+            route,
+            params: &self.params,
+            identity: self.identity.as_deref(),
+            request_id: &self.request_id,
+            client_ip: self.client.as_ref().map(|c| c.ip),
+            host,
+            path,
+        }
+    }
+}
+
 /// Whether the client's connection is TLS (the HTTPS listener).
 pub(super) fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())

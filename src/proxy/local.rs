@@ -8,7 +8,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{ErrorType, Result};
 
-use super::routes::{ProxyRoute, Route, Values};
+use super::routes::{ProxyRoute, Route};
 use super::{respond, Ctx, Gateway};
 use crate::aggregate::Aggregate;
 use crate::config::RouteTarget;
@@ -245,15 +245,7 @@ impl Gateway {
         let req = session.req_header();
         let mut buf = String::new();
         let host = super::routes::matcher::request_host(&req.uri, &req.headers, &mut buf);
-        let values = Values {
-            route,
-            params: &ctx.params,
-            identity: ctx.identity.as_deref(),
-            request_id: &ctx.request_id,
-            client_ip: ctx.client.as_ref().map(|c| c.ip),
-            host,
-            path: req.uri.path(),
-        };
+        let values = ctx.values(route, host, req.uri.path());
         let (status, content_type, body, location) = match &route.config.target {
             RouteTarget::Redirect { to, status } => {
                 let mut location = values.render(to).unwrap_or_default();

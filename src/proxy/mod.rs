@@ -10,6 +10,10 @@
 //! - [`access`]: the one-line-per-request access log.
 //! - [`compress`]: response compression (negotiation, encoders, cached aggregates' copies).
 //! - `ctx`: the per-request state, each field naming the phase that writes it.
+//! - `admit`: the request's head made canonical, the access its route asks for, and the
+//!   route's status retries.
+//! - `gateway`: the gateway's methods beside the phases (construction, what the reloader and
+//!   admin API take, refusing a request).
 //! - [`admin`]: the admin API (cache purge and inspection) on a listener of its own.
 //!
 //! Every phase carries its contract below, in the order Pingora runs them; this is the only
@@ -45,8 +49,6 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::aggregate::CacheStatus;
-use crate::config::Config;
-use crate::config::RouteAuth;
 use crate::conn::report::report;
 use crate::edge::client::ClientAddr;
 use crate::edge::hygiene;
@@ -55,13 +57,14 @@ use crate::edge::AuthOutcome;
 use crate::error::GatewayError;
 use crate::headers;
 use crate::metrics;
-use crate::store::{MemoryKv, RedisStore, Store};
 
 pub(crate) mod access;
 pub(crate) mod admin;
+mod admit;
 pub(crate) mod body;
 pub(crate) mod compress;
 mod ctx;
+mod gateway;
 pub(crate) mod health;
 pub(crate) mod local;
 pub(crate) mod respond;
@@ -94,146 +97,6 @@ fn answered(session: &Session) -> bool {
     session
         .response_written()
         .is_some_and(|r| !r.status.is_informational())
-}
-
-/// Makes the request's head what the rest of the gateway reads: absolute form made origin
-/// form, the framing and header rules checked, underscored header names dropped, the path
-/// normalised (the target as sent kept in `ctx.original_target`).
-fn prepare_head(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    limits: &crate::config::LimitsConfig,
-    http2: bool,
-) -> std::result::Result<(), hygiene::Rejected> {
-    let req = session.req_header_mut();
-    if !http2 && req.raw_path().first() != Some(&b'/') && !hygiene::to_origin_form(req) {
-        return Err(hygiene::Rejected::target_form());
-    }
-    let head = hygiene::check_request(req, limits, http2)?;
-    if head.underscored && !limits.underscores_in_headers {
-        hygiene::drop_underscored(req);
-    }
-    match crate::edge::path::normalise(req.raw_path(), &limits.path) {
-        Ok(None) => Ok(()),
-        Ok(Some(canon)) => {
-            let mut parts = req.uri.clone().into_parts();
-            parts.path_and_query = canon.parse().ok();
-            let uri = http::Uri::from_parts(parts).map_err(|_| hygiene::Rejected::target_form())?;
-            ctx.original_target = Some(String::from_utf8_lossy(req.raw_path()).into_owned());
-            req.set_uri(uri);
-            Ok(())
-        }
-        Err(e) => Err(hygiene::Rejected::path(e)),
-    }
-}
-
-/// What a request must show before it is served.
-#[derive(Debug, Clone, Copy)]
-enum Access {
-    /// Nothing: a probe, an `auth: public` route, or `auth.public_paths`.
-    Public,
-    /// No route: limited, then answered 404/405 without reading a token.
-    Unrouted,
-    /// A token (verified when sent if `optional`).
-    Token { optional: bool },
-}
-
-impl Access {
-    fn of(route: &Route, auth: &crate::config::AuthConfig, path: &str) -> Access {
-        match route {
-            r if r.is_probe() => Access::Public,
-            Route::NotFound | Route::NotAllowed(_) | Route::Invalid => Access::Unrouted,
-            _ if auth.is_public(path) => Access::Public,
-            Route::Proxy(r) | Route::Direct(r) => match r.config.auth {
-                RouteAuth::Public => Access::Public,
-                RouteAuth::Optional => Access::Token { optional: true },
-                RouteAuth::Required => Access::Token { optional: false },
-            },
-            _ => Access::Token { optional: false },
-        }
-    }
-}
-
-impl Gateway {
-    /// Whether a backend's `status` is tried again: the route retries it, the method is
-    /// idempotent, the body is still held whole, a try and another backend are left, and
-    /// the group's retry budget allows it (counted when it does).
-    fn retries_status(&self, session: &Session, ctx: &Ctx, status: u16, now: Instant) -> bool {
-        let Route::Proxy(route) = &ctx.route else {
-            return false;
-        };
-        let (Some(r), Some(g)) = (&route.config.retries, &route.group) else {
-            return false;
-        };
-        let ok = r.statuses.contains(&status)
-            && session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && ctx.tried.len() <= r.attempts as usize
-            && ctx.tried.len() < g.config.backends.len()
-            && g.retry_budget.try_withdraw(now);
-        if ok {
-            metrics::ROUTE_RETRIES
-                .with_label_values(&[route.config.name.as_str(), &status.to_string()])
-                .inc();
-        }
-        ok
-    }
-
-    /// The live snapshot and what a reload needs to build the next one.
-    pub(crate) fn live(&self) -> (Arc<ArcSwap<Snapshot>>, Arc<Shared>) {
-        (self.live.clone(), self.shared.clone())
-    }
-
-    /// The admin API over this gateway's live configuration and store, behind `token`.
-    pub(crate) fn admin_api(&self, token: String) -> admin::AdminApi {
-        admin::AdminApi::new(self.live.clone(), token)
-    }
-
-    /// The subscription through which purges made on other replicas reach this one's
-    /// aggregates (with Redis only).
-    pub(crate) fn invalidation_feed(
-        &self,
-    ) -> Option<crate::store::InvalidationFeed<impl Fn(crate::store::FeedEvent<'_>) + Send + Sync>>
-    {
-        let redis = self.shared.redis.clone()?;
-        let live = self.live.clone();
-        Some(crate::store::InvalidationFeed::new(redis, move |event| {
-            live.load().aggregates.on_feed(event)
-        }))
-    }
-
-    /// Answers `err` and closes the connection: the request's body was not (fully) read, so
-    /// the next bytes on it are not a request.
-    async fn refuse(&self, session: &mut Session, ctx: &Ctx, err: &GatewayError) -> Result<bool> {
-        session.as_downstream_mut().set_keepalive(None);
-        respond::error(session, err, &ctx.local_headers()).await?;
-        Ok(true)
-    }
-
-    /// Builds the gateway on the first snapshot of `config` (`hash`: its file's fingerprint).
-    pub(crate) fn new(
-        config: Config,
-        hash: String,
-        redis: Option<Arc<RedisStore>>,
-        tracer: Option<Arc<crate::trace::Tracer>>,
-    ) -> std::result::Result<Gateway, String> {
-        let store = Arc::new(match &redis {
-            Some(r) => Store::Redis(r.clone()),
-            None => Store::Memory(MemoryKv::default()),
-        });
-        let shared = Arc::new(Shared {
-            store,
-            redis,
-            tracer,
-        });
-        let body_budget = body::BodyBudget::new(config.limits.body_buffer_total);
-        let first = Snapshot::build(config, hash, 1, &shared, None)?;
-        Ok(Gateway {
-            live: Arc::new(ArcSwap::from_pointee(first)),
-            shared,
-            body_budget,
-        })
-    }
 }
 
 #[async_trait]
@@ -291,7 +154,7 @@ impl ProxyHttp for Gateway {
         let http2 = session.is_http2();
         // Nothing is routed or authenticated before the request is known to be well formed
         // and its path canonical: what the router and the checks saw is what the backend gets.
-        if let Err(rejected) = prepare_head(session, ctx, &snap.config.limits, http2) {
+        if let Err(rejected) = admit::prepare_head(session, ctx, &snap.config.limits, http2) {
             rejected.count();
             ctx.route = Route::Invalid;
             if rejected.close {
@@ -333,7 +196,7 @@ impl ProxyHttp for Gateway {
         if let Some(c) = &snap.compress {
             ctx.accept = c.negotiate(&req.headers);
         }
-        let mode = Access::of(&ctx.route, &snap.config.auth, req.uri.path());
+        let mode = admit::Access::of(&ctx.route, &snap.config.auth, req.uri.path());
         // A client that stops reading its answer is cut after this, per write.
         session.set_write_timeout(Some(snap.config.limits.response_write_timeout));
         let max_body = match &ctx.route {
@@ -351,8 +214,8 @@ impl ProxyHttp for Gateway {
             names: ctx.route.config().and_then(|r| r.policies.as_deref()),
         };
         match mode {
-            Access::Public => spans::edge(ctx, AuthOutcome::Public),
-            Access::Unrouted => {
+            admit::Access::Public => spans::edge(ctx, AuthOutcome::Public),
+            admit::Access::Unrouted => {
                 // No token is read for a path nobody serves (404 with or without one), but
                 // a scan of them is still limited.
                 ctx.rate = snap.edge.limit(client, scope, &req.headers).await;
@@ -362,7 +225,7 @@ impl ProxyHttp for Gateway {
                     return Ok(true);
                 }
             }
-            Access::Token { optional } => {
+            admit::Access::Token { optional } => {
                 ctx.credentialed = req.headers.contains_key(http::header::AUTHORIZATION);
                 let verdict = snap.edge.check(client, scope, &req.headers, optional).await;
                 ctx.rate = verdict.rate;
@@ -619,15 +482,7 @@ impl ProxyHttp for Gateway {
                 let host = routes::matcher::request_host(&req.uri, &req.headers, &mut buf)
                     .map(str::to_string);
                 let path = req.uri.path().to_string();
-                let values = routes::Values {
-                    route,
-                    params: &ctx.params,
-                    identity: ctx.identity.as_deref(),
-                    request_id: &ctx.request_id,
-                    client_ip: ctx.client.as_ref().map(|c| c.ip),
-                    host: host.as_deref(),
-                    path: &path,
-                };
+                let values = ctx.values(route, host.as_deref(), &path);
                 routes::apply_request_rules(req, route, &values);
             }
             if let Some(target) =
@@ -702,7 +557,7 @@ impl ProxyHttp for Gateway {
         };
         spans::health(ctx, health);
         spans::try_answered(ctx, status);
-        if status >= 500 && self.retries_status(session, ctx, status, now) {
+        if status >= 500 && admit::retries_status(session, ctx, status, now) {
             ctx.retry_status = true;
             return Err(Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -743,15 +598,8 @@ impl ProxyHttp for Gateway {
             if !route.config.response_headers.is_empty() {
                 let req = session.req_header();
                 let mut buf = String::new();
-                let values = routes::Values {
-                    route,
-                    params: &ctx.params,
-                    identity: ctx.identity.as_deref(),
-                    request_id: &ctx.request_id,
-                    client_ip: ctx.client.as_ref().map(|c| c.ip),
-                    host: routes::matcher::request_host(&req.uri, &req.headers, &mut buf),
-                    path: req.uri.path(),
-                };
+                let host = routes::matcher::request_host(&req.uri, &req.headers, &mut buf);
+                let values = ctx.values(route, host, req.uri.path());
                 routes::apply_response_rules(resp, route, &values);
             }
         }
