@@ -81,6 +81,17 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("{0}")]
     Timeout(Cow<'static, str>),
+    /// A credential could not be checked at all (the issuer's keys or its introspection
+    /// endpoint are out of reach): the client did nothing wrong and may retry.
+    #[error("{message}")]
+    AuthUnavailable {
+        /// Stable code (`keys_unavailable`, ...).
+        code: &'static str,
+        /// Human-readable reason.
+        message: Cow<'static, str>,
+        /// The `Retry-After` value.
+        retry_after_secs: u64,
+    },
     /// A bug or an impossible state; details go to the log, not to the client.
     #[error("internal error")]
     Internal,
@@ -102,7 +113,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge(_) => 431,
             GatewayError::Internal => 500,
             GatewayError::BadGateway(_) => 502,
-            GatewayError::Unavailable(_) => 503,
+            GatewayError::Unavailable(_) | GatewayError::AuthUnavailable { .. } => 503,
             GatewayError::Timeout(_) => 504,
         }
     }
@@ -124,6 +135,7 @@ impl GatewayError {
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::Unavailable(_) => "service_unavailable",
             GatewayError::Timeout(_) => "upstream_timeout",
+            GatewayError::AuthUnavailable { code, .. } => code,
         }
     }
 
@@ -140,6 +152,9 @@ impl GatewayError {
                 vec![(headers::WWW_AUTHENTICATE, v)]
             }
             GatewayError::RateLimited {
+                retry_after_secs, ..
+            }
+            | GatewayError::AuthUnavailable {
                 retry_after_secs, ..
             } => {
                 vec![(headers::RETRY_AFTER, retry_after_secs.to_string())]

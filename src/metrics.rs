@@ -300,6 +300,25 @@ pub static JWKS_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Keys withdrawn by each issuer (published by one fetch, absent from the next).
+pub static JWKS_WITHDRAWN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "jwks_keys_withdrawn_total",
+        "Keys an identity provider stopped publishing (tokens verified with them are refused from then on)",
+        &["issuer"],
+    )
+});
+
+/// Requests waiting for an identity provider's next permitted key fetch (a `kid` not yet
+/// published when it arrived).
+pub static JWKS_WAITING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "jwks_waiting_requests",
+        "Requests waiting for an identity provider's next permitted key fetch (a new kid)",
+        &["issuer"],
+    )
+});
+
 /// Seconds since each issuer's set was last fetched successfully.
 pub static JWKS_AGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
@@ -485,6 +504,8 @@ pub fn init() {
     LazyLock::force(&JWKS_REFRESH);
     LazyLock::force(&JWKS_KEYS);
     LazyLock::force(&JWKS_AGE);
+    LazyLock::force(&JWKS_WITHDRAWN);
+    LazyLock::force(&JWKS_WAITING);
     LazyLock::force(&TLS_CERT_EXPIRY);
     LazyLock::force(&TLS_RELOAD);
     LazyLock::force(&TLS_HANDSHAKE_ERRORS);

@@ -8,6 +8,17 @@ use serde::Deserialize;
 use super::check::{invalid, ConfigError, Env, LoadMode};
 use super::issuers::{claim_path, resolve_issuers, IssuerConfig, IssuerFile};
 
+/// A claim's place as written: a dotted path, or a list taken literally (each item one key,
+/// dots and all).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum ClaimPathFile {
+    /// `realm_access.roles`, split on dots (a URL is one name).
+    Dotted(String),
+    /// `["https://example.com/roles"]`: no splitting.
+    Literal(Vec<String>),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct AuthFile {
@@ -17,7 +28,7 @@ pub(super) struct AuthFile {
     pub(super) audience: Option<String>,
     pub(super) forward_authorization: bool,
     pub(super) issuers: Vec<IssuerFile>,
-    pub(super) roles_claim: String,
+    pub(super) roles_claim: ClaimPathFile,
     pub(super) forward_claims: BTreeMap<String, String>,
     pub(super) realm: String,
 }
@@ -31,7 +42,7 @@ impl Default for AuthFile {
             audience: None,
             forward_authorization: true,
             issuers: Vec::new(),
-            roles_claim: "roles".into(),
+            roles_claim: ClaimPathFile::Dotted("roles".into()),
             forward_claims: BTreeMap::new(),
             realm: "gateway".into(),
         }
@@ -100,7 +111,18 @@ impl AuthFile {
                 "is required when no gateway.auth.issuers are configured: set JWT_SECRET to the HS256 secret shared with the token issuer",
             ));
         }
-        let roles_claim = claim_path("gateway.auth.roles_claim", &self.roles_claim)?;
+        let roles_claim = match self.roles_claim {
+            ClaimPathFile::Dotted(s) => claim_path("gateway.auth.roles_claim", &s)?,
+            ClaimPathFile::Literal(steps) => {
+                if steps.is_empty() || steps.iter().any(String::is_empty) {
+                    return Err(invalid(
+                        "gateway.auth.roles_claim",
+                        "a list names the claim and the keys under it, none empty",
+                    ));
+                }
+                steps
+            }
+        };
         let mut forward_claims = Vec::new();
         for (claim, header) in self.forward_claims {
             let key = format!("gateway.auth.forward_claims.{claim}");

@@ -26,6 +26,8 @@ pub(super) struct IssuerFile {
     #[serde(default)]
     allow_insecure_http: bool,
     #[serde(default)]
+    token_types: Option<Vec<String>>,
+    #[serde(default)]
     refresh: RefreshFile,
 }
 
@@ -76,6 +78,16 @@ pub struct IssuerConfig {
     pub max_age: Duration,
     /// How long the last good set is used while the provider is down.
     pub max_stale: Duration,
+    /// Accepted `typ` values, lowercased without `application/` (an absent `typ` is `jwt`).
+    pub token_types: Vec<String>,
+}
+
+/// A `typ` as compared: lowercased, without the optional `application/` (RFC 7515 4.1.9).
+pub fn media_type(t: &str) -> String {
+    let t = t.trim().to_ascii_lowercase();
+    t.strip_prefix("application/")
+        .map(str::to_string)
+        .unwrap_or(t)
 }
 
 fn parse_alg(key: &str, s: &str) -> Result<Algorithm, ConfigError> {
@@ -161,7 +173,30 @@ impl IssuerFile {
                 "must be at least min_interval_seconds",
             ));
         }
+        let token_types = match self.token_types {
+            None => vec!["at+jwt".to_string(), "jwt".to_string()],
+            Some(list) if list.is_empty() => {
+                return Err(invalid(
+                    k("token_types"),
+                    "must list at least one `typ` value",
+                ))
+            }
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, t) in list.iter().enumerate() {
+                    if t.trim().is_empty() {
+                        return Err(invalid(
+                            format!("{key}.token_types[{i}]"),
+                            "must not be empty",
+                        ));
+                    }
+                    out.push(media_type(t));
+                }
+                out
+            }
+        };
         Ok(IssuerConfig {
+            token_types,
             issuer: self.issuer,
             keys,
             audiences: self.audiences,
@@ -191,8 +226,19 @@ pub(super) fn resolve_issuers(files: Vec<IssuerFile>) -> Result<Vec<IssuerConfig
     Ok(out)
 }
 
-/// A dotted claim path (`realm_access.roles`).
+/// A claim path as written: a dotted path (`realm_access.roles`), or one claim name when it
+/// is a URL (`https://example.com/roles`, the namespaced claims of Auth0 and others, whose dots
+/// are not steps).
 pub(super) fn claim_path(key: &str, s: &str) -> Result<Vec<String>, ConfigError> {
+    if s.starts_with("https://") || s.starts_with("http://") {
+        return Ok(vec![s.to_string()]);
+    }
+    if s.contains('/') || s.contains(':') {
+        return Err(invalid(
+            key,
+            format!("`{s}`: a claim name with dots, `/` or `:` is a literal name only when written as a list (`[\"{s}\"]`) or as an http(s) URL"),
+        ));
+    }
     let parts: Vec<String> = s.split('.').map(str::to_string).collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(invalid(
@@ -282,5 +328,23 @@ mod tests {
             vec!["realm_access", "roles"]
         );
         assert!(claim_path("k", "a..b").is_err());
+        assert_eq!(
+            claim_path("k", "https://example.com/roles").unwrap(),
+            vec!["https://example.com/roles"],
+            "a namespaced claim is one name"
+        );
+        assert!(claim_path("k", "example.com/roles").is_err());
+    }
+
+    #[test]
+    fn token_types_default_to_access_tokens_and_compare_as_media_types() {
+        let c = check("- { issuer: 'https://idp.example', discovery: true }").unwrap();
+        assert_eq!(c[0].token_types, ["at+jwt", "jwt"]);
+        let c = check("- { issuer: 'https://idp.example', discovery: true, token_types: ['application/AT+JWT'] }").unwrap();
+        assert_eq!(c[0].token_types, ["at+jwt"]);
+        let e = check("- { issuer: 'https://idp.example', discovery: true, token_types: [] }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token_types"), "{e}");
     }
 }

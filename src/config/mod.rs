@@ -27,7 +27,7 @@ pub use aggregates::{
     AggregateConfig, Authorize, CacheSpec, Expect, LegConfig, LocalSpec, Part, PathPattern,
     Segment, Step, Template, ValueRef,
 };
-pub use issuers::{IssuerConfig, KeySource};
+pub use issuers::{media_type, IssuerConfig, KeySource};
 mod services;
 pub use services::{ServiceConfig, Services};
 mod tls;

@@ -228,9 +228,16 @@ impl Edge {
             metrics::AUTH_FAILURES
                 .with_label_values(&[e.reason()])
                 .inc();
-            GatewayError::Unauthorized {
-                message: e.to_string().into(),
-                token_given: e.token_given(),
+            match e.unavailable() {
+                Some(retry_after_secs) => GatewayError::AuthUnavailable {
+                    code: e.reason(),
+                    message: e.to_string().into(),
+                    retry_after_secs,
+                },
+                None => GatewayError::Unauthorized {
+                    message: e.to_string().into(),
+                    token_given: e.token_given(),
+                },
             }
         });
         let identity = match identity {

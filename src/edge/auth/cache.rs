@@ -16,6 +16,8 @@ pub(super) struct Verified {
     /// The configured issuer (by position) whose keys verified it; `None` for HS256. A cached
     /// verdict lasts only as long as that issuer's keys may be used (`max_stale_seconds`).
     pub(super) issuer: Option<usize>,
+    /// Raised when the issuer withdraws the key that verified it (`None` for HS256).
+    pub(super) withdrawn: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 const CACHE_SHARDS: usize = 16;

@@ -76,12 +76,21 @@ impl ClaimReader {
             .unwrap_or_default()
     }
 
-    /// One header value per forwarded claim, `None` where the claim is absent or cannot be a
-    /// header (objects, control characters).
-    pub(crate) fn forwarded(&self, claims: &Value) -> Box<[Option<HeaderValue>]> {
+    /// One header value per forwarded claim, `None` where the claim is absent or is not text
+    /// (objects); a claim with control characters refuses the token (it cannot be forwarded,
+    /// and leaving it out would let the upstream take its absence for the truth).
+    pub(crate) fn forwarded(
+        &self,
+        claims: &Value,
+    ) -> Result<Box<[Option<HeaderValue>]>, super::AuthError> {
         self.forward
             .iter()
-            .map(|path| lookup(claims, path).and_then(header_value))
+            .map(|path| match lookup(claims, path).and_then(text) {
+                None => Ok(None),
+                Some(t) if t.is_empty() => Ok(None),
+                Some(t) if !sendable(&t) => Err(super::AuthError::InvalidClaim(path.join("."))),
+                Some(t) => Ok(HeaderValue::from_str(&t).ok()),
+            })
             .collect()
     }
 }
@@ -110,17 +119,8 @@ fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
     path.iter().try_fold(claims, |v, step| v.get(step))
 }
 
-/// Scalars as their text; an array of scalars as a comma-separated list (how HTTP folds a
-/// repeated header), so `groups: [a, b]` arrives as `a,b`.
-fn header_value(v: &Value) -> Option<HeaderValue> {
-    let text = text(v)?;
-    if text.is_empty() {
-        return None;
-    }
-    HeaderValue::from_str(&text).ok()
-}
-
-/// A claim's text: scalars as they read, arrays of scalars joined by commas; objects have none.
+/// A claim's text: scalars as they read, arrays of scalars joined by commas (how HTTP folds a
+/// repeated header, so `groups: [a, b]` arrives as `a,b`); objects have none.
 fn text(v: &Value) -> Option<String> {
     fn scalar(v: &Value) -> Option<String> {
         match v {
@@ -168,7 +168,7 @@ mod tests {
         let r = ClaimReader::new(
             path("roles"),
             [
-                "tenant", "org.id", "groups", "admin", "obj", "bad", "missing", "empty",
+                "tenant", "org.id", "groups", "admin", "obj", "missing", "empty",
             ]
             .map(path)
             .to_vec(),
@@ -176,9 +176,10 @@ mod tests {
             false,
         );
         let c = json!({"tenant": "acme", "org": {"id": 42}, "groups": ["a", "b"], "admin": true,
-                       "obj": {"x": 1}, "bad": "line\nbreak", "empty": ""});
+                       "obj": {"x": 1}, "empty": ""});
         let got: Vec<Option<String>> = r
             .forwarded(&c)
+            .unwrap()
             .iter()
             .map(|v| v.as_ref().map(|v| v.to_str().unwrap().to_string()))
             .collect();
@@ -190,9 +191,16 @@ mod tests {
             None,
             None,
             None,
-            None,
         ];
         assert_eq!(got, want.map(|s| s.map(String::from)));
+        // A claim that cannot be a header refuses the token, naming the claim.
+        for bad in ["line\nbreak", "nul\u{0}", "del\u{7f}"] {
+            let c = json!({"org": {"id": bad}});
+            assert_eq!(
+                r.forwarded(&c).err(),
+                Some(super::super::AuthError::InvalidClaim("org.id".into()))
+            );
+        }
     }
 
     #[test]

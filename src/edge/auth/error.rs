@@ -48,11 +48,36 @@ pub enum AuthError {
     /// The issuer's key set has no key with the token's `kid`, even after a refresh.
     #[error("token signed with a key the issuer does not publish")]
     UnknownKid,
+    /// The token's key was published and has been withdrawn by the issuer.
+    #[error("token signed with a key the issuer has withdrawn")]
+    KeyWithdrawn,
+    /// The `typ` is not an accepted token type, or the token is an ID token.
+    #[error("{0}")]
+    TokenType(&'static str),
+    /// A claim that would be forwarded holds characters a header cannot carry.
+    #[error("token claim `{0}` holds control characters")]
+    InvalidClaim(String),
+    /// The header lists a critical extension (`crit`) this gateway does not implement.
+    #[error("token header names critical parameters this gateway does not implement")]
+    Critical,
+    /// No usable key set for the token's issuer: the token cannot be checked (503, the
+    /// client did nothing wrong).
+    #[error("the issuer's keys are not available; retry in {retry_after_secs} s")]
+    KeysUnavailable {
+        /// The `Retry-After` value.
+        retry_after_secs: u64,
+    },
+    /// Too many requests already wait for the issuer's next key fetch (503).
+    #[error("too many requests wait for the issuer's new keys; retry in {retry_after_secs} s")]
+    KeyWaitFull {
+        /// The `Retry-After` value.
+        retry_after_secs: u64,
+    },
 }
 
 impl AuthError {
     /// Every value [`AuthError::reason`] can return.
-    pub const REASONS: [&'static str; 14] = [
+    pub const REASONS: [&'static str; 20] = [
         "missing",
         "duplicate_header",
         "scheme",
@@ -67,6 +92,12 @@ impl AuthError {
         "issuer",
         "audience",
         "unknown_kid",
+        "key_withdrawn",
+        "token_type",
+        "invalid_claim",
+        "crit",
+        "keys_unavailable",
+        "key_wait_full",
     ];
 
     /// Bounded label for `auth_failures_total{reason}`.
@@ -86,6 +117,22 @@ impl AuthError {
             AuthError::Issuer => "issuer",
             AuthError::Audience => "audience",
             AuthError::UnknownKid => "unknown_kid",
+            AuthError::KeyWithdrawn => "key_withdrawn",
+            AuthError::TokenType(_) => "token_type",
+            AuthError::InvalidClaim(_) => "invalid_claim",
+            AuthError::Critical => "crit",
+            AuthError::KeysUnavailable { .. } => "keys_unavailable",
+            AuthError::KeyWaitFull { .. } => "key_wait_full",
+        }
+    }
+
+    /// Seconds to wait before asking again when the token could not be checked at all (the
+    /// gateway's state, not the token, is at fault: 503); `None` for a refused token.
+    pub fn unavailable(&self) -> Option<u64> {
+        match self {
+            AuthError::KeysUnavailable { retry_after_secs }
+            | AuthError::KeyWaitFull { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 

@@ -2,8 +2,16 @@
 //! for a token with the checks that stop key-confusion attacks: the token's `alg` must agree
 //! with the key's type and curve (and with the key's own `alg` when it has one); `none` and the
 //! HMAC algorithms are never accepted with a published key.
+//!
+//! Each key carries a withdrawal flag shared by every set that publishes the same key: when a
+//! fetched set no longer holds a key, its flag is raised, and tokens verified with it earlier
+//! (remembered by the token cache) stop being accepted at once.
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 /// What a key can verify, from its type and curve.
@@ -53,12 +61,30 @@ struct SetKey {
     alg: Option<Algorithm>,
     family: Family,
     key: DecodingKey,
+    /// The `kid` and public parameters: the same key in two fetches has the same print.
+    print: String,
+    /// Raised once a later set no longer publishes this key.
+    withdrawn: Arc<AtomicBool>,
 }
 
 /// A parsed key set: only the keys usable for signatures.
 pub(crate) struct KeySet {
     keys: Vec<SetKey>,
+    /// `kid`s earlier sets published and this one does not (a token naming one is refused
+    /// at once instead of waiting for another fetch).
+    withdrawn_kids: HashSet<String>,
 }
+
+/// The key chosen for a token, with the flag a later withdrawal raises.
+pub(crate) struct Chosen<'s> {
+    /// The key to verify with.
+    pub(crate) key: &'s DecodingKey,
+    /// Raised when the issuer stops publishing this key.
+    pub(crate) withdrawn: &'s Arc<AtomicBool>,
+}
+
+/// How many withdrawn `kid`s are remembered.
+const WITHDRAWN_KIDS: usize = 64;
 
 /// Why no key was chosen for a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,20 +95,34 @@ pub(crate) enum NoKey {
     Ambiguous,
     /// The key with that `kid` cannot verify the token's `alg` (type, curve or its own `alg`).
     Mismatch,
+    /// The `kid` was published and has been withdrawn.
+    Withdrawn,
 }
 
 impl KeySet {
     /// Parses a JWKS document. Keys for encryption, of unknown types or that do not parse are
-    /// skipped; a set with no usable key is an error (it never replaces a good one).
+    /// skipped (one odd key does not cost the others); a set with no usable key is an error
+    /// (it never replaces a good one).
     pub(crate) fn parse(body: &[u8]) -> Result<KeySet, String> {
-        let set: JwkSet =
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            keys: Vec<serde_json::Value>,
+        }
+        let doc: Doc =
             serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut keys = Vec::new();
-        for jwk in &set.keys {
+        for mut raw in doc.keys {
+            // RFC 9864 names the Ed25519 algorithm; jsonwebtoken knows it as EdDSA.
+            if raw.get("alg").and_then(|a| a.as_str()) == Some("Ed25519") {
+                raw["alg"] = "EdDSA".into();
+            }
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else {
+                continue;
+            };
             if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
                 continue;
             }
-            let Some(family) = Family::of(jwk) else {
+            let Some(family) = Family::of(&jwk) else {
                 continue;
             };
             let alg = match jwk.common.key_algorithm {
@@ -93,20 +133,60 @@ impl KeySet {
                     _ => continue,
                 },
             };
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
                 continue;
             };
+            let print = format!(
+                "{}|{}",
+                jwk.common.key_id.as_deref().unwrap_or_default(),
+                serde_json::to_string(&jwk.algorithm).unwrap_or_default()
+            );
             keys.push(SetKey {
                 kid: jwk.common.key_id.clone(),
                 alg,
                 family,
                 key,
+                print,
+                withdrawn: Arc::new(AtomicBool::new(false)),
             });
         }
         if keys.is_empty() {
             return Err("the key set holds no usable signing key".into());
         }
-        Ok(KeySet { keys })
+        Ok(KeySet {
+            keys,
+            withdrawn_kids: HashSet::new(),
+        })
+    }
+
+    /// Takes over from `previous`: a key both publish keeps its flag (tokens verified with it
+    /// stay cached); a key only `previous` published is flagged withdrawn. Returns how many
+    /// keys were withdrawn.
+    pub(crate) fn succeed(&mut self, previous: &KeySet) -> usize {
+        let mut withdrawn = 0;
+        for old in &previous.keys {
+            match self.keys.iter_mut().find(|k| k.print == old.print) {
+                Some(same) => same.withdrawn = old.withdrawn.clone(),
+                None => {
+                    old.withdrawn.store(true, Ordering::Release);
+                    withdrawn += 1;
+                    if let Some(kid) = &old.kid {
+                        self.withdrawn_kids.insert(kid.clone());
+                    }
+                }
+            }
+        }
+        for kid in &previous.withdrawn_kids {
+            if self.withdrawn_kids.len() >= WITHDRAWN_KIDS {
+                break;
+            }
+            self.withdrawn_kids.insert(kid.clone());
+        }
+        // A kid published again is not withdrawn.
+        let published: HashSet<&str> = self.keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+        self.withdrawn_kids
+            .retain(|k| !published.contains(k.as_str()));
+        withdrawn
     }
 
     /// How many usable keys the set holds.
@@ -115,22 +195,34 @@ impl KeySet {
     }
 
     /// The key for a token with this `kid` and `alg`.
-    pub(crate) fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&DecodingKey, NoKey> {
+    pub(crate) fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<Chosen<'_>, NoKey> {
         let usable = |k: &&SetKey| k.family.verifies(alg) && k.alg.is_none_or(|a| a == alg);
+        fn chosen(k: &SetKey) -> Chosen<'_> {
+            Chosen {
+                key: &k.key,
+                withdrawn: &k.withdrawn,
+            }
+        }
         match kid {
             Some(kid) => {
                 let mut with_kid = self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid));
-                let first = with_kid.next().ok_or(NoKey::UnknownKid)?;
+                let Some(first) = with_kid.next() else {
+                    return Err(if self.withdrawn_kids.contains(kid) {
+                        NoKey::Withdrawn
+                    } else {
+                        NoKey::UnknownKid
+                    });
+                };
                 std::iter::once(first)
                     .chain(with_kid)
                     .find(usable)
-                    .map(|k| &k.key)
+                    .map(chosen)
                     .ok_or(NoKey::Mismatch)
             }
             None => {
                 let mut candidates = self.keys.iter().filter(usable);
                 match (candidates.next(), candidates.next()) {
-                    (Some(k), None) => Ok(&k.key),
+                    (Some(k), None) => Ok(chosen(k)),
                     _ => Err(NoKey::Ambiguous),
                 }
             }

@@ -55,8 +55,8 @@ struct Claims {
     nbf: Option<serde_json::Value>,
 }
 
-/// A token's issuer (its position in the conf), with its header's `alg` and `kid`.
-type IssuerToken = (usize, Algorithm, Option<String>);
+/// A token's issuer (its position in the conf), with its header.
+type IssuerToken = (usize, issuer::TokenHead);
 
 /// Verifies bearer tokens with the configured secret and rules.
 pub(crate) struct Authenticator {
@@ -146,8 +146,8 @@ impl Authenticator {
         if let Some(hit) = self.cached(token) {
             return hit;
         }
-        if let Some((i, alg, kid)) = self.issuer_of(token)? {
-            let mut verified = self.issuers[i].verify(token, alg, kid.as_deref()).await?;
+        if let Some((i, head)) = self.issuer_of(token)? {
+            let mut verified = self.issuers[i].verify(token, &head).await?;
             verified.issuer = Some(i);
             let identity = verified.identity.clone();
             self.cache.put(token, verified);
@@ -156,8 +156,8 @@ impl Authenticator {
         self.verify(token)
     }
 
-    /// The issuer whose token this is (by its unverified `iss`), with the header's `alg` and
-    /// `kid`; `None` for a token of no configured issuer.
+    /// The issuer whose token this is (by its unverified `iss`), with its header; `None` for a
+    /// token of no configured issuer.
     fn issuer_of(&self, token: &str) -> Result<Option<IssuerToken>, AuthError> {
         if self.issuers.is_empty() {
             return Ok(None);
@@ -179,28 +179,19 @@ impl Authenticator {
         let Ok(Iss { iss: Some(iss) }) = serde_json::from_slice::<Iss>(&payload) else {
             return Ok(None);
         };
-        #[derive(Deserialize)]
-        struct Head {
-            alg: String,
-            kid: Option<String>,
-        }
-        let head: Head = b64
+        let header = b64
             .decode(header.trim_end_matches('='))
-            .ok()
-            .and_then(|h| serde_json::from_slice(&h).ok())
-            .ok_or(AuthError::Malformed(
-                "header is not base64url JSON with an `alg`",
-            ))?;
+            .map_err(|_| AuthError::Malformed("header is not base64url JSON with an `alg`"))?;
         let Some(i) = self.issuers.iter().position(|v| v.issuer() == iss) else {
             // Only HS256 tokens go on to the shared secret; anything else names an issuer
             // this gateway does not trust, and should say so.
-            if head.alg != "HS256" {
+            let hs256 = issuer::TokenHead::parse(&header).is_ok_and(|h| h.alg == Algorithm::HS256);
+            if !hs256 {
                 return Err(AuthError::Issuer);
             }
             return Ok(None);
         };
-        let alg: Algorithm = head.alg.parse().map_err(|_| AuthError::Algorithm)?;
-        Ok(Some((i, alg, head.kid)))
+        Ok(Some((i, issuer::TokenHead::parse(&header)?)))
     }
 
     /// The identity providers, for the background key refresher.
@@ -243,6 +234,13 @@ impl Authenticator {
     /// A token verified before: only the time-dependent checks can change their verdict.
     fn cached(&self, token: &str) -> Option<Result<Arc<Identity>, AuthError>> {
         let v = self.cache.get(token)?;
+        if v.withdrawn
+            .as_ref()
+            .is_some_and(|w| w.load(std::sync::atomic::Ordering::Acquire))
+        {
+            // The issuer withdrew the key that verified it: verifying again refuses it.
+            return None;
+        }
         if let Some(i) = v.issuer {
             // Keys too stale to trust: not a hit; verifying again refuses the token.
             if !self.issuers[i].provider().keys_usable() {
@@ -295,11 +293,15 @@ impl Authenticator {
         #[derive(Deserialize)]
         struct AlgOnly {
             alg: Option<serde_json::Value>,
+            crit: Option<serde_json::Value>,
         }
         let alg: AlgOnly = serde_json::from_slice(&header)
             .map_err(|_| AuthError::Malformed("header is not JSON"))?;
         if alg.alg.as_ref().and_then(|a| a.as_str()) != Some("HS256") {
             return Err(AuthError::Algorithm);
+        }
+        if alg.crit.is_some() {
+            return Err(AuthError::Critical);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| refine(map_jwt_error(e), token))?;
@@ -317,7 +319,7 @@ impl Authenticator {
         }
         if !claims::sendable(&claims.sub) {
             // It becomes `X-User-Id`: a value that cannot be a header is the token's fault.
-            return Err(AuthError::ClaimFormat("sub".into()));
+            return Err(AuthError::InvalidClaim("sub".into()));
         }
         let exp = claims
             .exp
@@ -331,7 +333,7 @@ impl Authenticator {
             let all = error::payload(token).unwrap_or(serde_json::Value::Null);
             (
                 self.claims.roles(&all),
-                self.claims.forwarded(&all),
+                self.claims.forwarded(&all)?,
                 self.claims.limit_values(&all),
                 self.claims.scopes(&all),
             )
@@ -347,6 +349,7 @@ impl Authenticator {
             exp,
             nbf: claims.nbf.as_ref().and_then(|v| v.as_f64()),
             issuer: None,
+            withdrawn: None,
         })
     }
 }
@@ -533,7 +536,7 @@ mod tests {
             ),
             (
                 hs(serde_json::json!({"sub":"a\r\nX-Admin: 1","exp": now() + 60})),
-                AuthError::ClaimFormat("sub".into()),
+                AuthError::InvalidClaim("sub".into()),
             ),
             (
                 hs(serde_json::json!({"sub":"1"})),
@@ -608,6 +611,16 @@ mod tests {
             AuthError::Issuer,
             AuthError::Audience,
             AuthError::UnknownKid,
+            AuthError::KeyWithdrawn,
+            AuthError::TokenType("x"),
+            AuthError::InvalidClaim("sub".into()),
+            AuthError::Critical,
+            AuthError::KeysUnavailable {
+                retry_after_secs: 1,
+            },
+            AuthError::KeyWaitFull {
+                retry_after_secs: 1,
+            },
         ];
         for e in all {
             assert!(AuthError::REASONS.contains(&e.reason()), "{}", e.reason());

@@ -68,6 +68,23 @@ pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest discovery document or key set accepted.
 const MAX_BODY: usize = 1024 * 1024;
 
+/// Requests of one issuer that may wait for its next permitted fetch at once; more are
+/// answered 503 (each holds a connection for up to `min_interval`).
+const MAX_WAITING: usize = 1024;
+
+/// A request's place in the wait for an issuer's next fetch.
+pub(crate) struct WaitSlot<'p>(&'p Provider);
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::JWKS_WAITING
+            .with_label_values(&[self.0.config.issuer.as_str()])
+            .dec();
+    }
+}
+
 /// One issuer's keys and fetch history.
 pub(crate) struct Provider {
     config: IssuerConfig,
@@ -88,6 +105,8 @@ pub(crate) struct Provider {
     refreshing: std::sync::atomic::AtomicBool,
     /// The provider clock's millisecond up to which the last good set is usable (0: none).
     usable_until_ms: std::sync::atomic::AtomicU64,
+    /// Requests waiting for the next permitted fetch.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Provider {
@@ -105,7 +124,14 @@ impl Provider {
             failing: std::sync::atomic::AtomicBool::new(false),
             refreshing: std::sync::atomic::AtomicBool::new(false),
             usable_until_ms: std::sync::atomic::AtomicU64::new(0),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// How many requests wait for the next permitted fetch.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Moves this provider's clock forward by `by`.
@@ -153,6 +179,28 @@ impl Provider {
     /// request.
     pub(crate) fn may_refresh(&self) -> bool {
         self.state.lock().should_refresh(&self.policy(), self.now())
+    }
+
+    /// How long until a fetch may start (zero when one may start now or is running).
+    pub(crate) fn until_fetch_allowed(&self) -> Duration {
+        self.state
+            .lock()
+            .until_fetch_allowed(&self.policy(), self.now())
+    }
+
+    /// A place among the requests waiting for the next permitted fetch, if one is free; the
+    /// place is given back when the guard drops.
+    pub(crate) fn wait_slot(&self) -> Option<WaitSlot<'_>> {
+        use std::sync::atomic::Ordering;
+        let taken = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if taken >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        crate::metrics::JWKS_WAITING
+            .with_label_values(&[self.config.issuer.as_str()])
+            .inc();
+        Some(WaitSlot(self))
     }
 
     /// Whether a key set was ever loaded (stale or not).
@@ -223,6 +271,22 @@ impl Provider {
             .with_label_values(&[issuer])
             .set(n as i64);
         crate::metrics::JWKS_AGE.with_label_values(&[issuer]).set(0);
+        let mut set = set;
+        let withdrawn = match self.set.read().as_ref() {
+            Some(previous) => set.succeed(previous),
+            None => 0,
+        };
+        if withdrawn > 0 {
+            crate::metrics::JWKS_WITHDRAWN
+                .with_label_values(&[issuer])
+                .inc_by(withdrawn as u64);
+            tracing::info!(
+                issuer,
+                withdrawn,
+                keys = n,
+                "identity provider withdrew keys; tokens signed with them are refused from now on"
+            );
+        }
         *self.set.write() = Some(Arc::new(set));
         *self.provider_max_age.lock() = provider_max_age;
         let now = self.now();
@@ -295,6 +359,10 @@ pub(crate) fn prime(config: &IssuerConfig) {
     crate::metrics::JWKS_AGE
         .with_label_values(&[issuer])
         .set(-1);
+    crate::metrics::JWKS_WITHDRAWN.with_label_values(&[issuer]);
+    crate::metrics::JWKS_WAITING
+        .with_label_values(&[issuer])
+        .set(0);
 }
 
 /// The key set's URL from an OIDC discovery document `body`: it must name `issuer` (the one

@@ -48,6 +48,16 @@ impl RefreshState {
         self.in_flight || self.may_fetch(policy, now)
     }
 
+    /// How long from `now` until a fetch may start (zero: now, or one is running).
+    pub(crate) fn until_fetch_allowed(&self, policy: &RefreshPolicy, now: Duration) -> Duration {
+        if self.in_flight {
+            return Duration::ZERO;
+        }
+        self.attempted_at.map_or(Duration::ZERO, |t| {
+            (t + policy.min_interval).saturating_sub(now)
+        })
+    }
+
     /// Whether a fetch has started and not ended.
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> bool {
@@ -108,13 +118,18 @@ impl RefreshState {
         provider_max_age: Option<Duration>,
         now: Duration,
     ) -> Duration {
+        // A provider that says nothing about caching is asked again at least every five
+        // minutes: the keys it withdraws must not stay trusted for an hour.
         let age = provider_max_age
-            .unwrap_or(policy.max_age)
+            .unwrap_or(policy.max_age.min(SILENT_PROVIDER_MAX_AGE))
             .clamp(policy.min_interval, policy.max_age.max(policy.min_interval));
         let from = self.attempted_at.unwrap_or(now);
         from + age
     }
 }
+
+/// How long a key set fetched without `Cache-Control: max-age` is kept at most.
+pub(crate) const SILENT_PROVIDER_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// `max-age` of a `Cache-Control` header value, if any.
 pub(crate) fn max_age(cache_control: &str) -> Option<Duration> {
@@ -228,7 +243,25 @@ mod tests {
             S(3600),
             "at most max_age"
         );
-        assert_eq!(st.next_refresh(&p, None, S(0)), S(3600));
+        assert_eq!(
+            st.next_refresh(&p, None, S(0)),
+            S(300),
+            "a provider silent about caching is asked again within five minutes"
+        );
+        let short = RefreshPolicy {
+            max_age: S(60),
+            ..policy()
+        };
+        assert_eq!(st.next_refresh(&short, None, S(0)), S(60));
+        st.fetching(S(100));
+        assert_eq!(
+            st.until_fetch_allowed(&p, S(101)),
+            S(0),
+            "one runs: join it"
+        );
+        st.fetched(S(102));
+        assert_eq!(st.until_fetch_allowed(&p, S(104)), S(6));
+        assert_eq!(st.until_fetch_allowed(&p, S(120)), S(0));
         assert_eq!(max_age("public, max-age=300"), Some(S(300)));
         assert_eq!(max_age("no-cache"), None);
         assert_eq!(max_age("max-age=x"), None);
