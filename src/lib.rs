@@ -210,7 +210,7 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     metrics::init();
     prime(&config);
     let conf_path = opt.conf.clone();
-    let hash = config::fingerprint_text(&conf_text);
+    let hash = config::fingerprint_loaded(&conf_text, &config);
     metrics::CONFIG_INFO.with_label_values(&[&hash]).set(1);
     let config = Arc::new(config);
     let mut server = Server::new_with_opt_and_conf(opt_without_conf(opt), server_conf(&conf_text)?);

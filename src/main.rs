@@ -36,6 +36,19 @@ enum Command {
         #[arg(long = "role")]
         roles: Vec<String>,
     },
+    /// Print a new API key (give it to the client; it is not stored) and, on the next line,
+    /// its entry for the keys file (`gateway.auth.api_keys.keys_file`).
+    Apikey {
+        /// The identity the key stands for (`X-User-Id`, `key: sub` limits).
+        #[arg(long)]
+        sub: String,
+        /// A role; repeat for more.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A scope; repeat for more.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
     /// Print the route table in match order, or explain which route takes a request.
     Routes {
         /// The configuration file.
@@ -73,6 +86,30 @@ fn main() {
             Ok(text) => print!("{text}"),
             Err(e) => fail(e),
         }
+        return;
+    }
+    if let Some(Command::Apikey { sub, roles, scopes }) = &cli.command {
+        let word = |x: &String| !x.is_empty() && !x.contains(char::is_whitespace);
+        if sub.is_empty() || sub.chars().any(char::is_control) {
+            fail("--sub must be a non-empty id without control characters");
+        }
+        if !roles.iter().chain(scopes).all(word) {
+            fail("roles and scopes are words without spaces");
+        }
+        let (key, digest) = gateway::edge::auth::new_api_key();
+        let list = |xs: &[String]| {
+            xs.iter()
+                .map(|x| serde_json::Value::from(x.as_str()).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("{key}");
+        println!(
+            "  - {{ sha256: \"{digest}\", sub: {}, roles: [{}], scopes: [{}] }}",
+            serde_json::Value::from(sub.as_str()),
+            list(roles),
+            list(scopes)
+        );
         return;
     }
     if let Some(Command::Token { sub, ttl, roles }) = cli.command {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::config::{fingerprint_text, Config, LoadMode, ProcessEnv};
+use crate::config::{fingerprint_loaded, fingerprint_text, Config, LoadMode, ProcessEnv};
 use crate::metrics;
 use crate::snapshot::{Shared, Snapshot};
 
@@ -118,7 +118,10 @@ impl Reloader {
             return Ok(None);
         }
         let text = read.map_err(|e| e.to_string())?;
-        let hash = seen;
+        // Parsed before comparing: the files it names (API keys) may have changed alone.
+        let mut config =
+            Config::from_yaml(&text, &ProcessEnv, LoadMode::Run).map_err(|e| e.to_string())?;
+        let hash = fingerprint_loaded(&text, &config);
         let current = self.live.load_full();
         if current.hash == hash {
             tracing::info!(
@@ -127,8 +130,6 @@ impl Reloader {
             );
             return Ok(Some(Outcome::Unchanged));
         }
-        let mut config =
-            Config::from_yaml(&text, &ProcessEnv, LoadMode::Run).map_err(|e| e.to_string())?;
         let mut needs_upgrade = keep_process_keys(&current.config, &mut config);
         if pingora_keys_changed(&self.applied.lock(), &text) {
             needs_upgrade.push("Pingora's server keys (threads, …)");

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::apikeys::{ApiKeysConfig, ApiKeysFile};
 use super::check::{invalid, ConfigError, Env, LoadMode};
 use super::issuers::{claim_path, resolve_issuers, IssuerConfig, IssuerFile};
 
@@ -31,6 +32,7 @@ pub(super) struct AuthFile {
     pub(super) roles_claim: ClaimPathFile,
     pub(super) forward_claims: BTreeMap<String, String>,
     pub(super) realm: String,
+    pub(super) api_keys: Option<ApiKeysFile>,
 }
 
 impl Default for AuthFile {
@@ -45,6 +47,7 @@ impl Default for AuthFile {
             roles_claim: ClaimPathFile::Dotted("roles".into()),
             forward_claims: BTreeMap::new(),
             realm: "gateway".into(),
+            api_keys: None,
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct AuthConfig {
     pub forward_claims: Vec<(Vec<String>, http::HeaderName)>,
     /// The `realm` of `WWW-Authenticate` challenges (RFC 6750 §3).
     pub realm: String,
+    /// API keys for machine clients, when configured.
+    pub api_keys: Option<ApiKeysConfig>,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -105,10 +110,11 @@ impl AuthFile {
     pub(super) fn resolve(self, env: &dyn Env, mode: LoadMode) -> Result<AuthConfig, ConfigError> {
         let secret = env.var("JWT_SECRET").unwrap_or_default();
         let issuers = resolve_issuers(self.issuers)?;
-        if secret.is_empty() && issuers.is_empty() && mode == LoadMode::Run {
+        let api_keys = self.api_keys.map(ApiKeysFile::resolve).transpose()?;
+        if secret.is_empty() && issuers.is_empty() && api_keys.is_none() && mode == LoadMode::Run {
             return Err(invalid(
                 "JWT_SECRET",
-                "is required when no gateway.auth.issuers are configured: set JWT_SECRET to the HS256 secret shared with the token issuer",
+                "is required when no gateway.auth.issuers or api_keys are configured: set JWT_SECRET to the HS256 secret shared with the token issuer",
             ));
         }
         let roles_claim = match self.roles_claim {
@@ -187,6 +193,7 @@ impl AuthFile {
             roles_claim,
             forward_claims,
             realm: self.realm,
+            api_keys,
         })
     }
 }

@@ -21,12 +21,14 @@ mod file;
 
 use file::FileRoot;
 mod aggregates;
+mod apikeys;
 mod issuers;
 mod resolve;
 pub use aggregates::{
     AggregateConfig, Authorize, CacheSpec, Expect, LegConfig, LocalSpec, Part, PathPattern,
     Segment, Step, Template, ValueRef,
 };
+pub use apikeys::{ApiKey, ApiKeysConfig};
 pub use issuers::{media_type, IssuerConfig, KeySource};
 mod services;
 pub use services::{ServiceConfig, Services};
@@ -68,6 +70,22 @@ pub use upstreams::{HealthCheckConfig, HealthCheckKind, UpstreamConfig};
 /// replica and across restarts, unlike `std`'s randomly seeded hasher.
 pub fn fingerprint<T: std::fmt::Debug>(value: &T) -> String {
     fingerprint_text(&format!("{value:?}"))
+}
+
+/// The fingerprint of what a conf runs on: its text and the files it names that a reload reads
+/// again (the API keys file), so that a changed keys file is a new configuration.
+pub fn fingerprint_loaded(text: &str, config: &Config) -> String {
+    match &config.auth.api_keys {
+        None => fingerprint_text(text),
+        Some(k) => {
+            let digests: Vec<String> = k
+                .keys
+                .iter()
+                .map(|k| format!("{}{:?}", const_hex::encode(k.digest), k))
+                .collect();
+            fingerprint_text(&format!("{text}\n{}", digests.join("\n")))
+        }
+    }
 }
 
 /// The fingerprint of a text (a conf file's, for the `config_hash` label).

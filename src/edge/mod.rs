@@ -215,7 +215,7 @@ impl Edge {
                 auth: AuthOutcome::NotChecked,
             };
         }
-        if optional && !headers.contains_key(http::header::AUTHORIZATION) {
+        if optional && !self.auth.has_credentials(headers) {
             return EdgeVerdict {
                 rate,
                 identity: Ok(None),

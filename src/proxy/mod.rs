@@ -521,6 +521,12 @@ impl ProxyHttp for Gateway {
         if !auth.forward_authorization && req.headers.contains_key(http::header::AUTHORIZATION) {
             req.remove_header(&http::header::AUTHORIZATION);
         }
+        // An API key is the gateway's credential, never the backend's.
+        if let Some(k) = &auth.api_keys {
+            if req.headers.contains_key(&k.header) {
+                req.remove_header(&k.header);
+            }
+        }
         if let Some(t) = &ctx.trace {
             // The backend's span is a child of this try's, never of the client's span.
             if t.client_sent_context() {

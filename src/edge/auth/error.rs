@@ -8,9 +8,15 @@ pub enum AuthError {
     /// No Authorization header.
     #[error("missing bearer token")]
     Missing,
-    /// More than one Authorization header: ambiguous, so refused.
-    #[error("more than one Authorization header")]
+    /// More than one Authorization (or API key) header: ambiguous, so refused.
+    #[error("more than one Authorization or API key header")]
     Duplicate,
+    /// Both a token and an API key: they may name two callers, so neither is used.
+    #[error("send either a bearer token or an API key, not both")]
+    TwoCredentials,
+    /// An API key the gateway does not know (or no longer accepts).
+    #[error("API key not accepted")]
+    InvalidApiKey,
     /// A scheme other than Bearer.
     #[error("the Authorization scheme must be Bearer")]
     Scheme,
@@ -77,7 +83,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every value [`AuthError::reason`] can return.
-    pub const REASONS: [&'static str; 20] = [
+    pub const REASONS: [&'static str; 22] = [
         "missing",
         "duplicate_header",
         "scheme",
@@ -98,6 +104,8 @@ impl AuthError {
         "crit",
         "keys_unavailable",
         "key_wait_full",
+        "two_credentials",
+        "invalid_api_key",
     ];
 
     /// Bounded label for `auth_failures_total{reason}`.
@@ -123,6 +131,8 @@ impl AuthError {
             AuthError::Critical => "crit",
             AuthError::KeysUnavailable { .. } => "keys_unavailable",
             AuthError::KeyWaitFull { .. } => "key_wait_full",
+            AuthError::TwoCredentials => "two_credentials",
+            AuthError::InvalidApiKey => "invalid_api_key",
         }
     }
 
@@ -138,7 +148,10 @@ impl AuthError {
 
     /// Whether a token was presented (RFC 6750 then asks for `error="invalid_token"`).
     pub fn token_given(&self) -> bool {
-        !matches!(self, AuthError::Missing | AuthError::Scheme)
+        !matches!(
+            self,
+            AuthError::Missing | AuthError::Scheme | AuthError::InvalidApiKey
+        )
     }
 }
 

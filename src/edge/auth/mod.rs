@@ -24,6 +24,7 @@ use crate::clock::unix_now;
 use crate::config::AuthConfig;
 use crate::rebuild::Rebuild;
 
+mod apikeys;
 mod cache;
 mod claims;
 mod error;
@@ -33,6 +34,7 @@ pub(crate) mod jwks;
 pub(crate) mod provider;
 mod refresh;
 
+pub use self::apikeys::new_api_key;
 use self::cache::{TokenCache, Verified};
 use self::claims::ClaimReader;
 pub use self::error::AuthError;
@@ -70,6 +72,8 @@ pub(crate) struct Authenticator {
     max_token_bytes: usize,
     cache: TokenCache,
     claims: Arc<ClaimReader>,
+    /// Machine clients' keys, when configured.
+    api_keys: Option<apikeys::ApiKeys>,
 }
 
 impl Authenticator {
@@ -125,6 +129,10 @@ impl Authenticator {
             })
             .collect();
         Authenticator {
+            api_keys: cfg
+                .api_keys
+                .as_ref()
+                .map(|k| apikeys::ApiKeys::new(k, &claims)),
             hs256: !cfg.secret.is_empty(),
             issuers,
             key: DecodingKey::from_secret(&cfg.secret),
@@ -142,6 +150,9 @@ impl Authenticator {
         &self,
         headers: &HeaderMap,
     ) -> Result<Arc<Identity>, AuthError> {
+        if let Some(keyed) = self.api_keys.as_ref().and_then(|k| k.identify(headers)) {
+            return keyed;
+        }
         let token = self.bearer(headers)?;
         if let Some(hit) = self.cached(token) {
             return hit;
@@ -192,6 +203,16 @@ impl Authenticator {
             return Ok(None);
         };
         Ok(Some((i, issuer::TokenHead::parse(&header)?)))
+    }
+
+    /// Whether the request carries a credential of any configured kind (an `optional` route
+    /// lets a request without one through anonymously).
+    pub(crate) fn has_credentials(&self, headers: &HeaderMap) -> bool {
+        headers.contains_key(http::header::AUTHORIZATION)
+            || self
+                .api_keys
+                .as_ref()
+                .is_some_and(|k| headers.contains_key(k.header()))
     }
 
     /// The identity providers, for the background key refresher.
@@ -418,6 +439,7 @@ mod tests {
             roles_claim: vec!["roles".into()],
             forward_claims: vec![],
             realm: "gateway".into(),
+            api_keys: None,
         };
         Authenticator::new(&cfg, 8192, &[], vec![], false)
     }
@@ -615,6 +637,8 @@ mod tests {
             AuthError::TokenType("x"),
             AuthError::InvalidClaim("sub".into()),
             AuthError::Critical,
+            AuthError::TwoCredentials,
+            AuthError::InvalidApiKey,
             AuthError::KeysUnavailable {
                 retry_after_secs: 1,
             },
