@@ -349,6 +349,9 @@ fn proxy_service(
     settings
         .set_min_proto_version(Some(min))
         .map_err(|e| internal(format!("gateway.tls.min_version: {e}")))?;
+    if let Some(c) = &tls.client_auth {
+        tls::ask_client_certificates(&mut settings, c).map_err(internal)?;
+    }
     proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
     Ok((proxy, Some(tls::Reloader::new(certs, tls.reload_interval))))
 }

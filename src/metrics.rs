@@ -300,6 +300,24 @@ pub static JWKS_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Verified client certificates (mTLS) by whether they named an identity.
+pub static CLIENT_CERTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "tls_client_certificates_total",
+        "Verified client certificates, by result (verified|no_identity: neither a URI SAN nor a printable CN)",
+        &["result"],
+    )
+});
+
+/// Calls to introspection endpoints by issuer and answer.
+pub static INTROSPECTION: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "introspection_requests_total",
+        "Calls to an issuer's token introspection endpoint, by answer (active|inactive|error)",
+        &["issuer", "result"],
+    )
+});
+
 /// Keys withdrawn by each issuer (published by one fetch, absent from the next).
 pub static JWKS_WITHDRAWN: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
@@ -505,6 +523,8 @@ pub fn init() {
     LazyLock::force(&JWKS_KEYS);
     LazyLock::force(&JWKS_AGE);
     LazyLock::force(&JWKS_WITHDRAWN);
+    LazyLock::force(&INTROSPECTION);
+    LazyLock::force(&CLIENT_CERTS);
     LazyLock::force(&JWKS_WAITING);
     LazyLock::force(&TLS_CERT_EXPIRY);
     LazyLock::force(&TLS_RELOAD);

@@ -244,8 +244,82 @@ impl Certificates {
 /// Picks the certificate for each handshake from the current set.
 pub struct SniResolver(pub Arc<Certificates>);
 
+/// The identity a verified client certificate gives (attached to the connection's TLS digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The certificate's first URI subject alternative name (SPIFFE ids and the like), else
+    /// its subject's common name.
+    pub sub: String,
+}
+
+impl ClientCert {
+    /// The identity of a verified peer certificate, if it names one that can be a header value.
+    fn of(cert: &openssl::x509::X509Ref) -> Option<ClientCert> {
+        let uri = cert
+            .subject_alt_names()
+            .and_then(|names| names.iter().find_map(|n| n.uri().map(str::to_string)));
+        let cn = || {
+            cert.subject_name()
+                .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                .next()
+                .and_then(|e| e.data().to_string().ok())
+        };
+        let sub = uri.or_else(cn)?;
+        let printable = !sub.is_empty() && sub.bytes().all(|b| (0x20..0x7f).contains(&b));
+        printable.then_some(ClientCert { sub })
+    }
+}
+
+/// Asks TLS clients for a certificate signed by `c.ca` (and refuses handshakes without one
+/// when it is required). A certificate that does not verify always fails the handshake.
+pub fn ask_client_certificates(
+    settings: &mut pingora::listeners::tls::TlsSettings,
+    c: &crate::config::ClientAuth,
+) -> Result<(), String> {
+    use pingora::tls::ssl::SslVerifyMode;
+    let ca = c.ca.to_string_lossy();
+    settings
+        .set_ca_file(&c.ca)
+        .map_err(|e| format!("gateway.tls.client_auth.ca: {ca}: {e}"))?;
+    let pem = std::fs::read(&c.ca).map_err(|e| format!("gateway.tls.client_auth.ca: {ca}: {e}"))?;
+    let mut names = openssl::stack::Stack::new().map_err(|e| e.to_string())?;
+    for cert in openssl::x509::X509::stack_from_pem(&pem).map_err(|e| e.to_string())? {
+        let name = cert.subject_name().to_owned().map_err(|e| e.to_string())?;
+        names.push(name).map_err(|e| e.to_string())?;
+    }
+    // Tells clients which CAs are accepted (a client with several certificates picks by it).
+    settings.set_client_ca_list(names);
+    let mut mode = SslVerifyMode::PEER;
+    if c.required {
+        mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
+    }
+    settings.set_verify(mode);
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl TlsAccept for SniResolver {
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        // Only a verified chain gets here with a certificate (a failed one ends the handshake).
+        let cert = ssl.peer_certificate()?;
+        if ssl.verify_result() != openssl::x509::X509VerifyResult::OK {
+            return None;
+        }
+        let identity = ClientCert::of(&cert);
+        let result = if identity.is_some() {
+            "verified"
+        } else {
+            "no_identity"
+        };
+        crate::metrics::CLIENT_CERTS
+            .with_label_values(&[result])
+            .inc();
+        identity.map(|c| Arc::new(c) as Arc<dyn std::any::Any + Send + Sync>)
+    }
+
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
         let set = self.0.current();
         let sni = ssl.servername(NameType::HOST_NAME).map(str::to_string);
@@ -305,8 +379,11 @@ impl pingora::services::background::BackgroundService for Reloader {
     }
 }
 
-/// Creates `tls_reload_total` at 0 for both results.
+/// Creates `tls_reload_total` at 0 for both results, and the client-certificate series.
 pub(crate) fn prime() {
+    for result in ["verified", "no_identity"] {
+        crate::metrics::CLIENT_CERTS.with_label_values(&[result]);
+    }
     for result in Outcome::ALL {
         crate::metrics::TLS_RELOAD.with_label_values(&[result.label()]);
     }

@@ -211,3 +211,141 @@ async fn a_bad_keys_file_stops_the_start_with_a_message_naming_it() {
         "{err}"
     );
 }
+
+/// `curl` over TLS to the gateway as `a.test`, with a client certificate when given:
+/// (curl's exit code, HTTP status, body, stderr).
+async fn curl_tls(
+    ca: &common::TestCa,
+    port: u16,
+    path: &str,
+    cert: Option<&common::Leaf>,
+    extra: &[&str],
+) -> (i32, u16, String, String) {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-s", "-S", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(&ca.cert)
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+        .args(extra);
+    if let Some(c) = cert {
+        cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
+    }
+    let out = cmd
+        .arg(format!("https://a.test:{port}{path}"))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        out.status.code().unwrap_or(-1),
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn mtls_section(
+    echo: &EchoServer,
+    port: u16,
+    server: &common::Leaf,
+    clients: &common::TestCa,
+    required: bool,
+) -> String {
+    format!(
+        r#"services: {{}}
+aggregates: []
+rate_limit: {{ per_minute: 100000 }}
+tls:
+  listen: "127.0.0.1:{port}"
+  certificates: [{{ cert: "{}", key: "{}" }}]
+  client_auth: {{ ca: "{}", required: {required} }}
+upstreams:
+  echo: {{ backends: ["127.0.0.1:{}"] }}
+routes:
+  - {{ name: machines, match: {{ path: {{ prefix: "/machines/" }} }}, upstream: echo, credentials: [mtls, bearer] }}
+  - {{ name: people, match: {{ path: {{ prefix: "/people/" }} }}, upstream: echo }}
+"#,
+        server.cert.display(),
+        server.key.display(),
+        clients.cert.display(),
+        echo.port
+    )
+}
+
+#[tokio::test]
+async fn client_certificates_identify_callers_on_routes_that_take_them() {
+    let echo = EchoServer::start().await;
+    let server_ca = common::TestCa::new();
+    let server = server_ca.leaf("server", &["a.test"], 30);
+    let clients = common::TestCa::new();
+    let spiffe = clients.client("svc", "svc-cn", Some("spiffe://example.org/billing"));
+    let plain = clients.client("plain", "reporting", None);
+    let other_ca = common::TestCa::new();
+    let stranger = other_ca.client("stranger", "mallory", None);
+    let port = common::free_port();
+    let gw = Gateway::start(&mtls_section(&echo, port, &server, &clients, false), &[]).await;
+
+    // A verified certificate is the caller on a route that lists mtls: URI SAN first, else CN.
+    let (rc, status, _, err) = curl_tls(&server_ca, port, "/machines/x", Some(&spiffe), &[]).await;
+    assert_eq!((rc, status), (0, 200), "{err}");
+    assert_eq!(
+        header_of_last(&echo, "x-user-id").as_deref(),
+        Some("spiffe://example.org/billing")
+    );
+    let (_, status, _, _) = curl_tls(&server_ca, port, "/machines/x", Some(&plain), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header_of_last(&echo, "x-user-id").as_deref(),
+        Some("reporting")
+    );
+    // A route that does not list mtls still wants a token; without a certificate, so does
+    // the mtls route (the certificate is optional on this listener).
+    let (_, status, body, _) = curl_tls(&server_ca, port, "/people/x", Some(&spiffe), &[]).await;
+    assert_eq!(status, 401, "{body}");
+    let (rc, status, _, _) = curl_tls(&server_ca, port, "/machines/x", None, &[]).await;
+    assert_eq!((rc, status), (0, 401));
+    // A bearer token still works on the route beside the certificate.
+    let bearer = format!("Authorization: Bearer {}", token("7"));
+    let (_, status, _, _) = curl_tls(&server_ca, port, "/machines/x", None, &["-H", &bearer]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header_of_last(&echo, "x-user-id").as_deref(), Some("7"));
+    // A certificate from another CA fails the handshake: the server's alert, not curl's choice.
+    let before = metric_sum(&gw.metrics().await, "tls_handshake_errors_total");
+    let (rc, status, _, err) =
+        curl_tls(&server_ca, port, "/machines/x", Some(&stranger), &[]).await;
+    assert_ne!(rc, 0, "refused");
+    assert_eq!(status, 0);
+    assert!(
+        err.contains("alert unknown ca"),
+        "the server's alert: {err}"
+    );
+    eventually(
+        "the refused handshake counted",
+        Duration::from_secs(5),
+        async || metric_sum(&gw.metrics().await, "tls_handshake_errors_total") == before + 1.0,
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert!(
+        metric_sum(&m, r#"tls_client_certificates_total{result="verified"}"#) >= 3.0,
+        "{m}"
+    );
+    drop(gw);
+
+    // required: true refuses a handshake without a certificate: the same curl that got 401
+    // above fails, and the server counts the handshake it refused.
+    let port = common::free_port();
+    let gw = Gateway::start(&mtls_section(&echo, port, &server, &clients, true), &[]).await;
+    let before = metric_sum(&gw.metrics().await, "tls_handshake_errors_total");
+    let (rc, status, _, err) = curl_tls(&server_ca, port, "/machines/x", None, &[]).await;
+    assert_ne!(rc, 0, "no certificate, refused: {err}");
+    assert_eq!(status, 0);
+    eventually(
+        "the refused handshake counted",
+        Duration::from_secs(5),
+        async || metric_sum(&gw.metrics().await, "tls_handshake_errors_total") == before + 1.0,
+    )
+    .await;
+    let (rc, status, _, err) = curl_tls(&server_ca, port, "/machines/x", Some(&plain), &[]).await;
+    assert_eq!((rc, status), (0, 200), "{err}");
+}

@@ -109,7 +109,7 @@ impl AuthConfig {
 impl AuthFile {
     pub(super) fn resolve(self, env: &dyn Env, mode: LoadMode) -> Result<AuthConfig, ConfigError> {
         let secret = env.var("JWT_SECRET").unwrap_or_default();
-        let issuers = resolve_issuers(self.issuers)?;
+        let issuers = resolve_issuers(self.issuers, env, mode)?;
         let api_keys = self.api_keys.map(ApiKeysFile::resolve).transpose()?;
         if secret.is_empty() && issuers.is_empty() && api_keys.is_none() && mode == LoadMode::Run {
             return Err(invalid(

@@ -8,7 +8,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use url::Url;
 
-use super::check::{invalid, ConfigError};
+use super::check::{invalid, ConfigError, Env, LoadMode};
 
 /// One issuer as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,7 +28,50 @@ pub(super) struct IssuerFile {
     #[serde(default)]
     token_types: Option<Vec<String>>,
     #[serde(default)]
+    introspection: Option<IntrospectionFile>,
+    #[serde(default)]
     refresh: RefreshFile,
+}
+
+/// `introspection` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntrospectionFile {
+    #[serde(default)]
+    endpoint: Option<String>,
+    client_id: String,
+    client_secret_env: String,
+    #[serde(default = "default_introspection_cache")]
+    cache_seconds: u64,
+}
+
+fn default_introspection_cache() -> u64 {
+    60
+}
+
+/// Where and how opaque tokens are introspected (RFC 7662).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IntrospectionConfig {
+    /// The endpoint; `None`: the discovery document's `introspection_endpoint`.
+    pub endpoint: Option<Url>,
+    /// The gateway's client id at the provider.
+    pub client_id: String,
+    /// Its secret (from the environment variable named in the conf).
+    pub client_secret: String,
+    /// How long an active answer is reused (never past the token's `exp`).
+    pub cache: Duration,
+}
+
+impl std::fmt::Debug for IntrospectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret must never reach a log line.
+        f.debug_struct("IntrospectionConfig")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("cache", &self.cache)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +123,8 @@ pub struct IssuerConfig {
     pub max_stale: Duration,
     /// Accepted `typ` values, lowercased without `application/` (an absent `typ` is `jwt`).
     pub token_types: Vec<String>,
+    /// Opaque tokens are introspected at this issuer, when set.
+    pub introspection: Option<IntrospectionConfig>,
 }
 
 /// A `typ` as compared: lowercased, without the optional `application/` (RFC 7515 4.1.9).
@@ -123,8 +168,60 @@ fn parse_url(key: &str, s: &str, insecure: bool) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+impl IntrospectionFile {
+    fn resolve(
+        self,
+        key: &str,
+        discovery: bool,
+        insecure: bool,
+        env: &dyn Env,
+        mode: LoadMode,
+    ) -> Result<IntrospectionConfig, ConfigError> {
+        let endpoint = match &self.endpoint {
+            Some(u) => Some(parse_url(&format!("{key}.endpoint"), u, insecure)?),
+            None if discovery => None,
+            None => {
+                return Err(invalid(
+                    format!("{key}.endpoint"),
+                    "is required unless the issuer uses discovery: true",
+                ))
+            }
+        };
+        if self.client_id.is_empty() {
+            return Err(invalid(format!("{key}.client_id"), "must not be empty"));
+        }
+        let client_secret = env.var(&self.client_secret_env).unwrap_or_default();
+        if client_secret.is_empty() && mode == LoadMode::Run {
+            return Err(invalid(
+                format!("{key}.client_secret_env"),
+                format!(
+                    "the environment variable `{}` is not set: it holds the gateway's client secret at the provider",
+                    self.client_secret_env
+                ),
+            ));
+        }
+        if self.cache_seconds == 0 {
+            return Err(invalid(
+                format!("{key}.cache_seconds"),
+                "must be at least 1 (every request would ask the provider)",
+            ));
+        }
+        Ok(IntrospectionConfig {
+            endpoint,
+            client_id: self.client_id,
+            client_secret,
+            cache: Duration::from_secs(self.cache_seconds),
+        })
+    }
+}
+
 impl IssuerFile {
-    fn resolve(self, key: &str) -> Result<IssuerConfig, ConfigError> {
+    fn resolve(
+        self,
+        key: &str,
+        env: &dyn Env,
+        mode: LoadMode,
+    ) -> Result<IssuerConfig, ConfigError> {
         let k = |s: &str| format!("{key}.{s}");
         if self.issuer.trim().is_empty() {
             return Err(invalid(k("issuer"), "must not be empty"));
@@ -195,8 +292,19 @@ impl IssuerFile {
                 out
             }
         };
+        let introspection = match self.introspection {
+            None => None,
+            Some(i) => Some(i.resolve(
+                &k("introspection"),
+                self.discovery,
+                self.allow_insecure_http,
+                env,
+                mode,
+            )?),
+        };
         Ok(IssuerConfig {
             token_types,
+            introspection,
             issuer: self.issuer,
             keys,
             audiences: self.audiences,
@@ -210,11 +318,23 @@ impl IssuerFile {
 }
 
 /// Checks every issuer; issuers must be unique.
-pub(super) fn resolve_issuers(files: Vec<IssuerFile>) -> Result<Vec<IssuerConfig>, ConfigError> {
+pub(super) fn resolve_issuers(
+    files: Vec<IssuerFile>,
+    env: &dyn Env,
+    mode: LoadMode,
+) -> Result<Vec<IssuerConfig>, ConfigError> {
     let mut out: Vec<IssuerConfig> = Vec::with_capacity(files.len());
     for (i, f) in files.into_iter().enumerate() {
         let key = format!("gateway.auth.issuers[{i}]");
-        let c = f.resolve(&key)?;
+        let c = f.resolve(&key, env, mode)?;
+        if c.introspection.is_some() {
+            if let Some(j) = out.iter().position(|o| o.introspection.is_some()) {
+                return Err(invalid(
+                    format!("{key}.introspection"),
+                    format!("gateway.auth.issuers[{j}] introspects already: opaque tokens do not name their issuer, so one issuer takes them all"),
+                ));
+            }
+        }
         if out.iter().any(|o| o.issuer == c.issuer) {
             return Err(invalid(
                 format!("{key}.issuer"),
@@ -254,7 +374,11 @@ mod tests {
     use super::*;
 
     fn check(yaml: &str) -> Result<Vec<IssuerConfig>, ConfigError> {
-        resolve_issuers(serde_yaml::from_str(yaml).unwrap())
+        resolve_issuers(
+            serde_yaml::from_str(yaml).unwrap(),
+            &|v: &str| (v == "INTROSPECTION_SECRET").then(|| "s3cret".to_string()),
+            LoadMode::Run,
+        )
     }
 
     #[test]
@@ -334,6 +458,26 @@ mod tests {
             "a namespaced claim is one name"
         );
         assert!(claim_path("k", "example.com/roles").is_err());
+    }
+
+    #[test]
+    fn introspection_needs_an_endpoint_a_secret_and_one_issuer() {
+        let c = check("- { issuer: 'https://idp.example', discovery: true, introspection: { client_id: gw, client_secret_env: INTROSPECTION_SECRET } }").unwrap();
+        let i = c[0].introspection.as_ref().unwrap();
+        assert_eq!(
+            (i.endpoint.as_ref(), i.client_secret.as_str(), i.cache),
+            (None, "s3cret", Duration::from_secs(60))
+        );
+        assert!(!format!("{i:?}").contains("s3cret"));
+        for (yaml, want) in [
+            ("- { issuer: 'https://idp.example', jwks_uri: 'https://idp.example/jwks', introspection: { client_id: gw, client_secret_env: INTROSPECTION_SECRET } }", "introspection.endpoint: is required unless"),
+            ("- { issuer: 'https://idp.example', discovery: true, introspection: { client_id: gw, client_secret_env: NOPE } }", "`NOPE` is not set"),
+            ("- { issuer: 'https://idp.example', discovery: true, introspection: { client_id: gw, client_secret_env: INTROSPECTION_SECRET, cache_seconds: 0 } }", "cache_seconds"),
+            ("- { issuer: 'https://a.example', discovery: true, introspection: { client_id: gw, client_secret_env: INTROSPECTION_SECRET } }\n- { issuer: 'https://b.example', discovery: true, introspection: { client_id: gw, client_secret_env: INTROSPECTION_SECRET } }", "issuers[0] introspects already"),
+        ] {
+            let e = check(yaml).unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
     }
 
     #[test]

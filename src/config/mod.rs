@@ -29,11 +29,11 @@ pub use aggregates::{
     Segment, Step, Template, ValueRef,
 };
 pub use apikeys::{ApiKey, ApiKeysConfig};
-pub use issuers::{media_type, IssuerConfig, KeySource};
+pub use issuers::{media_type, IntrospectionConfig, IssuerConfig, KeySource};
 mod services;
 pub use services::{ServiceConfig, Services};
 mod tls;
-pub use tls::{CertPaths, TlsConfig, TlsVersion, UpstreamTls};
+pub use tls::{CertPaths, ClientAuth, TlsConfig, TlsVersion, UpstreamTls};
 mod admin;
 mod auth;
 mod check;
@@ -60,8 +60,8 @@ pub use redis::{normalise_redis_addr, RedisConfig, SentinelConfig};
 pub(crate) use resolve::aggregate_routes;
 pub use routes::template::{Part as TemplatePart, PathTemplate, ValueTemplate};
 pub use routes::{
-    Conditions, HeaderRules, HostMatch, PathMatch, Require, Rewrite, RouteAuth, RouteConfig,
-    RouteRetries, RouteTarget, RouteTimeouts, Specificity,
+    Conditions, Credentials, HeaderRules, HostMatch, PathMatch, Require, Rewrite, RouteAuth,
+    RouteConfig, RouteRetries, RouteTarget, RouteTimeouts, Specificity,
 };
 pub use tracing::TracingConfig;
 pub use upstreams::{HealthCheckConfig, HealthCheckKind, UpstreamConfig};

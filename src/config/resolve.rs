@@ -45,6 +45,16 @@ impl GatewayFile {
                 ));
             }
         }
+        let client_certs = tls.as_ref().is_some_and(|t| t.client_auth.is_some());
+        if let Some(i) = routes
+            .iter()
+            .position(|r| r.credentials.mtls && !client_certs)
+        {
+            return Err(invalid(
+                format!("gateway.routes[{i}].credentials"),
+                "lists mtls, but gateway.tls.client_auth asks no client for a certificate",
+            ));
+        }
         let mut taken = vec![listen, metrics_listen];
         taken.extend(tls.as_ref().map(|t| t.listen));
         let admin = super::admin::resolve_admin(self.admin, env, &taken, mode)?;

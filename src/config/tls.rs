@@ -27,6 +27,26 @@ pub(super) struct TlsFile {
     h2_max_concurrent_streams: u32,
     #[serde(default = "default_h2_header_list")]
     h2_max_header_list_bytes: u32,
+    #[serde(default)]
+    client_auth: Option<ClientAuthFile>,
+}
+
+/// `gateway.tls.client_auth` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientAuthFile {
+    ca: String,
+    #[serde(default)]
+    required: bool,
+}
+
+/// Client certificates (mTLS) on the HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// PEM file of the CAs whose client certificates are accepted.
+    pub ca: PathBuf,
+    /// A handshake without a client certificate is refused.
+    pub required: bool,
 }
 
 // Pingora 0.9's own h2 server defaults (`default_h2_options`).
@@ -93,6 +113,8 @@ pub struct TlsConfig {
     pub h2_max_concurrent_streams: u32,
     /// Largest decoded header list an h2 request may carry.
     pub h2_max_header_list_bytes: u32,
+    /// Client certificates asked for and verified, when set.
+    pub client_auth: Option<ClientAuth>,
 }
 
 impl TlsFile {
@@ -151,7 +173,26 @@ impl TlsFile {
                 "must be at least 1024",
             ));
         }
+        let client_auth = match self.client_auth {
+            None => None,
+            Some(c) => {
+                // Read now, so that `-t` and start-up name a bad file.
+                let pem = std::fs::read(&c.ca)
+                    .map_err(|e| invalid("gateway.tls.client_auth.ca", format!("{}: {e}", c.ca)))?;
+                if openssl::x509::X509::stack_from_pem(&pem).map_or(true, |s| s.is_empty()) {
+                    return Err(invalid(
+                        "gateway.tls.client_auth.ca",
+                        format!("{}: no PEM certificate", c.ca),
+                    ));
+                }
+                Some(ClientAuth {
+                    ca: c.ca.into(),
+                    required: c.required,
+                })
+            }
+        };
         Ok(TlsConfig {
+            client_auth,
             listen,
             certificates,
             min_version,

@@ -188,6 +188,11 @@ impl Edge {
         self.auth.ready()
     }
 
+    /// Whether the request carries a credential in its headers (its answer varies by them).
+    pub(crate) fn has_credentials(&self, headers: &HeaderMap) -> bool {
+        self.auth.has_credentials(headers)
+    }
+
     /// Starts the key refresh of identity providers that have none running yet (new ones);
     /// each stops when its provider is dropped.
     pub(crate) fn start_key_refresh(&self) {
@@ -196,15 +201,18 @@ impl Edge {
         }
     }
 
-    /// The address and header policies, then authentication, then the user and claim
-    /// policies. With `optional`, a request without `Authorization` goes on anonymously after
-    /// the first policies.
+    /// The address and header policies, then authentication (by the first credential `accepts`
+    /// lists that the request carries; `cert` is the connection's verified client certificate),
+    /// then the user and claim policies. With `optional`, a request without a credential goes
+    /// on anonymously after the first policies.
     pub(crate) async fn check(
         &self,
         client: Option<IpAddr>,
         scope: Scope<'_>,
         headers: &HeaderMap,
         optional: bool,
+        accepts: crate::config::Credentials,
+        cert: Option<&str>,
     ) -> EdgeVerdict {
         let now = unix_now_micros();
         let mut rate = self.limits.before_auth(client, scope, headers, now).await;
@@ -215,7 +223,7 @@ impl Edge {
                 auth: AuthOutcome::NotChecked,
             };
         }
-        if optional && !self.auth.has_credentials(headers) {
+        if optional && !self.auth.has_credentials(headers) && !(accepts.mtls && cert.is_some()) {
             return EdgeVerdict {
                 rate,
                 identity: Ok(None),
@@ -223,23 +231,27 @@ impl Edge {
             };
         }
         let mut auth = AuthOutcome::Ok;
-        let identity = self.auth.authenticate(headers).await.map_err(|e| {
-            auth = AuthOutcome::Refused(e.reason());
-            metrics::AUTH_FAILURES
-                .with_label_values(&[e.reason()])
-                .inc();
-            match e.unavailable() {
-                Some(retry_after_secs) => GatewayError::AuthUnavailable {
-                    code: e.reason(),
-                    message: e.to_string().into(),
-                    retry_after_secs,
-                },
-                None => GatewayError::Unauthorized {
-                    message: e.to_string().into(),
-                    token_given: e.token_given(),
-                },
-            }
-        });
+        let identity = self
+            .auth
+            .authenticate(headers, accepts, cert)
+            .await
+            .map_err(|e| {
+                auth = AuthOutcome::Refused(e.reason());
+                metrics::AUTH_FAILURES
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                match e.unavailable() {
+                    Some(retry_after_secs) => GatewayError::AuthUnavailable {
+                        code: e.reason(),
+                        message: e.to_string().into(),
+                        retry_after_secs,
+                    },
+                    None => GatewayError::Unauthorized {
+                        message: e.to_string().into(),
+                        token_given: e.token_given(),
+                    },
+                }
+            });
         let identity = match identity {
             Ok(who) if self.limits.counts_callers() => {
                 self.limits

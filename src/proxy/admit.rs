@@ -50,8 +50,13 @@ pub(super) enum Access {
     Public,
     /// No route: limited, then answered 404/405 without reading a token.
     Unrouted,
-    /// A token (verified when sent if `optional`).
-    Token { optional: bool },
+    /// A credential of the kinds `accepts` lists (verified when sent if `optional`).
+    Token {
+        /// Without a credential the request goes on anonymously.
+        optional: bool,
+        /// The kinds of credential that count.
+        accepts: crate::config::Credentials,
+    },
 }
 
 impl Access {
@@ -62,10 +67,19 @@ impl Access {
             _ if auth.is_public(path) => Access::Public,
             Route::Proxy(r) | Route::Direct(r) => match r.config.auth {
                 RouteAuth::Public => Access::Public,
-                RouteAuth::Optional => Access::Token { optional: true },
-                RouteAuth::Required => Access::Token { optional: false },
+                RouteAuth::Optional => Access::Token {
+                    optional: true,
+                    accepts: r.config.credentials,
+                },
+                RouteAuth::Required => Access::Token {
+                    optional: false,
+                    accepts: r.config.credentials,
+                },
             },
-            _ => Access::Token { optional: false },
+            _ => Access::Token {
+                optional: false,
+                accepts: crate::config::Credentials::default(),
+            },
         }
     }
 }

@@ -225,9 +225,17 @@ impl ProxyHttp for Gateway {
                     return Ok(true);
                 }
             }
-            admit::Access::Token { optional } => {
-                ctx.credentialed = req.headers.contains_key(http::header::AUTHORIZATION);
-                let verdict = snap.edge.check(client, scope, &req.headers, optional).await;
+            admit::Access::Token { optional, accepts } => {
+                ctx.credentialed = snap.edge.has_credentials(&req.headers);
+                let cert = session
+                    .digest()
+                    .and_then(|d| d.ssl_digest.as_ref())
+                    .and_then(|s| s.extension.get::<crate::tls::ClientCert>())
+                    .map(|c| c.sub.as_str());
+                let verdict = snap
+                    .edge
+                    .check(client, scope, &req.headers, optional, accepts, cert)
+                    .await;
                 ctx.rate = verdict.rate;
                 spans::edge(ctx, verdict.auth);
                 match verdict.identity {
@@ -594,6 +602,12 @@ impl ProxyHttp for Gateway {
                 http::header::VARY,
                 http::HeaderValue::from_static("Authorization"),
             )?;
+            if let Some(k) = &ctx.snap.config.auth.api_keys {
+                resp.append_header(
+                    http::header::VARY,
+                    http::HeaderValue::from(k.header.clone()),
+                )?;
+            }
         }
         if let Some(d) = &ctx.rate {
             for (name, value) in d.headers() {

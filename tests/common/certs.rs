@@ -70,23 +70,36 @@ impl TestCa {
     /// A leaf for `names` (SANs; the first is also the CN), valid `days`, written as
     /// `{file}.crt` / `{file}.key` in the CA's directory.
     pub fn leaf(&self, file: &str, names: &[&str], days: u32) -> Leaf {
-        let dir = self.dir.path();
         let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-        std::fs::write(
-            dir.join(format!("{file}.ext")),
-            format!(
-                "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-                sans.join(",")
-            ),
-        )
-        .expect("ext file");
+        let ext = format!(
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+            sans.join(",")
+        );
+        self.sign(file, &format!("/CN={}", names[0]), &ext, days)
+    }
+
+    /// A client certificate (`clientAuth`) with subject CN `cn` and, when given, a URI SAN
+    /// (`spiffe://…`), valid 30 days, written as `{file}.crt` / `{file}.key`.
+    pub fn client(&self, file: &str, cn: &str, uri: Option<&str>) -> Leaf {
+        let mut ext =
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n"
+                .to_string();
+        if let Some(u) = uri {
+            ext.push_str(&format!("subjectAltName=URI:{u}\n"));
+        }
+        self.sign(file, &format!("/CN={cn}"), &ext, 30)
+    }
+
+    /// A new key and a certificate for `subj` with extensions `ext`, signed by this CA.
+    fn sign(&self, file: &str, subj: &str, ext_text: &str, days: u32) -> Leaf {
+        let dir = self.dir.path();
+        std::fs::write(dir.join(format!("{file}.ext")), ext_text).expect("ext file");
         let (crt, key, csr, ext) = (
             format!("{file}.crt"),
             format!("{file}.key"),
             format!("{file}.csr"),
             format!("{file}.ext"),
         );
-        let subj = format!("/CN={}", names[0]);
         openssl(
             &[
                 "req",
@@ -100,7 +113,7 @@ impl TestCa {
                 "-out",
                 &csr,
                 "-subj",
-                &subj,
+                subj,
             ],
             dir,
         );

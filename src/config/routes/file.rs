@@ -20,6 +20,7 @@ pub(crate) struct RouteFile {
     #[serde(default)]
     pub(super) strip_prefix: StripFile,
     pub(super) auth: Option<AuthModeFile>,
+    pub(super) credentials: Option<Vec<String>>,
     pub(super) require: Option<RequireFile>,
     pub(super) rate_limit: Option<Vec<String>>,
     pub(super) timeouts: Option<TimeoutsFile>,

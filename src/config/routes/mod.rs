@@ -25,8 +25,8 @@ pub(super) use self::specificity::check_conflicts;
 pub use self::specificity::Specificity;
 use self::template::{PathTemplate, ValueTemplate, Vars};
 pub use self::types::{
-    Conditions, HeaderRules, HostMatch, PathMatch, Require, Rewrite, RouteAuth, RouteConfig,
-    RouteRetries, RouteTarget, RouteTimeouts,
+    Conditions, Credentials, HeaderRules, HostMatch, PathMatch, Require, Rewrite, RouteAuth,
+    RouteConfig, RouteRetries, RouteTarget, RouteTimeouts,
 };
 
 /// Parses a host condition: lower-cased, port removed; `*.` only as the whole first label.
@@ -431,6 +431,43 @@ fn resolve_route(
             "a public route reads no token: drop `require` or `auth: public`",
         ));
     }
+    let credentials = match r.credentials.take() {
+        None => Credentials::default(),
+        Some(list) if list.is_empty() => {
+            return Err(invalid(
+                key("credentials"),
+                "must list at least one of bearer, api_key, mtls",
+            ))
+        }
+        Some(list) => {
+            let mut c = Credentials {
+                bearer: false,
+                api_key: false,
+                mtls: false,
+            };
+            for (j, name) in list.iter().enumerate() {
+                let slot = match name.as_str() {
+                    "bearer" => &mut c.bearer,
+                    "api_key" => &mut c.api_key,
+                    "mtls" => &mut c.mtls,
+                    other => {
+                        return Err(invalid(
+                            key(&format!("credentials[{j}]")),
+                            format!("`{other}` is not bearer, api_key or mtls"),
+                        ))
+                    }
+                };
+                *slot = true;
+            }
+            if auth == RouteAuth::Public {
+                return Err(invalid(
+                    key("credentials"),
+                    "a public route reads no credential: drop `credentials` or `auth: public`",
+                ));
+            }
+            c
+        }
+    };
     let mut policies = BTreeSet::new();
     if let Some(list) = &r.rate_limit {
         for (j, p) in list.iter().enumerate() {
@@ -464,6 +501,7 @@ fn resolve_route(
         target,
         rewrite,
         auth,
+        credentials,
         require: Require {
             scopes: require.scopes,
             roles: require.roles,

@@ -97,6 +97,10 @@ fn mistakes_are_refused_with_their_key() {
         ("    - { prefix: /a, upstream: a, auth: public, require: { scopes: [x] } }\n", "routes[0].require"),
         ("    - { prefix: /a, redirect: { to: 'https://x{path}', status: 200 } }\n", "routes[0].redirect.status"),
         ("    - { prefix: /a, upstream: a, headers: { request: { set: { Connection: x } } } }\n", "routes[0].headers.request.set.Connection"),
+        ("    - { prefix: /a, upstream: a, credentials: [] }\n", "routes[0].credentials"),
+        ("    - { prefix: /a, upstream: a, credentials: [bearer, cookie] }\n", "routes[0].credentials[1]"),
+        ("    - { prefix: /a, upstream: a, auth: public, credentials: [bearer] }\n", "routes[0].credentials"),
+        ("    - { prefix: /a, upstream: a, credentials: [mtls] }\n", "routes[0].credentials: lists mtls, but gateway.tls.client_auth"),
     ] {
         let e = load(routes).unwrap_err();
         assert!(e.contains(key), "{routes}: {e}");

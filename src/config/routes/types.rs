@@ -137,6 +137,42 @@ pub enum RouteAuth {
     Public,
 }
 
+/// The kinds of credential a route accepts (`credentials:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    /// `Authorization: Bearer` (a JWT, or an opaque token when an issuer introspects).
+    pub bearer: bool,
+    /// An API key in `auth.api_keys.header`.
+    pub api_key: bool,
+    /// A verified client certificate (`tls.client_auth`).
+    pub mtls: bool,
+}
+
+impl Default for Credentials {
+    /// Tokens and API keys; a client certificate only where a route lists `mtls`.
+    fn default() -> Self {
+        Credentials {
+            bearer: true,
+            api_key: true,
+            mtls: false,
+        }
+    }
+}
+
+impl Credentials {
+    /// The names as written in the conf.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (self.bearer, "bearer"),
+            (self.api_key, "api_key"),
+            (self.mtls, "mtls"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect()
+    }
+}
+
 impl RouteAuth {
     /// As written in the conf.
     pub fn as_str(self) -> &'static str {
@@ -212,6 +248,8 @@ pub struct RouteConfig {
     pub rewrite: Option<Rewrite>,
     /// Whether a token is needed.
     pub auth: RouteAuth,
+    /// Which credentials count.
+    pub credentials: Credentials,
     /// Scopes and roles needed.
     pub require: Require,
     /// The rate-limit policies counted (`None`: those whose own `routes` cover the path).
@@ -253,6 +291,7 @@ impl RouteConfig {
             target: RouteTarget::Aggregate(name.to_string()),
             rewrite: None,
             auth: RouteAuth::Required,
+            credentials: Credentials::default(),
             require: Require::default(),
             rate_limit: None,
             timeouts: RouteTimeouts::default(),

@@ -14,6 +14,19 @@ pub enum AuthError {
     /// Both a token and an API key: they may name two callers, so neither is used.
     #[error("send either a bearer token or an API key, not both")]
     TwoCredentials,
+    /// The issuer's introspection endpoint says the opaque token is not active (or it is
+    /// outside its validity window, or for another issuer or audience).
+    #[error("token not active")]
+    InactiveToken,
+    /// The introspection endpoint could not be asked (503: the client did nothing wrong).
+    #[error("the issuer's introspection endpoint is not available; retry in {retry_after_secs} s")]
+    IntrospectionUnavailable {
+        /// The `Retry-After` value.
+        retry_after_secs: u64,
+    },
+    /// The route does not take this kind of credential (`credentials:`).
+    #[error("this route does not accept {0} (see its credentials)")]
+    NotAccepted(&'static str),
     /// An API key the gateway does not know (or no longer accepts).
     #[error("API key not accepted")]
     InvalidApiKey,
@@ -83,7 +96,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every value [`AuthError::reason`] can return.
-    pub const REASONS: [&'static str; 22] = [
+    pub const REASONS: [&'static str; 25] = [
         "missing",
         "duplicate_header",
         "scheme",
@@ -106,6 +119,9 @@ impl AuthError {
         "key_wait_full",
         "two_credentials",
         "invalid_api_key",
+        "inactive_token",
+        "introspection_unavailable",
+        "credential_not_accepted",
     ];
 
     /// Bounded label for `auth_failures_total{reason}`.
@@ -133,6 +149,9 @@ impl AuthError {
             AuthError::KeyWaitFull { .. } => "key_wait_full",
             AuthError::TwoCredentials => "two_credentials",
             AuthError::InvalidApiKey => "invalid_api_key",
+            AuthError::InactiveToken => "inactive_token",
+            AuthError::NotAccepted(_) => "credential_not_accepted",
+            AuthError::IntrospectionUnavailable { .. } => "introspection_unavailable",
         }
     }
 
@@ -141,7 +160,8 @@ impl AuthError {
     pub fn unavailable(&self) -> Option<u64> {
         match self {
             AuthError::KeysUnavailable { retry_after_secs }
-            | AuthError::KeyWaitFull { retry_after_secs } => Some(*retry_after_secs),
+            | AuthError::KeyWaitFull { retry_after_secs }
+            | AuthError::IntrospectionUnavailable { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         }
     }

@@ -29,6 +29,7 @@ mod cache;
 mod claims;
 mod error;
 mod identity;
+mod introspect;
 mod issuer;
 pub(crate) mod jwks;
 pub(crate) mod provider;
@@ -74,6 +75,8 @@ pub(crate) struct Authenticator {
     claims: Arc<ClaimReader>,
     /// Machine clients' keys, when configured.
     api_keys: Option<apikeys::ApiKeys>,
+    /// Opaque tokens' introspection, when an issuer has it.
+    introspector: Option<introspect::Introspector>,
 }
 
 impl Authenticator {
@@ -117,7 +120,7 @@ impl Authenticator {
             limit_claims,
             scopes,
         ));
-        let issuers = cfg
+        let issuers: Vec<issuer::IssuerVerifier> = cfg
             .issuers
             .iter()
             .map(|i| {
@@ -128,7 +131,22 @@ impl Authenticator {
                 issuer::IssuerVerifier::new(p, cfg.leeway_seconds, claims.clone())
             })
             .collect();
+        let introspector =
+            cfg.issuers
+                .iter()
+                .zip(&issuers)
+                .find_map(|(c, v): (_, &issuer::IssuerVerifier)| {
+                    let i = c.introspection.clone()?;
+                    Some(introspect::Introspector::new(
+                        i,
+                        v.provider().clone(),
+                        http.clone(),
+                        claims.clone(),
+                        cfg.leeway_seconds,
+                    ))
+                });
         Authenticator {
+            introspector,
             api_keys: cfg
                 .api_keys
                 .as_ref()
@@ -144,16 +162,38 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates a request from its headers: a token of a configured issuer against its
-    /// published keys (fetching them when a `kid` is new), any other with `JWT_SECRET`.
+    /// Authenticates a request by the first credential it carries that `accepts` lists: an
+    /// API key, else a bearer token (a configured issuer's against its published keys,
+    /// fetching them when a `kid` is new; an opaque one by introspection; any other with
+    /// `JWT_SECRET`), else the connection's verified client certificate `cert`.
     pub(crate) async fn authenticate(
         &self,
         headers: &HeaderMap,
+        accepts: crate::config::Credentials,
+        cert: Option<&str>,
     ) -> Result<Arc<Identity>, AuthError> {
-        if let Some(keyed) = self.api_keys.as_ref().and_then(|k| k.identify(headers)) {
-            return keyed;
+        if let Some(keys) = &self.api_keys {
+            if headers.contains_key(keys.header()) && !accepts.api_key {
+                return Err(AuthError::NotAccepted("an API key"));
+            }
+            if let Some(keyed) = keys.identify(headers) {
+                return keyed;
+            }
+        }
+        if !headers.contains_key(http::header::AUTHORIZATION) {
+            if let (true, Some(sub)) = (accepts.mtls, cert) {
+                return Ok(self.certified(sub));
+            }
+        }
+        if !accepts.bearer && headers.contains_key(http::header::AUTHORIZATION) {
+            return Err(AuthError::NotAccepted("a bearer token"));
         }
         let token = self.bearer(headers)?;
+        if let Some(i) = &self.introspector {
+            if introspect::is_opaque(token) {
+                return i.identify(token).await;
+            }
+        }
         if let Some(hit) = self.cached(token) {
             return hit;
         }
@@ -205,14 +245,26 @@ impl Authenticator {
         Ok(Some((i, issuer::TokenHead::parse(&header)?)))
     }
 
-    /// Whether the request carries a credential of any configured kind (an `optional` route
-    /// lets a request without one through anonymously).
+    /// Whether the request carries a credential in its headers (an `optional` route lets a
+    /// request without one through anonymously, and an answer to one varies by it).
     pub(crate) fn has_credentials(&self, headers: &HeaderMap) -> bool {
         headers.contains_key(http::header::AUTHORIZATION)
             || self
                 .api_keys
                 .as_ref()
                 .is_some_and(|k| headers.contains_key(k.header()))
+    }
+
+    /// The caller a verified client certificate names (`sub`: its URI SAN or CN).
+    fn certified(&self, sub: &str) -> Arc<Identity> {
+        let as_claims = serde_json::json!({ "sub": sub });
+        Arc::new(Identity {
+            sub: sub.to_string(),
+            roles: Vec::new(),
+            forwarded: self.claims.forwarded(&as_claims).unwrap_or_default(),
+            limit_claims: self.claims.limit_values(&as_claims),
+            scopes: Vec::new(),
+        })
     }
 
     /// The identity providers, for the background key refresher.
@@ -639,6 +691,11 @@ mod tests {
             AuthError::Critical,
             AuthError::TwoCredentials,
             AuthError::InvalidApiKey,
+            AuthError::InactiveToken,
+            AuthError::NotAccepted("x"),
+            AuthError::IntrospectionUnavailable {
+                retry_after_secs: 1,
+            },
             AuthError::KeysUnavailable {
                 retry_after_secs: 1,
             },
@@ -660,19 +717,41 @@ mod tests {
         let a = auth();
         let t = issue_token(SECRET, "7", Duration::from_secs(60), &[]).unwrap_or_default();
         let mut h = HeaderMap::new();
-        assert_eq!(a.authenticate(&h).await.err(), Some(AuthError::Missing));
+        assert_eq!(
+            a.authenticate(&h, crate::config::Credentials::default(), None)
+                .await
+                .err(),
+            Some(AuthError::Missing)
+        );
         h.insert("authorization", hv(format!("bearer {t}")));
         assert!(
-            a.authenticate(&h).await.is_ok(),
+            a.authenticate(&h, crate::config::Credentials::default(), None)
+                .await
+                .is_ok(),
             "scheme is case-insensitive"
         );
         h.append("authorization", hv(format!("Bearer {t}")));
-        assert_eq!(a.authenticate(&h).await.err(), Some(AuthError::Duplicate));
+        assert_eq!(
+            a.authenticate(&h, crate::config::Credentials::default(), None)
+                .await
+                .err(),
+            Some(AuthError::Duplicate)
+        );
         let mut h = HeaderMap::new();
         h.insert("authorization", hv("Basic dXNlcjpwYXNz".into()));
-        assert_eq!(a.authenticate(&h).await.err(), Some(AuthError::Scheme));
+        assert_eq!(
+            a.authenticate(&h, crate::config::Credentials::default(), None)
+                .await
+                .err(),
+            Some(AuthError::Scheme)
+        );
         let mut h = HeaderMap::new();
         h.insert("authorization", hv(format!("Bearer {}", "a".repeat(9000))));
-        assert_eq!(a.authenticate(&h).await.err(), Some(AuthError::TooLarge));
+        assert_eq!(
+            a.authenticate(&h, crate::config::Credentials::default(), None)
+                .await
+                .err(),
+            Some(AuthError::TooLarge)
+        );
     }
 }

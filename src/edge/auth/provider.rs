@@ -107,6 +107,8 @@ pub(crate) struct Provider {
     usable_until_ms: std::sync::atomic::AtomicU64,
     /// Requests waiting for the next permitted fetch.
     waiting: std::sync::atomic::AtomicUsize,
+    /// The discovery document's `introspection_endpoint`, from the last fetch.
+    introspection_endpoint: Mutex<Option<url::Url>>,
 }
 
 impl Provider {
@@ -125,6 +127,7 @@ impl Provider {
             refreshing: std::sync::atomic::AtomicBool::new(false),
             usable_until_ms: std::sync::atomic::AtomicU64::new(0),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            introspection_endpoint: Mutex::new(None),
         }
     }
 
@@ -201,6 +204,11 @@ impl Provider {
             .with_label_values(&[self.config.issuer.as_str()])
             .inc();
         Some(WaitSlot(self))
+    }
+
+    /// The introspection endpoint the discovery document names, once fetched.
+    pub(crate) fn discovered_introspection(&self) -> Option<url::Url> {
+        self.introspection_endpoint.lock().clone()
     }
 
     /// Whether a key set was ever loaded (stale or not).
@@ -304,7 +312,10 @@ impl Provider {
             KeySource::Jwks(u) => u.clone(),
             KeySource::Discovery(doc) => {
                 let (body, _) = self.get(doc.as_str()).await?;
-                jwks_url(&body, &self.config.issuer, self.config.allow_insecure_http)?
+                let insecure = self.config.allow_insecure_http;
+                *self.introspection_endpoint.lock() =
+                    discovered_url(&body, "introspection_endpoint", insecure).ok();
+                jwks_url(&body, &self.config.issuer, insecure)?
             }
         };
         let (body, cache_control) = self.get(jwks_url.as_str()).await?;
@@ -360,6 +371,11 @@ pub(crate) fn prime(config: &IssuerConfig) {
         .with_label_values(&[issuer])
         .set(-1);
     crate::metrics::JWKS_WITHDRAWN.with_label_values(&[issuer]);
+    if config.introspection.is_some() {
+        for result in ["active", "inactive", "error"] {
+            crate::metrics::INTROSPECTION.with_label_values(&[issuer, result]);
+        }
+    }
     crate::metrics::JWKS_WAITING
         .with_label_values(&[issuer])
         .set(0);
@@ -376,12 +392,19 @@ pub(crate) fn jwks_url(body: &[u8], issuer: &str, insecure_http: bool) -> Result
             "discovery says issuer `{named}`, configured `{issuer}`"
         ));
     }
-    let uri = doc["jwks_uri"]
+    discovered_url(body, "jwks_uri", insecure_http)
+}
+
+/// The URL at `field` of a discovery document, over https (or http when allowed).
+fn discovered_url(body: &[u8], field: &str, insecure_http: bool) -> Result<url::Url, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("discovery document is not JSON: {e}"))?;
+    let uri = doc[field]
         .as_str()
-        .ok_or("discovery document has no jwks_uri")?;
-    let url = url::Url::parse(uri).map_err(|e| format!("jwks_uri `{uri}`: {e}"))?;
+        .ok_or_else(|| format!("discovery document has no {field}"))?;
+    let url = url::Url::parse(uri).map_err(|e| format!("{field} `{uri}`: {e}"))?;
     if url.scheme() != "https" && !(url.scheme() == "http" && insecure_http) {
-        return Err(format!("jwks_uri `{uri}` is not https"));
+        return Err(format!("{field} `{uri}` is not https"));
     }
     Ok(url)
 }
