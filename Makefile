@@ -77,6 +77,18 @@ test-deps: deps
 		echo "installing tests/requirements.txt (PyPI) into $(PYENV) ..."
 		$(PYENV)/bin/pip install -q -r tests/requirements.txt
 	fi
+	@# A real OpenID provider, panva's oidc-provider (npm, pinned in tests/oidc/package.json and its
+	@# lock file), for tests/oidc_provider.rs; it needs Node.js 20.12 or later (crypto.hash).
+	@$(call apt_install,node,nodejs)
+	@$(call apt_install,npm,npm)
+	@if ! node -e 'process.exit(require("node:crypto").hash ? 0 : 1)'; then
+		echo "tests/oidc needs Node.js 20.12 or later (oidc-provider 9 uses crypto.hash); node is $$(node --version)"
+		exit 1
+	fi
+	@if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+		echo "installing tests/oidc/package-lock.json (npm) into tests/oidc/node_modules ..."
+		npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+	fi
 
 build: deps
 	$(CARGO) build --release --workspace

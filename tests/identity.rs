@@ -521,7 +521,11 @@ async fn the_last_keys_serve_while_the_provider_is_down_until_max_stale() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(retry, 1, "at most the 1 s cool-down, and never 0");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "keys_unavailable", "{body}");

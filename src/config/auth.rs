@@ -197,3 +197,43 @@ impl AuthFile {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, LoadMode};
+
+    fn roles(yaml: &str) -> Result<Vec<String>, String> {
+        let text = format!("gateway:\n  auth:\n    roles_claim: {yaml}\n");
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "x".repeat(32));
+        Config::from_yaml(&text, &env, LoadMode::Run)
+            .map(|c| c.auth.roles_claim)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_roles_claim_list_is_a_literal_path_and_a_url_one_name() {
+        assert_eq!(
+            roles("realm_access.roles").unwrap(),
+            ["realm_access", "roles"]
+        );
+        assert_eq!(
+            roles("[\"https://example.com/roles\"]").unwrap(),
+            ["https://example.com/roles"]
+        );
+        assert_eq!(
+            roles("\"https://example.com/roles\"").unwrap(),
+            ["https://example.com/roles"]
+        );
+        assert_eq!(
+            roles("[a.b, c]").unwrap(),
+            ["a.b", "c"],
+            "no splitting in a list"
+        );
+        let e = roles("example.com/roles").unwrap_err();
+        assert!(
+            e.contains("gateway.auth.roles_claim") && e.contains("as a list"),
+            "{e}"
+        );
+        assert!(roles("[]").unwrap_err().contains("none empty"));
+    }
+}

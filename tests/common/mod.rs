@@ -10,6 +10,7 @@
 //! - `pool`: an upstream with a fixed pool of blocking workers.
 //! - `certs`: a throwaway CA and leaf certificates (Debian's `openssl`).
 //! - `otlp`: a real OTLP/HTTP trace receiver (decoding with `opentelemetry-proto`).
+//! - `oidc`: a real OpenID provider (panva's `oidc-provider` on Node.js, `tests/oidc/`).
 // Every test binary compiles this whole harness and uses a part of it.
 #![allow(dead_code, unused_imports)]
 
@@ -17,6 +18,7 @@ mod certs;
 mod fault;
 mod gateway;
 mod mocks;
+mod oidc;
 mod otlp;
 mod pool;
 mod process;
@@ -27,6 +29,7 @@ pub use certs::*;
 pub use fault::*;
 pub use gateway::*;
 pub use mocks::*;
+pub use oidc::*;
 pub use otlp::*;
 pub use pool::*;
 pub use process::*;

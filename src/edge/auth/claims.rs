@@ -82,13 +82,13 @@ impl ClaimReader {
     pub(crate) fn forwarded(
         &self,
         claims: &Value,
-    ) -> Result<Box<[Option<HeaderValue>]>, super::AuthError> {
+    ) -> Result<Box<[Option<HeaderValue>]>, super::error::AuthError> {
         self.forward
             .iter()
             .map(|path| match lookup(claims, path).and_then(text) {
                 None => Ok(None),
                 Some(t) if t.is_empty() => Ok(None),
-                Some(t) if !sendable(&t) => Err(super::AuthError::InvalidClaim(path.join("."))),
+                Some(t) if !sendable(&t) => Err(super::error::AuthError::InvalidClaim(path.join("."))),
                 Some(t) => Ok(HeaderValue::from_str(&t).ok()),
             })
             .collect()
@@ -198,7 +198,7 @@ mod tests {
             let c = json!({"org": {"id": bad}});
             assert_eq!(
                 r.forwarded(&c).err(),
-                Some(super::super::AuthError::InvalidClaim("org.id".into()))
+                Some(super::super::error::AuthError::InvalidClaim("org.id".into()))
             );
         }
     }

@@ -177,8 +177,8 @@ impl IssuerVerifier {
             .ok_or(AuthError::Malformed(
                 "payload is not a base64url JSON object",
             ))?;
-        let (exp, nbf) = self.check_registered(&claims)?;
-        // An ID token proves a login to a client; it does not grant access to an API.
+        // An ID token proves a login to a client; it does not grant access to an API (said
+        // before its audience, the client's, is found wrong).
         if head.typ == "jwt"
             && ["nonce", "at_hash", "c_hash"]
                 .iter()
@@ -186,6 +186,7 @@ impl IssuerVerifier {
         {
             return Err(AuthError::TokenType("an ID token is not an access token"));
         }
+        let (exp, nbf) = self.check_registered(&claims)?;
         let sub = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::String(_)) | None => return Err(AuthError::MissingClaim("sub".into())),
