@@ -114,6 +114,12 @@ backend b
         # Scenario 13: the same conf with 1,000 routes more (500 hosts x 2 paths).
         from scenarios.routing import routes_yaml  # noqa: PLC0415 (scenarios import this module's callers)
         extra_routes = routes_yaml() if name == "gw_routes" else ""
+        # Scenario 14: opaque tokens introspected at the mock provider, and an API keys file.
+        introspection = api_keys = ""
+        if name == "gw_identity":
+            from scenarios.identity import keys_file  # noqa: PLC0415
+            introspection = ",\n          introspection: { client_id: bench, client_secret_env: INTROSPECTION_SECRET }"
+            api_keys = f'    api_keys: {{ keys_file: "{keys_file()}" }}\n'
         policies = (f"\n    policies: [{{ name: per-user, key: sub, limit: 60000000, window_seconds: 60, "
                     f"algorithm: {algorithm} }}]" if algorithm else "")
         return write(os.path.join(WORK, f"{name}.yaml"), f"""
@@ -134,8 +140,8 @@ gateway:
     public_paths: ["/healthz", "/readyz", "/bench/", "/stream/"]
     issuers:
       - {{ issuer: "http://127.0.0.1:{ports['m_idp']}", discovery: true, allow_insecure_http: true,
-          audiences: [gateway], algorithms: [RS256, ES256, EdDSA] }}
-  rate_limit:
+          audiences: [gateway], algorithms: [RS256, ES256, EdDSA]{introspection} }}
+{api_keys}  rate_limit:
     per_minute: 1000000000
     window_seconds: 60{policies}
   aggregates:

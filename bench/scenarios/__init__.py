@@ -4,9 +4,10 @@ results)`, which measures and fills `results`, and `rows(results, row)`, which a
 the report. Before this package, run.py numbered them in another order; old -> new: 1->1,
 10->2, 8->3, 9->4, 2->5, 3->6 (3b->6b, 3g->6g), 12->7, 4->8, 5->9 (5b->9b), 11->10, 6->11, 7->12."""
 
-from scenarios import aggregation, cache, edge, https, latency, memory, pipelined_post, plain, reuse, routing, tracing
+from scenarios import (aggregation, cache, edge, https, identity, latency, memory, pipelined_post, plain, reuse,
+                       routing, tracing)
 
-ALL = (plain, https, pipelined_post, latency, edge, tracing, aggregation, cache, memory, reuse, routing)
+ALL = (plain, https, pipelined_post, latency, edge, tracing, aggregation, cache, memory, reuse, routing, identity)
 
 # Numbered in the order they run: 1, 2, 3, ...
 assert [n for s in ALL for n in s.NUMBERS] == list(range(1, 1 + sum(len(s.NUMBERS) for s in ALL)))

@@ -181,8 +181,9 @@ pub fn service(idp: Arc<Mutex<Idp>>) -> Router<Shared> {
                     return r;
                 }
                 let issuer = idp.lock().map(|i| i.issuer.clone()).unwrap_or_default();
-                Json(json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/jwks") }))
-                    .into_response()
+                Json(json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/jwks"),
+                             "introspection_endpoint": format!("{issuer}/introspect") }))
+                .into_response()
             }
         }
     };
@@ -245,9 +246,28 @@ pub fn service(idp: Arc<Mutex<Idp>>) -> Router<Shared> {
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
             .route("/token", post(token))
+            .route("/introspect", post(introspect))
             .route("/__rotate", post(rotate))
             .route("/__retire", post(retire)),
     )
+}
+
+/// RFC 7662 for opaque tokens of the form `opaque-SUB`: active for an hour as `SUB` with scope
+/// `api`; anything else inactive. (The client's credentials are not checked: a mock.)
+async fn introspect(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    if let Err(r) = gate(&s, "/introspect").await {
+        return r;
+    }
+    let token = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    match token.strip_prefix("opaque-").filter(|s| !s.is_empty()) {
+        Some(sub) => Json(json!({ "active": true, "sub": sub, "scope": "api",
+                                  "client_id": "bench", "exp": now() + 3600 }))
+        .into_response(),
+        None => Json(json!({ "active": false })).into_response(),
+    }
 }
 
 fn mint(idp: &Arc<Mutex<Idp>>, body: &[u8]) -> Response {
