@@ -181,8 +181,10 @@ pub fn service(idp: Arc<Mutex<Idp>>) -> Router<Shared> {
                     return r;
                 }
                 let issuer = idp.lock().map(|i| i.issuer.clone()).unwrap_or_default();
-                Json(json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/jwks"),
-                             "introspection_endpoint": format!("{issuer}/introspect") }))
+                Json(
+                    json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/jwks"),
+                             "introspection_endpoint": format!("{issuer}/introspect") }),
+                )
                 .into_response()
             }
         }

@@ -88,7 +88,9 @@ impl ClaimReader {
             .map(|path| match lookup(claims, path).and_then(text) {
                 None => Ok(None),
                 Some(t) if t.is_empty() => Ok(None),
-                Some(t) if !sendable(&t) => Err(super::error::AuthError::InvalidClaim(path.join("."))),
+                Some(t) if !sendable(&t) => {
+                    Err(super::error::AuthError::InvalidClaim(path.join(".")))
+                }
                 Some(t) => Ok(HeaderValue::from_str(&t).ok()),
             })
             .collect()
@@ -198,7 +200,9 @@ mod tests {
             let c = json!({"org": {"id": bad}});
             assert_eq!(
                 r.forwarded(&c).err(),
-                Some(super::super::error::AuthError::InvalidClaim("org.id".into()))
+                Some(super::super::error::AuthError::InvalidClaim(
+                    "org.id".into()
+                ))
             );
         }
     }
