@@ -53,6 +53,7 @@ test-deps: deps
 	@$(call apt_install,redis-server,redis-server)
 	@$(call apt_install,promtool,prometheus)
 	@$(call apt_install,slowhttptest,slowhttptest)
+	@$(call apt_install,dnsmasq,dnsmasq-base)
 	@$(call apt_install,curl,curl)
 	@$(call apt_install,openssl,openssl)
 	@$(call apt_install,h2load,nghttp2-client)

@@ -300,6 +300,24 @@ pub static JWKS_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Lookups of upstream groups' backend names by result.
+pub static DNS_RESOLUTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "dns_resolutions_total",
+        "Lookups of upstream groups' backend names (A/AAAA or SRV), by group and result (ok|error)",
+        &["group", "result"],
+    )
+});
+
+/// Discovered backends of each group by state.
+pub static UPSTREAM_BACKENDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "upstream_backends",
+        "Backends of a group found by DNS, by state (serving; pending: discovered, not yet past their first health check)",
+        &["group", "state"],
+    )
+});
+
 /// Verified client certificates (mTLS) by whether they named an identity.
 pub static CLIENT_CERTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
@@ -525,6 +543,8 @@ pub fn init() {
     LazyLock::force(&JWKS_WITHDRAWN);
     LazyLock::force(&INTROSPECTION);
     LazyLock::force(&CLIENT_CERTS);
+    LazyLock::force(&DNS_RESOLUTIONS);
+    LazyLock::force(&UPSTREAM_BACKENDS);
     LazyLock::force(&JWKS_WAITING);
     LazyLock::force(&TLS_CERT_EXPIRY);
     LazyLock::force(&TLS_RELOAD);

@@ -50,6 +50,7 @@ pub(super) struct GatewayFile {
     pub(super) reload: ReloadFile,
     pub(super) tracing: TracingFile,
     pub(super) admin: AdminFile,
+    pub(super) dns: Option<super::upstreams::DnsFile>,
 }
 
 impl Default for GatewayFile {
@@ -73,6 +74,7 @@ impl Default for GatewayFile {
             reload: ReloadFile::default(),
             tracing: TracingFile::default(),
             admin: AdminFile::default(),
+            dns: None,
         }
     }
 }

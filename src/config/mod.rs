@@ -64,7 +64,7 @@ pub use routes::{
     RouteConfig, RouteRetries, RouteTarget, RouteTimeouts, Specificity,
 };
 pub use tracing::TracingConfig;
-pub use upstreams::{HealthCheckConfig, HealthCheckKind, UpstreamConfig};
+pub use upstreams::{BackendName, DnsConfig, HealthCheckConfig, HealthCheckKind, UpstreamConfig};
 
 /// A short, stable fingerprint of checked settings (FNV-1a over `Debug`): the same on every
 /// replica and across restarts, unlike `std`'s randomly seeded hasher.

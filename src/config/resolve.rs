@@ -17,7 +17,8 @@ impl GatewayFile {
     /// Applies env overrides and validates into the typed [`Config`], section by section.
     pub(super) fn resolve(self, env: &dyn Env, mode: LoadMode) -> Result<Config, ConfigError> {
         let (listen, metrics_listen) = resolve_listeners(&self.listen, &self.metrics_listen, env)?;
-        let upstreams = resolve_upstreams(self.upstreams, mode)?;
+        let dns = super::upstreams::resolve_dns(self.dns)?;
+        let upstreams = resolve_upstreams(self.upstreams, mode, &dns)?;
         let limits = self.limits.resolve()?;
         let routes = resolve_routes(self.routes, &upstreams, &limits.body)?;
         let services = resolve_services(self.services, env)?;

@@ -2,7 +2,7 @@
 //! checks, TLS and h2.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -10,10 +10,96 @@ use serde::Deserialize;
 use super::check::{invalid, millis, parse_port, positive, ConfigError, LoadMode};
 use super::tls::{UpstreamTls, UpstreamTlsFile};
 
+/// `gateway.dns` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DnsFile {
+    #[serde(default)]
+    servers: Vec<String>,
+    #[serde(default)]
+    refresh: DnsRefreshFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DnsRefreshFile {
+    min_ms: u64,
+    max_ms: u64,
+}
+
+impl Default for DnsRefreshFile {
+    fn default() -> Self {
+        DnsRefreshFile {
+            min_ms: 1000,
+            max_ms: 30_000,
+        }
+    }
+}
+
+/// How backends' names are resolved (`gateway.dns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Resolvers to ask (UDP, then TCP on truncation); empty: the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// A name is resolved again at its record's TTL, at least this long after the last time...
+    pub min_refresh: Duration,
+    /// ...and at most this long.
+    pub max_refresh: Duration,
+}
+
+/// Checks `gateway.dns` (defaults when absent).
+pub(super) fn resolve_dns(file: Option<DnsFile>) -> Result<DnsConfig, ConfigError> {
+    let file = file.unwrap_or(DnsFile {
+        servers: Vec::new(),
+        refresh: DnsRefreshFile::default(),
+    });
+    let mut servers = Vec::new();
+    for (i, s) in file.servers.iter().enumerate() {
+        let addr = s
+            .parse::<SocketAddr>()
+            .or_else(|_| {
+                s.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            })
+            .map_err(|_| {
+                invalid(
+                    format!("gateway.dns.servers[{i}]"),
+                    format!("`{s}` is not an IP address or IP:port"),
+                )
+            })?;
+        servers.push(addr);
+    }
+    let min = millis("gateway.dns.refresh.min_ms", file.refresh.min_ms)?;
+    let max = millis("gateway.dns.refresh.max_ms", file.refresh.max_ms)?;
+    if max < min {
+        return Err(invalid(
+            "gateway.dns.refresh.max_ms",
+            "must be at least min_ms",
+        ));
+    }
+    Ok(DnsConfig {
+        servers,
+        min_refresh: min,
+        max_refresh: max,
+    })
+}
+
+/// A backend given by name: resolved at start and again at its TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendName {
+    /// The host name.
+    pub host: String,
+    /// The port every address of the name is reached on.
+    pub port: u16,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpstreamFile {
+    #[serde(default)]
     pub(super) backends: Vec<String>,
+    #[serde(default)]
+    pub(super) srv: Option<String>,
     #[serde(default)]
     pub(super) health_check: HealthCheckFile,
     #[serde(default = "default_connect_timeout_ms")]
@@ -107,8 +193,14 @@ impl Default for PassiveFile {
 /// One upstream group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
-    /// Resolved backend addresses.
+    /// Backends given by address.
     pub backends: Vec<SocketAddr>,
+    /// Backends given by name, re-resolved at their TTL.
+    pub names: Vec<BackendName>,
+    /// An SRV name whose targets (ports and weights) are the backends, re-resolved likewise.
+    pub srv: Option<String>,
+    /// How names are resolved (only read when the group has names or `srv`).
+    pub dns: Option<DnsConfig>,
     /// Active health check.
     pub health_check: HealthCheckConfig,
     /// TCP connect timeout per try.
@@ -147,46 +239,70 @@ pub struct HealthCheckConfig {
 pub(super) fn resolve_upstreams(
     upstreams: BTreeMap<String, UpstreamFile>,
     mode: LoadMode,
+    dns: &DnsConfig,
 ) -> Result<BTreeMap<String, UpstreamConfig>, ConfigError> {
     upstreams
         .into_iter()
-        .map(|(name, up)| Ok((name.clone(), up.resolve(&name, mode)?)))
+        .map(|(name, up)| Ok((name.clone(), up.resolve(&name, mode, dns)?)))
         .collect()
 }
 
 impl UpstreamFile {
-    fn resolve(self, name: &str, mode: LoadMode) -> Result<UpstreamConfig, ConfigError> {
+    fn resolve(
+        self,
+        name: &str,
+        _mode: LoadMode,
+        dns: &DnsConfig,
+    ) -> Result<UpstreamConfig, ConfigError> {
         let key = |k: &str| format!("gateway.upstreams.{name}.{k}");
-        if self.backends.is_empty() {
-            return Err(invalid(key("backends"), "must list at least one host:port"));
+        if self.backends.is_empty() && self.srv.is_none() {
+            return Err(invalid(
+                key("backends"),
+                "must list at least one host:port (or give `srv`)",
+            ));
         }
         let mut backends = Vec::new();
+        let mut names = Vec::new();
         for (i, b) in self.backends.iter().enumerate() {
-            if mode == LoadMode::Check {
-                let ok = b
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && parse_port(port).is_some());
-                if !ok {
-                    return Err(invalid(
-                        format!("{}[{i}]", key("backends")),
-                        format!("`{b}` must be host:port with a port in 1-65535"),
-                    ));
-                }
-                continue;
-            }
-            // Host names (docker-compose, Kubernetes services) are resolved once at start-up.
-            let addrs: Vec<SocketAddr> = b
-                .to_socket_addrs()
-                .map_err(|e| invalid(format!("{}[{i}]", key("backends")), format!("`{b}`: {e}")))?
-                .collect();
-            if addrs.is_empty() || addrs.iter().any(|a| a.port() == 0) {
-                return Err(invalid(
+            let bad = || {
+                invalid(
                     format!("{}[{i}]", key("backends")),
                     format!("`{b}` must be host:port with a port in 1-65535"),
-                ));
+                )
+            };
+            // An address is used as it is; a name is resolved by the group, at start and again
+            // at its TTL (a name that does not resolve yet does not stop the gateway).
+            if let Ok(addr) = b.parse::<SocketAddr>() {
+                if addr.port() == 0 {
+                    return Err(bad());
+                }
+                backends.push(addr);
+                continue;
             }
-            backends.extend(addrs);
+            let (host, port) = b.rsplit_once(':').ok_or_else(bad)?;
+            let port = parse_port(port).ok_or_else(bad)?;
+            let valid_name = !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                });
+            if !valid_name {
+                return Err(bad());
+            }
+            names.push(BackendName {
+                host: host.to_ascii_lowercase(),
+                port,
+            });
         }
+        if let Some(srv) = &self.srv {
+            if srv.is_empty() || srv.contains(char::is_whitespace) || srv.contains(':') {
+                return Err(invalid(key("srv"), format!("`{srv}` is not a DNS name")));
+            }
+        }
+        let discovered = !names.is_empty() || self.srv.is_some();
         let hc = self.health_check;
         if hc.kind == HealthCheckKind::Http
             && (!hc.path.starts_with('/') || hc.path.parse::<http::Uri>().is_err())
@@ -198,6 +314,9 @@ impl UpstreamFile {
         }
         Ok(UpstreamConfig {
             backends,
+            names,
+            srv: self.srv,
+            dns: discovered.then(|| dns.clone()),
             health_check: HealthCheckConfig {
                 kind: hc.kind,
                 path: hc.path,
@@ -230,5 +349,69 @@ impl UpstreamFile {
                 None => None,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, LoadMode};
+
+    fn load(gateway: &str) -> Result<Config, String> {
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "x".repeat(32));
+        Config::from_yaml(&format!("gateway:\n{gateway}"), &env, LoadMode::Run)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn names_are_kept_for_the_resolver_and_addresses_used_as_they_are() {
+        let c = load("  upstreams:\n    g: { backends: ['10.0.0.7:8080', 'Users.Default.svc:80', '[::1]:9'] }\n").unwrap();
+        let g = &c.upstreams["g"];
+        assert_eq!(g.backends.len(), 2, "two addresses");
+        assert_eq!(
+            (g.names[0].host.as_str(), g.names[0].port),
+            ("users.default.svc", 80)
+        );
+        let dns = g.dns.as_ref().expect("a group with names resolves them");
+        assert!(dns.servers.is_empty(), "the system's resolvers by default");
+        assert_eq!(dns.min_refresh, std::time::Duration::from_secs(1));
+        let plain = load("  upstreams:\n    g: { backends: ['10.0.0.7:8080'] }\n").unwrap();
+        assert!(
+            plain.upstreams["g"].dns.is_none(),
+            "addresses only: nothing to resolve"
+        );
+        let srv = load("  dns: { servers: ['127.0.0.1:5353', '10.0.0.2'], refresh: { min_ms: 500, max_ms: 5000 } }\n  upstreams:\n    g: { srv: _http._tcp.users.svc }\n").unwrap();
+        let dns = srv.upstreams["g"].dns.as_ref().unwrap();
+        assert_eq!(dns.servers[1].port(), 53);
+        assert_eq!(
+            srv.upstreams["g"].srv.as_deref(),
+            Some("_http._tcp.users.svc")
+        );
+    }
+
+    #[test]
+    fn dns_and_backend_mistakes_are_named() {
+        for (yaml, want) in [
+            (
+                "  upstreams:\n    g: { backends: ['users:0'] }\n",
+                "backends[0]",
+            ),
+            (
+                "  upstreams:\n    g: { backends: ['us ers:80'] }\n",
+                "backends[0]",
+            ),
+            ("  upstreams:\n    g: { backends: [] }\n", "or give `srv`"),
+            ("  upstreams:\n    g: { srv: 'a b' }\n", "upstreams.g.srv"),
+            (
+                "  dns: { servers: ['resolver'] }\n",
+                "gateway.dns.servers[0]",
+            ),
+            (
+                "  dns: { refresh: { min_ms: 5000, max_ms: 1000 } }\n",
+                "gateway.dns.refresh.max_ms",
+            ),
+        ] {
+            let e = load(yaml).unwrap_err();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
     }
 }

@@ -98,7 +98,7 @@ pub(super) fn retries_status(session: &Session, ctx: &Ctx, status: u16, now: Ins
         && session.req_header().method.is_idempotent()
         && !session.as_ref().retry_buffer_truncated()
         && ctx.tried.len() <= r.attempts as usize
-        && ctx.tried.len() < g.config.backends.len()
+        && ctx.tried.len() < g.backend_count()
         && g.retry_budget.try_withdraw(now);
     if ok {
         metrics::ROUTE_RETRIES

@@ -171,6 +171,12 @@ impl Gateway {
                 "identity provider keys are not loaded yet".into(),
             ));
         }
+        if let Some((group, name)) = ctx.snap.routes.unresolved_group() {
+            return Some((
+                Unready::Dns,
+                format!("upstream group `{group}`: `{name}` does not resolve yet"),
+            ));
+        }
         let wants = ctx.snap.config.readiness;
         if wants.require_upstreams {
             if let Some(group) = ctx.snap.routes.unhealthy_group() {
@@ -346,11 +352,18 @@ pub(crate) enum Unready {
     Upstreams,
     /// Redis did not answer.
     Store,
+    /// A backend name has never resolved.
+    Dns,
 }
 
 impl Unready {
     /// Every check, for priming.
-    pub(crate) const ALL: [Unready; 3] = [Unready::Keys, Unready::Upstreams, Unready::Store];
+    pub(crate) const ALL: [Unready; 4] = [
+        Unready::Keys,
+        Unready::Upstreams,
+        Unready::Store,
+        Unready::Dns,
+    ];
 
     /// The `check` label.
     pub(crate) fn label(self) -> &'static str {
@@ -358,6 +371,7 @@ impl Unready {
             Unready::Keys => "keys",
             Unready::Upstreams => "upstreams",
             Unready::Store => "store",
+            Unready::Dns => "dns",
         }
     }
 

@@ -64,6 +64,7 @@ mod admit;
 pub(crate) mod body;
 pub(crate) mod compress;
 mod ctx;
+mod discovery;
 mod gateway;
 pub(crate) mod health;
 pub(crate) mod local;
@@ -442,7 +443,7 @@ impl ProxyHttp for Gateway {
                 (Some(r), Some(g)) => {
                     r.on_connect
                         && ctx.tried.len() <= r.attempts as usize
-                        && ctx.tried.len() < g.config.backends.len()
+                        && ctx.tried.len() < g.backend_count()
                         && g.retry_budget.try_withdraw(Instant::now())
                 }
                 (None, Some(g)) => g.may_retry_connect(ctx.tried.len()),

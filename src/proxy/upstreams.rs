@@ -15,6 +15,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use prometheus::IntCounter;
 
+use super::discovery::{DnsDiscovery, Shared};
 use super::health::{active_check, PassiveHealth};
 use crate::config::{Config, UpstreamConfig};
 use crate::metrics;
@@ -37,6 +38,8 @@ pub(crate) struct UpstreamGroup {
     /// What route retries draw from: a fifth of the group's requests, at least ten a second,
     /// so that retries cannot multiply the load on a group that is failing.
     pub(crate) retry_budget: crate::resilience::RetryBudget,
+    /// The DNS discovery, when backends are given by name.
+    discovery: Option<Arc<DnsDiscovery>>,
 }
 
 impl std::fmt::Debug for UpstreamGroup {
@@ -63,9 +66,22 @@ impl UpstreamGroup {
         backends.get_backend().iter().any(|b| backends.ready(b))
     }
 
+    /// How many backends the group has now (given, or found by DNS).
+    pub(crate) fn backend_count(&self) -> usize {
+        match &self.discovery {
+            None => self.config.backends.len(),
+            Some(_) => self.lb.backends().get_backend().len(),
+        }
+    }
+
+    /// A backend name of this group that has never resolved (the group has no address from it).
+    pub(crate) fn unresolved(&self) -> Option<String> {
+        self.discovery.as_ref()?.unresolved()
+    }
+
     /// Picks the next healthy backend not in `exclude` whose passive breaker admits a request.
     pub(crate) fn select(&self, exclude: &[SocketAddr], now: Instant) -> Option<Backend> {
-        let max = self.config.backends.len().saturating_mul(2).max(8);
+        let max = self.backend_count().saturating_mul(2).max(8);
         self.lb.select_with(b"", max, |backend, healthy| {
             let excluded = matches!(&backend.addr, PingoraAddr::Inet(a) if exclude.contains(a));
             healthy && !excluded && PassiveHealth::admits(backend, &self.name, now)
@@ -75,7 +91,7 @@ impl UpstreamGroup {
     /// Whether a try that failed to connect may go to another backend: bounded by the
     /// group's `connect_retries` and by the backends not tried yet.
     pub(crate) fn may_retry_connect(&self, tried: usize) -> bool {
-        tried.saturating_sub(1) < self.config.connect_retries && tried < self.config.backends.len()
+        tried.saturating_sub(1) < self.config.connect_retries && tried < self.backend_count()
     }
 
     /// Starts the active health check on the current runtime, once; it ends when the group is
@@ -98,7 +114,7 @@ fn build_group(name: &str, up: &UpstreamConfig) -> UpstreamGroup {
     let now = Instant::now();
     let name: Arc<str> = Arc::from(name);
     let mut set = BTreeSet::new();
-    for addr in &up.backends {
+    for addr in up.backends.iter().filter(|_| up.dns.is_none()) {
         let mut b = Backend {
             addr: PingoraAddr::Inet(*addr),
             weight: 1,
@@ -110,14 +126,26 @@ fn build_group(name: &str, up: &UpstreamConfig) -> UpstreamGroup {
             .set(1);
         set.insert(b);
     }
-    let mut backends = Backends::new(Static::new(set));
+    let discovery = up
+        .dns
+        .as_ref()
+        .map(|dns| Arc::new(DnsDiscovery::new(&name, up, dns)));
+    let mut backends = match &discovery {
+        // Names: what DNS says, asked again by the balancer's task at the shortest refresh
+        // (the resolver's cache answers until a record's TTL ends).
+        Some(d) => Backends::new(Box::new(Shared(d.clone()))),
+        None => Backends::new(Static::new(set)),
+    };
     backends.set_health_check(active_check(&name, up));
     let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
     // Static discovery never waits, so the selector is filled before the first request
-    // instead of by the health task's first pass.
-    if let Some(Err(e)) = lb.update().now_or_never() {
-        tracing::error!(group = %name, error = %e, "cannot build the backend selector");
+    // instead of by the health task's first pass; DNS discovery fills it from that task.
+    if discovery.is_none() {
+        if let Some(Err(e)) = lb.update().now_or_never() {
+            tracing::error!(group = %name, error = %e, "cannot build the backend selector");
+        }
     }
+    lb.update_frequency = up.dns.as_ref().map(|d| d.min_refresh);
     lb.health_check_frequency = Some(up.health_check.interval);
     lb.parallel_health_check = true;
     let connections = ["false", "true"]
@@ -130,6 +158,7 @@ fn build_group(name: &str, up: &UpstreamConfig) -> UpstreamGroup {
         checking: AtomicBool::new(false),
         connections,
         retry_budget: crate::resilience::RetryBudget::new(0.2, 10.0, std::time::Instant::now()),
+        discovery,
     }
 }
 

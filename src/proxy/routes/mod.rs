@@ -179,6 +179,13 @@ impl RouteTable {
         })
     }
 
+    /// A group some route sends to with a backend name that has never resolved, and the name.
+    pub(crate) fn unresolved_group(&self) -> Option<(String, String)> {
+        self.groups
+            .values()
+            .find_map(|g| g.unresolved().map(|n| (g.name.to_string(), n)))
+    }
+
     /// Starts the health checks of groups that have none running yet (new ones).
     pub(crate) fn start_checks(&self) {
         for g in self.groups.values() {
