@@ -309,15 +309,19 @@ async fn client_certificates_identify_callers_on_routes_that_take_them() {
     let (_, status, _, _) = curl_tls(&server_ca, port, "/machines/x", None, &["-H", &bearer]).await;
     assert_eq!(status, 200);
     assert_eq!(header_of_last(&echo, "x-user-id").as_deref(), Some("7"));
-    // A certificate from another CA fails the handshake: the server's alert, not curl's choice.
+    // A certificate from another CA fails the handshake: the server refuses it, not curl. TLS
+    // 1.3 sends the server's `unknown ca` alert after the client's Finished, so curl reports
+    // the alert or the reset that follows; the server's own count below proves the refusal.
     let before = metric_sum(&gw.metrics().await, "tls_handshake_errors_total");
     let (rc, status, _, err) =
         curl_tls(&server_ca, port, "/machines/x", Some(&stranger), &[]).await;
     assert_ne!(rc, 0, "refused");
     assert_eq!(status, 0);
     assert!(
-        err.contains("alert unknown ca"),
-        "the server's alert: {err}"
+        ["alert unknown ca", "reset", "not connected"]
+            .iter()
+            .any(|w| err.contains(w)),
+        "{err}"
     );
     eventually(
         "the refused handshake counted",
