@@ -3,7 +3,7 @@
 //! `gateway.dns.refresh`), as Pingora's balancer asks its discovery for the backends.
 //!
 //! - A new address is probed once with the group's health check before it takes traffic
-//!   (unless the group has no backend at all: then anything is better than nothing).
+//!   (unless none serves and none passes: then anything is better than nothing).
 //! - A vanished address stops getting new requests; requests on it finish.
 //! - A failed lookup keeps the name's last good addresses (counted, logged once per streak);
 //!   a name that never resolved leaves the group empty (503) and `/readyz` names it.
@@ -251,12 +251,19 @@ impl ServiceDiscovery for DnsDiscovery {
                 .partition(|(a, w)| st.admitted.get(a).is_some_and(|b| b.weight == *w))
         };
         let mut admitted_now = Vec::new();
+        let mut failed_probe = Vec::new();
         for (addr, weight) in new {
             let candidate = self.backend(addr, weight);
-            let pass = keeping.is_empty() || self.probe.check(&candidate).await.is_ok();
-            if pass {
+            if self.probe.check(&candidate).await.is_ok() {
                 admitted_now.push((addr, candidate));
+            } else {
+                failed_probe.push((addr, candidate));
             }
+        }
+        // Nothing serves and nothing new passed: anything is better than nothing (the active
+        // check then takes out what is down).
+        if keeping.is_empty() && admitted_now.is_empty() {
+            admitted_now = failed_probe;
         }
         let mut st = self.state.lock();
         for (addr, b) in admitted_now {
