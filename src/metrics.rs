@@ -300,6 +300,24 @@ pub static JWKS_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Requests of split routes by the side they went to.
+pub static SPLIT_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "split_requests_total",
+        "Requests of a route with a split, by route and the upstream group they went to",
+        &["route", "upstream"],
+    )
+});
+
+/// Mirrored copies by route and result.
+pub static MIRROR_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "mirror_requests_total",
+        "Copies of a route's requests to its mirror group, by result (sent: answered; failed; dropped: over max_in_flight; not_buffered: a streamed body; no_backend)",
+        &["route", "result"],
+    )
+});
+
 /// Lookups of upstream groups' backend names by result.
 pub static DNS_RESOLUTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
@@ -544,6 +562,8 @@ pub fn init() {
     LazyLock::force(&INTROSPECTION);
     LazyLock::force(&CLIENT_CERTS);
     LazyLock::force(&DNS_RESOLUTIONS);
+    LazyLock::force(&SPLIT_REQUESTS);
+    LazyLock::force(&MIRROR_REQUESTS);
     LazyLock::force(&UPSTREAM_BACKENDS);
     LazyLock::force(&JWKS_WAITING);
     LazyLock::force(&TLS_CERT_EXPIRY);

@@ -60,11 +60,13 @@ pub use redis::{normalise_redis_addr, RedisConfig, SentinelConfig};
 pub(crate) use resolve::aggregate_routes;
 pub use routes::template::{Part as TemplatePart, PathTemplate, ValueTemplate};
 pub use routes::{
-    Conditions, Credentials, HeaderRules, HostMatch, PathMatch, Require, Rewrite, RouteAuth,
-    RouteConfig, RouteRetries, RouteTarget, RouteTimeouts, Specificity,
+    Conditions, Credentials, HeaderRules, HostMatch, Mirror, PathMatch, Require, Rewrite,
+    RouteAuth, RouteConfig, RouteRetries, RouteTarget, RouteTimeouts, Specificity, Split, Sticky,
 };
 pub use tracing::TracingConfig;
-pub use upstreams::{BackendName, DnsConfig, HealthCheckConfig, HealthCheckKind, UpstreamConfig};
+pub use upstreams::{
+    BackendName, Balance, DnsConfig, HashKey, HealthCheckConfig, HealthCheckKind, UpstreamConfig,
+};
 
 /// A short, stable fingerprint of checked settings (FNV-1a over `Debug`): the same on every
 /// replica and across restarts, unlike `std`'s randomly seeded hasher.

@@ -84,6 +84,76 @@ pub(super) fn resolve_dns(file: Option<DnsFile>) -> Result<DnsConfig, ConfigErro
     })
 }
 
+/// `balance` as written: a name, or `{ hash: KEY }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum BalanceFile {
+    /// `round_robin` or `least_requests`.
+    Named(String),
+    /// `{ hash: "header:X-Session" }` and the like.
+    Hash {
+        /// What is hashed.
+        hash: String,
+    },
+}
+
+/// How a group picks a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn (weighted by SRV weights).
+    RoundRobin,
+    /// The one with fewer requests in flight of two picked at random.
+    LeastRequests,
+    /// Consistent hashing of a request key: a key stays on its backend while it is healthy, and
+    /// a backend leaving moves only its own keys.
+    Hash(HashKey),
+}
+
+/// What a hashing group hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// The caller's `sub`.
+    Sub,
+    /// The client's address.
+    ClientIp,
+}
+
+fn resolve_balance(b: Option<BalanceFile>, key: &str) -> Result<Balance, ConfigError> {
+    Ok(match b {
+        None => Balance::RoundRobin,
+        Some(BalanceFile::Named(n)) => match n.as_str() {
+            "round_robin" => Balance::RoundRobin,
+            "least_requests" => Balance::LeastRequests,
+            other => {
+                return Err(invalid(
+                    key,
+                    format!("`{other}`: round_robin, least_requests or {{ hash: KEY }}"),
+                ))
+            }
+        },
+        Some(BalanceFile::Hash { hash }) => Balance::Hash(match hash.split_once(':') {
+            _ if hash == "client_ip" => HashKey::ClientIp,
+            Some(("header", h)) => {
+                HashKey::Header(http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    invalid(format!("{key}.hash"), format!("`{h}` is not a header name"))
+                })?)
+            }
+            Some(("cookie", c)) if !c.is_empty() => HashKey::Cookie(c.to_string()),
+            Some(("claim", "sub")) => HashKey::Sub,
+            _ => {
+                return Err(invalid(
+                    format!("{key}.hash"),
+                    format!("`{hash}`: header:NAME, cookie:NAME, claim:sub or client_ip"),
+                ))
+            }
+        }),
+    })
+}
+
 /// A backend given by name: resolved at start and again at its TTL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendName {
@@ -100,6 +170,8 @@ pub(super) struct UpstreamFile {
     pub(super) backends: Vec<String>,
     #[serde(default)]
     pub(super) srv: Option<String>,
+    #[serde(default)]
+    pub(super) balance: Option<BalanceFile>,
     #[serde(default)]
     pub(super) health_check: HealthCheckFile,
     #[serde(default = "default_connect_timeout_ms")]
@@ -201,6 +273,8 @@ pub struct UpstreamConfig {
     pub srv: Option<String>,
     /// How names are resolved (only read when the group has names or `srv`).
     pub dns: Option<DnsConfig>,
+    /// How a backend is picked.
+    pub balance: Balance,
     /// Active health check.
     pub health_check: HealthCheckConfig,
     /// TCP connect timeout per try.
@@ -317,6 +391,7 @@ impl UpstreamFile {
             names,
             srv: self.srv,
             dns: discovered.then(|| dns.clone()),
+            balance: resolve_balance(self.balance, &key("balance"))?,
             health_check: HealthCheckConfig {
                 kind: hc.kind,
                 path: hc.path,
@@ -386,6 +461,39 @@ mod tests {
             srv.upstreams["g"].srv.as_deref(),
             Some("_http._tcp.users.svc")
         );
+    }
+
+    #[test]
+    fn balance_names_a_policy_or_a_hash_key() {
+        use super::{Balance, HashKey};
+        let b = |v: &str| {
+            load(&format!(
+                "  upstreams:\n    g: {{ backends: ['10.0.0.7:80'], balance: {v} }}\n"
+            ))
+            .map(|c| c.upstreams["g"].balance.clone())
+        };
+        assert_eq!(b("least_requests").unwrap(), Balance::LeastRequests);
+        assert_eq!(b("round_robin").unwrap(), Balance::RoundRobin);
+        assert_eq!(
+            b("{ hash: client_ip }").unwrap(),
+            Balance::Hash(HashKey::ClientIp)
+        );
+        assert_eq!(
+            b("{ hash: 'claim:sub' }").unwrap(),
+            Balance::Hash(HashKey::Sub)
+        );
+        assert_eq!(
+            b("{ hash: 'cookie:sid' }").unwrap(),
+            Balance::Hash(HashKey::Cookie("sid".into()))
+        );
+        assert!(matches!(
+            b("{ hash: 'header:X-Session' }").unwrap(),
+            Balance::Hash(HashKey::Header(_))
+        ));
+        assert!(b("fastest").unwrap_err().contains("upstreams.g.balance"));
+        assert!(b("{ hash: 'claim:tenant' }")
+            .unwrap_err()
+            .contains("upstreams.g.balance.hash"));
     }
 
     #[test]

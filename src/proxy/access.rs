@@ -38,6 +38,9 @@ pub(crate) struct AccessRecord<'a> {
     pub(crate) status: u16,
     /// Time from the first byte read to the end, in milliseconds.
     pub(crate) duration_ms: f64,
+    /// The upstream group a proxied request went to (a split's side, for one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) upstream_group: Option<&'a str>,
     /// Backend that served a proxied request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) upstream: Option<String>,

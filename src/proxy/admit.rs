@@ -91,7 +91,7 @@ pub(super) fn retries_status(session: &Session, ctx: &Ctx, status: u16, now: Ins
     let Route::Proxy(route) = &ctx.route else {
         return false;
     };
-    let (Some(r), Some(g)) = (&route.config.retries, &route.group) else {
+    let (Some(r), Some(g)) = (&route.config.retries, &ctx.group) else {
         return false;
     };
     let ok = r.statuses.contains(&status)

@@ -29,6 +29,12 @@ pub struct Ctx {
     /// request_filter: the backend of the first try, picked before proxying (upstream_peer
     /// takes it).
     pub(super) first_pick: Option<pingora::lb::Backend>,
+    /// The group this request goes to (the route's, or the side of its split).
+    pub(super) group: Option<std::sync::Arc<super::upstreams::UpstreamGroup>>,
+    /// What a hashing group hashes for this request.
+    pub(super) balance_key: Vec<u8>,
+    /// A sticky split's cookie the client did not have (`Set-Cookie` on the answer).
+    pub(super) set_cookie: Option<String>,
     /// request_filter: the request carried credentials the gateway checked, so its answer
     /// is the caller's (`Vary: Authorization`).
     pub(super) credentialed: bool,

@@ -42,6 +42,40 @@ impl PassiveHealth {
     }
 }
 
+/// Requests in flight on one backend (`least_requests`), carried in `Backend.ext`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    /// The requests in flight on `backend` now (0 without tracking).
+    pub(crate) fn of(backend: &Backend) -> usize {
+        backend
+            .ext
+            .get::<InFlight>()
+            .map_or(0, |f| f.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Counts a request on `backend` until the guard drops.
+    fn enter(backend: &Backend) -> InFlightGuard {
+        InFlightGuard(backend.ext.get::<InFlight>().map(|f| {
+            f.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            f.0.clone()
+        }))
+    }
+}
+
+/// One request in flight on a backend, counted until dropped (reported or abandoned alike).
+#[derive(Debug, Default)]
+pub(crate) struct InFlightGuard(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Some(n) = &self.0 {
+            n.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// What one proxied try did to its backend's passive health (the span's
 /// `gateway.upstream.health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +112,9 @@ pub(crate) enum BackendTry {
     /// No backend picked yet (or a local answer).
     #[default]
     None,
-    /// A backend was picked; its outcome is not known yet.
-    Pending(Backend),
+    /// A backend was picked; its outcome is not known yet (counted in flight until then: the
+    /// guard is held for its drop).
+    Pending(Backend, #[allow(dead_code)] InFlightGuard),
     /// The outcome was reported; the backend is kept for the access log.
     Reported(Backend),
 }
@@ -87,14 +122,15 @@ pub(crate) enum BackendTry {
 impl BackendTry {
     /// A new try on `backend` (a retry replaces the previous one, which was reported).
     pub(crate) fn start(&mut self, backend: Backend) {
-        *self = BackendTry::Pending(backend);
+        let guard = InFlight::enter(&backend);
+        *self = BackendTry::Pending(backend, guard);
     }
 
     /// The backend of the current (or last) try.
     pub(crate) fn backend(&self) -> Option<&Backend> {
         match self {
             BackendTry::None => None,
-            BackendTry::Pending(b) | BackendTry::Reported(b) => Some(b),
+            BackendTry::Pending(b, _) | BackendTry::Reported(b) => Some(b),
         }
     }
 
@@ -113,7 +149,8 @@ impl BackendTry {
     /// Success or failure, or restored or ejected when this report flipped the backend.
     fn report(&mut self, ok: bool, now: Instant) -> Option<Passive> {
         let backend = match std::mem::take(self) {
-            BackendTry::Pending(backend) => backend,
+            // The guard drops here: the try is over.
+            BackendTry::Pending(backend, _) => backend,
             done => {
                 *self = done;
                 return None;
@@ -226,6 +263,7 @@ mod tests {
             ext: Default::default(),
         };
         b.ext.insert(PassiveHealth::new(&up, Instant::now()));
+        b.ext.insert(InFlight::default());
         (b, up)
     }
 
@@ -241,6 +279,7 @@ mod tests {
             t.failed(now);
             t.failed(now);
             assert!(matches!(t, BackendTry::Reported(_)));
+            assert_eq!(InFlight::of(&b), 0, "nothing left in flight");
         }
         assert!(
             PassiveHealth::admits(&b, "g", now),

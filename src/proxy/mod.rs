@@ -71,6 +71,7 @@ pub(crate) mod local;
 pub(crate) mod respond;
 pub(crate) mod routes;
 mod spans;
+mod traffic;
 pub(crate) mod upstreams;
 
 use self::ctx::is_tls;
@@ -113,6 +114,9 @@ impl ProxyHttp for Gateway {
             original_target: None,
             credentialed: false,
             first_pick: None,
+            group: None,
+            balance_key: Vec::new(),
+            set_cookie: None,
             params: Vec::new(),
             retry_status: false,
             request_id: String::new(),
@@ -275,8 +279,27 @@ impl ProxyHttp for Gateway {
             let Route::Proxy(route) = &ctx.route else {
                 return self.answer_local(session, ctx).await;
             };
-            if let Some(group) = &route.group {
-                ctx.first_pick = group.select(&[], Instant::now());
+            let route = route.clone();
+            let req = session.req_header();
+            let group = match &route.split {
+                Some(split) => {
+                    let chosen = split.choose(&req.headers, ctx.identity.as_deref());
+                    metrics::SPLIT_REQUESTS
+                        .with_label_values(&[route.config.name.as_str(), &chosen.group.name])
+                        .inc();
+                    ctx.set_cookie = chosen.set_cookie;
+                    Some(chosen.group)
+                }
+                None => route.group.clone(),
+            };
+            if let Some(group) = group {
+                if let crate::config::Balance::Hash(k) = &group.config.balance {
+                    let ip = ctx.client.as_ref().map(|c| c.ip);
+                    ctx.balance_key =
+                        traffic::hash_key(k, &req.headers, ctx.identity.as_deref(), ip);
+                }
+                ctx.first_pick = group.select(&[], Instant::now(), &ctx.balance_key);
+                ctx.group = Some(group.clone());
                 if ctx.first_pick.is_none() {
                     let e = GatewayError::Unavailable(
                         format!("no healthy backend in upstream group `{}`", group.name).into(),
@@ -333,7 +356,7 @@ impl ProxyHttp for Gateway {
                 "upstream_peer on a local route",
             ));
         };
-        let Some(group) = &route.group else {
+        let Some(group) = ctx.group.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "a route without a group",
@@ -356,7 +379,7 @@ impl ProxyHttp for Gateway {
         }
         let pick = match ctx.first_pick.take() {
             Some(b) if ctx.tried.is_empty() => Some(b),
-            _ => group.select(&ctx.tried, now),
+            _ => group.select(&ctx.tried, now, &ctx.balance_key),
         };
         let Some(backend) = pick else {
             ctx.local_error = Some(GatewayError::Unavailable(
@@ -373,15 +396,6 @@ impl ProxyHttp for Gateway {
         ctx.tried.push(addr);
         ctx.backend.start(backend);
         spans::try_started(ctx, &session.req_header().method, addr, ctx.tried.len());
-        let Route::Proxy(route) = &ctx.route else {
-            return Err(Error::explain(ErrorType::InternalError, "route changed"));
-        };
-        let Some(group) = &route.group else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "a route without a group",
-            ));
-        };
         let tls = group.config.tls.as_ref();
         let sni = tls.map_or_else(String::new, |t| t.sni.clone());
         let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
@@ -417,7 +431,7 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(g) = ctx.route.config().and_then(|r| r.group.as_ref()) {
+        if let Some(g) = &ctx.group {
             g.connections[usize::from(reused)].inc();
         }
         Ok(())
@@ -439,7 +453,7 @@ impl ProxyHttp for Gateway {
             t.end_try("connect_error");
         }
         if let Route::Proxy(route) = &ctx.route {
-            let retry = match (&route.config.retries, &route.group) {
+            let retry = match (&route.config.retries, &ctx.group) {
                 (Some(r), Some(g)) => {
                     r.on_connect
                         && ctx.tried.len() <= r.attempts as usize
@@ -552,6 +566,19 @@ impl ProxyHttp for Gateway {
             // The client has its `100 Continue` from us; the backend gets the body at once.
             req.remove_header(&http::header::EXPECT);
         }
+        if let Some(m) = route.as_ref().and_then(|r| r.mirror.as_ref()) {
+            // Once per request (not per retry), the body only when the gateway holds it whole.
+            if ctx.tried.len() == 1 {
+                let h = &session.req_header().headers;
+                let bodyless = !h.contains_key(http::header::TRANSFER_ENCODING)
+                    && h.get(http::header::CONTENT_LENGTH).is_none_or(|v| v == "0");
+                let whole = bodyless
+                    || (session.as_mut().is_body_done()
+                        && !session.as_ref().retry_buffer_truncated());
+                let body = whole.then(|| session.as_ref().get_retry_buffer().unwrap_or_default());
+                m.send(req, body);
+            }
+        }
         Ok(())
     }
 
@@ -609,6 +636,10 @@ impl ProxyHttp for Gateway {
                     http::HeaderValue::from(k.header.clone()),
                 )?;
             }
+        }
+        if let Some(cookie) = ctx.set_cookie.take() {
+            // A sticky split's key for a client that had none: the next requests keep the side.
+            resp.append_header(http::header::SET_COOKIE, cookie)?;
         }
         if let Some(d) = &ctx.rate {
             for (name, value) in d.headers() {
@@ -796,6 +827,7 @@ impl ProxyHttp for Gateway {
                     access::redact_query(p, q)
                 }),
                 route,
+                upstream_group: ctx.group.as_deref().map(|g| &*g.name),
                 aggregate: match &ctx.route {
                     Route::Aggregate(a) => Some(a.name()),
                     _ => None,

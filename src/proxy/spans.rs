@@ -84,7 +84,7 @@ pub(super) fn try_started(
         let mut buf = [0u8; 48];
         rec.str("server.address", trace::ip_str(addr.ip(), &mut buf));
         rec.attribute(&KeyValue::new("server.port", i64::from(addr.port())));
-        if let Some(g) = &route.group {
+        if let Some(g) = &ctx.group {
             rec.str("gateway.upstream.group", &g.name);
         }
         rec.attribute(&KeyValue::new("gateway.attempt", n as i64));

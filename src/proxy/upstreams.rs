@@ -10,13 +10,13 @@ use std::time::Instant;
 
 use futures::FutureExt;
 use pingora::lb::discovery::Static;
-use pingora::lb::selection::RoundRobin;
+use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use prometheus::IntCounter;
 
 use super::discovery::{DnsDiscovery, Shared};
-use super::health::{active_check, PassiveHealth};
+use super::health::{active_check, InFlight, PassiveHealth};
 use crate::config::{Config, UpstreamConfig};
 use crate::metrics;
 use crate::rebuild::Rebuild;
@@ -27,8 +27,8 @@ pub(crate) struct UpstreamGroup {
     pub(crate) name: Arc<str>,
     /// Timeouts, retries and health settings.
     pub(crate) config: UpstreamConfig,
-    /// Round-robin balancer; its health check runs on a task of its own.
-    lb: Arc<LoadBalancer<RoundRobin>>,
+    /// The balancer (`balance`); its health check runs on a task of its own.
+    lb: Balancer,
     /// Stops the health-check task when the group goes (a reload removed or replaced it).
     stop: tokio::sync::watch::Sender<bool>,
     /// Whether the health-check task runs (it starts once there is a runtime).
@@ -40,6 +40,26 @@ pub(crate) struct UpstreamGroup {
     pub(crate) retry_budget: crate::resilience::RetryBudget,
     /// The DNS discovery, when backends are given by name.
     discovery: Option<Arc<DnsDiscovery>>,
+}
+
+/// A group's balancer, by its `balance`.
+enum Balancer {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    /// `least_requests`: two random picks, the one with fewer requests in flight.
+    Random(Arc<LoadBalancer<Random>>),
+    /// `hash`: Ketama consistent hashing.
+    Hash(Arc<LoadBalancer<Consistent>>),
+}
+
+/// Runs `$body` with `$lb` bound to the balancer whatever its selection.
+macro_rules! with_lb {
+    ($b:expr, $lb:ident => $body:expr) => {
+        match $b {
+            Balancer::RoundRobin($lb) => $body,
+            Balancer::Random($lb) => $body,
+            Balancer::Hash($lb) => $body,
+        }
+    };
 }
 
 impl std::fmt::Debug for UpstreamGroup {
@@ -62,15 +82,17 @@ impl Drop for UpstreamGroup {
 impl UpstreamGroup {
     /// Whether any backend passes the active health check.
     pub(crate) fn any_healthy(&self) -> bool {
-        let backends = self.lb.backends();
-        backends.get_backend().iter().any(|b| backends.ready(b))
+        with_lb!(&self.lb, lb => {
+            let backends = lb.backends();
+            backends.get_backend().iter().any(|b| backends.ready(b))
+        })
     }
 
     /// How many backends the group has now (given, or found by DNS).
     pub(crate) fn backend_count(&self) -> usize {
         match &self.discovery {
             None => self.config.backends.len(),
-            Some(_) => self.lb.backends().get_backend().len(),
+            Some(_) => with_lb!(&self.lb, lb => lb.backends().get_backend().len()),
         }
     }
 
@@ -79,13 +101,31 @@ impl UpstreamGroup {
         self.discovery.as_ref()?.unresolved()
     }
 
-    /// Picks the next healthy backend not in `exclude` whose passive breaker admits a request.
-    pub(crate) fn select(&self, exclude: &[SocketAddr], now: Instant) -> Option<Backend> {
+    /// Picks a healthy backend not in `exclude` whose passive breaker admits a request, by
+    /// the group's `balance` (`key`: what a hashing group hashes).
+    pub(crate) fn select(
+        &self,
+        exclude: &[SocketAddr],
+        now: Instant,
+        key: &[u8],
+    ) -> Option<Backend> {
         let max = self.backend_count().saturating_mul(2).max(8);
-        self.lb.select_with(b"", max, |backend, healthy| {
+        let usable = |backend: &Backend, healthy: bool| {
             let excluded = matches!(&backend.addr, PingoraAddr::Inet(a) if exclude.contains(a));
             healthy && !excluded && PassiveHealth::admits(backend, &self.name, now)
-        })
+        };
+        match &self.lb {
+            Balancer::RoundRobin(lb) => lb.select_with(b"", max, usable),
+            Balancer::Hash(lb) => lb.select_with(key, max, usable),
+            Balancer::Random(lb) => {
+                let a = lb.select_with(b"", max, usable)?;
+                let b = lb.select_with(b"", max, |b: &Backend, h| b.addr != a.addr && usable(b, h));
+                match b {
+                    Some(b) if InFlight::of(&b) < InFlight::of(&a) => Some(b),
+                    _ => Some(a),
+                }
+            }
+        }
     }
 
     /// Whether a try that failed to connect may go to another backend: bounded by the
@@ -100,13 +140,23 @@ impl UpstreamGroup {
         if self.checking.swap(true, Ordering::AcqRel) {
             return;
         }
-        let lb = self.lb.clone();
         let stop = self.stop.subscribe();
-        tokio::spawn(async move {
-            use pingora::services::background::BackgroundService;
-            // Pingora's own loop for a balancer: update, check, sleep until due or stopped.
-            lb.start(stop).await;
-        });
+        use pingora::services::background::BackgroundService;
+        // Pingora's own loop for a balancer: update, check, sleep until due or stopped.
+        match &self.lb {
+            Balancer::RoundRobin(lb) => {
+                let lb = lb.clone();
+                tokio::spawn(async move { lb.start(stop).await });
+            }
+            Balancer::Random(lb) => {
+                let lb = lb.clone();
+                tokio::spawn(async move { lb.start(stop).await });
+            }
+            Balancer::Hash(lb) => {
+                let lb = lb.clone();
+                tokio::spawn(async move { lb.start(stop).await });
+            }
+        }
     }
 }
 
@@ -121,6 +171,7 @@ fn build_group(name: &str, up: &UpstreamConfig) -> UpstreamGroup {
             ext: Default::default(),
         };
         b.ext.insert(PassiveHealth::new(up, now));
+        b.ext.insert(InFlight::default());
         metrics::BACKEND_HEALTHY
             .with_label_values(&[&*name, &addr.to_string()])
             .set(1);
@@ -137,23 +188,55 @@ fn build_group(name: &str, up: &UpstreamConfig) -> UpstreamGroup {
         None => Backends::new(Static::new(set)),
     };
     backends.set_health_check(active_check(&name, up));
-    let mut lb = LoadBalancer::<RoundRobin>::from_backends(backends);
-    // Static discovery never waits, so the selector is filled before the first request
-    // instead of by the health task's first pass; DNS discovery fills it from that task.
-    if discovery.is_none() {
-        if let Some(Err(e)) = lb.update().now_or_never() {
-            tracing::error!(group = %name, error = %e, "cannot build the backend selector");
+    fn finish<S>(
+        mut lb: LoadBalancer<S>,
+        up: &UpstreamConfig,
+        name: &str,
+        fill: bool,
+    ) -> Arc<LoadBalancer<S>>
+    where
+        S: pingora::lb::selection::BackendSelection + 'static,
+        S::Iter: pingora::lb::selection::BackendIter,
+    {
+        // Static discovery never waits, so the selector is filled before the first request
+        // instead of by the health task's first pass; DNS discovery fills it from that task.
+        if fill {
+            if let Some(Err(e)) = lb.update().now_or_never() {
+                tracing::error!(group = %name, error = %e, "cannot build the backend selector");
+            }
         }
+        lb.update_frequency = up.dns.as_ref().map(|d| d.min_refresh);
+        lb.health_check_frequency = Some(up.health_check.interval);
+        lb.parallel_health_check = true;
+        Arc::new(lb)
     }
-    lb.update_frequency = up.dns.as_ref().map(|d| d.min_refresh);
-    lb.health_check_frequency = Some(up.health_check.interval);
-    lb.parallel_health_check = true;
+    let fill = discovery.is_none();
+    let lb = match up.balance {
+        crate::config::Balance::RoundRobin => Balancer::RoundRobin(finish(
+            LoadBalancer::from_backends(backends),
+            up,
+            &name,
+            fill,
+        )),
+        crate::config::Balance::LeastRequests => Balancer::Random(finish(
+            LoadBalancer::from_backends(backends),
+            up,
+            &name,
+            fill,
+        )),
+        crate::config::Balance::Hash(_) => Balancer::Hash(finish(
+            LoadBalancer::from_backends(backends),
+            up,
+            &name,
+            fill,
+        )),
+    };
     let connections = ["false", "true"]
         .map(|reused| metrics::UPSTREAM_CONNECTIONS.with_label_values(&[&*name, reused]));
     UpstreamGroup {
         name,
         config: up.clone(),
-        lb: Arc::new(lb),
+        lb,
         stop: tokio::sync::watch::channel(false).0,
         checking: AtomicBool::new(false),
         connections,
@@ -235,15 +318,15 @@ mod tests {
     fn passive_breaker_takes_a_backend_out() {
         let g = group("['127.0.0.1:1']", 2);
         let now = Instant::now();
-        let b = g.select(&[], now).expect("one healthy backend");
+        let b = g.select(&[], now, b"").expect("one healthy backend");
         for _ in 0..3 {
             let mut t = super::super::health::BackendTry::default();
             t.start(b.clone());
             t.failed(now);
         }
-        assert!(g.select(&[], now).is_none());
+        assert!(g.select(&[], now, b"").is_none());
         assert!(g
-            .select(&[], now + std::time::Duration::from_secs(10))
+            .select(&[], now + std::time::Duration::from_secs(10), b"")
             .is_some());
     }
 
@@ -263,12 +346,12 @@ mod tests {
     fn excluded_backends_are_not_picked_again() {
         let two = group("['127.0.0.1:1', '127.0.0.1:2']", 1);
         let now = Instant::now();
-        let first = two.select(&[], now).expect("a backend");
+        let first = two.select(&[], now, b"").expect("a backend");
         let PingoraAddr::Inet(a) = first.addr else {
             panic!("inet backend")
         };
         for _ in 0..4 {
-            let next = two.select(&[a], now).expect("the other backend");
+            let next = two.select(&[a], now, b"").expect("the other backend");
             assert_ne!(next.addr, first.addr);
         }
     }

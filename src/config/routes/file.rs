@@ -14,6 +14,9 @@ pub(crate) struct RouteFile {
     pub(super) matches: Option<MatchFile>,
     pub(super) prefix: Option<String>,
     pub(super) upstream: Option<String>,
+    pub(super) split: Option<Vec<SplitFile>>,
+    pub(super) sticky: Option<StickyFile>,
+    pub(super) mirror: Option<MirrorFile>,
     pub(super) redirect: Option<RedirectFile>,
     pub(super) respond: Option<RespondFile>,
     pub(super) rewrite: Option<RewriteFile>,
@@ -32,6 +35,42 @@ pub(crate) struct RouteFile {
     pub(super) max_request_body_bytes: Option<u64>,
     /// Overrides `limits.body_read_timeout_ms` on this route.
     pub(super) body_read_timeout_ms: Option<u64>,
+}
+
+/// One side of `split:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SplitFile {
+    pub(super) upstream: String,
+    pub(super) weight: u32,
+}
+
+/// `sticky:` — what keeps a client on one side of a split.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StickyFile {
+    pub(super) cookie: Option<String>,
+    pub(super) header: Option<String>,
+    pub(super) claim: Option<String>,
+}
+
+/// `mirror:` — a copy of requests to another group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MirrorFile {
+    pub(super) upstream: String,
+    #[serde(default = "hundred")]
+    pub(super) percent: f64,
+    #[serde(default = "default_mirror_in_flight")]
+    pub(super) max_in_flight: usize,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+
+fn default_mirror_in_flight() -> usize {
+    64
 }
 
 /// `match:` — every listed condition must hold.

@@ -25,8 +25,8 @@ pub(super) use self::specificity::check_conflicts;
 pub use self::specificity::Specificity;
 use self::template::{PathTemplate, ValueTemplate, Vars};
 pub use self::types::{
-    Conditions, Credentials, HeaderRules, HostMatch, PathMatch, Require, Rewrite, RouteAuth,
-    RouteConfig, RouteRetries, RouteTarget, RouteTimeouts,
+    Conditions, Credentials, HeaderRules, HostMatch, Mirror, PathMatch, Require, Rewrite,
+    RouteAuth, RouteConfig, RouteRetries, RouteTarget, RouteTimeouts, Split, Sticky,
 };
 
 /// Parses a host condition: lower-cased, port removed; `*.` only as the whole first label.
@@ -206,12 +206,59 @@ fn resolve_conditions(
     ))
 }
 
+fn target_group(t: &RouteTarget) -> Option<&str> {
+    match t {
+        RouteTarget::Upstream(g) => Some(g),
+        _ => None,
+    }
+}
+
 fn resolve_target(
     key: &dyn Fn(&str) -> String,
     r: &mut RouteFile,
     upstreams: &BTreeMap<String, UpstreamConfig>,
     params: &[String],
 ) -> Result<RouteTarget, ConfigError> {
+    let group = |name: &str, at: &str| -> Result<(), ConfigError> {
+        if upstreams.contains_key(name) {
+            Ok(())
+        } else {
+            Err(invalid(
+                key(at),
+                format!("`{name}` is not a group defined under gateway.upstreams"),
+            ))
+        }
+    };
+    if let Some(sides) = &r.split {
+        if r.upstream.is_some() {
+            return Err(invalid(key("split"), "`split` or `upstream`, not both"));
+        }
+        if sides.is_empty() {
+            return Err(invalid(
+                key("split"),
+                "must list at least one { upstream, weight }",
+            ));
+        }
+        for (i, side) in sides.iter().enumerate() {
+            group(&side.upstream, &format!("split[{i}].upstream"))?;
+            if side.weight == 0 {
+                return Err(invalid(
+                    key(&format!("split[{i}].weight")),
+                    "must be at least 1",
+                ));
+            }
+            if sides[..i].iter().any(|o| o.upstream == side.upstream) {
+                return Err(invalid(
+                    key(&format!("split[{i}].upstream")),
+                    format!("`{}` is listed twice", side.upstream),
+                ));
+            }
+        }
+        r.upstream = Some(sides[0].upstream.clone());
+    }
+    if let Some(m) = &r.mirror {
+        group(&m.upstream, "mirror.upstream")?;
+    }
     match (r.upstream.take(), r.redirect.take(), r.respond.take()) {
         (Some(group), None, None) => {
             if !upstreams.contains_key(&group) {
@@ -431,6 +478,86 @@ fn resolve_route(
             "a public route reads no token: drop `require` or `auth: public`",
         ));
     }
+    let split = match r.split.take() {
+        None => {
+            if r.sticky.is_some() {
+                return Err(invalid(
+                    key("sticky"),
+                    "only a route with `split` is sticky",
+                ));
+            }
+            None
+        }
+        Some(sides) => {
+            let sticky = match r.sticky.take() {
+                None => None,
+                Some(s) => Some(match (s.cookie, s.header, s.claim) {
+                    (Some(c), None, None) => {
+                        let token = !c.is_empty()
+                            && c.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                        if !token {
+                            return Err(invalid(
+                                key("sticky.cookie"),
+                                format!("`{c}` is not a cookie name (letters, digits, - _ .)"),
+                            ));
+                        }
+                        Sticky::Cookie(c)
+                    }
+                    (None, Some(h), None) => Sticky::Header(
+                        http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                            invalid(key("sticky.header"), format!("`{h}` is not a header name"))
+                        })?,
+                    ),
+                    (None, None, Some(c)) if c == "sub" => Sticky::Sub,
+                    (None, None, Some(c)) => {
+                        return Err(invalid(
+                            key("sticky.claim"),
+                            format!("`{c}`: only `sub` (the caller) is supported"),
+                        ))
+                    }
+                    _ => {
+                        return Err(invalid(
+                            key("sticky"),
+                            "one of `cookie`, `header` or `claim`",
+                        ))
+                    }
+                }),
+            };
+            Some(Split {
+                sides: sides.into_iter().map(|s| (s.upstream, s.weight)).collect(),
+                sticky,
+            })
+        }
+    };
+    let mirror = match r.mirror.take() {
+        None => None,
+        Some(m) => {
+            if !(m.percent > 0.0 && m.percent <= 100.0) {
+                return Err(invalid(key("mirror.percent"), "more than 0, at most 100"));
+            }
+            if m.max_in_flight == 0 {
+                return Err(invalid(key("mirror.max_in_flight"), "must be at least 1"));
+            }
+            if upstreams.get(&m.upstream).is_some_and(|u| u.tls.is_some()) {
+                return Err(invalid(
+                    key("mirror.upstream"),
+                    "a mirror group is reached over plain HTTP: this one has `tls`",
+                ));
+            }
+            if target_group(&target) == Some(m.upstream.as_str()) {
+                return Err(invalid(
+                    key("mirror.upstream"),
+                    "the route's own group: a mirror is another one",
+                ));
+            }
+            Some(Mirror {
+                upstream: m.upstream,
+                percent: m.percent,
+                max_in_flight: m.max_in_flight,
+            })
+        }
+    };
     let credentials = match r.credentials.take() {
         None => Credentials::default(),
         Some(list) if list.is_empty() => {
@@ -502,6 +629,8 @@ fn resolve_route(
         rewrite,
         auth,
         credentials,
+        split,
+        mirror,
         require: Require {
             scopes: require.scopes,
             roles: require.roles,

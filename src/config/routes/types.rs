@@ -137,6 +137,37 @@ pub enum RouteAuth {
     Public,
 }
 
+/// A route's traffic split between groups (`split:`), with what keeps a client on one side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// Each side's group and weight (weights > 0).
+    pub sides: Vec<(String, u32)>,
+    /// What keeps a client on the side it got (`None`: each request drawn anew).
+    pub sticky: Option<Sticky>,
+}
+
+/// The key a sticky split hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A cookie the gateway sets when the client has none.
+    Cookie(String),
+    /// A request header (no header: drawn anew).
+    Header(http::HeaderName),
+    /// The caller's `sub` (anonymous: drawn anew).
+    Sub,
+}
+
+/// A copy of a route's requests sent to another group (`mirror:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    /// The group the copies go to.
+    pub upstream: String,
+    /// The share of requests copied, 0 to 100.
+    pub percent: f64,
+    /// Copies in flight at once; more are dropped (and counted).
+    pub max_in_flight: usize,
+}
+
 /// The kinds of credential a route accepts (`credentials:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Credentials {
@@ -250,6 +281,10 @@ pub struct RouteConfig {
     pub auth: RouteAuth,
     /// Which credentials count.
     pub credentials: Credentials,
+    /// Traffic split between groups (the target is then the first side's group).
+    pub split: Option<Split>,
+    /// A copy of requests to another group.
+    pub mirror: Option<Mirror>,
     /// Scopes and roles needed.
     pub require: Require,
     /// The rate-limit policies counted (`None`: those whose own `routes` cover the path).
@@ -292,6 +327,8 @@ impl RouteConfig {
             rewrite: None,
             auth: RouteAuth::Required,
             credentials: Credentials::default(),
+            split: None,
+            mirror: None,
             require: Require::default(),
             rate_limit: None,
             timeouts: RouteTimeouts::default(),

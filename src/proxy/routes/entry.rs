@@ -17,4 +17,8 @@ pub(crate) struct ProxyRoute {
     pub(crate) claim_index: Box<[(Box<str>, usize)]>,
     /// The rate-limit policies it counts (`None`: those whose routes cover the path).
     pub(crate) policies: Option<Box<[Box<str>]>>,
+    /// Its split between groups, when it has one (`group` is then the first side's).
+    pub(crate) split: Option<crate::proxy::traffic::SplitSides>,
+    /// Where copies of its requests go, when it has a mirror.
+    pub(crate) mirror: Option<crate::proxy::traffic::MirrorTarget>,
 }

@@ -126,7 +126,29 @@ impl RouteTable {
                 _ => None,
             };
             let claim_index = apply::claim_index(r, &claims);
+            let split = r.split.as_ref().map(|s| {
+                let sides = s
+                    .sides
+                    .iter()
+                    .filter_map(|(g, w)| Some((groups.get(g)?.clone(), *w)))
+                    .collect();
+                crate::proxy::traffic::SplitSides::new(sides, s.sticky.clone())
+            });
+            for (g, _) in r.split.iter().flat_map(|s| &s.sides) {
+                crate::metrics::SPLIT_REQUESTS.with_label_values(&[r.name.as_str(), g]);
+            }
+            let mirror = r.mirror.as_ref().and_then(|m| {
+                let g = groups.get(&m.upstream)?.clone();
+                Some(crate::proxy::traffic::MirrorTarget::new(
+                    &r.name,
+                    g,
+                    m.percent,
+                    m.max_in_flight,
+                ))
+            });
             entries.push(Entry::Route(Arc::new(ProxyRoute {
+                mirror,
+                split,
                 config: r.clone(),
                 group,
                 claim_index,
