@@ -114,6 +114,12 @@ backend b
         # Scenario 13: the same conf with 1,000 routes more (500 hosts x 2 paths).
         from scenarios.routing import routes_yaml  # noqa: PLC0415 (scenarios import this module's callers)
         extra_routes = routes_yaml() if name == "gw_routes" else ""
+        # Scenario 15: a split, a mirror and the other balancers, beside a plain route.
+        extra_upstreams = ""
+        if name == "gw_traffic":
+            from scenarios.traffic import traffic_routes, traffic_upstreams  # noqa: PLC0415
+            extra_upstreams = traffic_upstreams(ports["origin"])
+            extra_routes = traffic_routes()
         # Scenario 14: opaque tokens introspected at the mock provider, and an API keys file.
         introspection = api_keys = ""
         if name == "gw_identity":
@@ -163,7 +169,7 @@ gateway:
     origin:
       backends: ["127.0.0.1:{ports['origin']}"]
       health_check: {{ kind: tcp, interval_ms: 60000 }}
-  # The memory scenario holds 10,000 connections from one address.
+{extra_upstreams}  # The memory scenario holds 10,000 connections from one address.
   limits: {{ max_connections_per_ip: 0 }}
   routes:
     - {{ prefix: "/bench/", upstream: origin, strip_prefix: "/bench" }}

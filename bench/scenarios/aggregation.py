@@ -11,7 +11,7 @@ TITLE = 'aggregation (user 20 ms, then 50/80/120 ms)'
 
 def run(fleet, results):
     ports = fleet.ports
-    log("bench: 8/14 aggregation (user 20 ms, then 50/80/120 ms)")
+    log("bench: 8/15 aggregation (user 20 ms, then 50/80/120 ms)")
     for svc, port, ms in (("user", "m_user", 20), ("order", "m_order", 50), ("product", "m_product", 80),
                           ("recommendation", "m_rec", 120)):
         req = urllib.request.Request(url(ports[port], "/__faults"), data=json.dumps({"delay_ms": ms}).encode(),

@@ -13,7 +13,7 @@ TITLE = 'cache hits (Redis, in-process tier) and compression of a cached 20 KB a
 
 def run(fleet, results):
     ports, gw_redis, user1, auth, runner = fleet.ports, fleet.gw_redis, fleet.user1, fleet.auth, fleet.runner
-    log("bench: 9/14 cache hits (Redis, in-process tier) and 10/14 compression of a cached 20 KB aggregate")
+    log("bench: 9/15 cache hits (Redis, in-process tier) and 10/15 compression of a cached 20 KB aggregate")
     wait_metric(url(ports.metrics("gw_local"), "/metrics"), "cache_invalidation_feed_up", 1.0)
     wait_http(url(ports["gw_local"], "/api/profile/1"), token=user1)
     doc_url = url(ports["gw_redis"], "/api/doc/1")

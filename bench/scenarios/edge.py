@@ -14,7 +14,7 @@ TITLE = "edge checks (embedded, Redis, Cluster, RS256, GCRA; Traefik's rate limi
 
 def run(fleet, results):
     ports, peers, gw, auth, runner = fleet.ports, fleet.peers, fleet.gw, fleet.auth, fleet.runner
-    log("bench: 6/14 edge checks (embedded, Redis, Cluster, RS256, GCRA, tracing; Traefik's rate limit)")
+    log("bench: 6/15 edge checks (embedded, Redis, Cluster, RS256, GCRA, tracing; Traefik's rate limit)")
     rs = f"Authorization: Bearer {mint(ports['m_idp'], 'RS256', '1')}"
     edge_members = [("plain", runner(ports["gw"], "/bench/json", gw.pid)),
                     ("edge-memory", runner(ports["gw"], "/edge/json", gw.pid, (auth,))),

@@ -8,7 +8,7 @@ TITLE = 'HTTPS (keep-alive HTTP/1.1, h2, a new handshake per request), gateway v
 
 def run(fleet, results):
     ports, peers, gw, nginx_p, origin = fleet.ports, fleet.peers, fleet.gw, fleet.nginx_p, fleet.origin
-    log("bench: 2/14 HTTPS (keep-alive HTTP/1.1, h2, a new handshake per request) gateway vs nginx")
+    log("bench: 2/15 HTTPS (keep-alive HTTP/1.1, h2, a new handshake per request) gateway vs nginx")
     tls_url = lambda port, path: f"https://127.0.0.1:{port}{path}"
     g_tls, n_tls = tls_url(ports["gw_tls"], "/bench/json"), tls_url(ports["nginx_tls"], "/json")
     g_pids, n_pids = (gw.pid, origin.pid), (nginx_p.pid, origin.pid)

@@ -38,7 +38,7 @@ def forged(idp_port):
 
 def run(fleet, results):
     ports = fleet.ports
-    log("bench: 14/14 identity: forged RS256 flood; introspection and API keys vs HS256")
+    log("bench: 14/15 identity: forged RS256 flood; introspection and API keys vs HS256")
     env = dict(fleet.svc_env, INTROSPECTION_SECRET="bench")
     gw = fleet.gateway("gateway-identity", "gw_identity", 0, env)
     base = f"http://127.0.0.1:{ports['gw_identity']}"

@@ -9,7 +9,7 @@ TITLE = "added latency (1 connection; fixed rate at half the gateway's max)"
 
 def run(fleet, results):
     ports, peers = fleet.ports, fleet.peers
-    log("bench: 5/14 added latency")
+    log("bench: 5/15 added latency")
     targets = [("direct", ports["origin"], "/json"), ("gateway", ports["gw"], "/bench/json"),
                ("nginx", ports["nginx"], "/json")]
     targets += [(name, ports[name], "/json") for name in ("traefik", "caddy") if name in peers]

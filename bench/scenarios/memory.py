@@ -12,7 +12,7 @@ TITLE = 'memory (idle, and 10,000 idle keep-alive connections)'
 
 def run(fleet, results):
     ports = fleet.ports
-    log("bench: 11/14 memory (idle, and 10,000 idle keep-alive connections)")
+    log("bench: 11/15 memory (idle, and 10,000 idle keep-alive connections)")
     idle = fleet.gateway("gateway-idle", "gw_idle", 0, fleet.svc_env)
     wait_http(url(ports["gw_idle"], "/readyz"))
     time.sleep(1)

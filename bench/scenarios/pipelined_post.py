@@ -9,7 +9,7 @@ TITLE = 'pipelined (depth 8) and POST 1 KiB (buffered, streamed), gateway vs ngi
 
 def run(fleet, results):
     ports, gw, nginx_p, origin = fleet.ports, fleet.gw, fleet.nginx_p, fleet.origin
-    log("bench: 3-4/14 pipelined (depth 8) and POST 1 KiB (buffered, streamed), gateway vs nginx")
+    log("bench: 3-4/15 pipelined (depth 8) and POST 1 KiB (buffered, streamed), gateway vs nginx")
     scripted = lambda port, path, pid, script: (lambda s: wrk(url(port, path), CONNS, s, (), (pid, origin.pid), script))
     qr = rounds([("gateway-piped", scripted(ports["gw"], "/bench/json", gw.pid, "pipeline.lua")),
                  ("nginx-piped", scripted(ports["nginx"], "/json", nginx_p.pid, "pipeline.lua")),

@@ -11,7 +11,7 @@ TITLE = 'plain proxying: gateway, nginx, HAProxy, bare Pingora, Traefik, Caddy'
 def run(fleet, results):
     ports, peers, gw, nginx_p, haproxy_p = fleet.ports, fleet.peers, fleet.gw, fleet.nginx_p, fleet.haproxy_p
     runner = fleet.runner
-    log("bench: 1/14 plain proxying: gateway, nginx, HAProxy, bare Pingora, Traefik, Caddy")
+    log("bench: 1/15 plain proxying: gateway, nginx, HAProxy, bare Pingora, Traefik, Caddy")
     plain_members = [("gateway", runner(ports["gw"], "/bench/json", gw.pid)),
                      ("nginx", runner(ports["nginx"], "/json", nginx_p.pid)),
                      ("haproxy", runner(ports["haproxy"], "/json", haproxy_p.pid))]

@@ -10,7 +10,7 @@ TITLE = 'upstream connection reuse'
 
 def run(fleet, results):
     ports = fleet.ports
-    log("bench: 12/14 upstream connection reuse")
+    log("bench: 12/15 upstream connection reuse")
     accepts0 = origin_accepts(ports["origin"])
     r7 = wrk(url(ports["gw"], "/bench/json"), CONNS, SECONDS)
     accepts1 = origin_accepts(ports["origin"])

@@ -27,7 +27,7 @@ def routes_yaml():
 
 def run(fleet, results):
     ports = fleet.ports
-    log("bench: 13/14 routing table: 1,000 routes vs the plain conf")
+    log("bench: 13/15 routing table: 1,000 routes vs the plain conf")
     # Started here, not with the fleet: its conf needs this scenario's routes (and a gateway
     # new enough to read them, so that a bench of an older build can skip it).
     gw_routes = fleet.gateway("gateway-routes", "gw_routes", 0, fleet.svc_env)

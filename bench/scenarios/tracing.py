@@ -30,7 +30,7 @@ def pct(ratio):
 
 def run(fleet, results):
     ports, traced, twin, auth, runner = fleet.ports, fleet.traced, fleet.twin, fleet.auth, fleet.runner
-    log(f"bench: 7/14 tracing 0/10/100% vs untraced, plain and edge routes ({TRACING_PAIRS} rounds each)")
+    log(f"bench: 7/15 tracing 0/10/100% vs untraced, plain and edge routes ({TRACING_PAIRS} rounds each)")
     tr = {}
     for route, path, headers, ratios in (("plain", "/bench/json", (), TRACED.values()),
                                          ("edge", "/edge/json", (auth,), [r for r in TRACED.values() if r > 0])):
