@@ -211,6 +211,12 @@ fn build_group(name: &str, up: &UpstreamConfig) -> UpstreamGroup {
         Arc::new(lb)
     }
     let fill = discovery.is_none();
+    if fill {
+        // Given by address: what serves is what the conf lists (DNS groups report their own).
+        metrics::UPSTREAM_BACKENDS
+            .with_label_values(&[&*name, "serving"])
+            .set(up.backends.len() as i64);
+    }
     let lb = match up.balance {
         crate::config::Balance::RoundRobin => Balancer::RoundRobin(finish(
             LoadBalancer::from_backends(backends),
