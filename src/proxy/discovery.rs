@@ -169,15 +169,10 @@ impl DnsDiscovery {
     }
 
     async fn lookup(&self, host: &str, port: u16) -> Result<Vec<(SocketAddr, usize)>, String> {
-        // A trailing dot: the name as written, not tried under the search domains.
-        let fqdn = if host.ends_with('.') {
-            host.to_string()
-        } else {
-            format!("{host}.")
-        };
+        // As written: a short name (`users`) goes through the search domains, as in a pod.
         let answer = self
             .resolver
-            .lookup_ip(fqdn.as_str())
+            .lookup_ip(host)
             .await
             .map_err(|e| e.to_string())?;
         Ok(answer
@@ -187,14 +182,9 @@ impl DnsDiscovery {
     }
 
     async fn lookup_srv(&self, name: &str) -> Result<Vec<(SocketAddr, usize)>, String> {
-        let fqdn = if name.ends_with('.') {
-            name.to_string()
-        } else {
-            format!("{name}.")
-        };
         let answer = self
             .resolver
-            .srv_lookup(fqdn.as_str())
+            .srv_lookup(name)
             .await
             .map_err(|e| e.to_string())?;
         let mut out = Vec::new();
