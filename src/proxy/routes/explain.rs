@@ -37,6 +37,28 @@ fn path_text(p: &PathMatch) -> String {
     }
 }
 
+/// What answers a route, as read: its target, or its split's sides (and stickiness), and its
+/// mirror.
+fn target_text(r: &RouteConfig) -> String {
+    let mut text = match &r.split {
+        None => r.target.describe(),
+        Some(s) => {
+            let sides: Vec<String> = s.sides.iter().map(|(g, w)| format!("{g} {w}")).collect();
+            let sticky = match &s.sticky {
+                None => String::new(),
+                Some(crate::config::Sticky::Cookie(c)) => format!(", sticky by cookie {c}"),
+                Some(crate::config::Sticky::Header(h)) => format!(", sticky by header {h}"),
+                Some(crate::config::Sticky::Sub) => ", sticky by sub".to_string(),
+            };
+            format!("split {}{sticky}", sides.join(" / "))
+        }
+    };
+    if let Some(m) = &r.mirror {
+        text.push_str(&format!(", mirror {} {}%", m.upstream, m.percent));
+    }
+    text
+}
+
 /// Every route in match order (most specific first; conf order among equals).
 pub(crate) fn table_rows(config: &Config) -> Vec<TableRow> {
     let mut all = all_routes(config);
@@ -47,7 +69,7 @@ pub(crate) fn table_rows(config: &Config) -> Vec<TableRow> {
             hosts: r.hosts.iter().map(HostMatch::to_string).collect(),
             path: path_text(&r.path),
             methods: r.conditions.methods.iter().map(|m| m.to_string()).collect(),
-            target: r.target.describe(),
+            target: target_text(r),
             auth: if config.auth.is_public(r.path.text()) {
                 "public"
             } else {
@@ -222,4 +244,27 @@ fn aggregate_claims(prefix: &str, path: &str) -> bool {
         || path
             .strip_prefix(prefix)
             .is_some_and(|r| r.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_route_lists_its_sides_stickiness_and_mirror() {
+        let yaml = "gateway:\n  upstreams:\n    a: { backends: ['127.0.0.1:1'] }\n    b: { backends: ['127.0.0.1:2'] }\n    c: { backends: ['127.0.0.1:3'] }\n  routes:\n    - { name: canary, match: { path: { prefix: /u } }, split: [{ upstream: a, weight: 95 }, { upstream: b, weight: 5 }], sticky: { header: X-User }, mirror: { upstream: c, percent: 10 } }\n    - { name: plain, match: { path: { prefix: /p } }, upstream: a }\n";
+        let env = |k: &str| (k == "JWT_SECRET").then(|| "x".repeat(32));
+        let config = Config::from_yaml(yaml, &env, crate::config::LoadMode::Run).unwrap();
+        let rows = table_rows(&config);
+        let target = |name: &str| {
+            rows.iter()
+                .find(|r| r.name == name)
+                .map(|r| r.target.clone())
+        };
+        assert_eq!(
+            target("canary").as_deref(),
+            Some("split a 95 / b 5, sticky by header x-user, mirror c 10%")
+        );
+        assert_eq!(target("plain").as_deref(), Some("upstream a"));
+    }
 }
