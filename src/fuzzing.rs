@@ -132,8 +132,12 @@ pub fn token(data: &[u8]) {
 /// a discovery document only ever yields an https key-set URL.
 pub fn key_documents(data: &[u8]) {
     let _ = crate::edge::auth::jwks::KeySet::parse(data);
-    if let Ok(url) = crate::edge::auth::provider::jwks_url(data, "https://idp.example", false) {
-        assert_eq!(url.scheme(), "https", "{url}");
+    if let Ok((jwks, introspection)) =
+        crate::edge::auth::provider::discovery_urls(data, "https://idp.example", false)
+    {
+        for url in std::iter::once(&jwks).chain(introspection.as_ref()) {
+            assert_eq!(url.scheme(), "https", "{url}");
+        }
     }
 }
 

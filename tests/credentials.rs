@@ -113,9 +113,9 @@ async fn api_keys_identify_machine_clients_and_a_reload_revokes_them() {
 
     // An optional route: a key is a caller, no key is anonymous, a bad key is refused.
     assert_eq!(get(&gw, "/open/x", &[]).await.0, 200);
-    assert_eq!(header_of_last(&echo, "x-user-id"), None);
+    assert_eq!(echo.last_header("x-user-id"), None);
     assert_eq!(get(&gw, "/open/x", &[("X-Api-Key", &writer)]).await.0, 200);
-    assert_eq!(header_of_last(&echo, "x-user-id").as_deref(), Some("svc-b"));
+    assert_eq!(echo.last_header("x-user-id").as_deref(), Some("svc-b"));
     assert_eq!(get(&gw, "/open/x", &[("X-Api-Key", "nope")]).await.0, 401);
 
     // Limits count the key's `sub`: three for svc-a, then 429; svc-b has its own three.
@@ -173,15 +173,6 @@ async fn api_keys_identify_machine_clients_and_a_reload_revokes_them() {
             "a key in the logs"
         );
     }
-}
-
-fn header_of_last(echo: &EchoServer, name: &str) -> Option<String> {
-    echo.requests()
-        .pop()?
-        .headers
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
 }
 
 #[tokio::test]
@@ -289,15 +280,12 @@ async fn client_certificates_identify_callers_on_routes_that_take_them() {
     let (rc, status, _, err) = curl_tls(&server_ca, port, "/machines/x", Some(&spiffe), &[]).await;
     assert_eq!((rc, status), (0, 200), "{err}");
     assert_eq!(
-        header_of_last(&echo, "x-user-id").as_deref(),
+        echo.last_header("x-user-id").as_deref(),
         Some("spiffe://example.org/billing")
     );
     let (_, status, _, _) = curl_tls(&server_ca, port, "/machines/x", Some(&plain), &[]).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        header_of_last(&echo, "x-user-id").as_deref(),
-        Some("reporting")
-    );
+    assert_eq!(echo.last_header("x-user-id").as_deref(), Some("reporting"));
     // A route that does not list mtls still wants a token; without a certificate, so does
     // the mtls route (the certificate is optional on this listener).
     let (_, status, body, _) = curl_tls(&server_ca, port, "/people/x", Some(&spiffe), &[]).await;
@@ -308,7 +296,7 @@ async fn client_certificates_identify_callers_on_routes_that_take_them() {
     let bearer = format!("Authorization: Bearer {}", token("7"));
     let (_, status, _, _) = curl_tls(&server_ca, port, "/machines/x", None, &["-H", &bearer]).await;
     assert_eq!(status, 200);
-    assert_eq!(header_of_last(&echo, "x-user-id").as_deref(), Some("7"));
+    assert_eq!(echo.last_header("x-user-id").as_deref(), Some("7"));
     // A certificate from another CA fails the handshake: the server refuses it, not curl. TLS
     // 1.3 sends the server's `unknown ca` alert after the client's Finished, so curl reports
     // the alert or the reset that follows; the server's own count below proves the refusal.

@@ -65,15 +65,6 @@ fn failures(m: &str, reason: &str) -> f64 {
     metric_sum(m, &format!(r#"auth_failures_total{{reason="{reason}"}}"#))
 }
 
-fn last_header(echo: &EchoServer, name: &str) -> Option<String> {
-    echo.requests()
-        .pop()?
-        .headers
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-}
-
 /// The gateway's own fetches of the key set (the harness's requests send no User-Agent).
 fn gateway_jwks_fetches(oidc: &Oidc) -> usize {
     oidc.requests("/jwks")
@@ -97,12 +88,9 @@ async fn access_tokens_of_every_algorithm_pass_and_id_tokens_do_not() {
     }
     // Keycloak-style roles (realm_access.roles) decide `require`; an Auth0-style namespaced
     // claim, dots and all, is forwarded.
-    assert_eq!(
-        last_header(&echo, "x-auth0-roles").as_deref(),
-        Some("reader")
-    );
-    assert_eq!(last_header(&echo, "x-tenant").as_deref(), Some("acme"));
-    assert_eq!(last_header(&echo, "x-user-id").as_deref(), Some("svc-acme"));
+    assert_eq!(echo.last_header("x-auth0-roles").as_deref(), Some("reader"));
+    assert_eq!(echo.last_header("x-tenant").as_deref(), Some("acme"));
+    assert_eq!(echo.last_header("x-user-id").as_deref(), Some("svc-acme"));
     let admin = oidc
         .token("svc-globex", "globex-secret", "urn:gateway")
         .await;
@@ -328,7 +316,7 @@ async fn opaque_tokens_are_introspected_once_cached_and_refused_when_revoked() {
     }
     assert_eq!(calls(), 1, "single flight");
     assert_eq!(
-        last_header(&echo, "x-user-id").as_deref(),
+        echo.last_header("x-user-id").as_deref(),
         Some("svc-acme"),
         "the client is the caller"
     );

@@ -107,3 +107,25 @@ pub(super) fn retries_status(session: &Session, ctx: &Ctx, status: u16, now: Ins
     }
     ok
 }
+
+/// Whether a try that failed to connect goes to another backend: the route's `retries` (on
+/// `connect`, within its attempts and the group's retry budget, counted), else the group's
+/// `connect_retries`; never beyond the backends not tried yet.
+pub(super) fn retries_connect(ctx: &Ctx) -> bool {
+    let (Route::Proxy(route), Some(g)) = (&ctx.route, &ctx.group) else {
+        return false;
+    };
+    let Some(r) = &route.config.retries else {
+        return g.may_retry_connect(ctx.tried.len());
+    };
+    let retry = r.on_connect
+        && ctx.tried.len() <= r.attempts as usize
+        && ctx.tried.len() < g.backend_count()
+        && g.retry_budget.try_withdraw(Instant::now());
+    if retry {
+        metrics::ROUTE_RETRIES
+            .with_label_values(&[route.config.name.as_str(), "connect"])
+            .inc();
+    }
+    retry
+}

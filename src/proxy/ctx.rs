@@ -76,6 +76,31 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The headers an answer gets because of who asked: `Vary` by the credential headers when
+    /// the request carried one (an answer to a caller is that caller's), and a sticky split's
+    /// new cookie.
+    pub(super) fn caller_headers(
+        &mut self,
+        resp: &mut pingora::http::ResponseHeader,
+    ) -> pingora::Result<()> {
+        if self.credentialed {
+            resp.append_header(
+                http::header::VARY,
+                http::HeaderValue::from_static("Authorization"),
+            )?;
+            if let Some(k) = &self.snap.config.auth.api_keys {
+                resp.append_header(
+                    http::header::VARY,
+                    http::HeaderValue::from(k.header.clone()),
+                )?;
+            }
+        }
+        if let Some(cookie) = self.set_cookie.take() {
+            resp.append_header(http::header::SET_COOKIE, cookie)?;
+        }
+        Ok(())
+    }
+
     /// Request id and rate-limit headers that every local answer carries.
     pub(super) fn local_headers(&self) -> Vec<(&'static str, http::HeaderValue)> {
         let mut h = Vec::with_capacity(8);

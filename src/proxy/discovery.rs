@@ -30,7 +30,7 @@ use crate::metrics;
 pub(crate) struct DnsDiscovery {
     group: Arc<str>,
     config: UpstreamConfig,
-    resolver: TokioResolver,
+    resolver: Option<TokioResolver>,
     probe: Box<dyn HealthCheck + Send + Sync>,
     state: Mutex<State>,
 }
@@ -48,7 +48,8 @@ struct State {
 }
 
 /// The resolver `dns` describes: its servers, or the system's; TTLs clamped to its bounds.
-fn resolver(dns: &DnsConfig) -> TokioResolver {
+/// `None` when none can be built (lookups then fail, and are counted as such).
+fn resolver(dns: &DnsConfig) -> Option<TokioResolver> {
     let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
     let mut builder = if dns.servers.is_empty() {
         match TokioResolver::builder(provider.clone()) {
@@ -86,15 +87,12 @@ fn resolver(dns: &DnsConfig) -> TokioResolver {
     opts.negative_max_ttl = Some(dns.min_refresh);
     opts.timeout = std::time::Duration::from_secs(2);
     opts.attempts = 2;
-    builder.build().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot build the DNS resolver: backend names will not resolve");
-        TokioResolver::builder_with_config(
-            ResolverConfig::from_parts(None, vec![], vec![]),
-            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
-        )
+    builder
         .build()
-        .expect("a resolver without servers builds")
-    })
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot build the DNS resolver: backend names will not resolve");
+        })
+        .ok()
 }
 
 impl DnsDiscovery {
@@ -170,11 +168,8 @@ impl DnsDiscovery {
 
     async fn lookup(&self, host: &str, port: u16) -> Result<Vec<(SocketAddr, usize)>, String> {
         // As written: a short name (`users`) goes through the search domains, as in a pod.
-        let answer = self
-            .resolver
-            .lookup_ip(host)
-            .await
-            .map_err(|e| e.to_string())?;
+        let resolver = self.resolver.as_ref().ok_or("no DNS resolver")?;
+        let answer = resolver.lookup_ip(host).await.map_err(|e| e.to_string())?;
         Ok(answer
             .iter()
             .map(|ip| (SocketAddr::new(ip, port), 1))
@@ -182,11 +177,8 @@ impl DnsDiscovery {
     }
 
     async fn lookup_srv(&self, name: &str) -> Result<Vec<(SocketAddr, usize)>, String> {
-        let answer = self
-            .resolver
-            .srv_lookup(name)
-            .await
-            .map_err(|e| e.to_string())?;
+        let resolver = self.resolver.as_ref().ok_or("no DNS resolver")?;
+        let answer = resolver.srv_lookup(name).await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for record in answer.answers() {
             let hickory_resolver::proto::rr::RData::SRV(srv) = &record.data else {

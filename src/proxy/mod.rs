@@ -280,24 +280,16 @@ impl ProxyHttp for Gateway {
                 return self.answer_local(session, ctx).await;
             };
             let route = route.clone();
-            let req = session.req_header();
-            let group = match &route.split {
-                Some(split) => {
-                    let chosen = split.choose(&req.headers, ctx.identity.as_deref());
-                    metrics::SPLIT_REQUESTS
-                        .with_label_values(&[route.config.name.as_str(), &chosen.group.name])
-                        .inc();
-                    ctx.set_cookie = chosen.set_cookie;
-                    Some(chosen.group)
-                }
-                None => route.group.clone(),
-            };
-            if let Some(group) = group {
-                if let crate::config::Balance::Hash(k) = &group.config.balance {
-                    let ip = ctx.client.as_ref().map(|c| c.ip);
-                    ctx.balance_key =
-                        traffic::hash_key(k, &req.headers, ctx.identity.as_deref(), ip);
-                }
+            let client = ctx.client.as_ref().map(|c| c.ip);
+            let headers = &session.req_header().headers;
+            let (name, split) = (route.config.name.as_str(), route.split.as_ref());
+            let who = ctx.identity.as_deref();
+            if let Some(to) =
+                traffic::destination(name, split, route.group.as_ref(), headers, who, client)
+            {
+                let group = to.group;
+                ctx.set_cookie = to.set_cookie;
+                ctx.balance_key = to.balance_key;
                 ctx.first_pick = group.select(&[], Instant::now(), &ctx.balance_key);
                 ctx.group = Some(group.clone());
                 if ctx.first_pick.is_none() {
@@ -452,25 +444,8 @@ impl ProxyHttp for Gateway {
         if let Some(t) = &mut ctx.trace {
             t.end_try("connect_error");
         }
-        if let Route::Proxy(route) = &ctx.route {
-            let retry = match (&route.config.retries, &ctx.group) {
-                (Some(r), Some(g)) => {
-                    r.on_connect
-                        && ctx.tried.len() <= r.attempts as usize
-                        && ctx.tried.len() < g.backend_count()
-                        && g.retry_budget.try_withdraw(Instant::now())
-                }
-                (None, Some(g)) => g.may_retry_connect(ctx.tried.len()),
-                (_, None) => false,
-            };
-            if retry {
-                if route.config.retries.is_some() {
-                    metrics::ROUTE_RETRIES
-                        .with_label_values(&[route.config.name.as_str(), "connect"])
-                        .inc();
-                }
-                e.set_retry(true);
-            }
+        if admit::retries_connect(ctx) {
+            e.set_retry(true);
         }
         e
     }
@@ -567,16 +542,9 @@ impl ProxyHttp for Gateway {
             req.remove_header(&http::header::EXPECT);
         }
         if let Some(m) = route.as_ref().and_then(|r| r.mirror.as_ref()) {
-            // Once per request (not per retry), the body only when the gateway holds it whole.
+            // Once per request, not per retry.
             if ctx.tried.len() == 1 {
-                let h = &session.req_header().headers;
-                let bodyless = !h.contains_key(http::header::TRANSFER_ENCODING)
-                    && h.get(http::header::CONTENT_LENGTH).is_none_or(|v| v == "0");
-                let whole = bodyless
-                    || (session.as_mut().is_body_done()
-                        && !session.as_ref().retry_buffer_truncated());
-                let body = whole.then(|| session.as_ref().get_retry_buffer().unwrap_or_default());
-                m.send(req, body);
+                m.send(req, traffic::mirror_body(session));
             }
         }
         Ok(())
@@ -624,23 +592,7 @@ impl ProxyHttp for Gateway {
             }
         }
         resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
-        if ctx.credentialed {
-            // An answer to a caller's token is that caller's: no cache may hand it to another.
-            resp.append_header(
-                http::header::VARY,
-                http::HeaderValue::from_static("Authorization"),
-            )?;
-            if let Some(k) = &ctx.snap.config.auth.api_keys {
-                resp.append_header(
-                    http::header::VARY,
-                    http::HeaderValue::from(k.header.clone()),
-                )?;
-            }
-        }
-        if let Some(cookie) = ctx.set_cookie.take() {
-            // A sticky split's key for a client that had none: the next requests keep the side.
-            resp.append_header(http::header::SET_COOKIE, cookie)?;
-        }
+        ctx.caller_headers(resp)?;
         if let Some(d) = &ctx.rate {
             for (name, value) in d.headers() {
                 resp.insert_header(name, value)?;

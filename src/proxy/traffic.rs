@@ -79,7 +79,7 @@ impl SplitSides {
         let key: Option<std::borrow::Cow<'_, str>> = match &self.sticky {
             None => None,
             Some(Sticky::Header(h)) => headers.get(h).and_then(|v| v.to_str().ok()).map(Into::into),
-            Some(Sticky::Sub) => who.map(|w| w.sub.clone().into()),
+            Some(Sticky::Sub) => who.map(|w| w.sub.as_str().into()),
             Some(Sticky::Cookie(name)) => match cookie(headers, name) {
                 Some(v) => Some(v.into()),
                 None => {
@@ -106,6 +106,59 @@ impl SplitSides {
             .clone();
         Chosen { group, set_cookie }
     }
+}
+
+/// Where a request on a proxied route goes: the group (the route's, or its split's side), the
+/// sticky cookie to set, and the key a hashing group hashes.
+pub(crate) struct Destination {
+    /// The group that serves the request.
+    pub(crate) group: Arc<UpstreamGroup>,
+    /// `Set-Cookie` for a sticky split's key the client did not have.
+    pub(crate) set_cookie: Option<String>,
+    /// What a hashing group hashes (empty for the other balancers).
+    pub(crate) balance_key: Vec<u8>,
+}
+
+/// The destination of a request on route `route` with its `split` or else its `group`
+/// (`None`: it proxies nowhere); a split's choice is counted in `split_requests_total`.
+pub(crate) fn destination(
+    route: &str,
+    split: Option<&SplitSides>,
+    group: Option<&Arc<UpstreamGroup>>,
+    headers: &HeaderMap,
+    who: Option<&Identity>,
+    client: Option<std::net::IpAddr>,
+) -> Option<Destination> {
+    let (group, set_cookie) = match split {
+        Some(split) => {
+            let chosen = split.choose(headers, who);
+            crate::metrics::SPLIT_REQUESTS
+                .with_label_values(&[route, &chosen.group.name])
+                .inc();
+            (chosen.group, chosen.set_cookie)
+        }
+        None => (group?.clone(), None),
+    };
+    let balance_key = match &group.config.balance {
+        crate::config::Balance::Hash(k) => hash_key(k, headers, who, client),
+        _ => Vec::new(),
+    };
+    Some(Destination {
+        group,
+        set_cookie,
+        balance_key,
+    })
+}
+
+/// The body a mirror copy carries: none for a bodyless request, the whole body when the
+/// gateway holds it (Pingora's retry buffer), `None` when it streams (not mirrored).
+pub(crate) fn mirror_body(session: &mut pingora::proxy::Session) -> Option<bytes::Bytes> {
+    let h = &session.req_header().headers;
+    let bodyless = !h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.get(http::header::CONTENT_LENGTH).is_none_or(|v| v == "0");
+    let whole =
+        bodyless || (session.as_mut().is_body_done() && !session.as_ref().retry_buffer_truncated());
+    whole.then(|| session.as_ref().get_retry_buffer().unwrap_or_default())
 }
 
 /// The bytes a hashing group hashes for a request (empty: none, which still picks a backend).

@@ -70,6 +70,16 @@ impl EchoServer {
             })
             .unwrap_or_default()
     }
+
+    /// Header `name` of the last request seen (names lower-case).
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        self.requests()
+            .pop()?
+            .headers
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
 }
 
 impl Drop for EchoServer {

@@ -312,10 +312,10 @@ impl Provider {
             KeySource::Jwks(u) => u.clone(),
             KeySource::Discovery(doc) => {
                 let (body, _) = self.get(doc.as_str()).await?;
-                let insecure = self.config.allow_insecure_http;
-                *self.introspection_endpoint.lock() =
-                    discovered_url(&body, "introspection_endpoint", insecure).ok();
-                jwks_url(&body, &self.config.issuer, insecure)?
+                let (jwks, introspection) =
+                    discovery_urls(&body, &self.config.issuer, self.config.allow_insecure_http)?;
+                *self.introspection_endpoint.lock() = introspection;
+                jwks
             }
         };
         let (body, cache_control) = self.get(jwks_url.as_str()).await?;
@@ -381,9 +381,14 @@ pub(crate) fn prime(config: &IssuerConfig) {
         .set(0);
 }
 
-/// The key set's URL from an OIDC discovery document `body`: it must name `issuer` (the one
-/// configured) and a `jwks_uri` over https (or http when `insecure_http` allows it).
-pub(crate) fn jwks_url(body: &[u8], issuer: &str, insecure_http: bool) -> Result<url::Url, String> {
+/// The key set's URL and, when the document names one, the introspection endpoint's, from an
+/// OIDC discovery document `body`: it must name `issuer` (the one configured), and its URLs be
+/// https (or http when `insecure_http` allows it).
+pub(crate) fn discovery_urls(
+    body: &[u8],
+    issuer: &str,
+    insecure_http: bool,
+) -> Result<(url::Url, Option<url::Url>), String> {
     let doc: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("discovery document is not JSON: {e}"))?;
     let named = doc["issuer"].as_str().unwrap_or_default();
@@ -392,13 +397,15 @@ pub(crate) fn jwks_url(body: &[u8], issuer: &str, insecure_http: bool) -> Result
             "discovery says issuer `{named}`, configured `{issuer}`"
         ));
     }
-    discovered_url(body, "jwks_uri", insecure_http)
+    let jwks = url_at(&doc, "jwks_uri", insecure_http)?;
+    Ok((
+        jwks,
+        url_at(&doc, "introspection_endpoint", insecure_http).ok(),
+    ))
 }
 
 /// The URL at `field` of a discovery document, over https (or http when allowed).
-fn discovered_url(body: &[u8], field: &str, insecure_http: bool) -> Result<url::Url, String> {
-    let doc: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("discovery document is not JSON: {e}"))?;
+fn url_at(doc: &serde_json::Value, field: &str, insecure_http: bool) -> Result<url::Url, String> {
     let uri = doc[field]
         .as_str()
         .ok_or_else(|| format!("discovery document has no {field}"))?;
