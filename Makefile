@@ -72,9 +72,10 @@ test-deps: deps
 	fi
 	@$(call apt_install,chromium,chromium)
 	@$(call apt_install,chromedriver,chromium-driver)
-	@# A browser driven by WebDriver, a raw HTTP/2 client and REDbot, for tests/browser.rs,
-	@# tests/strictness.rs and tests/redbot.rs (versions pinned in tests/requirements.txt).
-	@if ! $(PYENV)/bin/python -c 'import selenium, h2, redbot' 2>/dev/null; then
+	@# A browser driven by WebDriver, a raw HTTP/2 client, REDbot, and WebSocket and gRPC
+	@# clients and servers, for tests/browser.rs, tests/strictness.rs, tests/redbot.rs and
+	@# tests/websocket.rs and tests/grpc.rs (versions pinned in tests/requirements.txt).
+	@if ! $(PYENV)/bin/python -c 'import selenium, h2, redbot, websockets, grpc' 2>/dev/null; then
 		echo "installing tests/requirements.txt (PyPI) into $(PYENV) ..."
 		$(PYENV)/bin/pip install -q -r tests/requirements.txt
 	fi

@@ -255,6 +255,12 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     // Also starts the health checks and key refresh of every snapshot, the first included.
     add_background(&mut server, "live configuration", reloader);
     add_background(&mut server, "client report", conn::report::SummaryService);
+    // Pingora's own default when the file sets none.
+    let grace = server.configuration.grace_period_seconds.unwrap_or(300);
+    let signal = proxy::tunnel::ShutdownSignal {
+        grace: std::time::Duration::from_secs(grace),
+    };
+    add_background(&mut server, "tunnel shutdown", signal);
     if let Some(store) = redis_for_watch {
         add_background(
             &mut server,
@@ -307,6 +313,17 @@ fn proxy_service(
         h2.max_concurrent_streams(tls.h2_max_concurrent_streams);
         h2.max_header_list_size(tls.h2_max_header_list_bytes);
         http.h2_options = Some(h2);
+    }
+    if config.h2c {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        http.server_options = Some(options);
+        if http.h2_options.is_none() {
+            let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+            h2.max_concurrent_streams(config::DEFAULT_H2_STREAMS);
+            h2.max_header_list_size(config::DEFAULT_H2_HEADER_LIST_BYTES);
+            http.h2_options = Some(h2);
+        }
     }
     // Every client connection gets a whole-header read deadline (slowloris defence).
     let app = conn::WithHeaderDeadline::new(

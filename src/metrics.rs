@@ -318,6 +318,42 @@ pub static MIRROR_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// WebSocket (and other upgraded) tunnels open now.
+pub static WEBSOCKET_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "websocket_connections",
+        "Upgraded connections (WebSocket tunnels) open now"
+    )
+    .unwrap_or_else(|e| panic!("metric cannot be registered: {e}"))
+});
+
+/// Tunnels ended, by route and how they ended.
+pub static WEBSOCKET_SESSIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "websocket_sessions_total",
+        "Upgraded connections ended, by route and result (client_closed, upstream_closed, idle_timeout, too_big, shutdown, client_error, upstream_error, refused: the backend did not switch, connect_error)",
+        &["route", "result"],
+    )
+});
+
+/// Bytes carried through tunnels, by route and direction.
+pub static WEBSOCKET_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "websocket_bytes_total",
+        "Bytes carried through upgraded connections, by route and direction (to_upstream, to_client)",
+        &["route", "direction"],
+    )
+});
+
+/// gRPC calls by route and the `grpc-status` they ended with.
+pub static GRPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "grpc_requests_total",
+        "gRPC calls, by route and grpc_status (the code the call ended with, the gateway's own errors included; none: the stream was cut without one)",
+        &["route", "grpc_status"],
+    )
+});
+
 /// Lookups of upstream groups' backend names by result.
 pub static DNS_RESOLUTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
@@ -564,6 +600,10 @@ pub fn init() {
     LazyLock::force(&DNS_RESOLUTIONS);
     LazyLock::force(&SPLIT_REQUESTS);
     LazyLock::force(&MIRROR_REQUESTS);
+    LazyLock::force(&WEBSOCKET_CONNECTIONS);
+    LazyLock::force(&WEBSOCKET_SESSIONS);
+    LazyLock::force(&WEBSOCKET_BYTES);
+    LazyLock::force(&GRPC_REQUESTS);
     LazyLock::force(&UPSTREAM_BACKENDS);
     LazyLock::force(&JWKS_WAITING);
     LazyLock::force(&TLS_CERT_EXPIRY);

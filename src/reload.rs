@@ -181,6 +181,7 @@ fn keep_process_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!(reload, "gateway.reload");
     keep!(tracing, "gateway.tracing");
     keep!(admin, "gateway.admin");
+    keep!(h2c, "gateway.h2c");
     keep!(
         limits.header_read_timeout,
         "gateway.limits.header_read_timeout_ms"

@@ -33,7 +33,10 @@ pub use issuers::{media_type, IntrospectionConfig, IssuerConfig, KeySource};
 mod services;
 pub use services::{ServiceConfig, Services};
 mod tls;
-pub use tls::{CertPaths, ClientAuth, TlsConfig, TlsVersion, UpstreamTls};
+pub use tls::{
+    CertPaths, ClientAuth, TlsConfig, TlsVersion, UpstreamTls, DEFAULT_H2_HEADER_LIST_BYTES,
+    DEFAULT_H2_STREAMS,
+};
 mod admin;
 mod auth;
 mod check;
@@ -66,6 +69,7 @@ pub use routes::{
 pub use tracing::TracingConfig;
 pub use upstreams::{
     BackendName, Balance, DnsConfig, HashKey, HealthCheckConfig, HealthCheckKind, UpstreamConfig,
+    WebSocketLimits,
 };
 
 /// A short, stable fingerprint of checked settings (FNV-1a over `Debug`): the same on every
@@ -130,6 +134,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The plain listener answers 308 to `https://` (health and readiness excepted).
     pub redirect_http: bool,
+    /// The plain listener also takes HTTP/2 with prior knowledge (gRPC clients without TLS).
+    pub h2c: bool,
     /// Browser cross-origin policies, first matching route prefix wins; empty: no CORS.
     pub cors: Vec<CorsPolicy>,
     /// Response compression; `None`: answers are sent as they are.

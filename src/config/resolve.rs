@@ -78,6 +78,7 @@ impl GatewayFile {
             routes,
             tls,
             redirect_http: self.redirect_http,
+            h2c: self.h2c,
             cors: super::cors::resolve_cors(self.cors)?,
             compression: super::compression::resolve_compression(self.compression)?,
             readiness: self.readiness.resolve(),

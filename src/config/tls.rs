@@ -49,12 +49,17 @@ pub struct ClientAuth {
     pub required: bool,
 }
 
-// Pingora 0.9's own h2 server defaults (`default_h2_options`).
+/// Concurrent h2 streams per client connection unless `tls.h2_max_concurrent_streams` says
+/// (Pingora 0.9's own default).
+pub const DEFAULT_H2_STREAMS: u32 = 100;
+/// The largest h2 header list a client may send unless `tls.h2_max_header_list_bytes` says.
+pub const DEFAULT_H2_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 fn default_h2_streams() -> u32 {
-    100
+    DEFAULT_H2_STREAMS
 }
 fn default_h2_header_list() -> u32 {
-    64 * 1024
+    DEFAULT_H2_HEADER_LIST_BYTES
 }
 
 fn default_listen() -> String {

@@ -186,6 +186,35 @@ pub(super) struct UpstreamFile {
     pub(super) tls: Option<UpstreamTlsFile>,
     #[serde(default)]
     pub(super) http2: Option<UpstreamH2File>,
+    #[serde(default)]
+    pub(super) websocket: WebSocketFile,
+}
+
+/// `upstreams.<name>.websocket` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct WebSocketFile {
+    pub(super) idle_timeout_ms: u64,
+    pub(super) max_message_bytes: Option<u64>,
+}
+
+impl Default for WebSocketFile {
+    fn default() -> Self {
+        WebSocketFile {
+            idle_timeout_ms: 300_000,
+            max_message_bytes: None,
+        }
+    }
+}
+
+/// What a WebSocket tunnel to a group is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebSocketLimits {
+    /// A tunnel with no byte either way for this long is closed (1001).
+    pub idle_timeout: Duration,
+    /// A client message (all its frames) larger than this closes the tunnel (1009);
+    /// `None`: frames are not read at all.
+    pub max_message_bytes: Option<u64>,
 }
 
 /// `upstreams.<name>.http2` as written.
@@ -194,6 +223,9 @@ pub(super) struct UpstreamFile {
 pub(super) struct UpstreamH2File {
     #[serde(default = "default_h2_streams")]
     pub(super) max_streams: usize,
+    /// h2 without TLS, no negotiation (h2c): gRPC servers listening in plain text.
+    #[serde(default)]
+    pub(super) prior_knowledge: bool,
 }
 
 fn default_h2_streams() -> usize {
@@ -225,7 +257,8 @@ pub enum HealthCheckKind {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct HealthCheckFile {
-    pub(super) kind: HealthCheckKind,
+    /// `None`: HTTP, or TCP for an h2c group (a gRPC server answers no HTTP/1.1 check).
+    pub(super) kind: Option<HealthCheckKind>,
     pub(super) path: String,
     pub(super) interval_ms: u64,
     pub(super) timeout_ms: u64,
@@ -236,7 +269,7 @@ pub(super) struct HealthCheckFile {
 impl Default for HealthCheckFile {
     fn default() -> Self {
         HealthCheckFile {
-            kind: HealthCheckKind::Http,
+            kind: None,
             path: "/healthz".into(),
             interval_ms: 1000,
             timeout_ms: 1000,
@@ -291,6 +324,10 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     /// h2 to the backends (offered by ALPN), with this many streams per connection.
     pub h2_streams: Option<usize>,
+    /// h2 only: with TLS, no HTTP/1.1 fallback; without, h2c with prior knowledge.
+    pub h2_only: bool,
+    /// WebSocket tunnels through this group.
+    pub websocket: WebSocketLimits,
 }
 
 /// Active health check of a group.
@@ -378,7 +415,13 @@ impl UpstreamFile {
         }
         let discovered = !names.is_empty() || self.srv.is_some();
         let hc = self.health_check;
-        if hc.kind == HealthCheckKind::Http
+        let h2c = self.tls.is_none() && self.http2.as_ref().is_some_and(|h| h.prior_knowledge);
+        let kind = hc.kind.unwrap_or(if h2c {
+            HealthCheckKind::Tcp
+        } else {
+            HealthCheckKind::Http
+        });
+        if kind == HealthCheckKind::Http
             && (!hc.path.starts_with('/') || hc.path.parse::<http::Uri>().is_err())
         {
             return Err(invalid(
@@ -393,7 +436,7 @@ impl UpstreamFile {
             dns: discovered.then(|| dns.clone()),
             balance: resolve_balance(self.balance, &key("balance"))?,
             health_check: HealthCheckConfig {
-                kind: hc.kind,
+                kind,
                 path: hc.path,
                 interval: millis(&key("health_check.interval_ms"), hc.interval_ms)?,
                 timeout: millis(&key("health_check.timeout_ms"), hc.timeout_ms)?,
@@ -416,12 +459,28 @@ impl UpstreamFile {
                 .tls
                 .map(|t| super::tls::upstream_tls(t, name, &self.backends, &key))
                 .transpose()?,
-            h2_streams: match self.http2 {
+            h2_streams: match &self.http2 {
                 Some(h) if h.max_streams == 0 => {
                     return Err(invalid(key("http2.max_streams"), "must be at least 1"))
                 }
                 Some(h) => Some(h.max_streams),
                 None => None,
+            },
+            h2_only: self.http2.as_ref().is_some_and(|h| h.prior_knowledge),
+            websocket: WebSocketLimits {
+                idle_timeout: millis(
+                    &key("websocket.idle_timeout_ms"),
+                    self.websocket.idle_timeout_ms,
+                )?,
+                max_message_bytes: match self.websocket.max_message_bytes {
+                    Some(0) => {
+                        return Err(invalid(
+                            key("websocket.max_message_bytes"),
+                            "must be at least 1",
+                        ))
+                    }
+                    m => m,
+                },
             },
         })
     }

@@ -28,8 +28,11 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{Ssl, Stream};
+use pingora::protocols::{Peek, Ssl, Stream};
 use pingora::server::ShutdownWatch;
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 mod per_ip;
 mod pipeline;
@@ -172,6 +175,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> WithHeaderDeadline<A> {
         }
     }
 
+    /// With h2c on: a connection that opens with the HTTP/2 preface goes to Pingora's h2 loop,
+    /// any other to this module's HTTP/1 loop.
+    async fn serve_h2c_or_http1(
+        self: &Arc<Self>,
+        mut stream: Box<DeadlineStream>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut first = [0u8; H2_PREFACE.len()];
+        let peek = stream.try_peek(&mut first);
+        let peeked = pingora_timeout::timeout(self.limits.keepalive, peek)
+            .await
+            .ok()?
+            .ok()?;
+        if peeked && first == *H2_PREFACE {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        self.serve_http1(stream, shutdown).await
+    }
+
     /// Starts Pingora on one request. Not async on purpose: the session built here is moved
     /// into Pingora's own boxed future, and an `async` caller would keep room for it in every
     /// idle connection's state.
@@ -246,9 +268,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for WithHeaderDeadline<
             slot,
         ));
         let options = self.inner.server_options();
-        if options.is_some_and(|o| o.h2c || o.force_custom) || stream.get_ssl_digest().is_some() {
+        if options.is_some_and(|o| o.force_custom) || stream.get_ssl_digest().is_some() {
             // Not the plain HTTP/1 this gateway serves: Pingora's own loop.
             return self.inner.process_new(stream, shutdown);
+        }
+        if options.is_some_and(|o| o.h2c) {
+            return Box::pin(self.serve_h2c_or_http1(stream, shutdown));
         }
         Box::pin(self.serve_http1(stream, shutdown))
     }

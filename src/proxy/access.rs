@@ -56,6 +56,53 @@ pub(crate) struct AccessRecord<'a> {
     /// received in `traceparent`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) trace_id: Option<&'a str>,
+    /// How an upgraded connection (WebSocket tunnel) ended; its line is written then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tunnel: Option<&'static str>,
+    /// The `grpc-status` a gRPC call ended with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) grpc_status: Option<u32>,
+}
+
+/// Writes `ctx`'s request's line (the logging phase's last step).
+pub(super) fn log(
+    session: &pingora::proxy::Session,
+    ctx: &super::Ctx,
+    protocol: &str,
+    status: u16,
+    elapsed: Duration,
+    trace_id: Option<&str>,
+) {
+    use super::routes::Route;
+    let req = session.req_header();
+    write(&AccessRecord {
+        time: now_rfc3339(),
+        request_id: &ctx.request_id,
+        config_generation: ctx.snap.generation,
+        client_ip: ctx.client.as_ref().map(|c| c.ip),
+        method: req.method.as_str(),
+        protocol,
+        path: redact_query(req.uri.path(), req.uri.query()),
+        original_path: ctx.original_target.as_deref().map(|t| {
+            let (p, q) = t.split_once('?').map_or((t, None), |(p, q)| (p, Some(q)));
+            redact_query(p, q)
+        }),
+        route: ctx.route.label(),
+        upstream_group: ctx.group.as_deref().map(|g| &*g.name),
+        aggregate: match &ctx.route {
+            Route::Aggregate(a) => Some(a.name()),
+            _ => None,
+        },
+        status,
+        duration_ms: millis(elapsed),
+        upstream: ctx.backend.backend().map(|b| b.addr.to_string()),
+        cache: ctx.cache.map(crate::aggregate::CacheStatus::header_value),
+        user: ctx.identity.as_ref().map(|i| i.sub.as_str()),
+        bytes_sent: session.body_bytes_sent(),
+        trace_id,
+        tunnel: ctx.tunnel.map(super::tunnel::Ended::label),
+        grpc_status: ctx.grpc.as_ref().and_then(|g| g.status),
+    });
 }
 
 /// Whether the access log is switched on (`RUST_LOG` allows target `access` at info).

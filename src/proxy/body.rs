@@ -194,7 +194,12 @@ pub(crate) async fn prepare(
     policy: &BodyPolicy,
     budget: &Arc<BodyBudget>,
 ) -> Result<Prepared, Option<Refusal>> {
-    if session.as_mut().is_body_empty() || session.is_upgrade_req() {
+    // A gRPC call's messages stream both ways: waiting for the end of its body first would
+    // stall every streaming call.
+    if session.as_mut().is_body_empty()
+        || session.is_upgrade_req()
+        || super::grpc::is_grpc(session.req_header())
+    {
         return Ok(Prepared::default());
     }
     // For a streamed body (or the part after the buffer): the longest pause between reads.

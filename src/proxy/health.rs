@@ -226,6 +226,10 @@ pub(crate) fn active_check(
                     .parse()
                     .unwrap_or_else(|_| http::Uri::from_static("/healthz")),
             );
+            if up.h2_only {
+                // A backend that speaks only h2 is checked in h2.
+                check.peer_template.options.set_http_version(2, 2);
+            }
             check.peer_template.options.connection_timeout = Some(hc.timeout);
             check.peer_template.options.read_timeout = Some(hc.timeout);
             check.consecutive_success = hc.consecutive_success;

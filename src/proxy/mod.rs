@@ -15,6 +15,8 @@
 //! - `gateway`: the gateway's methods beside the phases (construction, what the reloader and
 //!   admin API take, refusing a request).
 //! - [`admin`]: the admin API (cache purge and inspection) on a listener of its own.
+//! - [`tunnel`]: upgraded connections (WebSocket) joined to their backend; `grpc`: gRPC
+//!   calls' deadlines and the gateway's errors in gRPC's shape.
 //!
 //! Every phase carries its contract below, in the order Pingora runs them; this is the only
 //! module that knows Pingora's phases. `lib.rs` builds the server around [`Gateway`].
@@ -48,7 +50,6 @@ use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::aggregate::CacheStatus;
 use crate::conn::report::report;
 use crate::edge::client::ClientAddr;
 use crate::edge::hygiene;
@@ -66,12 +67,14 @@ pub(crate) mod compress;
 mod ctx;
 mod discovery;
 mod gateway;
+mod grpc;
 pub(crate) mod health;
 pub(crate) mod local;
 pub(crate) mod respond;
 pub(crate) mod routes;
 mod spans;
 mod traffic;
+pub(crate) mod tunnel;
 pub(crate) mod upstreams;
 
 use self::ctx::is_tls;
@@ -132,6 +135,8 @@ impl ProxyHttp for Gateway {
             accept: compress::Negotiated::default(),
             encoder: None,
             trace: None,
+            grpc: None,
+            tunnel: None,
         }
     }
 
@@ -169,6 +174,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let req = session.req_header();
+        ctx.grpc = grpc::Call::of(req);
         ctx.route = snap.routes.route(
             &routes::Request {
                 uri: &req.uri,
@@ -303,6 +309,9 @@ impl ProxyHttp for Gateway {
                     return self.refuse(session, ctx, &e).await;
                 }
             }
+            if tunnel::tunnels(&ctx.route, session) {
+                return tunnel::serve(self, session, ctx).await;
+            }
         }
         self.answer_local(session, ctx).await
     }
@@ -356,9 +365,12 @@ impl ProxyHttp for Gateway {
         };
         let now = Instant::now();
         let timeouts = route.config.timeouts;
-        let left = timeouts
-            .total
-            .map(|t| t.saturating_sub(ctx.started.elapsed()));
+        // A gRPC client's own deadline counts too, within the route's.
+        let deadline = match (timeouts.total, ctx.grpc.as_ref().and_then(|g| g.timeout)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let left = deadline.map(|t| t.saturating_sub(ctx.started.elapsed()));
         if left.is_some_and(|l| l.is_zero()) {
             ctx.local_error = Some(GatewayError::Timeout(
                 "the route's total timeout passed".into(),
@@ -396,8 +408,10 @@ impl ProxyHttp for Gateway {
             peer.group_key = t.pool_key;
         }
         if let Some(streams) = group.config.h2_streams {
-            // h2 offered by ALPN, HTTP/1.1 if the backend does not take it.
-            peer.options.set_http_version(2, 1);
+            // h2 offered by ALPN, HTTP/1.1 if the backend does not take it; h2 only (and h2c
+            // without TLS) when the group says so.
+            peer.options
+                .set_http_version(2, if group.config.h2_only { 2 } else { 1 });
             peer.options.max_h2_streams = streams;
         }
         let cap = |d: Duration| left.map_or(d, |l| d.min(l));
@@ -542,8 +556,8 @@ impl ProxyHttp for Gateway {
             req.remove_header(&http::header::EXPECT);
         }
         if let Some(m) = route.as_ref().and_then(|r| r.mirror.as_ref()) {
-            // Once per request, not per retry.
-            if ctx.tried.len() == 1 {
+            // Once per request, not per retry; a tunnel is not copied.
+            if ctx.tried.len() == 1 && !session.is_upgrade_req() {
                 m.send(req, traffic::mirror_body(session));
             }
         }
@@ -649,9 +663,12 @@ impl ProxyHttp for Gateway {
     async fn response_trailer_filter(
         &self,
         _session: &mut Session,
-        _trailers: &mut http::HeaderMap,
+        trailers: &mut http::HeaderMap,
         ctx: &mut Ctx,
     ) -> Result<Option<bytes::Bytes>> {
+        if let Some(call) = &mut ctx.grpc {
+            call.saw(trailers);
+        }
         let Some(enc) = &mut ctx.encoder else {
             return Ok(None);
         };
@@ -764,34 +781,11 @@ impl ProxyHttp for Gateway {
         metrics::HTTP_DURATION
             .with_label_values(&[method, route])
             .observe(elapsed.as_secs_f64());
+        if let Some(call) = &mut ctx.grpc {
+            call.finish(session.response_written(), route);
+        }
         if access::enabled() {
-            let req = session.req_header();
-            access::write(&access::AccessRecord {
-                time: access::now_rfc3339(),
-                request_id: &ctx.request_id,
-                config_generation: ctx.snap.generation,
-                client_ip: ctx.client.as_ref().map(|c| c.ip),
-                method: req.method.as_str(),
-                protocol,
-                path: access::redact_query(req.uri.path(), req.uri.query()),
-                original_path: ctx.original_target.as_deref().map(|t| {
-                    let (p, q) = t.split_once('?').map_or((t, None), |(p, q)| (p, Some(q)));
-                    access::redact_query(p, q)
-                }),
-                route,
-                upstream_group: ctx.group.as_deref().map(|g| &*g.name),
-                aggregate: match &ctx.route {
-                    Route::Aggregate(a) => Some(a.name()),
-                    _ => None,
-                },
-                status,
-                duration_ms: access::millis(elapsed),
-                upstream: ctx.backend.backend().map(|b| b.addr.to_string()),
-                cache: ctx.cache.map(CacheStatus::header_value),
-                user: ctx.identity.as_ref().map(|i| i.sub.as_str()),
-                bytes_sent: session.body_bytes_sent(),
-                trace_id: trace_id.as_deref(),
-            });
+            access::log(session, ctx, protocol, status, elapsed, trace_id.as_deref());
         }
     }
 }

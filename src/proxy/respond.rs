@@ -76,6 +76,10 @@ pub(crate) async fn error(
     err: &GatewayError,
     headers: ExtraHeaders<'_>,
 ) -> Result<()> {
+    if super::grpc::is_grpc(session.req_header()) {
+        // A gRPC client reads grpc-status, not HTTP statuses or JSON.
+        return super::grpc::error(session, err, headers).await;
+    }
     let mut all: Vec<(&'static str, http::HeaderValue)> = err
         .extra_headers()
         .into_iter()
