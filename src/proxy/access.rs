@@ -67,7 +67,7 @@ pub(crate) struct AccessRecord<'a> {
 /// Writes `ctx`'s request's line (the logging phase's last step).
 pub(super) fn log(
     session: &pingora::proxy::Session,
-    ctx: &super::Ctx,
+    ctx: &super::ctx::Ctx,
     protocol: &str,
     status: u16,
     elapsed: Duration,
@@ -100,7 +100,7 @@ pub(super) fn log(
         user: ctx.identity.as_ref().map(|i| i.sub.as_str()),
         bytes_sent: session.body_bytes_sent(),
         trace_id,
-        tunnel: ctx.tunnel.map(super::tunnel::Ended::label),
+        tunnel: ctx.tunnel,
         grpc_status: ctx.grpc.as_ref().and_then(|g| g.status),
     });
 }

@@ -76,7 +76,7 @@ pub struct Ctx {
     /// request_filter: a gRPC call's deadline; its status, read from the answer.
     pub(super) grpc: Option<super::grpc::Call>,
     /// request_filter: how an upgraded connection (tunnel) ended.
-    pub(super) tunnel: Option<super::tunnel::Ended>,
+    pub(super) tunnel: Option<&'static str>,
 }
 
 impl Ctx {

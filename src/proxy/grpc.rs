@@ -9,10 +9,10 @@ use bytes::Bytes;
 use http::HeaderValue;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use super::respond::ExtraHeaders;
 use crate::error::GatewayError;
 use crate::metrics;
 
@@ -117,7 +117,7 @@ pub(crate) fn status_for(status: u16) -> u32 {
 pub(crate) async fn error(
     session: &mut Session,
     err: &GatewayError,
-    headers: ExtraHeaders<'_>,
+    headers: &[(&'static str, HeaderValue)],
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(200, Some(5 + headers.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
@@ -132,13 +132,14 @@ pub(crate) async fn error(
     for (name, value) in headers {
         resp.append_header(*name, value.clone())?;
     }
-    if !session.is_http2() {
-        // HTTP/1 has no trailers-only form: an empty body, framed.
-        resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
-        session.write_response_header(Box::new(resp), false).await?;
-        return session.write_response_body(Some(Bytes::new()), true).await;
+    if let ServerSession::H2(h2) = session.as_downstream_mut() {
+        // One HEADERS frame that ends the stream: what a gRPC client reads as trailers.
+        return h2.write_response_header(Box::new(resp), true);
     }
-    session.write_response_header(Box::new(resp), true).await
+    // HTTP/1 has no trailers-only form: an empty body, framed.
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::new()), true).await
 }
 
 #[cfg(test)]

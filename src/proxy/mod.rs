@@ -475,9 +475,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         hygiene::strip_hop_by_hop(req, session.is_upgrade_req());
-        if req.uri.authority().is_some() {
-            // An h2 request's target carries its `:authority`; HTTP/1 backends get origin form
-            // (Pingora sends `Host` from it).
+        if ctx.grpc.is_some() {
+            // gRPC servers refuse a call without it (it says the client reads trailers).
+            req.insert_header(http::header::TE, "trailers")?;
+        }
+        if let Some(authority) = req.uri.authority() {
+            // An h2 request's target carries its `:authority`; backends get origin form and
+            // the authority as `Host` (an h2 backend's `:authority` is made from it).
+            if !req.headers.contains_key(http::header::HOST) {
+                let host = http::HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad authority"))?;
+                req.insert_header(http::header::HOST, host)?;
+            }
             let origin = req.uri.path_and_query().map_or("/", |p| p.as_str());
             let uri = origin
                 .parse::<http::Uri>()

@@ -33,8 +33,9 @@ use pingora::{Error, ErrorType, Result};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
 
+use super::ctx::Ctx;
 use super::routes::Route;
-use super::{respond, spans, Ctx, Gateway};
+use super::{respond, spans};
 use crate::config::WebSocketLimits;
 use crate::error::GatewayError;
 use crate::metrics;
@@ -123,7 +124,10 @@ impl Drop for Open {
 /// Serves an upgrade request on a proxied route whose backend is already picked (`ctx.group`
 /// and `ctx.first_pick`). Always answers (`Ok(true)`); `Err` only when writing to the client
 /// failed before the tunnel began.
-pub(super) async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+pub(super) async fn serve<G>(gw: &G, session: &mut Session, ctx: &mut Ctx) -> Result<bool>
+where
+    G: ProxyHttp<CTX = Ctx> + Sync,
+{
     let Some(group) = ctx.group.clone() else {
         return Err(Error::explain(
             ErrorType::InternalError,
@@ -133,7 +137,7 @@ pub(super) async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut Ctx) ->
     let route: std::sync::Arc<str> = ctx.route.label().into();
     let ended = match handshake(gw, session, ctx).await {
         Ok(Some(mut up)) => {
-            ctx.tunnel = Some(Ended::ClientClosed);
+            ctx.tunnel = Some(Ended::ClientClosed.label());
             let websocket = is_websocket(session);
             let ended = relay(session, &mut up, group.config.websocket, websocket, &route).await;
             up.shutdown().await;
@@ -145,7 +149,7 @@ pub(super) async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut Ctx) ->
             Ended::ConnectError
         }
     };
-    ctx.tunnel = Some(ended);
+    ctx.tunnel = Some(ended.label());
     metrics::WEBSOCKET_SESSIONS
         .with_label_values(&[&route, ended.label()])
         .inc();
@@ -155,8 +159,8 @@ pub(super) async fn serve(gw: &Gateway, session: &mut Session, ctx: &mut Ctx) ->
 /// Connects a backend (another one after a connect failure, as the group allows), sends the
 /// request and relays the answer's header. `Some`: the backend switched protocols (`101`);
 /// `None`: it answered otherwise, and that answer was relayed whole.
-async fn handshake(
-    gw: &Gateway,
+async fn handshake<G: ProxyHttp<CTX = Ctx> + Sync>(
+    gw: &G,
     session: &mut Session,
     ctx: &mut Ctx,
 ) -> Result<Option<UpstreamSession>> {
@@ -437,7 +441,10 @@ mod tests {
     use super::*;
 
     fn frame(opcode: OpCode, fin: bool, len: usize) -> Vec<u8> {
-        let mut f = Frame::message(vec![b'x'; len], opcode, fin);
+        let mut f = match opcode {
+            OpCode::Control(_) => Frame::ping(vec![b'x'; len]),
+            OpCode::Data(_) => Frame::message(vec![b'x'; len], opcode, fin),
+        };
         f.header_mut().mask = Some([1, 2, 3, 4]);
         let mut out = Vec::new();
         f.format(&mut out).unwrap();
