@@ -331,7 +331,7 @@ pub static WEBSOCKET_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static WEBSOCKET_SESSIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "websocket_sessions_total",
-        "Upgraded connections ended, by route and result (client_closed, upstream_closed, idle_timeout, too_big, shutdown, client_error, upstream_error, refused: the backend did not switch, connect_error)",
+        "Upgraded connections ended, by route and result (client_closed, upstream_closed, idle_timeout, too_big, shutdown, client_error, upstream_error, refused: the backend did not switch, connect_error, origin_refused: a browser page of an origin the route's CORS policy refuses)",
         &["route", "result"],
     )
 });

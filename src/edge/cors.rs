@@ -110,6 +110,22 @@ impl Cors {
     }
 }
 
+impl Cors {
+    /// Whether a browser's upgrade request (WebSocket) comes from an origin the path's policy
+    /// does not allow. Browsers apply no CORS to WebSockets, so the server must refuse a
+    /// foreign page's socket itself; a request without `Origin` (not a browser) or on a path
+    /// no policy covers is not refused.
+    pub(crate) fn refuses_origin(&self, path: &str, headers: &HeaderMap) -> bool {
+        let (Some(policy), Some(origin)) = (self.policy(path), headers.get(http::header::ORIGIN))
+        else {
+            return false;
+        };
+        origin
+            .to_str()
+            .map_or(true, |o| allowed_origin(policy, o).is_none())
+    }
+}
+
 /// `Access-Control-Allow-Origin` (the request's origin, never a list), `Vary: Origin` and
 /// credentials, when `origin` is allowed.
 fn allowed_origin(policy: &CorsPolicy, origin: &str) -> Option<Vec<Header>> {

@@ -258,6 +258,21 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     http::header::PROXY_AUTHORIZATION,
 ];
 
+/// Whether `req` asks to switch to WebSocket: HTTP/1.1, `Upgrade: websocket` and `Connection`
+/// naming `upgrade` (RFC 9110 §7.8, RFC 6455 §4.1). Any other `Upgrade` is dropped as hop-by-hop
+/// and the request proxied as it is.
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    let tokens = |name: http::header::HeaderName, want: &str| {
+        req.headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
+        })
+    };
+    req.version == http::Version::HTTP_11
+        && tokens(http::header::UPGRADE, "websocket")
+        && tokens(http::header::CONNECTION, "upgrade")
+}
+
 /// Removes hop-by-hop headers (and any header `Connection` names) before the upstream; Pingora
 /// does not do this for HTTP/1.
 pub fn strip_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
@@ -448,5 +463,24 @@ mod tests {
             "an upgrade keeps Upgrade"
         );
         assert_eq!(u.headers["connection"], "Upgrade");
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_with_connection_upgrade_is_one() {
+        let req = |version: http::Version, headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("GET", b"/ws", None).unwrap();
+            r.set_version(version);
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).unwrap();
+            }
+            r
+        };
+        let v11 = http::Version::HTTP_11;
+        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
+        assert!(is_websocket_upgrade(&req(v11, &ws)));
+        assert!(!is_websocket_upgrade(&req(http::Version::HTTP_10, &ws)));
+        assert!(!is_websocket_upgrade(&req(v11, &[("upgrade", "websocket")])));
+        let h2c = [("connection", "upgrade"), ("upgrade", "h2c")];
+        assert!(!is_websocket_upgrade(&req(v11, &h2c)));
     }
 }

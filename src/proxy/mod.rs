@@ -474,7 +474,7 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        hygiene::strip_hop_by_hop(req, session.is_upgrade_req());
+        hygiene::strip_hop_by_hop(req, hygiene::is_websocket_upgrade(req));
         if ctx.grpc.is_some() {
             // gRPC servers refuse a call without it (it says the client reads trailers).
             req.insert_header(http::header::TE, "trailers")?;

@@ -1,4 +1,4 @@
-//! Upgraded connections (WebSocket): the handshake sent to a backend by the gateway itself,
+//! WebSocket connections: the handshake sent to a backend by the gateway itself,
 //! and on its `101` the two connections joined into a tunnel until either side closes.
 //!
 //! Why not Pingora's own upgrade path: it tears a tunnel down when the backend's `101` is read
@@ -37,6 +37,7 @@ use super::ctx::Ctx;
 use super::routes::Route;
 use super::{respond, spans};
 use crate::config::WebSocketLimits;
+use crate::edge::hygiene;
 use crate::error::GatewayError;
 use crate::metrics;
 
@@ -86,6 +87,8 @@ pub(crate) enum Ended {
     Refused,
     /// No backend could be connected, or the handshake failed.
     ConnectError,
+    /// A browser page of an origin the route's CORS policy does not allow (403).
+    OriginRefused,
 }
 
 impl Ended {
@@ -101,6 +104,7 @@ impl Ended {
             Ended::UpstreamError => "upstream_error",
             Ended::Refused => "refused",
             Ended::ConnectError => "connect_error",
+            Ended::OriginRefused => "origin_refused",
         }
     }
 }
@@ -135,11 +139,23 @@ where
         ));
     };
     let route: std::sync::Arc<str> = ctx.route.label().into();
+    let req = session.req_header();
+    if ctx
+        .snap
+        .edge
+        .cors
+        .refuses_origin(req.uri.path(), &req.headers)
+    {
+        let e = GatewayError::Forbidden("this origin may not open a WebSocket here".into());
+        respond::error(session, &e, &ctx.local_headers()).await?;
+        ctx.tunnel = Some(Ended::OriginRefused.label());
+        count(&route, Ended::OriginRefused);
+        return Ok(true);
+    }
     let ended = match handshake(gw, session, ctx).await {
         Ok(Some(mut up)) => {
             ctx.tunnel = Some(Ended::ClientClosed.label());
-            let websocket = is_websocket(session);
-            let ended = relay(session, &mut up, group.config.websocket, websocket, &route).await;
+            let ended = relay(session, &mut up, group.config.websocket, &route).await;
             up.shutdown().await;
             ended
         }
@@ -150,10 +166,14 @@ where
         }
     };
     ctx.tunnel = Some(ended.label());
-    metrics::WEBSOCKET_SESSIONS
-        .with_label_values(&[&route, ended.label()])
-        .inc();
+    count(&route, ended);
     Ok(true)
+}
+
+fn count(route: &str, ended: Ended) {
+    metrics::WEBSOCKET_SESSIONS
+        .with_label_values(&[route, ended.label()])
+        .inc();
 }
 
 /// Connects a backend (another one after a connect failure, as the group allows), sends the
@@ -247,21 +267,11 @@ async fn answer_failure(session: &mut Session, ctx: &mut Ctx, e: &Error) -> Resu
     Ok(())
 }
 
-/// Whether the switch is to WebSocket (whose frames the size limit reads).
-fn is_websocket(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-}
-
 /// Copies bytes both ways until the tunnel ends; says how it ended.
 async fn relay(
     session: &mut Session,
     up: &mut UpstreamSession,
     limits: WebSocketLimits,
-    websocket: bool,
     route: &str,
 ) -> Ended {
     let _open = Open::new();
@@ -270,10 +280,7 @@ async fn relay(
     // The tunnel's own idle timeout replaces per-read ones on both sides.
     session.set_read_timeout(None);
     up.read_timeout = None;
-    let mut sizes = limits
-        .max_message_bytes
-        .filter(|_| websocket)
-        .map(MessageSizes::new);
+    let mut sizes = limits.max_message_bytes.map(MessageSizes::new);
     let (mut shutdown, grace) = match SHUTDOWN.get() {
         Some((watch, grace)) => (Some(watch.clone()), *grace),
         None => (None, Duration::ZERO),
@@ -431,9 +438,9 @@ impl MessageSizes {
     }
 }
 
-/// Whether `route` answers upgrade requests with a tunnel: proxied routes do.
+/// Whether the request becomes a tunnel: a WebSocket upgrade on a proxied route.
 pub(super) fn tunnels(route: &Route, session: &Session) -> bool {
-    matches!(route, Route::Proxy(_)) && session.is_upgrade_req()
+    matches!(route, Route::Proxy(_)) && hygiene::is_websocket_upgrade(session.req_header())
 }
 
 #[cfg(test)]

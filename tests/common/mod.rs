@@ -11,6 +11,7 @@
 //! - `certs`: a throwaway CA and leaf certificates (Debian's `openssl`).
 //! - `otlp`: a real OTLP/HTTP trace receiver (decoding with `opentelemetry-proto`).
 //! - `oidc`: a real OpenID provider (panva's `oidc-provider` on Node.js, `tests/oidc/`).
+//! - `py`: Python programs with PyPI libraries (`tests/py/`: WebSocket and gRPC).
 // Every test binary compiles this whole harness and uses a part of it.
 #![allow(dead_code, unused_imports)]
 
@@ -22,6 +23,7 @@ mod oidc;
 mod otlp;
 mod pool;
 mod process;
+mod py;
 mod redis;
 mod upstream;
 
@@ -33,5 +35,6 @@ pub use oidc::*;
 pub use otlp::*;
 pub use pool::*;
 pub use process::*;
+pub use py::*;
 pub use redis::*;
 pub use upstream::*;

@@ -185,8 +185,8 @@ pub enum RecorderMode {
     Ok,
     /// `101 Switching Protocols`, then echo every byte back.
     Upgrade,
-    /// `101` the instant a connection is accepted, before the request (see `Upgrade`'s pause),
-    /// then echo.
+    /// `101` the instant a connection is accepted, before the request, then echo (the
+    /// ordering that broke Pingora's own upgrade path, cloudflare/pingora#946).
     InstantUpgrade,
 }
 
@@ -224,9 +224,9 @@ impl Recorder {
                     let mut buf = vec![0u8; 65536];
                     let mut upgraded = false;
                     if mode == RecorderMode::InstantUpgrade {
-                        // The 101 goes out on accept, so it is waiting in the socket when Pingora
-                        // reads its response: the ordering that triggers the race. The request
-                        // head is then recorded but not echoed.
+                        // The 101 goes out on accept, so it is waiting in the socket when the
+                        // gateway reads its response. The request head is then recorded but not
+                        // echoed.
                         let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
                         if s.write_all(head).await.is_err() {
                             return;
@@ -282,13 +282,6 @@ impl Recorder {
                             }
                             pending.drain(..total);
                             let reply: &[u8] = if mode != RecorderMode::Ok {
-                                // Pingora 0.9.1 tears a tunnel down when the upstream's 101 is
-                                // read before the upgrade request's own empty body was handled
-                                // (cloudflare/pingora#946; fixes proposed in #947 and #1016). A
-                                // real handshake takes a few ms, so `Upgrade` pauses 20 ms and
-                                // the gateway is what gets tested; `InstantUpgrade` shows the
-                                // race (tests/hardening.rs documents it).
-                                tokio::time::sleep(Duration::from_millis(20)).await;
                                 upgraded = true;
                                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
                             } else {
