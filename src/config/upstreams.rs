@@ -226,6 +226,15 @@ pub(super) struct UpstreamH2File {
     /// h2 without TLS, no negotiation (h2c): gRPC servers listening in plain text.
     #[serde(default)]
     pub(super) prior_knowledge: bool,
+    #[serde(default = "default_h2_window")]
+    pub(super) stream_window_bytes: u32,
+}
+
+/// What one h2 stream from a backend may hold in the gateway while its client reads slowly
+/// (the h2 flow-control window the gateway grants): Pingora's own 8 MiB would let every slow
+/// reader pin 8 MiB; 1 MiB still fills a LAN link (1 GB/s at 1 ms round trip).
+fn default_h2_window() -> u32 {
+    1 << 20
 }
 
 fn default_h2_streams() -> usize {
@@ -326,6 +335,8 @@ pub struct UpstreamConfig {
     pub h2_streams: Option<usize>,
     /// h2 only: with TLS, no HTTP/1.1 fallback; without, h2c with prior knowledge.
     pub h2_only: bool,
+    /// The flow-control window of each h2 stream from the backends.
+    pub h2_stream_window: u32,
     /// WebSocket tunnels through this group.
     pub websocket: WebSocketLimits,
 }
@@ -467,6 +478,16 @@ impl UpstreamFile {
                 None => None,
             },
             h2_only: self.http2.as_ref().is_some_and(|h| h.prior_knowledge),
+            h2_stream_window: match &self.http2 {
+                Some(h) if !(65_535..=(1 << 30)).contains(&h.stream_window_bytes) => {
+                    return Err(invalid(
+                        key("http2.stream_window_bytes"),
+                        "must be between 65535 and 1073741824",
+                    ))
+                }
+                Some(h) => h.stream_window_bytes,
+                None => default_h2_window(),
+            },
             websocket: WebSocketLimits {
                 idle_timeout: millis(
                     &key("websocket.idle_timeout_ms"),

@@ -476,10 +476,16 @@ mod tests {
             r
         };
         let v11 = http::Version::HTTP_11;
-        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
         assert!(is_websocket_upgrade(&req(v11, &ws)));
         assert!(!is_websocket_upgrade(&req(http::Version::HTTP_10, &ws)));
-        assert!(!is_websocket_upgrade(&req(v11, &[("upgrade", "websocket")])));
+        assert!(!is_websocket_upgrade(&req(
+            v11,
+            &[("upgrade", "websocket")]
+        )));
         let h2c = [("connection", "upgrade"), ("upgrade", "h2c")];
         assert!(!is_websocket_upgrade(&req(v11, &h2c)));
     }

@@ -407,13 +407,7 @@ impl ProxyHttp for Gateway {
             t.apply(&mut peer.options);
             peer.group_key = t.pool_key;
         }
-        if let Some(streams) = group.config.h2_streams {
-            // h2 offered by ALPN, HTTP/1.1 if the backend does not take it; h2 only (and h2c
-            // without TLS) when the group says so.
-            peer.options
-                .set_http_version(2, if group.config.h2_only { 2 } else { 1 });
-            peer.options.max_h2_streams = streams;
-        }
+        upstreams::h2_options(&group.config, &mut peer.options);
         let cap = |d: Duration| left.map_or(d, |l| d.min(l));
         let read = cap(timeouts.read.unwrap_or(group.config.read_timeout));
         peer.options.connection_timeout = Some(cap(timeouts

@@ -13,6 +13,7 @@ use pingora::lb::discovery::Static;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::upstreams::peer::PeerOptions;
 use prometheus::IntCounter;
 
 use super::discovery::{DnsDiscovery, Shared};
@@ -290,6 +291,22 @@ impl Rebuild for UpstreamGroup {
     fn settings(&self) -> &UpstreamConfig {
         &self.config
     }
+}
+
+/// h2 to a group's backends as its `http2` says: offered by ALPN (HTTP/1.1 if refused), or h2
+/// only (h2c without TLS), with the group's stream window. Nothing without `http2`.
+pub(crate) fn h2_options(config: &UpstreamConfig, options: &mut PeerOptions) {
+    let Some(streams) = config.h2_streams else {
+        return;
+    };
+    options.set_http_version(2, if config.h2_only { 2 } else { 1 });
+    options.max_h2_streams = streams;
+    // A slow reader holds at most one stream window here; the connection's window covers
+    // every stream's, so one slow stream never stalls the others.
+    let window = config.h2_stream_window;
+    options.h2_stream_window_size = Some(window);
+    let all = window.saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
+    options.h2_connection_window_size = Some(all.clamp(1 << 23, i32::MAX as u32));
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ Server: grpc_greeter.py serve PORT [CERT KEY]. Prints "ready" once listening.
 Methods of /helloworld.Greeter/:
 - SayHello (unary): "Hello " + name; name "fail" -> NOT_FOUND "no greeter named fail";
   name "slow" -> answers after 3 s.
-- SayHelloStreamReply (server streaming): name is a count N: N replies "0" .. "N-1".
+- SayHelloStreamReply (server streaming): name is a count N: N replies "0" .. "N-1";
+  "big:N": N replies of 64 KiB each.
 - SayHelloClientStream (client streaming): one reply with the count of requests and the
   total length of their names, "COUNT:BYTES".
 - SayHelloBidiStream (bidirectional): each request echoed as it arrives.
@@ -17,7 +18,9 @@ Client: grpc_greeter.py call TARGET METHOD JSON-OPTIONS. Prints one JSON line:
 {"code": "OK" or the status name, "details": ..., "replies": [...], "trailers": {...}}.
 Options: "name", "names" (client/bidi streams), "token", "ca" (TLS with this CA; the
 authority is "localhost"), "timeout" (seconds), "count_only" (replies not listed, counted),
-"read_delay" (seconds to sleep after each reply read: a slow reader).
+"read_delay" (seconds to sleep after each reply read: a slow reader), "max_replies" (the
+call is cancelled after that many), "prefix" (the path before the method name, by default
+"/helloworld.Greeter/").
 """
 import json
 import sys
@@ -66,7 +69,13 @@ def say_hello(request, context):
 
 
 def stream_reply(request, context):
-    for i in range(int(decode(request))):
+    name = decode(request)
+    if name.startswith("big:"):
+        block = "x" * 65536
+        for _ in range(int(name[4:])):
+            yield encode(block)
+        return
+    for i in range(int(name)):
         yield encode(str(i))
 
 
@@ -113,7 +122,7 @@ def call(target, method, opts):
     else:
         channel = grpc.insecure_channel(target)
     metadata = [("authorization", "Bearer " + opts["token"])] if "token" in opts else None
-    path = "/helloworld.Greeter/" + method
+    path = opts.get("prefix", "/helloworld.Greeter/") + method
     kind = {"SayHello": channel.unary_unary, "SayHelloStreamReply": channel.unary_stream,
             "SayHelloClientStream": channel.stream_unary,
             "SayHelloBidiStream": channel.stream_stream}.get(method, channel.unary_unary)
@@ -133,6 +142,9 @@ def call(target, method, opts):
                     replies.append(decode(reply))
                 if opts.get("read_delay"):
                     time.sleep(opts["read_delay"])
+                if count == opts.get("max_replies"):
+                    it.cancel()
+                    break
             result["trailers"] = dict(it.trailing_metadata() or ())
         else:
             arg = names if method == "SayHelloClientStream" else request
