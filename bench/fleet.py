@@ -120,6 +120,12 @@ backend b
             from scenarios.traffic import traffic_routes, traffic_upstreams  # noqa: PLC0415
             extra_upstreams = traffic_upstreams(ports["origin"])
             extra_routes = traffic_routes()
+        # Scenario 16: gRPC (h2c both ways) and WebSocket routes to the protocol bench servers.
+        if name == "gw_protocols":
+            from scenarios.protocols import protocol_routes, protocol_upstreams  # noqa: PLC0415
+            extra_upstreams = protocol_upstreams(ports)
+            extra_routes = protocol_routes()
+            compression += "  h2c: true\n"
         # Scenario 14: opaque tokens introspected at the mock provider, and an API keys file.
         introspection = api_keys = ""
         if name == "gw_identity":

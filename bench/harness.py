@@ -283,9 +283,11 @@ def parse_h2load(text):
     return out
 
 
-def h2load(url, conns, seconds, pids=(), streams=10):
-    """h2 load (h2load, one thread): `streams` concurrent streams on each of `conns` connections."""
-    argv = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", "-c", str(conns), "-m", str(streams), "-D", str(seconds), url]
+def h2load(url, conns, seconds, pids=(), streams=10, extra=()):
+    """h2 load (h2load, one thread): `streams` concurrent streams on each of `conns` connections;
+    `extra`: more h2load arguments (a body file, headers)."""
+    argv = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", "-c", str(conns), "-m", str(streams), "-D", str(seconds),
+            *extra, url]
     cpu_before = {pid: proc_cpu(pid) for pid in pids}
     cores_before = core_times()
     text = subprocess.run(argv, capture_output=True, text=True).stdout

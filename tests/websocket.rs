@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, metric_sum, py_json, token, Gateway, PyServer, TestCa};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const CLIENT: &str = "ws_client.py";
 
@@ -248,4 +248,24 @@ async fn a_graceful_shutdown_closes_open_sessions_with_1001_within_the_grace_per
         format!("{stdout}{stderr}").contains("closing the open WebSocket tunnels"),
         "the shutdown says what it did"
     );
+}
+
+#[tokio::test]
+async fn websocket_over_h2_is_not_offered_and_its_connect_is_refused() {
+    let backend = PyServer::start("ws backend", "ws_server.py", &["{port}"]);
+    let gw = Gateway::start(&section(backend.port, "", "h2c: true\n"), &[]).await;
+    let got = py_json(
+        "h2_connect.py",
+        &[&gw.port.to_string()],
+        Duration::from_secs(60),
+    )
+    .await;
+    // RFC 8441: a server that does not send SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 offers none.
+    assert_eq!(got["enable_connect_protocol"], Value::Null, "{got}");
+    // An extended CONNECT sent anyway is reset as a protocol error (1); a plain one is 405.
+    assert_eq!(got["extended"], "reset:1", "{got}");
+    assert_eq!(got["plain"], "status:405", "{got}");
+    // Both refused before any tunnel.
+    let m = gw.metrics().await;
+    assert_eq!(metric_sum(&m, "websocket_sessions_total{"), 0.0, "{m}");
 }

@@ -544,6 +544,44 @@ mod tests {
     }
 
     #[test]
+    fn h2c_groups_websocket_limits_and_windows_are_read_and_checked() {
+        use super::HealthCheckKind;
+        let g = |v: &str| {
+            load(&format!(
+                "  upstreams:\n    g: {{ backends: ['10.0.0.7:80'], {v} }}\n"
+            ))
+        };
+        let c = g("http2: { prior_knowledge: true }").unwrap();
+        let up = &c.upstreams["g"];
+        assert!(up.h2_only);
+        assert_eq!(
+            up.health_check.kind,
+            HealthCheckKind::Tcp,
+            "a gRPC server answers no HTTP/1.1 check"
+        );
+        assert_eq!(up.h2_stream_window, 1 << 20);
+        let c = g("http2: { prior_knowledge: true }, health_check: { kind: http }").unwrap();
+        assert_eq!(c.upstreams["g"].health_check.kind, HealthCheckKind::Http);
+        let c = g("websocket: { idle_timeout_ms: 1500, max_message_bytes: 65536 }").unwrap();
+        let ws = c.upstreams["g"].websocket;
+        assert_eq!(ws.idle_timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(ws.max_message_bytes, Some(65536));
+        let plain = g("health_check: { kind: tcp }").unwrap();
+        assert_eq!(plain.upstreams["g"].websocket.idle_timeout.as_secs(), 300);
+        assert_eq!(plain.upstreams["g"].websocket.max_message_bytes, None);
+        for bad in [
+            "websocket: { max_message_bytes: 0 }",
+            "websocket: { idle_timeout_ms: 0 }",
+            "http2: { stream_window_bytes: 1000 }",
+            "websocket: { idle: 3 }",
+        ] {
+            assert!(g(bad).is_err(), "{bad}");
+        }
+        let e = g("http2: { stream_window_bytes: 1000 }").unwrap_err();
+        assert!(e.contains("stream_window_bytes"), "{e}");
+    }
+
+    #[test]
     fn balance_names_a_policy_or_a_hash_key() {
         use super::{Balance, HashKey};
         let b = |v: &str| {
