@@ -108,6 +108,7 @@ pub fn check_request(
     }
     // One pass over the headers (each value once) instead of a hashed lookup per rule.
     let (mut hosts, mut header_bytes, mut underscored) = (0usize, 0usize, false);
+    let (mut upgrade, mut grpc) = (false, false);
     let mut cl: (usize, Option<&http::HeaderValue>) = (0, None);
     let mut te: (usize, Option<&http::HeaderValue>) = (0, None);
     for (k, v) in req.headers.iter() {
@@ -120,6 +121,10 @@ pub fn check_request(
             te = (te.0 + 1, Some(v));
         } else if *k == http::header::AUTHORIZATION && v.len() > limits.max_authorization_bytes {
             return Err(too_large("Authorization header too large"));
+        } else if *k == http::header::UPGRADE {
+            upgrade = true;
+        } else if *k == http::header::CONTENT_TYPE {
+            grpc = is_grpc_content_type(v.as_bytes());
         }
         underscored |= k.as_str().contains('_');
     }
@@ -175,7 +180,20 @@ pub fn check_request(
     if header_bytes > limits.max_request_header_bytes {
         return Err(too_large("request headers too large"));
     }
-    Ok(Head { underscored })
+    Ok(Head {
+        underscored,
+        upgrade,
+        grpc,
+    })
+}
+
+/// Whether a `Content-Type` names gRPC: `application/grpc`, alone or with a `+codec` or
+/// parameters (gRPC-Web's `application/grpc-web` does not).
+pub fn is_grpc_content_type(v: &[u8]) -> bool {
+    const TYPE: &[u8] = b"application/grpc";
+    v.len() >= TYPE.len()
+        && v[..TYPE.len()].eq_ignore_ascii_case(TYPE)
+        && matches!(v.get(TYPE.len()), None | Some(b'+' | b';'))
 }
 
 /// What [`check_request`] learnt of an accepted head.
@@ -183,6 +201,10 @@ pub fn check_request(
 pub struct Head {
     /// Some header name has a `_` ([`drop_underscored`] has work to do).
     pub underscored: bool,
+    /// An `Upgrade` header is present (whether it is a WebSocket upgrade is read later).
+    pub upgrade: bool,
+    /// The `Content-Type` is gRPC's.
+    pub grpc: bool,
 }
 
 fn too_large(message: &'static str) -> Rejected {

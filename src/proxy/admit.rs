@@ -14,13 +14,14 @@ use crate::metrics;
 
 /// Makes the request's head what the rest of the gateway reads: absolute form made origin
 /// form, the framing and header rules checked, underscored header names dropped, the path
-/// normalised (the target as sent kept in `ctx.original_target`).
+/// normalised (the target as sent kept in `ctx.original_target`). Says what the header
+/// pass learnt (an `Upgrade` header, a gRPC content type).
 pub(super) fn prepare_head(
     session: &mut Session,
     ctx: &mut Ctx,
     limits: &crate::config::LimitsConfig,
     http2: bool,
-) -> std::result::Result<(), hygiene::Rejected> {
+) -> std::result::Result<hygiene::Head, hygiene::Rejected> {
     let req = session.req_header_mut();
     if !http2 && req.raw_path().first() != Some(&b'/') && !hygiene::to_origin_form(req) {
         return Err(hygiene::Rejected::target_form());
@@ -30,14 +31,14 @@ pub(super) fn prepare_head(
         hygiene::drop_underscored(req);
     }
     match crate::edge::path::normalise(req.raw_path(), &limits.path) {
-        Ok(None) => Ok(()),
+        Ok(None) => Ok(head),
         Ok(Some(canon)) => {
             let mut parts = req.uri.clone().into_parts();
             parts.path_and_query = canon.parse().ok();
             let uri = http::Uri::from_parts(parts).map_err(|_| hygiene::Rejected::target_form())?;
             ctx.original_target = Some(String::from_utf8_lossy(req.raw_path()).into_owned());
             req.set_uri(uri);
-            Ok(())
+            Ok(head)
         }
         Err(e) => Err(hygiene::Rejected::path(e)),
     }

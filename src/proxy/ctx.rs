@@ -74,7 +74,7 @@ pub struct Ctx {
     /// request_filter: the request's spans (tracing on), ended by logging.
     pub(super) trace: Option<crate::trace::RequestTrace>,
     /// request_filter: a gRPC call's deadline; its status, read from the answer.
-    pub(super) grpc: Option<super::grpc::Call>,
+    pub(super) grpc: Option<Box<super::grpc::Call>>,
     /// request_filter: how an upgraded connection (tunnel) ended.
     pub(super) tunnel: Option<&'static str>,
 }

@@ -13,6 +13,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::Result;
 
+use crate::edge::hygiene;
 use crate::error::GatewayError;
 use crate::metrics;
 
@@ -67,15 +68,9 @@ impl Call {
 /// Whether `req` is a gRPC call: `application/grpc`, alone or with a `+codec` or parameters
 /// (gRPC-Web's `application/grpc-web` is not).
 pub(crate) fn is_grpc(req: &RequestHeader) -> bool {
-    const TYPE: &[u8] = b"application/grpc";
     req.headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| {
-            let v = v.as_bytes();
-            v.len() >= TYPE.len()
-                && v[..TYPE.len()].eq_ignore_ascii_case(TYPE)
-                && matches!(v.get(TYPE.len()), None | Some(b'+' | b';'))
-        })
+        .is_some_and(|v| hygiene::is_grpc_content_type(v.as_bytes()))
 }
 
 /// `grpc-timeout`: at most eight digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).

@@ -164,17 +164,22 @@ impl ProxyHttp for Gateway {
         let http2 = session.is_http2();
         // Nothing is routed or authenticated before the request is known to be well formed
         // and its path canonical: what the router and the checks saw is what the backend gets.
-        if let Err(rejected) = admit::prepare_head(session, ctx, &snap.config.limits, http2) {
-            rejected.count();
-            ctx.route = Route::Invalid;
-            if rejected.close {
-                return self.refuse(session, ctx, &rejected.error).await;
+        let head = match admit::prepare_head(session, ctx, &snap.config.limits, http2) {
+            Ok(head) => head,
+            Err(rejected) => {
+                rejected.count();
+                ctx.route = Route::Invalid;
+                if rejected.close {
+                    return self.refuse(session, ctx, &rejected.error).await;
+                }
+                respond::error(session, &rejected.error, &ctx.local_headers()).await?;
+                return Ok(true);
             }
-            respond::error(session, &rejected.error, &ctx.local_headers()).await?;
-            return Ok(true);
-        }
+        };
         let req = session.req_header();
-        ctx.grpc = grpc::Call::of(req);
+        if head.grpc {
+            ctx.grpc = grpc::Call::of(req).map(Box::new);
+        }
         ctx.route = snap.routes.route(
             &routes::Request {
                 uri: &req.uri,
@@ -309,7 +314,7 @@ impl ProxyHttp for Gateway {
                     return self.refuse(session, ctx, &e).await;
                 }
             }
-            if tunnel::tunnels(&ctx.route, session) {
+            if head.upgrade && tunnel::tunnels(&ctx.route, session) {
                 return tunnel::serve(self, session, ctx).await;
             }
         }
@@ -468,7 +473,8 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        hygiene::strip_hop_by_hop(req, hygiene::is_websocket_upgrade(req));
+        // Only a tunnel's handshake keeps `Upgrade` (tunnel.rs sets `ctx.tunnel` first).
+        hygiene::strip_hop_by_hop(req, ctx.tunnel.is_some());
         if ctx.grpc.is_some() {
             // gRPC servers refuse a call without it (it says the client reads trailers).
             req.insert_header(http::header::TE, "trailers")?;

@@ -152,6 +152,8 @@ where
         count(&route, Ended::OriginRefused);
         return Ok(true);
     }
+    // Read by upstream_request_filter: this request's `Upgrade` is kept.
+    ctx.tunnel = Some(Ended::ConnectError.label());
     let ended = match handshake(gw, session, ctx).await {
         Ok(Some(mut up)) => {
             ctx.tunnel = Some(Ended::ClientClosed.label());
