@@ -269,3 +269,56 @@ async fn websocket_over_h2_is_not_offered_and_its_connect_is_refused() {
     let m = gw.metrics().await;
     assert_eq!(metric_sum(&m, "websocket_sessions_total{"), 0.0, "{m}");
 }
+
+#[tokio::test]
+async fn an_upgrade_closes_the_old_processs_sessions_with_1001_and_the_new_one_serves() {
+    let backend = PyServer::start("ws backend", "ws_server.py", &["{port}"]);
+    let mut old = Gateway::start(&section(backend.port, "", ""), &[]).await;
+    let url = format!("ws://127.0.0.1:{}/ws/echo", old.port);
+    let alice = token("alice");
+    let opts = json!({"token": alice, "sessions": 3});
+    let mut waiting = tokio::process::Command::new(common::PYTHON)
+        .args([&common::py_script(CLIENT), "wait", &url, &opts.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(waiting.stdout.take().unwrap());
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    out.read_line(&mut line).await.unwrap();
+    assert!(line.contains("\"open\": 3"), "{line}");
+    let mut new = old.spawn_upgrade();
+    let sock = old.dir.path().join("upgrade.sock");
+    eventually(
+        "the new process waits on the upgrade socket",
+        Duration::from_secs(10),
+        async || sock.exists(),
+    )
+    .await;
+    old.proc.signal("QUIT");
+    line.clear();
+    let read = tokio::time::timeout(Duration::from_secs(20), out.read_line(&mut line)).await;
+    assert!(read.is_ok(), "the old process's sessions ended");
+    let got: serde_json::Value = serde_json::from_str(&line).unwrap();
+    for s in got["sessions"].as_array().unwrap() {
+        assert_eq!(s["code"], 1001, "{got}");
+        assert_eq!(s["reason"], "server shutting down", "{got}");
+    }
+    // New sessions on the same port are the new process's.
+    let echo = run(
+        "echo",
+        &url,
+        json!({"token": alice, "sessions": 5, "messages": 20}),
+    )
+    .await;
+    assert_eq!(echo["ok"], 5, "{echo}");
+    assert!(
+        old.proc.wait_exit(Duration::from_secs(15)).is_some(),
+        "the old process exits"
+    );
+    assert!(
+        new.wait_exit(Duration::from_millis(100)).is_none(),
+        "the new process serves on"
+    );
+}
