@@ -373,6 +373,38 @@ fn proxy_service(
     Ok((proxy, Some(tls::Reloader::new(certs, tls.reload_interval))))
 }
 
+/// Waits up to `listen_retry_seconds` for every listen address of `config` to be free (each
+/// bound and released again); `Err` names the first still in use.
+pub fn wait_for_listen_addresses(config: &Config) -> Result<(), String> {
+    let mut addresses = vec![config.listen, config.metrics_listen];
+    addresses.extend(config.tls.as_ref().map(|t| t.listen));
+    addresses.extend(config.admin.as_ref().map(|a| a.listen));
+    let deadline = std::time::Instant::now() + config.listen_retry;
+    for addr in addresses {
+        let mut said = false;
+        loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(format!(
+                            "{addr} is in use (waited {} s, gateway.listen_retry_seconds): another process listens there",
+                            config.listen_retry.as_secs()
+                        ));
+                    }
+                    if !said {
+                        tracing::warn!(%addr, "listen address in use, waiting for it");
+                        said = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -138,6 +138,12 @@ fn main() {
         Some(p) => Config::read(p).unwrap_or_else(|e| fail(e)),
         None => String::new(),
     };
+    if let (Some(p), true) = (&path, text.trim().is_empty()) {
+        // Running on defaults because a file came out empty is never what was meant.
+        fail(format!(
+            "{p} is empty: write at least `gateway:` (conf/gateway.yaml has every key), or start without -c for the defaults"
+        ));
+    }
     let config = Config::from_yaml(&text, &ProcessEnv, mode).unwrap_or_else(|e| fail(e));
     if !config.auth.secret.is_empty() && config.auth.secret.len() < 32 && !opt.test {
         tracing::warn!(
@@ -155,6 +161,15 @@ fn main() {
             "gateway: configuration {} is valid",
             path.as_deref().unwrap_or("(defaults)")
         );
+    }
+    if !opt.test && !opt.upgrade {
+        // Pingora would retry a port in use every second, forever, without a word to the
+        // operator; an upgrade takes the old process's sockets instead of binding.
+        if let Err(e) = gateway::wait_for_listen_addresses(&config) {
+            gateway::logging::flush(Duration::from_millis(500));
+            eprintln!("gateway: {e}");
+            std::process::exit(1);
+        }
     }
     let mut server = gateway::build_server(opt, config, text)
         .unwrap_or_else(|e| fail(format!("cannot start: {e}")));

@@ -368,7 +368,7 @@ fn gateway_t_refuses_a_broken_graph_naming_it() {
         let out = std::process::Command::new(common::gateway_bin())
             .args(["-t", "-c"])
             .arg(&path)
-            .env_remove("JWT_SECRET")
+            .env("JWT_SECRET", common::SECRET)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

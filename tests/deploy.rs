@@ -56,7 +56,8 @@ fn check_conf(text: &str) -> (u16, u16) {
     let out = Command::new(common::gateway_bin())
         .args(["-t", "-c"])
         .arg(&path)
-        .env_remove("JWT_SECRET")
+        .env("JWT_SECRET", common::SECRET)
+        .env("ADMIN_TOKEN", "a-deployment-admin-token")
         .output()
         .unwrap();
     assert!(
@@ -140,6 +141,7 @@ fn compose_and_dockerfile_agree_with_the_code() {
         &|k: &str| match k {
             "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(otlp.clone()),
             "JWT_SECRET" => Some("super-secret-key".to_string()),
+            "ADMIN_TOKEN" => Some("a-deployment-admin-token".to_string()),
             _ => None,
         },
         gateway::config::LoadMode::Check,

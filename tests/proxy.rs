@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{client, eventually, free_port, metric_sum, EchoServer, Gateway, Mocks};
+use common::{client, eventually, free_port, metric_sum, EchoServer, Gateway, Mocks, SECRET};
 
 /// A group `echo` on the given backends, public (auth is tested elsewhere), with fast checks.
 fn echo_section(backends: &[String], extra: &str) -> String {
@@ -411,7 +411,7 @@ fn check_config(yaml: &str) -> (bool, String) {
         .arg("-t")
         .arg("-c")
         .arg(&path)
-        .env_remove("JWT_SECRET")
+        .env("JWT_SECRET", common::SECRET)
         .output()
         .unwrap();
     (
@@ -445,6 +445,80 @@ fn config_check_accepts_default_and_rejects_broken_files() {
         );
         assert!(!out.contains("panicked"), "{out}");
     }
+}
+
+#[test]
+fn the_check_refuses_what_start_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gateway.yaml");
+    let check = |text: &str, secret: Option<&str>| {
+        std::fs::write(&conf, text).unwrap();
+        let mut cmd = Command::new(common::gateway_bin());
+        cmd.arg("-t").arg("-c").arg(&conf).env_remove("JWT_SECRET");
+        if let Some(s) = secret {
+            cmd.env("JWT_SECRET", s);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status.code(), text)
+    };
+    for (text, secret, names) in [
+        (
+            "gatway:\n  listen: '0.0.0.0:8080'\n",
+            Some(SECRET),
+            "did you mean `gateway`",
+        ),
+        (
+            "version: 1\nthread: 2\ngateway: {}\n",
+            Some(SECRET),
+            "did you mean `threads`",
+        ),
+        ("", Some(SECRET), "is empty"),
+        ("  \n", Some(SECRET), "is empty"),
+        ("version: 1\ngateway: {}\n", None, "JWT_SECRET"),
+    ] {
+        let (code, out) = check(text, secret);
+        assert_eq!(code, Some(2), "-t must refuse {text:?}: {out}");
+        assert!(out.contains(names), "{text:?} -> {out}");
+        assert!(!out.contains("is valid"), "{out}");
+    }
+    let (code, out) = check("version: 1\nthreads: 2\ngateway: {}\n", Some(SECRET));
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn a_listen_address_in_use_ends_the_start_with_its_name() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gateway.yaml");
+    let metrics = common::free_port();
+    std::fs::write(
+        &conf,
+        format!("version: 1\ngateway:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics}\"\n  listen_retry_seconds: 1\n"),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(common::gateway_bin())
+        .arg("-c")
+        .arg(&conf)
+        .env("JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} is in use")),
+        "{err}"
+    );
+    // One second of retries, then out: never Pingora's retry-forever.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(taken);
 }
 
 #[test]

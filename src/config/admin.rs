@@ -37,13 +37,12 @@ impl std::fmt::Debug for AdminConfig {
 const MIN_TOKEN: usize = 16;
 
 /// Resolves `gateway.admin`; `others` are the addresses it must not share. `-t` (`Check`)
-/// accepts an unset token, as it does `JWT_SECRET`: the secret is not on the machine that
-/// checks the file.
+/// checks the token as start does, since a `-t` that passes must mean the gateway starts.
 pub(super) fn resolve_admin(
     file: AdminFile,
     env: &dyn Env,
     others: &[SocketAddr],
-    mode: LoadMode,
+    _mode: LoadMode,
 ) -> Result<Option<AdminConfig>, ConfigError> {
     let Some(listen) = file.listen else {
         if file.token_env.is_some() {
@@ -74,8 +73,7 @@ pub(super) fn resolve_admin(
         ));
     }
     let token = env.var(&var).unwrap_or_default().trim().to_string();
-    let unchecked = token.is_empty() && mode == LoadMode::Check;
-    if token.len() < MIN_TOKEN && !unchecked {
+    if token.len() < MIN_TOKEN {
         return Err(invalid(
             "gateway.admin.token_env",
             format!(
@@ -120,7 +118,10 @@ mod tests {
             &|_: &str| None,
             LoadMode::Check,
         );
-        assert!(checked.is_ok(), "-t needs no token: {checked:?}");
+        assert!(
+            checked.is_err(),
+            "-t checks the token as start does: {checked:?}"
+        );
         let own = load(
             "gateway: {admin: {listen: '127.0.0.1:9092', token_env: OPS_TOKEN}}",
             &[("OPS_TOKEN", token)],

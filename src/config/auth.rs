@@ -111,7 +111,7 @@ impl AuthFile {
         let secret = env.var("JWT_SECRET").unwrap_or_default();
         let issuers = resolve_issuers(self.issuers, env, mode)?;
         let api_keys = self.api_keys.map(ApiKeysFile::resolve).transpose()?;
-        if secret.is_empty() && issuers.is_empty() && api_keys.is_none() && mode == LoadMode::Run {
+        if secret.is_empty() && issuers.is_empty() && api_keys.is_none() {
             return Err(invalid(
                 "JWT_SECRET",
                 "is required when no gateway.auth.issuers or api_keys are configured: set JWT_SECRET to the HS256 secret shared with the token issuer",

@@ -63,8 +63,8 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
 pub enum LoadMode {
     /// Start-up: `JWT_SECRET` is required and backend host names are resolved.
     Run,
-    /// `-t`: the file alone is checked; no secret needed, host names only checked for form
-    /// (a compose or Kubernetes service name does not resolve on the build machine).
+    /// `-t`: everything start checks (secrets and files included), but host names only for
+    /// form (a compose or Kubernetes service name does not resolve on the build machine).
     Check,
 }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::admin::AdminFile;
 use super::aggregates::AggregateFile;
 use super::auth::AuthFile;
+use super::check::ConfigError;
 use super::compression::CompressionFile;
 use super::cors::CorsFile;
 use super::limits::LimitsFile;
@@ -45,6 +46,7 @@ pub(super) struct GatewayFile {
     pub(super) tls: Option<TlsFile>,
     pub(super) redirect_http: bool,
     pub(super) h2c: bool,
+    pub(super) listen_retry_seconds: u64,
     pub(super) cors: Vec<CorsFile>,
     pub(super) compression: Option<CompressionFile>,
     pub(super) readiness: ReadinessFile,
@@ -70,6 +72,7 @@ impl Default for GatewayFile {
             tls: None,
             redirect_http: false,
             h2c: false,
+            listen_retry_seconds: 5,
             cors: Vec::new(),
             compression: None,
             readiness: ReadinessFile::default(),
@@ -96,4 +99,45 @@ impl Default for ReloadFile {
             interval_ms: 2000,
         }
     }
+}
+
+/// Refuses a top-level key that is neither `gateway` nor one of Pingora's server keys: a
+/// misspelled `gatway:` or `thread:` would otherwise leave the gateway on its defaults.
+pub(super) fn check_top_level(text: &str) -> Result<(), ConfigError> {
+    let Ok(serde_yaml::Value::Mapping(root)) = serde_yaml::from_str::<serde_yaml::Value>(text)
+    else {
+        // Not a mapping: the typed parse says what is wrong with it.
+        return Ok(());
+    };
+    let pingora = serde_yaml::to_value(pingora::server::configuration::ServerConf::default())
+        .ok()
+        .and_then(|v| match v {
+            serde_yaml::Value::Mapping(m) => Some(m),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let known: Vec<&str> = std::iter::once("gateway")
+        .chain(pingora.keys().filter_map(|k| k.as_str()))
+        .collect();
+    for key in root.keys() {
+        let name = key.as_str().unwrap_or("");
+        if known.contains(&name) {
+            continue;
+        }
+        let near = known
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(k, name), *k))
+            .min()
+            .filter(|(d, _)| *d <= 2)
+            .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default();
+        return Err(super::check::invalid(
+            if name.is_empty() { "(a key that is not text)" } else { name },
+            format!(
+                "unknown top-level key{near}: the file holds `gateway:` and Pingora's server keys ({})",
+                known[1..].join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }

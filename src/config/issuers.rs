@@ -175,7 +175,7 @@ impl IntrospectionFile {
         discovery: bool,
         insecure: bool,
         env: &dyn Env,
-        mode: LoadMode,
+        _mode: LoadMode,
     ) -> Result<IntrospectionConfig, ConfigError> {
         let endpoint = match &self.endpoint {
             Some(u) => Some(parse_url(&format!("{key}.endpoint"), u, insecure)?),
@@ -191,7 +191,7 @@ impl IntrospectionFile {
             return Err(invalid(format!("{key}.client_id"), "must not be empty"));
         }
         let client_secret = env.var(&self.client_secret_env).unwrap_or_default();
-        if client_secret.is_empty() && mode == LoadMode::Run {
+        if client_secret.is_empty() {
             return Err(invalid(
                 format!("{key}.client_secret_env"),
                 format!(

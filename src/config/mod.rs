@@ -136,6 +136,8 @@ pub struct Config {
     pub redirect_http: bool,
     /// The plain listener also takes HTTP/2 with prior knowledge (gRPC clients without TLS).
     pub h2c: bool,
+    /// How long start waits for a listen address that is in use before giving up.
+    pub listen_retry: Duration,
     /// Browser cross-origin policies, first matching route prefix wins; empty: no CORS.
     pub cors: Vec<CorsPolicy>,
     /// Response compression; `None`: answers are sent as they are.
@@ -196,6 +198,7 @@ impl Config {
         let root: FileRoot = if text.trim().is_empty() {
             FileRoot { gateway: None }
         } else {
+            file::check_top_level(text)?;
             serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
         };
         root.gateway.unwrap_or_default().resolve(env, mode)
@@ -360,13 +363,33 @@ mod tests {
     }
 
     #[test]
-    fn secret_is_required_unless_testing_the_file() {
+    fn a_misspelled_top_level_key_is_named_with_the_likely_one() {
+        let e = err_text("gatway:\n  listen: '0.0.0.0:8080'\n");
+        assert!(
+            e.contains("gatway") && e.contains("did you mean `gateway`"),
+            "{e}"
+        );
+        let e = err_text("version: 1\nthread: 2\n");
+        assert!(
+            e.contains("thread") && e.contains("did you mean `threads`"),
+            "{e}"
+        );
+        let e = err_text("nonsense_entirely: 1\n");
+        assert!(
+            e.contains("unknown top-level key") && !e.contains("did you mean"),
+            "{e}"
+        );
+        assert!(load("version: 1\nthreads: 2\ngrace_period_seconds: 1\ngateway: {}\n").is_ok());
+    }
+
+    #[test]
+    fn secret_is_required_by_start_and_by_the_check() {
         let none = env_with(&[]);
         let e = Config::from_yaml("", &none, LoadMode::Run).unwrap_err();
         assert!(e.to_string().contains("JWT_SECRET"));
         let empty = env_with(&[("JWT_SECRET", "")]);
         assert!(Config::from_yaml("", &empty, LoadMode::Run).is_err());
-        assert!(Config::from_yaml("", &none, LoadMode::Check).is_ok());
+        assert!(Config::from_yaml("", &none, LoadMode::Check).is_err());
     }
 
     #[test]

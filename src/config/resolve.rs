@@ -79,6 +79,7 @@ impl GatewayFile {
             tls,
             redirect_http: self.redirect_http,
             h2c: self.h2c,
+            listen_retry: std::time::Duration::from_secs(self.listen_retry_seconds),
             cors: super::cors::resolve_cors(self.cors)?,
             compression: super::compression::resolve_compression(self.compression)?,
             readiness: self.readiness.resolve(),
