@@ -14,12 +14,58 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Edge gateway on Pingora.
 #[derive(Parser)]
-#[command(name = "gateway", version, about)]
+#[command(name = "gateway", version, about, after_help = env_help())]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    opt: Opt,
+    serve: Serve,
+}
+
+/// Serving: Pingora's own flags, described in the gateway's words.
+#[derive(clap::Args)]
+struct Serve {
+    /// The configuration file: the `gateway:` section and Pingora's server keys
+    /// (conf/gateway.yaml documents every key). Without it: the defaults.
+    #[arg(short, long, value_name = "FILE")]
+    conf: Option<String>,
+    /// Check the configuration as start would (secrets from the environment, the files it
+    /// names) and exit: 0 valid, 2 not, with a message naming the key.
+    #[arg(short, long)]
+    test: bool,
+    /// Zero-downtime upgrade: take the listening sockets of the running gateway (over
+    /// `upgrade_sock`), then send SIGQUIT to the old process; it finishes what it serves.
+    #[arg(short, long)]
+    upgrade: bool,
+    /// Run in the background: detach, write `pid_file`, log to `error_log`.
+    #[arg(short, long)]
+    daemon: bool,
+}
+
+impl Serve {
+    fn into_opt(self) -> Opt {
+        Opt {
+            upgrade: self.upgrade,
+            daemon: self.daemon,
+            nocapture: false,
+            test: self.test,
+            conf: self.conf,
+        }
+    }
+}
+
+/// The `--help` epilogue: every environment variable the gateway reads.
+fn env_help() -> String {
+    let mut out = String::from("Environment (overrides the file; docs/CONFIGURATION.md):\n");
+    for (name, help) in gateway::config::ENV_VARS
+        .iter()
+        .zip(gateway::config::ENV_HELP)
+    {
+        out.push_str(&format!("  {name:<28} {help}\n"));
+    }
+    out.push_str("  INTROSPECTION_SECRET (or the variable an issuer's client_secret_env names)\n");
+    out.push_str("                               an introspecting issuer's client secret\n");
+    out
 }
 
 #[derive(Subcommand)]
@@ -126,7 +172,7 @@ fn main() {
     gateway::logging::init();
     // rediss:// connections need a TLS crypto provider; ring is the one compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let opt = cli.opt;
+    let opt = cli.serve.into_opt();
     let path = opt.conf.clone();
     let mode = if opt.test {
         LoadMode::Check

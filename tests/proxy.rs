@@ -721,3 +721,27 @@ async fn readiness_waits_for_a_healthy_backend_per_routed_group_and_for_the_stor
     .await;
     assert_eq!(refusals("keys").await, 0.0, "no provider keys to wait for");
 }
+
+#[test]
+fn help_describes_every_flag_and_environment_variable_in_the_gateways_words() {
+    let out = Command::new(common::gateway_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for flag in ["--conf", "--test", "--upgrade", "--daemon"] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+    assert!(
+        help.contains("Check the configuration as start would"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("pingora-based service"),
+        "Pingora's struct comment: {help}"
+    );
+    for var in gateway::config::ENV_VARS {
+        assert!(help.contains(var), "{var} is not listed: {help}");
+    }
+}

@@ -184,6 +184,28 @@ pub const ENV_VARS: [&str; 18] = [
     "ADMIN_TOKEN",
 ];
 
+/// One line on each of [`ENV_VARS`], in that order, for `gateway --help`.
+pub const ENV_HELP: [&str; 18] = [
+    "port of gateway.listen (default 8080)",
+    "port of gateway.tls.listen",
+    "port of gateway.metrics_listen (default 9091)",
+    "Redis: host:port, redis://, rediss://, redis+sentinel://…/master (unset: embedded store)",
+    "HS256 secret; required unless issuers or API keys are configured",
+    "the user service's base URL (likewise <NAME>_SERVICE_URL for any service)",
+    "the order service's base URL",
+    "the product service's base URL",
+    "the recommendation service's base URL",
+    "the default rate-limit policy's limit per window",
+    "log levels and targets (`access` is the access log)",
+    "json or text for stderr (default: text on a terminal)",
+    "turns tracing on: the OTLP/HTTP collector's base URL",
+    "the service name on exported spans (default gateway)",
+    "true turns tracing off whatever the file says",
+    "Redis Cluster seed nodes, h1:7000,h2:7001,… (instead of REDIS_ADDR)",
+    "port of gateway.admin.listen",
+    "the admin API's bearer token (at least 16 characters)",
+];
+
 impl Config {
     /// The conf file's text (for [`Config::from_yaml`], and kept by the reloader).
     pub fn read(path: &str) -> Result<String, ConfigError> {
