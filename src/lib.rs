@@ -20,6 +20,7 @@
 //! - [`reload`], [`tls`]: live configuration, and the HTTPS listener's certificates.
 //! - `trace`: OpenTelemetry spans (W3C trace context in and out) and their OTLP export.
 //! - [`headers`], [`clock`], `sharded`: header names, wall-clock seconds, sharded locks.
+//! - `summary`: what the process serves, said once at start.
 //!
 //! `main.rs` only parses the command line and calls [`build_server`].
 
@@ -41,6 +42,7 @@ pub(crate) mod resilience;
 pub(crate) mod sharded;
 pub(crate) mod snapshot;
 pub mod store;
+pub(crate) mod summary;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
@@ -210,7 +212,11 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     metrics::init();
     prime(&config);
     let conf_path = opt.conf.clone();
+    let testing = opt.test;
     let hash = config::fingerprint_loaded(&conf_text, &config);
+    if !testing {
+        summary::announce(&config, conf_path.as_deref(), &hash);
+    }
     metrics::CONFIG_INFO.with_label_values(&[&hash]).set(1);
     let config = Arc::new(config);
     let mut server = Server::new_with_opt_and_conf(opt_without_conf(opt), server_conf(&conf_text)?);

@@ -246,6 +246,14 @@ impl Drop for EventWriter {
     }
 }
 
+/// The format `init` chose.
+static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// The log format in effect (JSON before `init`).
+pub fn format() -> Format {
+    FORMAT.get().copied().unwrap_or(Format::Json)
+}
+
 /// The log format in effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -299,6 +307,7 @@ pub fn init() {
     watch_forks();
     let log_format = std::env::var("LOG_FORMAT").ok();
     let format = Format::choose(log_format.as_deref(), std::io::stderr().is_terminal());
+    let _ = FORMAT.set(format);
     // A blank RUST_LOG (`RUST_LOG=` in a compose file) counts as unset.
     let directives = std::env::var("RUST_LOG")
         .ok()

@@ -501,6 +501,15 @@ pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
     .unwrap_or_else(|e| panic!("metric config_generation cannot be registered: {e}"))
 });
 
+/// The build: 1, with the gateway's and Pingora's versions as labels.
+pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "gateway_build_info",
+        "The running build: 1, with the gateway's version and the Pingora version it was built with",
+        &["version", "pingora"],
+    )
+});
+
 /// 1, labelled with the running conf file's fingerprint.
 pub static CONFIG_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
@@ -601,6 +610,9 @@ pub fn init() {
     LazyLock::force(&SPLIT_REQUESTS);
     LazyLock::force(&MIRROR_REQUESTS);
     LazyLock::force(&WEBSOCKET_CONNECTIONS);
+    BUILD_INFO
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PINGORA_VERSION")])
+        .set(1);
     LazyLock::force(&WEBSOCKET_SESSIONS);
     LazyLock::force(&WEBSOCKET_BYTES);
     LazyLock::force(&GRPC_REQUESTS);

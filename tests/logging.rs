@@ -231,6 +231,46 @@ async fn log_format_follows_log_format_and_text_hides_pingora_chatter() {
             .any(|l| l.contains("INFO") && l.contains("Server starting")),
         "Pingora's start-up chatter is below warn in text mode: {err}"
     );
+    // The start-up summary: a block in text mode, one event in JSON.
+    let port = text.port;
+    for line in [
+        "gateway 0.1.0 (Pingora 0.9.".to_string(),
+        format!("  http      127.0.0.1:{port}"),
+        format!("  metrics   127.0.0.1:{}/metrics", text.metrics_port),
+        "  serving   ".to_string(),
+        "  auth      HS256 (JWT_SECRET)".to_string(),
+        "  store     embedded".to_string(),
+        "  config    ".to_string(),
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&line)),
+            "{line:?} in the summary: {err}"
+        );
+    }
+    let start = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "gateway starting")
+        .unwrap_or_else(|| panic!("the summary as one JSON event: {events:?}"));
+    assert_eq!(start["fields"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(start["fields"]["listeners"]
+        .as_str()
+        .is_some_and(|l| l.contains(&format!("127.0.0.1:{}", json.port))));
+}
+
+#[tokio::test]
+async fn build_info_names_the_version_and_pingora() {
+    let gw = Gateway::start("", &[]).await;
+    let m = gw.metrics().await;
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("gateway_build_info{"))
+        .unwrap_or_else(|| panic!("gateway_build_info: {m}"));
+    assert!(
+        line.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{line}"
+    );
+    assert!(line.contains("pingora=\"0.9."), "{line}");
+    assert!(line.ends_with(" 1"), "{line}");
 }
 
 #[tokio::test]
