@@ -96,7 +96,6 @@ impl CircuitBreaker {
     }
 
     /// The current state, as of `now`.
-    #[cfg(test)]
     pub fn state(&self, now: Instant) -> BreakerState {
         let inner = self.lock();
         match inner.state {

@@ -50,3 +50,78 @@ async fn a_browser_never_shows_one_users_profile_to_the_next() {
     assert_eq!(one[0]["status"].as_u64(), Some(200), "{v}");
     assert_eq!(one[1]["status"].as_u64(), Some(403), "{v}");
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_routes_and_upstreams_and_a_killed_backend_within_3_s() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    const TOKEN: &str = "dashboard-admin-token-0123456789";
+    let stays = common::Mocks::start(&["user"]);
+    let mut goes = common::Mocks::start(&["user"]);
+    let admin = common::free_port();
+    let section = format!(
+        "admin: {{ listen: \"127.0.0.1:{admin}\" }}\nupstreams:\n  users: {{ backends: [\"{}\", \"{}\"], health_check: {{ interval_ms: 300, consecutive_failure: 1, consecutive_success: 1 }} }}\nroutes:\n  - {{ name: users, match: {{ path: {{ prefix: \"/users/\" }} }}, upstream: users }}\n",
+        stays.addr("user"),
+        goes.addr("user")
+    );
+    let gw = common::Gateway::start(&section, &[("ADMIN_TOKEN", TOKEN.to_string())]).await;
+    let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/dashboard.png");
+    let _ = std::fs::remove_file(shot);
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyenv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.py");
+    let mut browser = tokio::process::Command::new(python)
+        .args([script, &format!("http://127.0.0.1:{admin}"), TOKEN, shot])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(browser.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).await.unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("the page loaded ({e}): {line:?}"));
+    // A wrong token: said clearly, nothing shown.
+    assert!(
+        first["refused"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused this token"),
+        "{first}"
+    );
+    assert_eq!(first["refused"]["data_shown"], false, "{first}");
+    assert!(
+        first["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "users"),
+        "{first}"
+    );
+    let backends = first["backends"].as_object().unwrap();
+    assert_eq!(
+        backends.get(&goes.addr("user")).unwrap(),
+        "healthy",
+        "{first}"
+    );
+    assert_eq!(
+        backends.get(&stays.addr("user")).unwrap(),
+        "healthy",
+        "{first}"
+    );
+    goes.proc.kill();
+    let mut stdin = browser.stdin.take().unwrap();
+    stdin.write_all(b"killed\n").await.unwrap();
+    line.clear();
+    out.read_line(&mut line).await.unwrap();
+    let second: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the page showed the change ({e}): {line:?}"));
+    println!("dashboard: {second}; screenshot {shot}");
+    assert_eq!(second["unhealthy"], goes.addr("user"), "{second}");
+    assert!(second["seconds"].as_f64().unwrap() < 3.0, "{second}");
+    let png = std::fs::read(shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "a screenshot for a person to look at"
+    );
+    drop(gw);
+}

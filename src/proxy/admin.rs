@@ -8,6 +8,8 @@
 //!   the tags, across replicas (the tags live in the shared store; in-process copies are
 //!   dropped through the invalidation feed).
 //! - `GET /cache/{aggregate}/{key…}`: the entry's age, remaining TTL, tags and staleness.
+//! - `GET /status/{routes,upstreams,issuers,limits,cache,config,traffic}`: the live state
+//!   (`status.rs`), and `GET /` the dashboard page that shows it (no data without the token).
 
 use std::sync::Arc;
 
@@ -67,6 +69,26 @@ impl AdminApi {
         }
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if let Some(page) = path.strip_prefix("/status/") {
+            if method != Method::GET {
+                return Err(GatewayError::MethodNotAllowed {
+                    message: "use GET".into(),
+                    allow: "GET".into(),
+                });
+            }
+            let snap = self.live.load_full();
+            let body = match page {
+                "routes" => super::status::routes(&snap),
+                "upstreams" => super::status::upstreams(&snap),
+                "issuers" => super::status::issuers(&snap),
+                "limits" => super::status::limits(&snap),
+                "cache" => super::status::cache(&snap),
+                "config" => super::status::config(&snap),
+                "traffic" => super::status::traffic(),
+                _ => return Err(GatewayError::NotFound("no such status page".into())),
+            };
+            return Ok((200, body));
+        }
         if path == "/routes" {
             if method != Method::GET {
                 return Err(GatewayError::MethodNotAllowed {
@@ -186,9 +208,27 @@ async fn read_tags(session: &mut ServerSession) -> Result<Vec<String>, GatewayEr
     Ok(parsed.tags)
 }
 
+/// The dashboard: one page, everything embedded (no build step, no CDN). It holds no data:
+/// what it shows comes from `/status/*` with the token the operator enters.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.uri.path() == "/" && req.method == Method::GET {
+            return Response::builder()
+                .status(200)
+                .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .header(http::header::CACHE_CONTROL, "no-store")
+                .header(
+                    "content-security-policy",
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+                )
+                .header("x-content-type-options", "nosniff")
+                .body(DASHBOARD.as_bytes().to_vec())
+                .unwrap_or_else(|_| Response::new(Vec::new()));
+        }
         let client = session
             .client_addr()
             .map(|a| a.to_string())

@@ -29,6 +29,15 @@ impl PassiveHealth {
         )))
     }
 
+    /// The state of `backend`'s breaker (`closed` without passive state).
+    pub(crate) fn state(backend: &Backend, now: Instant) -> &'static str {
+        match backend.ext.get::<PassiveHealth>().map(|p| p.0.state(now)) {
+            Some(crate::resilience::BreakerState::Open) => "open",
+            Some(crate::resilience::BreakerState::HalfOpen) => "half_open",
+            _ => "closed",
+        }
+    }
+
     /// Whether `backend` may take a request now (always, without passive state).
     pub(crate) fn admits(backend: &Backend, group: &str, now: Instant) -> bool {
         let Some(p) = backend.ext.get::<PassiveHealth>() else {

@@ -14,7 +14,8 @@
 //!   route's status retries.
 //! - `gateway`: the gateway's methods beside the phases (construction, what the reloader and
 //!   admin API take, refusing a request).
-//! - [`admin`]: the admin API (cache purge and inspection) on a listener of its own.
+//! - [`admin`]: the admin API (status pages, dashboard, cache purge) on a listener of its
+//!   own; `status`: what the status pages show.
 //! - [`tunnel`]: upgraded connections (WebSocket) joined to their backend; `grpc`: gRPC
 //!   calls' deadlines and the gateway's errors in gRPC's shape.
 //!
@@ -73,6 +74,7 @@ pub(crate) mod local;
 pub(crate) mod respond;
 pub(crate) mod routes;
 mod spans;
+mod status;
 mod traffic;
 pub(crate) mod tunnel;
 pub(crate) mod upstreams;
@@ -95,13 +97,6 @@ pub struct Gateway {
     shared: Arc<Shared>,
     /// Bytes all buffered request bodies may hold together.
     body_budget: Arc<body::BodyBudget>,
-}
-
-/// Whether the final response header went out (a `100 Continue` is not an answer).
-fn answered(session: &Session) -> bool {
-    session
-        .response_written()
-        .is_some_and(|r| !r.status.is_informational())
 }
 
 #[async_trait]
@@ -722,12 +717,12 @@ impl ProxyHttp for Gateway {
     /// the backend's header was already sent (the client then sees a cut stream, never a second
     /// response). The connection is never reused after this.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        if body::is_malformed(e) && !answered(session) {
+        if body::is_malformed(e) && !respond::answered(session) {
             // A streamed body whose chunked framing broke: 400 (below), counted like the
             // refusals made before proxying.
             metrics::HTTP_REJECTED.with_label_values(&["chunked"]).inc();
         }
-        if let Some(event) = respond::client_event(e, answered(session)) {
+        if let Some(event) = respond::client_event(e, respond::answered(session)) {
             report(event);
         }
         let Some(err) = ctx.local_error.take().or_else(|| respond::proxy_failure(e)) else {
@@ -739,7 +734,7 @@ impl ProxyHttp for Gateway {
         if matches!(err, GatewayError::Internal) {
             tracing::error!(request_id = %ctx.request_id, error = %e, "internal error while proxying");
         }
-        if !answered(session) {
+        if !respond::answered(session) {
             // Pingora closes the connection after an error once proxying began (it reuses the
             // client's connection only when the upstream exchange completed), so the answer
             // says so: a client must never pool a connection that is about to close. A group

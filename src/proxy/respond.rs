@@ -89,6 +89,13 @@ pub(crate) async fn error(
     json(session, err.status(), Bytes::from(err.body()), &all).await
 }
 
+/// Whether the final response header went out (a `100 Continue` is not an answer).
+pub(crate) fn answered(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational())
+}
+
 fn is_timeout(e: &Error) -> bool {
     matches!(
         e.etype(),

@@ -129,6 +129,34 @@ impl UpstreamGroup {
         }
     }
 
+    /// Each backend as the admin API shows it: address, active health, breaker, requests in
+    /// flight (counted for `least_requests` groups only).
+    pub(crate) fn status(&self, now: Instant) -> serde_json::Value {
+        let backends: Vec<serde_json::Value> = with_lb!(&self.lb, lb => {
+            let all = lb.backends();
+            all.get_backend()
+                .iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "address": b.addr.to_string(),
+                        "healthy": all.ready(b),
+                        "breaker": PassiveHealth::state(b, now),
+                        "in_flight": InFlight::of(b),
+                        "weight": b.weight,
+                    })
+                })
+                .collect()
+        });
+        serde_json::json!({
+            "group": &*self.name,
+            "balance": format!("{:?}", self.config.balance),
+            "backends": backends,
+            "unresolved": self.unresolved(),
+            "tls": self.config.tls.is_some(),
+            "http2": self.config.h2_streams.is_some(),
+        })
+    }
+
     /// Whether a try that failed to connect may go to another backend: bounded by the
     /// group's `connect_retries` and by the backends not tried yet.
     pub(crate) fn may_retry_connect(&self, tried: usize) -> bool {
