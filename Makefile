@@ -103,6 +103,11 @@ run: build
 		for i in $$(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null && break; sleep 0.1; done
 	done
 	TOKEN=$$(./target/release/gateway token --sub 1 --ttl 24h)
+	# conf/gateway.yaml plus the admin listener (its dashboard), with a development token.
+	mkdir -p target/run
+	{ cat conf/gateway.yaml; printf '  admin: { listen: "127.0.0.1:9092" }\n'; } > target/run/gateway.yaml
+	ADMIN_TOKEN=$$(openssl rand -hex 16)
+	export ADMIN_TOKEN
 	IDP_TOKEN=$$(curl -s -X POST -d '{"sub":"1","alg":"ES256","ttl":86400}' http://127.0.0.1:8085/token | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
 	echo
 	echo "Gateway on http://127.0.0.1:8080 (metrics on :9091), mocks on 8081-8084, identity provider on 8085."
@@ -114,8 +119,11 @@ run: build
 	echo "  curl -s -H \"Authorization: Bearer $$TOKEN\" http://127.0.0.1:8080/api/products"
 	echo "The same user with a token from the identity provider (ES256, verified with its published keys):"
 	echo "  curl -s -H \"Authorization: Bearer $$IDP_TOKEN\" http://127.0.0.1:8080/api/profile/1"
+	echo "The dashboard and admin API (development token, this run only):"
+	echo "  open http://127.0.0.1:9092/   token: $$ADMIN_TOKEN"
+	echo "  curl -s -H \"Authorization: Bearer $$ADMIN_TOKEN\" http://127.0.0.1:9092/status/upstreams"
 	echo
-	./target/release/gateway -c conf/gateway.yaml
+	./target/release/gateway -c target/run/gateway.yaml
 
 test: test-deps
 	@set -euo pipefail
