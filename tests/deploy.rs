@@ -256,12 +256,34 @@ fn compose_and_dockerfile_agree_with_the_code() {
     );
     assert!(dockerfile.contains("STOPSIGNAL SIGTERM"));
     assert!(dockerfile.contains("EXPOSE 8080 9091"));
-    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/healthz"));
+    // Exec form, honouring HTTP_PORT (`gateway health`): no shell, no curl in the image.
+    assert!(
+        dockerfile.contains("HEALTHCHECK") && dockerfile.contains("CMD [\"gateway\", \"health\"]")
+    );
+    assert!(
+        !dockerfile.contains("FROM rust:1-") && !dockerfile.contains(":latest"),
+        "pinned bases"
+    );
+    assert!(
+        dockerfile.contains("echo 'fn main() {}' > src/main.rs"),
+        "a dependency layer built before the sources are copied"
+    );
     assert!(dockerfile.contains("apt-get install -y --no-install-recommends cmake"));
     assert!(dockerfile.contains("-p gateway -p mocks"));
     assert_eq!(s(&svc("mocks")["entrypoint"][0]), "mocks");
     assert!(dockerfile.contains("/usr/local/bin/mocks"));
-    assert!(dockerfile.contains("COPY conf/gateway.yaml /etc/gateway/gateway.yaml"));
+    assert!(dockerfile.contains("COPY deploy/container.yaml /etc/gateway/gateway.yaml"));
+    let lint = root().join("target/lintenv/bin/hadolint");
+    let out = Command::new(&lint)
+        .arg(&dockerfile_path)
+        .output()
+        .expect("hadolint (make test installs tests/requirements-lint.txt)");
+    assert!(
+        out.status.success(),
+        "hadolint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(s(&svc("mocks")["environment"]["MOCKS_HOST"]), "0.0.0.0");
 
     // Prometheus scrapes the compose gateway's metrics port; Grafana finds Prometheus and the
@@ -280,6 +302,18 @@ fn compose_and_dockerfile_agree_with_the_code() {
     assert!(
         out.status.success(),
         "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every alert fires on the series that mean trouble and not on healthy ones.
+    let out = Command::new("promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(root().join("deploy/prometheus"))
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -782,4 +816,65 @@ mod toml_like {
                 .collect()
         }
     }
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_checkov_with_every_skip_explained() {
+    let out = Command::new(root().join("target/lintenv/bin/checkov"))
+        .args([
+            "-d",
+            "deploy/k8s",
+            "--framework",
+            "kubernetes",
+            "--compact",
+            "--skip-download",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("checkov (make test installs tests/requirements-lint.txt)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Failed checks: 0,"), "checkov: {text}");
+    // Each accepted finding carries its reason (`checkov.io/skipN: ID=why`).
+    for f in std::fs::read_dir(root().join("deploy/k8s")).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        for line in text.lines().filter(|l| l.contains("checkov.io/skip")) {
+            let why = line.split_once('=').map_or("", |(_, w)| w.trim());
+            assert!(why.len() > 20, "a skip without a reason: {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_images_conf_becomes_ready_alone_and_its_health_check_follows_http_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics) = (common::free_port(), common::free_port());
+    let mut gw = common::Proc::spawn(
+        "gateway (container conf)",
+        Command::new(common::gateway_bin())
+            .args(["-c"])
+            .arg(root().join("deploy/container.yaml"))
+            .current_dir(dir.path())
+            .env("JWT_SECRET", common::SECRET)
+            .env("HTTP_PORT", port.to_string())
+            .env("METRICS_PORT", metrics.to_string())
+            .env("RUST_LOG", "warn"),
+    );
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    common::eventually(
+        "ready with nothing else running",
+        std::time::Duration::from_secs(30),
+        async || reqwest::get(&url).await.is_ok_and(|r| r.status() == 200),
+    )
+    .await;
+    let health = |port: Option<u16>| {
+        let mut cmd = Command::new(common::gateway_bin());
+        cmd.arg("health").env_remove("HTTP_PORT");
+        if let Some(p) = port {
+            cmd.env("HTTP_PORT", p.to_string());
+        }
+        cmd.status().unwrap().code()
+    };
+    assert_eq!(health(Some(port)), Some(0));
+    assert_eq!(health(Some(common::free_port())), Some(1), "nothing there");
+    gw.kill();
 }

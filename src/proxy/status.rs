@@ -178,7 +178,7 @@ pub(crate) fn cache(snap: &Snapshot) -> Value {
 /// `GET /status/config`: the running configuration and its reloads.
 pub(crate) fn config(snap: &Snapshot) -> Value {
     let families = prometheus::gather();
-    let reloads = sum_by(&families, "config_reloads_total", |_| true, "result");
+    let reloads = sum_by(&families, "config_reload_total", |_| true, "result");
     json!({
         "generation": snap.generation,
         "fingerprint": snap.hash,
