@@ -318,6 +318,15 @@ pub static MIRROR_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Pingora's pool race: a pooled upstream connection taken by another request first.
+pub static UPSTREAM_POOL_RACES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "upstream_pool_races_total",
+        "Pooled upstream connections another request took first (a new one was opened; harmless)"
+    )
+    .unwrap_or_else(|e| panic!("metric cannot be registered: {e}"))
+});
+
 /// WebSocket (and other upgraded) tunnels open now.
 pub static WEBSOCKET_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -610,6 +619,7 @@ pub fn init() {
     LazyLock::force(&SPLIT_REQUESTS);
     LazyLock::force(&MIRROR_REQUESTS);
     LazyLock::force(&WEBSOCKET_CONNECTIONS);
+    LazyLock::force(&UPSTREAM_POOL_RACES);
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PINGORA_VERSION")])
         .set(1);

@@ -295,3 +295,49 @@ async fn access_off_leaves_the_access_log_out_and_the_rest_in() {
         "other INFO lines still written:\n{err}"
     );
 }
+
+#[tokio::test]
+async fn health_changes_and_deliberate_503s_are_the_gateways_lines_not_pingoras() {
+    // A group whose one backend is down: its health check fails, then a request gets 503.
+    let dead = free_port();
+    // And a group of two dead backends the checks have not noticed yet (one round a minute):
+    // both tries fail to connect (502).
+    let (d1, d2) = (free_port(), free_port());
+    let section = format!(
+        "upstreams:\n  gone: {{ backends: [\"127.0.0.1:{dead}\"], health_check: {{ kind: tcp, interval_ms: 200, consecutive_failure: 1 }} }}\n  unnoticed: {{ backends: [\"127.0.0.1:{d1}\", \"127.0.0.1:{d2}\"], health_check: {{ kind: tcp, interval_ms: 60000 }}, connect_retries: 1 }}\nroutes:\n  - {{ name: gone, match: {{ path: {{ prefix: \"/gone/\" }} }}, upstream: gone, auth: public }}\n  - {{ name: unnoticed, match: {{ path: {{ prefix: \"/unnoticed/\" }} }}, upstream: unnoticed, auth: public }}\n"
+    );
+    let mut gw = Gateway::builder(&section).unready().start().await;
+    let c = client();
+    let mut status = 0;
+    eventually(
+        "the group is seen unhealthy",
+        Duration::from_secs(10),
+        async || {
+            status = c
+                .get(gw.url("/gone/x"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            status == 503
+        },
+    )
+    .await;
+    let r = c.get(gw.url("/unnoticed/x")).send().await.unwrap();
+    assert!(matches!(r.status().as_u16(), 502 | 503), "{}", r.status());
+    let (_, err) = gw.stop_and_read();
+    assert!(
+        err.contains("backend failed its health check"),
+        "the gateway's own line: {err}"
+    );
+    for pingora in ["becomes unhealthy", "Backend {", "ext: "] {
+        assert!(!err.contains(pingora), "{pingora:?} reached the log: {err}");
+    }
+    // Backends refusing connections are worth Pingora's line (a 502, the backend's fault);
+    // a 503 the gateway decides is not (unit: `respond::tests::answers_decided_here_are_not_errors`).
+    assert!(
+        !err.lines()
+            .any(|l| l.contains("Fail to proxy") && l.contains("no healthy backend")),
+        "{err}"
+    );
+}

@@ -177,6 +177,12 @@ enum ClientLine {
     /// Pingora's per-request line for a client that was too slow or went away (counted by
     /// the connection wrapper and `fail_to_proxy`, not here).
     ClientFailure,
+    /// Pingora's ERROR when a pooled upstream connection was taken by another request first
+    /// (a harmless race: a new connection is opened): counted, and said at DEBUG.
+    PoolRace,
+    /// Pingora's health-change line (a backend's Debug form): the gateway says it itself,
+    /// once, in its own words.
+    HealthChange,
 }
 
 impl ClientLine {
@@ -188,12 +194,24 @@ impl ClientLine {
             let cut = seen.message.contains("reset") && seen.message.contains("reached limit");
             return cut.then_some(ClientLine::RapidReset);
         }
+        if meta.target().starts_with("pingora_load_balancing") || meta.target() == "log" {
+            let mut seen = PingoraLine::default();
+            event.record(&mut seen);
+            if seen.from_balancer
+                && (seen.message.contains(" becomes unhealthy")
+                    || seen.message.ends_with(" becomes healthy"))
+            {
+                return Some(ClientLine::HealthChange);
+            }
+        }
         if *meta.level() != tracing::Level::ERROR {
             return None;
         }
         let mut seen = PingoraLine::default();
         event.record(&mut seen);
-        if seen.from_listener && seen.message.starts_with("Downstream handshake") {
+        if seen.from_connectors && seen.message == "failed to acquire reusable stream" {
+            Some(ClientLine::PoolRace)
+        } else if seen.from_listener && seen.message.starts_with("Downstream handshake") {
             Some(ClientLine::Handshake)
         } else if seen.from_proxy && is_client_failure(&seen.message) {
             Some(ClientLine::ClientFailure)
@@ -233,7 +251,13 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountClientErrors 
                 .with_label_values(&[RAPID_RESET])
                 .inc(),
             Some(ClientLine::Handshake) => metrics::TLS_HANDSHAKE_ERRORS.inc(),
-            Some(ClientLine::ClientFailure) | None => {}
+            Some(ClientLine::PoolRace) => {
+                metrics::UPSTREAM_POOL_RACES.inc();
+                tracing::debug!(
+                    "a pooled upstream connection was taken by another request first; a new one was opened"
+                );
+            }
+            Some(ClientLine::ClientFailure | ClientLine::HealthChange) | None => {}
         }
     }
 }
@@ -245,6 +269,10 @@ struct PingoraLine {
     from_proxy: bool,
     /// From Pingora's accept loop (`services::listening`), where TLS handshakes fail.
     from_listener: bool,
+    /// From Pingora's connectors (the upstream connection pool).
+    from_connectors: bool,
+    /// From Pingora's load balancer (its health checks).
+    from_balancer: bool,
 }
 
 impl tracing::field::Visit for PingoraLine {
@@ -252,6 +280,8 @@ impl tracing::field::Visit for PingoraLine {
         if field.name() == "log.target" {
             self.from_proxy = value.starts_with("pingora_proxy");
             self.from_listener = value.starts_with("pingora_core::services::listening");
+            self.from_connectors = value.starts_with("pingora_core::connectors");
+            self.from_balancer = value.starts_with("pingora_load_balancing");
         }
     }
 

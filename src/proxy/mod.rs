@@ -375,7 +375,10 @@ impl ProxyHttp for Gateway {
             ctx.local_error = Some(GatewayError::Timeout(
                 "the route's total timeout passed".into(),
             ));
-            return Err(Error::explain(ErrorType::HTTPStatus(504), "total timeout"));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(504),
+                respond::TOTAL_TIMEOUT,
+            ));
         }
         if ctx.tried.is_empty() && route.config.retries.is_some() {
             // Only routes that retry draw from the budget, so only they fill it.
@@ -391,7 +394,7 @@ impl ProxyHttp for Gateway {
             ));
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
-                "no healthy backend",
+                respond::NO_HEALTHY_BACKEND,
             ));
         };
         let PingoraAddr::Inet(addr) = backend.addr else {
@@ -756,6 +759,7 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
         respond::client_event(e, false).is_some()
             || matches!(e.etype(), ErrorType::HTTPStatus(408 | 413))
+            || respond::decided_here(e)
     }
 
     /// Runs last for every request, whatever happened. A proxied request that ended without

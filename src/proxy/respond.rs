@@ -96,6 +96,21 @@ pub(crate) fn answered(session: &Session) -> bool {
         .is_some_and(|r| !r.status.is_informational())
 }
 
+/// What `upstream_peer` says when the gateway itself decides the answer (503 with no healthy
+/// backend, 504 past the route's total timeout): an answer given on purpose, counted in the
+/// metrics and the access log, not an ERROR line per request.
+pub(crate) const NO_HEALTHY_BACKEND: &str = "no healthy backend";
+/// The route's total timeout passed before a try could start.
+pub(crate) const TOTAL_TIMEOUT: &str = "total timeout";
+
+/// Whether `e` is one of the answers the gateway decided itself (see [`NO_HEALTHY_BACKEND`]).
+pub(crate) fn decided_here(e: &Error) -> bool {
+    matches!(e.etype(), ErrorType::HTTPStatus(503 | 504))
+        && e.context
+            .as_ref()
+            .is_some_and(|c| matches!(c.as_str(), NO_HEALTHY_BACKEND | TOTAL_TIMEOUT))
+}
+
 fn is_timeout(e: &Error) -> bool {
     matches!(
         e.etype(),
@@ -161,6 +176,24 @@ mod tests {
 
     fn status(e: Box<Error>) -> Option<u16> {
         proxy_failure(&e).map(|g| g.status())
+    }
+
+    #[test]
+    fn answers_decided_here_are_not_errors() {
+        use ErrorType::*;
+        assert!(decided_here(&Error::explain(
+            HTTPStatus(503),
+            NO_HEALTHY_BACKEND
+        )));
+        assert!(decided_here(&Error::explain(
+            HTTPStatus(504),
+            TOTAL_TIMEOUT
+        )));
+        assert!(!decided_here(&Error::explain(
+            HTTPStatus(503),
+            "the backend said so"
+        )));
+        assert!(!decided_here(&Error::new_up(ConnectRefused)));
     }
 
     #[test]
