@@ -330,7 +330,7 @@ async fn health_changes_and_deliberate_503s_are_the_gateways_lines_not_pingoras(
         err.contains("backend failed its health check"),
         "the gateway's own line: {err}"
     );
-    for pingora in ["becomes unhealthy", "Backend {", "ext: "] {
+    for pingora in ["becomes unhealthy", "Backend {", "ext: {"] {
         assert!(!err.contains(pingora), "{pingora:?} reached the log: {err}");
     }
     // Backends refusing connections are worth Pingora's line (a 502, the backend's fault);
