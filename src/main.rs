@@ -245,10 +245,21 @@ fn main() {
             std::process::exit(1);
         }
     }
+    let daemon = opt.daemon;
     let mut server = gateway::build_server(opt, config, text)
         .unwrap_or_else(|e| fail(format!("cannot start: {e}")));
-    // With -t this validates Pingora's own keys and exits.
+    // With -t this validates Pingora's own keys and exits. With -u it returns once the old
+    // process has handed its listening sockets over.
     server.bootstrap();
+    if !daemon {
+        // Pingora writes `pid_file` only when it daemonizes; `kill -HUP "$(cat pid_file)"` (a
+        // reload) and an upgrade's `kill -QUIT` must work in the foreground too. Written here,
+        // an upgrade's new process takes the file over once it holds the sockets.
+        let path = &server.configuration.pid_file;
+        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+            tracing::warn!(file = %path, error = %e, "cannot write the pid file");
+        }
+    }
     server.run(RunArgs::default());
     // Pingora's `run_forever` exits here without a word; the log queues are written out first.
     gateway::logging::flush(Duration::from_secs(2));

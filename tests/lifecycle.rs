@@ -577,3 +577,56 @@ async fn idle_connections_close_after_the_keep_alive_limit_and_when_shutdown_beg
     assert!(idle_closed < slow_done, "the idle connection closed first");
     assert!(gw.proc.wait_exit(Duration::from_secs(15)).is_some());
 }
+
+#[tokio::test]
+async fn the_pid_file_names_the_serving_process_in_the_foreground_across_an_upgrade() {
+    // The reload and upgrade steps of docs/OPERATIONS.md read the pid file; Pingora writes it
+    // only with -d.
+    let mut old = Gateway::start("", &[]).await;
+    let pid_file = old.dir.path().join("gw.pid");
+    let read = || {
+        std::fs::read_to_string(&pid_file)
+            .unwrap_or_default()
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    assert_eq!(read(), old.proc.child.id(), "the running process");
+    let mut new = old.spawn_upgrade();
+    let sock = old.dir.path().join("upgrade.sock");
+    eventually(
+        "the new process waits",
+        Duration::from_secs(10),
+        async || sock.exists(),
+    )
+    .await;
+    assert_eq!(
+        read(),
+        old.proc.child.id(),
+        "still the old one until it hands over"
+    );
+    // What the docs do: kill -QUIT "$(cat pid_file)".
+    let status = std::process::Command::new("kill")
+        .args(["-QUIT", &read().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let new_pid = new.child.id();
+    eventually(
+        "the pid file names the new process",
+        Duration::from_secs(10),
+        async || read() == new_pid,
+    )
+    .await;
+    assert!(
+        old.proc.wait_exit(Duration::from_secs(15)).is_some(),
+        "the old process exits"
+    );
+    let r = common::client()
+        .get(old.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the new process serves");
+    new.kill();
+}
