@@ -217,6 +217,7 @@ pub fn build_server(opt: Opt, config: Config, conf_text: String) -> pingora::Res
     if !testing {
         summary::announce(&config, conf_path.as_deref(), &hash);
     }
+    proxy::access::set_format(config.access_format);
     metrics::CONFIG_INFO.with_label_values(&[&hash]).set(1);
     let config = Arc::new(config);
     let mut server = Server::new_with_opt_and_conf(opt_without_conf(opt), server_conf(&conf_text)?);

@@ -183,6 +183,7 @@ fn keep_process_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!(admin, "gateway.admin");
     keep!(h2c, "gateway.h2c");
     keep!(listen_retry, "gateway.listen_retry_seconds");
+    keep!(access_format, "gateway.log.access_format");
     keep!(
         limits.header_read_timeout,
         "gateway.limits.header_read_timeout_ms"

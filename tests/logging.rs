@@ -341,3 +341,36 @@ async fn health_changes_and_deliberate_503s_are_the_gateways_lines_not_pingoras(
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_access_log_can_be_one_readable_line_per_request() {
+    let mut gw = Gateway::start(
+        "log: { access_format: text }\n",
+        &[("RUST_LOG", "info".into())],
+    )
+    .await;
+    let r = client()
+        .get(gw.url("/nowhere?token=s3cret"))
+        .header("x-request-id", "readable-0001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (out, _) = gw.stop_and_read();
+    let line = out
+        .lines()
+        .find(|l| l.contains("id=readable-0001"))
+        .unwrap_or_else(|| panic!("the request's line: {out}"));
+    assert!(!line.starts_with('{'), "{line}");
+    let words: Vec<&str> = line.split(' ').collect();
+    assert_eq!(
+        &words[1..5],
+        ["127.0.0.1", "GET", "/nowhere?token=", "404"],
+        "{line}"
+    );
+    assert!(words[5].ends_with("ms"), "{line}");
+    assert!(
+        line.contains(" route=") && !line.contains("s3cret"),
+        "{line}"
+    );
+}

@@ -47,6 +47,7 @@ pub(super) struct GatewayFile {
     pub(super) redirect_http: bool,
     pub(super) h2c: bool,
     pub(super) listen_retry_seconds: u64,
+    pub(super) log: LogFile,
     pub(super) cors: Vec<CorsFile>,
     pub(super) compression: Option<CompressionFile>,
     pub(super) readiness: ReadinessFile,
@@ -73,6 +74,7 @@ impl Default for GatewayFile {
             redirect_http: false,
             h2c: false,
             listen_retry_seconds: 5,
+            log: LogFile::default(),
             cors: Vec::new(),
             compression: None,
             readiness: ReadinessFile::default(),
@@ -82,6 +84,13 @@ impl Default for GatewayFile {
             dns: None,
         }
     }
+}
+
+/// `gateway.log` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct LogFile {
+    pub(super) access_format: Option<super::AccessFormat>,
 }
 
 /// `gateway.reload`: how the conf file is re-read without a restart.

@@ -72,6 +72,16 @@ pub use upstreams::{
     WebSocketLimits,
 };
 
+/// How access lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    /// One JSON object per line.
+    Json,
+    /// One readable line: time, client, method, path, status, duration, then key=value.
+    Text,
+}
+
 /// A short, stable fingerprint of checked settings (FNV-1a over `Debug`): the same on every
 /// replica and across restarts, unlike `std`'s randomly seeded hasher.
 pub fn fingerprint<T: std::fmt::Debug>(value: &T) -> String {
@@ -138,6 +148,8 @@ pub struct Config {
     pub h2c: bool,
     /// How long start waits for a listen address that is in use before giving up.
     pub listen_retry: Duration,
+    /// The access log's format (`gateway.log.access_format`); `None`: text on a terminal.
+    pub access_format: Option<AccessFormat>,
     /// Browser cross-origin policies, first matching route prefix wins; empty: no CORS.
     pub cors: Vec<CorsPolicy>,
     /// Response compression; `None`: answers are sent as they are.

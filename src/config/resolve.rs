@@ -80,6 +80,7 @@ impl GatewayFile {
             redirect_http: self.redirect_http,
             h2c: self.h2c,
             listen_retry: std::time::Duration::from_secs(self.listen_retry_seconds),
+            access_format: self.log.access_format,
             cors: super::cors::resolve_cors(self.cors)?,
             compression: super::compression::resolve_compression(self.compression)?,
             readiness: self.readiness.resolve(),

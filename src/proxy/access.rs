@@ -133,14 +133,70 @@ pub(crate) fn millis(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
+/// Whether access lines are text (`gateway.log.access_format`), set once at start.
+static TEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Chooses the access log's format: `text` or `json` as configured, else text when stdout is
+/// a terminal (a person reading) and JSON otherwise (a log pipeline).
+pub(crate) fn set_format(configured: Option<crate::config::AccessFormat>) {
+    use std::io::IsTerminal;
+    let text = match configured {
+        Some(crate::config::AccessFormat::Text) => true,
+        Some(crate::config::AccessFormat::Json) => false,
+        None => std::io::stdout().is_terminal(),
+    };
+    TEXT.store(text, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Queues the record as one line (dropped and counted if stdout cannot keep up).
 pub(crate) fn write(record: &AccessRecord<'_>) {
     let mut line = Vec::with_capacity(320);
-    if serde_json::to_writer(&mut line, record).is_err() {
+    if TEXT.load(std::sync::atomic::Ordering::Relaxed) {
+        line = text_line(record).into_bytes();
+    } else if serde_json::to_writer(&mut line, record).is_err() {
         return;
     }
     line.push(b'\n');
     crate::logging::stdout().write_line(line);
+}
+
+/// One readable line: time, client, method, path, status and duration first, then the rest
+/// as key=value (only what the request has).
+fn text_line(r: &AccessRecord<'_>) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "{} {} {} {} {} {}ms route={}",
+        r.time,
+        r.client_ip
+            .map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+        r.method,
+        r.path,
+        r.status,
+        r.duration_ms,
+        r.route
+    );
+    let mut kv = |k: &str, v: Option<&str>| {
+        if let Some(v) = v {
+            let _ = write!(s, " {k}={v}");
+        }
+    };
+    kv("upstream", r.upstream.as_deref());
+    kv("group", r.upstream_group);
+    kv("aggregate", r.aggregate);
+    kv("cache", r.cache);
+    kv("user", r.user);
+    kv("tunnel", r.tunnel);
+    kv("original_path", r.original_path.as_deref());
+    kv("trace_id", r.trace_id);
+    if let Some(g) = r.grpc_status {
+        let _ = write!(s, " grpc_status={g}");
+    }
+    let _ = write!(
+        s,
+        " bytes={} id={} protocol={}",
+        r.bytes_sent, r.request_id, r.protocol
+    );
+    s
 }
 
 /// RFC 3339 timestamp of now, millisecond precision.
