@@ -46,14 +46,31 @@ async fn preflights_are_answered_before_authentication_and_never_proxied() {
     );
     assert_eq!(h["access-control-max-age"], "600");
     assert_eq!(h["vary"], "Origin");
-    for (origin, method, hdrs) in [
-        ("https://evil.example", "GET", "authorization"),
-        (APP, "DELETE", "authorization"),
-        (APP, "GET", "x-secret"),
+    // Refused: a foreign origin learns nothing; an allowed one gets its CORS headers and what
+    // is allowed, so that the browser's console names the refused method or header, and the
+    // message says it too.
+    for (origin, method, hdrs, says) in [
+        (
+            "https://evil.example",
+            "GET",
+            "authorization",
+            "origin `https://evil.example`",
+        ),
+        (APP, "DELETE", "authorization", "method `DELETE`"),
+        (APP, "GET", "x-secret", "header `x-secret`"),
     ] {
         let r = pre(origin, method, hdrs).await;
         assert_eq!(r.status(), 403, "{origin} {method} {hdrs}");
-        assert!(r.headers().get("access-control-allow-origin").is_none());
+        let acao = r.headers().get("access-control-allow-origin").cloned();
+        let methods = r.headers().get("access-control-allow-methods").cloned();
+        let body = r.text().await.unwrap();
+        assert!(body.contains(says), "{body}");
+        if origin == APP {
+            assert_eq!(acao.unwrap(), APP);
+            assert_eq!(methods.unwrap(), "GET, POST");
+        } else {
+            assert!(acao.is_none() && methods.is_none());
+        }
     }
     assert!(
         echo.requests().is_empty(),

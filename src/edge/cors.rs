@@ -18,8 +18,15 @@ pub(crate) struct Cors {
 pub(crate) enum Preflight {
     /// Allowed: answer 204 with these headers.
     Allow(Vec<Header>),
-    /// The origin, method or a header is not allowed: 403, no CORS headers.
-    Deny,
+    /// The origin, method or a header is not allowed: 403 saying which. For an allowed origin
+    /// the answer carries its CORS headers and what is allowed, so that the browser's console
+    /// names the refused method or header instead of a bare CORS failure.
+    Deny {
+        /// Headers of the 403 (none for an origin the policy refuses).
+        headers: Vec<Header>,
+        /// What was refused, for the error's message.
+        why: String,
+    },
 }
 
 impl Cors {
@@ -49,21 +56,21 @@ impl Cors {
         let asked = headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD)?;
         let policy = self.policy(path)?;
         let Some(mut out) = allowed_origin(policy, origin) else {
-            return Some(Preflight::Deny);
+            return Some(Preflight::Deny {
+                headers: Vec::new(),
+                why: format!("the origin `{origin}` is not allowed by the CORS policy"),
+            });
         };
         let method_ok =
             Method::from_bytes(asked.as_bytes()).is_ok_and(|m| policy.allow_methods.contains(&m));
-        let headers_ok = headers
+        let refused_header = headers
             .get_all(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(|h| h.trim().to_ascii_lowercase())
             .filter(|h| !h.is_empty())
-            .all(|h| policy.allow_headers.iter().any(|a| a.as_str() == h));
-        if !method_ok || !headers_ok {
-            return Some(Preflight::Deny);
-        }
+            .find(|h| !policy.allow_headers.iter().any(|a| a.as_str() == h));
         let join = |it: &mut dyn Iterator<Item = &str>| it.collect::<Vec<_>>().join(", ");
         out.push((
             "Access-Control-Allow-Methods",
@@ -74,6 +81,17 @@ impl Cors {
                 "Access-Control-Allow-Headers",
                 join(&mut policy.allow_headers.iter().map(|h| h.as_str())),
             ));
+        }
+        let why = if !method_ok {
+            Some(format!(
+                "the method `{}` is not allowed by the CORS policy",
+                String::from_utf8_lossy(asked.as_bytes())
+            ))
+        } else {
+            refused_header.map(|h| format!("the header `{h}` is not allowed by the CORS policy"))
+        };
+        if let Some(why) = why {
+            return Some(Preflight::Deny { headers: out, why });
         }
         out.push((
             "Access-Control-Max-Age",
@@ -210,18 +228,24 @@ mod tests {
             }
             c.preflight(&Method::OPTIONS, path, &headers(&h))
         };
+        let denied = |p: Option<Preflight>| match p {
+            Some(Preflight::Deny { headers, why }) => (headers, why),
+            other => panic!("denied: {other:?}"),
+        };
+        let (h, why) = denied(pre("https://evil.example", "GET", "", "/api/x"));
+        assert!(h.is_empty(), "no CORS headers for a refused origin");
+        assert!(why.contains("https://evil.example"), "{why}");
+        // An allowed origin learns what it may do: the console then names the refusal.
+        let (h, why) = denied(pre("https://app.example.com", "DELETE", "", "/api/x"));
+        assert!(why.contains("`DELETE`"), "{why}");
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
         assert_eq!(
-            pre("https://evil.example", "GET", "", "/api/x"),
-            Some(Preflight::Deny)
+            get("Access-Control-Allow-Origin").as_deref(),
+            Some("https://app.example.com")
         );
-        assert_eq!(
-            pre("https://app.example.com", "DELETE", "", "/api/x"),
-            Some(Preflight::Deny)
-        );
-        assert_eq!(
-            pre("https://app.example.com", "GET", "x-custom", "/api/x"),
-            Some(Preflight::Deny)
-        );
+        assert!(get("Access-Control-Allow-Methods").is_some_and(|m| !m.contains("DELETE")));
+        let (_, why) = denied(pre("https://app.example.com", "GET", "x-custom", "/api/x"));
+        assert!(why.contains("`x-custom`"), "{why}");
         assert_eq!(
             pre("https://app.example.com", "GET", "", "/other"),
             None,

@@ -81,11 +81,15 @@ impl Gateway {
                 }
                 session.write_response_header(Box::new(resp), true).await?;
             }
-            Preflight::Deny => {
-                let e = GatewayError::Forbidden(
-                    "the origin, method or headers are not allowed by the CORS policy".into(),
+            Preflight::Deny { headers, why } => {
+                let e = GatewayError::Forbidden(why.into());
+                let mut all = ctx.local_headers();
+                all.extend(
+                    headers
+                        .into_iter()
+                        .filter_map(|(n, v)| Some((n, http::HeaderValue::from_str(&v).ok()?))),
                 );
-                respond::error(session, &e, &ctx.local_headers()).await?;
+                respond::error(session, &e, &all).await?;
             }
         }
         Ok(true)
