@@ -93,6 +93,18 @@ async fn status_pages_answer_json_with_the_token_and_nothing_without() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
+    // A purge on the embedded store has no replica to announce it to: `announced` is null.
+    let r = c
+        .post(format!("http://127.0.0.1:{admin}/cache/invalidate"))
+        .bearer_auth(TOKEN)
+        .body(r#"{"tags":["user:1"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["announced"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["invalidated"], 0, "{v}");
     // The page itself needs no token and carries no data; scripts only its own.
     let r = c
         .get(format!("http://127.0.0.1:{admin}/"))

@@ -120,7 +120,7 @@ impl AdminApi {
             PurgeKind::Tag.count(purged.count);
             return Ok((
                 200,
-                serde_json::json!({ "tags": tags, "invalidated": purged.count, "announced": purged.announced }),
+                serde_json::json!({ "tags": tags, "invalidated": purged.count, "announced": announced(&snap, purged.announced) }),
             ));
         }
         let (name, key) =
@@ -139,7 +139,7 @@ impl AdminApi {
                 PurgeKind::Key.count(purged.count);
                 Ok((
                     200,
-                    serde_json::json!({ "aggregate": name, "key": key, "invalidated": purged.count, "announced": purged.announced }),
+                    serde_json::json!({ "aggregate": name, "key": key, "invalidated": purged.count, "announced": announced(&snap, purged.announced) }),
                 ))
             }
             Method::GET => match aggregate.inspect(key).await.map_err(unavailable)? {
@@ -153,6 +153,17 @@ impl AdminApi {
                 allow: "GET, DELETE".into(),
             }),
         }
+    }
+}
+
+/// Whether the purge was announced to the other replicas: `null` on the embedded store, where
+/// there are none to tell (one process holds the only copy).
+fn announced(snap: &Snapshot, announced: bool) -> serde_json::Value {
+    let r = &snap.config.redis;
+    if r.url.is_none() && r.cluster.is_empty() && r.sentinel.is_none() {
+        serde_json::Value::Null
+    } else {
+        announced.into()
     }
 }
 
