@@ -86,11 +86,21 @@ impl Default for GatewayFile {
     }
 }
 
+/// How access lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    /// One JSON object per line.
+    Json,
+    /// One readable line: time, client, method, path, status, duration, then key=value.
+    Text,
+}
+
 /// `gateway.log` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct LogFile {
-    pub(super) access_format: Option<super::AccessFormat>,
+    pub(super) access_format: Option<AccessFormat>,
 }
 
 /// `gateway.reload`: how the conf file is re-read without a restart.

@@ -54,6 +54,7 @@ pub use auth::AuthConfig;
 pub use check::{ConfigError, Env, LoadMode, ProcessEnv};
 pub use compression::{Coding, CompressionConfig, Level};
 pub use cors::CorsPolicy;
+pub use file::AccessFormat;
 pub use limits::{Backslash, BodyPolicy, EncodedSlash, LimitsConfig, PathRules, MAX_BODY_BUFFER};
 pub use ratelimit::{
     Algorithm, OnStoreError, PolicyConfig, PolicyKey, RateLimitConfig, DEFAULT_POLICY,
@@ -71,16 +72,6 @@ pub use upstreams::{
     BackendName, Balance, DnsConfig, HashKey, HealthCheckConfig, HealthCheckKind, UpstreamConfig,
     WebSocketLimits,
 };
-
-/// How access lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessFormat {
-    /// One JSON object per line.
-    Json,
-    /// One readable line: time, client, method, path, status, duration, then key=value.
-    Text,
-}
 
 /// A short, stable fingerprint of checked settings (FNV-1a over `Debug`): the same on every
 /// replica and across restarts, unlike `std`'s randomly seeded hasher.
