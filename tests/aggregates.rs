@@ -197,6 +197,13 @@ async fn stages_pass_values_and_independent_legs_overlap() {
     let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
     assert!(at("first") < at("last") && at("last") < at("fast") && at("fast") < at("degraded"));
     assert!(text.ends_with(r#""degraded":[]}"#), "{text}");
+    // No cache, no lookups: two answers built are not two cache misses.
+    let m = gw.metrics().await;
+    assert_eq!(
+        common::metric_sum(&m, "cache_requests_total{aggregate=\"stages\""),
+        0.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]

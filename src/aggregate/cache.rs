@@ -319,7 +319,11 @@ impl Aggregate {
                 return Ok(cached_answer(&e, CacheStatus::StaleError, key, now_ms()));
             }
         }
-        cache_metric(name, status);
+        if cache.is_some() {
+            // An aggregate without a cache has no lookups to count (its every answer would
+            // read as a miss).
+            cache_metric(name, status);
+        }
         let built = built?;
         let cacheable = !built.degraded && !built.ttl.is_zero();
         Ok(Answer {
