@@ -374,3 +374,44 @@ async fn the_access_log_can_be_one_readable_line_per_request() {
         "{line}"
     );
 }
+
+#[test]
+fn on_a_terminal_the_log_and_the_access_log_are_readable_lines() {
+    // `script` gives the gateway a pseudo-terminal for stdout and stderr, as a person's shell.
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let conf = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "version: 1\ngrace_period_seconds: 1\npid_file: {d}/gw.pid\nupgrade_sock: {d}/up.sock\ngateway:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics}\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let command = format!(
+        "{} -c {} & pid=$!; for i in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:{port}/healthz && break; sleep 0.1; done; curl -s -o /dev/null http://127.0.0.1:{port}/nothing; kill $pid; wait $pid",
+        common::gateway_bin().display(),
+        conf.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("JWT_SECRET", common::SECRET)
+        .env_remove("LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("starting; listening on:"),
+        "the summary block: {text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains(" GET /nothing 404 ")),
+        "a readable access line: {text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with('{')),
+        "no JSON on a terminal: {text}"
+    );
+}
