@@ -509,3 +509,38 @@ async fn two_gateways_taking_counts_in_blocks_admit_exactly_the_shared_limit() {
         "exactly the shared limit across both replicas"
     );
 }
+
+#[tokio::test]
+async fn a_token_without_sub_is_refused_and_counted() {
+    // README: every way in gives routes the same caller, its `sub`; a signed token without one
+    // (or with one that is not a string) names nobody and is refused.
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(&section(echo.port, 1000, 60, ""), &[]).await;
+    let exp = unix_now() + 3600;
+    let before = common::metric_sum(
+        &gw.metrics().await,
+        "auth_failures_total{reason=\"missing_claim\"}",
+    );
+    for claims in [json!({"exp": exp}), json!({"exp": exp, "sub": 7})] {
+        let t = sign(Algorithm::HS256, claims.clone(), SECRET.as_bytes());
+        let r = get(&gw, &t, None).await;
+        assert_eq!(r.status(), 401, "{claims}");
+        let body = r.text().await.unwrap();
+        if claims.get("sub").is_none() {
+            assert!(body.contains("sub"), "the refusal names the claim: {body}");
+        }
+    }
+    let after = common::metric_sum(
+        &gw.metrics().await,
+        "auth_failures_total{reason=\"missing_claim\"}",
+    );
+    assert_eq!(after - before, 1.0, "the token without sub");
+    assert!(echo.requests().is_empty(), "nothing reached the service");
+    // The same token with a sub passes.
+    let ok = sign(
+        Algorithm::HS256,
+        json!({"exp": exp, "sub": "7"}),
+        SECRET.as_bytes(),
+    );
+    assert_eq!(get(&gw, &ok, None).await.status(), 200);
+}

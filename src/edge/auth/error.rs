@@ -192,13 +192,23 @@ pub(super) fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
         K::InvalidIssuer | K::InvalidSubject => AuthError::Issuer,
         K::InvalidAudience => AuthError::Audience,
         K::Base64(_) => AuthError::Malformed("segment is not base64url"),
-        K::Json(_) => AuthError::Malformed("claims are not a JSON object of the expected types"),
+        // A claim the gateway needs (`sub`) left out is named, as a required one is above.
+        K::Json(e) => match missing_field(&e.to_string()) {
+            Some(field) => AuthError::MissingClaim(field),
+            None => AuthError::Malformed("claims are not a JSON object of the expected types"),
+        },
         K::Utf8(_) => AuthError::Malformed("segment is not UTF-8"),
         _ => AuthError::Malformed("invalid token"),
     }
 }
 
 /// `jsonwebtoken` reports a claim of the wrong type (`"exp":"123"`) as missing; say what it is.
+/// The field serde names in "missing field `sub` at line …".
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_string()).filter(|f| !f.is_empty())
+}
+
 pub(super) fn refine(err: AuthError, token: &str) -> AuthError {
     let AuthError::MissingClaim(name) = &err else {
         return err;
