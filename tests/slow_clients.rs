@@ -427,7 +427,7 @@ upstreams:
     health_check: {{ kind: tcp, interval_ms: 60000 }}
     connect_retries: 1
 routes:
-  - {{ prefix: "/echo/", upstream: echo, strip_prefix: true }}
+  - {{ name: resent, prefix: "/echo/", upstream: echo, strip_prefix: true, retries: {{ attempts: 1, on: [connect] }} }}
 "#,
             port = echo.port
         ),
@@ -446,6 +446,23 @@ routes:
         assert_eq!(r.status(), 200);
         assert!(r.bytes().await.unwrap() == body);
     }
+    // Round robin over [dead, echo]: three of the six first tries went to the dead backend
+    // (then passive health, three failures, would skip it); each of those was resent, whole,
+    // to the echo server, which answered every request with the body it got.
+    let m = gw.metrics().await;
+    assert_eq!(
+        common::metric_sum(
+            &m,
+            "route_retries_total{cause=\"connect\",route=\"resent\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        echo.requests().len(),
+        6,
+        "every body reached the live backend once"
+    );
 }
 
 #[tokio::test]
