@@ -81,14 +81,12 @@ fn facts(config: &Config, conf: Option<&str>, fingerprint: &str) -> Facts {
     if let Some(k) = &config.auth.api_keys {
         auth.push(format!("API keys ({} in the keys file)", k.keys.len()));
     }
-    let store = match (&config.redis.url, &config.redis.sentinel) {
-        _ if !config.redis.cluster.is_empty() => format!(
-            "Redis Cluster ({} seed node(s))",
-            config.redis.cluster.len()
-        ),
-        (_, Some(s)) => format!("Redis Sentinel (master `{}`)", s.master),
-        (Some(url), None) => format!("Redis {}", redact(url)),
-        (None, None) => "embedded (this replica's own limits and cache)".into(),
+    let r = &config.redis;
+    let store = match (r.kind(), &r.sentinel, &r.url) {
+        ("redis_cluster", _, _) => format!("Redis Cluster ({} seed node(s))", r.cluster.len()),
+        ("redis_sentinel", Some(s), _) => format!("Redis Sentinel (master `{}`)", s.master),
+        ("redis", _, Some(url)) => format!("Redis {}", redact(url)),
+        _ => "embedded (this replica's own limits and cache)".into(),
     };
     let config_text = format!(
         "{}, fingerprint {fingerprint}",

@@ -44,6 +44,22 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
 }
 
+impl RedisConfig {
+    /// Which store the settings select: `embedded`, `redis`, `redis_cluster` or
+    /// `redis_sentinel` (the status pages' word for it).
+    pub fn kind(&self) -> &'static str {
+        if !self.cluster.is_empty() {
+            "redis_cluster"
+        } else if self.sentinel.is_some() {
+            "redis_sentinel"
+        } else if self.url.is_some() {
+            "redis"
+        } else {
+            "embedded"
+        }
+    }
+}
+
 /// Where the sentinels are and which master they watch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SentinelConfig {

@@ -159,8 +159,7 @@ impl AdminApi {
 /// Whether the purge was announced to the other replicas: `null` on the embedded store, where
 /// there are none to tell (one process holds the only copy).
 fn announced(snap: &Snapshot, announced: bool) -> serde_json::Value {
-    let r = &snap.config.redis;
-    if r.url.is_none() && r.cluster.is_empty() && r.sentinel.is_none() {
+    if snap.config.redis.kind() == "embedded" {
         serde_json::Value::Null
     } else {
         announced.into()

@@ -581,13 +581,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let status = resp.status.as_u16();
         let now = Instant::now();
-        let health = if status < 500 {
-            ctx.backend.succeeded(now)
-        } else {
-            ctx.backend.failed(now)
-        };
-        spans::health(ctx, health);
-        spans::try_answered(ctx, status);
+        spans::answered(ctx, status, now);
         if status >= 500 && admit::retries_status(session, ctx, status, now) {
             ctx.retry_status = true;
             return Err(Error::explain(

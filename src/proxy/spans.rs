@@ -102,8 +102,15 @@ pub(super) fn health(ctx: &mut Ctx, outcome: Option<Passive>) {
     }
 }
 
-/// The backend's answer header arrived.
-pub(super) fn try_answered(ctx: &mut Ctx, status: u16) {
+/// The backend's answer header arrived with `status`: a 5xx is a failed try for passive
+/// health, anything else a successful one; both go on the try's span.
+pub(super) fn answered(ctx: &mut Ctx, status: u16, now: std::time::Instant) {
+    let outcome = if status < 500 {
+        ctx.backend.succeeded(now)
+    } else {
+        ctx.backend.failed(now)
+    };
+    health(ctx, outcome);
     if let Some(t) = &mut ctx.trace {
         t.try_answered(status);
     }

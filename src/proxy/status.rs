@@ -134,20 +134,7 @@ pub(crate) fn limits(snap: &Snapshot) -> Value {
             "decisions": decisions.get(&p.name),
         })
     }));
-    json!({ "store": store_name(snap), "policies": policies })
-}
-
-fn store_name(snap: &Snapshot) -> &'static str {
-    let r = &snap.config.redis;
-    if !r.cluster.is_empty() {
-        "redis_cluster"
-    } else if r.sentinel.is_some() {
-        "redis_sentinel"
-    } else if r.url.is_some() {
-        "redis"
-    } else {
-        "embedded"
-    }
+    json!({ "store": snap.config.redis.kind(), "policies": policies })
 }
 
 /// `GET /status/cache`: each aggregate's cache settings and lookups by result.
@@ -172,7 +159,7 @@ pub(crate) fn cache(snap: &Snapshot) -> Value {
             })
         })
         .collect();
-    json!({ "store": store_name(snap), "aggregates": aggregates })
+    json!({ "store": snap.config.redis.kind(), "aggregates": aggregates })
 }
 
 /// `GET /status/config`: the running configuration and its reloads.

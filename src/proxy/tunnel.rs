@@ -217,15 +217,7 @@ async fn handshake<G: ProxyHttp<CTX = Ctx> + Sync>(
             .cloned()
             .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?,
     );
-    let status = resp.status.as_u16();
-    let now = Instant::now();
-    let health = if status < 500 {
-        ctx.backend.succeeded(now)
-    } else {
-        ctx.backend.failed(now)
-    };
-    spans::health(ctx, health);
-    spans::try_answered(ctx, status);
+    spans::answered(ctx, resp.status.as_u16(), Instant::now());
     // The handshake's answer is never compressed (a 101 has no body; a refusal is relayed as
     // the backend framed it).
     ctx.accept = Default::default();
