@@ -49,6 +49,45 @@ fn sessions(metrics: &str, route: &str, result: &str) -> f64 {
     )
 }
 
+/// `n` sessions held open by the `wait` client until the gateway closes them.
+struct Waiting {
+    _child: tokio::process::Child,
+    out: tokio::io::BufReader<tokio::process::ChildStdout>,
+}
+
+impl Waiting {
+    /// Opens `n` sessions to `url` and returns once all are open.
+    async fn open(url: &str, n: usize) -> Waiting {
+        use tokio::io::AsyncBufReadExt;
+        let opts = json!({"token": token("alice"), "sessions": n});
+        let mut child = tokio::process::Command::new(common::PYTHON)
+            .args([&common::py_script(CLIENT), "wait", url, &opts.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).await.unwrap();
+        assert!(line.contains(&format!("\"open\": {n}")), "{line}");
+        Waiting { _child: child, out }
+    }
+
+    /// Asserts every session ended with the gateway's 1001 "server shutting down".
+    async fn assert_closed_by_shutdown(&mut self) {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(20), self.out.read_line(&mut line)).await;
+        assert!(read.is_ok(), "the sessions ended");
+        let got: serde_json::Value = serde_json::from_str(&line).unwrap();
+        for s in got["sessions"].as_array().unwrap() {
+            assert_eq!(s["code"], 1001, "{got}");
+            assert_eq!(s["reason"], "server shutting down", "{got}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn two_hundred_sessions_echo_in_order_over_plain_and_tls() {
     let ca = TestCa::new();
@@ -213,18 +252,7 @@ async fn a_graceful_shutdown_closes_open_sessions_with_1001_within_the_grace_per
         .start()
         .await;
     let url = format!("ws://127.0.0.1:{}/ws/echo", gw.port);
-    let opts = json!({"token": token("alice"), "sessions": 5});
-    let mut waiting = tokio::process::Command::new(common::PYTHON)
-        .args([&common::py_script(CLIENT), "wait", &url, &opts.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = tokio::io::BufReader::new(waiting.stdout.take().unwrap());
-    let mut line = String::new();
-    use tokio::io::AsyncBufReadExt;
-    out.read_line(&mut line).await.unwrap();
-    assert!(line.contains("\"open\": 5"), "{line}");
+    let mut waiting = Waiting::open(&url, 5).await;
     eventually(
         "the five tunnels are open",
         Duration::from_secs(10),
@@ -232,14 +260,7 @@ async fn a_graceful_shutdown_closes_open_sessions_with_1001_within_the_grace_per
     )
     .await;
     gw.proc.terminate();
-    line.clear();
-    let read = tokio::time::timeout(Duration::from_secs(20), out.read_line(&mut line)).await;
-    assert!(read.is_ok(), "the sessions ended");
-    let got: serde_json::Value = serde_json::from_str(&line).unwrap();
-    for s in got["sessions"].as_array().unwrap() {
-        assert_eq!(s["code"], 1001, "{got}");
-        assert_eq!(s["reason"], "server shutting down", "{got}");
-    }
+    waiting.assert_closed_by_shutdown().await;
     // grace_period_seconds is 1 in the test conf: the gateway is gone well before its
     // graceful_shutdown_timeout_seconds (10) would have cut anything.
     assert!(gw.proc.wait_exit(Duration::from_secs(15)).is_some());
@@ -276,18 +297,7 @@ async fn an_upgrade_closes_the_old_processs_sessions_with_1001_and_the_new_one_s
     let mut old = Gateway::start(&section(backend.port, "", ""), &[]).await;
     let url = format!("ws://127.0.0.1:{}/ws/echo", old.port);
     let alice = token("alice");
-    let opts = json!({"token": alice, "sessions": 3});
-    let mut waiting = tokio::process::Command::new(common::PYTHON)
-        .args([&common::py_script(CLIENT), "wait", &url, &opts.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = tokio::io::BufReader::new(waiting.stdout.take().unwrap());
-    let mut line = String::new();
-    use tokio::io::AsyncBufReadExt;
-    out.read_line(&mut line).await.unwrap();
-    assert!(line.contains("\"open\": 3"), "{line}");
+    let mut waiting = Waiting::open(&url, 3).await;
     let mut new = old.spawn_upgrade();
     let sock = old.dir.path().join("upgrade.sock");
     eventually(
@@ -297,14 +307,7 @@ async fn an_upgrade_closes_the_old_processs_sessions_with_1001_and_the_new_one_s
     )
     .await;
     old.proc.signal("QUIT");
-    line.clear();
-    let read = tokio::time::timeout(Duration::from_secs(20), out.read_line(&mut line)).await;
-    assert!(read.is_ok(), "the old process's sessions ended");
-    let got: serde_json::Value = serde_json::from_str(&line).unwrap();
-    for s in got["sessions"].as_array().unwrap() {
-        assert_eq!(s["code"], 1001, "{got}");
-        assert_eq!(s["reason"], "server shutting down", "{got}");
-    }
+    waiting.assert_closed_by_shutdown().await;
     // New sessions on the same port are the new process's.
     let echo = run(
         "echo",
