@@ -689,6 +689,7 @@ async fn after_a_mixed_minute_every_key_in_redis_expires() {
     )
     .await;
     subscribed(&a).await;
+    subscribed(&b).await;
     // A minute of reads on both replicas over 20 users, purges by tag and by key through A,
     // and one failing second in every ten for an optional leg (degraded builds, not written) —
     // paced, and bounded in count as well as time.

@@ -182,14 +182,49 @@ async fn gcra_blocks_keep_replicas_within_the_schedule_in_few_round_trips() {
             admitted += u64::from(v.allowed());
         }
     }
-    // One admission per millisecond of schedule: the burst, plus the time that passed.
+    // One admission per millisecond of schedule: the burst, plus the time that passed. Below
+    // that by at most what the two replicas may hold back: each a block it took and has not
+    // spent (58) and a refusal remembered until Redis's named time (up to a block's worth).
     let ms = started.elapsed().as_millis() as u64;
+    let schedule = (200 + ms).min(800);
     assert!(
-        (200..=200 + ms + 1).contains(&admitted),
-        "{admitted} admitted in {ms} ms"
+        admitted <= 200 + ms + 1 && admitted + 4 * 58 >= schedule,
+        "{admitted} admitted in {ms} ms (schedule {schedule})"
     );
     // Admissions come in blocks and refusals are remembered until Redis's named time.
     let scripts = redis.calls("evalsha");
     eprintln!("{admitted} admitted in {ms} ms with {scripts} scripts for 800 decisions");
-    assert!(scripts < 80, "{scripts} scripts for 800 decisions");
+    // 22 measured on an idle machine; a loaded one spends longer per decision, which changes
+    // block sizes but not their order of magnitude.
+    assert!(scripts <= 40, "{scripts} scripts for 800 decisions");
+
+    // The rate itself, over long enough for it to matter: offered about four decisions a
+    // millisecond for 1.5 s on the real clock (a refusal is remembered until Redis's named time,
+    // which only a clock can reach), the two replicas together admit one a millisecond, give or
+    // take what they hold back.
+    for _ in 0..20_000 {
+        if started.elapsed() >= Duration::from_millis(1500) {
+            break;
+        }
+        for l in [&a, &a, &b, &b] {
+            let v = l
+                .before_auth(
+                    ip,
+                    gateway::edge::ratelimit::Scope::path("/"),
+                    &headers,
+                    gateway::clock::unix_now_micros(),
+                )
+                .await
+                .expect("a verdict");
+            admitted += u64::from(v.allowed());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let ms = started.elapsed().as_millis() as u64;
+    eprintln!("{admitted} admitted in {ms} ms in all");
+    assert!(
+        admitted <= 200 + ms + 1 && admitted + 4 * 58 >= 200 + ms,
+        "{admitted} admitted in {ms} ms: the schedule is {}",
+        200 + ms
+    );
 }

@@ -548,6 +548,15 @@ async fn an_attack_of_aborted_slow_requests_leaves_a_handful_of_log_lines() {
             && metric(&scrape, r#"client_aborts_total{phase="header"}"#) >= 100.0
     })
     .await;
+    // Each abandoned connection once, in the phase it was abandoned in.
+    let scrape = gw.metrics().await;
+    assert_eq!(
+        (
+            metric(&scrape, r#"client_aborts_total{phase="body"}"#),
+            metric(&scrape, r#"client_aborts_total{phase="header"}"#)
+        ),
+        (500.0, 100.0)
+    );
     let (_, err) = s.gw.stop_and_read();
     let loud: Vec<&str> = err
         .lines()

@@ -355,6 +355,229 @@ async fn a_replaced_certificate_is_served_without_a_restart_and_a_broken_one_is_
     assert!(m.contains("tls_reload_total{result=\"ok\"} 2"), "{m}");
 }
 
+/// A certificate for `a.test` (subject CN `expired`) signed by `ca` whose validity ended in
+/// 2024, written as `{file}.crt` / `{file}.key` in the CA's directory. `openssl x509` cannot
+/// backdate, so `openssl ca` signs it with explicit dates.
+fn expired_leaf(ca: &TestCa, file: &str) -> Leaf {
+    let dir = ca.dir.path();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (crt, key, csr) = (
+        format!("{file}.crt"),
+        format!("{file}.key"),
+        format!("{file}.csr"),
+    );
+    std::fs::write(
+        dir.join(format!("{file}.cnf")),
+        format!(
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = {file}.index\nserial = {file}.serial\n\
+             new_certs_dir = .\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
+             [any]\ncommonName = supplied\n\
+             [leaf]\nsubjectAltName = DNS:a.test\nbasicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join(format!("{file}.index")), "").unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=expired",
+    ]);
+    run(&[
+        "ca",
+        "-batch",
+        "-notext",
+        "-rand_serial",
+        "-config",
+        &format!("{file}.cnf"),
+        "-extensions",
+        "leaf",
+        "-cert",
+        "ca.crt",
+        "-keyfile",
+        ca.key().to_str().unwrap(),
+        "-startdate",
+        "20240101000000Z",
+        "-enddate",
+        "20240201000000Z",
+        "-in",
+        &csr,
+        "-out",
+        &crt,
+    ]);
+    Leaf {
+        cert: dir.join(crt),
+        key: dir.join(key),
+    }
+}
+
+/// `openssl x509 -noout -serial -subject -enddate` of the first certificate in `pem`.
+fn cert_id(pem: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-subject", "-enddate"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(pem).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// [`cert_id`] of the certificate the listener on `port` presents for `host` (whether or not
+/// it verifies: `s_client` prints it either way).
+async fn served_id(port: u16, host: &'static str) -> String {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-servername", host, "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        cert_id(&out.stdout)
+    })
+    .await
+    .unwrap()
+}
+
+/// Renames copies of `from`'s key, then certificate, over `to`'s files (as a secret volume
+/// replaces them).
+fn install(from: &Leaf, to: &Leaf) {
+    for (src, dst) in [(&from.key, &to.key), (&from.cert, &to.cert)] {
+        let tmp = dst.with_extension("tmp");
+        std::fs::copy(src, &tmp).unwrap();
+        std::fs::rename(&tmp, dst).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_on_reload_and_the_old_one_keeps_serving() {
+    let ca = TestCa::new();
+    let old = ca.leaf("old", &["a.test"], 30);
+    let expired = expired_leaf(&ca, "expired");
+    // A second entry, renewed twice after the refusal: each renewal served is one more reload
+    // pass that read the expired files again, so a refusal repeated per pass would show.
+    let (b1, b2, b3) = (
+        ca.leaf("b1", &["b.test"], 10),
+        ca.leaf("b2", &["b.test"], 20),
+        ca.leaf("b3", &["b.test"], 25),
+    );
+    let live = |name: &str| {
+        let d = ca.dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        Leaf {
+            cert: d.join("tls.crt"),
+            key: d.join("tls.key"),
+        }
+    };
+    let (live_a, live_b) = (live("served-a"), live("served-b"));
+    install(&old, &live_a);
+    install(&b1, &live_b);
+    let port = free_port();
+    let mut gw = Gateway::start(
+        &tls_section(port, &[&live_a, &live_b], "  reload_interval_ms: 200\n"),
+        &[],
+    )
+    .await;
+    let old_id = cert_id(&std::fs::read(&old.cert).unwrap());
+    let expired_id = cert_id(&std::fs::read(&expired.cert).unwrap());
+    assert!(
+        expired_id.contains("notAfter=Feb  1 00:00:00 2024 GMT"),
+        "{expired_id}"
+    );
+    assert_eq!(served_id(port, "a.test").await, old_id);
+    let reloads = |result: &'static str| {
+        let gw = &gw;
+        async move {
+            common::metric_sum(
+                &gw.metrics().await,
+                &format!("tls_reload_total{{result=\"{result}\"}}"),
+            )
+        }
+    };
+
+    install(&expired, &live_a);
+    eventually(
+        "the expired pair refused",
+        Duration::from_secs(5),
+        async || reloads("error").await == 1.0,
+    )
+    .await;
+    assert_eq!(
+        served_id(port, "a.test").await,
+        old_id,
+        "the old one serves"
+    );
+    // And a verifying client still completes its handshake with it.
+    let mut args = vec!["-v".to_string(), "-o".into(), "/dev/null".into()];
+    args.extend(https_args(&ca.cert, "a.test", port, "/healthz"));
+    let out = curl(args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(subject(&out), "a.test");
+    assert_eq!(reloads("ok").await, 0.0);
+
+    for (n, next) in [(1.0, &b2), (2.0, &b3)] {
+        install(next, &live_b);
+        eventually(
+            "the other entry renewed",
+            Duration::from_secs(5),
+            async || reloads("ok").await == n,
+        )
+        .await;
+        assert_eq!(
+            served_id(port, "b.test").await,
+            cert_id(&std::fs::read(&next.cert).unwrap())
+        );
+    }
+    assert_eq!(served_id(port, "a.test").await, old_id, "still the old one");
+    assert_eq!(reloads("error").await, 1.0, "refused once, not per pass");
+
+    let (out, err) = gw.stop_and_read();
+    let file = live_a.cert.display().to_string();
+    let named: Vec<&str> = out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| l.contains(r#""level":"ERROR""#) && l.contains(&file))
+        .collect();
+    assert_eq!(named.len(), 1, "one ERROR naming {file}: {named:#?}");
+    assert!(
+        named[0].contains("the certificate expired"),
+        "the reason: {}",
+        named[0]
+    );
+}
+
 #[tokio::test]
 async fn the_plain_listener_redirects_to_https_but_probes_stay() {
     let ca = TestCa::new();
@@ -567,6 +790,66 @@ async fn backends_are_reached_over_verified_tls_and_multiplexed_h2() {
         log.to_lowercase().contains("certificate"),
         "the log says why:\n{log}"
     );
+}
+
+#[tokio::test]
+async fn verify_false_reaches_a_backend_whose_certificate_the_gateway_cannot_verify() {
+    // Signed by a CA the gateway is never given: neither the system roots nor a `ca` trust it.
+    let unknown = TestCa::new();
+    let backend = unknown.leaf("backend", &["backend.test"], 30);
+    let nginx_dir = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(nginx_dir.path(), &backend);
+    let group = |name: &str, tls: &str| {
+        format!(
+            "  {name}: {{ backends: [\"127.0.0.1:{}\"], health_check: {{ kind: tcp, interval_ms: 60000 }}, tls: {{ {tls} }} }}\n",
+            nginx.port
+        )
+    };
+    let section = format!(
+        "auth: {{ public_paths: [\"/\"] }}\nupstreams:\n{}{}{}routes:\n  - {{ prefix: \"/checked/\", upstream: checked }}\n  - {{ prefix: \"/unchecked/\", upstream: unchecked }}\n  - {{ prefix: \"/othername/\", upstream: othername }}\n",
+        group("checked", "sni: backend.test"),
+        group("unchecked", "sni: backend.test, verify: false"),
+        // Without verification the name is not checked either.
+        group("othername", "sni: other.test, verify: false"),
+    );
+    let mut gw = Gateway::start(&section, &[]).await;
+    let get = |path: &'static str| {
+        let url = gw.url(path);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = get("/checked/a").await;
+    assert_eq!(status, 502, "{body}");
+    for path in ["/unchecked/b", "/othername/c"] {
+        let (status, body) = get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        // nginx's own answer: it listens for TLS only, so this came over TLS.
+        assert!(body.contains(r#""backend":"nginx""#), "{path}: {body}");
+    }
+    // The unverified connections are pooled for their own groups only: the checking group
+    // still refuses.
+    let (status, body) = get("/checked/d").await;
+    assert_eq!(status, 502, "{body}");
+    // nginx saw exactly the two unverified requests (a refused handshake sends none).
+    eventually("nginx logged the two", Duration::from_secs(5), async || {
+        nginx.connections().1 >= 2
+    })
+    .await;
+    let (_, requests) = nginx.connections();
+    assert_eq!(requests, 2);
+    // One line per refused request, saying why; none for the unverified groups.
+    let (out, err) = gw.stop_and_read();
+    let refused: Vec<&str> = out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| l.contains("certificate verify failed"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    for (line, path) in refused.iter().zip(["GET /checked/a,", "GET /checked/d,"]) {
+        assert!(line.contains(path), "{path}: {line}");
+    }
 }
 
 #[tokio::test]

@@ -272,6 +272,28 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The live master holding a key that matches `pattern` (the first found).
+    pub fn master_holding(&self, pattern: &str) -> Option<u16> {
+        self.masters().into_iter().find(|port| {
+            RedisCluster::query(*port, &format!("KEYS {pattern}")).is_some_and(|k| !k.is_empty())
+        })
+    }
+
+    /// How many times the live masters ran `command` (`INFO commandstats`, summed).
+    pub fn calls(&self, command: &str) -> u64 {
+        let prefix = format!("cmdstat_{command}:calls=");
+        self.masters()
+            .into_iter()
+            .filter_map(|port| RedisCluster::query(port, "INFO commandstats"))
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(prefix.as_str()))
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     /// Kills the node on `port` (SIGKILL, as a crash).
     pub fn kill(&mut self, port: u16) {
         if let Some((_, p)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
