@@ -1,7 +1,8 @@
 //! Distributed tracing against a real OTLP/HTTP receiver (spans decoded with
 //! `opentelemetry-proto`), the real gateway and real upstreams that record the `traceparent`
 //! they received: parenting, one span per attempt, single-flight links, malformed context,
-//! sampling at 0, and a collector that is down or stalled.
+//! sampling at 0, the cache status and request id on the SERVER span, a skipped leg's span,
+//! and a collector that is down, stalled, or back (logged once each way).
 #![allow(clippy::unwrap_used)] // a test may panic: that is how it fails
 
 mod common;
@@ -555,5 +556,360 @@ async fn a_collector_down_or_stalled_costs_no_request_and_the_drops_are_counted(
             },
         )
         .await;
+    }
+}
+
+/// `section` with one more aggregate (YAML list entry, indented as the others) before `slow`.
+fn with_aggregate(section: String, aggregate: &str) -> String {
+    section.replace("  - name: slow\n", &format!("{aggregate}  - name: slow\n"))
+}
+
+/// A header of a response as text ("" when absent).
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_server_span_says_miss_hit_or_bypass_and_carries_the_request_id_the_client_got() {
+    let mut redis = common::Redis::start();
+    let collector = Collector::start().await;
+    let (port, _seen) = service().await;
+    let conf = with_aggregate(
+        section(&collector.endpoint(), 1.0, port, ""),
+        r#"  - name: cached
+    path: "/c/{id}"
+    cache: { ttl_seconds: 60, key: "c:{id}" }
+    legs:
+      user: { service: t, path: "/user/{id}", required: true, expect: object }
+"#,
+    );
+    let gw = Gateway::start(&conf, &[("REDIS_ADDR", redis.addr())]).await;
+    let bearer = token("5");
+    // What each request's client got back: (X-Request-Id, X-Cache).
+    let mut answered: Vec<(String, String)> = Vec::new();
+    let get = async |id: Option<&str>| {
+        let mut req = client().get(gw.url("/c/5")).bearer_auth(&bearer);
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        (header(&r, "x-request-id"), common::x_cache(&r))
+    };
+    let first = get(Some("client-chosen-id-1")).await;
+    assert_eq!(
+        first,
+        ("client-chosen-id-1".to_string(), "MISS".to_string()),
+        "a valid client id is kept"
+    );
+    answered.push(first);
+    // The entry is written after the answer: asked again until it is served from the cache.
+    eventually("a cache hit", Duration::from_secs(10), async || {
+        let got = get(None).await;
+        let hit = got.1 == "HIT";
+        answered.push(got);
+        hit
+    })
+    .await;
+    redis.proc.kill();
+    let bypassed = get(None).await;
+    assert_eq!(bypassed.1, "BYPASS", "the store is gone");
+    answered.push(bypassed);
+
+    let ids: HashSet<&str> = answered.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        answered.len(),
+        "one id per request: {answered:?}"
+    );
+    assert!(
+        ids.iter().all(|id| !id.is_empty()),
+        "the gateway names every request: {answered:?}"
+    );
+    let spans = collector
+        .wait_for("a server span per request", |s| {
+            s.iter().filter(|s| s.is_server()).count() >= answered.len()
+        })
+        .await;
+    let servers: Vec<_> = spans.iter().filter(|s| s.is_server()).collect();
+    assert_eq!(servers.len(), answered.len(), "{servers:#?}");
+    for (id, cache) in &answered {
+        let span = servers
+            .iter()
+            .find(|s| s.attr("gateway.request_id") == id)
+            .unwrap_or_else(|| panic!("no server span with gateway.request_id {id}: {servers:#?}"));
+        assert_eq!(span.name, "GET /c/{id}");
+        assert_eq!(
+            span.attr("gateway.cache.status"),
+            cache,
+            "the span says what X-Cache said for {id}"
+        );
+        let legs = spans
+            .iter()
+            .filter(|s| s.parent_span_id == span.span_id)
+            .count();
+        assert_eq!(
+            legs,
+            usize::from(cache != "HIT"),
+            "{cache}: a leg span unless served from the cache"
+        );
+    }
+}
+
+/// A collector that keeps each span whole, start and end times included (which `Collector`
+/// drops), on a port the test chooses: so that it can stop, and come back where the gateway
+/// exports to.
+struct Receiver {
+    spans: Arc<Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(port: u16) -> Receiver {
+        use axum::body::Bytes;
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        };
+        use prost::Message;
+        type Spans = Arc<Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>;
+        let spans: Spans = Arc::default();
+        let app = Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(|State(spans): State<Spans>, body: Bytes| async move {
+                    let req = ExportTraceServiceRequest::decode(body).unwrap();
+                    let got = req
+                        .resource_spans
+                        .into_iter()
+                        .flat_map(|r| r.scope_spans)
+                        .flat_map(|s| s.spans);
+                    spans.lock().unwrap().extend(got);
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        ExportTraceServiceResponse::default().encode_to_vec(),
+                    )
+                }),
+            )
+            .with_state(spans.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Receiver { spans, stop, task }
+    }
+
+    /// Stops listening and closes the connections it holds (the exporter's kept-alive one).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+
+    fn spans(&self) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// A span attribute as text ("" when absent).
+fn attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            Value::StringValue(s) => s.clone(),
+            Value::IntValue(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_leg_skipped_because_the_leg_it_needs_failed_is_a_zero_length_span_and_never_called() {
+    let port = common::free_port();
+    let receiver = Receiver::start(port).await;
+    let (svc, seen) = service().await;
+    // `broken` gets an array where it expects an object: it fails (optional, so degraded),
+    // and `needs_broken`, which runs after it, is skipped.
+    let conf = with_aggregate(
+        section(&format!("http://127.0.0.1:{port}"), 1.0, svc, ""),
+        r#"  - name: skipping
+    path: "/s/{id}"
+    legs:
+      user:         { service: t, path: "/user/{id}", required: true, expect: object }
+      broken:       { service: t, path: "/list", expect: object }
+      needs_broken: { service: t, path: "/user/skipped-{id}", after: [broken], expect: object }
+"#,
+    );
+    let gw = Gateway::start(&conf, &[]).await;
+    let r = client()
+        .get(gw.url("/s/9"))
+        .bearer_auth(token("9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let mut degraded: Vec<&str> = body["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    degraded.sort_unstable();
+    assert_eq!(degraded, ["broken", "needs_broken"], "{body}");
+
+    eventually(
+        "the skipped leg's span",
+        Duration::from_secs(15),
+        async || {
+            receiver
+                .spans()
+                .iter()
+                .any(|s| s.kind == 2 && attr(s, "http.route") == "/s/{id}")
+        },
+    )
+    .await;
+    let spans = receiver.spans();
+    let server = spans
+        .iter()
+        .find(|s| s.kind == 2 && attr(s, "http.route") == "/s/{id}")
+        .unwrap();
+    let skipped: Vec<_> = spans
+        .iter()
+        .filter(|s| attr(s, "gateway.leg") == "needs_broken")
+        .collect();
+    assert_eq!(skipped.len(), 1, "one span for the skipped leg: {spans:#?}");
+    let skipped = skipped[0];
+    assert_eq!(skipped.kind, 3, "a CLIENT span");
+    assert_eq!(skipped.parent_span_id, server.span_id);
+    assert_eq!(attr(skipped, "gateway.outcome"), "skipped");
+    assert_eq!(attr(skipped, "gateway.service"), "t");
+    // Skipped once the leg it needs had failed, never before.
+    let broken_end = spans
+        .iter()
+        .filter(|s| attr(s, "gateway.leg") == "broken")
+        .inspect(|s| assert_eq!(attr(s, "gateway.outcome"), "bad_body", "{s:?}"))
+        .map(|s| s.end_time_unix_nano)
+        .max()
+        .expect("the failed leg's spans");
+    assert!(
+        skipped.start_time_unix_nano >= broken_end,
+        "skipped at {} ns, before `broken` failed at {broken_end} ns",
+        skipped.start_time_unix_nano
+    );
+    let called: Vec<String> = seen
+        .traceparents
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(path, _)| path.clone())
+        .collect();
+    assert!(
+        !called.iter().any(|p| p.starts_with("/user/skipped-")),
+        "a skipped leg is never called: {called:?}"
+    );
+    assert!(called.contains(&"/user/9".to_string()), "{called:?}");
+    receiver.stop().await;
+    assert_eq!(
+        skipped.end_time_unix_nano - skipped.start_time_unix_nano,
+        0,
+        "zero-length: started {} ns, ended {} ns",
+        skipped.start_time_unix_nano,
+        skipped.end_time_unix_nano
+    );
+}
+
+#[tokio::test]
+async fn the_exporter_warns_once_when_the_collector_goes_down_and_logs_once_when_it_is_back() {
+    let echo = EchoServer::start().await;
+    let port = common::free_port();
+    let traces = format!("http://127.0.0.1:{port}/v1/traces");
+    let mut gw = Gateway::start(
+        &section(
+            &format!("http://127.0.0.1:{port}"),
+            1.0,
+            1,
+            &echo_route(echo.port),
+        ),
+        &[("RUST_LOG", "warn,gateway::trace=info".into())],
+    )
+    .await;
+    let exports = async |result: &str| {
+        common::metric_sum(
+            &gw.metrics().await,
+            &format!("tracing_export_requests_total{{result=\"{result}\"}}"),
+        )
+    };
+    // Several batches while nothing listens, several once a collector does: each batch is a
+    // request's spans, sent once the previous batch's outcome is counted.
+    let batches = async |result: &str, n: u32| {
+        for i in 1..=n {
+            let before = exports(result).await;
+            let r = client()
+                .get(gw.url(&format!("/echo/{result}-{i}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "requests never wait on the collector");
+            eventually(
+                &format!("export {i} counted as {result}"),
+                Duration::from_secs(15),
+                async || exports(result).await > before,
+            )
+            .await;
+        }
+    };
+    batches("error", 3).await;
+    let receiver = Receiver::start(port).await;
+    batches("ok", 3).await;
+    assert!(!receiver.spans().is_empty(), "the collector got spans");
+    // Down again, then back again: each change of state is logged once more.
+    receiver.stop().await;
+    batches("error", 3).await;
+    let receiver = Receiver::start(port).await;
+    batches("ok", 3).await;
+    receiver.stop().await;
+
+    let (_, err) = gw.stop_and_read();
+    let export_lines: Vec<&str> = err.lines().filter(|l| l.contains("trace export")).collect();
+    let failed: Vec<&&str> = export_lines
+        .iter()
+        .filter(|l| l.contains("trace export failed"))
+        .collect();
+    let recovered: Vec<&&str> = export_lines
+        .iter()
+        .filter(|l| l.contains("trace export recovered"))
+        .collect();
+    assert_eq!(
+        (failed.len(), recovered.len(), export_lines.len()),
+        (2, 2, 4),
+        "one warning per outage, one line per recovery:\n{err}"
+    );
+    for (i, line) in export_lines.iter().enumerate() {
+        let (level, what) = if i % 2 == 0 {
+            ("WARN", "failed")
+        } else {
+            ("INFO", "recovered")
+        };
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["level"], level, "{line}");
+        assert!(
+            line.contains(&format!("trace export {what}")),
+            "in order: {err}"
+        );
+        assert!(line.contains(&traces), "names the collector: {line}");
     }
 }

@@ -210,7 +210,7 @@ impl Aggregate {
                     ]
                 },
             )
-            .end("skipped");
+            .skipped();
     }
 
     /// One leg: its calls, and what the aggregate makes of their outcome. `Err` only for a

@@ -343,6 +343,14 @@ impl Attempt {
         }
     }
 
+    /// Ends a step that was never run (a leg skipped for a failed dependency): zero length.
+    pub(crate) fn skipped(mut self) {
+        if let Some(span) = self.span.as_mut() {
+            span.rec.instant();
+        }
+        self.end("skipped");
+    }
+
     /// Ends the span: `outcome` as `gateway.outcome`, and an error status unless it is
     /// `success` (or `not_found`, an answer).
     pub(crate) fn end(self, outcome: &'static str) {

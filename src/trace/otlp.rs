@@ -244,6 +244,8 @@ pub(crate) struct Record {
     kind: SpanKind,
     name: Cow<'static, str>,
     start: u64,
+    /// Ends where it starts: a step that was decided, not run.
+    instant: bool,
     /// Encoded `attributes` fields (9), `events` (11), `links` (13).
     attributes: Vec<u8>,
     events: Vec<u8>,
@@ -273,6 +275,7 @@ impl Record {
             kind,
             name,
             start: nanos(start),
+            instant: false,
             attributes: Vec::with_capacity(512),
             events: Vec::new(),
             links: Vec::new(),
@@ -280,6 +283,11 @@ impl Record {
             dropped: [0; 3],
             status: Status::Unset,
         }
+    }
+
+    /// Makes the span end where it starts, whenever it is written.
+    pub(crate) fn instant(&mut self) {
+        self.instant = true;
     }
 
     /// Whether one more of kind `i` (0 attributes, 1 events, 2 links) fits the limit.
@@ -424,7 +432,7 @@ impl Record {
         string(5, &self.name, out);
         uint(6, kind(&self.kind), out);
         fixed64(7, self.start, out);
-        fixed64(8, nanos(end), out);
+        fixed64(8, if self.instant { self.start } else { nanos(end) }, out);
         out.extend_from_slice(&self.attributes);
         uint(10, u64::from(self.dropped[0]), out);
         out.extend_from_slice(&self.events);
