@@ -630,3 +630,150 @@ async fn the_pid_file_names_the_serving_process_in_the_foreground_across_an_upgr
     assert_eq!(r.status(), 200, "the new process serves");
     new.kill();
 }
+
+/// A gateway as [`Gateway::start`] runs it, but with `grace_period_seconds` of `grace` (the
+/// harness's conf fixes 1 s, too short to watch shutdown while a request is held in flight).
+async fn start_with_grace(gateway_section: &str, grace: u64) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (common::free_port(), common::free_port());
+    let section: String = gateway_section
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    let conf = format!(
+        "version: 1\nthreads: 2\npid_file: {d}/gw.pid\nupgrade_sock: {d}/upgrade.sock\n\
+         grace_period_seconds: {grace}\ngraceful_shutdown_timeout_seconds: 10\n\
+         gateway:\n  listen: \"127.0.0.1:{port}\"\n  metrics_listen: \"127.0.0.1:{metrics_port}\"\n{section}",
+        d = dir.path().display(),
+    );
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, conf).unwrap();
+    let mut cmd = std::process::Command::new(common::gateway_bin());
+    cmd.arg("-c")
+        .arg(&path)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JWT_SECRET", common::SECRET)
+        .env("RUST_LOG", "warn");
+    let gw = Gateway {
+        proc: common::Proc::spawn("gateway", &mut cmd),
+        port,
+        metrics_port,
+        dir,
+        env: Vec::new(),
+    };
+    let url = gw.url("/readyz");
+    eventually(
+        "gateway /readyz",
+        Duration::from_secs(20),
+        async || matches!(common::client().get(&url).send().await, Ok(r) if r.status() == 200),
+    )
+    .await;
+    gw
+}
+
+/// An upstream that holds every request until the test releases one, so that a request is in
+/// flight for exactly as long as the test needs.
+struct Held {
+    port: u16,
+    arrived: Arc<AtomicU64>,
+    release: Arc<tokio::sync::Semaphore>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    async fn start() -> Held {
+        let arrived = Arc::new(AtomicU64::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (a, r) = (arrived.clone(), release.clone());
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let (a, r) = (a.clone(), r.clone());
+            async move {
+                if req.uri().path() == "/healthz" {
+                    return Response::new(Body::from("ok"));
+                }
+                a.fetch_add(1, Ordering::SeqCst);
+                r.acquire().await.unwrap().forget();
+                Response::new(Body::from("released"))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Held {
+            port,
+            arrived,
+            release,
+            task,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_refuses_new_connections_at_once_while_the_request_in_flight_is_answered() {
+    let held = Held::start().await;
+    let mut gw = start_with_grace(&section(held.port), 5).await;
+    let port = gw.port;
+    let in_flight = tokio::spawn({
+        let url = gw.url("/s/held");
+        async move {
+            let r = common::client().get(&url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    });
+    eventually(
+        "the request is held upstream",
+        Duration::from_secs(10),
+        async || held.arrived.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok(),
+        "the listener accepts before SIGTERM"
+    );
+    gw.proc.terminate();
+    // Well inside the 5 s grace period, with the request still held: the listener closed when
+    // shutdown began, not when the process ended.
+    eventually(
+        "a new connection is refused",
+        Duration::from_secs(4),
+        async || {
+            matches!(
+                tokio::net::TcpStream::connect(("127.0.0.1", port)).await,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        },
+    )
+    .await;
+    assert!(
+        gw.proc.child.try_wait().unwrap().is_none(),
+        "the gateway still runs its grace period"
+    );
+    assert!(!in_flight.is_finished(), "the request is still in flight");
+    held.release.add_permits(1);
+    assert_eq!(
+        in_flight.await.unwrap(),
+        (200, "released".to_string()),
+        "the request in flight at SIGTERM is answered"
+    );
+    let exited = gw.proc.wait_exit(Duration::from_secs(15));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the gateway exits cleanly: {exited:?}"
+    );
+    assert_eq!(
+        held.arrived.load(Ordering::SeqCst),
+        1,
+        "nothing else came in"
+    );
+}

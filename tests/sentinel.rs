@@ -92,3 +92,72 @@ async fn the_gateway_follows_the_master_the_sentinels_promote() {
         ) >= 1.0
     );
 }
+
+#[tokio::test]
+async fn a_demoted_master_answering_readonly_is_left_for_the_one_the_sentinels_name() {
+    let redis = RedisSentinels::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let mut env = service_env(&mocks);
+    env.push(("REDIS_ADDR", redis.addr()));
+    let section = format!(
+        "rate_limit: {{ per_minute: 1000000, window_seconds: 3600 }}\n{}",
+        profile_aggregate(60, 2000)
+    );
+    let gw = Gateway::start(&section, &env).await;
+    let bearer = token_with_roles("admin-1", &["admin"]);
+    let get = async |i: u64| {
+        client()
+            .get(gw.url(&format!("/api/profile/{i}")))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for i in 0..5 {
+        assert_eq!(get(i + 1).await, 200);
+    }
+    let (old, new) = (redis.master.port, redis.replica_port);
+    assert!(
+        RedisCluster::query(old, "KEYS profile:1#*").is_some_and(|k| !k.is_empty()),
+        "written on the first master"
+    );
+
+    // The roles swap while both stay up: the gateway's connection to the old master is never
+    // dropped, so only its `READONLY` answers can send the gateway back to the sentinels. The
+    // sentinels are then told to watch the new master (a failover they did themselves would
+    // also kill the old master's client connections).
+    RedisCluster::query(new, "REPLICAOF NO ONE").expect("promote");
+    RedisCluster::query(old, &format!("REPLICAOF 127.0.0.1 {new}")).expect("demote");
+    RedisCluster::poll(old, "INFO replication", |r| r.contains("role:slave"));
+    for (port, _) in &redis.sentinels {
+        RedisCluster::query(*port, "SENTINEL REMOVE mymaster").expect("remove");
+        RedisCluster::query(
+            *port,
+            &format!("SENTINEL MONITOR mymaster 127.0.0.1 {new} 2"),
+        )
+        .expect("monitor");
+    }
+    assert_eq!(redis.current_master(), Some(new));
+
+    // Every request answered meanwhile; the next write after a `READONLY` lands on the new one.
+    let mut n = 100u64;
+    eventually(
+        "writes on the new master",
+        Duration::from_secs(30),
+        async || {
+            n += 1;
+            assert_eq!(get(n).await, 200, "request {n} across the swap");
+            RedisCluster::query(new, &format!("KEYS profile:{n}#*")).is_some_and(|k| !k.is_empty())
+        },
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert!(
+        sum(&m, "store_errors_total{backend=\"redis\"") >= 1.0,
+        "the READONLY answer was seen as a store error"
+    );
+    // The old master still runs, as a replica: nothing else could have moved the gateway.
+    assert!(RedisCluster::query(old, "INFO replication").is_some_and(|r| r.contains("role:slave")));
+}

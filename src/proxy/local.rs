@@ -69,13 +69,22 @@ impl Gateway {
             )
             .await;
         if let Some(e) = ctx.rate.as_ref().and_then(RateVerdict::refusal) {
+            // The page must be able to read why it was refused: an allowed origin gets the
+            // same CORS headers as on any other answer.
+            ctx.cors = ctx
+                .snap
+                .edge
+                .cors
+                .response_headers(req.uri.path(), &req.headers);
             respond::error(session, &e, &ctx.local_headers()).await?;
             return Ok(true);
         }
         match preflight {
             Preflight::Allow(headers) => {
-                let mut resp = ResponseHeader::build(204, Some(headers.len() + 2))?;
-                resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+                let mut resp = ResponseHeader::build(204, Some(headers.len() + 6))?;
+                for (name, value) in ctx.local_headers() {
+                    resp.insert_header(name, value)?;
+                }
                 for (name, value) in headers {
                     resp.insert_header(name, value)?;
                 }

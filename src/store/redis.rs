@@ -130,6 +130,25 @@ impl SentinelConn {
         }
         r
     }
+
+    /// Drops the connection when an answer is a demoted master's refusal. The client hands a
+    /// server's error back as a value, turned into an error only by the caller's conversion,
+    /// so [`check`](Self::check) alone never sees it.
+    fn check_answers<'v>(&self, answers: impl IntoIterator<Item = &'v Value>) {
+        if answers.into_iter().any(demoted) {
+            self.current.store(None);
+        }
+    }
+}
+
+/// Whether `v` says the server is no longer a master: `READONLY`, or a transaction discarded
+/// for the `READONLY` its queued commands got.
+fn demoted(v: &Value) -> bool {
+    match v {
+        Value::ServerError(e) => matches!(e.code(), "READONLY" | "EXECABORT"),
+        Value::Array(items) => items.iter().any(demoted),
+        _ => false,
+    }
 }
 
 /// A connection to either: both reconnect (and the cluster one follows slot moves) by itself.
@@ -150,7 +169,9 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.req_packed_command(cmd),
             Conn::Sentinel(s) => Box::pin(async move {
                 let mut c = s.check(s.connection().await)?;
-                s.check(c.req_packed_command(cmd).await)
+                let answer = s.check(c.req_packed_command(cmd).await)?;
+                s.check_answers([&answer]);
+                Ok(answer)
             }),
         }
     }
@@ -166,7 +187,9 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Sentinel(s) => Box::pin(async move {
                 let mut c = s.check(s.connection().await)?;
-                s.check(c.req_packed_commands(cmd, offset, count).await)
+                let answers = s.check(c.req_packed_commands(cmd, offset, count).await)?;
+                s.check_answers(&answers);
+                Ok(answers)
             }),
         }
     }
