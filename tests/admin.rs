@@ -127,3 +127,85 @@ async fn status_pages_answer_json_with_the_token_and_nothing_without() {
         "no outside resource"
     );
 }
+
+#[tokio::test]
+async fn a_purge_says_announced_false_only_when_the_announcement_failed() {
+    let redis = common::Redis::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let admin = free_port();
+    let mut env = common::service_env(&mocks);
+    env.push(("REDIS_ADDR", redis.addr()));
+    env.push(("ADMIN_TOKEN", TOKEN.to_string()));
+    let section = format!(
+        "admin: {{ listen: \"127.0.0.1:{admin}\" }}\n{}",
+        common::profile_aggregate_with(
+            2000,
+            r#"ttl_seconds: 60, key: "profile:{id}", tags: ["user:{id}"]"#
+        )
+    );
+    let gw = Gateway::start(&section, &env).await;
+    let bearer = common::token_with_roles("admin-1", &["admin"]);
+    let purge = async |id: u32| -> serde_json::Value {
+        let r = client()
+            .get(gw.url(&format!("/api/profile/{id}")))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // The entry is written after the answer went out.
+        common::eventually(
+            "the entry written",
+            std::time::Duration::from_secs(5),
+            async || !redis.keys(&format!("profile:{id}#*")).is_empty(),
+        )
+        .await;
+        let r = client()
+            .post(format!("http://127.0.0.1:{admin}/cache/invalidate"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"tags": [format!("user:{id}")]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    };
+    let publish_errors = async || {
+        common::metric_sum(
+            &gw.metrics().await,
+            r#"store_errors_total{backend="redis",op="publish"}"#,
+        )
+    };
+    let v = purge(1).await;
+    assert_eq!(
+        (&v["invalidated"], &v["announced"]),
+        (&1.into(), &true.into()),
+        "{v}"
+    );
+    // Redis refuses PUBLISH (an ACL without it) while everything else works: the entry is
+    // still deleted, and the answer says the replicas were not told.
+    let mut c = redis.conn().unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "-publish"][..])
+        .query(&mut c)
+        .unwrap();
+    let v = purge(2).await;
+    assert_eq!(
+        (&v["invalidated"], &v["announced"]),
+        (&1.into(), &false.into()),
+        "{v}"
+    );
+    assert_eq!(publish_errors().await, 1.0);
+    assert!(redis.keys("profile:2#*").is_empty(), "deleted all the same");
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "+publish"][..])
+        .query(&mut c)
+        .unwrap();
+    let v = purge(3).await;
+    assert_eq!(
+        (&v["invalidated"], &v["announced"]),
+        (&1.into(), &true.into()),
+        "{v}"
+    );
+    assert_eq!(publish_errors().await, 1.0);
+}

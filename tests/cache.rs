@@ -787,3 +787,263 @@ async fn the_admin_api_answers_503_while_the_store_is_down_and_logs_every_call()
         .count();
     assert_eq!(logged, 3, "every admin call logged once:\n{out}\n{err}");
 }
+
+/// A second cached aggregate beside the profile, for a reload to leave as it is.
+const CARD: &str = r#"  - name: card
+    path: "/api/card/{id}"
+    cache: { ttl_seconds: 60, key: "card:{id}" }
+    legs:
+      user: { service: user, path: "/users/{id}", required: true, expect: object }
+"#;
+
+/// An aggregate without a cache.
+const BARE: &str = r#"  - name: bare
+    path: "/api/bare/{id}"
+    legs:
+      user: { service: user, path: "/users/{id}", required: true, expect: object }
+"#;
+
+async fn card(gw: &Gateway, id: u32) -> reqwest::Response {
+    client()
+        .get(gw.url(&format!("/api/card/{id}")))
+        .bearer_auth(token_with_roles("u", &[]))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits until the live configuration is generation `generation`.
+async fn generation(gw: &Gateway, generation: u32) {
+    eventually("the reload applied", Duration::from_secs(10), async || {
+        metric_sum(&gw.metrics().await, "config_generation") == f64::from(generation)
+    })
+    .await;
+}
+
+/// The raw stored value of the one entry whose store key starts with `prefix`.
+fn stored(redis: &Redis, prefix: &str) -> Vec<u8> {
+    let keys = redis.keys(&format!("{prefix}#*"));
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let mut c = redis.conn().unwrap();
+    redis::cmd("GET").arg(&keys[0]).query(&mut c).unwrap()
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_an_aggregate_starts_its_cache_afresh_and_keeps_the_others() {
+    let redis = Redis::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let admin_port = free_port();
+    let before = format!("{}{CARD}", section(admin_port));
+    let gw = start(&mocks, Some(&redis), &before).await;
+    assert_eq!(x_cache(&profile(&gw, 7).await), "MISS");
+    let old: Value = cached_hit(&gw, 7).await.json().await.unwrap();
+    assert!(old["recommendations"].is_array(), "{old}");
+    assert_eq!(x_cache(&card(&gw, 7).await), "MISS");
+    cached_hit_at(&gw, "/api/card/7").await;
+    let old_keys = redis.keys("profile:7#*");
+    assert_eq!(old_keys.len(), 1, "{old_keys:?}");
+
+    // The profile loses a leg (a document of another shape); the card stays as it was.
+    let after: String = before
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("recommendations:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(after, before);
+    gw.rewrite(&after);
+    gw.proc.signal("HUP");
+    generation(&gw, 2).await;
+
+    let users = mocks.count("user", "/users/{id}").await;
+    let r = card(&gw, 7).await;
+    assert_eq!(
+        x_cache(&r),
+        "HIT",
+        "an unchanged aggregate keeps its entries"
+    );
+    assert_eq!(mocks.count("user", "/users/{id}").await, users);
+
+    // The old entry is still stored, but the new declaration never reads it.
+    assert_eq!(redis.keys("profile:7#*"), old_keys);
+    let r = profile(&gw, 7).await;
+    assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "MISS".into()));
+    let new: Value = r.json().await.unwrap();
+    assert_eq!(new.get("recommendations"), None, "{new}");
+    assert_eq!(new["user"], old["user"]);
+    // Written under a key of its own, beside the old one.
+    eventually(
+        "the new declaration's entry is written",
+        Duration::from_secs(5),
+        async || redis.keys("profile:7#*").len() == 2,
+    )
+    .await;
+    assert!(redis.keys("profile:7#*").contains(&old_keys[0]));
+    let hit: Value = cached_hit(&gw, 7).await.json().await.unwrap();
+    assert_eq!(hit, new);
+}
+
+#[tokio::test]
+async fn a_degraded_rebuild_never_replaces_a_good_entry() {
+    let redis = Redis::start();
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    // The order breaker closes again soon after the service recovers.
+    let services = "services:\n  user: {}\n  order: { breaker: { failures: 3, open_ms: 500 } }\n  product: {}\n  recommendation: {}\n";
+    let cache = r#"ttl_seconds: 1, key: "profile:{id}", stale_if_error_seconds: 30"#;
+    let gw = start(
+        &mocks,
+        Some(&redis),
+        &format!("{services}{}", section_with(free_port(), cache)),
+    )
+    .await;
+    let first = profile(&gw, 9).await;
+    assert_eq!(x_cache(&first), "MISS");
+    let document: Value = first.json().await.unwrap();
+    assert_eq!(document["degraded"], json!([]));
+    assert!(!document["orders"].as_array().unwrap().is_empty());
+    cached_hit(&gw, 9).await;
+    let good = stored(&redis, "profile:9");
+
+    // The optional order leg fails: once the entry is stale, each rebuild is degraded.
+    mocks.faults("order", json!({"status": 500})).await;
+    let mut stand_in = None;
+    eventually(
+        "the entry goes stale and a rebuild degrades",
+        Duration::from_secs(10),
+        async || {
+            let r = profile(&gw, 9).await;
+            match x_cache(&r).as_str() {
+                "HIT" => false,
+                "STALE-ERROR" => {
+                    stand_in = Some(r);
+                    true
+                }
+                other => panic!("unexpected {other} ({})", r.status()),
+            }
+        },
+    )
+    .await;
+    let r = stand_in.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "private, max-age=0");
+    assert!(r.headers().contains_key("age"));
+    assert_eq!(r.json::<Value>().await.unwrap(), document, "the good entry");
+    // A second degraded rebuild: the good entry still answers, so the first was not written.
+    let r = profile(&gw, 9).await;
+    assert_eq!(
+        (r.status().as_u16(), x_cache(&r)),
+        (200, "STALE-ERROR".into())
+    );
+    assert_eq!(r.json::<Value>().await.unwrap(), document);
+    assert_eq!(
+        stored(&redis, "profile:9"),
+        good,
+        "the stored entry is untouched"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            r#"cache_requests_total{aggregate="profile",result="stale_error"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            r#"aggregate_degraded_total{aggregate="profile",leg="orders"}"#
+        ),
+        2.0,
+        "both rebuilds were degraded"
+    );
+
+    // The service recovers: the good stale entry answers until a complete build replaces it.
+    mocks.reset_faults("order").await;
+    eventually(
+        "a complete rebuild answers",
+        Duration::from_secs(10),
+        async || {
+            let r = profile(&gw, 9).await;
+            match x_cache(&r).as_str() {
+                "STALE-ERROR" => {
+                    assert_eq!(r.json::<Value>().await.unwrap(), document);
+                    false
+                }
+                "MISS" => {
+                    assert_eq!(r.status(), 200);
+                    assert_eq!(r.headers()["cache-control"], "private, max-age=1");
+                    assert_eq!(r.json::<Value>().await.unwrap(), document);
+                    true
+                }
+                other => panic!("unexpected {other}"),
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the complete build is written over the stale entry",
+        Duration::from_secs(5),
+        async || stored(&redis, "profile:9") != good,
+    )
+    .await;
+    let hit = cached_hit(&gw, 9).await;
+    assert_eq!(hit.json::<Value>().await.unwrap(), document);
+}
+
+#[tokio::test]
+async fn answers_that_may_not_be_cached_say_no_store() {
+    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
+    let section = format!(
+        "{}{BARE}",
+        section_with(free_port(), r#"ttl_seconds: 60, key: "profile:{id}""#)
+    );
+    let gw = start(&mocks, None, &section).await;
+    let users = async || mocks.count("user", "/users/{id}").await;
+
+    // A complete, cached document: `private, max-age`, never `no-store`.
+    let r = profile(&gw, 11).await;
+    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(r.headers()["cache-control"], "private, max-age=60");
+    let hit = cached_hit(&gw, 11).await;
+    let cc = hit.headers()["cache-control"].to_str().unwrap().to_string();
+    let left: u64 = cc
+        .strip_prefix("private, max-age=")
+        .unwrap_or_else(|| panic!("{cc}"))
+        .parse()
+        .unwrap();
+    assert!((55..=60).contains(&left), "{cc}");
+    // The same entry asked for as `me`: one URL for every caller, so asked again each time.
+    let r = client()
+        .get(gw.url("/api/profile/me"))
+        .bearer_auth(token_with_roles("11", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "HIT".into()));
+    assert_eq!(r.headers()["cache-control"], "private, no-cache");
+
+    // An aggregate without a cache: built each time, `no-store`.
+    for _ in 0..2 {
+        let before = users().await;
+        let r = client()
+            .get(gw.url("/api/bare/11"))
+            .bearer_auth(token_with_roles("u", &[]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        assert_eq!(users().await, before + 1, "built, not cached");
+    }
+
+    // A degraded document: answered `no-store`, and not cached either.
+    mocks.faults("order", json!({"status": 500})).await;
+    for _ in 0..2 {
+        let before = users().await;
+        let r = profile(&gw, 12).await;
+        assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "MISS".into()));
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["degraded"], json!(["orders"]));
+        assert_eq!(users().await, before + 1, "built, not cached");
+    }
+}

@@ -534,6 +534,10 @@ async fn the_last_keys_serve_while_the_provider_is_down_until_max_stale() {
         200,
         "HS256 does not depend on the provider"
     );
+    // Still ready: keys gone stale are every replica's problem, and taking this one out of
+    // rotation would only move the same 503s elsewhere (and refuse its HS256 and public work).
+    let ready = client().get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "ready with keys past max_stale");
     let m = gw.metrics().await;
     let failed = common::metric_sum(
         &m,

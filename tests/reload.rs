@@ -408,3 +408,305 @@ async fn a_watched_file_is_applied_and_an_invalid_one_reported_once() {
         "one WARN naming the key that needs a restart"
     );
 }
+
+/// A backend whose `/healthz` answers 200 or 500 as `healthy` says, and whose every other path
+/// is counted and answers 500 while `failing` is set, else a JSON object.
+struct Counted {
+    healthy: bool,
+    failing: AtomicBool,
+    hits: AtomicU64,
+}
+
+async fn counted(healthy: bool, failing: bool) -> (u16, Arc<Counted>) {
+    let state = Arc::new(Counted {
+        healthy,
+        failing: AtomicBool::new(failing),
+        hits: AtomicU64::new(0),
+    });
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(|State(c): State<Arc<Counted>>| async move {
+                if c.healthy {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                }
+            }),
+        )
+        .fallback(
+            |State(c): State<Arc<Counted>>, uri: axum::http::Uri| async move {
+                c.hits.fetch_add(1, Ordering::SeqCst);
+                let status = if c.failing.load(Ordering::SeqCst) {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                };
+                (status, Json(json!({ "path": uri.path() })))
+            },
+        )
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, state)
+}
+
+const ADMIN_TOKEN: &str = "admin-token-for-the-tests-0123456789";
+
+/// The value of exactly `series` (name and every label) in a metrics text; the test fails
+/// when it is absent, so that a misspelt series cannot pass for a zero.
+fn sample(m: &str, series: &str) -> f64 {
+    m.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{m}"))
+}
+
+/// Where the parts that gather state live.
+struct Parts {
+    admin: u16,
+    issuer: String,
+    /// A group whose only backend fails its health check.
+    sick: u16,
+    /// A group whose only backend answers 500 (passive health).
+    flaky: u16,
+    /// The service of the `card` aggregate (its breaker).
+    breaking: u16,
+    /// The service of the cached `doc` aggregate.
+    docs: u16,
+}
+
+/// A gateway section with state in every part a reload must keep; `per_minute` is the key a
+/// reload changes, unrelated to all of them.
+fn stateful(p: &Parts, per_minute: u64) -> String {
+    format!(
+        r#"admin: {{ listen: "127.0.0.1:{admin}" }}
+auth:
+  issuers:
+    - issuer: "{issuer}"
+      discovery: true
+      allow_insecure_http: true
+      audiences: [gateway]
+      algorithms: [RS256]
+rate_limit: {{ per_minute: {per_minute} }}
+services:
+  breaking: {{ url: "http://127.0.0.1:{breaking}", retry: {{ attempts: 1 }}, breaker: {{ failures: 2, open_ms: 600000 }} }}
+  docs: {{ url: "http://127.0.0.1:{docs}" }}
+aggregates:
+  - name: card
+    path: "/card/{{id}}"
+    legs:
+      user: {{ service: breaking, path: "/users/{{id}}", required: true, expect: object }}
+  - name: doc
+    path: "/doc/{{id}}"
+    cache: {{ ttl_seconds: 300, key: "doc:{{id}}", local: {{ max_entries: 100, ttl_seconds: 300 }} }}
+    legs:
+      user: {{ service: docs, path: "/users/{{id}}", required: true, expect: object }}
+upstreams:
+  sick: {{ backends: ["127.0.0.1:{sick}"], health_check: {{ path: "/healthz", interval_ms: 1500 }} }}
+  flaky: {{ backends: ["127.0.0.1:{flaky}"], health_check: {{ kind: tcp, interval_ms: 1000 }}, passive: {{ failures: 3, open_ms: 600000 }} }}
+routes:
+  - {{ prefix: "/sick/", upstream: sick, strip_prefix: true }}
+  - {{ prefix: "/flaky/", upstream: flaky, strip_prefix: true }}
+"#,
+        admin = p.admin,
+        issuer = p.issuer,
+        breaking = p.breaking,
+        docs = p.docs,
+        sick = p.sick,
+        flaky = p.flaky,
+    )
+}
+
+async fn get_status(gw: &Gateway, path: &str, bearer: &str) -> (u16, reqwest::Response) {
+    let r = client()
+        .get(gw.url(path))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r)
+}
+
+/// The backend of `group` as `GET /status/upstreams` shows it, and the generation shown.
+async fn upstream_status(admin: u16, group: &str) -> (Value, Value) {
+    let v: Value = client()
+        .get(format!("http://127.0.0.1:{admin}/status/upstreams"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let backend = v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == group)
+        .map(|g| g["backends"][0].clone())
+        .unwrap_or(Value::Null);
+    (backend, v["generation"].clone())
+}
+
+#[tokio::test]
+async fn a_reload_keeps_health_breakers_keys_and_cached_documents() {
+    let mut idp = common::Mocks::start(&["idp"]);
+    let redis = common::Redis::start();
+    let (sick, sick_backend) = counted(false, false).await;
+    let (flaky, flaky_backend) = counted(true, true).await;
+    let (breaking, breaking_service) = counted(true, true).await;
+    let (docs, docs_service) = counted(true, false).await;
+    let parts = Parts {
+        admin: common::free_port(),
+        issuer: idp.url("idp"),
+        sick,
+        flaky,
+        breaking,
+        docs,
+    };
+    let gw = Gateway::start(
+        &stateful(&parts, 100_000),
+        &[
+            ("ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+            ("REDIS_ADDR", redis.addr()),
+        ],
+    )
+    .await;
+    let hs = token("7");
+    let issuer = &parts.issuer;
+    let series = |name: &str, labels: String| format!("{name}{{{labels}}}");
+    let sick_healthy = series(
+        "upstream_backend_healthy",
+        format!(r#"backend="127.0.0.1:{sick}",group="sick""#),
+    );
+    let jwks_ok = series(
+        "jwks_refresh_total",
+        format!(r#"issuer="{issuer}",result="ok""#),
+    );
+    let jwks_error = series(
+        "jwks_refresh_total",
+        format!(r#"issuer="{issuer}",result="error""#),
+    );
+    let breaker_open = r#"upstream_requests_total{outcome="breaker_open",service="breaking"}"#;
+
+    // Health: the check takes the sick backend out.
+    eventually(
+        "the health check marks the backend down",
+        Duration::from_secs(10),
+        async || sample(&gw.metrics().await, &sick_healthy) == 0.0,
+    )
+    .await;
+    assert_eq!(get_status(&gw, "/sick/x", &hs).await.0, 503);
+    // Passive health: three 500s open the flaky backend's breaker; then it is skipped.
+    for _ in 0..3 {
+        assert_eq!(get_status(&gw, "/flaky/x", &hs).await.0, 500);
+    }
+    assert_eq!(get_status(&gw, "/flaky/x", &hs).await.0, 503);
+    // A service breaker: two failed calls open it; the next request fails fast.
+    for _ in 0..2 {
+        assert_eq!(get_status(&gw, "/card/1", &hs).await.0, 502);
+    }
+    assert_eq!(get_status(&gw, "/card/1", &hs).await.0, 503);
+    // Keys: fetched once at start.
+    let mint = async |sub: &str| -> String {
+        let r: Value = client()
+            .post(format!("{}/token", idp.url("idp")))
+            .json(&json!({"sub": sub, "alg": "RS256"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["access_token"].as_str().unwrap().to_string()
+    };
+    let before_reload = mint("8").await;
+    let after_reload = mint("9").await;
+    assert_eq!(get_status(&gw, "/doc/0", &before_reload).await.0, 200);
+    assert_eq!(idp.count("idp", "/jwks").await, 1);
+    // A cached document, answered from this process's memory.
+    eventually(
+        "the invalidation feed is up",
+        Duration::from_secs(10),
+        async || metric(&gw.metrics().await, "cache_invalidation_feed_up") == 1.0,
+    )
+    .await;
+    let (_, r) = get_status(&gw, "/doc/1", &hs).await;
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    eventually(
+        "the document is cached",
+        Duration::from_secs(10),
+        async || get_status(&gw, "/doc/1", &hs).await.1.headers()["x-cache"] == "HIT",
+    )
+    .await;
+
+    // The provider goes away: from now on only keys already loaded can verify a token.
+    idp.proc.kill();
+    let (sick_hits, flaky_hits, breaking_hits, docs_hits) = (
+        sick_backend.hits.load(Ordering::SeqCst),
+        flaky_backend.hits.load(Ordering::SeqCst),
+        breaking_service.hits.load(Ordering::SeqCst),
+        docs_service.hits.load(Ordering::SeqCst),
+    );
+    assert_eq!((sick_hits, flaky_hits, breaking_hits), (0, 3, 2));
+    // Both would answer now: only their state keeps them out.
+    flaky_backend.failing.store(false, Ordering::SeqCst);
+    breaking_service.failing.store(false, Ordering::SeqCst);
+    let m = gw.metrics().await;
+    let opened = sample(&m, breaker_open);
+    assert_eq!(
+        sample(&m, r#"circuit_breaker_state{service="breaking"}"#),
+        1.0
+    );
+    let redis_gets = redis.calls("get");
+
+    // A reload that changes a key none of these parts reads.
+    gw.rewrite(&stateful(&parts, 100_001));
+    gw.proc.signal("HUP");
+    eventually("the reload applied", Duration::from_secs(10), async || {
+        metric(&gw.metrics().await, "config_generation") == 2.0
+    })
+    .await;
+
+    // Health: still out, without a new check (a new group would start healthy).
+    let m = gw.metrics().await;
+    assert_eq!(sample(&m, &sick_healthy), 0.0, "{m}");
+    let (s, r) = get_status(&gw, "/sick/x", &hs).await;
+    assert_eq!(s, 503, "{:?}", r.text().await);
+    let (backend, generation) = upstream_status(parts.admin, "sick").await;
+    assert_eq!((generation, &backend["healthy"]), (json!(2), &json!(false)));
+    // Passive health: the breaker is still open.
+    assert_eq!(get_status(&gw, "/flaky/x", &hs).await.0, 503);
+    let (backend, _) = upstream_status(parts.admin, "flaky").await;
+    assert_eq!(backend["breaker"], "open", "{backend}");
+    // The service breaker: still open, failing fast.
+    assert_eq!(get_status(&gw, "/card/1", &hs).await.0, 503);
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"circuit_breaker_state{service="breaking"}"#),
+        1.0
+    );
+    assert_eq!(sample(&m, breaker_open), opened + 1.0);
+    assert_eq!(
+        (
+            sick_backend.hits.load(Ordering::SeqCst),
+            flaky_backend.hits.load(Ordering::SeqCst),
+            breaking_service.hits.load(Ordering::SeqCst),
+        ),
+        (sick_hits, flaky_hits, breaking_hits),
+        "nothing reached the backends kept out"
+    );
+    // Keys: a token never seen before is verified with the keys loaded before the reload.
+    let (s, r) = get_status(&gw, "/doc/1", &after_reload).await;
+    assert_eq!(s, 200, "{:?}", r.text().await);
+    let m = gw.metrics().await;
+    assert_eq!((sample(&m, &jwks_ok), sample(&m, &jwks_error)), (1.0, 0.0));
+    // The cached document: still in this process's memory (Redis not even asked).
+    let (_, r) = get_status(&gw, "/doc/1", &hs).await;
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    assert_eq!(redis.calls("get"), redis_gets, "answered from memory");
+    assert_eq!(docs_service.hits.load(Ordering::SeqCst), docs_hits);
+}

@@ -604,3 +604,61 @@ async fn an_oversized_body_sent_without_waiting_still_gets_its_413() {
     assert!(resp.contains("payload_too_large"), "{resp}");
     assert_eq!(s.pool.get(|p: &PoolStats| &p.posts), 0);
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_cut_after_the_response_write_timeout() {
+    // An answer far larger than the loopback socket buffers, so that a write really waits.
+    let pool = PoolServer::start(2, 0);
+    let big = PoolServer::start(2, 64 << 20);
+    let echo = EchoServer::start().await;
+    let gw = Gateway::start(
+        &section(
+            pool.port,
+            big.port,
+            echo.port,
+            "response_write_timeout_ms: 1000",
+        ),
+        &[],
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket
+        .connect(([127, 0, 0, 1], gw.port).into())
+        .await
+        .unwrap();
+    c.write_all(b"GET /big/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Not a byte read until the gateway has given up on this client.
+    eventually("the slow reader cut", Duration::from_secs(30), async || {
+        metric(
+            &gw.metrics().await,
+            r#"client_timeouts_total{phase="response"}"#,
+        ) == 1.0
+    })
+    .await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was closed by the gateway");
+    assert!(
+        got > 0 && got < 64 << 20,
+        "{got} bytes of a 64 MiB answer before the cut"
+    );
+    assert_eq!(
+        metric(
+            &gw.metrics().await,
+            r#"client_timeouts_total{phase="response"}"#,
+        ),
+        1.0
+    );
+}
