@@ -183,6 +183,22 @@ impl GatewayError {
     }
 }
 
+/// `e` and every error under it, joined by ": " (an HTTP client's "error sending request"
+/// says why only in its sources: a refused connection, an untrusted certificate).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,5 +232,26 @@ mod tests {
         assert!(e.to_string().contains("policy `default`"), "{e}");
         assert_eq!(e.extra_headers(), vec![("Retry-After", "7".to_string())]);
         assert_eq!(e.status(), 429);
+    }
+
+    #[test]
+    fn an_error_chain_names_the_cause_once() {
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let outer = std::io::Error::other(inner);
+        assert_eq!(chain(&outer), "invalid peer certificate: UnknownIssuer");
+        #[derive(Debug)]
+        struct Sending(std::io::Error);
+        impl std::fmt::Display for Sending {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Sending {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Sending(std::io::Error::other("connection refused"));
+        assert_eq!(chain(&e), "error sending request: connection refused");
     }
 }

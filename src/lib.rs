@@ -21,6 +21,7 @@
 //! - `trace`: OpenTelemetry spans (W3C trace context in and out) and their OTLP export.
 //! - [`headers`], [`clock`], `sharded`: header names, wall-clock seconds, sharded locks.
 //! - `summary`: what the process serves, said once at start.
+//! - [`trust`]: which roots the TLS clients load, and when (none they will not use).
 //!
 //! `main.rs` only parses the command line and calls [`build_server`].
 
@@ -47,6 +48,7 @@ pub(crate) mod summary;
 pub mod testing;
 pub mod tls;
 pub(crate) mod trace;
+pub mod trust;
 
 use std::sync::Arc;
 

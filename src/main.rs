@@ -197,20 +197,24 @@ fn main() {
         }
         return;
     }
-    gateway::logging::init();
-    // rediss:// connections need a TLS crypto provider; ring is the one compiled in.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let opt = cli.serve.into_opt();
     let path = opt.conf.clone();
-    let mode = if opt.test {
-        LoadMode::Check
-    } else {
-        LoadMode::Run
-    };
     // Read once: the same text is parsed here and fingerprinted and kept by the reloader.
     let text = match &path {
         Some(p) => Config::read(p).unwrap_or_else(|e| fail(e)),
         None => String::new(),
+    };
+    if !opt.test {
+        // Before the first thread (the log writer): it may set SSL_CERT_FILE.
+        gateway::trust::init(&text);
+    }
+    gateway::logging::init();
+    // rediss:// connections need a TLS crypto provider; ring is the one compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mode = if opt.test {
+        LoadMode::Check
+    } else {
+        LoadMode::Run
     };
     if let (Some(p), true) = (&path, text.trim().is_empty()) {
         // Running on defaults because a file came out empty is never what was meant.

@@ -564,3 +564,88 @@ async fn the_last_keys_serve_while_the_provider_is_down_until_max_stale() {
     assert_eq!(down, 1, "one warning for the whole outage:\n{log}");
     assert!(log.contains("identity provider keys loaded again"), "{log}");
 }
+
+/// The mock provider's key set served over HTTPS by `openssl s_server -WWW` (a TLS server
+/// nobody here wrote) with a certificate for `localhost` from `ca`; the server and its port.
+async fn keys_over_https(idp: &Mocks, ca: &common::TestCa) -> (common::Proc, u16) {
+    let leaf = ca.leaf("keys", &["localhost"], 30);
+    let jwks = client()
+        .get(format!("{}/jwks", idp.url("idp")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dir = ca.dir.path().join("www");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("jwks"), jwks).unwrap();
+    let port = common::free_port();
+    let server = common::Proc::spawn(
+        "openssl s_server",
+        std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&leaf.cert)
+            .arg("-key")
+            .arg(&leaf.key)
+            .current_dir(&dir),
+    );
+    eventually("s_server listening", Duration::from_secs(10), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    (server, port)
+}
+
+#[tokio::test]
+async fn keys_are_fetched_over_https_and_verified_against_the_system_roots() {
+    let idp = Mocks::start(&["idp"]);
+    let echo = EchoServer::start().await;
+    let ca = common::TestCa::new();
+    let (_server, port) = keys_over_https(&idp, &ca).await;
+    let conf = |issuer: &str| {
+        format!(
+            "auth:\n  issuers:\n    - {{ issuer: \"{issuer}\", jwks_uri: \"https://localhost:{port}/jwks\", audiences: [gateway], algorithms: [ES256] }}\nupstreams:\n  echo: {{ backends: [\"127.0.0.1:{}\"] }}\nroutes:\n  - {{ prefix: \"/echo/\", upstream: echo }}\n",
+            echo.port
+        )
+    };
+    let token = mint(&idp, json!({"sub": "7", "alg": "ES256"})).await;
+    let refreshed = |m: &str, result: &str| {
+        common::metric_sum(
+            m,
+            &format!(
+                r#"jwks_refresh_total{{issuer="{}",result="{result}"}}"#,
+                idp.url("idp")
+            ),
+        )
+    };
+    // The test CA in the system's place (`SSL_CERT_FILE`, as OpenSSL reads it): trusted.
+    let gw = Gateway::builder(&conf(&idp.url("idp")))
+        .env("SSL_CERT_FILE", ca.cert.display().to_string())
+        .start()
+        .await;
+    assert_eq!(status(&gw, &token).await, 200);
+    let m = gw.metrics().await;
+    assert_eq!((refreshed(&m, "ok"), refreshed(&m, "error")), (1.0, 0.0));
+    // With the real system roots the test CA is unknown: the keys are never loaded, and the
+    // token cannot be checked (503, not 401, and not accepted).
+    let mut gw = Gateway::builder(&conf(&idp.url("idp")))
+        .unready()
+        .start()
+        .await;
+    eventually("the fetch refused", Duration::from_secs(10), async || {
+        refreshed(&gw.metrics().await, "error") >= 1.0
+    })
+    .await;
+    assert_eq!(status(&gw, &token).await, 503);
+    assert_eq!(refreshed(&gw.metrics().await, "ok"), 0.0);
+    let (out, err) = gw.stop_and_read();
+    assert!(
+        (out + &err).contains("certificate"),
+        "the log says the certificate was not trusted"
+    );
+}

@@ -1061,3 +1061,64 @@ async fn failed_handshakes_are_counted_not_logged() {
         assert!(!log.contains("Downstream handshake"), "{log}");
     }
 }
+
+/// Whether the gateway process holds its in-memory one-certificate trust file (the upstream
+/// connectors were kept off the system roots).
+fn holds_the_empty_trust_file(gw: &Gateway) -> bool {
+    let fds = format!("/proc/{}/fd", gw.proc.child.id());
+    std::fs::read_dir(fds).unwrap().flatten().any(|e| {
+        std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("gateway-trust"))
+    })
+}
+
+#[tokio::test]
+async fn system_roots_are_loaded_only_when_a_group_verifies_against_them_even_after_a_reload() {
+    // The test CA stands in for the system roots (`SSL_CERT_FILE`, as OpenSSL reads it).
+    let ca = TestCa::new();
+    let backend = ca.leaf("backend", &["backend.test"], 30);
+    let nginx_dir = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(nginx_dir.path(), &backend);
+    let echo = common::EchoServer::start().await;
+    let plain = format!(
+        "auth: {{ public_paths: [\"/\"] }}\nupstreams:\n  plain: {{ backends: [\"127.0.0.1:{}\"] }}\nroutes:\n  - {{ prefix: \"/plain/\", upstream: plain }}\n",
+        echo.port
+    );
+    let with_tls = format!(
+        "auth: {{ public_paths: [\"/\"] }}\nupstreams:\n  plain: {{ backends: [\"127.0.0.1:{}\"] }}\n  sys: {{ backends: [\"127.0.0.1:{}\"], tls: {{ sni: backend.test }} }}\nroutes:\n  - {{ prefix: \"/plain/\", upstream: plain }}\n  - {{ prefix: \"/sys/\", upstream: sys }}\n",
+        echo.port, nginx.port
+    );
+    let roots = ca.cert.display().to_string();
+    let status = |gw: &Gateway, path: &'static str| {
+        let url = gw.url(path);
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+
+    // No group verifies: the connectors hold the one-certificate file, not the roots.
+    let gw = Gateway::builder(&plain)
+        .env("SSL_CERT_FILE", roots.clone())
+        .start()
+        .await;
+    assert!(holds_the_empty_trust_file(&gw));
+    assert_eq!(status(&gw, "/plain/x").await, 200);
+    // A reload adds a group verifying against the system roots: it gets them per connection
+    // (the connectors' own store would refuse the backend).
+    gw.rewrite(&with_tls);
+    gw.proc.signal("HUP");
+    eventually(
+        "the new group served",
+        Duration::from_secs(10),
+        async || status(&gw, "/sys/a").await == 200,
+    )
+    .await;
+
+    // A group verifying at start: the connectors load the system roots as Pingora does.
+    let gw = Gateway::builder(&with_tls)
+        .env("SSL_CERT_FILE", roots)
+        .start()
+        .await;
+    assert!(!holds_the_empty_trust_file(&gw));
+    assert_eq!(status(&gw, "/sys/b").await, 200);
+    // Without the test CA among the roots the same backend is refused: verification is on.
+    let gw = Gateway::start(&with_tls, &[]).await;
+    assert_eq!(status(&gw, "/sys/c").await, 502);
+}

@@ -44,7 +44,7 @@ impl ServiceClient {
 /// Builds a pooled HTTP client, shared by every service with this connect timeout (reqwest
 /// sets it per client, not per request).
 pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    crate::trust::http_client_builder()
         .no_proxy()
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)

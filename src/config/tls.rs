@@ -229,7 +229,11 @@ impl UpstreamTls {
     pub fn apply(&self, options: &mut pingora::upstreams::peer::PeerOptions) {
         options.verify_cert = self.verify;
         options.verify_hostname = self.verify;
-        options.ca = self.ca.clone();
+        options.ca = match &self.ca {
+            Some(ca) => Some(ca.clone()),
+            None if self.verify => crate::trust::peer_roots(),
+            None => None,
+        };
     }
 }
 

@@ -4,12 +4,16 @@
 //! - passive: every proxied try reports its outcome to a breaker carried on the backend
 //!   (`Backend.ext`), so a backend failing real traffic is skipped before the next check.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::connectors::{http::Connector as HttpConnector, TransportConnector};
+use pingora::lb::health_check::{
+    HealthCheck, HealthObserve, HealthObserveCallback, HttpHealthCheck,
+};
 use pingora::lb::Backend;
+use pingora::upstreams::peer::BasicPeer;
 
 use crate::config::{HealthCheckKind, UpstreamConfig};
 use crate::metrics;
@@ -221,13 +225,16 @@ pub(crate) fn active_check(
     });
     match hc.kind {
         HealthCheckKind::Http => {
+            // Pool size 1: a check does not reuse its connection.
+            let connector =
+                || HttpConnector::new(Some(pingora::connectors::ConnectorOptions::new(1)));
             let mut check = match &up.tls {
                 Some(t) => {
-                    let mut c = HttpHealthCheck::new(&t.sni, true);
+                    let mut c = HttpHealthCheck::new_custom(&t.sni, true, connector());
                     t.apply(&mut c.peer_template.options);
                     c
                 }
-                None => HttpHealthCheck::new("localhost", false),
+                None => HttpHealthCheck::new_custom("localhost", false, connector()),
             };
             // The path was validated as a URI at start-up.
             check.req.set_uri(
@@ -247,12 +254,49 @@ pub(crate) fn active_check(
             Box::new(check)
         }
         HealthCheckKind::Tcp => {
-            let mut check = TcpHealthCheck::new();
-            check.peer_template.options.connection_timeout = Some(hc.timeout);
-            check.consecutive_success = hc.consecutive_success;
-            check.consecutive_failure = hc.consecutive_failure;
-            check.health_changed_callback = Some(reporter);
-            check
+            let mut peer = BasicPeer::new("0.0.0.0:1");
+            peer.options.connection_timeout = Some(hc.timeout);
+            Box::new(TcpCheck {
+                peer,
+                consecutive_success: hc.consecutive_success,
+                consecutive_failure: hc.consecutive_failure,
+                reporter,
+            })
+        }
+    }
+}
+
+/// The connector of every TCP check: Pingora's `TcpHealthCheck` builds one per check, each with
+/// a TLS context of its own, though a TCP check never speaks TLS.
+static TCP_CONNECTOR: LazyLock<TransportConnector> =
+    LazyLock::new(|| TransportConnector::new(Some(pingora::connectors::ConnectorOptions::new(1))));
+
+/// A backend is healthy when a TCP connection to it opens within the timeout.
+struct TcpCheck {
+    /// The timeout; the address is each backend's.
+    peer: BasicPeer,
+    consecutive_success: usize,
+    consecutive_failure: usize,
+    reporter: HealthObserveCallback,
+}
+
+#[async_trait]
+impl HealthCheck for TcpCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let mut peer = self.peer.clone();
+        peer._address = target.addr.clone();
+        TCP_CONNECTOR.get_stream(&peer).await.map(|_| ())
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.reporter.observe(target, healthy).await;
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.consecutive_success
+        } else {
+            self.consecutive_failure
         }
     }
 }

@@ -189,7 +189,7 @@ pub(crate) struct MirrorTarget {
 
 /// The client copies go out on: plain HTTP/1.1, its own pool, no proxy from the environment.
 static MIRROR_CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
-    reqwest::Client::builder()
+    crate::trust::http_client_builder()
         .no_proxy()
         .http1_only()
         .redirect(reqwest::redirect::Policy::none())

@@ -156,7 +156,7 @@ impl ExportService {
             capacity: config.max_queue,
             room: encoder.header_room(),
         });
-        let http = reqwest::Client::builder()
+        let http = crate::trust::http_client_builder()
             .no_proxy()
             .pool_max_idle_per_host(1)
             .tcp_nodelay(true)

@@ -209,12 +209,16 @@ impl Introspector {
             .body(form)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{url}: {}", crate::error::chain(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("{url}: status {}", resp.status()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("{url}: {}", crate::error::chain(&e)))?
+        {
             if body.len() + chunk.len() > MAX_BODY {
                 return Err(format!("{url}: larger than {MAX_BODY} bytes"));
             }

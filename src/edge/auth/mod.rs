@@ -106,7 +106,7 @@ impl Authenticator {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".to_string());
         }
-        let http = reqwest::Client::builder()
+        let http = crate::trust::http_client_builder()
             // Providers' logs and rate limits tell clients apart by it.
             .user_agent(concat!("gateway/", env!("CARGO_PKG_VERSION")))
             .no_proxy()

@@ -331,7 +331,7 @@ impl Provider {
             .header("Accept", "application/json")
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{url}: {}", crate::error::chain(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("{url}: status {}", resp.status()));
         }
@@ -341,7 +341,11 @@ impl Provider {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("{url}: {}", crate::error::chain(&e)))?
+        {
             if body.len() + chunk.len() > MAX_BODY {
                 return Err(format!("{url}: larger than {MAX_BODY} bytes"));
             }
