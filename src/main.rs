@@ -204,13 +204,6 @@ fn main() {
         Some(p) => Config::read(p).unwrap_or_else(|e| fail(e)),
         None => String::new(),
     };
-    if !opt.test {
-        // Before the first thread (the log writer): it may set SSL_CERT_FILE.
-        gateway::trust::init(&text);
-    }
-    gateway::logging::init();
-    // rediss:// connections need a TLS crypto provider; ring is the one compiled in.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mode = if opt.test {
         LoadMode::Check
     } else {
@@ -223,6 +216,13 @@ fn main() {
         ));
     }
     let config = Config::from_yaml(&text, &ProcessEnv, mode).unwrap_or_else(|e| fail(e));
+    if !opt.test {
+        // Before the first thread (the log writer): it may set SSL_CERT_FILE.
+        gateway::trust::init(config.verifies_against_system_roots());
+    }
+    gateway::logging::init();
+    // rediss:// connections need a TLS crypto provider; ring is the one compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if !config.auth.secret.is_empty() && config.auth.secret.len() < 32 && !opt.test {
         tracing::warn!(
             "JWT_SECRET is shorter than 32 bytes: HS256 secrets that short can be brute-forced"

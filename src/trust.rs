@@ -36,11 +36,10 @@ static ROOTS: OnceLock<Roots> = OnceLock::new();
 /// not hold them.
 static SYSTEM: OnceLock<Option<Arc<Box<[X509]>>>> = OnceLock::new();
 
-/// Decides what the connectors load, from the configuration file's text: the system roots
-/// when an upstream group verifies against them (`tls` without `verify: false` or a `ca`),
-/// otherwise the one-certificate file. Call it before any thread starts (it sets
-/// `SSL_CERT_FILE`); without a call every context loads the system roots.
-pub fn init(conf_text: &str) {
+/// Decides what the connectors load: the system roots when an upstream group verifies
+/// against them (`needed`), otherwise the one-certificate file. Call it before any thread
+/// starts (it sets `SSL_CERT_FILE`); without a call every context loads the system roots.
+pub fn init(needed: bool) {
     ROOTS.get_or_init(|| {
         let probe = openssl_probe::probe();
         let mut roots = Roots {
@@ -48,7 +47,7 @@ pub fn init(conf_text: &str) {
             dir: probe.cert_dir.into_iter().next(),
             empty: None,
         };
-        if needs_system_roots(conf_text) {
+        if needed {
             return roots;
         }
         match empty_trust_file() {
@@ -61,26 +60,6 @@ pub fn init(conf_text: &str) {
         }
         roots
     });
-}
-
-/// Whether an upstream group in `conf_text` verifies against the system roots (an unreadable
-/// text counts as yes: the configuration's own parse reports it).
-fn needs_system_roots(conf_text: &str) -> bool {
-    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(conf_text) else {
-        return true;
-    };
-    let groups = doc
-        .get("gateway")
-        .and_then(|g| g.get("upstreams"))
-        .and_then(|u| u.as_mapping());
-    groups.is_some_and(|m| {
-        m.values().any(|group| {
-            group.get("tls").is_some_and(|t| {
-                t.get("verify").and_then(serde_yaml::Value::as_bool) != Some(false)
-                    && t.get("ca").is_none()
-            })
-        })
-    })
 }
 
 /// The system roots for one connection of a group that verifies against them, when the
@@ -137,45 +116,6 @@ fn empty_trust_file() -> Result<(String, std::fs::File), Box<dyn std::error::Err
     // Pingora unwraps its load of this file: make sure it reads back as a certificate first.
     X509::stack_from_pem(&std::fs::read(&path)?)?;
     Ok((path, file))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_empty_trust_file_holds_one_certificate_and_reads_back_by_its_path() {
-        let (path, _file) = empty_trust_file().expect("a trust file");
-        let certs = X509::stack_from_pem(&std::fs::read(&path).expect("readable")).expect("PEM");
-        assert_eq!(certs.len(), 1);
-        // An OpenSSL context loads it as a CA file, as Pingora's connector does.
-        let mut b =
-            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).expect("builder");
-        b.set_ca_file(&path).expect("loaded");
-    }
-
-    #[test]
-    fn the_system_bundle_is_found_and_parsed() {
-        let file = openssl_probe::probe()
-            .cert_file
-            .expect("Debian's ca-certificates");
-        let roots = load_system_roots(&file).expect("parsed");
-        assert!(roots.len() > 10, "{} roots", roots.len());
-    }
-
-    #[test]
-    fn only_a_group_verifying_without_its_own_ca_needs_the_system_roots() {
-        let conf = |tls: &str| {
-            format!("gateway:\n  upstreams:\n    a: {{ backends: [\"x:1\"] }}\n    b: {{ backends: [\"x:1\"]{tls} }}\n")
-        };
-        assert!(!needs_system_roots(&conf("")));
-        assert!(needs_system_roots(&conf(", tls: {}")));
-        assert!(needs_system_roots(&conf(", tls: { sni: x, verify: true }")));
-        assert!(!needs_system_roots(&conf(", tls: { verify: false }")));
-        assert!(!needs_system_roots(&conf(", tls: { ca: /etc/ca.pem }")));
-        assert!(!needs_system_roots(""));
-        assert!(needs_system_roots("gateway: ["));
-    }
 }
 
 /// A `reqwest` client builder whose HTTPS trusts the system roots (`SSL_CERT_FILE` and
@@ -294,5 +234,30 @@ impl rustls::client::danger::ServerCertVerifier for SystemRoots {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_empty_trust_file_holds_one_certificate_and_reads_back_by_its_path() {
+        let (path, _file) = empty_trust_file().expect("a trust file");
+        let certs = X509::stack_from_pem(&std::fs::read(&path).expect("readable")).expect("PEM");
+        assert_eq!(certs.len(), 1);
+        // An OpenSSL context loads it as a CA file, as Pingora's connector does.
+        let mut b =
+            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).expect("builder");
+        b.set_ca_file(&path).expect("loaded");
+    }
+
+    #[test]
+    fn the_system_bundle_is_found_and_parsed() {
+        let file = openssl_probe::probe()
+            .cert_file
+            .expect("Debian's ca-certificates");
+        let roots = load_system_roots(&file).expect("parsed");
+        assert!(roots.len() > 10, "{} roots", roots.len());
     }
 }

@@ -43,23 +43,19 @@ async fn two_gateways_share_one_limit_and_one_cache_on_a_cluster() {
     let bearer = token_with_roles("admin-1", &["admin"]);
 
     // Built through A, served from the cluster through B.
-    let r = client()
-        .get(a.url("/api/profile/7"))
-        .bearer_auth(&bearer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!((r.status().as_u16(), x_cache(&r)), (200, "MISS".into()));
-    let mut hit = String::new();
-    eventually("B hits A's entry", Duration::from_secs(5), async || {
+    let profile_7 = async |gw: &Gateway| {
         let r = client()
-            .get(b.url("/api/profile/7"))
+            .get(gw.url("/api/profile/7"))
             .bearer_auth(&bearer)
             .send()
             .await
             .unwrap();
-        hit = x_cache(&r);
-        hit == "HIT"
+        assert_eq!(r.status(), 200);
+        x_cache(&r)
+    };
+    assert_eq!(profile_7(&a).await, "MISS");
+    eventually("B hits A's entry", Duration::from_secs(5), async || {
+        profile_7(&b).await == "HIT"
     })
     .await;
 
@@ -74,13 +70,7 @@ async fn two_gateways_share_one_limit_and_one_cache_on_a_cluster() {
     );
     let gets = cluster.calls("get");
     for _ in 0..3 {
-        let r = client()
-            .get(b.url("/api/profile/7"))
-            .bearer_auth(&bearer)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(x_cache(&r), "HIT");
+        assert_eq!(profile_7(&b).await, "HIT");
     }
     assert_eq!(cluster.calls("get"), gets, "B's hits come from its memory");
 
@@ -112,13 +102,7 @@ async fn two_gateways_share_one_limit_and_one_cache_on_a_cluster() {
     // announcement can do within the copy's 30 s.
     let mut last = String::new();
     eventually("B drops its copy", Duration::from_secs(10), async || {
-        let r = client()
-            .get(b.url("/api/profile/7"))
-            .bearer_auth(&bearer)
-            .send()
-            .await
-            .unwrap();
-        last = x_cache(&r);
+        last = profile_7(&b).await;
         last != "HIT"
     })
     .await;

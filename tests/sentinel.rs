@@ -12,9 +12,8 @@ use common::{
     Gateway, Mocks, RedisCluster, RedisSentinels,
 };
 
-#[tokio::test]
-async fn the_gateway_follows_the_master_the_sentinels_promote() {
-    let mut redis = RedisSentinels::start();
+/// A gateway on `redis`'s master (limits and the profile cache there), and the mocks it uses.
+async fn gateway(redis: &RedisSentinels) -> (Mocks, Gateway) {
     let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
     let mut env = service_env(&mocks);
     env.push(("REDIS_ADDR", redis.addr()));
@@ -23,17 +22,26 @@ async fn the_gateway_follows_the_master_the_sentinels_promote() {
         profile_aggregate(60, 2000)
     );
     let gw = Gateway::start(&section, &env).await;
-    let bearer = token_with_roles("admin-1", &["admin"]);
-    let get = async |i: u64| {
-        client()
-            .get(gw.url(&format!("/api/profile/{i}")))
-            .bearer_auth(&bearer)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    (mocks, gw)
+}
+
+/// The status of an admin's `GET /api/profile/{i}`.
+async fn profile_status(gw: &Gateway, i: u64) -> u16 {
+    client()
+        .get(gw.url(&format!("/api/profile/{i}")))
+        .bearer_auth(token_with_roles("admin-1", &["admin"]))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_gateway_follows_the_master_the_sentinels_promote() {
+    let mut redis = RedisSentinels::start();
+    let (_mocks, gw) = gateway(&redis).await;
+    let get = async |i: u64| profile_status(&gw, i).await;
     let on_redis = async || {
         sum(
             &gw.metrics().await,
@@ -96,25 +104,8 @@ async fn the_gateway_follows_the_master_the_sentinels_promote() {
 #[tokio::test]
 async fn a_demoted_master_answering_readonly_is_left_for_the_one_the_sentinels_name() {
     let redis = RedisSentinels::start();
-    let mocks = Mocks::start(&["user", "order", "product", "recommendation"]);
-    let mut env = service_env(&mocks);
-    env.push(("REDIS_ADDR", redis.addr()));
-    let section = format!(
-        "rate_limit: {{ per_minute: 1000000, window_seconds: 3600 }}\n{}",
-        profile_aggregate(60, 2000)
-    );
-    let gw = Gateway::start(&section, &env).await;
-    let bearer = token_with_roles("admin-1", &["admin"]);
-    let get = async |i: u64| {
-        client()
-            .get(gw.url(&format!("/api/profile/{i}")))
-            .bearer_auth(&bearer)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let (_mocks, gw) = gateway(&redis).await;
+    let get = async |i: u64| profile_status(&gw, i).await;
     for i in 0..5 {
         assert_eq!(get(i + 1).await, 200);
     }

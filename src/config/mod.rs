@@ -210,6 +210,15 @@ pub const ENV_HELP: [&str; 18] = [
 ];
 
 impl Config {
+    /// Whether an upstream group verifies its backends against the system roots (TLS with
+    /// verification and no `ca` of its own).
+    pub fn verifies_against_system_roots(&self) -> bool {
+        self.upstreams
+            .values()
+            .filter_map(|u| u.tls.as_ref())
+            .any(|t| t.verify && t.ca.is_none())
+    }
+
     /// The conf file's text (for [`Config::from_yaml`], and kept by the reloader).
     pub fn read(path: &str) -> Result<String, ConfigError> {
         std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

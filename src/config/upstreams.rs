@@ -518,6 +518,30 @@ mod tests {
     }
 
     #[test]
+    fn only_a_group_verifying_without_its_own_ca_needs_the_system_roots() {
+        // Any readable bundle serves as a group's own `ca`.
+        let ca = openssl_probe::probe()
+            .cert_file
+            .expect("Debian's ca-certificates");
+        let needs = |tls: &str| {
+            load(&format!(
+                "  upstreams:\n    a: {{ backends: ['127.0.0.1:1'] }}\n    b: {{ backends: ['127.0.0.1:2']{tls} }}\n"
+            ))
+            .unwrap()
+            .verifies_against_system_roots()
+        };
+        assert!(!needs(""));
+        assert!(needs(", tls: { sni: x.example }"));
+        assert!(needs(", tls: { sni: x.example, verify: true }"));
+        assert!(!needs(", tls: { sni: x.example, verify: false }"));
+        assert!(!needs(&format!(
+            ", tls: {{ sni: x.example, ca: '{}' }}",
+            ca.display()
+        )));
+        assert!(!load("").unwrap().verifies_against_system_roots());
+    }
+
+    #[test]
     fn names_are_kept_for_the_resolver_and_addresses_used_as_they_are() {
         let c = load("  upstreams:\n    g: { backends: ['10.0.0.7:8080', 'Users.Default.svc:80', '[::1]:9'] }\n").unwrap();
         let g = &c.upstreams["g"];
